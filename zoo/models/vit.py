@@ -1,0 +1,188 @@
+"""Vision Transformer (Dosovitskiy et al. 2020), sizes as in DeiT (Touvron et al. 2021).
+
+An image is cut into patches (einops), each patch is projected to a token, a class token is
+prepended, learned positions are added, and a pre-norm encoder stack from the shared core runs.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from einops import rearrange
+from torch import nn
+
+from ..core import BlockConfig, TransformerStack, make_norm, resize_pos_grid, trunc_normal_init
+from ..registry import register_model
+
+
+@dataclass
+class ViTConfig:
+    img_size: int = 224
+    patch_size: int = 16
+    in_chans: int = 3
+    num_classes: int = 1000
+    dim: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    mlp_ratio: float = 4.0
+    qkv_bias: bool = True
+    pool: str = "token"  # "token" (class token) or "avg" (mean of patch tokens)
+    fc_norm: bool | None = None  # norm after pooling instead of before; None: only for avg pooling (timm)
+    class_token: bool = True
+    stem: str = "patch"  # "patch": linear patch projection; "conv": small conv stem (Xiao et al. 2021)
+    norm_eps: float = 1e-6
+    activation: str = "gelu"
+    pre_norm: bool = False  # a norm before the blocks (CLIP's ln_pre)
+    drop_rate: float = 0.0
+    attn_drop_rate: float = 0.0
+    drop_path_rate: float = 0.0
+
+
+class PatchEmbed(nn.Module):
+    """Non-overlapping patches -> tokens: `b c (gh p1) (gw p2) -> b (gh gw) (c p1 p2)` then Linear.
+
+    Equal to timm's stride-p convolution with its weight reshaped to (dim, c*p*p)."""
+
+    def __init__(self, patch_size: int, in_chans: int, dim: int, bias: bool = True):
+        super().__init__()
+        self.patch_size = patch_size
+        self.proj = nn.Linear(in_chans * patch_size * patch_size, dim, bias=bias)
+
+    def forward(self, x):
+        p = self.patch_size
+        return self.proj(rearrange(x, "b c (gh p1) (gw p2) -> b (gh gw) (c p1 p2)", p1=p, p2=p))
+
+
+class ConvStem(nn.Module):
+    """Stride-2 3x3 convolutions down to the patch grid, then a 1x1 projection.
+
+    Early convolutions give a ViT the locality prior it lacks, which matters most on small data."""
+
+    def __init__(self, patch_size: int, in_chans: int, dim: int):
+        super().__init__()
+        steps = int(math.log2(patch_size))
+        if 2 ** steps != patch_size:
+            raise ValueError(f"the conv stem needs a power-of-two patch_size, got {patch_size}")
+        layers, ch = [], in_chans
+        for i in range(steps):
+            out = dim // 2 ** (steps - i)
+            layers += [nn.Conv2d(ch, out, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(out), nn.ReLU(inplace=True)]
+            ch = out
+        layers.append(nn.Conv2d(ch, dim, 1))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x):
+        return rearrange(self.net(x), "b d gh gw -> b (gh gw) d")
+
+
+class VisionTransformer(nn.Module):
+    def __init__(self, cfg: ViTConfig):
+        super().__init__()
+        if cfg.pool not in ("token", "avg"):
+            raise ValueError(f"pool must be 'token' or 'avg', got {cfg.pool!r}")
+        if cfg.pool == "token" and not cfg.class_token:
+            raise ValueError("pool='token' needs class_token=True; use pool='avg' without a class token")
+        if cfg.stem not in ("patch", "conv"):
+            raise ValueError(f"stem must be 'patch' or 'conv', got {cfg.stem!r}")
+        self.check_image_size(cfg, cfg.img_size, cfg.img_size)
+        self.config = cfg
+        self.num_classes = cfg.num_classes
+        self.num_features = cfg.dim
+        self.grid = (cfg.img_size // cfg.patch_size,) * 2
+        self.num_prefix = 1 if cfg.class_token else 0
+        use_fc_norm = cfg.pool == "avg" if cfg.fc_norm is None else cfg.fc_norm
+
+        if cfg.stem == "conv":
+            self.patch_embed = ConvStem(cfg.patch_size, cfg.in_chans, cfg.dim)
+        else:
+            self.patch_embed = PatchEmbed(cfg.patch_size, cfg.in_chans, cfg.dim, bias=not cfg.pre_norm)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.dim)) if cfg.class_token else None
+        self.pos_embed = nn.Parameter(torch.zeros(1, self.num_prefix + self.grid[0] * self.grid[1], cfg.dim))
+        self.pos_drop = nn.Dropout(cfg.drop_rate)
+        self.norm_pre = make_norm("layernorm", cfg.dim, cfg.norm_eps) if cfg.pre_norm else nn.Identity()
+        block = BlockConfig(
+            dim=cfg.dim, num_heads=cfg.num_heads, mlp_hidden=int(cfg.dim * cfg.mlp_ratio), norm_eps=cfg.norm_eps,
+            activation=cfg.activation, qkv_bias=cfg.qkv_bias, dropout=cfg.drop_rate, attn_dropout=cfg.attn_drop_rate,
+        )
+        self.encoder = TransformerStack(block, cfg.depth, drop_path=cfg.drop_path_rate, final_norm=not use_fc_norm)
+        self.fc_norm = make_norm("layernorm", cfg.dim, cfg.norm_eps) if use_fc_norm else nn.Identity()
+        self.head_drop = nn.Dropout(cfg.drop_rate)
+        self.head = nn.Linear(cfg.dim, cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
+        self.init_weights()
+
+    def init_weights(self):
+        trunc_normal_init(self)
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        if self.cls_token is not None:
+            nn.init.normal_(self.cls_token, std=1e-6)
+
+    @staticmethod
+    def check_image_size(cfg: ViTConfig, h: int, w: int) -> None:
+        if h % cfg.patch_size or w % cfg.patch_size:
+            raise ValueError(
+                f"image size {h}x{w} is not divisible by patch_size={cfg.patch_size}; "
+                f"resize or pad the image to a multiple of {cfg.patch_size}"
+            )
+
+    def no_weight_decay(self) -> set[str]:
+        return {"pos_embed", "cls_token"}
+
+    def _pos_embed(self, tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        pos = self.pos_embed[0]
+        prefix, patches = pos[: self.num_prefix], pos[self.num_prefix:]
+        patches = resize_pos_grid(patches, self.grid, grid)  # other image sizes: bicubic interpolation
+        if self.cls_token is not None:
+            tokens = torch.cat([self.cls_token.expand(tokens.shape[0], -1, -1), tokens], dim=1)
+        return tokens + torch.cat([prefix, patches])[None]
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Images (B, C, H, W) -> tokens (B, prefix + patches, dim)."""
+        if x.dim() != 4 or x.shape[1] != self.config.in_chans:
+            raise ValueError(
+                f"expected images of shape (batch, {self.config.in_chans}, H, W), got {tuple(x.shape)}; "
+                f"create the model with in_chans={x.shape[1] if x.dim() == 4 else '...'} for other channel counts"
+            )
+        h, w = x.shape[-2:]
+        self.check_image_size(self.config, h, w)
+        grid = (h // self.config.patch_size, w // self.config.patch_size)
+        x = self.pos_drop(self._pos_embed(self.patch_embed(x), grid))
+        return self.encoder(self.norm_pre(x))
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = x[:, 0] if self.config.pool == "token" else x[:, self.num_prefix:].mean(dim=1)
+        x = self.head_drop(self.fc_norm(x))
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int) -> None:
+        self.num_classes = num_classes
+        self.config.num_classes = num_classes
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        if num_classes > 0:
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
+
+
+_PAPER = "Dosovitskiy et al. 2020, An Image is Worth 16x16 Words (arXiv:2010.11929); sizes from DeiT, Touvron et al. 2021"
+
+
+def _register(name: str, description: str, **kw):
+    register_model(name, "vit", VisionTransformer, ViTConfig(**kw), _PAPER, description)
+
+
+_register("vit_tiny_patch16_224", "ViT-Ti/16 (DeiT-Ti), 224px", dim=192, depth=12, num_heads=3)
+_register("vit_small_patch16_224", "ViT-S/16 (DeiT-S), 224px", dim=384, depth=12, num_heads=6)
+_register("vit_base_patch16_224", "ViT-B/16, 224px", dim=768, depth=12, num_heads=12)
+# Small-image variants for CPU training on the offline data sets.
+_register("vit_mnist", "ViT for 28x28 grey digits (MNIST): conv stem to a 7x7 grid, mean pooling", img_size=28, patch_size=4,
+          in_chans=1, num_classes=10, dim=128, depth=6, num_heads=4, mlp_ratio=2.0, pool="avg", stem="conv")
+_register("vit_mnist_patch4", "ViT for 28x28 grey digits with the plain linear patch embedding (patch 4)", img_size=28,
+          patch_size=4, in_chans=1, num_classes=10, dim=128, depth=6, num_heads=4, mlp_ratio=2.0)
+_register("vit_digits", "ViT for scikit-learn's 8x8 digits: patch 2, a 4x4 grid", img_size=8, patch_size=2, in_chans=1,
+          num_classes=10, dim=64, depth=4, num_heads=4, mlp_ratio=2.0, pool="avg")

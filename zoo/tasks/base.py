@@ -1,0 +1,75 @@
+"""What every task shares: building the model by name, AdamW with sane decay groups, warm-up + cosine."""
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import torch
+from torch import nn
+
+from ..registry import create_model
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """No weight decay on norms, biases, embeddings, positions and special tokens."""
+    skip = set(getattr(model, "no_weight_decay", lambda: set())())
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        leaf = name.rsplit(".", 1)[-1]
+        if p.ndim <= 1 or name in skip or leaf in skip or "embed" in name or "token" in leaf:
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float:
+    """Multiplier of the peak learning rate: linear warm-up, then cosine decay to min_ratio."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class ZooTask(L.LightningModule):
+    """Base LightningModule: holds `self.model` (a registered zoo model) and the optimiser recipe.
+
+    `data_overrides` is filled from the data module by the CLI (number of classes, channels,
+    vocabulary size, ...); `model_kwargs` are the user's own overrides and win.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        model_kwargs: dict | None = None,
+        data_overrides: dict | None = None,
+        pretrained: str | None = None,
+        lr: float = 1e-3,
+        weight_decay: float = 0.05,
+        betas: tuple[float, float] = (0.9, 0.999),
+        warmup_steps: int | float = 0.05,
+        min_lr_ratio: float = 0.01,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        overrides = {**(data_overrides or {}), **(model_kwargs or {})}
+        self.model = create_model(model, pretrained=pretrained, **overrides)
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        opt = torch.optim.AdamW(param_groups(self.model, hp.weight_decay), lr=hp.lr, betas=tuple(hp.betas))
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = int(hp.warmup_steps * total) if isinstance(hp.warmup_steps, float) else int(hp.warmup_steps)
+        warmup = max(1, min(warmup, total))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, warmup, total, hp.min_lr_ratio))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        if loss is not None and not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"training loss became {loss.item()} at step {self.global_step}; lower the learning rate, "
+                "enable gradient clipping (--trainer.gradient_clip_val 1.0) or use bf16 instead of fp16"
+            )
