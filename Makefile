@@ -11,7 +11,6 @@ venv: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip 2>/dev/null || true
 	$(BIN)/pip install --quiet -e ".[test]"
 	touch $@
 

@@ -1,0 +1,253 @@
+"""The shared core against formulas and naive references."""
+import math
+
+import pytest
+import torch
+
+from zoo.core import (
+    BlockConfig,
+    KVCache,
+    MultiHeadAttention,
+    RelativePositionBias,
+    RMSNorm,
+    RotaryEmbedding,
+    SinusoidalPositionalEmbedding,
+    TransformerBlock,
+    TransformerStack,
+    attention,
+    causal_mask,
+    padding_mask,
+    relative_position_bucket,
+    sinusoidal_table,
+)
+from zoo.core.layers import DropPath, FeedForward
+
+
+def naive_attention(q, k, v, keep=None, bias=None, scale=None):
+    scale = 1 / math.sqrt(q.shape[-1]) if scale is None else scale
+    s = torch.einsum("bhqd,bhkd->bhqk", q, k) * scale
+    if bias is not None:
+        s = s + bias
+    if keep is not None:
+        s = s.masked_fill(~keep, float("-inf"))
+    return torch.einsum("bhqk,bhkd->bhqd", s.softmax(-1), v)
+
+
+@pytest.fixture
+def qkv():
+    g = torch.Generator().manual_seed(0)
+    return [torch.randn(2, 3, 5, 8, generator=g, dtype=torch.float64) for _ in range(3)]
+
+
+@pytest.mark.parametrize("need_weights", [False, True])
+def test_attention_with_padding_and_causal_matches_naive(qkv, need_weights):
+    q, k, v = qkv
+    am = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
+    keep = padding_mask(am) & causal_mask(5, 5)
+    out, _ = attention(q, k, v, mask=padding_mask(am), causal=True, need_weights=need_weights)
+    ref = naive_attention(q, k, v, keep)
+    torch.testing.assert_close(out, ref, atol=1e-12, rtol=0)
+
+
+def test_attention_bias_and_unit_scale_matches_naive(qkv):
+    q, k, v = qkv
+    bias = torch.randn(1, 3, 5, 5, dtype=torch.float64)
+    am = torch.tensor([[1, 1, 1, 1, 0], [1, 1, 1, 1, 1]])
+    out, _ = attention(q, k, v, mask=padding_mask(am), bias=bias, scale=1.0)
+    ref = naive_attention(q, k, v, padding_mask(am).expand(2, 3, 5, 5), bias=bias, scale=1.0)
+    torch.testing.assert_close(out, ref, atol=1e-12, rtol=0)
+
+
+def test_attention_weights_rows_sum_to_one_and_respect_mask(qkv):
+    q, k, v = qkv
+    am = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0]])
+    _, w = attention(q, k, v, mask=padding_mask(am), need_weights=True)
+    torch.testing.assert_close(w.sum(-1), torch.ones(2, 3, 5, dtype=torch.float64))
+    assert w[1, :, :, 2:].abs().max() == 0
+
+
+def test_causal_mask_aligns_queries_to_the_end():
+    m = causal_mask(2, 4)[0, 0]
+    assert m.tolist() == [[True, True, True, False], [True, True, True, True]]
+
+
+def test_padding_mask_rejects_wrong_rank():
+    with pytest.raises(ValueError, match="attention_mask must be"):
+        padding_mask(torch.ones(2, 1, 5))
+
+
+def test_mha_fused_and_separate_projections_agree():
+    torch.manual_seed(0)
+    fused = MultiHeadAttention(16, 4, fused_qkv=True).eval()
+    split = MultiHeadAttention(16, 4, fused_qkv=False).eval()
+    wq, wk, wv = fused.qkv.weight.chunk(3)
+    bq, bk, bv = fused.qkv.bias.chunk(3)
+    with torch.no_grad():
+        for lin, w, b in ((split.q, wq, bq), (split.k, wk, bk), (split.v, wv, bv)):
+            lin.weight.copy_(w), lin.bias.copy_(b)
+        split.proj.load_state_dict(fused.proj.state_dict())
+    x = torch.randn(2, 7, 16)
+    torch.testing.assert_close(fused(x), split(x), atol=1e-6, rtol=1e-6)
+
+
+def test_mha_head_split_convention_matches_torch_multihead_attention():
+    """Heads outermost in the feature split: the same weights give nn.MultiheadAttention's output."""
+    torch.manual_seed(0)
+    ref = torch.nn.MultiheadAttention(16, 4, batch_first=True).eval()
+    ours = MultiHeadAttention(16, 4).eval()
+    with torch.no_grad():
+        ours.qkv.weight.copy_(ref.in_proj_weight), ours.qkv.bias.copy_(ref.in_proj_bias)
+        ours.proj.load_state_dict(ref.out_proj.state_dict())
+    x = torch.randn(2, 6, 16)
+    am = torch.tensor([[1] * 6, [1, 1, 1, 1, 0, 0]])
+    expected, _ = ref(x, x, x, key_padding_mask=am == 0, need_weights=False)
+    torch.testing.assert_close(ours(x, mask=padding_mask(am)), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_mha_cache_equals_full_recompute():
+    torch.manual_seed(0)
+    mha = MultiHeadAttention(16, 4).eval()
+    rope = RotaryEmbedding(4)
+    x = torch.randn(2, 6, 16)
+    full = mha(x, causal=True, rope=rope)
+    cache = KVCache()
+    steps = [mha(x[:, i:i + 1], causal=True, rope=rope, cache=cache) for i in range(6)]
+    torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-6, rtol=1e-5)
+    assert cache.length(mha.layer_id) == 6
+
+
+def test_cross_attention_needs_context():
+    with pytest.raises(ValueError, match="context"):
+        MultiHeadAttention(16, 4, cross=True)(torch.randn(1, 2, 16))
+
+
+def test_mha_rejects_indivisible_heads():
+    with pytest.raises(ValueError, match="not divisible"):
+        MultiHeadAttention(10, 4)
+
+
+def test_sinusoidal_table_matches_formula():
+    d, table = 16, sinusoidal_table(50, 16)
+    for pos in (0, 1, 7, 49):
+        for i in range(d // 2):
+            angle = pos / 10000 ** (2 * i / d)
+            assert table[pos, 2 * i].item() == pytest.approx(math.sin(angle), abs=1e-6)
+            assert table[pos, 2 * i + 1].item() == pytest.approx(math.cos(angle), abs=1e-6)
+
+
+def test_positional_embedding_too_long_raises_clear_error():
+    pe = SinusoidalPositionalEmbedding(8, 4)
+    with pytest.raises(ValueError, match="exceeds the model's maximum of 8"):
+        pe(9)
+
+
+def test_rope_scores_depend_only_on_offsets():
+    torch.manual_seed(0)
+    rope = RotaryEmbedding(8)
+    q, k = torch.randn(1, 1, 1, 8), torch.randn(1, 1, 1, 8)
+
+    def score(pq, pk):
+        return (rope(q, offset=pq) * rope(k, offset=pk)).sum().item()
+
+    assert score(3, 1) == pytest.approx(score(13, 11), abs=1e-5)
+    assert score(0, 5) == pytest.approx(score(20, 25), abs=1e-5)
+    assert score(3, 1) != pytest.approx(score(3, 2), abs=1e-3)
+    # a rotation keeps norms
+    torch.testing.assert_close(rope(q, offset=7).norm(), q.norm())
+
+
+def test_rope_rejects_odd_head_dim():
+    with pytest.raises(ValueError, match="even head_dim"):
+        RotaryEmbedding(7)
+
+
+@pytest.mark.parametrize(
+    "rel,bidirectional,bucket",
+    [(0, True, 0), (-1, True, 1), (-7, True, 7), (-8, True, 8), (-11, True, 8), (-12, True, 9), (-90, True, 14),
+     (-91, True, 15), (1, True, 17), (8, True, 24), (91, True, 31), (500, True, 31),
+     (5, False, 0), (-15, False, 15), (-16, False, 16), (-18, False, 16), (-19, False, 17), (-112, False, 30), (-113, False, 31)],
+)
+def test_t5_relative_buckets_match_reference_ranges(rel, bidirectional, bucket):
+    out = relative_position_bucket(torch.tensor([rel]), bidirectional, 32, 128)
+    assert out.item() == bucket
+
+
+def test_t5_bidirectional_bucket_16_unused():
+    rel = torch.arange(-300, 301)
+    assert 16 not in relative_position_bucket(rel, True, 32, 128).tolist()
+
+
+def test_relative_bias_shape():
+    bias = RelativePositionBias(num_heads=3, num_buckets=8, max_distance=20)(4, 6)
+    assert bias.shape == (1, 3, 4, 6)
+
+
+def test_rmsnorm_formula():
+    x = torch.randn(3, 8)
+    n = RMSNorm(8, eps=1e-6)
+    with torch.no_grad():
+        n.weight.uniform_()
+    torch.testing.assert_close(n(x), n.weight * x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6))
+
+
+def test_gated_feedforward_formula():
+    torch.manual_seed(0)
+    ff = FeedForward(8, 16, activation="silu", gated=True)
+    x = torch.randn(2, 8)
+    expected = ff.fc2(torch.nn.functional.silu(ff.fc1(x)) * ff.gate(x))
+    torch.testing.assert_close(ff(x), expected)
+
+
+def test_drop_path_is_identity_in_eval_and_unbiased_in_train():
+    dp = DropPath(0.5)
+    x = torch.ones(20000, 1)
+    assert torch.equal(dp.eval()(x), x)
+    y = dp.train()(x)
+    assert set(y.unique().tolist()) <= {0.0, 2.0}
+    assert y.mean().item() == pytest.approx(1.0, abs=0.05)
+
+
+def test_post_norm_block_matches_torch_encoder_layer():
+    """Post-norm block == nn.TransformerEncoderLayer (norm_first=False) with copied weights."""
+    torch.manual_seed(0)
+    ref = torch.nn.TransformerEncoderLayer(16, 4, 32, dropout=0.0, activation="relu", batch_first=True).eval()
+    blk = TransformerBlock(BlockConfig(16, 4, 32, norm_first=False, norm_eps=1e-5, activation="relu")).eval()
+    with torch.no_grad():
+        blk.attn.qkv.weight.copy_(ref.self_attn.in_proj_weight), blk.attn.qkv.bias.copy_(ref.self_attn.in_proj_bias)
+        blk.attn.proj.load_state_dict(ref.self_attn.out_proj.state_dict())
+        blk.mlp.fc1.load_state_dict(ref.linear1.state_dict()), blk.mlp.fc2.load_state_dict(ref.linear2.state_dict())
+        blk.norm1.load_state_dict(ref.norm1.state_dict()), blk.norm2.load_state_dict(ref.norm2.state_dict())
+    x = torch.randn(2, 5, 16)
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        torch.testing.assert_close(blk(x), ref(x), atol=1e-5, rtol=1e-5)
+    finally:
+        torch.backends.mha.set_fastpath_enabled(True)
+
+
+def test_decoder_stack_causality_and_cross_attention():
+    torch.manual_seed(0)
+    stack = TransformerStack(BlockConfig(16, 4, 32), depth=2, cross_attention=True).eval()
+    x, mem = torch.randn(1, 6, 16), torch.randn(1, 4, 16)
+    out = stack(x, causal=True, context=mem)
+    x2 = x.clone()
+    x2[:, 4:] += 1.0  # change the future
+    out2 = stack(x2, causal=True, context=mem)
+    torch.testing.assert_close(out[:, :4], out2[:, :4])
+    assert not torch.allclose(out[:, 4:], out2[:, 4:])
+    out3 = stack(x, causal=True, context=mem + 1)
+    assert not torch.allclose(out, out3)
+
+
+def test_gradient_checkpointing_gives_same_gradients():
+    torch.manual_seed(0)
+    stack = TransformerStack(BlockConfig(16, 4, 32), depth=2)
+    x = torch.randn(2, 5, 16)
+    stack(x).sum().backward()
+    g1 = [p.grad.clone() for p in stack.parameters()]
+    stack.zero_grad()
+    stack.gradient_checkpointing = True
+    stack(x).sum().backward()
+    for a, p in zip(g1, stack.parameters()):
+        torch.testing.assert_close(a, p.grad)
+

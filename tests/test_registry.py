@@ -1,0 +1,81 @@
+"""The registry's API and its errors, and safe weight loading."""
+import pytest
+import torch
+
+import zoo
+from zoo.registry import count_parameters
+from zoo.weights import StateDictMismatch, load_state_dict_checked, save_safetensors
+
+
+def test_list_models_wildcard_and_sorted():
+    vits = zoo.list_models("vit_*")
+    assert "vit_small_patch16_224" in vits and vits == sorted(vits)
+    assert all(n.startswith("vit_") for n in vits)
+    assert set(vits) <= set(zoo.list_models())
+    assert zoo.list_models("no_such_*") == []
+
+
+def test_unknown_model_names_close_matches():
+    with pytest.raises(ValueError, match=r"unknown model 'vit_smal_patch16_224'.*vit_small_patch16_224"):
+        zoo.create_model("vit_smal_patch16_224")
+
+
+def test_unknown_override_names_accepted_ones():
+    with pytest.raises(TypeError, match=r"does not accept colour.*accepted overrides:.*num_classes"):
+        zoo.create_model("vit_mnist", colour=3)
+
+
+def test_model_info_counts_parameters_like_the_real_model():
+    info = zoo.model_info("vit_mnist", depth=2)
+    assert info["family"] == "vit" and info["config"]["depth"] == 2 and "Dosovitskiy" in info["paper"]
+    assert info["params"] == count_parameters(zoo.create_model("vit_mnist", depth=2))
+
+
+def test_register_rejects_duplicates_and_non_dataclass():
+    with pytest.raises(ValueError, match="already registered"):
+        zoo.register_model("vit_mnist", "vit", object, zoo.get_config("vit_mnist"), "paper")
+    with pytest.raises(TypeError, match="dataclass"):
+        zoo.register_model("new_model_x", "vit", object, {"dim": 3}, "paper")
+
+
+def test_pretrained_safetensors_round_trip(tmp_path):
+    model = zoo.create_model("vit_digits")
+    path = tmp_path / "w.safetensors"
+    save_safetensors(model, path)
+    loaded = zoo.create_model("vit_digits", pretrained=str(path)).eval()
+    x = torch.randn(2, 1, 8, 8)
+    torch.testing.assert_close(loaded(x), model.eval()(x))
+
+
+def test_pretrained_torch_file_loads_weights_only(tmp_path):
+    model = zoo.create_model("vit_digits")
+    path = tmp_path / "w.pt"
+    torch.save(model.state_dict(), path)
+    loaded = zoo.create_model("vit_digits", pretrained=str(path))
+    torch.testing.assert_close(loaded.head.weight, model.head.weight)
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("executed",))
+
+    torch.save({"x": Evil()}, tmp_path / "evil.pt")
+    with pytest.raises(Exception, match="(?i)weights.only|unpickl"):
+        zoo.create_model("vit_digits", pretrained=str(tmp_path / "evil.pt"))
+
+
+def test_missing_file_is_a_clear_error():
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        zoo.create_model("vit_digits", pretrained="nope.safetensors")
+
+
+def test_state_dict_mismatch_lists_every_problem():
+    model = zoo.create_model("vit_digits")
+    sd = model.state_dict()
+    sd.pop("pos_embed")
+    sd["bogus.weight"] = torch.zeros(1)
+    sd["head.weight"] = torch.zeros(3, 64)
+    with pytest.raises(StateDictMismatch) as e:
+        load_state_dict_checked(model, sd)
+    msg = str(e.value)
+    assert "missing (1): pos_embed" in msg and "unexpected (1): bogus.weight" in msg
+    assert "head.weight: checkpoint (3, 64) vs model (10, 64)" in msg
