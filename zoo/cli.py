@@ -26,10 +26,32 @@ class ZooCLI(LightningCLI):
         parser.link_arguments("data", "model.init_args.data_overrides", compute_fn=lambda dm: dm.model_overrides,
                               apply_on="instantiate")
 
+    def instantiate_trainer(self, **kwargs):
+        # Defaults every run gets: atomic checkpoint writes and step-seeded randomness (exact resumption).
+        from .callbacks import default_trainer_extras
+
+        trainer = super().instantiate_trainer(**kwargs)
+        default_trainer_extras(trainer)
+        return trainer
+
     def after_fit(self):
         if self.config[self.subcommand].get("test_after_fit") and not self.trainer.fast_dev_run:
             ckpt = "best" if self.trainer.checkpoint_callback and self.trainer.checkpoint_callback.best_model_path else None
             self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt)
+
+    def after_predict(self):
+        """Print one line per prediction (texts, or class + probability)."""
+        for batch in self.trainer.predict_loop.predictions or []:
+            for line in _prediction_lines(batch):
+                print(line)
+
+
+def _prediction_lines(batch) -> list[str]:
+    if isinstance(batch, dict) and "pred" in batch:
+        return [f"{int(p)}\t{float(q):.4f}" for p, q in zip(batch["pred"].tolist(), batch["prob"].tolist())]
+    if isinstance(batch, (list, tuple)):
+        return [str(x) for x in batch]
+    return [str(batch)]
 
 
 def lightning_main(args: list[str] | None = None, run: bool = True) -> ZooCLI:

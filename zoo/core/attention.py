@@ -157,3 +157,29 @@ class MultiHeadAttention(nn.Module):
         )
         self.last_weights = weights
         return self.proj_drop(self.proj(rearrange(out, "b h l d -> b l (h d)")))
+
+
+class AdditiveAttention(nn.Module):
+    """Additive attention (Bahdanau et al. 2015): score(s, h_j) = vᵀ tanh(W s + U h_j), softmax over j.
+
+    The recurrent encoder–decoders use it. `keys(memory)` projects the encoder states once (U h_j)
+    so that each decoding step only projects its query. `forward` returns the context Σ_j α_j h_j
+    (B, memory_dim) and the weights α (B, S)."""
+
+    def __init__(self, query_dim: int, memory_dim: int, attn_dim: int):
+        super().__init__()
+        self.query = nn.Linear(query_dim, attn_dim, bias=False)
+        self.key = nn.Linear(memory_dim, attn_dim)
+        self.score = nn.Linear(attn_dim, 1, bias=False)
+
+    def keys(self, memory: torch.Tensor) -> torch.Tensor:
+        return self.key(memory)
+
+    def forward(self, query: torch.Tensor, keys: torch.Tensor, memory: torch.Tensor,
+                mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """query (B, Dq), keys (B, S, A), memory (B, S, Dm), mask (B, S) with True/1 = attend."""
+        scores = self.score(torch.tanh(keys + self.query(query)[:, None])).squeeze(-1)
+        if mask is not None:
+            scores = scores.masked_fill(~mask.bool(), torch.finfo(scores.dtype).min)
+        weights = scores.softmax(dim=-1)
+        return torch.einsum("bs,bsd->bd", weights, memory), weights

@@ -15,7 +15,8 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         var = x.float().pow(2).mean(-1, keepdim=True)
-        return self.weight * (x.float() * torch.rsqrt(var + self.eps)).to(x.dtype)
+        # x * rsqrt promotes to float32 for half inputs and keeps float64 exact (as HF T5 does)
+        return self.weight * (x * torch.rsqrt(var + self.eps)).to(x.dtype)
 
 
 def make_norm(kind: str, dim: int, eps: float, bias: bool = True) -> nn.Module:

@@ -66,6 +66,23 @@ class ZooTask(L.LightningModule):
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, warmup, total, hp.min_lr_ratio))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
+    def configure_model(self):
+        """Sharded training (Lightning's ModelParallelStrategy sets `device_mesh`): FSDP2 `fully_shard`
+        on every transformer block, then on the whole model. Without a mesh nothing changes."""
+        mesh = getattr(self, "device_mesh", None)
+        if mesh is None or getattr(self, "_zoo_sharded", False):
+            return
+        from torch.distributed.fsdp import fully_shard
+
+        from ..core.blocks import TransformerBlock
+
+        dp_mesh = mesh["data_parallel"] if mesh.mesh_dim_names and "data_parallel" in mesh.mesh_dim_names else mesh
+        for module in self.model.modules():
+            if isinstance(module, TransformerBlock):
+                fully_shard(module, mesh=dp_mesh)
+        fully_shard(self.model, mesh=dp_mesh)
+        self._zoo_sharded = True
+
     def on_train_batch_end(self, outputs, batch, batch_idx):
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
         if loss is not None and not torch.isfinite(loss):

@@ -1,0 +1,303 @@
+"""transformers <-> zoo: outputs of converted models against the reference (random weights, nothing downloaded).
+
+Contract: float32, eval, padded batches of unequal lengths, only non-padded positions compared,
+max|diff| <= 1e-4 * max(1, max|ref|); float64 agreement <= 1e-9 (HF sdpa backend).
+"""
+import json
+
+import pytest
+import torch
+import transformers as T
+from safetensors.torch import load_file, save_file
+
+import zoo
+from zoo.interop import from_hf, to_hf
+from zoo.weights import StateDictMismatch
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors: one thread avoids OpenMP spin-waiting on a loaded machine (100x slower there)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def assert_parity(out, ref, keep=None, tol=1e-4):
+    out, ref = out.detach(), ref.detach()
+    assert out.shape == ref.shape, (out.shape, ref.shape)
+    if keep is not None:
+        out, ref = out[keep.bool()], ref[keep.bool()]
+    bound = tol * max(1.0, ref.abs().max().item())
+    err = (out - ref).abs().max().item()
+    assert err <= bound, f"max|diff| {err:.3g} > {bound:.3g}"
+    return err
+
+
+def text_batch(vocab, b=3, length=9, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(2, vocab, (b, length), generator=g)
+    mask = torch.ones(b, length, dtype=torch.long)
+    for i in range(1, b):  # unequal lengths: row i loses 2*i trailing tokens
+        mask[i, length - 2 * i:] = 0
+    return ids, mask
+
+
+# ---------------------------------------------------------------------------------------------- BERT
+BERT_TINY = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
+                 max_position_embeddings=64, num_labels=3)
+
+
+def bert_outputs(ref, model, ids, mask, types):
+    with torch.no_grad():
+        r = ref(input_ids=ids, attention_mask=mask, token_type_ids=types, output_hidden_states=True)
+        feats, out = model.forward_features(ids, mask, types), model(ids, mask, types)
+    head = r.logits if hasattr(r, "logits") else r.pooler_output
+    return r.hidden_states[-1], feats, head, out
+
+
+@pytest.mark.parametrize("cls,head", [(T.BertModel, "cls"), (T.BertForMaskedLM, "mlm"),
+                                      (T.BertForSequenceClassification, "cls")])
+@pytest.mark.parametrize("from_dir", [False, True])
+def test_bert_parity(cls, head, from_dir, tmp_path):
+    torch.manual_seed(0)
+    ref = cls(T.BertConfig(**BERT_TINY, hidden_act="gelu_new", layer_norm_eps=1e-7)).eval()
+    if from_dir:
+        ref.save_pretrained(tmp_path)
+    model = from_hf(tmp_path if from_dir else ref)
+    assert model.config.head == head and model.config.norm_eps == 1e-7 and model.config.activation == "gelu_tanh"
+    ids, mask = text_batch(99)
+    types = (torch.arange(9) >= 4).long().expand(3, 9)
+    hid, feats, head_ref, out = bert_outputs(ref, model, ids, mask, types)
+    assert_parity(feats, hid, mask)
+    assert_parity(out, head_ref, mask if out.dim() == 3 else None)
+    # float64: a structural check, rounding can not hide a bug here
+    hid, feats, head_ref, out = bert_outputs(ref.double(), model.double(), ids, mask, types)
+    assert_parity(out, head_ref, mask if out.dim() == 3 else None, tol=1e-9)
+
+
+def test_bert_pretraining_checkpoint_with_legacy_names(tmp_path):
+    """gamma/beta names, the NSP head and position_ids buffers load, as in transformers."""
+    torch.manual_seed(0)
+    ref = T.BertForPreTraining(T.BertConfig(**BERT_TINY)).eval()
+    ref.save_pretrained(tmp_path)
+    sd = load_file(tmp_path / "model.safetensors")
+    sd = {k.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta"): v for k, v in sd.items()}
+    sd["bert.embeddings.position_ids"] = torch.arange(64)[None]
+    save_file(sd, tmp_path / "model.safetensors")
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    cfg["architectures"] = ["BertForMaskedLM"]
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    model = from_hf(tmp_path)
+    ids, mask = text_batch(99)
+    with torch.no_grad():
+        ref_logits = ref(input_ids=ids, attention_mask=mask).prediction_logits
+        assert_parity(model(ids, mask), ref_logits, mask)
+    assert model.mlm_head.decoder.weight is model.embeddings.word_embeddings.weight
+
+
+# ------------------------------------------------------------------------------------------------ T5
+T5_TINY = dict(vocab_size=50, d_model=16, d_kv=8, d_ff=24, num_layers=2, num_decoder_layers=3, num_heads=2,
+               relative_attention_num_buckets=8, relative_attention_max_distance=20, decoder_start_token_id=0)
+V11 = dict(feed_forward_proj="gated-gelu", tie_word_embeddings=False)
+
+
+def t5_ref(version, cls=T.T5ForConditionalGeneration, untie=True):
+    torch.manual_seed(0)
+    ref = cls(T.T5Config(**T5_TINY, **(V11 if version == "1.1" else {}))).eval()
+    if untie and version == "1.1" and hasattr(ref, "lm_head"):
+        # HF 5.24 ties lm_head even for v1.1 configs built without a checkpoint; untie like a hub checkpoint
+        ref.lm_head.weight = torch.nn.Parameter(torch.randn(50, 16))
+    return ref
+
+
+def t5_inputs():
+    ids, mask = text_batch(50, length=11, seed=1)
+    dids, dmask = text_batch(50, length=7, seed=2)
+    return ids, mask, dids, dmask.flip(0)
+
+
+@pytest.mark.parametrize("version", ["1.0", "1.1"])
+@pytest.mark.parametrize("from_dir", [False, True])
+def test_t5_conditional_generation_parity(version, from_dir, tmp_path):
+    ref = t5_ref(version)
+    if from_dir:
+        ref.save_pretrained(tmp_path)
+    model = from_hf(tmp_path if from_dir else ref)
+    assert model.output_scale == (16 ** -0.5 if version == "1.0" else 1.0)
+    assert (model.lm_head.weight is model.shared.weight) == (version == "1.0")
+    ids, mask, dids, dmask = t5_inputs()
+    for dtype, tol in ((torch.float32, 1e-4), (torch.float64, 1e-9)):
+        ref, model = ref.to(dtype), model.to(dtype)
+        with torch.no_grad():
+            r = ref(input_ids=ids, attention_mask=mask, decoder_input_ids=dids, decoder_attention_mask=dmask,
+                    output_hidden_states=True)
+            assert_parity(model.encode(ids, mask), r.encoder_last_hidden_state, mask, tol)
+            assert_parity(model.forward_features(ids, dids, mask, dmask), r.decoder_hidden_states[-1], dmask, tol)
+            assert_parity(model(ids, dids, mask, dmask), r.logits, dmask, tol)
+
+
+def test_t5_v11_config_built_is_tied_without_scaling():
+    """A v1.1 model built from a config: HF ties lm_head to shared but does not rescale; so must zoo."""
+    ref = t5_ref("1.1", untie=False)
+    assert ref.lm_head.weight is ref.shared.weight
+    model = from_hf(ref)
+    assert model.lm_head.weight is model.shared.weight and model.output_scale == 1.0
+    ids, mask, dids, dmask = t5_inputs()
+    with torch.no_grad():
+        r = ref(input_ids=ids, attention_mask=mask, decoder_input_ids=dids, decoder_attention_mask=dmask).logits
+        assert_parity(model(ids, dids, mask, dmask), r, dmask)
+
+
+@pytest.mark.parametrize("version", ["1.0", "1.1"])
+def test_t5_model_and_encoder_model(version):
+    ids, mask, dids, dmask = t5_inputs()
+    ref = t5_ref(version, T.T5Model)
+    model = from_hf(ref)
+    assert not model.encoder_only
+    with torch.no_grad():
+        r = ref(input_ids=ids, attention_mask=mask, decoder_input_ids=dids, decoder_attention_mask=dmask)
+        assert_parity(model.forward_features(ids, dids, mask, dmask), r.last_hidden_state, dmask)
+    enc = t5_ref(version, T.T5EncoderModel)
+    model = from_hf(enc)
+    assert model.encoder_only  # the zoo has no encoder-only T5: the encoder half is the checkpoint's
+    with torch.no_grad():
+        assert_parity(model.encode(ids, mask), enc(input_ids=ids, attention_mask=mask).last_hidden_state, mask)
+
+
+# ----------------------------------------------------------------------------------------------- ViT
+VIT_TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37, image_size=32,
+                patch_size=8, num_labels=5)
+
+
+@pytest.mark.parametrize("cls", [T.ViTModel, T.ViTForImageClassification])
+@pytest.mark.parametrize("from_dir", [False, True])
+def test_vit_parity(cls, from_dir, tmp_path):
+    torch.manual_seed(0)
+    ref = cls(T.ViTConfig(**VIT_TINY, layer_norm_eps=1e-6)).eval()
+    if from_dir:  # on disk: hub names (encoder.layer.i.attention.attention.query ...)
+        ref.save_pretrained(tmp_path)
+        assert any(".attention.attention.query." in k for k in load_file(tmp_path / "model.safetensors"))
+    else:  # in memory: v5 names (layers.i.attention.q_proj ...)
+        assert any(".attention.q_proj." in k for k in ref.state_dict())
+    model = from_hf(tmp_path if from_dir else ref)
+    assert model.config.norm_eps == 1e-6
+    x = torch.randn(2, 3, 32, 32)
+    for dtype, tol in ((torch.float32, 1e-4), (torch.float64, 1e-9)):
+        ref, model = ref.to(dtype), model.to(dtype)
+        with torch.no_grad():
+            r = ref(x.to(dtype))
+            assert_parity(model.forward_features(x.to(dtype)), r.last_hidden_state if cls is T.ViTModel else
+                          ref.vit(x.to(dtype)).last_hidden_state, tol=tol)
+            if cls is T.ViTForImageClassification:
+                assert_parity(model(x.to(dtype)), r.logits, tol=tol)
+
+
+# ---------------------------------------------------------------------------------------- round trips
+def _roundtrip(model, hf_cls, tmp_path, call_zoo, call_hf):
+    model.eval()
+    to_hf(model, tmp_path)
+    ref = hf_cls.from_pretrained(tmp_path).eval()
+    back = from_hf(tmp_path)
+    with torch.no_grad():
+        expected = call_zoo(model)
+        assert_parity(call_hf(ref), expected, tol=1e-5)
+        assert torch.equal(call_zoo(back), expected)  # same weights, same code: bit-identical
+
+
+def test_roundtrip_bert(tmp_path):
+    torch.manual_seed(0)
+    model = zoo.create_model("bert_tiny", depth=2, vocab_size=120, dropout=0.0, attn_dropout=0.0)
+    ids, mask = text_batch(120)
+    _roundtrip(model, T.BertForMaskedLM, tmp_path, lambda m: m(ids, mask)[mask.bool()],
+               lambda r: r(input_ids=ids, attention_mask=mask).logits[mask.bool()])
+
+
+def test_roundtrip_bert_classifier(tmp_path):
+    torch.manual_seed(0)
+    model = zoo.create_model("bert_tiny", depth=1, vocab_size=120, head="cls", num_classes=4)
+    torch.nn.init.normal_(model.classifier.weight)
+    ids, mask = text_batch(120)
+    _roundtrip(model, T.BertForSequenceClassification, tmp_path, lambda m: m(ids, mask),
+               lambda r: r(input_ids=ids, attention_mask=mask).logits)
+
+
+@pytest.mark.parametrize("name", ["t5_small", "t5_v1_1_small"])
+def test_roundtrip_t5(name, tmp_path):
+    torch.manual_seed(0)
+    model = zoo.create_model(name, num_layers=2, num_decoder_layers=2, d_model=32, d_ff=48, d_kv=8, num_heads=4,
+                             vocab_size=64, dropout_rate=0.0)
+    ids, mask, dids, dmask = t5_inputs()
+    _roundtrip(model, T.T5ForConditionalGeneration, tmp_path, lambda m: m(ids, dids, mask, dmask)[dmask.bool()],
+               lambda r: r(input_ids=ids, attention_mask=mask, decoder_input_ids=dids,
+                           decoder_attention_mask=dmask).logits[dmask.bool()])
+
+
+def test_roundtrip_vit(tmp_path):
+    torch.manual_seed(0)
+    model = zoo.create_model("vit_small_patch16_224", img_size=32, depth=2, num_classes=6)
+    torch.nn.init.normal_(model.head.weight)
+    x = torch.randn(2, 3, 32, 32)
+    _roundtrip(model, T.ViTForImageClassification, tmp_path, lambda m: m(x), lambda r: r(x).logits)
+
+
+# ------------------------------------------------------------------------------------ full published sizes
+def test_full_size_bert_base_and_vit_base():
+    """bert_base (MLM) and vit_base_patch16_224 at their published sizes, converted from HF."""
+    torch.manual_seed(0)
+    ref = T.BertForMaskedLM(T.BertConfig()).eval()  # the defaults are bert-base-uncased's
+    model = from_hf(ref)
+    assert zoo.registry.count_parameters(model) == zoo.model_info("bert_base")["params"]
+    ids, mask = text_batch(30522, b=2, length=12)
+    with torch.no_grad():
+        assert_parity(model(ids, mask), ref(input_ids=ids, attention_mask=mask).logits, mask)
+    del ref, model
+    ref = T.ViTForImageClassification(T.ViTConfig(num_labels=1000, layer_norm_eps=1e-6)).eval()
+    model = from_hf(ref)
+    assert zoo.registry.count_parameters(model) == zoo.model_info("vit_base_patch16_224")["params"]
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        assert_parity(model(x), ref(x).logits)
+
+
+# -------------------------------------------------------------------------------------------- errors
+def test_bad_sources_name_the_problem(tmp_path):
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        from_hf(tmp_path)
+    T.GPT2Config(n_layer=1, n_embd=16, n_head=2).save_pretrained(tmp_path)
+    with pytest.raises(FileNotFoundError, match="no model.safetensors"):
+        from_hf(tmp_path)
+    save_file({"x": torch.zeros(1)}, tmp_path / "model.safetensors")
+    with pytest.raises(ValueError, match="no zoo converter for transformers model_type 'gpt2'"):
+        from_hf(tmp_path)
+    with pytest.raises(TypeError, match="transformers model"):
+        from_hf(torch.nn.Linear(2, 2))
+    with pytest.raises(ValueError, match="pool='avg'"):
+        to_hf(zoo.create_model("vit_digits"), tmp_path / "out")
+
+
+def test_bad_weights_report_every_key(tmp_path):
+    """A checkpoint that lost a tensor and has a wrong shape: one error naming both."""
+    torch.manual_seed(0)
+    ref = T.ViTForImageClassification(T.ViTConfig(**VIT_TINY))
+    ref.save_pretrained(tmp_path)
+    sd = load_file(tmp_path / "model.safetensors")
+    del sd["vit.layernorm.bias"]
+    save_file(sd, tmp_path / "model.safetensors")
+    with pytest.raises(KeyError, match="layernorm.bias"):
+        from_hf(tmp_path)
+
+
+def test_load_state_dict_checked_lists_missing_unexpected_and_shapes():
+    model = zoo.create_model("vit_digits")
+    sd = dict(model.state_dict())
+    del sd["head.bias"], sd["pos_embed"]
+    sd["extra.weight"] = torch.zeros(1)
+    sd["head.weight"] = torch.zeros(3, 64)
+    with pytest.raises(StateDictMismatch) as e:
+        zoo.weights.load_state_dict_checked(model, sd)
+    msg = str(e.value)
+    for part in ("missing (2): head.bias, pos_embed", "unexpected (1): extra.weight",
+                 "head.weight: checkpoint (3, 64) vs model (10, 64)"):
+        assert part in msg

@@ -1,0 +1,107 @@
+"""timm / torchvision / torch.nn -> zoo: outputs against the reference (random weights, nothing downloaded)."""
+import pytest
+import timm
+import torch
+from safetensors.torch import save_file
+
+from zoo.interop import from_timm
+from zoo.weights import StateDictMismatch, load_state_dict_checked
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors: one thread avoids OpenMP spin-waiting on a loaded machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def assert_parity(out, ref, tol=1e-4):
+    assert out.shape == ref.shape, (out.shape, ref.shape)
+    bound = tol * max(1.0, ref.abs().max().item())
+    err = (out - ref).abs().max().item()
+    assert err <= bound, f"max|diff| {err:.3g} > {bound:.3g}"
+
+
+TINY = dict(img_size=32, depth=2, num_classes=7)
+
+
+def check(ref, model, dtypes=((torch.float32, 1e-4), (torch.float64, 1e-9)), size=32):
+    x = torch.randn(2, 3, size, size)
+    for dtype, tol in dtypes:
+        ref, model = ref.to(dtype), model.to(dtype)
+        with torch.no_grad():
+            feats = ref.forward_features(x.to(dtype))
+            if isinstance(ref.norm, torch.nn.Identity) and not isinstance(ref.fc_norm, torch.nn.Identity):
+                feats = ref.norm(feats)  # with fc_norm, timm has no final norm: the same tokens either way
+            assert_parity(model.forward_features(x.to(dtype)), feats, tol)
+            assert_parity(model(x.to(dtype)), ref(x.to(dtype)), tol)
+
+
+@pytest.mark.parametrize("pool,fc_norm", [("token", None), ("avg", None), ("avg", False), ("token", True)])
+def test_pooling_variants(pool, fc_norm):
+    torch.manual_seed(0)
+    ref = timm.create_model("vit_tiny_patch16_224", pretrained=False, global_pool=pool, fc_norm=fc_norm, **TINY).eval()
+    model = from_timm(ref)
+    use_fc_norm = pool == "avg" if fc_norm is None else fc_norm
+    assert model.config.pool == pool and isinstance(model.fc_norm, torch.nn.LayerNorm) == use_fc_norm and model.config.norm_eps == 1e-6
+    check(ref, model)
+
+
+def test_clip_style_pre_norm_layerscale_and_no_head():
+    """pre_norm (ln_pre, bias-free patch embedding), eps 1e-5, LayerScale folded into the Linear, num_classes=0."""
+    torch.manual_seed(0)
+    ref = timm.create_model("vit_base_patch32_clip_224", pretrained=False, img_size=64, depth=2, embed_dim=64,
+                            num_heads=4, num_classes=0, init_values=0.3).eval()
+    model = from_timm(ref)
+    assert model.config.pre_norm and model.config.norm_eps == 1e-5 and model.num_classes == 0
+    check(ref, model, size=64)
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "pth"])
+def test_checkpoint_file_plus_arch(fmt, tmp_path):
+    torch.manual_seed(0)
+    ref = timm.create_model("vit_tiny_patch16_224", pretrained=False, global_pool="avg", **TINY).eval()
+    path = tmp_path / f"ckpt.{fmt}"
+    if fmt == "safetensors":
+        save_file(ref.state_dict(), path)
+    else:
+        torch.save({"state_dict": ref.state_dict()}, path)
+    # num_classes and the pooling are read off the weights; the size overrides go to timm.create_model
+    model = from_timm(path, arch="vit_tiny_patch16_224", img_size=32, depth=2)
+    assert model.num_classes == 7 and model.config.pool == "avg"
+    check(ref, model, dtypes=((torch.float32, 1e-4),))
+
+
+def test_full_size_timm_vit_small():
+    torch.manual_seed(0)
+    ref = timm.create_model("vit_small_patch16_224", pretrained=False).eval()
+    model = from_timm(ref)
+    check(ref, model, dtypes=((torch.float32, 1e-4),), size=224)
+
+
+def test_unsupported_options_and_bad_files_are_named(tmp_path):
+    reg = timm.create_model("vit_tiny_patch16_224", pretrained=False, reg_tokens=4, **TINY)
+    with pytest.raises(ValueError, match="reg_tokens=4"):
+        from_timm(reg)
+    qk = timm.create_model("vit_tiny_patch16_224", pretrained=False, qk_norm=True, **TINY)
+    with pytest.raises(ValueError, match="qk_norm"):
+        from_timm(qk)
+    with pytest.raises(ValueError, match="arch="):
+        from_timm(tmp_path / "x.safetensors")
+    with pytest.raises(FileNotFoundError):
+        from_timm(tmp_path / "x.safetensors", arch="vit_tiny_patch16_224")
+    save_file({"head.weight": torch.zeros(3, 192), "foo": torch.zeros(1)}, tmp_path / "bad.safetensors")
+    with pytest.raises(StateDictMismatch, match=r"(?s)missing \(\d+\): blocks.0.*unexpected \(1\): foo"):
+        from_timm(tmp_path / "bad.safetensors", arch="vit_tiny_patch16_224", img_size=32, depth=2)
+
+
+def test_converted_weights_reload_through_the_checked_loader():
+    torch.manual_seed(0)
+    model = from_timm(timm.create_model("vit_tiny_patch16_224", pretrained=False, **TINY))
+    sd = model.state_dict()
+    sd["encoder.blocks.0.attn.qkv.weight"] = sd["encoder.blocks.0.attn.qkv.weight"][:, :5]
+    sd.pop("encoder.norm.weight")
+    with pytest.raises(StateDictMismatch, match=r"(?s)missing \(1\): encoder.norm.weight.*qkv.weight: checkpoint \(576, 5\)"):
+        load_state_dict_checked(model, sd)

@@ -1,0 +1,130 @@
+"""`zoo bench speed|quality|generate ...` (registered in zoo.cli.EXTRA_COMMANDS)."""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from pathlib import Path
+
+from ..cli import EXTRA_COMMANDS
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(t) for t in text.split(",") if t)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 64,128,256, got {text!r}") from None
+
+
+def _choices(allowed: tuple[str, ...]):
+    def parse(text: str) -> tuple[str, ...]:
+        vals = tuple(t for t in text.split(",") if t)
+        bad = [v for v in vals if v not in allowed]
+        if bad:
+            raise argparse.ArgumentTypeError(f"unknown value(s) {bad}; choose from {', '.join(allowed)}")
+        return vals
+    return parse
+
+
+def write_rows(rows: list[dict], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    with open(path, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=keys)
+        w.writeheader()
+        w.writerows(rows)
+
+
+def resolve_models(patterns: list[str], default: list[str]) -> list[str]:
+    from .. import list_models
+
+    if not patterns:
+        return [n for n in default if n in list_models()]
+    names = []
+    for p in patterns:
+        found = list_models(p)
+        if not found:
+            raise SystemExit(f"no registered model matches {p!r}; see `zoo models` for the names")
+        names += [n for n in found if n not in names]
+    return names
+
+
+def speed_main(argv: list[str]) -> int:
+    from .speed import GOALS, SpeedOptions, format_goals, format_table, run_speed
+
+    ap = argparse.ArgumentParser(prog="zoo bench speed", description="Throughput, MACs and memory of zoo models (and their peers).")
+    ap.add_argument("patterns", nargs="*", help="model names or wildcards; default: the goal models of issue 7")
+    ap.add_argument("--goals", action="store_true", help="run exactly the goal configurations (implies --vs-peers)")
+    ap.add_argument("--batch-size", type=int, help="default: 16 images / 8 sequences")
+    ap.add_argument("--seq-lens", type=_ints, default=(128,), help="source lengths, e.g. 64,128,256,512")
+    ap.add_argument("--tgt-len", type=int, default=32, help="decoder length of encoder-decoders")
+    ap.add_argument("--img-size", type=int, help="image side (default: the model's)")
+    ap.add_argument("--precision", type=_choices(("fp32", "bf16")), default=("fp32",), help="fp32,bf16 (bf16 = autocast)")
+    ap.add_argument("--modes", type=_choices(("forward", "train")), default=("forward", "train"))
+    ap.add_argument("--vs-peers", action="store_true", help="also time the reference implementation, interleaved")
+    ap.add_argument("--compile", action="store_true", help="torch.compile both sides")
+    ap.add_argument("--gradient-checkpointing", action="store_true")
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=5, help="timed rounds (alternating zoo / peer)")
+    ap.add_argument("--steps", type=int, default=2, help="steps per round")
+    ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory step")
+    ap.add_argument("--out", default="results/bench", help="directory for speed[_TAG].csv / .json")
+    ap.add_argument("--tag", default="", help="file name suffix, e.g. seqlen")
+    a = ap.parse_args(argv)
+    opts = SpeedOptions(batch_size=a.batch_size, seq_lens=a.seq_lens, tgt_len=a.tgt_len, img_size=a.img_size,
+                        precisions=a.precision, modes=a.modes, vs_peers=a.vs_peers or a.goals, compile=a.compile,
+                        gradient_checkpointing=a.gradient_checkpointing, warmup=a.warmup, rounds=a.rounds, steps=a.steps,
+                        memory=not a.no_memory)
+    if a.goals:
+        from .. import list_models
+
+        result = {"rows": [], "goals": []}
+        for model, batch, seq, tgt in GOALS:
+            if model not in list_models():
+                print(f"- {model}: not registered yet, skipped")
+                continue
+            opts.batch_size, opts.seq_lens, opts.tgt_len = batch, (seq or 128,), tgt or 32
+            part = run_speed([model], opts)
+            result = {**part, "rows": result["rows"] + part["rows"]}
+            print(format_table(part["rows"]))
+        from .speed import check_goals
+
+        result["goals"] = check_goals(result["rows"])
+    else:
+        names = resolve_models(a.patterns, [g[0] for g in GOALS])
+        result = run_speed(names, opts)
+    print()
+    print(format_table(result["rows"]))
+    print(format_goals(result["goals"]))
+    m = result["machine"]
+    print(f"load average at the end: {m['load_avg_1m_end']:.2f} (1 min) on {m['cores']} cores")
+    out = Path(a.out)
+    stem = "speed" + (f"_{a.tag}" if a.tag else "")
+    write_rows(result["rows"], out / f"{stem}.csv")
+    result["command"] = "zoo bench speed " + " ".join(argv)
+    (out / f"{stem}.json").write_text(json.dumps(result, indent=1, default=str))
+    print(f"wrote {out / stem}.csv and .json")
+    return 0
+
+
+def quality_main(argv: list[str]) -> int:
+    from .quality import main
+
+    return main(argv)
+
+
+def generate_main(argv: list[str]) -> int:
+    from .speed_generate import main
+
+    return main(argv)
+
+
+def bench_main(argv: list[str]) -> int:
+    subs = {"speed": speed_main, "quality": quality_main, "generate": generate_main}
+    if not argv or argv[0] not in subs:
+        print("usage: zoo bench {speed,quality,generate} [options]   (zoo bench speed --help)")
+        return 2 if argv and argv[0] not in ("-h", "--help") else 0
+    return subs[argv[0]](argv[1:])
+
+
+EXTRA_COMMANDS["bench"] = ("speed / quality / generation benchmarks (zoo bench speed --help)", bench_main)

@@ -1,0 +1,154 @@
+"""Reference implementations ("peers") of the same configuration as a zoo model.
+
+Each builder reads the zoo model's config and returns `Peer(label, module, call)`, where
+`call(module, inputs)` runs the reference on the same input dict the zoo model gets and returns
+one tensor. All peers have random weights (nothing is downloaded) and use their fast attention
+path (timm fused attention, transformers "sdpa", torch's native MHA).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+from ..core import sinusoidal_table
+
+
+class PeerUnavailable(RuntimeError):
+    """The zoo model has no like-for-like reference (e.g. a conv stem timm lacks)."""
+
+
+@dataclass
+class Peer:
+    label: str
+    module: nn.Module
+    call: Callable[[nn.Module, dict], torch.Tensor]
+
+
+# ---------------------------------------------------------------------------- ViT -> timm
+def vit_peer(model: nn.Module, name: str) -> Peer:
+    import timm
+    from timm.models.vision_transformer import VisionTransformer
+
+    cfg = model.config
+    if cfg.stem != "patch":
+        raise PeerUnavailable(f"{name} uses a {cfg.stem!r} stem that timm's VisionTransformer has no equivalent of")
+    kw = dict(img_size=cfg.img_size, patch_size=cfg.patch_size, in_chans=cfg.in_chans, num_classes=cfg.num_classes,
+              embed_dim=cfg.dim, depth=cfg.depth, num_heads=cfg.num_heads, mlp_ratio=cfg.mlp_ratio, qkv_bias=cfg.qkv_bias,
+              global_pool=cfg.pool, class_token=cfg.class_token, fc_norm=cfg.fc_norm, pre_norm=cfg.pre_norm,
+              drop_rate=cfg.drop_rate, attn_drop_rate=cfg.attn_drop_rate, drop_path_rate=cfg.drop_path_rate)
+    if name in timm.list_models(name):  # the published variant: build it by name, as users would
+        peer = timm.create_model(name, pretrained=False, **{k: kw[k] for k in ("num_classes", "img_size", "in_chans")})
+        label = f"timm.{name}"
+    else:
+        peer = VisionTransformer(**kw)
+        label = "timm.VisionTransformer"
+    return Peer(label, peer, lambda m, inp: m(inp["images"]))
+
+
+# ---------------------------------------------------------------------------- BERT -> transformers
+def bert_peer(model: nn.Module, name: str) -> Peer:
+    from transformers import BertConfig, BertModel
+
+    c = model.config
+    hf = BertConfig(
+        vocab_size=c.vocab_size, hidden_size=c.dim, num_hidden_layers=c.depth, num_attention_heads=c.num_heads,
+        intermediate_size=int(c.dim * c.mlp_ratio), max_position_embeddings=c.max_positions,
+        type_vocab_size=c.type_vocab_size, layer_norm_eps=c.norm_eps, hidden_act=c.activation,
+        hidden_dropout_prob=c.dropout, attention_probs_dropout_prob=c.attn_dropout, pad_token_id=c.pad_token_id,
+        attn_implementation="sdpa",
+    )
+    # Zoo's BERT encoder is compared on its final hidden states: BertModel without the pooler.
+    peer = BertModel(hf, add_pooling_layer=False)
+    return Peer("transformers.BertModel(sdpa)", peer,
+                lambda m, inp: m(input_ids=inp["input_ids"], attention_mask=inp.get("attention_mask")).last_hidden_state)
+
+
+# ---------------------------------------------------------------------------- T5 -> transformers
+def t5_peer(model: nn.Module, name: str) -> Peer:
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    c = model.config
+    hf = T5Config(
+        vocab_size=c.vocab_size, d_model=c.d_model, d_kv=c.d_kv, d_ff=c.d_ff, num_layers=c.num_layers,
+        num_decoder_layers=c.num_decoder_layers or c.num_layers, num_heads=c.num_heads,
+        relative_attention_num_buckets=c.relative_attention_num_buckets,
+        relative_attention_max_distance=c.relative_attention_max_distance, dropout_rate=c.dropout_rate,
+        layer_norm_epsilon=c.layer_norm_epsilon, feed_forward_proj=c.feed_forward_proj,
+        tie_word_embeddings=c.tie_word_embeddings, pad_token_id=c.pad_token_id, eos_token_id=c.eos_token_id,
+        decoder_start_token_id=c.decoder_start_token_id, attn_implementation="sdpa",
+    )
+    peer = T5ForConditionalGeneration(hf)
+    return Peer("transformers.T5ForConditionalGeneration(sdpa)", peer,
+                lambda m, inp: m(input_ids=inp["input_ids"], attention_mask=inp.get("attention_mask"),
+                                 decoder_input_ids=inp["decoder_input_ids"]).logits)
+
+
+# ---------------------------------------------------------------------------- vanilla -> torch.nn.Transformer
+class TorchSeq2Seq(nn.Module):
+    """torch.nn.Transformer (batch_first) with the embeddings, sinusoids and generator it lacks.
+
+    Mirrors the 2017 paper: embeddings scaled by sqrt(d), sinusoidal positions, a vocabulary
+    projection tied to the target embedding when the zoo model ties its weights. nn.Transformer
+    always adds final encoder/decoder LayerNorms (two extra norms, negligible cost)."""
+
+    def __init__(self, vocab: int, dim: int, heads: int, enc: int, dec: int, ff: int, dropout: float, norm_first: bool,
+                 activation: str, eps: float, max_len: int, share: bool, tie: bool):
+        super().__init__()
+        self.dim = dim
+        self.src_embed = nn.Embedding(vocab, dim)
+        self.tgt_embed = self.src_embed if share else nn.Embedding(vocab, dim)
+        self.register_buffer("pe", sinusoidal_table(max_len, dim), persistent=False)
+        self.transformer = nn.Transformer(dim, heads, enc, dec, ff, dropout, activation, batch_first=True,
+                                          norm_first=norm_first, layer_norm_eps=eps)
+        self.generator = nn.Linear(dim, vocab, bias=False)
+        if tie:
+            self.generator.weight = self.tgt_embed.weight
+        self.drop = nn.Dropout(dropout)
+
+    def _embed(self, emb, ids):
+        return self.drop(emb(ids) * self.dim ** 0.5 + self.pe[: ids.shape[1]])
+
+    def forward(self, input_ids, decoder_input_ids, attention_mask=None):
+        pad = None if attention_mask is None else attention_mask == 0  # torch: True = blocked
+        t = decoder_input_ids.shape[1]
+        causal = nn.Transformer.generate_square_subsequent_mask(t, device=input_ids.device)
+        h = self.transformer(self._embed(self.src_embed, input_ids), self._embed(self.tgt_embed, decoder_input_ids),
+                             tgt_mask=causal, tgt_is_causal=True, src_key_padding_mask=pad, memory_key_padding_mask=pad)
+        return self.generator(h)
+
+
+def transformer_peer(model: nn.Module, name: str) -> Peer:
+    c = model.config
+    if c.activation not in ("relu", "gelu"):
+        raise PeerUnavailable(f"torch.nn.Transformer supports relu/gelu, {name} uses {c.activation!r}")
+    if c.src_vocab_size not in (None, c.vocab_size):
+        raise PeerUnavailable(f"{name} has separate source/target vocabularies; the peer wrapper assumes one")
+    peer = TorchSeq2Seq(vocab=c.vocab_size, dim=c.d_model, heads=c.num_heads, enc=c.num_encoder_layers,
+                        dec=c.num_decoder_layers, ff=c.dim_feedforward, dropout=c.dropout, norm_first=c.norm_first,
+                        activation=c.activation, eps=c.norm_eps, max_len=c.max_len, share=c.share_embeddings,
+                        tie=c.share_embeddings or c.tie_output)
+    # nn.Transformer applies `dropout` inside attention and the FFN too; match zoo's separate rates.
+    for m in peer.modules():
+        if isinstance(m, nn.MultiheadAttention):
+            m.dropout = c.attn_dropout
+        if isinstance(m, (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)):
+            m.dropout.p = c.activation_dropout
+    return Peer("torch.nn.Transformer(+embeddings)", peer,
+                lambda m, inp: m(inp["input_ids"], inp["decoder_input_ids"], inp.get("attention_mask")))
+
+
+PEERS: dict[str, Callable[[nn.Module, str], Peer]] = {
+    "vit": vit_peer,
+    "bert": bert_peer,
+    "t5": t5_peer,
+    "transformer": transformer_peer,
+}
+
+
+def build_peer(model: nn.Module, name: str, family: str) -> Peer:
+    if family not in PEERS:
+        raise PeerUnavailable(f"no reference implementation is wired up for family {family!r} ({name})")
+    return PEERS[family](model, name)

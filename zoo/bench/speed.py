@@ -1,0 +1,402 @@
+"""Speed benchmark: parameters, MACs, inference and training-step throughput, peak memory.
+
+Method (as timm's benchmark.py): build, warm up `warmup` steps, then time `rounds` rounds of
+`steps` steps each and report the MEDIAN step time. With `vs_peers`, the reference
+implementation is timed in the same process and the rounds ALTERNATE zoo / peer (order
+reversed every round), so that load from other processes hits both alike; the ratio column is
+zoo throughput ÷ peer throughput (= peer median time ÷ zoo median time).
+
+* forward: `torch.inference_mode()`, eval mode.
+* train: forward + loss (mean square of the output, the same for both sides) + backward +
+  AdamW step, train mode (dropout as configured).
+* MACs per sample: `torch.utils.flop_counter.FlopCounterMode` on one forward pass
+  (MACs = FLOPs / 2; matmuls, convolutions and attention, not element-wise ops).
+* memory: on CPU, the growth of the process's peak resident set (VmHWM, reset through
+  /proc/self/clear_refs) during one step after warm-up, i.e. activations + gradients + temporaries
+  (weights and optimiser state already exist); on CUDA, torch.cuda.max_memory_allocated.
+* matmul peak: median FLOP/s of a large square float32 matmul (sgemm), the yardstick for
+  "achieved FLOP/s" = 2 × MACs × batch / forward time.
+"""
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import gc
+import os
+import platform
+import re
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop, sdpa_flop
+
+from ..registry import _entry, count_parameters, create_model, get_config
+from .peers import PeerUnavailable, build_peer
+
+# Default batch per kind and the goal configurations of issue 7.
+DEFAULT_BATCH = {"image": 16, "text": 8, "seq2seq": 8}
+GOALS = [  # (model, batch, seq_len, tgt_len)
+    ("vit_small_patch16_224", 16, None, None),
+    ("bert_base", 8, 128, None),
+    ("t5_small", 8, 128, 32),
+    ("transformer_base", 8, 128, 32),
+]
+UTILISATION_GOAL = {"vit_small_patch16_224": 0.8, "bert_base": 0.8}
+
+
+# ---------------------------------------------------------------------------- machine
+def machine_info() -> dict:
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        m = re.search(r"model name\s*:\s*(.+)", open("/proc/cpuinfo").read())
+        cpu = m.group(1).strip() if m else cpu
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+            "device": "cuda:" + torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+            "load_avg_1m": os.getloadavg()[0]}
+
+
+def matmul_peak(n: int = 2048, repeats: int = 8, dtype: torch.dtype = torch.float32, device: str = "cpu") -> float:
+    """Median FLOP/s of an n×n×n matmul (2n³ FLOPs)."""
+    a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
+    times = []
+    for i in range(repeats + 2):
+        _sync(device)
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        _sync(device)
+        if i >= 2:  # two warm-up products
+            times.append(time.perf_counter() - t0)
+    return 2 * n ** 3 / statistics.median(times)
+
+
+def _sync(device) -> None:
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+# ---------------------------------------------------------------------------- workloads
+@dataclass
+class Workload:
+    """One model with its inputs and how to call it (zoo model or peer)."""
+
+    label: str
+    model: nn.Module
+    call: Callable[[nn.Module, dict], torch.Tensor]
+    inputs: dict
+    batch: int
+    tokens_per_sample: int
+    params: int = 0
+    macs_per_sample: float | None = None
+
+
+def model_kind(model: nn.Module) -> str:
+    if hasattr(model.config, "img_size"):
+        return "image"
+    if hasattr(model, "encode") and hasattr(model, "decode"):
+        return "seq2seq"
+    return "text"
+
+
+def make_inputs(model: nn.Module, kind: str, batch: int, seq_len: int, tgt_len: int, img_size: int | None,
+                device: str = "cpu") -> tuple[dict, int]:
+    """Random inputs of the requested size and the number of tokens per sample they make."""
+    cfg = model.config
+    g = torch.Generator().manual_seed(0)
+    if kind == "image":
+        size = img_size or cfg.img_size
+        x = torch.randn(batch, cfg.in_chans, size, size, generator=g).to(device)
+        tokens = (size // cfg.patch_size) ** 2 + (1 if getattr(cfg, "class_token", False) else 0)
+        return {"images": x}, tokens
+    vocab = cfg.vocab_size
+    ids = lambda length: torch.randint(1, vocab, (batch, length), generator=g).to(device)  # noqa: E731  (no pad ids)
+    inputs = {"input_ids": ids(seq_len), "attention_mask": torch.ones(batch, seq_len, dtype=torch.long, device=device)}
+    if kind == "seq2seq":
+        inputs["decoder_input_ids"] = ids(tgt_len)
+        return inputs, seq_len + tgt_len
+    return inputs, seq_len
+
+
+def zoo_call(kind: str) -> Callable[[nn.Module, dict], torch.Tensor]:
+    if kind == "image":
+        return lambda m, inp: m(inp["images"])
+    if kind == "text":  # final hidden states, as transformers' BertModel returns
+        return lambda m, inp: m.forward_features(inp["input_ids"], attention_mask=inp["attention_mask"])
+    return lambda m, inp: m(inp["input_ids"], inp["decoder_input_ids"], attention_mask=inp["attention_mask"])
+
+
+def count_macs(model: nn.Module, call, inputs: dict) -> float:
+    """MACs of one forward pass with `inputs` (FLOPs / 2), attention included.
+
+    CPU SDPA dispatches to a kernel the counter does not know, so its formula is registered too."""
+    extra = {}
+    for op, fn in (("_scaled_dot_product_flash_attention_for_cpu", sdpa_flop),
+                   ("_scaled_dot_product_flash_attention_for_cpu_backward", sdpa_backward_flop)):
+        if hasattr(torch.ops.aten, op):
+            raw = lambda *a, _f=fn, **k: _f(*a, **k)  # noqa: E731  (already shape-wrapped by torch)
+            raw._get_raw = True
+            extra[getattr(torch.ops.aten, op)] = raw
+    was_training = model.training
+    model.eval()
+    try:
+        with FlopCounterMode(display=False, custom_mapping=extra) as counter:  # (no_grad/inference_mode break its module hooks)
+            call(model, inputs)
+    finally:
+        model.train(was_training)
+    return counter.get_total_flops() / 2
+
+
+def enable_gradient_checkpointing(model: nn.Module) -> bool:
+    """Turn on activation checkpointing however the implementation spells it; False if it cannot."""
+    for method in ("set_grad_checkpointing", "gradient_checkpointing_enable"):
+        if hasattr(model, method):
+            fn = getattr(model, method)
+            fn(True) if method == "set_grad_checkpointing" else fn()
+            return True
+    found = False
+    for m in model.modules():
+        if hasattr(m, "gradient_checkpointing") and isinstance(m.gradient_checkpointing, bool):
+            m.gradient_checkpointing = True
+            found = True
+    return found
+
+
+def autocast(precision: str, device: str = "cpu"):
+    if precision in ("fp32", "float32"):
+        return contextlib.nullcontext()
+    if precision in ("bf16", "bfloat16"):
+        return torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16)
+    raise ValueError(f"unknown precision {precision!r}; choose fp32 or bf16")
+
+
+def make_step(wl: Workload, mode: str, precision: str, device: str = "cpu", compile: bool = False) -> Callable[[], None]:
+    model = wl.model
+    fn = torch.compile(model) if compile else model
+    if mode == "forward":
+        def step():
+            model.eval()
+            with torch.inference_mode(), autocast(precision, device):
+                wl.call(fn, wl.inputs)
+        return step
+    if mode == "train":
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
+
+        def step():
+            model.train()
+            with autocast(precision, device):
+                loss = wl.call(fn, wl.inputs).float().square().mean()
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        return step
+    raise ValueError(f"unknown mode {mode!r}; choose forward or train")
+
+
+def time_interleaved(steps: dict[str, Callable[[], None]], warmup: int, rounds: int, per_round: int,
+                     device: str = "cpu") -> dict[str, list[float]]:
+    """Per-step seconds of each labelled step function, rounds alternating A B / B A / ..."""
+    for fn in steps.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {k: [] for k in steps}
+    order = list(steps)
+    for r in range(rounds):
+        for key in (order if r % 2 == 0 else order[::-1]):
+            for _ in range(per_round):
+                _sync(device)
+                t0 = time.perf_counter()
+                steps[key]()
+                _sync(device)
+                times[key].append(time.perf_counter() - t0)
+    return times
+
+
+def _rss_kib(field_name: str) -> int:
+    m = re.search(rf"{field_name}:\s+(\d+)", open("/proc/self/status").read())
+    return int(m.group(1))
+
+
+def peak_memory_mb(step: Callable[[], None], device: str = "cpu") -> float | None:
+    """Extra peak memory (MiB) one step needs; see the module docstring for the method."""
+    gc.collect()
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        step()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - base) / 2 ** 20
+    try:
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6").malloc_trim(0)  # return freed heap so that the baseline is honest
+        base = _rss_kib("VmRSS")
+        with open("/proc/self/clear_refs", "w") as fh:  # reset VmHWM to the current RSS
+            fh.write("5")
+        step()
+        return max(0, _rss_kib("VmHWM") - base) / 1024
+    except OSError:
+        return None  # not Linux
+
+
+# ---------------------------------------------------------------------------- the benchmark
+@dataclass
+class SpeedOptions:
+    batch_size: int | None = None
+    seq_lens: tuple[int, ...] = (128,)
+    tgt_len: int = 32
+    img_size: int | None = None
+    precisions: tuple[str, ...] = ("fp32",)
+    modes: tuple[str, ...] = ("forward", "train")
+    vs_peers: bool = False
+    compile: bool = False
+    gradient_checkpointing: bool = False
+    warmup: int = 2
+    rounds: int = 5
+    steps: int = 2
+    memory: bool = True
+    device: str = "cpu"
+    model_overrides: dict = field(default_factory=dict)
+
+
+def build_workloads(name: str, opts: SpeedOptions, seq_len: int) -> tuple[Workload, Workload | None, str | None]:
+    """The zoo workload, the peer workload (or None) and why there is no peer."""
+    entry = _entry(name)
+    torch.manual_seed(0)
+    overrides = dict(opts.model_overrides)
+    if "head" in get_config(name).__dataclass_fields__ and not hasattr(entry.config, "img_size"):
+        overrides.setdefault("head", "none")  # text encoders are compared on hidden states (no MLM head to update)
+    model = create_model(name, **overrides).to(opts.device)
+    kind = model_kind(model)
+    batch = opts.batch_size or DEFAULT_BATCH[kind]
+    inputs, tokens = make_inputs(model, kind, batch, seq_len, opts.tgt_len, opts.img_size, opts.device)
+    zoo = Workload(f"zoo.{name}", model, zoo_call(kind), inputs, batch, tokens, count_parameters(model))
+    one = {k: v[:1] for k, v in inputs.items()}
+    zoo.macs_per_sample = count_macs(model, zoo.call, one)
+    if opts.gradient_checkpointing and not enable_gradient_checkpointing(model):
+        print(f"  note: {name} has no gradient-checkpointing switch")
+    peer, why = None, None
+    if opts.vs_peers:
+        try:
+            p = build_peer(model, name, entry.family)
+            p.module.to(opts.device)
+            peer = Workload(p.label, p.module, p.call, inputs, batch, tokens, count_parameters(p.module))
+            peer.macs_per_sample = count_macs(p.module, p.call, one)
+            if opts.gradient_checkpointing and not enable_gradient_checkpointing(p.module):
+                print(f"  note: peer {p.label} has no gradient-checkpointing switch; it runs without")
+        except PeerUnavailable as e:
+            why = str(e)
+    return zoo, peer, why
+
+
+def bench_model(name: str, opts: SpeedOptions, seq_len: int, peak_flops: float | None) -> list[dict]:
+    zoo, peer, why = build_workloads(name, opts, seq_len)
+    if why:
+        print(f"  {name}: no peer ({why})")
+    kind = model_kind(zoo.model)
+    rows = []
+    for precision in opts.precisions:
+        for mode in opts.modes:
+            wls = [zoo] + ([peer] if peer else [])
+            steps = {w.label: make_step(w, mode, precision, opts.device, opts.compile) for w in wls}
+            times = time_interleaved(steps, opts.warmup, opts.rounds, opts.steps, opts.device)
+            mem = {w.label: peak_memory_mb(steps[w.label], opts.device) if opts.memory else None for w in wls}
+            load = os.getloadavg()[0]
+            for w in wls:
+                med = statistics.median(times[w.label])
+                row = {
+                    "model": name, "impl": w.label, "side": "zoo" if w is zoo else "peer", "kind": kind, "mode": mode,
+                    "precision": precision, "compile": opts.compile, "grad_ckpt": opts.gradient_checkpointing,
+                    "batch": w.batch, "seq_len": seq_len if kind != "image" else None,
+                    "tgt_len": opts.tgt_len if kind == "seq2seq" else None,
+                    "img_size": (opts.img_size or zoo.model.config.img_size) if kind == "image" else None,
+                    "params": w.params, "macs_per_sample": w.macs_per_sample,
+                    "median_ms": med * 1e3, "min_ms": min(times[w.label]) * 1e3, "n_timed": len(times[w.label]),
+                    "samples_per_s": w.batch / med, "tokens_per_s": w.batch * w.tokens_per_sample / med,
+                    "peak_mem_mb": mem[w.label], "load_avg_1m": load,
+                }
+                if mode == "forward" and w.macs_per_sample:
+                    row["achieved_gflops"] = 2 * w.macs_per_sample * w.batch / med / 1e9
+                    if peak_flops and precision == "fp32":
+                        row["utilisation"] = row["achieved_gflops"] * 1e9 / peak_flops
+                rows.append(row)
+            if peer:
+                z, p = rows[-2], rows[-1]
+                z["vs_peer"] = p["median_ms"] / z["median_ms"]
+                z["peer"] = p["impl"]
+            elif why:
+                rows[-1]["no_peer"] = why
+    return rows
+
+
+def run_speed(names: list[str], opts: SpeedOptions, log=print) -> dict:
+    info = machine_info()
+    peak = matmul_peak(device=opts.device)
+    info["matmul_peak_gflops_fp32"] = peak / 1e9
+    log(f"machine: {info['cpu']}, {info['torch_threads']} torch threads, torch {info['torch']}, "
+        f"load avg {info['load_avg_1m']:.2f}; float32 matmul peak (2048³ sgemm, median) = {peak / 1e9:.1f} GFLOP/s")
+    rows = []
+    for name in names:
+        for seq_len in opts.seq_lens:
+            log(f"- {name} (seq_len {seq_len})" if not hasattr(_entry(name).config, "img_size") else f"- {name}")
+            rows += bench_model(name, opts, seq_len, peak)
+            if hasattr(_entry(name).config, "img_size"):
+                break  # sequence length does not apply to images
+            gc.collect()
+    info["load_avg_1m_end"] = os.getloadavg()[0]
+    return {"machine": info, "options": {k: v for k, v in asdict(opts).items()}, "rows": rows,
+            "goals": check_goals(rows), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
+def check_goals(rows: list[dict]) -> list[dict]:
+    """Issue 7 goals: zoo ≥ 1.0× its peer (forward and train, fp32), ≥ 80 % of the sgemm peak."""
+    out = []
+    for model, batch, seq, tgt in GOALS:
+        for r in rows:
+            if (r["model"], r["side"], r["batch"], r["precision"], r["compile"], r["grad_ckpt"]) != (model, "zoo", batch, "fp32", False, False):
+                continue
+            if seq is not None and (r["seq_len"], r["tgt_len"]) != (seq, tgt):
+                continue
+            if "vs_peer" in r:
+                out.append({"goal": f"{model} {r['mode']} ≥ 1.0× {r['peer']}", "value": r["vs_peer"], "met": r["vs_peer"] >= 1.0})
+            if r["mode"] == "forward" and model in UTILISATION_GOAL and "utilisation" in r:
+                bar = UTILISATION_GOAL[model]
+                out.append({"goal": f"{model} forward ≥ {bar:.0%} of sgemm peak", "value": r["utilisation"], "met": r["utilisation"] >= bar})
+    return out
+
+
+def format_table(rows: list[dict]) -> str:
+    head = (f"{'model':24s} {'impl':36s} {'mode':7s} {'prec':4s} {'batch':>5s} {'len':>8s} {'params':>8s} {'MACs/s.':>8s} "
+            f"{'ms':>8s} {'samples/s':>9s} {'tokens/s':>9s} {'mem MB':>7s} {'GFLOP/s':>7s} {'util':>5s} {'vs peer':>7s}")
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        length = f"{r['img_size']}px" if r["kind"] == "image" else (f"{r['seq_len']}>{r['tgt_len']}" if r["tgt_len"] else str(r["seq_len"]))
+        fmt = lambda v, spec: format(v, spec) if isinstance(v, (int, float)) and v is not None else "-"  # noqa: E731
+        lines.append(
+            f"{r['model']:24s} {r['impl'][:36]:36s} {r['mode']:7s} {r['precision']:4s} {r['batch']:5d} {length:>8s} "
+            f"{r['params'] / 1e6:7.1f}M {_si(r['macs_per_sample']):>8s} {r['median_ms']:8.1f} {r['samples_per_s']:9.2f} "
+            f"{r['tokens_per_s']:9.0f} {fmt(r['peak_mem_mb'], '7.0f'):>7s} {fmt(r.get('achieved_gflops'), '7.1f'):>7s} "
+            f"{fmt(r.get('utilisation'), '5.0%'):>5s} {fmt(r.get('vs_peer'), '6.2f') + ('x' if 'vs_peer' in r else ''):>7s}")
+    return "\n".join(lines)
+
+
+def format_goals(goals: list[dict]) -> str:
+    if not goals:
+        return "goals: none of the goal configurations was measured (run `zoo bench speed --goals --vs-peers`)"
+    lines = ["goals (same process, interleaved, ratio of medians):"]
+    for g in goals:
+        val = f"{g['value']:.0%}" if "peak" in g["goal"] else f"{g['value']:.2f}x"
+        lines.append(f"  [{'met' if g['met'] else 'MISSED'}] {g['goal']}: {val}")
+    return "\n".join(lines)
+
+
+def _si(x: float | None) -> str:
+    if x is None:
+        return "-"
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if x >= scale:
+            return f"{x / scale:.2f}{unit}"
+    return f"{x:.0f}"
+

@@ -1,0 +1,108 @@
+"""Trainer add-ons used by the `zoo` CLI: atomic checkpoints, exactly reproducible resumption, stopping early.
+
+Why `AtomicCheckpointIO`: Lightning's `TorchCheckpointIO` writes through fsspec's transaction, which
+puts the temporary file in the system temp folder and then `shutil.move`s it. When the run folder
+is on another file system than /tmp, that move is a copy, and a crash part-way leaves half a
+checkpoint under the final name. Writing the temporary file next to the target and `os.replace`-ing
+it is atomic on every POSIX file system.
+
+Why `StepSeed`: Lightning restores model, optimiser, scheduler and loop counters on `--ckpt_path`,
+but not the random number generators, so dropout masks and augmentations after a resume differ from
+those of an uninterrupted run. Re-seeding every generator from (seed, epoch) when an epoch starts
+(the shuffling order) and from (seed, global step) before each training batch (dropout, masking,
+augmentation) makes every random draw a function of the position in training alone, so a resumed
+run repeats an uninterrupted one exactly.
+"""
+from __future__ import annotations
+
+import os
+import random
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+
+from .weights import atomic_write
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """torch.save into a temporary file in the checkpoint's own folder, fsync, then os.replace."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+        if storage_options is not None:
+            raise TypeError("AtomicCheckpointIO takes no storage_options; use Lightning's TorchCheckpointIO for remote storage")
+        if "://" in str(path) and not str(path).startswith("file://"):
+            return super().save_checkpoint(checkpoint, path)  # remote file systems: fsspec's own transaction
+
+        def write(tmp: str) -> None:
+            with open(tmp, "wb") as fh:
+                torch.save(checkpoint, fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+
+        atomic_write(str(path).removeprefix("file://"), write)
+
+
+class StepSeed(L.Callback):
+    """Before every training batch, seed torch, numpy and random from (seed, global_step).
+
+    Dropout, augmentation and masking then depend only on the step, so `--ckpt_path last` resumes
+    bit-for-bit. `seed=None` takes the seed given to `seed_everything` (PL_GLOBAL_SEED), else 0.
+    """
+
+    def __init__(self, seed: int | None = None):
+        self.seed = seed
+
+    def _seed(self, trainer, salt: int) -> None:
+        base = self.seed if self.seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0))
+        # distinct per rank, so data-parallel replicas do not draw identical dropout masks
+        seed = (base * 1_000_003 + salt * 7_919 + trainer.global_rank) % (2**31 - 1)
+        torch.manual_seed(seed)
+        np.random.seed(seed)
+        random.seed(seed)
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        # the shuffling order of this epoch (RandomSampler draws its seed when the loader is iterated, right after)
+        self._seed(trainer, -1 - trainer.current_epoch)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self._seed(trainer, trainer.global_step)
+
+
+class StopAfter(L.Callback):
+    """Stop after `epochs` epochs or `steps` optimiser steps of *this* run, keeping the schedule of the full run.
+
+    Lets a long run be trained in slices (e.g. cluster time limits): each slice resumes with
+    `--ckpt_path last`, and the learning-rate schedule still spans `max_epochs`.
+    """
+
+    def __init__(self, epochs: int | None = None, steps: int | None = None):
+        if epochs is None and steps is None:
+            raise ValueError("StopAfter needs epochs= or steps=")
+        self.epochs, self.steps = epochs, steps
+        self._start_epoch = self._start_step = None
+
+    def on_train_start(self, trainer, pl_module):
+        self._start_epoch, self._start_step = trainer.current_epoch, trainer.global_step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if self.steps is not None and trainer.global_step - self._start_step >= self.steps:
+            trainer.should_stop = True
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if self.epochs is not None and trainer.current_epoch + 1 - self._start_epoch >= self.epochs:
+            trainer.should_stop = True
+
+
+def default_trainer_extras(trainer: L.Trainer) -> None:
+    """Add `StepSeed` and, where the strategy saves through a CheckpointIO, `AtomicCheckpointIO` unless given."""
+    if not any(isinstance(cb, StepSeed) for cb in trainer.callbacks):
+        trainer.callbacks.append(StepSeed())
+    from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
+
+    strategy = trainer.strategy
+    # Sharded strategies (FSDP, ModelParallel) write distributed checkpoints themselves; leave them alone.
+    if type(strategy) in (SingleDeviceStrategy, DDPStrategy) and type(strategy.checkpoint_io) is TorchCheckpointIO:
+        strategy.checkpoint_io = AtomicCheckpointIO()

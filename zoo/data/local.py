@@ -1,0 +1,309 @@
+"""The user's own data from local files; nothing is ever downloaded.
+
+Text (csv, json / jsonl, parquet; read with pandas, parquet needs pyarrow):
+    LocalTextClassification(train_file="train.csv", text_column="sentence", label_column="label")
+    LocalTextClassification(..., text_pair_column="hypothesis")     # sentence pairs
+    LocalSeq2Seq(train_file="pairs.jsonl", source_column="en", target_column="fr")
+  Without val_file / test_file, `val_fraction` / `test_fraction` of the training rows are held out (seed 0).
+  String labels are mapped to ids in sorted order (`label_names`).
+
+Images (torchvision readers over files already on disk):
+    TorchvisionImages(dataset="cifar10", root="data/")       # root/cifar-10-batches-py, as torchvision extracts it
+    TorchvisionImages(dataset="mnist", root="data/")         # root/MNIST/raw/*-ubyte(.gz)
+    TorchvisionImages(dataset="imagefolder", root="data/pets")  # root/train/<class>/*.jpg, optional root/val, root/test
+"""
+from __future__ import annotations
+
+import os
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+from .images import random_affine, stratified_split
+from .textdata import Example, TextDataModule, pad
+
+_READERS = {".csv": "read_csv", ".tsv": "read_csv", ".json": "read_json", ".jsonl": "read_json", ".parquet": "read_parquet"}
+
+
+def read_table(path: str, columns: list[str]):
+    """A local csv / tsv / json / jsonl / parquet file as a pandas DataFrame holding `columns`."""
+    import pandas as pd
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"data file {path!r} does not exist; pass a local csv, json, jsonl or parquet file")
+    ext = os.path.splitext(path)[1].lower()
+    if ext not in _READERS:
+        raise ValueError(f"cannot read {path!r}: supported extensions are {', '.join(sorted(_READERS))}")
+    kw = {"sep": "\t"} if ext == ".tsv" else {"lines": True} if ext == ".jsonl" else {}
+    if ext == ".json":
+        with open(path, encoding="utf-8") as fh:
+            kw["lines"] = not fh.read(1).lstrip().startswith("[")
+    try:
+        df = getattr(pd, _READERS[ext])(path, **kw)
+    except ImportError as e:
+        raise ImportError(f"reading {path!r} needs an extra package ({e}); for parquet: pip install pyarrow") from e
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise KeyError(f"{path!r} has no column(s) {missing}; its columns are {list(df.columns)}. "
+                       "Set the column mapping, e.g. --data.text_column <name>")
+    return df
+
+
+class _LocalText(TextDataModule):
+    def __init__(self, train_file: str, val_file: str | None = None, test_file: str | None = None,
+                 val_fraction: float = 0.1, test_fraction: float = 0.1, split_seed: int = 0, **kwargs):
+        super().__init__(**kwargs)
+        self.files = {"train": train_file, "val": val_file, "test": test_file}
+        self.val_fraction, self.test_fraction, self.split_seed = val_fraction, test_fraction, split_seed
+
+    columns: list[str] = []
+
+    def rows(self, df) -> list[Example]:
+        raise NotImplementedError
+
+    def make_examples(self):
+        out = {split: self.rows(read_table(path, self.columns)) for split, path in self.files.items() if path}
+        train = out["train"]
+        held = [s for s, f in (("test", self.test_fraction), ("val", self.val_fraction)) if s not in out]
+        if held:
+            order = np.random.default_rng(self.split_seed).permutation(len(train)).tolist()
+            start = 0
+            for split in held:
+                n = max(1, int(round(len(train) * (self.test_fraction if split == "test" else self.val_fraction))))
+                out[split] = [train[i] for i in order[start:start + n]]
+                start += n
+            out["train"] = [train[i] for i in order[start:]]
+        if not out["train"]:
+            raise ValueError(f"{self.files['train']!r} leaves no training rows after holding out val/test; lower the fractions")
+        return out
+
+
+class LocalTextClassification(_LocalText):
+    """Text (or text-pair) classification from local files; WordPiece tokenizer trained on the training texts."""
+
+    tokenizer_kind = "wordpiece"
+
+    def __init__(self, train_file: str, text_column: str = "text", label_column: str = "label",
+                 text_pair_column: str | None = None, vocab_size: int = 8000, **kwargs):
+        self.text_column, self.label_column, self.text_pair_column = text_column, label_column, text_pair_column
+        super().__init__(train_file, vocab_size=vocab_size, **kwargs)
+        self.columns = [c for c in (text_column, label_column, text_pair_column) if c]
+        self._labels: list | None = None
+
+    def rows(self, df):
+        pair = df[self.text_pair_column].astype(str).tolist() if self.text_pair_column else [None] * len(df)
+        return [{"text": t, "text_pair": p, "label": y} for t, p, y in zip(df[self.text_column].astype(str), pair, df[self.label_column])]
+
+    @property
+    def label_names(self) -> list:
+        if self._labels is None:
+            self._labels = sorted({ex["label"] for ex in self.examples["train"]}, key=str)
+        return self._labels
+
+    def tokenizer_texts(self, train):
+        return [ex["text"] for ex in train] + [ex["text_pair"] for ex in train if ex["text_pair"]]
+
+    @property
+    def model_overrides(self):
+        return {**super().model_overrides, "num_classes": len(self.label_names)}
+
+    def encode(self, examples):
+        ids = {y: i for i, y in enumerate(self.label_names)}
+        unknown = {ex["label"] for ex in examples if ex["label"] is not None and ex["label"] not in ids}
+        if unknown:
+            raise ValueError(f"labels {sorted(unknown, key=str)[:5]} do not occur in the training file; "
+                             f"known labels: {self.label_names[:20]}")
+        pairs = [ex["text_pair"] for ex in examples] if self.text_pair_column else None
+        enc = self.tokenizer([ex["text"] for ex in examples], pairs, truncation=True, max_length=self.max_length,
+                             return_token_type_ids=True)
+        return [{"input_ids": i, "token_type_ids": t, "label": ids.get(ex["label"], -100)}
+                for i, t, ex in zip(enc["input_ids"], enc["token_type_ids"], examples)]
+
+    def collate(self, rows):
+        pad_id = self.tokenizer.pad_token_id
+        input_ids = pad([r["input_ids"] for r in rows], pad_id)
+        return {"input_ids": input_ids, "attention_mask": (input_ids != pad_id).long(),
+                "token_type_ids": pad([r["token_type_ids"] for r in rows], 0),
+                "labels": torch.tensor([r["label"] for r in rows], dtype=torch.long)}
+
+    def predict_examples(self, texts):
+        return [{"text": t, "text_pair": None, "label": None} for t in texts]
+
+
+class LocalSeq2Seq(_LocalText):
+    """Source -> target pairs from local files (optional task column for per-task scores); BPE tokenizer by default."""
+
+    def __init__(self, train_file: str, source_column: str = "source", target_column: str = "target",
+                 task_column: str | None = None, tokenizer_kind: str = "bpe", vocab_size: int = 8000, **kwargs):
+        self.source_column, self.target_column, self.task_column = source_column, target_column, task_column
+        super().__init__(train_file, vocab_size=vocab_size, **kwargs)
+        self.columns = [c for c in (source_column, target_column, task_column) if c]
+        self.tokenizer_kind = tokenizer_kind
+
+    def rows(self, df):
+        tasks = df[self.task_column].astype(str).tolist() if self.task_column else [""] * len(df)
+        return [{"source": s, "target": t, "task": k}
+                for s, t, k in zip(df[self.source_column].astype(str), df[self.target_column].astype(str), tasks)]
+
+    # the same encoding as the number translation data
+    from .numbers import NumberTranslation as _NT
+
+    tokenizer_texts = _NT.tokenizer_texts
+    model_overrides = _NT.model_overrides
+    encode = _NT.encode
+    collate = _NT.collate
+    predict_examples = _NT.predict_examples
+    del _NT
+
+
+# -------------------------------------------------------------------------------------------------
+class _FolderImages(Dataset):
+    def __init__(self, folder, transform):
+        self.folder, self.transform = folder, transform
+
+    def __len__(self):
+        return len(self.folder)
+
+    def __getitem__(self, i):
+        image, label = self.folder[i]
+        return self.transform(image), label
+
+
+class TorchvisionImages(L.LightningDataModule):
+    """CIFAR-10 / MNIST / an ImageFolder tree that is already on disk (download is never attempted).
+
+    CIFAR-10 and MNIST use their official test split; `val_fraction` of the training images
+    (stratified, seed 0) are held out for validation. Training batches get a random flip (CIFAR/folders)
+    and a small random shift/rotation/zoom on the device, as zoo.data.images does.
+    """
+
+    _STATS = {"cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)), "mnist": ((0.1307,), (0.3081,))}
+
+    def __init__(self, dataset: str = "cifar10", root: str = "data", batch_size: int = 128, val_fraction: float = 0.1,
+                 img_size: int | None = None, augment: bool = True, flip: bool | None = None, max_shift: float = 0.1,
+                 max_rotate: float = 10.0, scale: tuple[float, float] = (0.9, 1.1), split_seed: int = 0, num_workers: int = 0):
+        super().__init__()
+        if dataset not in ("cifar10", "mnist", "imagefolder"):
+            raise ValueError(f"dataset must be 'cifar10', 'mnist' or 'imagefolder', got {dataset!r}")
+        self.save_hyperparameters()
+        self.splits: dict[str, Dataset] = {}
+        self._num_classes = None
+        self._check_files()
+
+    def _check_files(self) -> None:
+        """Fail at construction, before a model is built, with what is missing and where it should be."""
+        hp, root = self.hparams, self.hparams.root
+        if hp.dataset == "cifar10":
+            folder = os.path.join(root, "cifar-10-batches-py")
+            need = [os.path.join(folder, f) for f in ["data_batch_1", "data_batch_5", "test_batch", "batches.meta"]]
+            hint = ("download cifar-10-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html and extract it "
+                    f"into {root!r} (it creates cifar-10-batches-py/)")
+        elif hp.dataset == "mnist":
+            folder = os.path.join(root, "MNIST", "raw")
+            names = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
+            need = [os.path.join(folder, n) for n in names if not os.path.exists(os.path.join(folder, n + ".gz"))]
+            hint = f"put the four MNIST idx files (train/t10k images and labels, .gz or not) into {folder!r}"
+        else:
+            need = [os.path.join(root, "train")]
+            hint = f"arrange the images as {root}/train/<class name>/<image> (optional {root}/val and {root}/test)"
+        missing = [p for p in need if not os.path.exists(p)]
+        if missing:
+            raise FileNotFoundError(f"{hp.dataset} files not found: {', '.join(missing)}. zoo never downloads data; {hint}.")
+
+    @property
+    def img_size(self) -> int:
+        return self.hparams.img_size or {"cifar10": 32, "mnist": 28, "imagefolder": 224}[self.hparams.dataset]
+
+    @property
+    def in_chans(self) -> int:
+        return 1 if self.hparams.dataset == "mnist" else 3
+
+    @property
+    def num_classes(self) -> int:
+        if self.hparams.dataset != "imagefolder":
+            return 10
+        if self._num_classes is None:
+            self._num_classes = len([d for d in os.scandir(os.path.join(self.hparams.root, "train")) if d.is_dir()])
+        return self._num_classes
+
+    @property
+    def model_overrides(self) -> dict:
+        return {"num_classes": self.num_classes, "in_chans": self.in_chans, "img_size": self.img_size}
+
+    def _arrays(self, train: bool):
+        import torchvision
+
+        hp = self.hparams
+        cls = torchvision.datasets.CIFAR10 if hp.dataset == "cifar10" else torchvision.datasets.MNIST
+        ds = cls(hp.root, train=train, download=False)
+        x = torch.as_tensor(np.asarray(ds.data))
+        x = x.permute(0, 3, 1, 2) if x.dim() == 4 else x[:, None]
+        mean, std = (torch.tensor(v).view(1, -1, 1, 1) for v in self._STATS[hp.dataset])
+        x = (x.float() / 255.0 - mean) / std
+        if self.img_size != x.shape[-1]:
+            x = torch.nn.functional.interpolate(x, size=(self.img_size, self.img_size), mode="bilinear", antialias=True)
+        return x, torch.as_tensor(np.asarray(ds.targets), dtype=torch.long)
+
+    def setup(self, stage: str | None = None):
+        if self.splits:
+            return
+        hp = self.hparams
+        if hp.dataset == "imagefolder":
+            return self._setup_folder()
+        x, y = self._arrays(train=True)
+        val, train = stratified_split(y.numpy(), (hp.val_fraction, 1 - hp.val_fraction), hp.split_seed)
+        xt, yt = self._arrays(train=False)
+        self.splits = {"train": TensorDataset(x[train], y[train]), "val": TensorDataset(x[val], y[val]),
+                       "test": TensorDataset(xt, yt)}
+
+    def _setup_folder(self):
+        import torchvision
+        from torchvision import transforms as T
+
+        hp = self.hparams
+        tf = T.Compose([T.Resize((self.img_size, self.img_size)), T.ToTensor(), T.Normalize([0.5] * 3, [0.5] * 3)])
+        tf = T.Compose([T.Lambda(lambda im: im.convert("RGB")), tf])
+        full = torchvision.datasets.ImageFolder(os.path.join(hp.root, "train"))
+        parts = {}
+        for split in ("val", "test"):
+            path = os.path.join(hp.root, split)
+            if os.path.isdir(path):
+                parts[split] = _FolderImages(torchvision.datasets.ImageFolder(path), tf)
+        if "val" not in parts:
+            labels = np.asarray(full.targets)
+            val, train = stratified_split(labels, (hp.val_fraction, 1 - hp.val_fraction), hp.split_seed)
+            parts["val"] = _FolderImages(torch.utils.data.Subset(full, val.tolist()), tf)
+            full = torch.utils.data.Subset(full, train.tolist())
+        parts["train"] = _FolderImages(full, tf)
+        parts.setdefault("test", parts["val"])
+        self.splits = parts
+
+    def _loader(self, split, shuffle=False):
+        ds = self.splits[split]
+        return DataLoader(ds, batch_size=self.hparams.batch_size, shuffle=shuffle, num_workers=self.hparams.num_workers,
+                          drop_last=shuffle and len(ds) > self.hparams.batch_size)
+
+    def train_dataloader(self):
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self):
+        return self._loader("val")
+
+    def test_dataloader(self):
+        return self._loader("test")
+
+    def predict_dataloader(self):
+        return self._loader("test")
+
+    def on_after_batch_transfer(self, batch, dataloader_idx):
+        hp = self.hparams
+        if hp.augment and self.trainer is not None and self.trainer.training:
+            images, labels = batch
+            flip = hp.dataset != "mnist" if hp.flip is None else hp.flip
+            if flip:
+                mirror = torch.rand(images.shape[0], device=images.device) < 0.5
+                images = torch.where(mirror[:, None, None, None], images.flip(-1), images)
+            batch = (random_affine(images, hp.max_shift, hp.max_rotate, tuple(hp.scale)), labels)
+        return batch

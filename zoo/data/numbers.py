@@ -1,0 +1,221 @@
+"""Translation and comparison data generated with `num2words`: fully offline, any size, exact answers.
+
+Numbers 0 .. max_number (default 9,999: 10,000 numbers) are shuffled with `split_seed` and cut into
+test (default 1,000 numbers), validation (500) and train (the rest, 8,500). Every example of a split
+is built from that split's numbers only, so no test number is ever seen in training, in any
+language or task.
+
+Renderings ("languages"): any num2words language code ("en", "fr", "de", "es", "it", ...) or
+"digits", the decimal digits separated by spaces ("3 1 2") so that every tokenizer sees single digits.
+
+    NumberTranslation(tasks=["en-fr"])                  "three hundred and twelve" -> "trois cent douze"
+    NumberTranslation(tasks=["en-fr", "digits-de", "en-digits"], prefix=True)
+        T5-style text-to-text mix: "translate English to French: three hundred and twelve" -> "trois cent douze",
+        "digits to German: 3 1 2" -> "dreihundertzwölf", "words to digits: three hundred and twelve" -> "3 1 2"
+    NumberComparison(languages=["en", "fr"])            ("trois cent douze", "ninety-nine") -> 1 (first is larger)
+"""
+from __future__ import annotations
+
+import random
+
+import numpy as np
+from num2words import num2words
+
+from .textdata import Example, TextDataModule, pad
+
+LANGUAGE_NAMES = {"en": "English", "fr": "French", "de": "German", "es": "Spanish", "it": "Italian",
+                  "nl": "Dutch", "pt": "Portuguese", "digits": "digits"}
+
+
+def render(n: int, lang: str) -> str:
+    """A number as words in `lang` (num2words) or as space-separated digits."""
+    if lang == "digits":
+        return " ".join(str(n))
+    return num2words(n, lang=lang)
+
+
+def split_numbers(max_number: int, n_test: int, n_val: int, seed: int = 0) -> dict[str, list[int]]:
+    """0..max_number shuffled with `seed`, cut into disjoint test / val / train lists."""
+    if n_test + n_val >= max_number + 1:
+        raise ValueError(f"n_test={n_test} + n_val={n_val} leave no training numbers in 0..{max_number}; raise max_number")
+    perm = np.random.default_rng(seed).permutation(max_number + 1).tolist()
+    return {"test": perm[:n_test], "val": perm[n_test:n_test + n_val], "train": perm[n_test + n_val:]}
+
+
+def parse_task(task: str) -> tuple[str, str]:
+    try:
+        src, tgt = task.split("-")
+    except ValueError:
+        raise ValueError(f"task {task!r} must look like 'en-fr' or 'digits-de' (source-target)") from None
+    for lang in (src, tgt):
+        if lang != "digits":
+            try:
+                num2words(1, lang=lang)
+            except NotImplementedError:
+                raise ValueError(f"num2words has no language {lang!r} (task {task!r}); use e.g. en, fr, de, es, it or digits") from None
+    return src, tgt
+
+
+def task_prefix(src: str, tgt: str) -> str:
+    """T5-style instruction: "translate English to French: ", "digits to German: ", "words to digits: "."""
+    if src == "digits":
+        return f"digits to {LANGUAGE_NAMES.get(tgt, tgt)}: "
+    if tgt == "digits":
+        return "words to digits: " if src == "en" else f"{LANGUAGE_NAMES.get(src, src)} words to digits: "
+    return f"translate {LANGUAGE_NAMES.get(src, src)} to {LANGUAGE_NAMES.get(tgt, tgt)}: "
+
+
+class _NumbersBase(TextDataModule):
+    def __init__(self, max_number: int = 9999, n_test: int = 1000, n_val: int = 500, split_seed: int = 0, **kwargs):
+        super().__init__(**kwargs)
+        self.max_number, self.n_test, self.n_val, self.split_seed = max_number, n_test, n_val, split_seed
+
+    @property
+    def numbers(self) -> dict[str, list[int]]:
+        return split_numbers(self.max_number, self.n_test, self.n_val, self.split_seed)
+
+
+class NumberTranslation(_NumbersBase):
+    """Sequence-to-sequence pairs {"source", "target", "task"}; one example per (number, task).
+
+    tasks: "src-tgt" codes (see the module docstring). prefix: prepend the T5 instruction to the source.
+    Defaults: 10,000 numbers -> 8,500 train / 500 val / 1,000 test numbers per task.
+    """
+
+    tokenizer_kind = "bpe"
+
+    def __init__(self, tasks: list[str] = ("en-fr",), prefix: bool = False, tokenizer_kind: str = "bpe",
+                 vocab_size: int = 1000, max_length: int = 64, **kwargs):
+        super().__init__(vocab_size=vocab_size, max_length=max_length, **kwargs)
+        self.tasks = [parse_task(t) for t in tasks]
+        self.task_names = list(tasks)
+        self.prefix = prefix
+        self.tokenizer_kind = tokenizer_kind
+
+    def source_text(self, n: int, src: str, tgt: str) -> str:
+        text = render(n, src)
+        return task_prefix(src, tgt) + text if self.prefix else text
+
+    def make_examples(self) -> dict[str, list[Example]]:
+        out = {}
+        for split, nums in self.numbers.items():
+            out[split] = [{"source": self.source_text(n, s, t), "target": render(n, t), "task": name, "number": n}
+                          for n in nums for name, (s, t) in zip(self.task_names, self.tasks)]
+        return out
+
+    def tokenizer_texts(self, train):
+        return [ex["source"] for ex in train] + [ex["target"] for ex in train]
+
+    @property
+    def model_overrides(self) -> dict:
+        tok = self.tokenizer
+        out = {"vocab_size": len(tok), "pad_token_id": tok.pad_token_id, "eos_token_id": tok.eos_token_id}
+        # transformer: the decoder starts from <s>; T5 (no <s> in its vocabulary) starts from pad, its default
+        if tok.bos_token_id is not None:
+            out["decoder_start_token_id"] = tok.bos_token_id
+            out["bos_token_id"] = tok.bos_token_id
+        return out
+
+    def encode(self, examples):
+        tok = self.tokenizer
+        src = tok([e["source"] for e in examples], truncation=True, max_length=self.max_length)["input_ids"]
+        tgt = tok([e.get("target", "") for e in examples], truncation=True, max_length=self.max_length)["input_ids"]
+        return [{"input_ids": s, "labels": t, "target": e.get("target", ""), "task": e.get("task", "")}
+                for s, t, e in zip(src, tgt, examples)]
+
+    def collate(self, rows):
+        pad_id = self.tokenizer.pad_token_id
+        input_ids = pad([r["input_ids"] for r in rows], pad_id)
+        labels = pad([r["labels"] for r in rows], -100)
+        return {"input_ids": input_ids, "attention_mask": (input_ids != pad_id).long(), "labels": labels,
+                "target_text": [r["target"] for r in rows], "task": [r["task"] for r in rows]}
+
+    def predict_examples(self, texts):
+        return [{"source": t, "target": "", "task": "predict"} for t in texts]
+
+
+class NumberComparison(_NumbersBase):
+    """Sentence pairs: two numbers written in (possibly different) languages; label 1 if the first is larger.
+
+    Each split draws `pairs_per_split` = (train, val, test) pairs of distinct numbers from its own numbers;
+    each side's language is drawn from `languages`. Half of the pairs are numbers close to each other
+    (|a - b| <= `near`), so the model must read every digit, not only the thousands.
+    The WordPiece tokenizer is trained on these phrases plus, with `with_corpus=True` (default),
+    the standard-library help texts of zoo.data.corpus, so that it is the same tokenizer a
+    `PydocMLM(with_numbers=True)` pre-training run builds and a checkpoint from it fits.
+    """
+
+    tokenizer_kind = "wordpiece"
+
+    def __init__(self, languages: list[str] = ("en", "fr"), pairs_per_split: tuple[int, int, int] = (40000, 1000, 2000),
+                 near: int = 20, with_corpus: bool = True, vocab_size: int = 4000, max_length: int = 64, **kwargs):
+        super().__init__(vocab_size=vocab_size, max_length=max_length, **kwargs)
+        self.languages, self.pairs_per_split, self.near, self.with_corpus = list(languages), tuple(pairs_per_split), near, with_corpus
+
+    def make_examples(self):
+        out = {}
+        for split, count, salt in zip(("train", "val", "test"), self.pairs_per_split, (1, 2, 3)):
+            nums = sorted(self.numbers[split])
+            rng = random.Random(self.split_seed * 1000 + salt)
+            examples = []
+            while len(examples) < count:
+                i = rng.randrange(len(nums))
+                if rng.random() < 0.5:  # a close neighbour in this split's (sorted) numbers
+                    j = min(len(nums) - 1, max(0, i + rng.choice([-1, 1]) * rng.randint(1, max(1, self.near))))
+                else:
+                    j = rng.randrange(len(nums))
+                a, b = nums[i], nums[j]
+                if a == b:
+                    continue
+                la, lb = rng.choice(self.languages), rng.choice(self.languages)
+                examples.append({"text": render(a, la), "text_pair": render(b, lb), "label": int(a > b)})
+            out[split] = examples
+        return out
+
+    def tokenizer_texts(self, train):
+        return tokenizer_corpus(self.languages, self.numbers["train"], self.with_corpus)
+
+    @property
+    def model_overrides(self) -> dict:
+        tok = self.tokenizer
+        return {"vocab_size": len(tok), "pad_token_id": tok.pad_token_id, "num_classes": 2}
+
+    def encode(self, examples):
+        enc = self.tokenizer([e["text"] for e in examples], [e.get("text_pair") or "" for e in examples],
+                             truncation=True, max_length=self.max_length, return_token_type_ids=True)
+        return [{"input_ids": i, "token_type_ids": t, "label": e.get("label", -1)}
+                for i, t, e in zip(enc["input_ids"], enc["token_type_ids"], examples)]
+
+    def collate(self, rows):
+        pad_id = self.tokenizer.pad_token_id
+        input_ids = pad([r["input_ids"] for r in rows], pad_id)
+        return {"input_ids": input_ids, "attention_mask": (input_ids != pad_id).long(),
+                "token_type_ids": pad([r["token_type_ids"] for r in rows], 0),
+                "labels": torch_tensor([r["label"] for r in rows])}
+
+    def predict_examples(self, texts):
+        """Each predict text is 'first ||| second'."""
+        out = []
+        for t in texts:
+            if "|||" not in t:
+                raise ValueError(f"pair inputs are written 'first ||| second', got {t!r}")
+            a, b = (s.strip() for s in t.split("|||", 1))
+            out.append({"text": a, "text_pair": b, "label": -1})
+        return out
+
+
+def torch_tensor(values):
+    import torch
+
+    return torch.tensor(values, dtype=torch.long)
+
+
+def tokenizer_corpus(languages: list[str], train_numbers: list[int], with_corpus: bool = True) -> list[str]:
+    """Texts the shared BERT WordPiece tokenizer is trained on: training numbers in every language
+    (+ the pydoc help texts). PydocMLM and NumberComparison both call this, so they build the same tokenizer."""
+    texts = [render(n, lang) for lang in languages for n in sorted(train_numbers)]
+    if with_corpus:
+        from .corpus import pydoc_lines
+
+        texts += pydoc_lines()
+    return texts

@@ -1,0 +1,146 @@
+"""What the text data modules share: a tokenizer trained on the training split, padding collators,
+prediction inputs from the command line or files, and `model_overrides` for the CLI link.
+
+The tokenizer is trained (or loaded from `tokenizer=<dir>`) the first time it is needed, at the
+latest when the CLI reads `model_overrides` to build the model, so vocabulary size and special ids
+always come from it. `setup` saves it into the run folder (`<default_root_dir>/tokenizer`), and it is
+also stored inside every checkpoint (`state_dict`), so a checkpoint can be decoded without the data.
+"""
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+from .tokenizers import load_tokenizer, save_tokenizer, train_tokenizer
+
+Example = dict[str, Any]
+
+
+def pad(rows: list[list[int]], value: int) -> torch.Tensor:
+    width = max(len(r) for r in rows)
+    out = torch.full((len(rows), width), value, dtype=torch.long)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+    return out
+
+
+def read_text_files(paths: list[str]) -> list[str]:
+    """One example per non-empty line of each file."""
+    texts = []
+    for p in paths:
+        if not os.path.isfile(p):
+            raise FileNotFoundError(f"predict file {p!r} does not exist; pass text files with one input per line")
+        texts += [line.strip() for line in Path(p).read_text(encoding="utf-8").splitlines() if line.strip()]
+    return texts
+
+
+class TextDataModule(L.LightningDataModule):
+    """Base class: subclasses implement `make_examples()` and `encode(examples)`/`collate(rows)`."""
+
+    tokenizer_kind = "bpe"
+
+    def __init__(self, batch_size: int = 64, vocab_size: int = 1000, max_length: int = 128, tokenizer: str | None = None,
+                 num_workers: int = 0, predict_texts: list[str] | None = None, predict_files: list[str] | None = None):
+        super().__init__()
+        self.batch_size, self.vocab_size, self.max_length = batch_size, vocab_size, max_length
+        self.tokenizer_path, self.num_workers = tokenizer, num_workers
+        self.predict_texts, self.predict_files = predict_texts, predict_files
+        self._tokenizer = None
+        self._examples: dict[str, list[Example]] | None = None
+        self.splits: dict[str, list[dict]] = {}
+
+    # -- to implement -------------------------------------------------------------------------
+    def make_examples(self) -> dict[str, list[Example]]:
+        """{"train": [...], "val": [...], "test": [...]}, deterministic."""
+        raise NotImplementedError
+
+    def tokenizer_texts(self, train: list[Example]) -> list[str]:
+        raise NotImplementedError
+
+    def encode(self, examples: list[Example]) -> list[dict]:
+        raise NotImplementedError
+
+    def collate(self, rows: list[dict]) -> dict:
+        raise NotImplementedError
+
+    def predict_examples(self, texts: list[str]) -> list[Example]:
+        raise NotImplementedError
+
+    # -- shared --------------------------------------------------------------------------------
+    @property
+    def examples(self) -> dict[str, list[Example]]:
+        if self._examples is None:
+            self._examples = self.make_examples()
+        return self._examples
+
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            if self.tokenizer_path:
+                self._tokenizer = load_tokenizer(self.tokenizer_path)
+            else:
+                texts = self.tokenizer_texts(self.examples["train"])
+                self._tokenizer = train_tokenizer(self.tokenizer_kind, texts, self.vocab_size, model_max_length=self.max_length)
+        return self._tokenizer
+
+    @property
+    def model_overrides(self) -> dict:
+        tok = self.tokenizer
+        return {"vocab_size": len(tok), "pad_token_id": tok.pad_token_id}
+
+    def setup(self, stage: str | None = None):
+        if stage == "predict":
+            texts = list(self.predict_texts or []) + read_text_files(list(self.predict_files or []))
+            if not texts:
+                raise ValueError("nothing to predict: pass --data.predict_texts '[\"...\"]' or --data.predict_files FILE")
+            self.splits["predict"] = self.encode(self.predict_examples(texts))
+        elif not self.splits.get("train"):
+            self.splits.update({k: self.encode(v) for k, v in self.examples.items()})
+        trainer = self.trainer
+        if trainer is not None and trainer.is_global_zero and not trainer.fast_dev_run:
+            save_tokenizer(self.tokenizer, os.path.join(trainer.default_root_dir, "tokenizer"))
+
+    def _loader(self, split: str, shuffle: bool = False) -> DataLoader:
+        return DataLoader(self.splits[split], batch_size=self.batch_size, shuffle=shuffle, collate_fn=self.collate,
+                          num_workers=self.num_workers, drop_last=shuffle and len(self.splits[split]) > self.batch_size)
+
+    def train_dataloader(self):
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self):
+        return self._loader("val")
+
+    def test_dataloader(self):
+        return self._loader("test")
+
+    def predict_dataloader(self):
+        return self._loader("predict")
+
+    def decode(self, ids) -> list[str]:
+        from .tokenizers import decode_batch
+
+        return [t.strip() for t in decode_batch(self.tokenizer, ids)]
+
+    # The tokenizer travels inside every checkpoint (plain JSON strings, no pickled objects).
+    def state_dict(self) -> dict:
+        return {"tokenizer_json": self.tokenizer.backend_tokenizer.to_str()}
+
+    def load_state_dict(self, state: dict) -> None:
+        saved = state.get("tokenizer_json")
+        if saved and saved != self.tokenizer.backend_tokenizer.to_str():
+            warnings.warn("the checkpoint was trained with a different tokenizer than this data module builds; "
+                          "pass --data.tokenizer <run>/tokenizer to use the run's saved tokenizer", stacklevel=2)
+
+
+def dump_examples(examples: list[Example], path: str) -> None:
+    """Write examples as JSON lines (handy to inspect or to reuse with zoo.data.local)."""
+    with open(path, "w", encoding="utf-8") as fh:
+        for ex in examples:
+            fh.write(json.dumps(ex, ensure_ascii=False) + "\n")

@@ -1,0 +1,87 @@
+"""Helpers shared by the converters: activation names, weight reading, checked loading."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..weights import load_state_dict_checked
+
+# transformers `hidden_act` / `activation_function` strings -> zoo.core activation names.
+# gelu_new and gelu_pytorch_tanh are the same tanh approximation to 2.4e-7 (parity_facts §0).
+HF_TO_ZOO_ACT = {
+    "gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu_fast": "gelu_tanh",
+    "quick_gelu": "quick_gelu", "relu": "relu", "silu": "silu", "swish": "silu",
+}
+ZOO_TO_HF_ACT = {"gelu": "gelu", "gelu_tanh": "gelu_new", "quick_gelu": "quick_gelu", "relu": "relu", "silu": "silu"}
+
+
+def zoo_activation(name: str, where: str) -> str:
+    if name not in HF_TO_ZOO_ACT:
+        raise ValueError(f"{where}: activation {name!r} has no zoo equivalent; supported: {sorted(HF_TO_ZOO_ACT)}")
+    return HF_TO_ZOO_ACT[name]
+
+
+def hf_activation(name: str) -> str:
+    if name not in ZOO_TO_HF_ACT:
+        raise ValueError(f"activation {name!r} has no transformers equivalent; supported: {sorted(ZOO_TO_HF_ACT)}")
+    return ZOO_TO_HF_ACT[name]
+
+
+def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """A safetensors file, or a weights-only torch file (never unpickles code)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file {str(path)!r} does not exist")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("state_dict", "model", "module"):  # common wrappers around a state dict
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ValueError(f"{path} does not hold a flat state dict of tensors")
+    return obj
+
+
+def read_hf_dir_weights(directory: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """model.safetensors, sharded safetensors (index json) or pytorch_model.bin (weights_only) of a save_pretrained dir."""
+    d = Path(directory)
+    if (d / "model.safetensors").is_file():
+        return read_weights(d / "model.safetensors")
+    index = d / "model.safetensors.index.json"
+    if index.is_file():
+        sd: dict[str, torch.Tensor] = {}
+        for shard in sorted(set(json.loads(index.read_text())["weight_map"].values())):
+            sd.update(read_weights(d / shard))
+        return sd
+    if (d / "pytorch_model.bin").is_file():
+        return read_weights(d / "pytorch_model.bin")
+    raise FileNotFoundError(
+        f"{d} holds no model.safetensors, model.safetensors.index.json or pytorch_model.bin; "
+        "pass a directory written by transformers' save_pretrained"
+    )
+
+
+def strip_prefix(sd: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """Drop `prefix` where present (task models nest the base model under e.g. 'bert.')."""
+    return {(k[len(prefix):] if k.startswith(prefix) else k): v for k, v in sd.items()}
+
+
+def load_into(model: nn.Module, sd: dict[str, torch.Tensor], ignore: tuple[str, ...] = ()) -> nn.Module:
+    """Checked strict load (every missing / unexpected / mis-shaped key named), then eval mode."""
+    load_state_dict_checked(model, sd, ignore=ignore)
+    return model.eval()
+
+
+def mlp_ratio_for(dim: int, hidden: int) -> float:
+    """A float ratio with int(dim * ratio) == hidden (the zoo families store ratios)."""
+    ratio = hidden / dim
+    if int(dim * ratio) != hidden:
+        raise ValueError(f"FFN size {hidden} is not representable as int({dim} * ratio)")
+    return ratio

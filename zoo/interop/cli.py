@@ -1,0 +1,83 @@
+"""`zoo convert`: turn an ecosystem checkpoint on disk into a zoo model file, or a zoo model into a transformers directory.
+
+    zoo convert --from-hf ./bert-dir --out bert.safetensors
+    zoo convert --from-timm vit.safetensors --arch vit_small_patch16_224 --out vit.safetensors
+    zoo convert --to-hf bert.safetensors --out ./hf-dir                  # a file written by zoo convert
+    zoo convert --to-hf ckpt.safetensors --model bert_base --out ./hf-dir # zoo weights of a registered model
+Load a converted file with `zoo.interop.load_converted(path)`.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+
+from ..cli import EXTRA_COMMANDS
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="zoo convert", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--from-hf", metavar="DIR", help="a directory written by transformers' save_pretrained")
+    src.add_argument("--from-timm", metavar="FILE", help="a timm ViT checkpoint (.safetensors or weights-only .pth)")
+    src.add_argument("--to-hf", metavar="FILE", help="zoo weights (.safetensors) to write as a transformers directory")
+    p.add_argument("--arch", help="timm architecture name for --from-timm, e.g. vit_small_patch16_224")
+    p.add_argument("--timm-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra timm.create_model argument for --from-timm, e.g. img_size=384 (repeatable)")
+    p.add_argument("--model", help="for --to-hf: the registered zoo model the weights belong to (if the file lacks zoo metadata)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="for --to-hf --model: a config override of the run that saved the weights (repeatable)")
+    p.add_argument("--out", required=True, help="output .safetensors file (from-*) or directory (--to-hf)")
+    return p
+
+
+def _kv(items: list[str]) -> dict:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"expected KEY=VALUE, got {item!r}")
+        try:
+            out[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            out[key] = value
+    return out
+
+
+def main(argv: list[str]) -> int:
+    args = _parser().parse_args(argv)
+    from ..registry import count_parameters
+    from .files import load_converted, read_metadata, registered_name, save_converted
+
+    if args.to_hf:
+        from . import to_hf
+
+        if args.model:
+            import zoo
+
+            model = zoo.create_model(args.model, pretrained=args.to_hf, **_kv(args.set)).eval()
+        elif "zoo_class" in read_metadata(args.to_hf):
+            model = load_converted(args.to_hf)
+        else:
+            raise SystemExit(f"{args.to_hf} has no zoo metadata: pass --model NAME (and --set KEY=VALUE overrides)")
+        to_hf(model, args.out)
+        print(f"wrote {type(model).__name__} as a transformers directory to {args.out}")
+        return 0
+    if args.from_hf:
+        from . import from_hf
+
+        model, source = from_hf(args.from_hf), f"transformers:{args.from_hf}"
+    else:
+        from . import from_timm
+
+        if not args.arch:
+            raise SystemExit("--from-timm needs --arch, the timm architecture name (e.g. vit_small_patch16_224)")
+        model, source = from_timm(args.from_timm, arch=args.arch, **_kv(args.timm_arg)), f"timm:{args.arch}:{args.from_timm}"
+    save_converted(model, args.out, source=source)
+    name = registered_name(model)
+    same = f"; same config as zoo model {name!r}" if name else ""
+    print(f"wrote {type(model).__name__} ({count_parameters(model) / 1e6:.2f}M parameters{same}) to {args.out}; "
+          f"load it with zoo.interop.load_converted({args.out!r})")
+    return 0
+
+
+EXTRA_COMMANDS["convert"] = ("convert transformers / timm checkpoints to zoo models and zoo models to transformers", main)

@@ -1,0 +1,70 @@
+"""transformers <-> zoo: `from_hf` (model object or save_pretrained directory) and `to_hf`.
+
+The family converters live in hf_<family>.py; this module reads the source and dispatches on
+the config's `model_type`.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ._common import read_hf_dir_weights
+
+# model_type -> converter module; each has from_hf(config, state_dict, arch) and to_hf(model, out_dir)
+_FAMILIES = {"vit": "hf_vit", "bert": "hf_bert", "t5": "hf_t5", "marian": "hf_marian", "clip": "hf_clip"}
+# zoo family (registry name) -> converter module for to_hf
+_ZOO_FAMILIES = {"VisionTransformer": "hf_vit", "Bert": "hf_bert", "T5": "hf_t5"}
+
+
+def read_hf_source(source: Any) -> tuple[Any, dict[str, torch.Tensor], str | None]:
+    """(config, state_dict, architecture name) from a transformers model or a save_pretrained directory."""
+    if isinstance(source, nn.Module):
+        if not hasattr(source, "config") or not hasattr(source.config, "model_type"):
+            raise TypeError(f"{type(source).__name__} is not a transformers model (no .config.model_type)")
+        return source.config, source.state_dict(), type(source).__name__
+    if isinstance(source, (str, os.PathLike)):
+        d = Path(source)
+        if not (d / "config.json").is_file():
+            raise FileNotFoundError(f"{str(d)!r} has no config.json; pass a directory written by save_pretrained or a model object")
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(str(d))  # reads config.json only
+        arch = config.architectures[0] if getattr(config, "architectures", None) else None
+        return config, read_hf_dir_weights(d), arch
+    raise TypeError(f"from_hf expects a transformers model or a directory path, got {type(source).__name__}")
+
+
+def _family(model_type: str):
+    if model_type not in _FAMILIES:
+        raise ValueError(f"no zoo converter for transformers model_type {model_type!r}; supported: {sorted(_FAMILIES)}")
+    return importlib.import_module(f"{__package__}.{_FAMILIES[model_type]}")
+
+
+def from_hf(source: Any, dtype: torch.dtype | None = None) -> nn.Module:
+    """The zoo model equivalent to a transformers model (head included), in eval mode.
+
+    `source`: a transformers model object, or a local directory written by `save_pretrained`
+    (config.json + model.safetensors). Hyper-parameters come from the source's config.
+    """
+    config, sd, arch = read_hf_source(source)
+    model = _family(config.model_type).from_hf(config, sd, arch)
+    return model.to(dtype) if dtype is not None else model
+
+
+def to_hf(model: nn.Module, out_dir: str | os.PathLike) -> Path:
+    """Write `model` as a directory that transformers' `from_pretrained` loads (BERT, T5, ViT).
+
+    Returns the directory. The written model reproduces the zoo model's outputs."""
+    for cls in type(model).__mro__:
+        for prefix, mod in _ZOO_FAMILIES.items():
+            if cls.__name__.startswith(prefix):
+                out = Path(out_dir)
+                out.mkdir(parents=True, exist_ok=True)
+                importlib.import_module(f"{__package__}.{mod}").to_hf(model, out)
+                return out
+    raise ValueError(f"to_hf supports zoo ViT, BERT and T5 models, not {type(model).__name__}")

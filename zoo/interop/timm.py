@@ -1,0 +1,136 @@
+"""timm VisionTransformer -> zoo.models.vit.VisionTransformer.
+
+Reads every hyper-parameter off the timm module (eps, activation, pooling, fc_norm, pre-norm),
+and refuses the options the zoo ViT lacks (register tokens, qk-norm, attention-pool head, ...)
+with a message naming them. LayerScale (init_values) is folded into the preceding Linear.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..models.vit import ViTConfig, VisionTransformer
+from ..weights import StateDictMismatch, load_state_dict_checked
+from ._common import load_into, mlp_ratio_for, read_weights
+
+
+def _activation(act: nn.Module) -> str:
+    from ..core.layers import QuickGELU
+
+    if isinstance(act, nn.GELU):
+        return "gelu" if act.approximate == "none" else "gelu_tanh"
+    if type(act).__name__ == "QuickGELU" or isinstance(act, QuickGELU):
+        return "quick_gelu"
+    for cls, name in ((nn.ReLU, "relu"), (nn.SiLU, "silu")):
+        if isinstance(act, cls):
+            return name
+    raise ValueError(f"timm MLP activation {type(act).__name__} has no zoo equivalent")
+
+
+def _is_identity(m: Any) -> bool:
+    return m is None or isinstance(m, nn.Identity)
+
+
+def _check_supported(m) -> None:
+    problems = []
+    if getattr(m, "num_reg_tokens", 0):
+        problems.append(f"reg_tokens={m.num_reg_tokens}")
+    if getattr(m, "no_embed_class", False):
+        problems.append("no_embed_class=True")
+    if getattr(m, "global_pool", "token") not in ("token", "avg"):
+        problems.append(f"global_pool={m.global_pool!r} (zoo supports 'token' and 'avg')")
+    if not _is_identity(getattr(m.patch_embed, "norm", None)):
+        problems.append("a norm inside patch_embed")
+    blk = m.blocks[0]
+    for name in ("q_norm", "k_norm", "norm"):
+        if not _is_identity(getattr(blk.attn, name, None)):
+            problems.append(f"attn.{name} (qk_norm / scale_attn_norm)")
+    if not _is_identity(getattr(blk.mlp, "norm", None)):
+        problems.append("mlp.norm (scale_mlp_norm)")
+    if type(blk.mlp).__name__ != "Mlp":
+        problems.append(f"MLP type {type(blk.mlp).__name__} (zoo converts the plain Mlp)")
+    if type(blk).__name__ != "Block":
+        problems.append(f"block type {type(blk).__name__}")
+    if problems:
+        raise ValueError(f"timm model {type(m).__name__} uses options the zoo ViT lacks: {'; '.join(problems)}")
+
+
+def zoo_config(m) -> ViTConfig:
+    _check_supported(m)
+    blk = m.blocks[0]
+    img = m.patch_embed.img_size
+    patch = m.patch_embed.patch_size
+    if img[0] != img[1] or patch[0] != patch[1]:
+        raise ValueError(f"zoo ViT needs square images and patches; timm has img_size={img}, patch_size={patch}")
+    dim = m.embed_dim
+    return ViTConfig(
+        img_size=img[0], patch_size=patch[0], in_chans=m.patch_embed.proj.in_channels, num_classes=m.num_classes,
+        dim=dim, depth=len(m.blocks), num_heads=blk.attn.num_heads,
+        mlp_ratio=mlp_ratio_for(dim, blk.mlp.fc1.out_features), qkv_bias=blk.attn.qkv.bias is not None,
+        # fc_norm None = the default for the pooling (timm's rule), so configs compare equal to registered ones
+        pool=m.global_pool, fc_norm=None if _is_identity(m.fc_norm) != (m.global_pool == "avg") else not _is_identity(m.fc_norm), class_token=m.cls_token is not None,
+        norm_eps=blk.norm1.eps, activation=_activation(blk.mlp.act), pre_norm=not _is_identity(m.norm_pre),
+    )
+
+
+def convert_timm_vit(m) -> VisionTransformer:
+    cfg = zoo_config(m)
+    model = VisionTransformer(cfg)
+    sd = m.state_dict()
+    out = {"pos_embed": sd["pos_embed"], "patch_embed.proj.weight": sd["patch_embed.proj.weight"].flatten(1)}
+    if "patch_embed.proj.bias" in sd:
+        out["patch_embed.proj.bias"] = sd["patch_embed.proj.bias"]
+    if cfg.class_token:
+        out["cls_token"] = sd["cls_token"]
+    for src, dst in (("norm_pre", "norm_pre"), ("norm", "encoder.norm"), ("fc_norm", "fc_norm"), ("head", "head")):
+        for part in ("weight", "bias"):
+            if f"{src}.{part}" in sd:
+                out[f"{dst}.{part}"] = sd[f"{src}.{part}"]
+    for i in range(cfg.depth):
+        a, z = f"blocks.{i}.", f"encoder.blocks.{i}."
+        for k, v in sd.items():
+            if k.startswith(a) and ".ls" not in k:
+                out[z + k[len(a):]] = v
+        # LayerScale: gamma * (W x + b) == (gamma W) x + gamma b
+        for ls, lin in (("ls1", "attn.proj"), ("ls2", "mlp.fc2")):
+            if a + f"{ls}.gamma" in sd:
+                g = sd[a + f"{ls}.gamma"]
+                out[z + f"{lin}.weight"] = g[:, None] * sd[a + f"{lin}.weight"]
+                if a + f"{lin}.bias" in sd:
+                    out[z + f"{lin}.bias"] = g * sd[a + f"{lin}.bias"]
+    return load_into(model, out)
+
+
+def from_timm(source: Any, arch: str | None = None, **timm_kwargs) -> VisionTransformer:
+    """The zoo ViT equivalent to a timm VisionTransformer, in eval mode.
+
+    `source`: a timm model object, or a local checkpoint (.safetensors, or a weights-only torch
+    file) together with `arch`, its timm architecture name; the timm model is then built with
+    pretrained=False (nothing is downloaded) to read its configuration, and `timm_kwargs`
+    (e.g. img_size, global_pool) are passed to `timm.create_model`.
+    """
+    if isinstance(source, nn.Module):
+        if type(source).__name__ != "VisionTransformer":
+            raise TypeError(f"from_timm converts timm VisionTransformer models, got {type(source).__name__}")
+        return convert_timm_vit(source)
+    if not isinstance(source, (str, os.PathLike)):
+        raise TypeError(f"from_timm expects a timm model or a checkpoint path, got {type(source).__name__}")
+    if arch is None:
+        raise ValueError("a checkpoint file needs its timm architecture: from_timm(path, arch='vit_small_patch16_224')")
+    import timm
+
+    sd = read_weights(source)
+    if "num_classes" not in timm_kwargs:
+        timm_kwargs["num_classes"] = sd["head.weight"].shape[0] if "head.weight" in sd else 0
+    if "global_pool" not in timm_kwargs and "fc_norm.weight" in sd and "norm.weight" not in sd:
+        timm_kwargs["global_pool"] = "avg"
+    m = timm.create_model(arch, pretrained=False, **timm_kwargs)
+    try:  # names every missing, unexpected and mis-shaped key at once
+        load_state_dict_checked(m, sd)
+    except StateDictMismatch as e:
+        raise StateDictMismatch(f"checkpoint does not fit timm {arch!r} built with {timm_kwargs}: {e}\n"
+                                "Check the architecture name; pass img_size= / global_pool= etc. if the run changed them") from None
+    return convert_timm_vit(m.eval())

@@ -1,0 +1,222 @@
+"""CLIP (Radford et al. 2021): an image tower and a text tower trained to agree in a joint space.
+
+Layout follows OpenAI CLIP / open_clip / HF `CLIPModel` so that weights map one to one:
+
+    image tower   zoo's VisionTransformer (num_classes=0): patch embedding without bias, class token,
+                  learned positions, ln_pre (pre_norm=True), pre-LN blocks, ln_post on every token,
+                  class-token pooling -> visual_projection (Linear, no bias)
+    text tower    token + learned position embeddings -> causal pre-LN TransformerStack -> ln_final
+                  -> the hidden state at the end-of-text token -> text_projection (Linear, no bias)
+    similarity    logits = exp(logit_scale) * normalise(img) @ normalise(txt).T, logit_scale
+                  initialised to log(1/0.07) and clamped so that exp(logit_scale) <= 100.
+
+Both projections are stored (out, in) like every zoo Linear; open_clip stores them (in, out).
+The end-of-text token is `eos_token_id` when given (HF's newer configs), otherwise the largest id
+in each row (OpenAI's tokenizer gives EOT the largest id, and HF/open_clip pool with argmax).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from ..core import BlockConfig, LearnedPositionalEmbedding, TransformerStack, padding_mask, trunc_normal_init
+from ..registry import register_model
+from .vit import ViTConfig, VisionTransformer
+
+
+@dataclass
+class CLIPConfig:
+    embed_dim: int = 512  # joint space
+    # image tower
+    img_size: int = 224
+    patch_size: int = 32
+    in_chans: int = 3
+    vision_width: int = 768
+    vision_layers: int = 12
+    vision_heads: int = 12
+    vision_mlp_ratio: float = 4.0
+    vision_stem: str = "patch"  # "conv": the small conv stem of zoo's ViT (small images, small data)
+    # text tower
+    vocab_size: int = 49408
+    context_length: int = 77
+    text_width: int = 512
+    text_layers: int = 12
+    text_heads: int = 8
+    text_mlp_ratio: float = 4.0
+    pad_token_id: int = 0
+    eos_token_id: int | None = None  # None: pool at the largest id of each row (OpenAI's EOT = 49407)
+    # shared
+    activation: str = "quick_gelu"  # the OpenAI weights were trained with QuickGELU; open_clip "ViT-B-32" uses "gelu"
+    norm_eps: float = 1e-5
+    logit_scale_init: float = math.log(1 / 0.07)
+    max_logit_scale: float = 100.0
+
+
+class CLIPTextTransformer(nn.Module):
+    """Causal text encoder pooled at the end-of-text token."""
+
+    def __init__(self, cfg: CLIPConfig):
+        super().__init__()
+        self.config = cfg
+        self.token_embedding = nn.Embedding(cfg.vocab_size, cfg.text_width)
+        self.positional_embedding = LearnedPositionalEmbedding(cfg.context_length, cfg.text_width)
+        block = BlockConfig(dim=cfg.text_width, num_heads=cfg.text_heads, mlp_hidden=int(cfg.text_width * cfg.text_mlp_ratio),
+                            norm_eps=cfg.norm_eps, activation=cfg.activation)
+        self.transformer = TransformerStack(block, cfg.text_layers, final_norm=True)  # .norm is ln_final
+
+    def eos_positions(self, input_ids: torch.Tensor) -> torch.Tensor:
+        eos = self.config.eos_token_id
+        if eos is None:
+            return input_ids.argmax(dim=-1)
+        hit = input_ids == eos
+        if not hit.any(dim=-1).all():
+            bad = (~hit.any(dim=-1)).nonzero().flatten().tolist()
+            raise ValueError(
+                f"rows {bad} of input_ids hold no end-of-text token (id {eos}); tokenize with the model's tokenizer "
+                "(it appends EOS) and truncate to context_length keeping the EOS"
+            )
+        return hit.int().argmax(dim=-1)  # the first EOS of each row
+
+    def forward_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, L) ids -> (B, L, text_width) after ln_final. Any L up to context_length."""
+        x = self.token_embedding(input_ids) + self.positional_embedding(input_ids.shape[1])
+        # Causality already hides right padding from the EOT token; the padding mask also covers left padding.
+        return self.transformer(x, mask=padding_mask(attention_mask), causal=True)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.forward_features(input_ids, attention_mask)
+        return x[torch.arange(x.shape[0], device=x.device), self.eos_positions(input_ids)]
+
+
+class CLIP(nn.Module):
+    def __init__(self, cfg: CLIPConfig):
+        super().__init__()
+        self.config = cfg
+        self.visual = VisionTransformer(ViTConfig(
+            img_size=cfg.img_size, patch_size=cfg.patch_size, in_chans=cfg.in_chans, num_classes=0, dim=cfg.vision_width,
+            depth=cfg.vision_layers, num_heads=cfg.vision_heads, mlp_ratio=cfg.vision_mlp_ratio, pool="token",
+            fc_norm=False, stem=cfg.vision_stem, norm_eps=cfg.norm_eps, activation=cfg.activation, pre_norm=True,
+        ))
+        self.text = CLIPTextTransformer(cfg)
+        self.visual_projection = nn.Linear(cfg.vision_width, cfg.embed_dim, bias=False)
+        self.text_projection = nn.Linear(cfg.text_width, cfg.embed_dim, bias=False)
+        self.logit_scale = nn.Parameter(torch.tensor(float(cfg.logit_scale_init)))
+        self.init_weights()
+
+    def init_weights(self):
+        # OpenAI's init: embeddings N(0, .02), positions N(0, .01), projections N(0, width^-0.5);
+        # the image tower keeps zoo's ViT init.
+        trunc_normal_init(self.text)
+        nn.init.normal_(self.text.token_embedding.weight, std=0.02)
+        nn.init.normal_(self.text.positional_embedding.weight, std=0.01)
+        nn.init.normal_(self.visual_projection.weight, std=self.config.vision_width ** -0.5)
+        nn.init.normal_(self.text_projection.weight, std=self.config.text_width ** -0.5)
+
+    def no_weight_decay(self) -> set[str]:
+        return {"logit_scale", "visual.pos_embed", "visual.cls_token", "text.positional_embedding.weight"}
+
+    # -- towers ---------------------------------------------------------------------------------
+    def encode_image(self, images: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        """(B, C, H, W) -> (B, embed_dim), unit length unless normalize=False."""
+        x = self.visual_projection(self.visual(images))
+        return F.normalize(x, dim=-1) if normalize else x
+
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, normalize: bool = True) -> torch.Tensor:
+        """(B, L) ids (with an end-of-text token) -> (B, embed_dim), unit length unless normalize=False."""
+        x = self.text_projection(self.text(input_ids, attention_mask))
+        return F.normalize(x, dim=-1) if normalize else x
+
+    def scale(self) -> torch.Tensor:
+        """exp(logit_scale), clamped to max_logit_scale (CLIP clips it at 100 to keep training stable)."""
+        return self.logit_scale.clamp(max=math.log(self.config.max_logit_scale)).exp()
+
+    def forward_features(self, images, input_ids, attention_mask=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Final hidden states of both towers: image tokens after ln_post, text tokens after ln_final."""
+        return self.visual.forward_features(images), self.text.forward_features(input_ids, attention_mask)
+
+    def forward(self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """logits_per_image (B_images, B_texts); logits_per_text is its transpose."""
+        return self.scale() * self.encode_image(images) @ self.encode_text(input_ids, attention_mask).T
+
+    # -- zero-shot ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def zero_shot_classifier(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                             num_classes: int | None = None) -> torch.Tensor:
+        """Class embeddings (num_classes, embed_dim) from prompts, averaged over templates (prompt ensembling).
+
+        input_ids holds num_templates * num_classes prompts laid out template-major:
+        row t * num_classes + c is template t filled with class c.
+        """
+        feats = self.encode_text(input_ids, attention_mask)
+        n = num_classes or feats.shape[0]
+        if feats.shape[0] % n:
+            raise ValueError(f"{feats.shape[0]} prompts are not a whole number of templates for {n} classes; "
+                             "pass num_templates * num_classes prompts, template-major")
+        return F.normalize(feats.view(-1, n, feats.shape[-1]).mean(0), dim=-1)
+
+    @torch.no_grad()
+    def zero_shot_logits(self, images: torch.Tensor, classifier: torch.Tensor) -> torch.Tensor:
+        """(B, num_classes) scaled cosine similarities; argmax is the zero-shot prediction."""
+        return self.scale() * self.encode_image(images) @ classifier.T
+
+
+def clip_loss(local_image: torch.Tensor, local_text: torch.Tensor, all_image: torch.Tensor, all_text: torch.Tensor,
+              scale: torch.Tensor, offset: int = 0) -> torch.Tensor:
+    """Symmetric InfoNCE over a (possibly gathered) batch.
+
+    Each process scores its own B images against all texts and its own B texts against all
+    images (open_clip's local loss); image i of this process matches global column offset + i.
+    With one process, all_* are the local tensors and offset is 0.
+    """
+    labels = torch.arange(local_image.shape[0], device=local_image.device) + offset
+    logits_per_image = scale * local_image @ all_text.T
+    logits_per_text = scale * local_text @ all_image.T
+    return (F.cross_entropy(logits_per_image, labels) + F.cross_entropy(logits_per_text, labels)) / 2
+
+
+# Across processes (DDP) every process scores its own images against the texts of ALL processes
+# and vice versa: features are gathered with torch.distributed.nn.functional.all_gather, whose
+# backward hands each process the summed gradient of its own rows, so after DDP averages the
+# gradients they equal those of the single-process loss on the global batch.
+def gather_features(x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """(all processes' rows concatenated, offset of this process's rows); identity without DDP."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x, 0
+    import warnings
+
+    from torch.distributed.nn.functional import all_gather
+
+    with warnings.catch_warnings():  # deprecated in favour of a private API; still the public differentiable gather
+        warnings.simplefilter("ignore", FutureWarning)
+        parts = all_gather(x.contiguous())  # needs equal batch sizes on every process (drop_last=True)
+    return torch.cat(parts, dim=0), dist.get_rank() * x.shape[0]
+
+
+def distributed_clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    all_image, offset = gather_features(image_features)
+    all_text, _ = gather_features(text_features)
+    return clip_loss(image_features, text_features, all_image, all_text, scale, offset)
+
+
+_PAPER = "Radford et al. 2021, Learning Transferable Visual Models From Natural Language Supervision (arXiv:2103.00020)"
+
+
+def _register(name: str, description: str, **kw):
+    register_model(name, "clip", CLIP, CLIPConfig(**kw), _PAPER, description)
+
+
+_register("clip_vit_b32", "OpenAI CLIP ViT-B/32: 224px, patch 32, vision 768x12, text 512x12 (8 heads), joint 512, QuickGELU")
+_register("clip_vit_b16", "OpenAI CLIP ViT-B/16: 224px, patch 16, vision 768x12, text 512x12 (8 heads), joint 512, QuickGELU",
+          patch_size=16)
+_register("clip_tiny", "A tiny CLIP for tests: 32px RGB, patch 8, vision 64x2, text 64x2, joint 32",
+          embed_dim=32, img_size=32, patch_size=8, vision_width=64, vision_layers=2, vision_heads=2, text_width=64,
+          text_layers=2, text_heads=2, vocab_size=1000, context_length=32)
+_register("clip_mnist", "CLIP for 28x28 grey digits + short captions: conv-stem ViT 96x3 on a 7x7 grid, text 96x2, joint 96",
+          embed_dim=96, img_size=28, patch_size=4, in_chans=1, vision_width=96, vision_layers=3, vision_heads=4,
+          vision_mlp_ratio=2.0, vision_stem="conv", text_width=96, text_layers=2, text_heads=4, text_mlp_ratio=2.0,
+          vocab_size=512, context_length=24, activation="gelu")

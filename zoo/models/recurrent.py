@@ -1,0 +1,163 @@
+"""Recurrent encoder–decoders with additive attention (Bahdanau, Cho & Bengio 2015): the
+pre-Transformer baseline, for comparing against the Transformer on the same seq2seq tasks.
+
+Encoder: embeddings -> bidirectional LSTM/GRU; the annotation of source position j is
+h_j = [forward state; backward state] (the `memory`, B x S x 2H). Padding is handled by packing,
+so the annotations of real tokens do not depend on how much padding follows (right padding).
+Decoder, one step i (input feeding as in the paper):
+    c_i = Σ_j α_ij h_j,  α_i = softmax_j(vᵀ tanh(W s_{i-1} + U h_j))     (zoo.core AdditiveAttention)
+    s_i = RNN([E y_{i-1}; c_i], s_{i-1}),  s_0 = tanh(W_init h_1^backward)
+    logits_i = generator(dropout(tanh(W_o [s_i; c_i; E y_{i-1}])))        (the "deep output" layer)
+Same contract as the Transformer encoder–decoder: forward(input_ids, decoder_input_ids,
+attention_mask=None, decoder_attention_mask=None) -> (B, T, V), encode, decode(..., cache=) and
+zoo.generation's generate: the decoder state lives in the shared KVCache under this model's own
+keys, stored batch-first so that beam search's `cache.reorder` selects hypotheses correctly.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from ..core import KVCache
+from ..core.attention import AdditiveAttention
+from ..generation import GenerationMixin
+from ..registry import register_model
+
+CELLS = {"lstm": nn.LSTM, "gru": nn.GRU}
+
+
+@dataclass
+class RecurrentSeq2SeqConfig:
+    cell: str = "lstm"  # "lstm" (Hochreiter & Schmidhuber 1997) or "gru" (Cho et al. 2014)
+    vocab_size: int = 8000  # shared source/target vocabulary (the tokenizer decides it)
+    embed_dim: int = 128
+    hidden_size: int = 256  # per encoder direction and for the decoder (Bahdanau et al.: 1000)
+    num_encoder_layers: int = 1
+    num_decoder_layers: int = 1
+    attn_dim: int = 256  # size of the additive-attention hidden layer
+    dropout: float = 0.1  # on embeddings, between RNN layers and before the generator
+    tie_output: bool = True  # generator weight = the embedding table (needs the deep output of embed_dim)
+    pad_token_id: int = 0
+    bos_token_id: int = 1
+    eos_token_id: int = 2
+    decoder_start_token_id: int = 1
+
+
+class RecurrentSeq2Seq(GenerationMixin, nn.Module):
+    def __init__(self, cfg: RecurrentSeq2SeqConfig):
+        super().__init__()
+        if cfg.cell not in CELLS:
+            raise ValueError(f"unknown cell {cfg.cell!r}; choose one of {', '.join(CELLS)}")
+        if not 0 <= cfg.pad_token_id < cfg.vocab_size:
+            raise ValueError(f"pad_token_id={cfg.pad_token_id} is outside the vocabulary [0, {cfg.vocab_size}); "
+                             "pass the tokenizer's pad_token_id and vocab_size")
+        self.config = cfg
+        rnn = CELLS[cfg.cell]
+        h = cfg.hidden_size
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.embed_dim, padding_idx=cfg.pad_token_id)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.encoder = rnn(cfg.embed_dim, h, cfg.num_encoder_layers, batch_first=True, bidirectional=True,
+                           dropout=cfg.dropout if cfg.num_encoder_layers > 1 else 0.0)
+        self.init_state = nn.Linear(h, h)  # s_0 = tanh(W_init h_1^backward)
+        self.attention = AdditiveAttention(h, 2 * h, cfg.attn_dim)
+        self.decoder = rnn(cfg.embed_dim + 2 * h, h, cfg.num_decoder_layers, batch_first=True,
+                           dropout=cfg.dropout if cfg.num_decoder_layers > 1 else 0.0)
+        self.deep_output = nn.Linear(h + 2 * h + cfg.embed_dim, cfg.embed_dim)
+        self.generator = nn.Linear(cfg.embed_dim, cfg.vocab_size)
+        if cfg.tie_output:
+            self.generator.weight = self.embed.weight
+        self.state_key = (id(self), "state")  # keys into a shared KVCache
+        self.keys_key = (id(self), "keys")
+
+    # ------------------------------------------------------------------ encoder
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Source ids (B, S) -> annotations (B, S, 2H); zeros at padded positions."""
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be (batch, length), got shape {tuple(input_ids.shape)}")
+        x = self.drop(self.embed(input_ids))
+        if attention_mask is None:
+            return self.encoder(x)[0]
+        lengths = self._lengths(attention_mask, input_ids.shape)
+        packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        out, _ = pad_packed_sequence(self.encoder(packed)[0], batch_first=True, total_length=input_ids.shape[1])
+        return out
+
+    @staticmethod
+    def _lengths(attention_mask: torch.Tensor, shape) -> torch.Tensor:
+        if attention_mask.shape != shape:
+            raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)} but input_ids has {tuple(shape)}")
+        mask = attention_mask.bool()
+        lengths = mask.sum(1)
+        if (lengths == 0).any():
+            raise ValueError("a source sequence is all padding; every row needs at least one token")
+        if not torch.equal(mask, torch.arange(shape[1], device=mask.device)[None] < lengths[:, None]):
+            raise ValueError("recurrent encoders need right padding (1s then 0s in attention_mask); "
+                             "set the tokenizer's padding_side='right'")
+        return lengths
+
+    # ------------------------------------------------------------------ decoder
+    def _initial_state(self, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, layers, H) hidden and cell states (batch first, so KVCache.reorder applies)."""
+        h = self.config.hidden_size
+        s0 = torch.tanh(self.init_state(memory[:, 0, h:]))  # backward state at the first position
+        s0 = s0[:, None].expand(-1, self.config.num_decoder_layers, -1).contiguous()
+        return s0, torch.zeros_like(s0)  # the GRU ignores the cell state
+
+    def decode_features(self, decoder_input_ids, memory, memory_mask=None, decoder_attention_mask=None,
+                        cache: KVCache | None = None) -> torch.Tensor:
+        """Deep-output features (B, T, embed_dim). With a cache, pass only the new token(s): the
+        decoder state after the previous tokens is read from and written back to the cache.
+        decoder_attention_mask is accepted for the shared contract; an RNN is causal by
+        construction and right padding cannot affect earlier positions."""
+        if cache is not None and self.state_key in cache.store:
+            state, keys = cache.store[self.state_key], cache.store[self.keys_key][0]
+        else:
+            state, keys = self._initial_state(memory), self.attention.keys(memory)
+        hidden, cell = state
+        emb = self.drop(self.embed(decoder_input_ids))
+        lstm = self.config.cell == "lstm"
+        outs = []
+        for t in range(decoder_input_ids.shape[1]):
+            context, _ = self.attention(hidden[:, -1], keys, memory, memory_mask)
+            rnn_in = torch.cat([emb[:, t], context], dim=-1)[:, None]
+            h0 = hidden.transpose(0, 1).contiguous()
+            if lstm:
+                out, (h1, c1) = self.decoder(rnn_in, (h0, cell.transpose(0, 1).contiguous()))
+                cell = c1.transpose(0, 1)
+            else:
+                out, h1 = self.decoder(rnn_in, h0)
+            hidden = h1.transpose(0, 1)
+            outs.append(torch.tanh(self.deep_output(torch.cat([out[:, 0], context, emb[:, t]], dim=-1))))
+        if cache is not None:
+            cache.store[self.state_key] = (hidden, cell)
+            cache.store[self.keys_key] = (keys, keys)  # a (k, v) pair, as KVCache.reorder expects
+        return self.drop(torch.stack(outs, dim=1))
+
+    def decode(self, decoder_input_ids, memory, memory_mask=None, decoder_attention_mask=None,
+               cache: KVCache | None = None) -> torch.Tensor:
+        """Target ids (B, T) + annotations -> logits (B, T, vocab)."""
+        return self.generator(self.decode_features(decoder_input_ids, memory, memory_mask, decoder_attention_mask, cache))
+
+    def forward_features(self, input_ids, decoder_input_ids, attention_mask=None, decoder_attention_mask=None):
+        memory = self.encode(input_ids, attention_mask)
+        return self.decode_features(decoder_input_ids, memory, attention_mask, decoder_attention_mask)
+
+    def forward(self, input_ids, decoder_input_ids, attention_mask=None, decoder_attention_mask=None):
+        return self.generator(self.forward_features(input_ids, decoder_input_ids, attention_mask, decoder_attention_mask))
+
+
+_PAPER = ("Bahdanau, Cho & Bengio 2015, Neural Machine Translation by Jointly Learning to Align and Translate "
+          "(arXiv:1409.0473)")
+
+
+def _register(name: str, description: str, **kw):
+    register_model(name, "recurrent", RecurrentSeq2Seq, RecurrentSeq2SeqConfig(**kw), _PAPER, description)
+
+
+_register("lstm_seq2seq", "Bidirectional-LSTM encoder, LSTM decoder with additive (Bahdanau) attention; embed 128, "
+          "hidden 256, 1+1 layers, 8k vocabulary", cell="lstm")
+_register("gru_seq2seq", "Bidirectional-GRU encoder, GRU decoder with additive (Bahdanau) attention, as in RNNsearch; "
+          "embed 128, hidden 256, 1+1 layers, 8k vocabulary", cell="gru")

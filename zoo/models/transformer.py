@@ -1,0 +1,131 @@
+"""The vanilla encoder–decoder Transformer (Vaswani et al. 2017, "Attention Is All You Need").
+
+Token embeddings scaled by sqrt(d_model) plus fixed sinusoidal positions, dropout, then post-norm
+encoder and decoder stacks from the shared core (ReLU feed-forward), and a linear output layer
+that shares its weight with the embeddings. `norm_first`, `final_norm`, `scale_embedding` and
+`activation` switch to the variants of torch.nn.Transformer (final encoder/decoder LayerNorms),
+pre-norm models and MarianMT-style translation models.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..core import BlockConfig, KVCache, SinusoidalPositionalEmbedding, TransformerStack, padding_mask
+from ..generation import GenerationMixin
+from ..registry import register_model
+
+
+@dataclass
+class TransformerConfig:
+    vocab_size: int = 37000  # target vocabulary (and the source one when share_embeddings)
+    src_vocab_size: int | None = None  # None: same as vocab_size; only with share_embeddings=False
+    d_model: int = 512
+    num_encoder_layers: int = 6
+    num_decoder_layers: int = 6
+    num_heads: int = 8
+    dim_feedforward: int = 2048
+    activation: str = "relu"
+    dropout: float = 0.1  # on embeddings+positions and on every residual branch (P_drop)
+    attn_dropout: float = 0.0  # the paper has none; torch.nn.Transformer uses `dropout` here
+    activation_dropout: float = 0.0  # inside the FFN; torch.nn.Transformer uses `dropout` here
+    norm_first: bool = False  # post-norm as in the paper
+    final_norm: bool | None = None  # LayerNorm after each stack; None: only for pre-norm (nn.Transformer: always)
+    norm_eps: float = 1e-5
+    scale_embedding: bool = True  # multiply embeddings by sqrt(d_model)
+    share_embeddings: bool = True  # one table for source, target and the output layer (shared vocabulary)
+    tie_output: bool = True  # output layer = target embedding (when the tables are not all shared)
+    max_len: int = 1024
+    pad_token_id: int = 0
+    bos_token_id: int = 1
+    eos_token_id: int = 2
+    decoder_start_token_id: int = 1  # the decoder starts from BOS
+
+
+class EncoderDecoderTransformer(GenerationMixin, nn.Module):
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        src_vocab = cfg.src_vocab_size or cfg.vocab_size
+        if cfg.share_embeddings and src_vocab != cfg.vocab_size:
+            raise ValueError(
+                f"share_embeddings=True needs one vocabulary, got src_vocab_size={src_vocab} and vocab_size={cfg.vocab_size}; "
+                "set share_embeddings=False for separate source and target vocabularies"
+            )
+        self.config = cfg
+        self.embed_scale = math.sqrt(cfg.d_model) if cfg.scale_embedding else 1.0
+        self.src_embed = nn.Embedding(src_vocab, cfg.d_model)
+        self.tgt_embed = self.src_embed if cfg.share_embeddings else nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.pos = SinusoidalPositionalEmbedding(cfg.max_len, cfg.d_model)
+        self.drop = nn.Dropout(cfg.dropout)
+        block = BlockConfig(
+            dim=cfg.d_model, num_heads=cfg.num_heads, mlp_hidden=cfg.dim_feedforward, norm_first=cfg.norm_first,
+            norm_eps=cfg.norm_eps, activation=cfg.activation, dropout=cfg.dropout, attn_dropout=cfg.attn_dropout,
+            mlp_dropout=cfg.activation_dropout,
+        )
+        final_norm = cfg.norm_first if cfg.final_norm is None else cfg.final_norm
+        self.encoder = TransformerStack(block, cfg.num_encoder_layers, final_norm=final_norm)
+        self.decoder = TransformerStack(block, cfg.num_decoder_layers, cross_attention=True, final_norm=final_norm)
+        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.init_weights()
+        if cfg.share_embeddings or cfg.tie_output:
+            self.lm_head.weight = self.tgt_embed.weight
+
+    def init_weights(self):
+        # Xavier for projections (torch.nn.Transformer, tensor2tensor); embeddings N(0, d^-1/2) so
+        # that after the sqrt(d) scaling they have unit variance (fairseq, tensor2tensor).
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+        for emb in (self.src_embed, self.tgt_embed):
+            nn.init.normal_(emb.weight, std=self.config.d_model ** -0.5)
+
+    def _embed(self, table: nn.Embedding, ids: torch.Tensor, offset: int = 0) -> torch.Tensor:
+        return self.drop(table(ids) * self.embed_scale + self.pos(ids.shape[1], offset))
+
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Source ids (B, S) -> memory (B, S, d_model)."""
+        return self.encoder(self._embed(self.src_embed, input_ids), mask=padding_mask(attention_mask))
+
+    def decode_features(self, decoder_input_ids, memory, memory_mask=None, decoder_attention_mask=None,
+                        cache: KVCache | None = None) -> torch.Tensor:
+        past = 0 if cache is None else cache.length(self.decoder.blocks[0].attn.layer_id)
+        x = self._embed(self.tgt_embed, decoder_input_ids, offset=past)
+        return self.decoder(x, mask=padding_mask(decoder_attention_mask), causal=True, context=memory,
+                            context_mask=padding_mask(memory_mask), cache=cache)
+
+    def decode(self, decoder_input_ids, memory, memory_mask=None, decoder_attention_mask=None,
+               cache: KVCache | None = None) -> torch.Tensor:
+        """Target ids (B, T) + memory -> logits (B, T, vocab). With a cache, pass only the new
+        tokens; decoder_attention_mask then covers past and new positions."""
+        return self.lm_head(self.decode_features(decoder_input_ids, memory, memory_mask, decoder_attention_mask, cache))
+
+    def forward_features(self, input_ids, decoder_input_ids, attention_mask=None, decoder_attention_mask=None):
+        memory = self.encode(input_ids, attention_mask)
+        return self.decode_features(decoder_input_ids, memory, attention_mask, decoder_attention_mask)
+
+    def forward(self, input_ids, decoder_input_ids, attention_mask=None, decoder_attention_mask=None):
+        return self.lm_head(self.forward_features(input_ids, decoder_input_ids, attention_mask, decoder_attention_mask))
+
+
+_PAPER = "Vaswani et al. 2017, Attention Is All You Need (arXiv:1706.03762)"
+
+
+def _register(name: str, description: str, **kw):
+    register_model(name, "transformer", EncoderDecoderTransformer, TransformerConfig(**kw), _PAPER, description)
+
+
+_register("transformer_base",
+          "Transformer base: d_model 512, 6+6 post-norm layers, 8 heads, FFN 2048; 37k shared BPE vocabulary "
+          "(the paper's WMT14 En-De setting) -> 63.1M parameters (the paper's Table 3 lists 65M)")
+_register("transformer_big",
+          "Transformer big: d_model 1024, 6+6 post-norm layers, 16 heads, FFN 4096, dropout 0.3 (En-De); 37k shared "
+          "BPE vocabulary -> 214.2M parameters (paper: 213M)",
+          d_model=1024, num_heads=16, dim_feedforward=4096, dropout=0.3)
+_register("transformer_tiny", "A small post-norm encoder-decoder for CPU demos: d_model 128, 3+3 layers, 4 heads, "
+          "FFN 512, 8k vocabulary", vocab_size=8000, d_model=128, num_encoder_layers=3, num_decoder_layers=3,
+          num_heads=4, dim_feedforward=512, max_len=512)

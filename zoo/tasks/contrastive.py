@@ -1,0 +1,73 @@
+"""Contrastive image–text training (CLIP) with zero-shot classification as the validation metric.
+
+Under DDP the loss gathers the features of every process (`zoo.models.clip.distributed_clip_loss`),
+so each process contrasts its images against the texts of the global batch.
+"""
+from __future__ import annotations
+
+import torch
+from torchmetrics.classification import MulticlassAccuracy
+
+from ..models.clip import clip_loss, distributed_clip_loss, gather_features  # noqa: F401  (the DDP-aware loss)
+from .base import ZooTask
+
+
+class ContrastiveTask(ZooTask):
+    """Symmetric InfoNCE on image–caption batches; logs val/zero_shot_acc and test/zero_shot_acc
+    from the data module's held-out prompts (`zero_shot_prompts()`), ensembled over templates."""
+
+    def __init__(self, model: str = "clip_mnist", num_classes: int = 10, **kwargs):
+        super().__init__(model, **kwargs)
+        self.num_classes = num_classes
+        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+        self._classifier: torch.Tensor | None = None
+
+    def forward(self, images, input_ids, attention_mask=None):
+        return self.model(images, input_ids, attention_mask)
+
+    def training_step(self, batch, batch_idx):
+        img = self.model.encode_image(batch["images"])
+        txt = self.model.encode_text(batch["input_ids"], batch["attention_mask"])
+        scale = self.model.scale()
+        loss = distributed_clip_loss(img, txt, scale)
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/logit_scale", scale.detach())
+        return loss
+
+    def _zero_shot_classifier(self) -> torch.Tensor:
+        dm = self.trainer.datamodule
+        if not hasattr(dm, "zero_shot_prompts"):
+            raise TypeError(f"{type(dm).__name__} has no zero_shot_prompts(); use zoo.data.multimodal.MNISTCaptionsContrastive "
+                            "or a data module that provides held-out class prompts")
+        prompts = {k: v.to(self.device) for k, v in dm.zero_shot_prompts().items()}
+        return self.model.zero_shot_classifier(prompts["input_ids"], prompts["attention_mask"], self.num_classes)
+
+    def on_validation_epoch_start(self):
+        self._classifier = self._zero_shot_classifier()
+
+    def on_test_epoch_start(self):
+        self._classifier = self._zero_shot_classifier()
+
+    def validation_step(self, batch, batch_idx):
+        img = self.model.encode_image(batch["images"])
+        txt = self.model.encode_text(batch["input_ids"], batch["attention_mask"])
+        self.log("val/loss", clip_loss(img, txt, img, txt, self.model.scale()), prog_bar=True)
+        self.val_acc(self.model.zero_shot_logits(batch["images"], self._classifier), batch["labels"])
+        self.log("val/zero_shot_acc", self.val_acc, prog_bar=True)
+
+    def test_step(self, batch, batch_idx):
+        self.test_acc(self.model.zero_shot_logits(batch["images"], self._classifier), batch["labels"])
+        self.log("test/zero_shot_acc", self.test_acc)
+
+    def on_save_checkpoint(self, checkpoint):
+        _store_tokenizer(self, checkpoint)
+
+
+def _store_tokenizer(task, checkpoint) -> None:
+    """Keep the tokenizer (a JSON string) in the checkpoint so that `zoo viz` can read text later."""
+    dm = getattr(task.trainer, "datamodule", None) if task._trainer is not None else None
+    if dm is not None and hasattr(dm, "tokenizer"):
+        from ..data.multimodal import tokenizer_state
+
+        checkpoint["tokenizer_json"] = tokenizer_state(dm.tokenizer)

@@ -1,0 +1,163 @@
+"""Knowledge distillation (Hinton et al. 2015; DeiT, Touvron et al. 2021).
+
+One loss serves every task: logits of shape (..., C) — (B, C) for image/text classification,
+(B, T, V) for seq2seq — against the frozen teacher's logits of the same shape.
+
+    soft:  (1 - alpha) · CE(student, y) + alpha · tau² · KL(softmax(teacher / tau) || softmax(student / tau))
+    hard:  (1 - alpha) · CE(student, y) + alpha · CE(student, argmax teacher)
+    none:  CE(student, y)
+
+A DeiT student (`zoo.models.deit`) returns (class logits, distillation logits) while training: the
+label term uses the first, the teacher term the second. The KL is averaged per position (Hinton's
+"batchmean"), so tau² keeps the gradient scale independent of tau.
+
+The teacher is any registered zoo model, a zoo/Lightning checkpoint (its model name is read from
+the checkpoint's hyper-parameters), or a timm model by name (`teacher: "timm:resnet18"`, weights
+from `teacher_ckpt`). It is frozen, kept in eval mode and is not a sub-module of the task, so it is
+neither optimised nor saved in the student's checkpoint; only its name and path are hyper-parameters.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..registry import _entry, create_model
+from ..weights import load_state_dict_checked, read_state_dict
+from .image import ImageClassification
+
+MODES = ("soft", "hard", "none")
+
+
+def distillation_loss(
+    student: torch.Tensor | tuple[torch.Tensor, torch.Tensor],
+    teacher_logits: torch.Tensor | None,
+    labels: torch.Tensor,
+    mode: str = "soft",
+    alpha: float = 0.5,
+    tau: float = 1.0,
+    label_smoothing: float = 0.0,
+    ignore_index: int = -100,
+) -> dict[str, torch.Tensor]:
+    """{"loss", "student", "distill"}: the weighted total and its two terms (see the module doc).
+
+    Positions whose label is `ignore_index` (padding in seq2seq targets) count in neither term."""
+    if mode not in MODES:
+        raise ValueError(f"distillation mode must be one of {MODES}, got {mode!r}")
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha weights the teacher term and must lie in [0, 1], got {alpha}")
+    if tau <= 0:
+        raise ValueError(f"temperature tau must be positive, got {tau}")
+    cls, dist = student if isinstance(student, (tuple, list)) else (student, student)
+    num_classes = cls.shape[-1]
+    cls, dist, labels = cls.reshape(-1, num_classes), dist.reshape(-1, num_classes), labels.reshape(-1)
+    base = F.cross_entropy(cls, labels, ignore_index=ignore_index, label_smoothing=label_smoothing)
+    if mode == "none" or alpha == 0.0:
+        return {"loss": base, "student": base, "distill": torch.zeros_like(base)}
+    if teacher_logits is None:
+        raise ValueError(f"mode={mode!r} needs the teacher's logits")
+    teacher_logits = teacher_logits.reshape(-1, num_classes).detach()
+    if teacher_logits.shape != dist.shape:
+        raise ValueError(f"teacher logits {tuple(teacher_logits.shape)} do not match the student's {tuple(dist.shape)}; "
+                         "teacher and student must predict the same classes / vocabulary")
+    keep = labels != ignore_index
+    dist, teacher_logits = dist[keep], teacher_logits[keep].float()
+    if mode == "soft":
+        kd = F.kl_div(F.log_softmax(dist.float() / tau, -1), F.log_softmax(teacher_logits / tau, -1),
+                      reduction="batchmean", log_target=True) * tau ** 2
+    else:
+        kd = F.cross_entropy(dist, teacher_logits.argmax(-1))
+    return {"loss": (1 - alpha) * base + alpha * kd, "student": base, "distill": kd}
+
+
+# --- teachers ----------------------------------------------------------------------------------
+
+def _accepted(name: str, overrides: dict) -> dict:
+    fields = {f.name for f in dataclasses.fields(_entry(name).config)}
+    return {k: v for k, v in overrides.items() if k in fields}
+
+
+def load_teacher(teacher: str | None = None, teacher_ckpt: str | None = None, teacher_kwargs: dict | None = None,
+                 data_overrides: dict | None = None) -> nn.Module:
+    """Build the frozen teacher in eval mode (see the module doc for the accepted forms)."""
+    kwargs, data = dict(teacher_kwargs or {}), dict(data_overrides or {})
+    if teacher is None and teacher_ckpt is None:
+        raise ValueError("distillation needs a teacher: pass teacher=<zoo model name or 'timm:NAME'> and/or teacher_ckpt=<path>")
+    if teacher is None:  # a checkpoint written by `zoo fit`: its hyper-parameters name the model
+        hp = torch.load(teacher_ckpt, map_location="cpu", weights_only=True).get("hyper_parameters", {})
+        if "model" not in hp:
+            raise ValueError(f"{teacher_ckpt} has no hyper-parameters naming its model; pass teacher=<model name> as well")
+        teacher = hp["model"]
+        data = {**data, **(hp.get("data_overrides") or {})}
+        kwargs = {**(hp.get("model_kwargs") or {}), **kwargs}
+    if teacher.startswith("timm:"):
+        kwargs = {"timm_name": teacher[len("timm:"):], **kwargs}
+        teacher = "timm_resnet18"  # the generic timm wrapper; timm_name picks the network
+    model = create_model(teacher, **{**_accepted(teacher, data), **kwargs})
+    if teacher_ckpt is not None:
+        if not Path(teacher_ckpt).exists():
+            raise FileNotFoundError(f"teacher checkpoint {teacher_ckpt!r} does not exist; train the teacher first "
+                                    "(e.g. zoo fit --config configs/resnet_mnist_teacher.yaml)")
+        sd = read_state_dict(teacher_ckpt)
+        if _entry(teacher).family == "timm" and not any(k.startswith("net.") for k in sd):
+            sd = {f"net.{k}": v for k, v in sd.items()}  # a plain timm state dict
+        load_state_dict_checked(model, sd)
+    model.eval().requires_grad_(False)
+    return model
+
+
+class DistillationMixin:
+    """Holds the teacher outside the module tree and computes the distillation loss."""
+
+    def _setup_distillation(self, teacher, teacher_ckpt, teacher_kwargs, distillation, alpha, tau, data_overrides):
+        distillation_loss(torch.zeros(1, 2), torch.zeros(1, 2), torch.zeros(1, dtype=torch.long), distillation, alpha, tau)  # validate
+        self._teacher = [load_teacher(teacher, teacher_ckpt, teacher_kwargs, data_overrides)] if distillation != "none" else [None]
+        if hasattr(self.model, "set_distilled_training"):
+            self.model.set_distilled_training(True)
+
+    def set_teacher(self, module: nn.Module) -> None:
+        """Use an in-memory teacher (programmatic use); it is frozen and put in eval mode."""
+        self._teacher = [module.eval().requires_grad_(False)]
+
+    @property
+    def teacher(self) -> nn.Module | None:
+        return self._teacher[0]
+
+    @torch.no_grad()
+    def teacher_logits(self, *args, **kwargs) -> torch.Tensor | None:
+        t = self.teacher
+        if t is None:
+            return None
+        p = next(t.parameters(), None)
+        if p is not None and p.device != self.device:
+            t.to(self.device)
+        t.eval()
+        return t(*args, **kwargs)
+
+    def distill(self, student_out, teacher_logits, labels, ignore_index: int = -100, label_smoothing: float = 0.0):
+        hp = self.hparams
+        parts = distillation_loss(student_out, teacher_logits, labels, hp.distillation, hp.alpha, hp.tau,
+                                  label_smoothing=label_smoothing, ignore_index=ignore_index)
+        self.log("train/loss_student", parts["student"])
+        self.log("train/loss_distill", parts["distill"])
+        self.log("train/loss", parts["loss"], prog_bar=True)
+        return parts["loss"]
+
+
+class ImageDistillation(DistillationMixin, ImageClassification):
+    """Image classification with a teacher. With a DeiT student (`*_distilled`) the class head
+    learns the labels and the distillation head the teacher; inference averages the two."""
+
+    def __init__(self, model: str = "vit_mnist_distilled", teacher: str | None = None, teacher_ckpt: str | None = None,
+                 teacher_kwargs: dict | None = None, distillation: str = "hard", alpha: float = 0.5, tau: float = 1.0,
+                 **kwargs):
+        super().__init__(model, **kwargs)
+        self._setup_distillation(teacher, teacher_ckpt, teacher_kwargs, distillation, alpha, tau, self.hparams.get("data_overrides"))
+
+    def training_step(self, batch, batch_idx):
+        images, labels = batch
+        return self.distill(self.model(images), self.teacher_logits(images), labels,
+                            label_smoothing=self.hparams.label_smoothing)

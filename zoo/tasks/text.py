@@ -1,0 +1,272 @@
+"""Text tasks: masked-LM pre-training, sequence / sentence-pair / token classification, and
+sequence-to-sequence (text-to-text) with validation by generation.
+
+Batches are dicts made by the zoo.data text modules: input_ids, attention_mask[, token_type_ids],
+labels (class ids; -100 where a token has no label) [, target_text, task].
+"""
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_info
+from torchmetrics import MeanMetric
+from torchmetrics.classification import MulticlassAccuracy
+from torchmetrics.text import BLEUScore, CHRFScore
+
+from ..registry import get_config
+from ..weights import read_state_dict
+from .base import ZooTask
+
+
+# ---------------------------------------------------------------------------------------------
+# shared helpers
+def load_matching(model: torch.nn.Module, path: str) -> dict[str, list[str]]:
+    """Copy every tensor of a checkpoint whose name and shape match into `model` (e.g. a pre-trained
+    encoder into a classifier); return what was loaded, skipped (not in the model / other shape) and left new."""
+    sd = read_state_dict(path)
+    own = model.state_dict()
+    loaded = [k for k, v in sd.items() if k in own and own[k].shape == v.shape]
+    skipped = sorted(set(sd) - set(loaded))
+    model.load_state_dict({k: sd[k] for k in loaded}, strict=False)
+    report = {"loaded": sorted(loaded), "skipped": skipped, "new": sorted(set(own) - set(loaded))}
+    if not loaded:
+        raise ValueError(f"init_from={path!r}: no tensor of the checkpoint fits the model (names or shapes differ); "
+                         "check that both runs use the same model family, size and tokenizer")
+    rank_zero_info(f"init_from {path}: loaded {len(loaded)} tensors; skipped {len(skipped)} "
+                   f"({', '.join(skipped[:8])}{' ...' if len(skipped) > 8 else ''}); newly initialised {len(report['new'])} "
+                   f"({', '.join(report['new'][:8])}{' ...' if len(report['new']) > 8 else ''})")
+    return report
+
+
+def _with_head(model: str, overrides: dict | None, head: str) -> dict:
+    """BERT-like models choose their head by config; pick the task's unless the user set one."""
+    fields = set(get_config(model).__dataclass_fields__)
+    return {"head": head, **(overrides or {})} if "head" in fields else dict(overrides or {})
+
+
+def _normalise(text: str) -> str:
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def mask_tokens(input_ids: torch.Tensor, maskable: torch.Tensor, mask_token_id: int, random_ids: torch.Tensor,
+                prob: float = 0.15, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """BERT masking: choose each maskable token with probability `prob`; of the chosen, 80% become
+    [MASK], 10% a random token from `random_ids`, 10% stay. Labels are the original ids there, -100 elsewhere."""
+    rand = lambda: torch.rand(input_ids.shape, device=input_ids.device, generator=generator)  # noqa: E731
+    chosen = (rand() < prob) & maskable
+    labels = input_ids.masked_fill(~chosen, -100)
+    r = rand()
+    to_mask = chosen & (r < 0.8)
+    to_random = chosen & (r >= 0.8) & (r < 0.9)
+    picks = random_ids.to(input_ids.device)[torch.randint(len(random_ids), input_ids.shape, device=input_ids.device,
+                                                          generator=generator)]
+    inputs = input_ids.masked_fill(to_mask, mask_token_id)
+    inputs = torch.where(to_random, picks, inputs)
+    return inputs, labels
+
+
+def _lm_loss(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+    if not (labels != -100).any():  # nothing to predict in this batch: a zero that keeps the graph
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits.flatten(0, -2).float(), labels.flatten(), ignore_index=-100, label_smoothing=label_smoothing)
+
+
+class _TextTask(ZooTask):
+    """Pops data keys meant for the task (not the model) and applies `init_from`."""
+
+    task_keys: tuple[str, ...] = ()
+
+    def __init__(self, model: str, init_from: str | None = None, data_overrides: dict | None = None, **kwargs):
+        overrides = dict(data_overrides or {})
+        task_info = {k: overrides.pop(k) for k in self.task_keys if k in overrides}
+        super().__init__(model, data_overrides=overrides, **kwargs)
+        self.task_info = task_info
+        self.init_report = load_matching(self.model, init_from) if init_from else None
+
+    def _model_inputs(self, batch: dict) -> dict:
+        keys = ("input_ids", "attention_mask", "token_type_ids")
+        return {k: batch[k] for k in keys if k in batch}
+
+
+# ---------------------------------------------------------------------------------------------
+class MaskedLM(_TextTask):
+    """Masked-language-model pre-training (BERT): 15% of non-special tokens, 80/10/10; logs loss and masked-token accuracy."""
+
+    task_keys = ("mask_token_id", "special_token_ids")
+
+    def __init__(self, model: str = "bert_tiny", mlm_probability: float = 0.15, mask_token_id: int | None = None,
+                 **kwargs):
+        super().__init__(model, **kwargs)
+        self.mask_token_id = self.task_info.get("mask_token_id", mask_token_id)
+        if self.mask_token_id is None:
+            raise ValueError("MaskedLM needs the tokenizer's [MASK] id: use a data module that provides mask_token_id "
+                             "(e.g. zoo.data.corpus.PydocMLM) or pass mask_token_id=")
+        special = torch.tensor(sorted(set(self.task_info.get("special_token_ids", [])) | {self.model.config.pad_token_id,
+                                                                                             self.mask_token_id}))
+        vocab = torch.arange(self.model.config.vocab_size)
+        self.register_buffer("special_ids", special, persistent=False)
+        self.register_buffer("random_ids", vocab[~torch.isin(vocab, special)], persistent=False)
+        self.val_acc = MulticlassAccuracy(self.model.config.vocab_size, average="micro", ignore_index=-100)
+        self.test_acc = MulticlassAccuracy(self.model.config.vocab_size, average="micro", ignore_index=-100)
+
+    def _step(self, batch):
+        ids = batch["input_ids"]
+        maskable = ~torch.isin(ids, self.special_ids)
+        if "attention_mask" in batch:
+            maskable &= batch["attention_mask"].bool()
+        inputs, labels = mask_tokens(ids, maskable, self.mask_token_id, self.random_ids, self.hparams.mlm_probability)
+        logits = self.model(inputs, attention_mask=batch.get("attention_mask"), token_type_ids=batch.get("token_type_ids"))
+        return _lm_loss(logits, labels), logits, labels
+
+    def training_step(self, batch, batch_idx):
+        loss, _, _ = self._step(batch)
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["input_ids"]))
+        return loss
+
+    def _eval(self, batch, stage: str, metric):
+        loss, logits, labels = self._step(batch)
+        n = len(batch["input_ids"])
+        self.log(f"{stage}/loss", loss, prog_bar=True, sync_dist=True, batch_size=n)
+        metric(logits.flatten(0, -2), labels.flatten())
+        self.log(f"{stage}/acc", metric, batch_size=n)
+
+    def validation_step(self, batch, batch_idx):
+        self._eval(batch, "val", self.val_acc)
+
+    def test_step(self, batch, batch_idx):
+        self._eval(batch, "test", self.test_acc)
+
+    def predict_step(self, batch, batch_idx):
+        """Fill in [MASK] tokens of the inputs: returns the texts with each [MASK] replaced by the top prediction."""
+        ids = batch["input_ids"]
+        logits = self.model(ids, attention_mask=batch.get("attention_mask"))
+        filled = torch.where(ids == self.mask_token_id, logits.argmax(-1), ids)
+        dm = getattr(self.trainer, "datamodule", None)
+        return dm.decode(filled) if dm is not None and hasattr(dm, "decode") else filled
+
+
+# ---------------------------------------------------------------------------------------------
+class SequenceClassification(_TextTask):
+    """One label per text or text pair (BERT head "cls"); cross-entropy, accuracy."""
+
+    head = "cls"
+
+    def __init__(self, model: str = "bert_tiny", label_smoothing: float = 0.0, model_kwargs: dict | None = None, **kwargs):
+        super().__init__(model, model_kwargs=_with_head(model, model_kwargs, self.head), **kwargs)
+        n = self.model.num_classes
+        if n < 2:
+            raise ValueError(f"{type(self).__name__} needs num_classes >= 2 from the data module or model_kwargs, got {n}")
+        self.val_acc = MulticlassAccuracy(n, average="micro", ignore_index=-100)
+        self.test_acc = MulticlassAccuracy(n, average="micro", ignore_index=-100)
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        return self.model(**self._model_inputs(batch))
+
+    def _loss(self, logits, labels):
+        return F.cross_entropy(logits.flatten(0, -2).float(), labels.flatten(), ignore_index=-100,
+                               label_smoothing=self.hparams.label_smoothing)
+
+    def training_step(self, batch, batch_idx):
+        loss = self._loss(self(batch), batch["labels"])
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["input_ids"]))
+        return loss
+
+    def _eval(self, batch, stage: str, metric):
+        logits, n = self(batch), len(batch["input_ids"])
+        self.log(f"{stage}/loss", self._loss(logits, batch["labels"]), prog_bar=True, sync_dist=True, batch_size=n)
+        metric(logits.flatten(0, -2), batch["labels"].flatten())
+        self.log(f"{stage}/acc", metric, prog_bar=True, batch_size=n)
+
+    def validation_step(self, batch, batch_idx):
+        self._eval(batch, "val", self.val_acc)
+
+    def test_step(self, batch, batch_idx):
+        self._eval(batch, "test", self.test_acc)
+
+    def predict_step(self, batch, batch_idx):
+        probs = self(batch).float().softmax(-1)
+        return {"pred": probs.argmax(-1), "prob": probs.max(-1).values}
+
+
+class TokenClassification(SequenceClassification):
+    """One label per token (BERT head "token"); labels -100 on padding / sub-word continuations are ignored."""
+
+    head = "token"
+
+
+# ---------------------------------------------------------------------------------------------
+class Seq2Seq(_TextTask):
+    """Sequence-to-sequence / text-to-text: teacher forcing with label smoothing; validation and
+    test by generation (greedy or beam) scored by exact match, BLEU and chrF, overall and per task.
+
+    Logs train/loss, val/loss, val/exact_match, val/bleu, val/chrf, val/exact_match/<task> (and test/*).
+    """
+
+    def __init__(self, model: str = "transformer_tiny", label_smoothing: float = 0.1, num_beams: int = 1,
+                 max_new_tokens: int = 32, **kwargs):
+        super().__init__(model, **kwargs)
+        for stage in ("val", "test"):
+            setattr(self, f"{stage}_em", MeanMetric())
+            setattr(self, f"{stage}_bleu", BLEUScore(n_gram=4, smooth=True))
+            setattr(self, f"{stage}_chrf", CHRFScore())
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        cfg = self.model.config
+        from ..generation import shift_right
+
+        decoder_input_ids = shift_right(batch["labels"], cfg.decoder_start_token_id, cfg.pad_token_id)
+        # right-padded targets need no decoder mask: the causal mask already hides later positions
+        return self.model(batch["input_ids"], decoder_input_ids, attention_mask=batch.get("attention_mask"))
+
+    def training_step(self, batch, batch_idx):
+        loss = _lm_loss(self(batch), batch["labels"], self.hparams.label_smoothing)
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["input_ids"]))
+        return loss
+
+    def generate(self, batch: dict) -> torch.Tensor:
+        return self.model.generate(batch["input_ids"], attention_mask=batch.get("attention_mask"),
+                                   max_new_tokens=self.hparams.max_new_tokens, num_beams=self.hparams.num_beams)
+
+    def _decode(self, ids: torch.Tensor) -> list[str]:
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if dm is not None and hasattr(dm, "decode"):
+            return [_normalise(t) for t in dm.decode(ids)]
+        # no tokenizer at hand: compare token ids up to EOS
+        eos = self.model.config.eos_token_id
+        out = []
+        for row in ids.tolist():
+            row = row[1:]
+            out.append(" ".join(str(t) for t in (row[:row.index(eos)] if eos in row else row)))
+        return out
+
+    def _eval(self, batch, stage: str):
+        loss, n = _lm_loss(self(batch), batch["labels"]), len(batch["input_ids"])  # plain cross-entropy
+        self.log(f"{stage}/loss", loss, prog_bar=True, sync_dist=True, batch_size=n)
+        preds = self._decode(self.generate(batch))
+        targets = [_normalise(t) for t in batch["target_text"]]
+        hits = torch.tensor([float(p == t) for p, t in zip(preds, targets)], device=self.device)
+        em, bleu, chrf = getattr(self, f"{stage}_em"), getattr(self, f"{stage}_bleu"), getattr(self, f"{stage}_chrf")
+        em.update(hits)
+        bleu.update(preds, [[t] for t in targets])
+        chrf.update(preds, [[t] for t in targets])
+        self.log(f"{stage}/exact_match", em, prog_bar=True, batch_size=n)
+        self.log(f"{stage}/bleu", bleu, batch_size=n)
+        self.log(f"{stage}/chrf", chrf, batch_size=n)
+        per_task = defaultdict(list)
+        for task, h in zip(batch.get("task", []), hits.tolist()):
+            per_task[task].append(h)
+        if len(per_task) > 1 or (per_task and stage == "test"):
+            for task, hs in sorted(per_task.items()):
+                self.log(f"{stage}/exact_match/{task}", sum(hs) / len(hs), batch_size=len(hs), sync_dist=True)
+
+    def validation_step(self, batch, batch_idx):
+        self._eval(batch, "val")
+
+    def test_step(self, batch, batch_idx):
+        self._eval(batch, "test")
+
+    def predict_step(self, batch, batch_idx):
+        return self._decode(self.generate(batch))
