@@ -70,6 +70,13 @@ def test_clip_loss_formula():
     for i in range(5):  # -log softmax of the matching pair, both directions
         expected += -logits[i].log_softmax(0)[i] - logits[:, i].log_softmax(0)[i]
     torch.testing.assert_close(clip_loss(a, b, a, b, torch.tensor(10.0)), expected / 10)
+    # label targets (UniCL): distinct labels give CLIP's loss; shared labels spread the target
+    torch.testing.assert_close(clip_loss(a, b, a, b, torch.tensor(10.0), labels=torch.arange(5), all_labels=torch.arange(5)),
+                               expected / 10)
+    labels = torch.tensor([0, 0, 1, 2, 2])
+    same = (labels[:, None] == labels[None]).float()
+    manual = -(same / same.sum(1, keepdim=True) * (logits.log_softmax(1) + logits.T.log_softmax(1))).sum(1).mean() / 2
+    torch.testing.assert_close(clip_loss(a, b, a, b, torch.tensor(10.0), labels=labels, all_labels=labels), manual)
 
 
 DDP_SCRIPT = textwrap.dedent("""
@@ -84,7 +91,9 @@ DDP_SCRIPT = textwrap.dedent("""
         b = torch.nn.functional.normalize(txt[rank * 4:(rank + 1) * 4], dim=-1).requires_grad_()
         loss = distributed_clip_loss(a, b, torch.tensor(5.0))
         loss.backward()
-        torch.save({"loss": loss.detach(), "ga": a.grad, "gb": b.grad}, f"{out}/rank{rank}.pt")
+        labels = torch.tensor([0, 1, 2, 0, 1, 1, 2, 0])[rank * 4:(rank + 1) * 4]
+        label_loss = distributed_clip_loss(a.detach(), b.detach(), torch.tensor(5.0), labels)
+        torch.save({"loss": loss.detach(), "ga": a.grad, "gb": b.grad, "label_loss": label_loss}, f"{out}/rank{rank}.pt")
         dist.destroy_process_group()
 
     if __name__ == "__main__":
@@ -110,6 +119,9 @@ def test_contrastive_loss_gathers_across_two_processes(tmp_path):
     # the mean of the per-process losses is the loss of the global batch of 8 ...
     torch.testing.assert_close((ranks[0]["loss"] + ranks[1]["loss"]) / 2, full.detach())
     # ... and each process's feature gradient is world_size x the global one (DDP then averages)
+    full_labels = clip_loss(a.detach(), b.detach(), a.detach(), b.detach(), torch.tensor(5.0),
+                            labels=torch.tensor([0, 1, 2, 0, 1, 1, 2, 0]), all_labels=torch.tensor([0, 1, 2, 0, 1, 1, 2, 0]))
+    torch.testing.assert_close((ranks[0]["label_loss"] + ranks[1]["label_loss"]) / 2, full_labels)
     for r in range(2):
         torch.testing.assert_close(ranks[r]["ga"], 2 * a.grad[r * 4:(r + 1) * 4])
         torch.testing.assert_close(ranks[r]["gb"], 2 * b.grad[r * 4:(r + 1) * 4])
@@ -151,7 +163,7 @@ def test_recipe_fast_dev_run(tmp_path):
     from zoo.cli import lightning_main
 
     cli = lightning_main(["fit", "--config", "configs/clip_mnist.yaml", "--trainer.fast_dev_run", "1",
-                          "--trainer.default_root_dir", str(tmp_path), "--trainer.logger", "false",
+                          "--trainer.default_root_dir", str(tmp_path),
                           "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
                           "--data.batch_size", "16"])
     assert cli.trainer.state.finished

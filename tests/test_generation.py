@@ -49,7 +49,7 @@ def test_cached_logits_equal_full_recompute(model):
 @pytest.mark.parametrize("num_beams", [1, 3])
 def test_cache_gives_the_same_tokens(model, num_beams):
     src, mask = _src()
-    kw = dict(attention_mask=mask, max_new_tokens=12, num_beams=num_beams, eos_token_id=None)
+    kw = dict(attention_mask=mask, max_new_tokens=12, num_beams=num_beams, ignore_eos=True)
     with_cache = model.generate(src, use_cache=True, **kw)
     assert with_cache.shape == (3, 13)
     assert torch.equal(with_cache, model.generate(src, use_cache=False, **kw))
@@ -58,7 +58,7 @@ def test_cache_gives_the_same_tokens(model, num_beams):
 def test_output_format_and_eos_padding():
     model = tiny("post")
     src, mask = _src()
-    free = model.generate(src, attention_mask=mask, max_new_tokens=8, eos_token_id=None)
+    free = model.generate(src, attention_mask=mask, max_new_tokens=8, ignore_eos=True)
     assert (free[:, 0] == model.config.decoder_start_token_id).all()
     eos = free[0, 3].item()  # pretend the 3rd generated token of row 0 is EOS
     out = model.generate(src, attention_mask=mask, max_new_tokens=8, eos_token_id=eos)
@@ -70,12 +70,14 @@ def test_output_format_and_eos_padding():
         end = hit[0].item() + 2  # start token + tokens up to and including EOS
         assert torch.equal(row[:end], ref[:end])
         assert (row[end:] == model.config.pad_token_id).all()
-    assert out.shape[1] <= free.shape[1]
+    assert (out[0, 5:] == model.config.pad_token_id).all() and out.shape[1] <= free.shape[1]
+    assert torch.equal(model.generate(src, attention_mask=mask, max_new_tokens=8, eos_token_id=eos, ignore_eos=True), free)
 
 
 def test_one_beam_equals_greedy(model):
     src, mask = _src()
-    for eos in (None, 5):
+    free = greedy_search(model, _setup(model, src, mask), max_new_tokens=10)
+    for eos in (None, free[1, 4].item()):  # also with an EOS that row 1 emits at step 4
         setup = _setup(model, src, mask, eos)
         greedy = greedy_search(model, setup, max_new_tokens=10)
         beam = beam_search(model, setup, max_new_tokens=10, num_beams=1)
@@ -102,7 +104,7 @@ def test_beam_search_finds_the_exact_best_on_a_short_horizon():
     cands = torch.tensor([[start, a, b] for a in range(12) for b in range(12)])
     scores = sequence_scores(model, src.expand(len(cands), -1), cands)
     best = cands[scores.argmax()]
-    out = model.generate(src, max_new_tokens=2, num_beams=12, length_penalty=0.0, eos_token_id=None)
+    out = model.generate(src, max_new_tokens=2, num_beams=12, length_penalty=0.0, ignore_eos=True)
     assert out[0].tolist() == best.tolist()
 
 
@@ -159,7 +161,7 @@ class _ImageCaptioner(GenerationMixin, nn.Module):
 def test_generate_passes_non_text_inputs_to_encode():
     model = _ImageCaptioner(tiny("post")).eval()
     images = torch.randn(2, 1, 8, 8)
-    out = model.generate(images, max_new_tokens=6, num_beams=2, eos_token_id=None)
+    out = model.generate(images, max_new_tokens=6, num_beams=2, ignore_eos=True)
     assert out.shape == (2, 7)
-    assert torch.equal(model.generate(images, max_new_tokens=6, eos_token_id=None, use_cache=False),
-                       model.generate(images, max_new_tokens=6, eos_token_id=None))
+    assert torch.equal(model.generate(images, max_new_tokens=6, ignore_eos=True, use_cache=False),
+                       model.generate(images, max_new_tokens=6, ignore_eos=True))

@@ -194,6 +194,73 @@ def test_vit_parity(cls, from_dir, tmp_path):
                 assert_parity(model(x.to(dtype)), r.logits, tol=tol)
 
 
+# -------------------------------------------------------------------------------------------- Marian
+@pytest.mark.parametrize("from_dir", [False, True])
+def test_marian_parity(from_dir, tmp_path):
+    torch.manual_seed(0)
+    ref = T.MarianMTModel(T.MarianConfig(
+        vocab_size=50, d_model=16, encoder_layers=2, decoder_layers=3, encoder_attention_heads=2,
+        decoder_attention_heads=2, encoder_ffn_dim=24, decoder_ffn_dim=24, max_position_embeddings=32, pad_token_id=49,
+        decoder_start_token_id=49, eos_token_id=0, activation_function="swish")).eval()
+    if from_dir:
+        ref.save_pretrained(tmp_path)
+    model = from_hf(tmp_path if from_dir else ref)
+    c = model.config
+    assert (c.activation, c.sinusoid_layout, c.final_norm, c.pad_token_id) == ("silu", "halves", False, 49)
+    ids, mask, dids, dmask = t5_inputs()
+    for dtype, tol in ((torch.float32, 1e-4), (torch.float64, 1e-9)):
+        ref, model = ref.to(dtype), model.to(dtype)
+        with torch.no_grad():
+            r = ref(input_ids=ids, attention_mask=mask, decoder_input_ids=dids, decoder_attention_mask=dmask)
+            assert_parity(model.encode(ids, mask), r.encoder_last_hidden_state, mask, tol)
+            assert_parity(model(ids, dids, mask, dmask), r.logits, dmask, tol)
+
+
+# ---------------------------------------------------------------------------------------------- CLIP
+def test_clip_parity():
+    torch.manual_seed(0)
+    ref = T.CLIPModel(T.CLIPConfig(
+        text_config=dict(vocab_size=99, hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+                         max_position_embeddings=16, eos_token_id=98, bos_token_id=97, pad_token_id=0),
+        vision_config=dict(hidden_size=48, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                           image_size=32, patch_size=8), projection_dim=24)).eval()
+    model = from_hf(ref)
+    assert model.config.eos_token_id == 98 and model.config.activation == "quick_gelu"
+    ids, mask = text_batch(97, b=3, length=10)
+    lengths = mask.sum(1)
+    ids[torch.arange(3), lengths - 1] = 98  # end-of-text token, then padding
+    ids[mask == 0] = 0
+    x = torch.randn(2, 3, 32, 32)
+    for dtype, tol in ((torch.float32, 1e-4), (torch.float64, 1e-9)):
+        ref, model = ref.to(dtype), model.to(dtype)
+        with torch.no_grad():
+            r = ref(input_ids=ids, attention_mask=mask, pixel_values=x.to(dtype))
+            assert_parity(model.text.forward_features(ids, mask), r.text_model_output.last_hidden_state, mask, tol)
+            assert_parity(model.encode_image(x.to(dtype)), r.image_embeds, tol=tol)
+            assert_parity(model.encode_text(ids, mask), r.text_embeds, tol=tol)
+            assert_parity(model(x.to(dtype), ids, mask), r.logits_per_image, tol=tol)
+
+
+def test_vit_other_image_size_matches_hf_interpolation():
+    """zoo resizes positions like HF's interpolate_pos_encoding (bicubic, no antialias)."""
+    torch.manual_seed(0)
+    ref = T.ViTModel(T.ViTConfig(**VIT_TINY)).eval()
+    model = from_hf(ref)
+    x = torch.randn(2, 3, 48, 40)
+    with torch.no_grad():
+        assert_parity(model.forward_features(x), ref(x, interpolate_pos_encoding=True).last_hidden_state)
+
+
+def test_bert_model_without_pooler_maps_to_head_none():
+    torch.manual_seed(0)
+    ref = T.BertModel(T.BertConfig(**BERT_TINY), add_pooling_layer=False).eval()
+    model = from_hf(ref)
+    assert model.config.head == "none"
+    ids, mask = text_batch(99)
+    with torch.no_grad():
+        assert_parity(model(ids, mask), ref(input_ids=ids, attention_mask=mask).last_hidden_state, mask)
+
+
 # ---------------------------------------------------------------------------------------- round trips
 def _roundtrip(model, hf_cls, tmp_path, call_zoo, call_hf):
     model.eval()
@@ -232,6 +299,17 @@ def test_roundtrip_t5(name, tmp_path):
     _roundtrip(model, T.T5ForConditionalGeneration, tmp_path, lambda m: m(ids, dids, mask, dmask)[dmask.bool()],
                lambda r: r(input_ids=ids, attention_mask=mask, decoder_input_ids=dids,
                            decoder_attention_mask=dmask).logits[dmask.bool()])
+
+
+def test_roundtrip_vit_features_only(tmp_path):
+    """A headless zoo ViT exports as ViTModel without a pooler (zoo ViTs have none)."""
+    torch.manual_seed(0)
+    model = zoo.create_model("vit_tiny_patch16_224", img_size=32, depth=1, num_classes=0).eval()
+    to_hf(model, tmp_path)
+    ref = T.ViTModel.from_pretrained(tmp_path, add_pooling_layer=False).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert_parity(ref(x).last_hidden_state, model.forward_features(x), tol=1e-5)
 
 
 def test_roundtrip_vit(tmp_path):
@@ -275,6 +353,8 @@ def test_bad_sources_name_the_problem(tmp_path):
         from_hf(torch.nn.Linear(2, 2))
     with pytest.raises(ValueError, match="pool='avg'"):
         to_hf(zoo.create_model("vit_digits"), tmp_path / "out")
+    with pytest.raises(ValueError, match="supports zoo ViT, BERT and T5"):
+        to_hf(zoo.create_model("clip_tiny"), tmp_path / "out")
 
 
 def test_bad_weights_report_every_key(tmp_path):
@@ -285,7 +365,7 @@ def test_bad_weights_report_every_key(tmp_path):
     sd = load_file(tmp_path / "model.safetensors")
     del sd["vit.layernorm.bias"]
     save_file(sd, tmp_path / "model.safetensors")
-    with pytest.raises(KeyError, match="layernorm.bias"):
+    with pytest.raises(ValueError, match="lack 'layernorm.bias'"):
         from_hf(tmp_path)
 
 

@@ -3,3 +3,13 @@ from .registry import create_model, get_config, list_models, model_info, registe
 
 __version__ = "0.1.0"
 __all__ = ["create_model", "get_config", "list_models", "model_info", "register_model"]
+
+_INTEROP = ("from_hf", "from_timm", "to_hf")
+
+
+def __getattr__(name):  # lazy: importing zoo does not import transformers / timm
+    if name in _INTEROP:
+        from . import interop
+
+        return getattr(interop, name)
+    raise AttributeError(f"module 'zoo' has no attribute {name!r}")

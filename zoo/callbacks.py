@@ -8,10 +8,9 @@ it is atomic on every POSIX file system.
 
 Why `StepSeed`: Lightning restores model, optimiser, scheduler and loop counters on `--ckpt_path`,
 but not the random number generators, so dropout masks and augmentations after a resume differ from
-those of an uninterrupted run. Re-seeding every generator from (seed, epoch) when an epoch starts
-(the shuffling order) and from (seed, global step) before each training batch (dropout, masking,
-augmentation) makes every random draw a function of the position in training alone, so a resumed
-run repeats an uninterrupted one exactly.
+those of an uninterrupted run. Shuffling from a generator seeded by (seed, epoch) and re-seeding every global generator from
+(seed, global step) before each training batch (dropout, masking, augmentation) make every random
+draw a function of the position in training alone, so a resumed run repeats an uninterrupted one exactly.
 """
 from __future__ import annotations
 
@@ -56,15 +55,34 @@ class StepSeed(L.Callback):
         self.seed = seed
 
     def _seed(self, trainer, salt: int) -> None:
-        base = self.seed if self.seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0))
+        base = self._base()
         # distinct per rank, so data-parallel replicas do not draw identical dropout masks
         seed = (base * 1_000_003 + salt * 7_919 + trainer.global_rank) % (2**31 - 1)
         torch.manual_seed(seed)
         np.random.seed(seed)
         random.seed(seed)
 
+    def _base(self) -> int:
+        return self.seed if self.seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0))
+
+    def on_train_start(self, trainer, pl_module):
+        # Shuffling: give a RandomSampler its own generator, re-seeded from (seed, epoch) by the
+        # `set_epoch` call Lightning makes before every epoch (as it does for DistributedSampler).
+        loaders = trainer.train_dataloader
+        loaders = loaders.values() if isinstance(loaders, dict) else loaders if isinstance(loaders, (list, tuple)) else [loaders]
+        for dl in loaders:
+            if isinstance(dl, torch.utils.data.DataLoader) and dl.generator is None:
+                # iterating a loader draws worker seeds from the global generator; keep that off it
+                dl.generator = torch.Generator().manual_seed(self._base())
+            sampler = getattr(getattr(dl, "batch_sampler", None), "sampler", None) or getattr(dl, "sampler", None)
+            if isinstance(sampler, torch.utils.data.RandomSampler) and not hasattr(sampler, "set_epoch"):
+                sampler.generator = torch.Generator()
+                base = self._base()
+                sampler.set_epoch = lambda epoch, s=sampler: s.generator.manual_seed(base * 1_000_003 + 104_729 * (epoch + 1))
+                sampler.set_epoch(trainer.current_epoch)
+
     def on_train_epoch_start(self, trainer, pl_module):
-        # the shuffling order of this epoch (RandomSampler draws its seed when the loader is iterated, right after)
+        # the first batch of an epoch is augmented before on_train_batch_start: seed for it here
         self._seed(trainer, -1 - trainer.current_epoch)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):

@@ -98,7 +98,7 @@ def _info(argv: list[str]) -> None:
 def _load_extra_commands() -> None:
     import importlib
 
-    for module in ("zoo.bench.cli", "zoo.interop.cli", "zoo.viz", "zoo.compress"):
+    for module in ("zoo.bench.cli", "zoo.interop.cli", "zoo.viz", "zoo.compress", "zoo.export"):
         try:
             importlib.import_module(module)
         except ModuleNotFoundError as e:

@@ -186,9 +186,11 @@ class GenerationMixin:
         length_penalty: float = 1.0,
         use_cache: bool = True,
         generator: torch.Generator | None = None,
+        ignore_eos: bool = False,
     ) -> torch.Tensor:
         """Token ids (B, T): the decoder start token, then up to max_new_tokens tokens; after EOS
-        a row is padded with pad. eos/pad/start default to the model config's ids."""
+        a row is padded with pad. eos/pad/start default to the model config's ids;
+        ignore_eos=True always generates max_new_tokens tokens (benchmarks)."""
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         if num_beams < 1:
@@ -205,18 +207,18 @@ class GenerationMixin:
         try:
             return self._generate(inputs, attention_mask, cfg, max_new_tokens, num_beams, do_sample, temperature, top_k,
                                   top_p, eos_token_id, pad_token_id, decoder_start_token_id, length_penalty, use_cache,
-                                  generator)
+                                  generator, ignore_eos)
         finally:
             self.train(was_training)
 
     def _generate(self, inputs, attention_mask, cfg, max_new_tokens, num_beams, do_sample, temperature, top_k, top_p,
-                  eos_token_id, pad_token_id, decoder_start_token_id, length_penalty, use_cache, generator):
+                  eos_token_id, pad_token_id, decoder_start_token_id, length_penalty, use_cache, generator, ignore_eos):
         setup = _Setup(
             memory=self.encode(inputs) if attention_mask is None else self.encode(inputs, attention_mask=attention_mask),
             memory_mask=attention_mask,
             start=cfg.decoder_start_token_id if decoder_start_token_id is None else decoder_start_token_id,
             pad=cfg.pad_token_id if pad_token_id is None else pad_token_id,
-            eos=getattr(cfg, "eos_token_id", None) if eos_token_id is None else eos_token_id,
+            eos=None if ignore_eos else getattr(cfg, "eos_token_id", None) if eos_token_id is None else eos_token_id,
         )
         if num_beams > 1:
             return beam_search(self, setup, max_new_tokens, num_beams, length_penalty, use_cache)

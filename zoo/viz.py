@@ -188,7 +188,7 @@ def plot_vit_attention(model: nn.Module, image: torch.Tensor, out: str | Path, t
     plt = _plt()
     vit = find_vit(model)
     atts = vit_attentions(model, image[None])
-    grid, prefix = vit.grid, vit.num_prefix
+    prefix = vit.num_prefix
     h, w = image.shape[-2:]
     grid = (h // vit.config.patch_size, w // vit.config.patch_size)
     last = atts[-1][0]  # (H, N, N)
@@ -200,7 +200,7 @@ def plot_vit_attention(model: nn.Module, image: torch.Tensor, out: str | Path, t
     for i in range(heads):
         row = last[i, query, prefix:] if query is not None else last[i, prefix:, prefix:].mean(0)
         axes[0, i + 1].imshow(row.reshape(grid).cpu(), cmap="inferno")
-        axes[0, i + 1].set_title(f"last layer, head {i}")
+        axes[0, i + 1].set_title(f"last layer, head {i}", fontsize=9)
         axes[0, i + 1].axis("off")
     roll = attention_rollout(atts)[0]
     rrow = roll[0, prefix:] if prefix else roll[prefix:, prefix:].mean(0)
@@ -213,7 +213,8 @@ def plot_vit_attention(model: nn.Module, image: torch.Tensor, out: str | Path, t
     axes[1, 2].set_title("rollout over image")
     for ax in axes[1, 1:]:
         ax.axis("off")
-    fig.suptitle(title or "ViT attention of the class token")
+    query_name = "the class token" if prefix else "all patches, averaged (no class token)"
+    fig.suptitle((title + "; " if title else "") + f"attention from {query_name}")
     return _save(fig, out)
 
 

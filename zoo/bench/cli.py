@@ -68,13 +68,14 @@ def speed_main(argv: list[str]) -> int:
     ap.add_argument("--rounds", type=int, default=5, help="timed rounds (alternating zoo / peer)")
     ap.add_argument("--steps", type=int, default=2, help="steps per round")
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory step")
+    ap.add_argument("--peak-size", type=int, default=2048, help="side of the square sgemm that measures the matmul peak")
     ap.add_argument("--out", default="results/bench", help="directory for speed[_TAG].csv / .json")
     ap.add_argument("--tag", default="", help="file name suffix, e.g. seqlen")
     a = ap.parse_args(argv)
     opts = SpeedOptions(batch_size=a.batch_size, seq_lens=a.seq_lens, tgt_len=a.tgt_len, img_size=a.img_size,
                         precisions=a.precision, modes=a.modes, vs_peers=a.vs_peers or a.goals, compile=a.compile,
                         gradient_checkpointing=a.gradient_checkpointing, warmup=a.warmup, rounds=a.rounds, steps=a.steps,
-                        memory=not a.no_memory)
+                        memory=not a.no_memory, peak_size=a.peak_size)
     if a.goals:
         from .. import list_models
 
@@ -114,7 +115,7 @@ def quality_main(argv: list[str]) -> int:
 
 
 def generate_main(argv: list[str]) -> int:
-    from .speed_generate import main
+    from .generation import main
 
     return main(argv)
 

@@ -45,7 +45,7 @@ def vit_peer(model: nn.Module, name: str) -> Peer:
     else:
         peer = VisionTransformer(**kw)
         label = "timm.VisionTransformer"
-    return Peer(label, peer, lambda m, inp: m(inp["images"]))
+    return Peer(label, peer, lambda m, inp: m(next(iter(inp.values()))))
 
 
 # ---------------------------------------------------------------------------- BERT -> transformers

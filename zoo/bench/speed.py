@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import gc
+import inspect
 import os
 import platform
 import re
@@ -37,8 +38,7 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop, sdpa_f
 from ..registry import _entry, count_parameters, create_model, get_config
 from .peers import PeerUnavailable, build_peer
 
-# Default batch per kind and the goal configurations of issue 7.
-DEFAULT_BATCH = {"image": 16, "text": 8, "seq2seq": 8}
+# The goal configurations of issue 7.
 GOALS = [  # (model, batch, seq_len, tgt_len)
     ("vit_small_patch16_224", 16, None, None),
     ("bert_base", 8, 128, None),
@@ -90,59 +90,89 @@ class Workload:
     batch: int
     tokens_per_sample: int
     params: int = 0
+    kind: str = ""
     macs_per_sample: float | None = None
 
 
-def model_kind(model: nn.Module) -> str:
-    if hasattr(model.config, "img_size"):
-        return "image"
-    if hasattr(model, "encode") and hasattr(model, "decode"):
-        return "seq2seq"
-    return "text"
+def _max_len(cfg, default: int = 1 << 30) -> int:
+    for name in ("max_positions", "max_len", "context_length"):
+        if getattr(cfg, name, None):
+            return getattr(cfg, name)
+    return default
 
 
-def make_inputs(model: nn.Module, kind: str, batch: int, seq_len: int, tgt_len: int, img_size: int | None,
-                device: str = "cpu") -> tuple[dict, int]:
-    """Random inputs of the requested size and the number of tokens per sample they make."""
+def example_inputs(model: nn.Module, batch: int, seq_len: int = 128, tgt_len: int = 32, img_size: int | None = None,
+                   device: str = "cpu") -> tuple[dict, int, str]:
+    """Random inputs for `model.forward`, keyed by its parameter names, read off its signature:
+    images (`x` / `images`), token ids (`input_ids`, with an all-ones `attention_mask`) and
+    decoder ids (`decoder_input_ids`). Returns (inputs, tokens per sample, kind)."""
     cfg = model.config
+    params = list(inspect.signature(model.forward).parameters)
     g = torch.Generator().manual_seed(0)
-    if kind == "image":
+    inputs, tokens, parts = {}, 0, []
+    if params[0] in ("x", "images", "pixel_values"):
         size = img_size or cfg.img_size
-        x = torch.randn(batch, cfg.in_chans, size, size, generator=g).to(device)
-        tokens = (size // cfg.patch_size) ** 2 + (1 if getattr(cfg, "class_token", False) else 0)
-        return {"images": x}, tokens
-    vocab = cfg.vocab_size
-    ids = lambda length: torch.randint(1, vocab, (batch, length), generator=g).to(device)  # noqa: E731  (no pad ids)
-    inputs = {"input_ids": ids(seq_len), "attention_mask": torch.ones(batch, seq_len, dtype=torch.long, device=device)}
-    if kind == "seq2seq":
-        inputs["decoder_input_ids"] = ids(tgt_len)
-        return inputs, seq_len + tgt_len
-    return inputs, seq_len
+        inputs[params[0]] = torch.randn(batch, cfg.in_chans, size, size, generator=g).to(device)
+        patch = getattr(cfg, "patch_size", None)
+        tokens += (size // patch) ** 2 + int(bool(getattr(cfg, "class_token", False))) if patch else 1
+        parts.append("image")
+    vocab = getattr(cfg, "vocab_size", None)
+    ids = lambda n: torch.randint(1, vocab, (batch, n), generator=g).to(device)  # noqa: E731  (no pad ids)
+    if "input_ids" in params:
+        n = min(seq_len, _max_len(cfg))
+        inputs["input_ids"] = ids(n)
+        if "attention_mask" in params:
+            inputs["attention_mask"] = torch.ones(batch, n, dtype=torch.long, device=device)
+        tokens += n
+        parts.append("text")
+    if "decoder_input_ids" in params:
+        n = min(tgt_len, _max_len(cfg))
+        inputs["decoder_input_ids"] = ids(n)
+        tokens += n
+        parts = ["seq2seq"] if parts == ["text"] else ["image2text"]
+    if not parts:
+        raise ValueError(f"cannot build example inputs for {type(model).__name__}.forward{tuple(params)}")
+    return inputs, tokens, "+".join(parts)
 
 
-def zoo_call(kind: str) -> Callable[[nn.Module, dict], torch.Tensor]:
-    if kind == "image":
-        return lambda m, inp: m(inp["images"])
-    if kind == "text":  # final hidden states, as transformers' BertModel returns
-        return lambda m, inp: m.forward_features(inp["input_ids"], attention_mask=inp["attention_mask"])
-    return lambda m, inp: m(inp["input_ids"], inp["decoder_input_ids"], attention_mask=inp["attention_mask"])
+def zoo_call(model: nn.Module, inputs: dict) -> torch.Tensor:
+    return model(**inputs)
+
+
+def first_tensor(out) -> torch.Tensor:
+    """The main output of a model that returns a tuple / dict / ModelOutput."""
+    if isinstance(out, torch.Tensor):
+        return out
+    if isinstance(out, dict):
+        out = list(out.values())
+    return next(t for t in out if isinstance(t, torch.Tensor))
+
+
+def _rnn_layer_flops(input, w_ih, w_hh, *args, out_val=None, **kwargs) -> int:
+    """One fused (oneDNN) RNN layer: input and recurrent matmuls over every time step."""
+    steps = input.numel() // input.shape[-1]
+    return 2 * steps * (w_ih.numel() + w_hh.numel())
+
+
+def _extra_flop_formulas() -> dict:
+    """CPU kernels the flop counter does not know: SDPA's CPU flash kernel and oneDNN LSTM layers."""
+    extra = {}
+    for op, fn in (("_scaled_dot_product_flash_attention_for_cpu", sdpa_flop),
+                   ("_scaled_dot_product_flash_attention_for_cpu_backward", sdpa_backward_flop),
+                   ("mkldnn_rnn_layer", _rnn_layer_flops)):
+        if hasattr(torch.ops.aten, op):
+            raw = lambda *a, _f=fn, **k: _f(*a, **k)  # noqa: E731  (already shape-wrapped / takes tensors)
+            raw._get_raw = True
+            extra[getattr(torch.ops.aten, op)] = raw
+    return extra
 
 
 def count_macs(model: nn.Module, call, inputs: dict) -> float:
-    """MACs of one forward pass with `inputs` (FLOPs / 2), attention included.
-
-    CPU SDPA dispatches to a kernel the counter does not know, so its formula is registered too."""
-    extra = {}
-    for op, fn in (("_scaled_dot_product_flash_attention_for_cpu", sdpa_flop),
-                   ("_scaled_dot_product_flash_attention_for_cpu_backward", sdpa_backward_flop)):
-        if hasattr(torch.ops.aten, op):
-            raw = lambda *a, _f=fn, **k: _f(*a, **k)  # noqa: E731  (already shape-wrapped by torch)
-            raw._get_raw = True
-            extra[getattr(torch.ops.aten, op)] = raw
+    """MACs of one forward pass with `inputs` (FLOPs / 2): matmuls, convolutions, attention, RNNs."""
     was_training = model.training
     model.eval()
     try:
-        with FlopCounterMode(display=False, custom_mapping=extra) as counter:  # (no_grad/inference_mode break its module hooks)
+        with FlopCounterMode(display=False, custom_mapping=_extra_flop_formulas()) as counter:  # (no_grad breaks its module hooks)
             call(model, inputs)
     finally:
         model.train(was_training)
@@ -187,7 +217,7 @@ def make_step(wl: Workload, mode: str, precision: str, device: str = "cpu", comp
         def step():
             model.train()
             with autocast(precision, device):
-                loss = wl.call(fn, wl.inputs).float().square().mean()
+                loss = first_tensor(wl.call(fn, wl.inputs)).float().square().mean()
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
@@ -257,6 +287,7 @@ class SpeedOptions:
     rounds: int = 5
     steps: int = 2
     memory: bool = True
+    peak_size: int = 2048  # side of the sgemm that measures the matmul peak
     device: str = "cpu"
     model_overrides: dict = field(default_factory=dict)
 
@@ -269,10 +300,9 @@ def build_workloads(name: str, opts: SpeedOptions, seq_len: int) -> tuple[Worklo
     if "head" in get_config(name).__dataclass_fields__ and not hasattr(entry.config, "img_size"):
         overrides.setdefault("head", "none")  # text encoders are compared on hidden states (no MLM head to update)
     model = create_model(name, **overrides).to(opts.device)
-    kind = model_kind(model)
-    batch = opts.batch_size or DEFAULT_BATCH[kind]
-    inputs, tokens = make_inputs(model, kind, batch, seq_len, opts.tgt_len, opts.img_size, opts.device)
-    zoo = Workload(f"zoo.{name}", model, zoo_call(kind), inputs, batch, tokens, count_parameters(model))
+    batch = opts.batch_size or (16 if hasattr(model.config, "img_size") else 8)
+    inputs, tokens, kind = example_inputs(model, batch, seq_len, opts.tgt_len, opts.img_size, opts.device)
+    zoo = Workload(f"zoo.{name}", model, zoo_call, inputs, batch, tokens, count_parameters(model), kind=kind)
     one = {k: v[:1] for k, v in inputs.items()}
     zoo.macs_per_sample = count_macs(model, zoo.call, one)
     if opts.gradient_checkpointing and not enable_gradient_checkpointing(model):
@@ -282,7 +312,7 @@ def build_workloads(name: str, opts: SpeedOptions, seq_len: int) -> tuple[Worklo
         try:
             p = build_peer(model, name, entry.family)
             p.module.to(opts.device)
-            peer = Workload(p.label, p.module, p.call, inputs, batch, tokens, count_parameters(p.module))
+            peer = Workload(p.label, p.module, p.call, inputs, batch, tokens, count_parameters(p.module), kind=kind)
             peer.macs_per_sample = count_macs(p.module, p.call, one)
             if opts.gradient_checkpointing and not enable_gradient_checkpointing(p.module):
                 print(f"  note: peer {p.label} has no gradient-checkpointing switch; it runs without")
@@ -295,7 +325,7 @@ def bench_model(name: str, opts: SpeedOptions, seq_len: int, peak_flops: float |
     zoo, peer, why = build_workloads(name, opts, seq_len)
     if why:
         print(f"  {name}: no peer ({why})")
-    kind = model_kind(zoo.model)
+    kind = zoo.kind
     rows = []
     for precision in opts.precisions:
         for mode in opts.modes:
@@ -309,9 +339,9 @@ def bench_model(name: str, opts: SpeedOptions, seq_len: int, peak_flops: float |
                 row = {
                     "model": name, "impl": w.label, "side": "zoo" if w is zoo else "peer", "kind": kind, "mode": mode,
                     "precision": precision, "compile": opts.compile, "grad_ckpt": opts.gradient_checkpointing,
-                    "batch": w.batch, "seq_len": seq_len if kind != "image" else None,
-                    "tgt_len": opts.tgt_len if kind == "seq2seq" else None,
-                    "img_size": (opts.img_size or zoo.model.config.img_size) if kind == "image" else None,
+                    "batch": w.batch, "seq_len": seq_len if "text" in kind or kind == "seq2seq" else None,
+                    "tgt_len": opts.tgt_len if "2" in kind else None,
+                    "img_size": (opts.img_size or zoo.model.config.img_size) if "image" in kind else None,
                     "params": w.params, "macs_per_sample": w.macs_per_sample,
                     "median_ms": med * 1e3, "min_ms": min(times[w.label]) * 1e3, "n_timed": len(times[w.label]),
                     "samples_per_s": w.batch / med, "tokens_per_s": w.batch * w.tokens_per_sample / med,
@@ -333,10 +363,10 @@ def bench_model(name: str, opts: SpeedOptions, seq_len: int, peak_flops: float |
 
 def run_speed(names: list[str], opts: SpeedOptions, log=print) -> dict:
     info = machine_info()
-    peak = matmul_peak(device=opts.device)
+    peak = matmul_peak(opts.peak_size, device=opts.device)
     info["matmul_peak_gflops_fp32"] = peak / 1e9
     log(f"machine: {info['cpu']}, {info['torch_threads']} torch threads, torch {info['torch']}, "
-        f"load avg {info['load_avg_1m']:.2f}; float32 matmul peak (2048³ sgemm, median) = {peak / 1e9:.1f} GFLOP/s")
+        f"load avg {info['load_avg_1m']:.2f}; float32 matmul peak ({opts.peak_size}³ sgemm, median) = {peak / 1e9:.1f} GFLOP/s")
     rows = []
     for name in names:
         for seq_len in opts.seq_lens:
@@ -372,7 +402,7 @@ def format_table(rows: list[dict]) -> str:
             f"{'ms':>8s} {'samples/s':>9s} {'tokens/s':>9s} {'mem MB':>7s} {'GFLOP/s':>7s} {'util':>5s} {'vs peer':>7s}")
     lines = [head, "-" * len(head)]
     for r in rows:
-        length = f"{r['img_size']}px" if r["kind"] == "image" else (f"{r['seq_len']}>{r['tgt_len']}" if r["tgt_len"] else str(r["seq_len"]))
+        length = f"{r['seq_len']}>{r['tgt_len']}" if r["seq_len"] and r["tgt_len"] else str(r["seq_len"] or f"{r['img_size']}px")
         fmt = lambda v, spec: format(v, spec) if isinstance(v, (int, float)) and v is not None else "-"  # noqa: E731
         lines.append(
             f"{r['model']:24s} {r['impl'][:36]:36s} {r['mode']:7s} {r['precision']:4s} {r['batch']:5d} {length:>8s} "

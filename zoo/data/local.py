@@ -190,10 +190,9 @@ class TorchvisionImages(L.LightningDataModule):
         self.save_hyperparameters()
         self.splits: dict[str, Dataset] = {}
         self._num_classes = None
-        self._check_files()
 
     def _check_files(self) -> None:
-        """Fail at construction, before a model is built, with what is missing and where it should be."""
+        """Name what is missing and where it should be, instead of torchvision's 'use download=True'."""
         hp, root = self.hparams, self.hparams.root
         if hp.dataset == "cifar10":
             folder = os.path.join(root, "cifar-10-batches-py")
@@ -249,6 +248,7 @@ class TorchvisionImages(L.LightningDataModule):
     def setup(self, stage: str | None = None):
         if self.splits:
             return
+        self._check_files()
         hp = self.hparams
         if hp.dataset == "imagefolder":
             return self._setup_folder()

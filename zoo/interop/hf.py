@@ -17,8 +17,8 @@ from ._common import read_hf_dir_weights
 
 # model_type -> converter module; each has from_hf(config, state_dict, arch) and to_hf(model, out_dir)
 _FAMILIES = {"vit": "hf_vit", "bert": "hf_bert", "t5": "hf_t5", "marian": "hf_marian", "clip": "hf_clip"}
-# zoo family (registry name) -> converter module for to_hf
-_ZOO_FAMILIES = {"VisionTransformer": "hf_vit", "Bert": "hf_bert", "T5": "hf_t5"}
+# zoo model class -> converter module for to_hf
+_ZOO_FAMILIES = {"zoo.models.vit.VisionTransformer": "hf_vit", "zoo.models.bert.Bert": "hf_bert", "zoo.models.t5.T5": "hf_t5"}
 
 
 def read_hf_source(source: Any) -> tuple[Any, dict[str, torch.Tensor], str | None]:
@@ -52,7 +52,13 @@ def from_hf(source: Any, dtype: torch.dtype | None = None) -> nn.Module:
     (config.json + model.safetensors). Hyper-parameters come from the source's config.
     """
     config, sd, arch = read_hf_source(source)
-    model = _family(config.model_type).from_hf(config, sd, arch)
+    try:
+        model = _family(config.model_type).from_hf(config, sd, arch)
+    except KeyError as e:
+        raise ValueError(
+            f"the {config.model_type} weights lack {e.args[0]!r}, which {arch or config.model_type} needs; "
+            "the checkpoint is incomplete or its config.json does not describe it"
+        ) from None
     return model.to(dtype) if dtype is not None else model
 
 
@@ -60,11 +66,11 @@ def to_hf(model: nn.Module, out_dir: str | os.PathLike) -> Path:
     """Write `model` as a directory that transformers' `from_pretrained` loads (BERT, T5, ViT).
 
     Returns the directory. The written model reproduces the zoo model's outputs."""
-    for cls in type(model).__mro__:
-        for prefix, mod in _ZOO_FAMILIES.items():
-            if cls.__name__.startswith(prefix):
-                out = Path(out_dir)
-                out.mkdir(parents=True, exist_ok=True)
-                importlib.import_module(f"{__package__}.{mod}").to_hf(model, out)
-                return out
+    for dotted, mod in _ZOO_FAMILIES.items():
+        module, _, name = dotted.rpartition(".")
+        if isinstance(model, getattr(importlib.import_module(module), name)):
+            out = Path(out_dir)
+            out.mkdir(parents=True, exist_ok=True)
+            importlib.import_module(f"{__package__}.{mod}").to_hf(model, out)
+            return out
     raise ValueError(f"to_hf supports zoo ViT, BERT and T5 models, not {type(model).__name__}")

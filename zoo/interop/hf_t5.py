@@ -9,7 +9,6 @@ initialisation and is flagged by `model.encoder_only = True`.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -119,7 +118,11 @@ def to_hf(model: T5, out_dir: Path) -> None:
     hf_cfg.scale_decoder_outputs = model.output_scale != 1.0
     hf_cfg.architectures = ["T5ForConditionalGeneration"]
     sd = model.state_dict()
-    out = {h: sd[z].detach().cpu().contiguous() for z, h in key_map(c).items()}
+    kmap = key_map(c)
+    extra = sorted(k for k in sd if k not in kmap and k != "lm_head.weight")
+    if extra:
+        raise ValueError(f"{type(model).__name__} has weights transformers' T5 lacks: {', '.join(extra[:10])}")
+    out = {h: sd[z].detach().cpu().contiguous() for z, h in kmap.items()}
     if not tied:  # from_pretrained unties when the file holds a different lm_head.weight
         out["lm_head.weight"] = sd["lm_head.weight"].detach().cpu().contiguous()
     hf_cfg.save_pretrained(str(out_dir))

@@ -54,8 +54,7 @@ def zoo_config(hf) -> ViTConfig:
 
 def from_hf(hf, sd: dict[str, torch.Tensor], arch: str | None) -> VisionTransformer:
     sd = _v5_names(strip_prefix(sd, "vit."))
-    if getattr(hf, "use_mask_token", False) or "embeddings.mask_token" in sd:
-        sd.pop("embeddings.mask_token", None)  # masked-image-modelling only; unused by classification
+    sd.pop("embeddings.mask_token", None)  # masked-image modelling only (use_mask_token=True); unused otherwise
     classify = "classifier.weight" in sd
     if arch == "ViTForImageClassification" and not classify:
         raise ValueError("ViTForImageClassification weights lack classifier.weight")
@@ -134,6 +133,11 @@ def to_hf(model: VisionTransformer, out_dir: Path) -> None:
             out[a + f"layernorm_after.{part}"] = sd[z + f"norm2.{part}"]
             out[a + f"mlp.fc1.{part}"] = sd[z + f"mlp.fc1.{part}"]
             out[a + f"mlp.fc2.{part}"] = sd[z + f"mlp.fc2.{part}"]
+    used = {"cls_token", "pos_embed", "patch_embed.proj.weight", "patch_embed.proj.bias", "encoder.norm.weight",
+            "encoder.norm.bias", "head.weight", "head.bias"}
+    extra = sorted(k for k in sd if k not in used and not k.startswith("encoder.blocks."))
+    if extra:  # e.g. a DeiT distillation token: HF ViT has no place for it
+        raise ValueError(f"{type(model).__name__} has weights transformers' ViT lacks: {', '.join(extra)}")
     if model.num_classes > 0:
         hf = transformers.ViTForImageClassification(hf_cfg)
         out = {"vit." + k: v for k, v in out.items()}

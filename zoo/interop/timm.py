@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import torch
 from torch import nn
 
 from ..models.vit import ViTConfig, VisionTransformer

@@ -166,17 +166,26 @@ class CLIP(nn.Module):
 
 
 def clip_loss(local_image: torch.Tensor, local_text: torch.Tensor, all_image: torch.Tensor, all_text: torch.Tensor,
-              scale: torch.Tensor, offset: int = 0) -> torch.Tensor:
+              scale: torch.Tensor, offset: int = 0, labels: torch.Tensor | None = None,
+              all_labels: torch.Tensor | None = None) -> torch.Tensor:
     """Symmetric InfoNCE over a (possibly gathered) batch.
 
     Each process scores its own B images against all texts and its own B texts against all
     images (open_clip's local loss); image i of this process matches global column offset + i.
     With one process, all_* are the local tensors and offset is 0.
+
+    labels / all_labels (optional, UniCL, Yang et al. 2022): class ids of the pairs; every pair
+    with the same label counts as a positive (uniform soft target) instead of only the diagonal,
+    so captions of the same class in one batch are no longer pushed apart.
     """
-    labels = torch.arange(local_image.shape[0], device=local_image.device) + offset
     logits_per_image = scale * local_image @ all_text.T
     logits_per_text = scale * local_text @ all_image.T
-    return (F.cross_entropy(logits_per_image, labels) + F.cross_entropy(logits_per_text, labels)) / 2
+    if labels is None:
+        targets = torch.arange(local_image.shape[0], device=local_image.device) + offset
+    else:
+        same = (labels[:, None] == all_labels[None, :]).float()
+        targets = same / same.sum(dim=1, keepdim=True)
+    return (F.cross_entropy(logits_per_image, targets) + F.cross_entropy(logits_per_text, targets)) / 2
 
 
 # Across processes (DDP) every process scores its own images against the texts of ALL processes
@@ -197,10 +206,18 @@ def gather_features(x: torch.Tensor) -> tuple[torch.Tensor, int]:
     return torch.cat(parts, dim=0), dist.get_rank() * x.shape[0]
 
 
-def distributed_clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+def distributed_clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, scale: torch.Tensor,
+                          labels: torch.Tensor | None = None) -> torch.Tensor:
     all_image, offset = gather_features(image_features)
     all_text, _ = gather_features(text_features)
-    return clip_loss(image_features, text_features, all_image, all_text, scale, offset)
+    all_labels = None
+    if labels is not None:
+        all_labels = labels
+        if offset or all_image.shape[0] != image_features.shape[0]:  # several processes: labels need no gradient
+            parts = [torch.empty_like(labels) for _ in range(dist.get_world_size())]
+            dist.all_gather(parts, labels.contiguous())
+            all_labels = torch.cat(parts)
+    return clip_loss(image_features, text_features, all_image, all_text, scale, offset, labels, all_labels)
 
 
 _PAPER = "Radford et al. 2021, Learning Transferable Visual Models From Natural Language Supervision (arXiv:2103.00020)"

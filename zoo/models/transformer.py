@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+from einops import rearrange
 from torch import nn
 
 from ..core import BlockConfig, KVCache, SinusoidalPositionalEmbedding, TransformerStack, padding_mask
@@ -36,6 +37,7 @@ class TransformerConfig:
     final_norm: bool | None = None  # LayerNorm after each stack; None: only for pre-norm (nn.Transformer: always)
     norm_eps: float = 1e-5
     scale_embedding: bool = True  # multiply embeddings by sqrt(d_model)
+    sinusoid_layout: str = "interleaved"  # sin/cos on even/odd features; "halves": sin first half, cos second (MarianMT, fairseq)
     share_embeddings: bool = True  # one table for source, target and the output layer (shared vocabulary)
     tie_output: bool = True  # output layer = target embedding (when the tables are not all shared)
     max_len: int = 1024
@@ -59,6 +61,10 @@ class EncoderDecoderTransformer(GenerationMixin, nn.Module):
         self.src_embed = nn.Embedding(src_vocab, cfg.d_model)
         self.tgt_embed = self.src_embed if cfg.share_embeddings else nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.pos = SinusoidalPositionalEmbedding(cfg.max_len, cfg.d_model)
+        if cfg.sinusoid_layout == "halves":  # the same frequencies, features regrouped
+            self.pos.table = rearrange(self.pos.table, "l (d two) -> l (two d)", two=2)
+        elif cfg.sinusoid_layout != "interleaved":
+            raise ValueError(f"sinusoid_layout must be 'interleaved' or 'halves', got {cfg.sinusoid_layout!r}")
         self.drop = nn.Dropout(cfg.dropout)
         block = BlockConfig(
             dim=cfg.d_model, num_heads=cfg.num_heads, mlp_hidden=cfg.dim_feedforward, norm_first=cfg.norm_first,

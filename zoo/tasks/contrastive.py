@@ -16,7 +16,9 @@ class ContrastiveTask(ZooTask):
     """Symmetric InfoNCE on image–caption batches; logs val/zero_shot_acc and test/zero_shot_acc
     from the data module's held-out prompts (`zero_shot_prompts()`), ensembled over templates."""
 
-    def __init__(self, model: str = "clip_mnist", num_classes: int = 10, **kwargs):
+    def __init__(self, model: str = "clip_mnist", num_classes: int = 10, label_targets: bool = False, **kwargs):
+        """label_targets: treat every pair of the same class as a positive (UniCL) instead of
+        CLIP's one-positive-per-row targets; needs `labels` in the batch."""
         super().__init__(model, **kwargs)
         self.num_classes = num_classes
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
@@ -30,7 +32,7 @@ class ContrastiveTask(ZooTask):
         img = self.model.encode_image(batch["images"])
         txt = self.model.encode_text(batch["input_ids"], batch["attention_mask"])
         scale = self.model.scale()
-        loss = distributed_clip_loss(img, txt, scale)
+        loss = distributed_clip_loss(img, txt, scale, batch["labels"] if self.hparams.label_targets else None)
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/logit_scale", scale.detach())
         return loss

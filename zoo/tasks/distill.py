@@ -28,6 +28,7 @@ from torch import nn
 from ..registry import _entry, create_model
 from ..weights import load_state_dict_checked, read_state_dict
 from .image import ImageClassification
+from .text import Seq2Seq, SequenceClassification
 
 MODES = ("soft", "hard", "none")
 
@@ -59,10 +60,10 @@ def distillation_loss(
         return {"loss": base, "student": base, "distill": torch.zeros_like(base)}
     if teacher_logits is None:
         raise ValueError(f"mode={mode!r} needs the teacher's logits")
-    teacher_logits = teacher_logits.reshape(-1, num_classes).detach()
-    if teacher_logits.shape != dist.shape:
-        raise ValueError(f"teacher logits {tuple(teacher_logits.shape)} do not match the student's {tuple(dist.shape)}; "
+    if teacher_logits.shape[-1] != num_classes or teacher_logits.numel() != dist.numel():
+        raise ValueError(f"teacher logits {tuple(teacher_logits.shape)} do not match the student's {tuple(cls.shape)}; "
                          "teacher and student must predict the same classes / vocabulary")
+    teacher_logits = teacher_logits.reshape(-1, num_classes).detach()
     keep = labels != ignore_index
     dist, teacher_logits = dist[keep], teacher_logits[keep].float()
     if mode == "soft":
@@ -81,8 +82,11 @@ def _accepted(name: str, overrides: dict) -> dict:
 
 
 def load_teacher(teacher: str | None = None, teacher_ckpt: str | None = None, teacher_kwargs: dict | None = None,
-                 data_overrides: dict | None = None) -> nn.Module:
-    """Build the frozen teacher in eval mode (see the module doc for the accepted forms)."""
+                 data_overrides: dict | None = None, defaults: dict | None = None) -> nn.Module:
+    """Build the frozen teacher in eval mode (see the module doc for the accepted forms).
+
+    `data_overrides` (classes, channels, vocabulary) and `defaults` (e.g. a text task's head) apply
+    where the teacher's config has such a field; `teacher_kwargs` win over both."""
     kwargs, data = dict(teacher_kwargs or {}), dict(data_overrides or {})
     if teacher is None and teacher_ckpt is None:
         raise ValueError("distillation needs a teacher: pass teacher=<zoo model name or 'timm:NAME'> and/or teacher_ckpt=<path>")
@@ -96,7 +100,7 @@ def load_teacher(teacher: str | None = None, teacher_ckpt: str | None = None, te
     if teacher.startswith("timm:"):
         kwargs = {"timm_name": teacher[len("timm:"):], **kwargs}
         teacher = "timm_resnet18"  # the generic timm wrapper; timm_name picks the network
-    model = create_model(teacher, **{**_accepted(teacher, data), **kwargs})
+    model = create_model(teacher, **{**_accepted(teacher, {**data, **(defaults or {})}), **kwargs})
     if teacher_ckpt is not None:
         if not Path(teacher_ckpt).exists():
             raise FileNotFoundError(f"teacher checkpoint {teacher_ckpt!r} does not exist; train the teacher first "
@@ -112,9 +116,11 @@ def load_teacher(teacher: str | None = None, teacher_ckpt: str | None = None, te
 class DistillationMixin:
     """Holds the teacher outside the module tree and computes the distillation loss."""
 
-    def _setup_distillation(self, teacher, teacher_ckpt, teacher_kwargs, distillation, alpha, tau, data_overrides):
+    def _setup_distillation(self, teacher, teacher_ckpt, teacher_kwargs, distillation, alpha, tau, data_overrides, defaults=None):
         distillation_loss(torch.zeros(1, 2), torch.zeros(1, 2), torch.zeros(1, dtype=torch.long), distillation, alpha, tau)  # validate
-        self._teacher = [load_teacher(teacher, teacher_ckpt, teacher_kwargs, data_overrides)] if distillation != "none" else [None]
+        self._teacher = [None]
+        if distillation != "none" and (teacher or teacher_ckpt):
+            self._teacher = [load_teacher(teacher, teacher_ckpt, teacher_kwargs, data_overrides, defaults)]
         if hasattr(self.model, "set_distilled_training"):
             self.model.set_distilled_training(True)
 
@@ -161,3 +167,42 @@ class ImageDistillation(DistillationMixin, ImageClassification):
         images, labels = batch
         return self.distill(self.model(images), self.teacher_logits(images), labels,
                             label_smoothing=self.hparams.label_smoothing)
+
+
+class TextDistillation(DistillationMixin, SequenceClassification):
+    """Text (pair) classification with a teacher, e.g. bert_base -> bert_tiny on configs/bert_pairs.yaml.
+    A BERT teacher gets the classification head ("cls") unless teacher_kwargs say otherwise."""
+
+    def __init__(self, model: str = "bert_tiny", teacher: str | None = None, teacher_ckpt: str | None = None,
+                 teacher_kwargs: dict | None = None, distillation: str = "soft", alpha: float = 0.5, tau: float = 2.0,
+                 **kwargs):
+        super().__init__(model, **kwargs)
+        self._setup_distillation(teacher, teacher_ckpt, teacher_kwargs, distillation, alpha, tau,
+                                 self.hparams.get("data_overrides"), defaults={"head": self.head})
+
+    def training_step(self, batch, batch_idx):
+        inputs = self._model_inputs(batch)
+        return self.distill(self.model(**inputs), self.teacher_logits(**inputs), batch["labels"],
+                            label_smoothing=self.hparams.label_smoothing)
+
+
+class Seq2SeqDistillation(DistillationMixin, Seq2Seq):
+    """Word-level distillation of an encoder-decoder: per target position, the student matches the
+    teacher's next-token distribution under teacher forcing (padding, label -100, is ignored).
+    Teacher and student must share the tokenizer."""
+
+    def __init__(self, model: str = "transformer_tiny", teacher: str | None = None, teacher_ckpt: str | None = None,
+                 teacher_kwargs: dict | None = None, distillation: str = "soft", alpha: float = 0.5, tau: float = 1.0,
+                 **kwargs):
+        super().__init__(model, **kwargs)
+        self._setup_distillation(teacher, teacher_ckpt, teacher_kwargs, distillation, alpha, tau,
+                                 self.hparams.get("data_overrides"))
+
+    def training_step(self, batch, batch_idx):
+        from ..generation import shift_right
+
+        cfg = self.model.config
+        decoder_input_ids = shift_right(batch["labels"], cfg.decoder_start_token_id, cfg.pad_token_id)
+        mask = batch.get("attention_mask")
+        teacher = self.teacher_logits(batch["input_ids"], decoder_input_ids, attention_mask=mask) if self.teacher else None
+        return self.distill(self(batch), teacher, batch["labels"], label_smoothing=self.hparams.label_smoothing)

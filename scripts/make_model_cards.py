@@ -1,0 +1,216 @@
+"""Generate MODEL_CARDS.md from the registry and the measured results.
+
+    python scripts/make_model_cards.py            # rewrite MODEL_CARDS.md
+    python scripts/make_model_cards.py --check    # exit 1 if the file is out of date
+
+Per model: the one-line architecture (registry description), parameters, MACs per sample at a
+stated input size (FlopCounterMode on the meta device, or on CPU at batch 1 when the model needs
+real values; cached in results/bench/macs.json by config), the reference paper, the latest
+measured throughput (results/bench/speed*.json, with the machine), embedded-task results
+(results/training/*.json and results/bench/quality*.json) and the command behind each figure.
+The text between the HAND-WRITTEN markers is kept as it is on regeneration.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+import zoo  # noqa: E402
+from zoo.registry import _entry  # noqa: E402
+
+BEGIN, END = "<!-- HAND-WRITTEN: BEGIN (kept by scripts/make_model_cards.py) -->", "<!-- HAND-WRITTEN: END -->"
+DEFAULT_PREAMBLE = "Notes written by hand (training results, caveats) go here; regeneration keeps them.\n"
+SEQ_LEN, TGT_LEN = 128, 32  # the stated input size for MACs of text models
+
+
+def read_preamble(path: Path) -> str:
+    if path.exists():
+        text = path.read_text()
+        if BEGIN in text and END in text:
+            return text.split(BEGIN, 1)[1].split(END, 1)[0].strip("\n") + "\n"
+    return DEFAULT_PREAMBLE
+
+
+def _config_key(name: str) -> str:
+    cfg = dataclasses.asdict(_entry(name).config)
+    return hashlib.sha1(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def compute_macs(name: str) -> dict:
+    """MACs of one sample at the stated input size; meta device first (no compute), else CPU."""
+    from zoo.bench.speed import count_macs, example_inputs, zoo_call
+
+    for device in ("meta", "cpu"):
+        try:
+            with torch.device(device):
+                model = zoo.create_model(name)
+            inputs, _, kind = example_inputs(model, 1, SEQ_LEN, TGT_LEN)
+            inputs = {k: v.to(device) for k, v in inputs.items()}
+            macs = count_macs(model, zoo_call, inputs)
+            return {"macs": macs, "input": describe_input(model, inputs, kind), "config": _config_key(name)}
+        except Exception as e:  # noqa: BLE001  (meta cannot run data-dependent code: retry on CPU)
+            error = f"{type(e).__name__}: {e}"
+    return {"macs": None, "input": error[:200], "config": _config_key(name)}
+
+
+def describe_input(model, inputs: dict, kind: str) -> str:
+    parts = []
+    for k, v in inputs.items():
+        if k == "attention_mask":
+            continue
+        if v.dim() == 4:
+            parts.append(f"{v.shape[1]}x{v.shape[2]}x{v.shape[3]} image")
+        else:
+            parts.append(f"{v.shape[1]} {'decoder ' if k.startswith('decoder') else ''}tokens")
+    return ", ".join(parts)
+
+
+def load_macs(names: list[str], cache_path: Path, compute: bool = True) -> dict[str, dict]:
+    cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
+    changed = False
+    for name in names:
+        if name in cache and cache[name].get("config") == _config_key(name):
+            continue
+        if not compute:
+            continue
+        cache[name] = compute_macs(name)
+        changed = True
+    if changed:
+        cache_path.parent.mkdir(parents=True, exist_ok=True)
+        cache_path.write_text(json.dumps(dict(sorted(cache.items())), indent=1))
+    return cache
+
+
+def load_results(root: Path) -> tuple[dict[str, list], dict[str, list], dict[str, list]]:
+    """speed rows (zoo side), training results and quality rows, each by model name."""
+    speed, training, quality = {}, {}, {}
+    for path in sorted((root / "results" / "bench").glob("speed*.json")):
+        data = json.loads(path.read_text())
+        for r in data.get("rows", []):
+            if r.get("side") == "zoo":
+                speed.setdefault(r["model"], []).append({**r, "machine": data.get("machine", {}),
+                                                          "date": data.get("date"), "command": data.get("command"),
+                                                          "file": path.name})
+    for path in sorted((root / "results" / "training").glob("*.json")):
+        with open(path) as fh:
+            r = json.load(fh)
+        if "model" in r:
+            training.setdefault(r["model"], []).append(r)
+    for path in sorted((root / "results" / "bench").glob("quality*.json")):
+        data = json.loads(path.read_text())
+        for r in data.get("rows", []):
+            quality.setdefault(r["model"], []).append({**r, "command": data.get("command"), "machine": data.get("machine", {})})
+    return speed, training, quality
+
+
+def _si(x: float) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if x >= scale:
+            return f"{x / scale:.2f} {unit}"
+    return f"{x:.0f} "
+
+
+def speed_lines(rows: list[dict]) -> list[str]:
+    # the latest measurement per (mode, precision): the last file wins (dates sort by name order)
+    latest = {}
+    for r in sorted(rows, key=lambda r: r.get("date") or ""):
+        if r.get("compile") or r.get("grad_ckpt"):
+            continue
+        latest[(r["mode"], r["precision"], r.get("batch"), r.get("seq_len"), r.get("tgt_len"))] = r
+    out = []
+    for (mode, prec, batch, seq, tgt), r in sorted(latest.items(), key=lambda kv: str(kv[0])):
+        m = r["machine"]
+        size = f"batch {batch}" + (f" x {seq}" if seq else "") + (f" -> {tgt}" if tgt else "")
+        peer = f"; {r['vs_peer']:.2f}x {r['peer']}" if "vs_peer" in r else ""
+        out.append(f"  - {mode} {prec}, {size}: {r['samples_per_s']:.1f} samples/s, {r['tokens_per_s']:.0f} tokens/s{peer} "
+                   f"({m.get('cpu', '?')}, {m.get('torch_threads', '?')} threads, load {m.get('load_avg_1m', 0):.1f}, "
+                   f"{(r.get('date') or '')[:10]}) - `{r.get('command')}`")
+    return out
+
+
+def card(name: str, macs: dict, speed: list, training: list, quality: list) -> str:
+    e = _entry(name)
+    info = zoo.model_info(name)
+    lines = [f"### {name}", "", f"- Family: `{e.family}` - {e.description}", f"- Parameters: {info['params']:,}"]
+    m = macs.get(name)
+    if m and m.get("macs") is not None:
+        lines.append(f"- MACs per sample: {_si(m['macs'])}MACs at {m['input']} (FlopCounterMode, forward) - "
+                     "`python scripts/make_model_cards.py`")
+    else:
+        lines.append(f"- MACs per sample: not computed{' (' + m['input'] + ')' if m else ''}")
+    lines.append(f"- Paper: {e.paper}")
+    sl = speed_lines(speed)
+    lines += ["- Measured throughput:"] + sl if sl else ["- Measured throughput: not measured yet - "
+                                                          f"`zoo bench speed {name}`"]
+    results = []
+    for r in training:
+        results.append(f"  - {r.get('recipe')}: {r.get('metric')} = {r.get('value')} after {r.get('epochs')} epochs, "
+                       f"{r.get('train_seconds', 0) / 60:.1f} min on {r.get('machine')} ({str(r.get('date'))[:10]}) - `{r.get('command')}`")
+    for r in quality:
+        variant = f" `{r['variant']}`" if r.get("variant", name) != name else ""
+        results.append(f"  - quality benchmark{variant}, task {r.get('task')} ({r.get('budget')}): {r.get('metric')} = {r.get('value'):.4g}, "
+                       f"{r.get('train_seconds', 0):.0f} s training - `{r.get('command')}`")
+    lines += ["- Embedded-task results:"] + results if results else ["- Embedded-task results: none yet"]
+    return "\n".join(lines) + "\n"
+
+
+def render(preamble: str, names: list[str], macs: dict, results) -> str:
+    speed, training, quality = results
+    families: dict[str, list[str]] = {}
+    for n in names:
+        families.setdefault(_entry(n).family, []).append(n)
+    parts = [
+        "# Model cards",
+        "",
+        "Generated by `python scripts/make_model_cards.py` from the registry (`zoo.list_models()`, "
+        "`zoo.model_info()`) and `results/`; edit only the hand-written section, then regenerate.",
+        f"MACs: one sample, forward, multiply-accumulates counted by torch.utils.flop_counter.FlopCounterMode "
+        f"(matmuls, convolutions, attention, RNN layers; not element-wise ops); text models at {SEQ_LEN} tokens "
+        f"(encoder-decoders {SEQ_LEN} -> {TGT_LEN}), image models at their configured size.",
+        "",
+        BEGIN,
+        preamble.rstrip("\n"),
+        END,
+        "",
+        "| model | family | parameters | MACs / sample |",
+        "|---|---|---:|---:|",
+    ]
+    for n in names:
+        m = macs.get(n, {}).get("macs")
+        parts.append(f"| [{n}](#{n}) | {_entry(n).family} | {zoo.model_info(n)['params'] / 1e6:.2f} M | "
+                     f"{_si(m) + 'MACs' if m is not None else '-'} |")
+    for fam in sorted(families):
+        parts += ["", f"## {fam}", ""]
+        parts += [card(n, macs, speed.get(n, []), training.get(n, []), quality.get(n, [])) for n in families[fam]]
+    return "\n".join(parts).rstrip("\n") + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default=str(ROOT / "MODEL_CARDS.md"))
+    ap.add_argument("--check", action="store_true", help="only report whether the file is up to date")
+    a = ap.parse_args(argv)
+    out = Path(a.out)
+    names = zoo.list_models()
+    macs = load_macs(names, ROOT / "results" / "bench" / "macs.json")
+    text = render(read_preamble(out), names, macs, load_results(ROOT))
+    if a.check:
+        ok = out.exists() and out.read_text() == text
+        print("MODEL_CARDS.md is up to date" if ok else "MODEL_CARDS.md is out of date: run python scripts/make_model_cards.py")
+        return 0 if ok else 1
+    out.write_text(text)
+    print(f"wrote {out} ({len(names)} models)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

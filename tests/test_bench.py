@@ -1,0 +1,103 @@
+"""zoo bench: like-for-like peers, MAC counting, interleaved timing, memory, goals, CLI output."""
+import json
+
+import pytest
+import torch
+
+import zoo
+from zoo.bench.cli import speed_main
+from zoo.bench.peers import PeerUnavailable, build_peer
+from zoo.bench.quality import parse_variant
+from zoo.bench.speed import (check_goals, count_macs, example_inputs, peak_memory_mb, time_interleaved, zoo_call)
+from zoo.registry import count_parameters
+
+PEER_CASES = {  # tiny versions of each family; the peer must have the same parameters and MACs
+    "vit_digits": {},
+    "bert_tiny": dict(head="none", vocab_size=100, max_positions=64),
+    "t5_small": dict(vocab_size=100, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=2),
+    "transformer_tiny": dict(vocab_size=100, d_model=32, num_encoder_layers=2, num_decoder_layers=2, num_heads=2,
+                             dim_feedforward=64, max_len=64),
+}
+
+
+@pytest.mark.parametrize("name", list(PEER_CASES))
+def test_peer_is_the_same_configuration(name):
+    model = zoo.create_model(name, **PEER_CASES[name])
+    peer = build_peer(model, name, zoo.model_info(name)["family"])
+    inputs, _, _ = example_inputs(model, 2, seq_len=12, tgt_len=5)
+    extra = 0
+    if name == "transformer_tiny":  # nn.Transformer always adds final encoder and decoder LayerNorms
+        extra = 2 * 2 * model.config.d_model
+    assert count_parameters(peer.module) == count_parameters(model) + extra
+    zoo_macs, peer_macs = count_macs(model, zoo_call, inputs), count_macs(peer.module, peer.call, inputs)
+    assert zoo_macs == peer_macs > 0
+    out = peer.call(peer.module.eval(), inputs)
+    assert out.shape == model.eval()(**inputs).shape
+
+
+def test_conv_stem_has_no_peer():
+    with pytest.raises(PeerUnavailable, match="conv"):
+        build_peer(zoo.create_model("vit_mnist"), "vit_mnist", "vit")
+
+
+def test_macs_of_attention_follow_the_formula():
+    """SDPA on CPU is counted too: B·H·(2·L²·d) MACs for scores and values."""
+    mha = zoo.core.MultiHeadAttention(32, 4)
+    x = torch.randn(1, 10, 32)
+    expected = 10 * 32 * 96 + 2 * 4 * 10 * 10 * 8 + 10 * 32 * 32  # qkv, attention, proj
+    assert count_macs(mha, lambda m, inp: m(inp["x"]), {"x": x}) == expected
+
+
+def test_rounds_alternate_and_every_step_is_timed():
+    calls = []
+    steps = {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}
+    times = time_interleaved(steps, warmup=1, rounds=4, per_round=2)
+    assert calls == ["a", "b"] + ["a", "a", "b", "b", "b", "b", "a", "a"] * 2
+    assert {k: len(v) for k, v in times.items()} == {"a": 8, "b": 8}
+
+
+def test_peak_memory_sees_a_large_temporary():
+    mb = peak_memory_mb(lambda: torch.ones(20_000_000).sum())  # an 80 MB temporary
+    assert mb is None or 60 < mb < 200
+
+
+def test_goals_compare_ratios_and_utilisation():
+    base = dict(model="vit_small_patch16_224", side="zoo", batch=16, precision="fp32", compile=False, grad_ckpt=False,
+                seq_len=None, tgt_len=None, peer="timm")
+    rows = [dict(base, mode="forward", vs_peer=1.05, utilisation=0.62), dict(base, mode="train", vs_peer=0.97),
+            dict(base, mode="forward", batch=4, vs_peer=0.5)]  # not the goal configuration: ignored
+    goals = {g["goal"]: g["met"] for g in check_goals(rows)}
+    assert goals == {"vit_small_patch16_224 forward ≥ 1.0× timm": True, "vit_small_patch16_224 train ≥ 1.0× timm": False,
+                     "vit_small_patch16_224 forward ≥ 80% of sgemm peak": False}
+
+
+def test_speed_cli_writes_a_table_with_peer_ratios(tmp_path, capsys):
+    speed_main(["vit_digits", "--vs-peers", "--batch-size", "4", "--warmup", "1", "--rounds", "2", "--steps", "1",
+                "--precision", "fp32,bf16", "--peak-size", "256", "--out", str(tmp_path), "--tag", "t"])
+    data = json.loads((tmp_path / "speed_t.json").read_text())
+    assert (tmp_path / "speed_t.csv").read_text().startswith("model,impl,side")
+    zoo_rows = [r for r in data["rows"] if r["side"] == "zoo"]
+    assert {(r["mode"], r["precision"]) for r in zoo_rows} == {(m, p) for m in ("forward", "train") for p in ("fp32", "bf16")}
+    for r in zoo_rows:
+        assert r["vs_peer"] > 0 and r["n_timed"] == 2 and r["peer"].startswith("timm")
+        assert r["tokens_per_s"] == pytest.approx(r["samples_per_s"] * 17)  # 16 patches + class token
+        assert r["macs_per_sample"] == 2380928
+    assert data["machine"]["matmul_peak_gflops_fp32"] > 0
+    assert "vs peer" in capsys.readouterr().out
+
+
+def test_bad_options_name_the_fix():
+    with pytest.raises(SystemExit):
+        speed_main(["vit_digits", "--precision", "fp16"])
+    with pytest.raises(SystemExit, match="no registered model matches"):
+        speed_main(["no_such_model*"])
+    assert parse_variant("vit_mnist:dim=64,pool='avg'") == ("vit_mnist", {"dim": 64, "pool": "avg"})
+    with pytest.raises(ValueError, match="key=value"):
+        parse_variant("vit_mnist:dim")
+
+
+def test_generation_bench_cache_gives_the_same_tokens():
+    from zoo.bench.generation import bench_generation
+
+    r = bench_generation("transformer_tiny", batch=1, src_len=6, new_tokens=4, rounds=1, warmup=0)
+    assert r["same_tokens"] and r["speedup"] > 0 and r["n_timed"] == 1

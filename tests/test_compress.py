@@ -1,0 +1,156 @@
+"""Quantization, magnitude and head pruning, gradient checkpointing, and `zoo compress`."""
+import copy
+import json
+
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+import zoo
+from zoo.compress import (
+    accuracy, head_importance, classification_loss, load_compressed, make_pruning_permanent, num_heads, prune_heads,
+    prune_heads_global, prune_linear, quantize_int8, set_gradient_checkpointing, size_on_disk, sparsity,
+)
+from zoo.core import MultiHeadAttention
+
+
+@pytest.fixture(scope="module")
+def vit():
+    torch.manual_seed(0)
+    return zoo.create_model("vit_mnist", depth=2).eval()
+
+
+def _zero_head_columns(attn, heads):
+    d = attn.head_dim
+    with torch.no_grad():
+        for h in heads:
+            attn.proj.weight[:, h * d:(h + 1) * d] = 0
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_prune_heads_equals_masking_those_heads(fused):
+    torch.manual_seed(0)
+    attn = MultiHeadAttention(32, 4, fused_qkv=fused).eval()
+    ref = copy.deepcopy(attn)
+    _zero_head_columns(ref, [0, 2])  # a removed head contributes nothing: zero its output columns
+    x = torch.randn(2, 5, 32)
+    prune_heads(attn, [0, 2])
+    assert attn.num_heads == 2 and attn.proj.in_features == 16
+    torch.testing.assert_close(attn(x), ref(x))
+    prune_heads(attn, [1])  # indices are current heads: this is original head 3
+    assert attn.pruned_heads == [0, 2, 3]
+    with pytest.raises(ValueError, match="keep at least one"):
+        prune_heads(attn, [0])
+    with pytest.raises(ValueError, match=r"must lie in \[0, 1\)"):
+        prune_heads(attn, [5])
+
+
+def test_global_head_pruning_keeps_one_head_per_layer_and_round_trips(vit, tmp_path):
+    from zoo.compress import save_compressed
+
+    m = copy.deepcopy(vit)
+    removed = prune_heads_global(m, 0.9)
+    assert num_heads(m) == 2  # 8 heads, 7 requested, but every layer keeps one
+    x = torch.randn(2, 1, 28, 28)
+    save_compressed(m, tmp_path, "vit_mnist", {"depth": 2}, {n: a.pruned_heads for n, a in
+                                                              zoo.compress.attention_modules(m).items()}, None)
+    torch.testing.assert_close(load_compressed(tmp_path)(x), m(x))
+    assert sum(len(v) for v in removed.values()) == 6
+
+
+def test_head_importance_is_the_head_mask_gradient():
+    torch.manual_seed(0)
+    attn = MultiHeadAttention(16, 2).eval()
+    x = torch.randn(3, 4, 16)
+    loss_fn = lambda m, b: m(b).pow(2).sum()  # noqa: E731
+    got = head_importance(attn, [x], loss_fn)[""]
+    # reference: per example, d loss / d mask_h at mask = 1, mask scaling head h's input to proj
+    want = torch.zeros(2)
+    for b in range(3):
+        mask = torch.ones(2, requires_grad=True)
+        q, k, v = attn._project(x[b:b + 1], None)
+        out = torch.nn.functional.scaled_dot_product_attention(q, k, v) * mask[None, :, None, None]
+        loss = attn.proj(out.transpose(1, 2).reshape(1, 4, 16)).pow(2).sum()
+        want += torch.autograd.grad(loss, mask)[0].abs()
+    torch.testing.assert_close(got, want)
+
+
+def test_magnitude_pruning_sparsity_and_which_weights(vit):
+    m = prune_linear(copy.deepcopy(vit), 0.5)
+    assert sparsity(m) == pytest.approx(0.5, abs=1e-3)
+    lin = m.encoder.blocks[0].mlp.fc1
+    kept = lin.weight_orig.abs()[lin.weight_mask.bool()]
+    dropped = lin.weight_orig.abs()[~lin.weight_mask.bool()]
+    assert kept.min() >= dropped.max()  # the smallest magnitudes went
+    assert m.head.weight.ne(0).all()  # the classifier is left alone
+    make_pruning_permanent(m)
+    assert not any("mask" in k or "orig" in k for k in m.state_dict())
+    s = prune_linear(copy.deepcopy(vit), 0.25, structured=True)
+    rows = s.encoder.blocks[0].mlp.fc1.weight.eq(0).all(1)
+    assert rows.float().mean() == pytest.approx(0.25, abs=0.01)
+    with pytest.raises(ValueError, match="fraction of weights"):
+        prune_linear(copy.deepcopy(vit), 1.5)
+
+
+def test_int8_quantization_is_close_and_smaller(vit):
+    x = torch.randn(4, 1, 28, 28)
+    q = quantize_int8(vit, "torch.ao")
+    ref = vit(x)
+    assert (q(x) - ref).abs().max() < 0.05 * ref.abs().max()
+    assert size_on_disk(q) < 0.5 * size_on_disk(vit)
+    assert isinstance(vit.head, torch.nn.Linear)  # the original is untouched
+    with pytest.raises(ValueError, match="unknown quantization backend"):
+        quantize_int8(vit, "int4")
+
+
+def test_gradient_checkpointing_same_outputs_and_grads():
+    torch.manual_seed(0)
+    models = {"vit": (zoo.create_model("vit_digits", depth=2), (torch.randn(2, 1, 8, 8),)),
+              "bert": (zoo.create_model("bert_tiny", head="cls", depth=2, dropout=0.0, attn_dropout=0.0),
+                       (torch.randint(3, 100, (2, 7)),))}
+    for name, (m, args) in models.items():
+        m.train()
+        ref_out = m(*args)
+        ref_out.sum().backward()
+        ref = {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
+        m.zero_grad()
+        assert set_gradient_checkpointing(m, True) >= 1
+        out = m(*args)
+        out.sum().backward()
+        torch.testing.assert_close(out, ref_out)
+        for n, p in m.named_parameters():
+            if n in ref:
+                torch.testing.assert_close(p.grad, ref[n], msg=f"{name}: {n}")
+        set_gradient_checkpointing(m, False)
+        assert all(not s.gradient_checkpointing for s in m.modules() if isinstance(s, zoo.core.TransformerStack))
+    with pytest.raises(ValueError, match="no zoo TransformerStack"):
+        set_gradient_checkpointing(torch.nn.Linear(2, 2))
+
+
+def test_zoo_compress_command_writes_weights_and_report(vit, tmp_path):
+    from zoo.compress import main
+    from zoo.weights import save_safetensors
+
+    save_safetensors(vit, tmp_path / "w.safetensors")
+    out = tmp_path / "out"
+    rc = main(["--ckpt", str(tmp_path / "w.safetensors"), "--model", "vit_mnist", "--model-kwargs", '{"depth": 2}',
+               "--quantize", "int8", "--backend", "torch.ao", "--prune", "0.5", "--prune-kind", "heads", "--out", str(out)])
+    assert rc == 0
+    rows = json.loads((out / "report.json").read_text())
+    assert [r["heads"] for r in rows] == ["8/8", "4/8", "4/8"]
+    assert rows[2]["size_MB"] < rows[1]["size_MB"] < rows[0]["size_MB"]
+    meta = json.loads((out / "compress.json").read_text())
+    assert meta["quantized"] == "torch.ao" and sum(map(len, meta["pruned_heads"].values())) == 4
+    x = torch.randn(2, 1, 28, 28)
+    reloaded = load_compressed(out)
+    assert reloaded(x).shape == (2, 10) and num_heads(reloaded) == 4
+
+
+def test_accuracy_on_text_batches_ignores_minus_100():
+    class Echo(torch.nn.Module):
+        def forward(self, input_ids, attention_mask=None):
+            return torch.nn.functional.one_hot(input_ids, 4).float()
+
+    batch = {"input_ids": torch.tensor([[0, 1, 2]]), "labels": torch.tensor([[0, 3, -100]])}
+    assert accuracy(Echo(), [batch]) == 0.5
+    assert classification_loss(Echo(), batch) > 0

@@ -1,0 +1,147 @@
+"""DeiT distilled ViTs, the distillation loss against its formula, teachers and a short training."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import zoo
+from zoo.tasks.distill import ImageDistillation, distillation_loss, load_teacher
+
+
+def test_distilled_vit_heads_train_tuple_and_eval_average():
+    model = zoo.create_model("vit_mnist_distilled", depth=1)
+    x = torch.randn(3, 1, 28, 28)
+    feats = model.eval().forward_features(x)
+    assert feats.shape == (3, 2 + 49, 128)  # class + distillation token + 7x7 patches
+    cls = model.head(model.fc_norm(feats[:, 2:].mean(1)))  # vit_mnist pools the patch tokens
+    dist = model.head_dist(model.fc_norm(feats[:, 1]))
+    torch.testing.assert_close(model(x), (cls + dist) / 2)
+    model.train()
+    assert model(x).shape == (3, 10)  # a plain classifier unless distilled training is switched on
+    model.set_distilled_training(True)
+    out = model(x)
+    assert isinstance(out, tuple) and len(out) == 2 and out[0].shape == out[1].shape == (3, 10)
+    model.reset_classifier(0)
+    assert model.eval()(x).shape == (3, 128)
+
+
+def test_distilled_param_counts_match_timm_deit():
+    # timm deit_tiny_distilled_patch16_224: 5,910,800; deit_small_distilled: 22,436,432
+    assert zoo.model_info("vit_tiny_patch16_224_distilled")["params"] == 5_910_800
+    assert zoo.model_info("vit_small_patch16_224_distilled")["params"] == 22_436_432
+
+
+def test_soft_loss_matches_formula_and_tau_squared_scaling():
+    torch.manual_seed(0)
+    s, t, y = torch.randn(4, 5), torch.randn(4, 5), torch.tensor([0, 1, 2, 3])
+    tau, alpha = 3.0, 0.7
+    p_t = F.softmax(t / tau, -1)
+    kl = (p_t * (p_t.log() - F.log_softmax(s / tau, -1))).sum(-1).mean() * tau ** 2
+    want = (1 - alpha) * F.cross_entropy(s, y) + alpha * kl
+    got = distillation_loss(s, t, y, "soft", alpha, tau)
+    torch.testing.assert_close(got["loss"], want)
+    torch.testing.assert_close(got["distill"], kl)
+    assert distillation_loss(t, t, y, "soft", 1.0, tau)["loss"].abs() < 1e-6  # equal logits: no KL
+
+
+def test_hard_loss_uses_teacher_argmax_on_the_distillation_head():
+    cls, dist, t = torch.randn(4, 5), torch.randn(4, 5), torch.randn(4, 5)
+    y = torch.tensor([1, 1, 1, 1])
+    got = distillation_loss((cls, dist), t, y, "hard", 0.5)
+    want = 0.5 * F.cross_entropy(cls, y) + 0.5 * F.cross_entropy(dist, t.argmax(-1))
+    torch.testing.assert_close(got["loss"], want)
+
+
+def test_seq2seq_logits_ignore_padding_positions():
+    s, t = torch.randn(2, 3, 7), torch.randn(2, 3, 7)
+    y = torch.tensor([[1, 2, -100], [3, -100, -100]])
+    keep = y != -100
+    got = distillation_loss(s, t, y, "soft", 1.0, 2.0)["loss"]
+    want = distillation_loss(s[keep], t[keep], y[keep], "soft", 1.0, 2.0)["loss"]
+    torch.testing.assert_close(got, want)
+    s2 = s.clone()
+    s2[0, 2] += 100  # a padded position does not matter
+    torch.testing.assert_close(distillation_loss(s2, t, y, "soft", 1.0, 2.0)["loss"], got)
+
+
+def test_bad_arguments_name_the_fix():
+    s = torch.randn(2, 3)
+    y = torch.zeros(2, dtype=torch.long)
+    with pytest.raises(ValueError, match="mode must be one of"):
+        distillation_loss(s, s, y, "medium")
+    with pytest.raises(ValueError, match=r"alpha .* \[0, 1\]"):
+        distillation_loss(s, s, y, "soft", alpha=2)
+    with pytest.raises(ValueError, match="same classes"):
+        distillation_loss(s, torch.randn(2, 4), y, "soft")
+    with pytest.raises(ValueError, match="needs a teacher"):
+        load_teacher()
+    with pytest.raises(FileNotFoundError, match="train the teacher first"):
+        load_teacher("timm_resnet18_mnist", "no/such.ckpt")
+
+
+def test_teacher_is_frozen_outside_the_checkpoint_and_loads_from_timm_state_dict(tmp_path):
+    import timm
+
+    net = timm.create_model("resnet10t", num_classes=10, in_chans=1)
+    torch.save(net.state_dict(), tmp_path / "r.pt")
+    task = ImageDistillation("vit_mnist_distilled", teacher="timm:resnet10t", teacher_ckpt=str(tmp_path / "r.pt"),
+                             model_kwargs={"depth": 1}, data_overrides={"num_classes": 10, "in_chans": 1, "img_size": 28})
+    teacher = task.teacher
+    assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
+    assert all(k.startswith("model.") for k in task.state_dict())  # the teacher is not saved with the student
+    assert task.hparams.teacher == "timm:resnet10t"
+    x = torch.randn(2, 1, 28, 28)
+    torch.testing.assert_close(task.teacher_logits(x), net.eval()(x))
+    task.train()
+    assert not teacher.training  # the task's train() does not reach the teacher
+
+
+def test_distillation_pulls_the_student_towards_the_teacher():
+    # 40 steps on random images: the student's distillation head learns the teacher's labelling
+    torch.manual_seed(0)
+    teacher = zoo.create_model("vit_digits", depth=1).eval()
+    task = ImageDistillation("vit_digits", teacher="vit_digits", model_kwargs={"depth": 1}, distillation="soft",
+                             alpha=1.0, tau=1.0, data_overrides={"num_classes": 10, "in_chans": 1, "img_size": 8})
+    task.set_teacher(teacher)
+    task.log = lambda *a, **k: None
+    x = torch.randn(64, 1, 8, 8)
+    y = torch.randint(0, 10, (64,))
+    opt = torch.optim.Adam(task.model.parameters(), lr=3e-3)
+    with torch.no_grad():
+        t = teacher(x)
+    kl = lambda: F.kl_div(task.model.eval()(x).log_softmax(-1), t.log_softmax(-1), reduction="batchmean", log_target=True)  # noqa: E731
+    before = kl().item()
+    task.train()
+    for _ in range(40):
+        loss = task.training_step((x, y), 0)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert kl().item() < 0.2 * before and math.isfinite(before)
+
+
+def test_text_and_seq2seq_tasks_distill_from_a_zoo_teacher():
+    from zoo.tasks.distill import Seq2SeqDistillation, TextDistillation
+
+    torch.manual_seed(0)
+    tiny = {"depth": 1, "dim": 32, "num_heads": 2}
+    task = TextDistillation("bert_tiny", teacher="bert_tiny", teacher_kwargs=tiny, model_kwargs=tiny, alpha=1.0, tau=2.0,
+                            data_overrides={"vocab_size": 50, "pad_token_id": 0, "num_classes": 3})
+    task.log = lambda *a, **k: None
+    assert task.teacher.config.head == "cls" and task.teacher.num_classes == 3
+    batch = {"input_ids": torch.randint(1, 50, (4, 6)), "attention_mask": torch.ones(4, 6, dtype=torch.long),
+             "labels": torch.tensor([0, 1, 2, 0])}
+    task.eval()  # no dropout: compare with the formula
+    want = distillation_loss(task.model(batch["input_ids"], batch["attention_mask"]),
+                             task.teacher(batch["input_ids"], batch["attention_mask"]), batch["labels"], "soft", 1.0, 2.0)
+    torch.testing.assert_close(task.training_step(batch, 0), want["loss"])
+
+    s2s = {"num_encoder_layers": 1, "num_decoder_layers": 1, "d_model": 32, "num_heads": 2, "dim_feedforward": 32}
+    task = Seq2SeqDistillation("transformer_tiny", teacher="transformer_tiny", teacher_kwargs=s2s, model_kwargs=s2s,
+                               data_overrides={"vocab_size": 40, "pad_token_id": 0})
+    task.log = lambda *a, **k: None
+    batch = {"input_ids": torch.randint(3, 40, (2, 5)), "attention_mask": torch.ones(2, 5, dtype=torch.long),
+             "labels": torch.tensor([[5, 6, 2, -100], [7, 2, -100, -100]])}
+    loss = task.training_step(batch, 0)
+    assert torch.isfinite(loss) and loss.requires_grad

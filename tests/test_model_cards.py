@@ -1,0 +1,84 @@
+"""MODEL_CARDS.md must match the registry: a card per registered model with its parameter count."""
+import importlib.util
+import re
+from pathlib import Path
+
+import pytest
+
+import zoo
+
+ROOT = Path(__file__).resolve().parents[1]
+FIX = "run python scripts/make_model_cards.py and commit MODEL_CARDS.md"
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("make_model_cards", ROOT / "scripts" / "make_model_cards.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _cards() -> dict[str, int]:
+    path = ROOT / "MODEL_CARDS.md"
+    assert path.exists(), f"MODEL_CARDS.md is missing; {FIX}"
+    text = path.read_text()
+    return {name: int(params.replace(",", ""))
+            for name, params in re.findall(r"^### (\S+)\n\n- Family: .*\n- Parameters: ([\d,]+)$", text, flags=re.M)}
+
+
+def test_every_registered_model_has_a_card_with_its_parameter_count():
+    cards = _cards()
+    names = zoo.list_models()
+    missing = [n for n in names if n not in cards]
+    stale = [n for n in cards if n not in names]
+    assert not missing, f"MODEL_CARDS.md has no card for {missing}; {FIX}"
+    assert not stale, f"MODEL_CARDS.md has cards for unregistered models {stale}; {FIX}"
+    wrong = {n: (cards[n], zoo.model_info(n)["params"]) for n in names if cards[n] != zoo.model_info(n)["params"]}
+    assert not wrong, f"parameter counts in MODEL_CARDS.md differ from the registry (card, registry): {wrong}; {FIX}"
+
+
+def test_regeneration_keeps_the_hand_written_section(tmp_path):
+    mod = _script()
+    out = tmp_path / "cards.md"
+    names = ["vit_digits", "vit_mnist"]
+    first = mod.render(mod.read_preamble(out), names, {}, ({}, {}, {}))
+    assert mod.DEFAULT_PREAMBLE.strip() in first
+    out.write_text(first.replace(mod.DEFAULT_PREAMBLE.strip(), "Lead's note: vit_mnist reached 97.1 % test accuracy."))
+    second = mod.render(mod.read_preamble(out), names, {}, ({}, {}, {}))
+    assert "Lead's note: vit_mnist reached 97.1 % test accuracy." in second
+    assert mod.DEFAULT_PREAMBLE.strip() not in second
+    assert second.count("### ") == 2
+
+
+def test_cards_show_results_and_macs_with_their_commands():
+    mod = _script()
+    speed = {"vit_digits": [{"model": "vit_digits", "side": "zoo", "mode": "forward", "precision": "fp32", "batch": 16,
+                             "seq_len": None, "tgt_len": None, "samples_per_s": 812.5, "tokens_per_s": 13000.0,
+                             "vs_peer": 1.07, "peer": "timm.VisionTransformer", "date": "2026-01-01T00:00:00Z",
+                             "machine": {"cpu": "TestCPU", "torch_threads": 2, "load_avg_1m": 0.5},
+                             "command": "zoo bench speed vit_digits --vs-peers"}]}
+    training = {"vit_digits": [{"recipe": "vit_digits", "model": "vit_digits", "metric": "test/acc", "value": 0.97,
+                                "train_seconds": 120, "epochs": 30, "command": "zoo fit --config configs/vit_digits.yaml",
+                                "machine": "TestCPU", "date": "2026-01-01"}]}
+    macs = {"vit_digits": {"macs": 2380928.0, "input": "1x8x8 image"}}
+    text = mod.render("", ["vit_digits"], macs, (speed, training, {}))
+    assert "812.5 samples/s" in text and "1.07x timm.VisionTransformer" in text and "zoo bench speed vit_digits --vs-peers" in text
+    assert "test/acc = 0.97" in text and "zoo fit --config configs/vit_digits.yaml" in text
+    assert "2.38 MMACs at 1x8x8 image" in text
+
+
+@pytest.mark.parametrize("name", ["vit_digits", "lstm_seq2seq"])
+def test_macs_match_a_hand_count(name):
+    """MACs from the flop counter equal the matmul count written out by hand."""
+    got = _script().compute_macs(name)["macs"]
+    if name == "vit_digits":  # 16 patches + cls, dim 64, depth 4, mlp 128, patch 2x2x1, 10 classes
+        n, d, h = 17, 64, 128
+        block = n * (4 * d * d + 2 * d * h) + 2 * n * n * d  # qkv+proj, fc1+fc2, scores+values
+        expected = 16 * 4 * d + 4 * block + d * 10
+    else:  # bi-LSTM encoder over 128 tokens, 32 decoder steps with additive attention
+        e, hid, a, v, s, t = 128, 256, 256, 8000, 128, 32
+        encoder = s * 2 * 4 * hid * (e + hid)
+        keys = s * 2 * hid * a
+        step = 4 * hid * (e + 2 * hid + hid) + hid * a + s * a + s * 2 * hid + (3 * hid + e) * e + e * v
+        expected = encoder + keys + t * step + hid * hid  # + the initial-state layer
+    assert got == expected

@@ -1,0 +1,221 @@
+"""Text tasks, offline text data, numerics (bf16 vs fp32), NaN stops, atomic checkpoints."""
+from __future__ import annotations
+
+import os
+
+import lightning as L
+import pytest
+import torch
+
+from zoo import create_model
+from zoo.callbacks import AtomicCheckpointIO
+from zoo.data.corpus import pydoc_sentences
+from zoo.data.numbers import NumberComparison, NumberTranslation, render, split_numbers
+from zoo.tasks.text import SequenceClassification, Seq2Seq, TokenClassification, load_matching, mask_tokens
+
+
+# ---------------------------------------------------------------- masking
+def test_mask_tokens_follows_bert_recipe():
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(5, 1000, (64, 512), generator=g)
+    ids[:, 0], ids[:, -40:] = 2, 0  # [CLS] and padding
+    maskable = (ids != 2) & (ids != 0)
+    random_ids = torch.arange(5, 1000)
+    inputs, labels = mask_tokens(ids, maskable, mask_token_id=4, random_ids=random_ids, prob=0.15, generator=g)
+    chosen = labels != -100
+    assert not chosen[~maskable].any()  # never special tokens or padding
+    assert torch.equal(labels[chosen], ids[chosen])
+    assert torch.equal(inputs[~chosen], ids[~chosen])  # nothing else changes
+    frac = chosen.sum() / maskable.sum()
+    assert abs(frac.item() - 0.15) < 0.005
+    n = chosen.sum().item()
+    masked = (inputs == 4) & chosen
+    kept = (inputs == ids) & chosen
+    replaced = chosen & ~masked & ~kept
+    assert abs(masked.sum().item() / n - 0.8) < 0.01
+    assert abs(kept.sum().item() / n - 0.1) < 0.01 + 1 / 995  # a random pick can equal the original
+    assert abs(replaced.sum().item() / n - 0.1) < 0.01
+    assert (inputs[replaced] >= 5).all()  # random replacements are never special ids
+
+
+# ---------------------------------------------------------------- init_from
+def _save_task_ckpt(model, path):
+    torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}}, path)
+
+
+def test_init_from_loads_encoder_and_reports_skipped(tmp_path):
+    torch.manual_seed(0)
+    mlm = create_model("bert_tiny", vocab_size=300, max_positions=64)
+    _save_task_ckpt(mlm, tmp_path / "mlm.ckpt")
+    task = SequenceClassification("bert_tiny", init_from=str(tmp_path / "mlm.ckpt"),
+                                  data_overrides={"vocab_size": 300, "num_classes": 2}, model_kwargs={"max_positions": 64})
+    cls = task.model
+    assert cls.config.head == "cls" and cls.num_classes == 2
+    for k, v in mlm.state_dict().items():
+        if not k.startswith("mlm_head"):
+            assert torch.equal(cls.state_dict()[k], v), k
+    report = task.init_report
+    assert any(k.startswith("mlm_head") for k in report["skipped"])
+    assert {"classifier.weight", "pooler.dense.weight"} <= set(report["new"])
+
+
+def test_init_from_rejects_an_unrelated_checkpoint(tmp_path):
+    vit = create_model("vit_digits")
+    _save_task_ckpt(vit, tmp_path / "vit.ckpt")
+    model = create_model("bert_tiny", vocab_size=300, head="cls")
+    with pytest.raises(ValueError, match="no tensor of the checkpoint fits"):
+        load_matching(model, str(tmp_path / "vit.ckpt"))
+
+
+def test_token_classification_loss_ignores_unlabelled_tokens():
+    task = TokenClassification("bert_tiny", data_overrides={"vocab_size": 100, "num_classes": 3}).eval()  # no dropout
+    ids = torch.randint(5, 100, (2, 7))
+    labels = torch.randint(0, 3, (2, 7))
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+    base = task.training_step(batch, 0)
+    batch["labels"] = labels.masked_fill(torch.arange(7) >= 4, -100)
+    logits = task(batch)
+    expected = torch.nn.functional.cross_entropy(logits[:, :4].reshape(-1, 3), labels[:, :4].reshape(-1))
+    assert torch.allclose(task.training_step(batch, 0), expected, atol=1e-6)
+    assert not torch.allclose(base, expected)
+
+
+def test_seq2seq_loss_is_label_smoothed_cross_entropy():
+    task = Seq2Seq("transformer_tiny", label_smoothing=0.1,
+                   model_kwargs={"d_model": 32, "num_encoder_layers": 1, "num_decoder_layers": 1, "num_heads": 2,
+                                 "dim_feedforward": 64, "dropout": 0.0},
+                   data_overrides={"vocab_size": 50, "pad_token_id": 0, "eos_token_id": 2, "decoder_start_token_id": 1})
+    labels = torch.tensor([[5, 6, 2, -100], [7, 8, 9, 2]])
+    batch = {"input_ids": torch.tensor([[3, 4, 2, 0], [3, 4, 4, 2]]), "attention_mask": torch.tensor([[1, 1, 1, 0], [1] * 4]),
+             "labels": labels}
+    logits = task(batch)
+    dec_in = task.model.forward.__self__  # the model itself
+    expected = torch.nn.functional.cross_entropy(logits.reshape(-1, 50), labels.reshape(-1), ignore_index=-100,
+                                                 label_smoothing=0.1)
+    assert torch.allclose(task.training_step(batch, 0), expected)
+    # teacher forcing: decoder input = start token + labels shifted right (pad for -100)
+    ref = dec_in(batch["input_ids"], torch.tensor([[1, 5, 6, 2], [1, 7, 8, 9]]), attention_mask=batch["attention_mask"])
+    assert torch.allclose(logits, ref, atol=1e-6)
+
+
+# ---------------------------------------------------------------- data
+def test_number_splits_are_disjoint_and_translations_exact():
+    parts = split_numbers(999, 100, 50, seed=0)
+    assert [len(parts[k]) for k in ("train", "val", "test")] == [850, 50, 100]
+    assert set(parts["train"]).isdisjoint(parts["test"]) and set(parts["train"]).isdisjoint(parts["val"])
+    assert split_numbers(999, 100, 50, seed=0) == parts and split_numbers(999, 100, 50, seed=1) != parts
+    assert render(312, "en") == "three hundred and twelve" and render(312, "fr") == "trois cent douze"
+    assert render(312, "digits") == "3 1 2"
+    dm = NumberTranslation(tasks=["en-fr", "digits-de", "en-digits"], prefix=True, max_number=999, n_test=100, n_val=50)
+    ex = dm.examples
+    assert len(ex["train"]) == 3 * 850
+    train_numbers = {e["number"] for e in ex["train"]}
+    assert train_numbers.isdisjoint({e["number"] for e in ex["test"]})
+    by_task = {e["task"]: e for e in ex["test"] if e["number"] == ex["test"][0]["number"]}
+    n = ex["test"][0]["number"]
+    assert by_task["en-fr"]["source"] == "translate English to French: " + render(n, "en")
+    assert by_task["digits-de"]["source"].startswith("digits to German: ") and by_task["en-digits"]["target"] == render(n, "digits")
+    with pytest.raises(ValueError, match="source-target"):
+        NumberTranslation(tasks=["english"])
+
+
+def test_number_comparison_labels_and_held_out_numbers():
+    dm = NumberComparison(languages=["digits"], max_number=999, n_test=100, n_val=50, pairs_per_split=(300, 50, 100),
+                          with_corpus=False)
+    parts = split_numbers(999, 100, 50)
+    for split in ("train", "test"):
+        for e in dm.examples[split]:
+            a, b = int(e["text"].replace(" ", "")), int(e["text_pair"].replace(" ", ""))
+            assert e["label"] == int(a > b) and a != b
+            assert a in parts[split] and b in parts[split]
+    labels = [e["label"] for e in dm.examples["train"]]
+    assert 0.4 < sum(labels) / len(labels) < 0.6
+    batch = dm.collate(dm.encode(dm.examples["test"][:4]))
+    assert batch["token_type_ids"].max() == 1 and batch["labels"].tolist() == [e["label"] for e in dm.examples["test"][:4]]
+
+
+def test_pydoc_corpus_is_real_english():
+    sents = pydoc_sentences()
+    assert len(sents) > 3000
+    assert any("assert" in s for s in sents) and all(len(s.split()) >= 3 for s in sents)
+
+
+def test_local_csv_classification(tmp_path):
+    from zoo.data.local import LocalTextClassification
+
+    path = tmp_path / "reviews.csv"
+    path.write_text("review,sentiment\n" + "\n".join(f"{'good great' if i % 2 else 'bad awful'} film {i},"
+                                                     f"{'pos' if i % 2 else 'neg'}" for i in range(40)))
+    dm = LocalTextClassification(str(path), text_column="review", label_column="sentiment", vocab_size=200)
+    assert dm.label_names == ["neg", "pos"] and dm.model_overrides["num_classes"] == 2
+    assert sum(len(dm.examples[s]) for s in ("train", "val", "test")) == 40 and len(dm.examples["test"]) == 4
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert set(batch) >= {"input_ids", "attention_mask", "labels"}
+    with pytest.raises(KeyError, match="review"):
+        LocalTextClassification(str(path), text_column="text").examples
+
+
+# ---------------------------------------------------------------- trainer behaviour
+class _Losses(L.Callback):
+    def __init__(self):
+        self.losses = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.losses.append(float(outputs["loss"]))
+
+
+def _digits_run(precision: str, steps: int = 12):
+    from zoo.data.images import Digits
+    from zoo.tasks.image import ImageClassification
+
+    L.seed_everything(0)
+    rec = _Losses()
+    task = ImageClassification("vit_digits", lr=2e-3, data_overrides={"num_classes": 10, "in_chans": 1, "img_size": 8})
+    trainer = L.Trainer(max_steps=steps, precision=precision, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, callbacks=[rec])
+    trainer.fit(task, datamodule=Digits(batch_size=64, augment=False))
+    return rec.losses
+
+
+def test_bf16_mixed_tracks_float32():
+    fp32, bf16 = _digits_run("32-true"), _digits_run("bf16-mixed")
+    assert len(fp32) == len(bf16) == 12
+    diffs = [abs(a - b) for a, b in zip(fp32, bf16)]
+    # bf16 keeps 8 bits of mantissa: losses agree to ~1e-2 over a short run, and both go down
+    assert max(diffs) < 0.05, diffs
+    assert fp32[-1] < fp32[0] - 0.2 and bf16[-1] < bf16[0] - 0.2
+    assert max(diffs) > 0  # it really ran in bf16
+
+
+def test_nan_loss_stops_training_with_a_clear_message():
+    from zoo.data.images import Digits
+    from zoo.tasks.image import ImageClassification
+
+    class Exploding(ImageClassification):
+        def training_step(self, batch, batch_idx):
+            loss = super().training_step(batch, batch_idx)
+            return loss * float("nan") if batch_idx == 2 else loss
+
+    task = Exploding("vit_digits", data_overrides={"num_classes": 10, "in_chans": 1, "img_size": 8})
+    trainer = L.Trainer(max_steps=10, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, limit_val_batches=0)
+    with pytest.raises(FloatingPointError, match=r"nan at step 2.*gradient_clip_val"):
+        trainer.fit(task, datamodule=Digits(batch_size=64))
+    assert trainer.global_step == 2  # stopped at once, not after the run
+
+
+def test_atomic_checkpoint_io_never_leaves_half_a_file(tmp_path):
+    io = AtomicCheckpointIO()
+    path = tmp_path / "ckpt" / "last.ckpt"
+    io.save_checkpoint({"step": 1, "w": torch.ones(3)}, path)
+    assert torch.load(path, weights_only=True)["step"] == 1
+
+    class Boom:
+        def __reduce__(self):
+            raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        io.save_checkpoint({"step": 2, "w": torch.ones(3), "bad": Boom()}, path)
+    assert torch.load(path, weights_only=True)["step"] == 1  # the previous checkpoint is intact
+    assert os.listdir(path.parent) == ["last.ckpt"]  # and no temporary file is left behind

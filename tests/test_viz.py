@@ -1,0 +1,77 @@
+"""`zoo viz`: the numbers behind each figure, and that the PNGs are written."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import zoo
+from zoo import viz
+
+
+def test_vit_attention_rows_are_distributions_and_match_a_manual_softmax(tmp_path):
+    torch.manual_seed(0)
+    m = zoo.create_model("vit_mnist_patch4", depth=2).eval()
+    x = torch.randn(2, 1, 28, 28)
+    atts = viz.vit_attentions(m, x)
+    assert len(atts) == 2 and atts[0].shape == (2, 4, 50, 50)
+    for a in atts:
+        torch.testing.assert_close(a.sum(-1), torch.ones(a.shape[:-1]))
+    # layer 0 by hand: softmax(q k^T / sqrt(d)) of the block's first norm of the embedded tokens
+    tokens = m._pos_embed(m.patch_embed(x), m.grid)
+    blk = m.encoder.blocks[0]
+    q, k, _ = blk.attn.qkv(blk.norm1(tokens)).view(2, 50, 3, 4, 32).permute(2, 0, 3, 1, 4)
+    torch.testing.assert_close(atts[0], (q @ k.transpose(-1, -2) / math.sqrt(32)).softmax(-1), rtol=1e-5, atol=1e-6)
+    assert blk.attn.last_weights is not None and m(x).shape == (2, 10)  # hooks are gone: normal calls work
+    roll = viz.attention_rollout(atts)
+    torch.testing.assert_close(roll.sum(-1), torch.ones(2, 50))
+    eye = torch.eye(50)
+    a0, a1 = [(a.mean(1) + eye) / (a.mean(1) + eye).sum(-1, keepdim=True) for a in atts]
+    torch.testing.assert_close(roll, a1 @ a0)
+    out = viz.plot_vit_attention(m, x[0], tmp_path / "attn.png")
+    assert out.stat().st_size > 1000 and out.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_cross_attention_of_an_encoder_decoder(tmp_path):
+    torch.manual_seed(0)
+    m = zoo.create_model("vit_captioner_mnist", vocab_size=30).eval()
+    images, ids = torch.randn(2, 1, 28, 28), torch.randint(3, 30, (2, 5))
+    atts = viz.cross_attentions(m, images, ids)
+    assert len(atts) == 2 and atts[-1].shape == (2, 4, 5, 50)
+    torch.testing.assert_close(atts[-1].sum(-1), torch.ones(2, 4, 5))
+    with pytest.raises(TypeError, match="no cross-attention"):
+        viz.cross_attentions(zoo.create_model("vit_mnist"), images, ids)
+    out = viz.plot_cross_attention(atts[-1][0].mean(0), [f"s{i}" for i in range(50)], [f"t{i}" for i in range(5)], tmp_path / "x.png")
+    assert out.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_positions_figure_shows_the_formula(tmp_path):
+    table = viz.sinusoidal_table(50, 16)
+    pos, i = 13, 3  # PE(pos, 2i) = sin(pos / 10000^(2i/d)), PE(pos, 2i+1) = cos(...)
+    assert table[pos, 2 * i].item() == pytest.approx(math.sin(pos / 10000 ** (2 * i / 16)), abs=1e-6)
+    assert table[pos, 2 * i + 1].item() == pytest.approx(math.cos(pos / 10000 ** (2 * i / 16)), abs=1e-6)
+    assert viz.main(["positions", "--length", "50", "--dim", "16", "--out", str(tmp_path / "pe.png")]) == 0
+    assert (tmp_path / "pe.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_clip_similarity_is_scaled_cosine(tmp_path):
+    torch.manual_seed(0)
+    m = zoo.create_model("clip_tiny", eos_token_id=2)
+    images, ids = torch.randn(3, 3, 32, 32), torch.randint(3, 1000, (4, 6))
+    ids[:, -1] = 2
+    sim = viz.clip_similarity(m, images, ids)
+    img = F.normalize(m.visual_projection(m.visual(images)), dim=-1)
+    txt = F.normalize(m.text_projection(m.text(ids)), dim=-1)
+    torch.testing.assert_close(sim, m.logit_scale.exp() * img @ txt.T)
+    out = viz.plot_similarity(sim.detach(), images, ["a", "b", "c", "d"], tmp_path / "sim.png")
+    assert out.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_cli_registered_and_errors():
+    from zoo.cli import EXTRA_COMMANDS
+
+    assert "viz" in EXTRA_COMMANDS
+    with pytest.raises(SystemExit):
+        viz.main(["attention"])  # neither --ckpt nor --model
+    with pytest.raises(TypeError, match="VisionTransformer"):
+        viz.find_vit(torch.nn.Linear(2, 2))

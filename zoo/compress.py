@@ -1,0 +1,582 @@
+"""Making models smaller and faster: int8 quantization, pruning, gradient checkpointing.
+
+    zoo compress --ckpt runs/vit_mnist/checkpoints/best.ckpt --quantize int8 --prune 0.5 \\
+        --data zoo.data.images.MNIST5k --finetune-epochs 1 --out runs/vit_mnist_compressed
+    zoo compress latency --model bert_base --model-kwargs '{"head": "cls"}' --batch 1 --length 128
+    zoo compress sweep --ckpt CKPT --data zoo.data.images.MNIST5k --amounts 0.25,0.5,0.75 --out sweep.csv
+
+* `quantize_int8`: post-training dynamic int8 quantization of every nn.Linear (weights int8,
+  activations quantized on the fly). Backend "torchao" (Int8DynamicActivationInt8WeightConfig)
+  when torchao is installed, else torch.ao's `quantize_dynamic`. CPU inference only.
+* `prune_linear`: magnitude pruning of Linear weights with torch.nn.utils.prune, unstructured
+  (smallest |w|) or structured (whole output rows by L2 norm); masks stay attached during
+  fine-tuning, `make_pruning_permanent` folds them into the weights.
+* `prune_heads`: removes attention heads from a zoo `MultiHeadAttention` by slicing the q/k/v
+  rows and the output projection's columns; `prune_heads_global` picks the least important heads
+  over the whole model (Michel et al. 2019: per example |Σ_positions head output · its gradient|).
+* `set_gradient_checkpointing`: flips `.gradient_checkpointing` on every TransformerStack.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import io
+import json
+import statistics
+import time
+import warnings
+from pathlib import Path
+from typing import Callable, Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils import prune
+
+from .core import MultiHeadAttention, TransformerStack
+
+
+# --- gradient checkpointing -------------------------------------------------------------------
+
+def set_gradient_checkpointing(model: nn.Module, on: bool = True) -> int:
+    """Turn activation checkpointing on/off in every TransformerStack; returns how many stacks."""
+    stacks = [m for m in model.modules() if isinstance(m, TransformerStack)]
+    if not stacks:
+        raise ValueError(f"{type(model).__name__} has no zoo TransformerStack; gradient checkpointing is a switch of zoo's stacks")
+    for s in stacks:
+        s.gradient_checkpointing = on
+    return len(stacks)
+
+
+# --- quantization -----------------------------------------------------------------------------
+
+def torchao_available() -> bool:
+    try:
+        import torchao.quantization  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def quantize_int8(model: nn.Module, backend: str = "auto") -> nn.Module:
+    """A CPU copy of `model` with int8 dynamic quantization of its Linear layers (eval mode)."""
+    if backend == "auto":
+        backend = "torchao" if torchao_available() else "torch.ao"
+    model = copy.deepcopy(model).cpu().eval()
+    make_pruning_permanent(model)
+    if backend == "torchao":
+        if not torchao_available():
+            raise ImportError("backend='torchao' needs torchao: pip install torchao (or use backend='torch.ao')")
+        from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
+
+        quantize_(model, Int8DynamicActivationInt8WeightConfig())
+    elif backend == "torch.ao":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # quantize_dynamic is deprecated in favour of torchao
+            model = torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
+    else:
+        raise ValueError(f"unknown quantization backend {backend!r}; choose 'auto', 'torchao' or 'torch.ao'")
+    model.quantization_backend = backend
+    return model
+
+
+# --- magnitude pruning ------------------------------------------------------------------------
+
+def _classifier_ids(model: nn.Module) -> set[int]:
+    heads = set()
+    for name in ("head", "head_dist", "lm_head", "classifier"):
+        m = getattr(model, name, None)
+        if isinstance(m, nn.Linear):
+            heads.add(id(m))
+    return heads
+
+
+def prunable_linears(model: nn.Module, include_heads: bool = False) -> list[tuple[str, nn.Linear]]:
+    """Linear layers to prune: all but the classifier / LM head (few weights, large effect)."""
+    skip = set() if include_heads else _classifier_ids(model)
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear) and id(m) not in skip]
+
+
+def prune_linear(model: nn.Module, amount: float, structured: bool = False, include_heads: bool = False) -> nn.Module:
+    """Zero the fraction `amount` of each Linear's weights in place: smallest |w| (unstructured) or
+    the output rows with the smallest L2 norm (structured). Masks stay attached (weight_orig * weight_mask)."""
+    if not 0.0 <= amount < 1.0:
+        raise ValueError(f"prune amount is the fraction of weights to remove and must lie in [0, 1), got {amount}")
+    for _, lin in prunable_linears(model, include_heads):
+        if structured:
+            prune.ln_structured(lin, "weight", amount=amount, n=2, dim=0)
+        else:
+            prune.l1_unstructured(lin, "weight", amount=amount)
+    return model
+
+
+def make_pruning_permanent(model: nn.Module) -> nn.Module:
+    """Fold every pruning mask into its weight (plain parameters again, zeros stay zeros)."""
+    for m in model.modules():
+        if isinstance(m, nn.Linear) and prune.is_pruned(m) and hasattr(m, "weight_mask"):
+            prune.remove(m, "weight")
+    return model
+
+
+def sparsity(model: nn.Module, include_heads: bool = False) -> float:
+    """Fraction of exactly-zero weights over the prunable Linear layers."""
+    zeros = total = 0
+    for _, lin in prunable_linears(model, include_heads):
+        w = lin.weight
+        zeros += int((w == 0).sum())
+        total += w.numel()
+    return zeros / max(total, 1)
+
+
+# --- attention-head pruning -------------------------------------------------------------------
+
+def prune_heads(attn: MultiHeadAttention, heads: Iterable[int]) -> MultiHeadAttention:
+    """Remove `heads` (indices into the current heads) from a zoo MultiHeadAttention, in place.
+
+    Head h owns the rows h·d … (h+1)·d-1 of q, k and v (fused: of each third of `qkv`) and the
+    same columns of `proj`; these are sliced out and `num_heads` shrinks. The output is unchanged
+    except that the removed heads no longer contribute."""
+    if not isinstance(attn, MultiHeadAttention):
+        raise TypeError(f"prune_heads works on zoo.core.MultiHeadAttention, got {type(attn).__name__}")
+    heads = sorted(set(int(h) for h in heads))
+    if any(h < 0 or h >= attn.num_heads for h in heads):
+        raise ValueError(f"head indices must lie in [0, {attn.num_heads}), got {heads}")
+    keep = [h for h in range(attn.num_heads) if h not in heads]
+    if not keep:
+        raise ValueError(f"cannot prune all {attn.num_heads} heads of a layer; keep at least one")
+    if not heads:
+        return attn
+    d = attn.head_dim
+    inner = attn.num_heads * d
+    rows = torch.cat([torch.arange(h * d, (h + 1) * d) for h in keep])
+    make_pruning_permanent(attn)
+    if attn.fused_qkv:
+        attn.qkv = _slice_linear(attn.qkv, torch.cat([rows, rows + inner, rows + 2 * inner]), dim=0)
+    else:
+        attn.q, attn.k, attn.v = (_slice_linear(getattr(attn, n), rows, dim=0) for n in ("q", "k", "v"))
+    attn.proj = _slice_linear(attn.proj, rows, dim=1)
+    # remember original indices so that a saved model can be rebuilt (see load_compressed)
+    original = getattr(attn, "pruned_heads", [])
+    alive = [h for h in range(attn.num_heads + len(original)) if h not in original]
+    attn.pruned_heads = sorted(set(original) | {alive[h] for h in heads})
+    attn.num_heads = len(keep)
+    return attn
+
+
+def _slice_linear(lin: nn.Linear, index: torch.Tensor, dim: int) -> nn.Linear:
+    w = lin.weight.detach().index_select(dim, index.to(lin.weight.device))
+    out = nn.Linear(w.shape[1], w.shape[0], bias=lin.bias is not None, device=w.device, dtype=w.dtype)
+    out.weight.data.copy_(w)
+    if lin.bias is not None:
+        out.bias.data.copy_(lin.bias.detach()[index] if dim == 0 else lin.bias.detach())
+    return out
+
+
+def attention_modules(model: nn.Module) -> dict[str, MultiHeadAttention]:
+    return {n: m for n, m in model.named_modules() if isinstance(m, MultiHeadAttention)}
+
+
+def head_importance(model: nn.Module, batches: Iterable, loss_fn: Callable[[nn.Module, object], torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Per layer and head, Σ_examples |Σ_positions head output · ∂loss/∂head output| (Michel et al. 2019).
+
+    This is the gradient of the loss w.r.t. a multiplicative head mask at 1. Without data, use
+    `head_norm_importance`."""
+    mods = attention_modules(model)
+    scores = {n: torch.zeros(m.num_heads) for n, m in mods.items()}
+    handles = []
+
+    def hook(name, m):
+        def pre(_, args):
+            x = args[0]
+            if x.requires_grad:
+                def grad_hook(g, x=x):
+                    per_head = (x.detach() * g).reshape(*x.shape[:-1], m.num_heads, m.head_dim).sum(-1)
+                    per_example = per_head.reshape(x.shape[0], -1, m.num_heads).sum(1)
+                    scores[name].add_(per_example.abs().sum(0).cpu())  # Σ_examples |∂loss/∂mask_h|
+                x.register_hook(grad_hook)
+        return pre
+
+    for n, m in mods.items():
+        handles.append(m.proj.register_forward_pre_hook(hook(n, m)))
+    was_training = model.training
+    model.eval()
+    try:
+        for batch in batches:
+            model.zero_grad(set_to_none=True)
+            loss_fn(model, batch).backward()
+    finally:
+        for h in handles:
+            h.remove()
+        model.zero_grad(set_to_none=True)
+        model.train(was_training)
+    return scores
+
+
+def head_norm_importance(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A data-free proxy: the L2 norm of each head's columns of the output projection."""
+    out = {}
+    for n, m in attention_modules(model).items():
+        w = m.proj.weight.detach().reshape(m.proj.weight.shape[0], m.num_heads, m.head_dim)
+        out[n] = w.pow(2).sum((0, 2)).sqrt().cpu()
+    return out
+
+
+def prune_heads_global(model: nn.Module, fraction: float, importance: dict[str, torch.Tensor] | None = None) -> dict[str, list[int]]:
+    """Remove the `fraction` of all heads with the lowest (layer-normalised) importance, keeping at
+    least one head per layer. Returns {module name: removed head indices}."""
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"fraction of heads to prune must lie in [0, 1), got {fraction}")
+    mods = attention_modules(model)
+    if not mods:
+        raise ValueError(f"{type(model).__name__} has no zoo MultiHeadAttention to prune")
+    importance = importance or head_norm_importance(model)
+    ranked = []
+    for n, s in importance.items():
+        s = s / (s.norm() + 1e-12)  # Michel et al. normalise per layer
+        ranked += [(float(v), n, h) for h, v in enumerate(s)]
+    ranked.sort()
+    budget = int(round(fraction * len(ranked)))
+    chosen: dict[str, list[int]] = {n: [] for n in mods}
+    for _, n, h in ranked:
+        if budget == 0:
+            break
+        if len(chosen[n]) < mods[n].num_heads - 1:
+            chosen[n].append(h)
+            budget -= 1
+    for n, hs in chosen.items():
+        prune_heads(mods[n], hs)
+    return {n: hs for n, hs in chosen.items() if hs}
+
+
+def num_heads(model: nn.Module) -> int:
+    return sum(m.num_heads for m in attention_modules(model).values())
+
+
+# --- measuring --------------------------------------------------------------------------------
+
+def size_on_disk(model: nn.Module) -> int:
+    """Bytes of torch.save(state_dict) (quantized tensors included; pruning masks folded first)."""
+    sd = model.state_dict()
+    if any(k.endswith("_orig") or k.endswith("_mask") for k in sd):
+        model = make_pruning_permanent(copy.deepcopy(model))
+        sd = model.state_dict()
+    buf = io.BytesIO()
+    torch.save(sd, buf)
+    return buf.tell()
+
+
+@torch.inference_mode()
+def cpu_latency(models: dict[str, nn.Module], inputs: tuple, rounds: int = 20, warmup: int = 3, threads: int | None = None) -> dict[str, float]:
+    """Median milliseconds per forward; models are interleaved round by round so that load from
+    other processes affects all of them alike."""
+    old = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        for m in models.values():
+            m.eval()
+            for _ in range(warmup):
+                m(*inputs)
+        times: dict[str, list[float]] = {k: [] for k in models}
+        for _ in range(rounds):
+            for k, m in models.items():
+                t = time.perf_counter()
+                m(*inputs)
+                times[k].append((time.perf_counter() - t) * 1000)
+        return {k: statistics.median(v) for k, v in times.items()}
+    finally:
+        torch.set_num_threads(old)
+
+
+def split_batch(batch) -> tuple[tuple, dict, torch.Tensor]:
+    """(args, kwargs, labels) for the model from an image (x, y) or a text dict batch."""
+    if isinstance(batch, dict):
+        keys = ("input_ids", "attention_mask", "token_type_ids")
+        return (), {k: batch[k] for k in keys if k in batch}, batch["labels"]
+    x, y = batch
+    return (x,), {}, y
+
+
+def classification_loss(model: nn.Module, batch) -> torch.Tensor:
+    args, kwargs, y = split_batch(batch)
+    out = model(*args, **kwargs)
+    if isinstance(out, tuple):  # a DeiT student while distilled-training
+        out = sum(out) / len(out)
+    return F.cross_entropy(out.flatten(0, -2).float(), y.flatten(), ignore_index=-100)
+
+
+@torch.inference_mode()
+def accuracy(model: nn.Module, loader) -> float:
+    model.eval()
+    correct = total = 0
+    for batch in loader:
+        args, kwargs, y = split_batch(batch)
+        pred = model(*args, **kwargs).argmax(-1)
+        keep = y != -100
+        correct += int((pred[keep] == y[keep]).sum())
+        total += int(keep.sum())
+    return correct / max(total, 1)
+
+
+def finetune(model: nn.Module, loader, epochs: int = 1, lr: float = 2e-4, weight_decay: float = 0.01, max_steps: int | None = None) -> nn.Module:
+    """A short AdamW fine-tune with the classification loss (pruning masks stay applied)."""
+    model.train()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay)
+    step = 0
+    for _ in range(epochs):
+        for batch in loader:
+            loss = classification_loss(model, batch)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            if max_steps and step >= max_steps:
+                return model.eval()
+    return model.eval()
+
+
+# --- saving / loading compressed models ------------------------------------------------------
+
+def save_compressed(model: nn.Module, out: str | Path, name: str, overrides: dict, pruned_heads: dict[str, list[int]],
+                    quantized: str | None) -> Path:
+    """Write the weights and `compress.json` (model name, overrides, removed heads, quantization).
+
+    Float models: model.safetensors. Quantized ones: model_int8.pt, a plain torch.save state dict
+    (quantized tensors cannot go in safetensors); it loads with weights_only=True after re-quantizing."""
+    from .weights import save_safetensors
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    meta = {"model": name, "overrides": overrides, "pruned_heads": pruned_heads, "quantized": quantized}
+    if quantized:
+        torch.save(model.state_dict(), out / "model_int8.pt")
+    else:
+        save_safetensors(make_pruning_permanent(model), out / "model.safetensors")
+    (out / "compress.json").write_text(json.dumps(meta, indent=2))
+    return out
+
+
+def load_compressed(path: str | Path) -> nn.Module:
+    """Rebuild a model written by `save_compressed` (heads removed, re-quantized if it was)."""
+    from .registry import create_model
+    from .weights import load_state_dict_checked
+
+    path = Path(path)
+    meta = json.loads((path / "compress.json").read_text())
+    model = create_model(meta["model"], **meta["overrides"]).eval()
+    mods = attention_modules(model)
+    for n, hs in meta["pruned_heads"].items():
+        prune_heads(mods[n], hs)
+    if meta["quantized"]:
+        model = quantize_int8(model, meta["quantized"])
+        sd = torch.load(path / "model_int8.pt", map_location="cpu", weights_only=True)
+        model.load_state_dict(sd)
+        return model
+    from safetensors.torch import load_file
+
+    load_state_dict_checked(model, load_file(str(path / "model.safetensors")))
+    return model
+
+
+# --- CLI --------------------------------------------------------------------------------------
+
+def _load_ckpt_model(ckpt: str | None, model: str | None, model_kwargs: dict) -> tuple[nn.Module, str, dict]:
+    from .registry import create_model
+
+    if ckpt is None:
+        if model is None:
+            raise SystemExit("zoo compress: pass --ckpt PATH and/or --model NAME")
+        return create_model(model, **model_kwargs), model, model_kwargs
+    if not Path(ckpt).exists():
+        raise SystemExit(f"zoo compress: checkpoint {ckpt!r} does not exist")
+    overrides = dict(model_kwargs)
+    if ckpt.endswith(".ckpt"):
+        hp = torch.load(ckpt, map_location="cpu", weights_only=True).get("hyper_parameters", {})
+        model = model or hp.get("model")
+        overrides = {**(hp.get("data_overrides") or {}), **(hp.get("model_kwargs") or {}), **overrides}
+    if model is None:
+        raise SystemExit(f"zoo compress: {ckpt} does not name its model; pass --model NAME")
+    return create_model(model, pretrained=ckpt, **overrides), model, overrides
+
+
+def _data(spec: str | None, args: dict):
+    if not spec:
+        return None
+    import importlib
+
+    mod, _, cls = spec.rpartition(".")
+    dm = getattr(importlib.import_module(mod), cls)(**args)
+    dm.setup("fit")
+    return dm
+
+
+def _table(rows: list[dict]) -> str:
+    cols = list(rows[0])
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        lines.append("| " + " | ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in r.values()) + " |")
+    return "\n".join(lines)
+
+
+def apply_main(argv: list[str]) -> int:
+    from .export import example_inputs
+
+    p = argparse.ArgumentParser(prog="zoo compress", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ckpt", help="a `zoo fit` checkpoint (.ckpt) or a weights file (with --model)")
+    p.add_argument("--model", help="registered model name (read from the checkpoint when omitted)")
+    p.add_argument("--model-kwargs", default="{}", help="JSON overrides")
+    p.add_argument("--quantize", choices=["none", "int8"], default="none")
+    p.add_argument("--backend", choices=["auto", "torchao", "torch.ao"], default="auto")
+    p.add_argument("--prune", type=float, default=0.0, help="fraction of Linear weights (or of heads) to remove")
+    p.add_argument("--prune-kind", choices=["unstructured", "structured", "heads"], default="unstructured")
+    p.add_argument("--data", help="data module class path for accuracy and fine-tuning, e.g. zoo.data.images.MNIST5k")
+    p.add_argument("--data-args", default="{}", help="JSON init arguments of the data module")
+    p.add_argument("--finetune-epochs", type=int, default=0, help="fine-tune after pruning (needs --data)")
+    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--threads", type=int, default=1, help="CPU threads for the latency measurement")
+    p.add_argument("--out", required=True)
+    a = p.parse_args(argv)
+    torch.manual_seed(0)
+    model, name, overrides = _load_ckpt_model(a.ckpt, a.model, json.loads(a.model_kwargs))
+    model.eval()
+    dm = _data(a.data, json.loads(a.data_args))
+    if a.finetune_epochs and dm is None:
+        raise SystemExit("zoo compress: --finetune-epochs needs --data")
+    ex = example_inputs(model, batch=1, length=128)
+    rows, variants = [], {"original": model}
+    original_heads = num_heads(model)
+    work, removed = copy.deepcopy(model), {}
+    if a.prune > 0:
+        if a.prune_kind == "heads":
+            imp = head_importance(work, list(dm.val_dataloader()), classification_loss) if dm else None
+            removed = prune_heads_global(work, a.prune, imp)
+        else:
+            prune_linear(work, a.prune, structured=a.prune_kind == "structured")
+        if a.finetune_epochs:
+            finetune(work, dm.train_dataloader(), a.finetune_epochs, a.lr)
+        make_pruning_permanent(work)
+        removed = {n: m.pruned_heads for n, m in attention_modules(work).items() if getattr(m, "pruned_heads", None)}
+        variants[f"pruned {a.prune_kind} {a.prune:g}"] = work
+    if a.quantize == "int8":
+        work = quantize_int8(work, a.backend)
+        variants[f"{'pruned + ' if a.prune > 0 else ''}int8 ({work.quantization_backend})"] = work
+    lat = cpu_latency(variants, ex.args, rounds=10, threads=a.threads)
+    for label, m in variants.items():
+        row = {"variant": label, "size_MB": size_on_disk(m) / 1e6, f"cpu_ms_b1_{a.threads}thr": lat[label],
+               "linear_sparsity": sparsity(m) if not getattr(m, "quantization_backend", None) else float("nan"),
+               "heads": f"{num_heads(m)}/{original_heads}"}
+        if dm is not None:
+            row["test_acc"] = accuracy(m, dm.test_dataloader())
+        rows.append(row)
+    out = save_compressed(work, a.out, name, overrides, removed, getattr(work, "quantization_backend", None))
+    table = _table(rows)
+    (out / "report.md").write_text(f"`zoo compress {' '.join(argv)}`\n\n{table}\n")
+    (out / "report.json").write_text(json.dumps(rows, indent=2))
+    print(table)
+    print(f"wrote {out}/ (compress.json, weights, report.md)")
+    return 0
+
+
+def latency_main(argv: list[str]) -> int:
+    from .export import example_inputs
+    from .registry import create_model
+
+    p = argparse.ArgumentParser(prog="zoo compress latency", description="fp32 vs int8 CPU latency of a model (random weights)")
+    p.add_argument("--model", required=True)
+    p.add_argument("--model-kwargs", default="{}")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--length", type=int, default=128)
+    p.add_argument("--rounds", type=int, default=15)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--backends", default="torchao,torch.ao" if torchao_available() else "torch.ao")
+    p.add_argument("--out", help="append the rows to this CSV")
+    a = p.parse_args(argv)
+    torch.manual_seed(0)
+    model = create_model(a.model, **json.loads(a.model_kwargs)).eval()
+    variants = {"fp32": model}
+    for b in a.backends.split(","):
+        variants[f"int8 {b}"] = quantize_int8(model, b)
+    ex = example_inputs(model, a.batch, a.length)
+    lat = cpu_latency(variants, ex.args, rounds=a.rounds, threads=a.threads)
+    with torch.inference_mode():
+        ref = model(*ex.args)
+        diffs = {k: float((m(*ex.args) - ref).abs().max()) for k, m in variants.items()}
+    rows = [{"model": a.model, "variant": k, "batch": a.batch, "length": a.length, "threads": a.threads,
+             "size_MB": round(size_on_disk(m) / 1e6, 2), "median_ms": round(lat[k], 2),
+             "speedup": round(lat["fp32"] / lat[k], 2), "max_abs_diff": round(diffs[k], 5)} for k, m in variants.items()]
+    print(_table(rows))
+    if a.out:
+        import csv
+
+        path = Path(a.out)
+        new = not path.exists()
+        with path.open("a", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+            if new:
+                w.writeheader()
+            w.writerows(rows)
+    return 0
+
+
+def sweep_main(argv: list[str]) -> int:
+    """Sparsity vs accuracy: each pruning kind and amount, before and after a short fine-tune."""
+    import csv
+
+    p = argparse.ArgumentParser(prog="zoo compress sweep", description=sweep_main.__doc__)
+    p.add_argument("--ckpt", required=True)
+    p.add_argument("--model")
+    p.add_argument("--model-kwargs", default="{}")
+    p.add_argument("--data", required=True)
+    p.add_argument("--data-args", default="{}")
+    p.add_argument("--kinds", default="unstructured,structured,heads")
+    p.add_argument("--amounts", default="0.25,0.5,0.75")
+    p.add_argument("--finetune-epochs", type=int, default=1)
+    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--out", required=True, help="CSV file")
+    a = p.parse_args(argv)
+    torch.manual_seed(0)
+    base, _, _ = _load_ckpt_model(a.ckpt, a.model, json.loads(a.model_kwargs))
+    dm = _data(a.data, json.loads(a.data_args))
+    rows = [{"kind": "none", "amount": 0.0, "linear_sparsity": sparsity(base), "heads": num_heads(base),
+             "test_acc_pruned": accuracy(base, dm.test_dataloader()), "test_acc_finetuned": float("nan"),
+             "size_MB": size_on_disk(base) / 1e6}]
+    imp = head_importance(copy.deepcopy(base), list(dm.val_dataloader()), classification_loss) if "heads" in a.kinds else None
+    for kind in a.kinds.split(","):
+        for amount in map(float, a.amounts.split(",")):
+            torch.manual_seed(0)
+            m = copy.deepcopy(base)
+            if kind == "heads":
+                prune_heads_global(m, amount, imp)
+            else:
+                prune_linear(m, amount, structured=kind == "structured")
+            before = accuracy(m, dm.test_dataloader())
+            if a.finetune_epochs:
+                finetune(m, dm.train_dataloader(), a.finetune_epochs, a.lr)
+            make_pruning_permanent(m)
+            rows.append({"kind": kind, "amount": amount, "linear_sparsity": sparsity(m), "heads": num_heads(m),
+                         "test_acc_pruned": before, "test_acc_finetuned": accuracy(m, dm.test_dataloader()),
+                         "size_MB": size_on_disk(m) / 1e6})
+            print(_table(rows[-1:]), flush=True)
+    with open(a.out, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    print(_table(rows))
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    if argv and argv[0] == "latency":
+        return latency_main(argv[1:])
+    if argv and argv[0] == "sweep":
+        return sweep_main(argv[1:])
+    return apply_main(argv)
+
+
+def _register() -> None:
+    from .cli import EXTRA_COMMANDS
+
+    EXTRA_COMMANDS["compress"] = ("quantize (int8) / prune a checkpoint and report size, CPU latency and accuracy", main)
+
+
+_register()
