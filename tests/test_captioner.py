@@ -76,10 +76,14 @@ def test_caption_data_shift_and_targets():
     assert dm.model_overrides["vocab_size"] == len(tok) and dm.model_overrides["eos_token_id"] == tok.eos_token_id
 
 
-def test_recipe_fast_dev_run(tmp_path):
+def test_recipe_fast_dev_run(tmp_path, monkeypatch):
+    import os
+
     from zoo.cli import lightning_main
 
-    cli = lightning_main(["fit", "--config", "configs/caption_mnist.yaml", "--trainer.fast_dev_run", "1",
+    config = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs", "caption_mnist.yaml")
+    monkeypatch.chdir(tmp_path)  # the recipe writes runs/... relative to the working directory
+    cli = lightning_main(["fit", "--config", config, "--trainer.fast_dev_run", "1",
                           "--trainer.default_root_dir", str(tmp_path),
                           "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
                           "--data.batch_size", "8"])

@@ -42,6 +42,7 @@ def test_resume_from_last_repeats_the_uninterrupted_run(tmp_path, monkeypatch):
     # the same run, stopped after 2 of its 4 epochs (schedule unchanged), then resumed from last.ckpt
     first = _fit("--trainer.callbacks+=zoo.callbacks.StopAfter", "--trainer.callbacks.epochs=2")
     assert isinstance(first.trainer.strategy.checkpoint_io, AtomicCheckpointIO)
+    assert os.listdir(os.path.join(first.trainer.logger.log_dir, "tensorboard"))  # TensorBoard events beside the CSV
     assert os.path.exists("runs/vit_digits/checkpoints/last.ckpt")
     second = _fit("--ckpt_path", "last")
     resumed = {**_losses(first), **_losses(second)}

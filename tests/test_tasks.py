@@ -165,13 +165,13 @@ class _Losses(L.Callback):
         self.losses.append(float(outputs["loss"]))
 
 
-def _digits_run(precision: str, steps: int = 12):
+def _digits_run(precision: str, steps: int = 30):
     from zoo.data.images import Digits
     from zoo.tasks.image import ImageClassification
 
     L.seed_everything(0)
     rec = _Losses()
-    task = ImageClassification("vit_digits", lr=2e-3, data_overrides={"num_classes": 10, "in_chans": 1, "img_size": 8})
+    task = ImageClassification("vit_digits", lr=3e-3, data_overrides={"num_classes": 10, "in_chans": 1, "img_size": 8})
     trainer = L.Trainer(max_steps=steps, precision=precision, accelerator="cpu", logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, callbacks=[rec])
     trainer.fit(task, datamodule=Digits(batch_size=64, augment=False))
@@ -180,11 +180,11 @@ def _digits_run(precision: str, steps: int = 12):
 
 def test_bf16_mixed_tracks_float32():
     fp32, bf16 = _digits_run("32-true"), _digits_run("bf16-mixed")
-    assert len(fp32) == len(bf16) == 12
+    assert len(fp32) == len(bf16) == 30
     diffs = [abs(a - b) for a, b in zip(fp32, bf16)]
-    # bf16 keeps 8 bits of mantissa: losses agree to ~1e-2 over a short run, and both go down
+    # bf16 keeps 8 bits of mantissa: per-step losses stay within 0.05 of float32 over 30 steps, and both go down
     assert max(diffs) < 0.05, diffs
-    assert fp32[-1] < fp32[0] - 0.2 and bf16[-1] < bf16[0] - 0.2
+    assert fp32[-1] < fp32[0] - 0.1 and bf16[-1] < bf16[0] - 0.1, (fp32, bf16)
     assert max(diffs) > 0  # it really ran in bf16
 
 

@@ -115,12 +115,32 @@ class StopAfter(L.Callback):
 
 
 def default_trainer_extras(trainer: L.Trainer) -> None:
-    """Add `StepSeed` and, where the strategy saves through a CheckpointIO, `AtomicCheckpointIO` unless given."""
+    """Add `StepSeed`, a TensorBoard logger beside a CSV one when tensorboard is installed, and, where
+    the strategy saves through a CheckpointIO, `AtomicCheckpointIO` unless given."""
     if not any(isinstance(cb, StepSeed) for cb in trainer.callbacks):
         trainer.callbacks.append(StepSeed())
+    add_tensorboard(trainer)
     from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 
     strategy = trainer.strategy
     # Sharded strategies (FSDP, ModelParallel) write distributed checkpoints themselves; leave them alone.
     if type(strategy) in (SingleDeviceStrategy, DDPStrategy) and type(strategy.checkpoint_io) is TorchCheckpointIO:
         strategy.checkpoint_io = AtomicCheckpointIO()
+
+
+def add_tensorboard(trainer: L.Trainer) -> None:
+    """CSV logs always; TensorBoard event files next to them (same folder and version) when tensorboard is installed."""
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    loggers = trainer.loggers
+    if os.environ.get("ZOO_TENSORBOARD", "1") == "0" or any(isinstance(lg, TensorBoardLogger) for lg in loggers):
+        return
+    csv = [lg for lg in loggers if isinstance(lg, CSVLogger)]
+    if not csv:
+        return
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        return
+    trainer.loggers = [*loggers, TensorBoardLogger(csv[0].save_dir, name=csv[0].name,
+                                                   version=csv[0].version, sub_dir="tensorboard")]

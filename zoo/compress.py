@@ -537,8 +537,11 @@ def sweep_main(argv: list[str]) -> int:
     torch.manual_seed(0)
     base, _, _ = _load_ckpt_model(a.ckpt, a.model, json.loads(a.model_kwargs))
     dm = _data(a.data, json.loads(a.data_args))
+    # the unpruned model gets the same fine-tune: the baseline that pruned rows are compared with
+    tuned = finetune(copy.deepcopy(base), dm.train_dataloader(), a.finetune_epochs, a.lr) if a.finetune_epochs else base
     rows = [{"kind": "none", "amount": 0.0, "linear_sparsity": sparsity(base), "heads": num_heads(base),
-             "test_acc_pruned": accuracy(base, dm.test_dataloader()), "test_acc_finetuned": float("nan"),
+             "test_acc_pruned": accuracy(base, dm.test_dataloader()),
+             "test_acc_finetuned": accuracy(tuned, dm.test_dataloader()) if a.finetune_epochs else float("nan"),
              "size_MB": size_on_disk(base) / 1e6}]
     imp = head_importance(copy.deepcopy(base), list(dm.val_dataloader()), classification_loss) if "heads" in a.kinds else None
     for kind in a.kinds.split(","):

@@ -135,16 +135,22 @@ def load_checkpoint_model(path: str | Path) -> tuple[nn.Module, dict]:
     return model.eval(), ckpt
 
 
-def checkpoint_tokenizer(ckpt: dict, directory: str | None = None):
-    if directory:
-        from .data.tokenizers import load_tokenizer
+def checkpoint_tokenizer(ckpt: dict, directory: str | None = None, ckpt_path: str | None = None):
+    """The tokenizer of a run: --tokenizer DIR, else the one stored in the checkpoint (multimodal
+    recipes), else a `tokenizer/` folder next to the checkpoint or above it (text recipes save one)."""
+    from .data.tokenizers import load_tokenizer
 
+    if directory:
         return load_tokenizer(directory)
     if "tokenizer_json" in ckpt:
         from .data.multimodal import tokenizer_from_state
 
         return tokenizer_from_state(ckpt["tokenizer_json"])
-    raise ValueError("this checkpoint stores no tokenizer; pass --tokenizer DIR (a folder written by save_tokenizer)")
+    if ckpt_path:
+        for parent in list(Path(ckpt_path).resolve().parents)[:4]:
+            if (parent / "tokenizer" / "tokenizer.json").is_file():
+                return load_tokenizer(parent / "tokenizer")
+    raise ValueError("found no tokenizer for this checkpoint; pass --tokenizer DIR (a folder written by save_tokenizer)")
 
 
 def mnist_test_images(per_class: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
@@ -326,14 +332,14 @@ def main(argv: list[str]) -> int:
         from .data.multimodal import class_prompts
         from .data.tokenizers import encode_batch
 
-        tok = checkpoint_tokenizer(ckpt, args.tokenizer)
+        tok = checkpoint_tokenizer(ckpt, args.tokenizer, args.ckpt)
         images, _ = mnist_test_images()
         texts = class_prompts(languages=("en",))[:10]  # the first held-out English template
         enc = encode_batch(tok, texts)
         sim = clip_similarity(model, images, enc["input_ids"], enc["attention_mask"])
         print(plot_similarity(sim, images, texts, out))
     else:  # cross-attention
-        tok = checkpoint_tokenizer(ckpt, args.tokenizer)
+        tok = checkpoint_tokenizer(ckpt, args.tokenizer, args.ckpt)
         cfg = model.config
         if args.text is None:  # image-to-text: an MNIST digit
             images, _ = mnist_test_images()
@@ -343,7 +349,7 @@ def main(argv: list[str]) -> int:
 
             enc = encode_batch(tok, [args.text])
             inputs, mask = enc["input_ids"], enc["attention_mask"]
-            src_labels = tok.convert_ids_to_tokens(inputs[0].tolist())
+            src_labels = [tok.decode([i]).strip() or tok.convert_ids_to_tokens(i) for i in inputs[0].tolist()]
         if args.target is not None:
             tgt = [cfg.decoder_start_token_id] + tok(args.target)["input_ids"]
         else:
@@ -351,7 +357,7 @@ def main(argv: list[str]) -> int:
             if cfg.eos_token_id in tgt:
                 tgt = tgt[: tgt.index(cfg.eos_token_id) + 1]
         # rows: the token predicted at each step, reading the decoder input up to it
-        predicted = tok.convert_ids_to_tokens(tgt[1:])
+        predicted = [tok.decode([i]).strip() or tok.convert_ids_to_tokens(i) for i in tgt[1:]]
         if src_labels is None:
             print(plot_caption_attention(model, inputs[0], tgt[:-1], predicted, out, "caption: " + tok.decode(tgt, skip_special_tokens=True)))
         else:

@@ -69,9 +69,14 @@ def speed_main(argv: list[str]) -> int:
     ap.add_argument("--steps", type=int, default=2, help="steps per round")
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory step")
     ap.add_argument("--peak-size", type=int, default=2048, help="side of the square sgemm that measures the matmul peak")
+    ap.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's, i.e. OMP_NUM_THREADS or the cores)")
     ap.add_argument("--out", default="results/bench", help="directory for speed[_TAG].csv / .json")
     ap.add_argument("--tag", default="", help="file name suffix, e.g. seqlen")
     a = ap.parse_args(argv)
+    if a.threads:
+        import torch
+
+        torch.set_num_threads(a.threads)
     opts = SpeedOptions(batch_size=a.batch_size, seq_lens=a.seq_lens, tgt_len=a.tgt_len, img_size=a.img_size,
                         precisions=a.precision, modes=a.modes, vs_peers=a.vs_peers or a.goals, compile=a.compile,
                         gradient_checkpointing=a.gradient_checkpointing, warmup=a.warmup, rounds=a.rounds, steps=a.steps,
@@ -102,7 +107,7 @@ def speed_main(argv: list[str]) -> int:
     out = Path(a.out)
     stem = "speed" + (f"_{a.tag}" if a.tag else "")
     write_rows(result["rows"], out / f"{stem}.csv")
-    result["command"] = "zoo bench speed " + " ".join(argv)
+    result["command"] = ("zoo bench speed " + " ".join(argv)).strip()
     (out / f"{stem}.json").write_text(json.dumps(result, indent=1, default=str))
     print(f"wrote {out / stem}.csv and .json")
     return 0

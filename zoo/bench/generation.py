@@ -71,7 +71,7 @@ def main(argv: list[str]) -> int:
     out = Path(a.out)
     write_rows(rows, out / "generation.csv")
     info["load_avg_1m_end"] = __import__("os").getloadavg()[0]
-    (out / "generation.json").write_text(json.dumps({"machine": info, "rows": rows, "command": "zoo bench generate " + " ".join(argv),
+    (out / "generation.json").write_text(json.dumps({"machine": info, "rows": rows, "command": ("zoo bench generate " + " ".join(argv)).strip(),
                                                      "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, indent=1))
     print(f"wrote {out}/generation.csv and .json (load avg {info['load_avg_1m']:.1f} -> {info['load_avg_1m_end']:.1f})")
     return 0

@@ -128,16 +128,18 @@ def plot(rows: list[dict], task_name: str, metric: str, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for ax, key, label in ((axes[0], "macs_per_sample", "MACs per sample (forward)"),
                            (axes[1], "train_samples_per_s", "training throughput (samples/s)")):
         xs, ys = [r[key] for r in rows], [r["value"] for r in rows]
         ax.scatter(xs, ys, s=40)
-        for r, x, y in zip(rows, xs, ys):
-            ax.annotate(_short(r["variant"]), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        for i, (r, x, y) in enumerate(zip(rows, xs, ys)):  # alternate above / below so that labels do not collide
+            ax.annotate(_short(r["variant"]), (x, y), textcoords="offset points", xytext=(4, 5 if i % 2 == 0 else -11), fontsize=7)
         ax.set_xscale("log")
         ax.margins(x=0.3, y=0.15)  # room for the labels
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel(label)
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
@@ -150,7 +152,7 @@ def plot(rows: list[dict], task_name: str, metric: str, path: Path) -> None:
 
 def _short(spec: str) -> str:
     name, _, rest = spec.partition(":")
-    return name + (f" ({rest[:40]})" if rest else "")
+    return name + (f" ({rest[:24]}...)" if len(rest) > 24 else f" ({rest})" if rest else "")
 
 
 def main(argv: list[str]) -> int:
@@ -186,7 +188,7 @@ def main(argv: list[str]) -> int:
     write_rows([{k: (json.dumps(v) if isinstance(v, dict) else v) for k, v in r.items()} for r in rows], stem.with_suffix(".csv"))
     stem.with_suffix(".json").write_text(json.dumps({
         "task": a.task, "note": task.note, "budget": budget, "machine": machine_info(), "rows": rows,
-        "command": "zoo bench quality " + " ".join(argv), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "command": ("zoo bench quality " + " ".join(argv)).strip(), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }, indent=1))
     plot(rows, a.task, task.metric, stem.with_suffix(".png"))
     print(f"wrote {stem}.csv, .json and .png")

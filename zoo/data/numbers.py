@@ -147,7 +147,7 @@ class NumberComparison(_NumbersBase):
 
     tokenizer_kind = "wordpiece"
 
-    def __init__(self, languages: list[str] = ("en", "fr"), pairs_per_split: tuple[int, int, int] = (40000, 1000, 2000),
+    def __init__(self, languages: list[str] = ("en", "fr"), pairs_per_split: tuple[int, int, int] = (20000, 1000, 2000),
                  near: int = 20, with_corpus: bool = True, vocab_size: int = 4000, max_length: int = 64, **kwargs):
         super().__init__(vocab_size=vocab_size, max_length=max_length, **kwargs)
         self.languages, self.pairs_per_split, self.near, self.with_corpus = list(languages), tuple(pairs_per_split), near, with_corpus
