@@ -159,6 +159,20 @@ def test_captions_and_held_out_templates():
     assert tok2("ein foto der ziffer acht")["input_ids"] == tok("ein foto der ziffer acht")["input_ids"]
 
 
+def test_word_dropout_keeps_the_number_word():
+    dm = mm.MNISTCaptionsContrastive(word_dropout=0.5)
+    labels = torch.arange(10).repeat(5)
+    train_captions = {c for per_digit in mm.captions(mm.TRAIN_TEMPLATES) for c in per_digit}
+    words = [{mm.digit_word(d, lang) for lang in mm.LANGUAGES} for d in range(10)]
+    caps = dm.augmented_captions(labels)
+    for d, cap in zip(labels.tolist(), caps):
+        assert set(cap.split()) & words[d], cap  # the number word always survives
+        assert set(cap.split()) <= {w for c in train_captions for w in c.split()}  # nothing new is invented
+    assert any(c not in train_captions for c in caps)  # words were dropped
+    with pytest.raises(ValueError, match="word_dropout"):
+        mm.MNISTCaptionsContrastive(word_dropout=1.0)
+
+
 def test_recipe_fast_dev_run(tmp_path, monkeypatch):
     import os
 

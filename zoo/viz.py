@@ -362,7 +362,8 @@ def main(argv: list[str]) -> int:
             print(plot_caption_attention(model, inputs[0], tgt[:-1], predicted, out, "caption: " + tok.decode(tgt, skip_special_tokens=True)))
         else:
             att = cross_attentions(model, inputs, torch.tensor([tgt[:-1]]), mask)[-1][0].mean(0)
-            print(plot_cross_attention(att, src_labels, predicted, out))
+            title = f"{args.text!r} -> {tok.decode(tgt, skip_special_tokens=True)!r}\ncross-attention, last layer, mean over heads"
+            print(plot_cross_attention(att, src_labels, predicted, out, title))
     return 0
 
 

@@ -112,12 +112,20 @@ class _CaptionedMNIST(MNIST5k):
 
 class MNISTCaptionsContrastive(_CaptionedMNIST):
     """Image–caption pairs for CLIP. Training captions: a random training template and language per
-    image per step. `zero_shot_prompts()` gives held-out prompts for zero-shot evaluation."""
+    image per step. `zero_shot_prompts()` gives held-out prompts for zero-shot evaluation.
+
+    word_dropout: while training, drop each word around the number word with this probability
+    (text augmentation: with only a few templates the text tower otherwise memorises whole
+    templates and generalises worse to unseen prompts)."""
 
     name = "mnist5k_captions"
 
-    def __init__(self, batch_size: int = 256, **kwargs):
+    def __init__(self, batch_size: int = 256, word_dropout: float = 0.0, **kwargs):
         super().__init__(batch_size=batch_size, **kwargs)
+        if not 0 <= word_dropout < 1:
+            raise ValueError(f"word_dropout must be in [0, 1), got {word_dropout}")
+        self.word_dropout = word_dropout
+        self.templates = [(lang, t) for lang in self.languages for t in TRAIN_TEMPLATES[lang]]
         per_digit = captions(TRAIN_TEMPLATES, self.languages)
         self.per_class = len(per_digit[0])
         table = self.encode([c for texts in per_digit for c in texts])  # row d * per_class + j
@@ -130,9 +138,22 @@ class MNISTCaptionsContrastive(_CaptionedMNIST):
     def zero_shot_prompts(self, templates: dict[str, tuple[str, ...]] = HELD_OUT_TEMPLATES) -> dict[str, torch.Tensor]:
         return self.encode(class_prompts(templates, self.languages))
 
+    def augmented_captions(self, labels: torch.Tensor) -> list[str]:
+        """A random training template per label, each word around the number dropped with p=word_dropout."""
+        out = []
+        for digit, j in zip(labels.tolist(), torch.randint(len(self.templates), labels.shape).tolist()):
+            lang, template = self.templates[j]
+            words = [w for w in template.split() if w == "{}" or torch.rand(()).item() >= self.word_dropout]
+            out.append(" ".join(words).format(digit_word(digit, lang)))
+        return out
+
     def on_after_batch_transfer(self, batch, dataloader_idx):
         images, labels = super().on_after_batch_transfer(batch, dataloader_idx)
         training = self.trainer is not None and self.trainer.training
+        if training and self.word_dropout > 0:
+            enc = self.encode(self.augmented_captions(labels))
+            return {"images": images, "labels": labels, "input_ids": enc["input_ids"].to(labels.device),
+                    "attention_mask": enc["attention_mask"].to(labels.device)}
         # Training: a random caption of each image's digit; evaluation: the first (canonical) one.
         pick = torch.randint(self.per_class, labels.shape, device=labels.device) if training else torch.zeros_like(labels)
         rows = (labels * self.per_class + pick).cpu()
