@@ -40,3 +40,12 @@ def test_load_model_errors_name_the_fix(tmp_path):
         load_model(str(tmp_path / "w.safetensors"))
     with pytest.raises(ValueError, match="unknown model"):
         load_model("vit_mnits")
+
+
+def test_checkpoint_overrides_restore_the_task_head_and_drop_task_keys():
+    from zoo.export import checkpoint_overrides
+
+    hp = {"model": "bert_tiny", "_class_path": "zoo.tasks.text.SequenceClassification", "model_kwargs": {"max_positions": 64},
+          "data_overrides": {"vocab_size": 50, "pad_token_id": 0, "num_classes": 3, "mask_token_id": 4}}
+    assert checkpoint_overrides(hp) == {"vocab_size": 50, "pad_token_id": 0, "num_classes": 3, "max_positions": 64, "head": "cls"}
+    assert checkpoint_overrides(hp, {"head": "none"})["head"] == "none"  # the caller wins

@@ -200,9 +200,9 @@ def test_nan_loss_stops_training_with_a_clear_message():
     task = Exploding("vit_digits", data_overrides={"num_classes": 10, "in_chans": 1, "img_size": 8})
     trainer = L.Trainer(max_steps=10, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, limit_val_batches=0)
-    with pytest.raises(FloatingPointError, match=r"nan at step 2.*gradient_clip_val"):
+    with pytest.raises(FloatingPointError, match=r"nan at step 3.*gradient_clip_val"):
         trainer.fit(task, datamodule=Digits(batch_size=64))
-    assert trainer.global_step == 2  # stopped at once, not after the run
+    assert trainer.global_step == 3  # stopped right after the bad (third) step, not at the end of the run
 
 
 def test_atomic_checkpoint_io_never_leaves_half_a_file(tmp_path):

@@ -391,9 +391,12 @@ def _load_ckpt_model(ckpt: str | None, model: str | None, model_kwargs: dict) ->
         raise SystemExit(f"zoo compress: checkpoint {ckpt!r} does not exist")
     overrides = dict(model_kwargs)
     if ckpt.endswith(".ckpt"):
+        from .export import checkpoint_overrides
+
         hp = torch.load(ckpt, map_location="cpu", weights_only=True).get("hyper_parameters", {})
         model = model or hp.get("model")
-        overrides = {**(hp.get("data_overrides") or {}), **(hp.get("model_kwargs") or {}), **overrides}
+        if hp.get("model") == model:
+            overrides = checkpoint_overrides(hp, overrides)
     if model is None:
         raise SystemExit(f"zoo compress: {ckpt} does not name its model; pass --model NAME")
     return create_model(model, pretrained=ckpt, **overrides), model, overrides

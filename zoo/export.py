@@ -167,9 +167,30 @@ def load_model(spec: str, model_kwargs: dict | None = None) -> nn.Module:
         hp = torch.load(spec, map_location="cpu", weights_only=True).get("hyper_parameters", {})
         if "model" not in hp:
             raise ValueError(f"{spec} has no hyper-parameters naming its model; pass MODEL@{spec}")
-        overrides = {**(hp.get("data_overrides") or {}), **(hp.get("model_kwargs") or {}), **kwargs}
-        return create_model(hp["model"], pretrained=spec, **overrides)
+        return create_model(hp["model"], pretrained=spec, **checkpoint_overrides(hp, kwargs))
     return create_model(spec, **kwargs)
+
+
+def checkpoint_overrides(hp: dict, kwargs: dict | None = None) -> dict:
+    """The model overrides a `zoo fit` checkpoint was trained with: data overrides, the user's
+    model_kwargs, and the head a text task picks by its class (e.g. SequenceClassification -> "cls")."""
+    import dataclasses
+    import importlib
+
+    from .registry import get_config
+
+    overrides = {**(hp.get("data_overrides") or {}), **(hp.get("model_kwargs") or {}), **(kwargs or {})}
+    fields = {f.name for f in dataclasses.fields(get_config(hp["model"]))}
+    overrides = {k: v for k, v in overrides.items() if k in fields}  # task-only data keys are not model fields
+    path = hp.get("_class_path", "")
+    if "head" in fields and "head" not in overrides and "." in path:
+        try:
+            task_head = getattr(getattr(importlib.import_module(path.rsplit(".", 1)[0]), path.rsplit(".", 1)[1]), "head", None)
+        except (ImportError, AttributeError):
+            task_head = None
+        if isinstance(task_head, str):
+            overrides["head"] = task_head
+    return overrides
 
 
 def main(argv: list[str]) -> int:
