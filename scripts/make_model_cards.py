@@ -131,7 +131,7 @@ def speed_lines(rows: list[dict]) -> list[str]:
         m = r["machine"]
         size = f"batch {batch}" + (f" x {seq}" if seq else "") + (f" -> {tgt}" if tgt else "")
         peer = f"; {r['vs_peer']:.2f}x {r['peer']}" if "vs_peer" in r else ""
-        out.append(f"  - {mode} {prec}, {size}: {r['samples_per_s']:.1f} samples/s, {r['tokens_per_s']:.0f} tokens/s{peer} "
+        out.append(f"  - {mode} {prec}, {size} ({r.get('params', 0) / 1e6:.1f}M params as benchmarked): {r['samples_per_s']:.1f} samples/s, {r['tokens_per_s']:.0f} tokens/s{peer} "
                    f"({m.get('cpu', '?')}, {m.get('torch_threads', '?')} threads, load {m.get('load_avg_1m', 0):.1f}, "
                    f"{(r.get('date') or '')[:10]}) - `{r.get('command')}`")
     return out

@@ -53,7 +53,7 @@ def test_regeneration_keeps_the_hand_written_section(tmp_path):
 def test_cards_show_results_and_macs_with_their_commands():
     mod = _script()
     speed = {"vit_digits": [{"model": "vit_digits", "side": "zoo", "mode": "forward", "precision": "fp32", "batch": 16,
-                             "seq_len": None, "tgt_len": None, "samples_per_s": 812.5, "tokens_per_s": 13000.0,
+                             "seq_len": None, "tgt_len": None, "params": 136138, "samples_per_s": 812.5, "tokens_per_s": 13000.0,
                              "vs_peer": 1.07, "peer": "timm.VisionTransformer", "date": "2026-01-01T00:00:00Z",
                              "machine": {"cpu": "TestCPU", "torch_threads": 2, "load_avg_1m": 0.5},
                              "command": "zoo bench speed vit_digits --vs-peers"}]}

@@ -347,6 +347,7 @@ def bench_model(name: str, opts: SpeedOptions, seq_len: int, peak_flops: float |
                     "samples_per_s": w.batch / med, "tokens_per_s": w.batch * w.tokens_per_sample / med,
                     "peak_mem_mb": mem[w.label], "load_avg_1m": load,
                 }
+                row["matmul_peak_gflops"] = peak_flops / 1e9 if peak_flops else None
                 if mode == "forward" and w.macs_per_sample:
                     row["achieved_gflops"] = 2 * w.macs_per_sample * w.batch / med / 1e9
                     if peak_flops and precision == "fp32":
@@ -372,6 +373,8 @@ def run_speed(names: list[str], opts: SpeedOptions, log=print) -> dict:
         for seq_len in opts.seq_lens:
             log(f"- {name} (seq_len {seq_len})" if not hasattr(_entry(name).config, "img_size") else f"- {name}")
             rows += bench_model(name, opts, seq_len, peak)
+            # the machine is shared: re-measure the peak next to every model so utilisation compares like with like
+            peak = matmul_peak(opts.peak_size, device=opts.device)
             if hasattr(_entry(name).config, "img_size"):
                 break  # sequence length does not apply to images
             gc.collect()
