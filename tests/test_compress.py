@@ -4,7 +4,6 @@ import json
 
 import pytest
 import torch
-from torch.utils.data import DataLoader, TensorDataset
 
 import zoo
 from zoo.compress import (

@@ -10,11 +10,12 @@ import gzip
 import math
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import TensorDataset
+
+from .base import SplitDataModule
 
 
 def stratified_split(labels: np.ndarray, fractions: tuple[float, ...], seed: int = 0) -> list[np.ndarray]:
@@ -65,7 +66,7 @@ def random_affine(images: torch.Tensor, max_shift: float, max_rotate: float, sca
     return F.grid_sample(images, grid, padding_mode="zeros", align_corners=False)
 
 
-class ImageDataModule(L.LightningDataModule):
+class ImageDataModule(SplitDataModule):
     """In-memory image classification data with batched augmentation on the device."""
 
     name = "images"
@@ -75,6 +76,7 @@ class ImageDataModule(L.LightningDataModule):
                  scale: tuple[float, float] = (0.9, 1.1), split_seed: int = 0, num_workers: int = 0):
         super().__init__()
         self.save_hyperparameters()
+        self.batch_size, self.num_workers = batch_size, num_workers
         self.splits: dict[str, TensorDataset] = {}
 
     # subclasses provide the arrays and the split fractions (test, val)
@@ -97,22 +99,6 @@ class ImageDataModule(L.LightningDataModule):
         test_frac, val_frac = self.fractions
         test, val, train = stratified_split(labels, (test_frac, val_frac, 1 - test_frac - val_frac), self.hparams.split_seed)
         self.splits = {name: TensorDataset(x[idx], y[idx]) for name, idx in (("train", train), ("val", val), ("test", test))}
-
-    def _loader(self, split: str, shuffle: bool = False) -> DataLoader:
-        return DataLoader(self.splits[split], batch_size=self.hparams.batch_size, shuffle=shuffle,
-                          num_workers=self.hparams.num_workers, drop_last=shuffle and len(self.splits[split]) > self.hparams.batch_size)
-
-    def train_dataloader(self):
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self):
-        return self._loader("val")
-
-    def test_dataloader(self):
-        return self._loader("test")
-
-    def predict_dataloader(self):
-        return self._loader("test")
 
     def on_after_batch_transfer(self, batch, dataloader_idx):
         if self.hparams.augment and self.trainer is not None and self.trainer.training:

@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import os
 
-import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import Dataset, TensorDataset
 
+from .base import SplitDataModule
 from .images import random_affine, stratified_split
 from .textdata import Example, TextDataModule, pad
 
@@ -171,7 +171,7 @@ class _FolderImages(Dataset):
         return self.transform(image), label
 
 
-class TorchvisionImages(L.LightningDataModule):
+class TorchvisionImages(SplitDataModule):
     """CIFAR-10 / MNIST / an ImageFolder tree that is already on disk (download is never attempted).
 
     CIFAR-10 and MNIST use their official test split; `val_fraction` of the training images
@@ -188,6 +188,7 @@ class TorchvisionImages(L.LightningDataModule):
         if dataset not in ("cifar10", "mnist", "imagefolder"):
             raise ValueError(f"dataset must be 'cifar10', 'mnist' or 'imagefolder', got {dataset!r}")
         self.save_hyperparameters()
+        self.batch_size, self.num_workers = batch_size, num_workers
         self.splits: dict[str, Dataset] = {}
         self._num_classes = None
 
@@ -279,23 +280,6 @@ class TorchvisionImages(L.LightningDataModule):
         parts["train"] = _FolderImages(full, tf)
         parts.setdefault("test", parts["val"])
         self.splits = parts
-
-    def _loader(self, split, shuffle=False):
-        ds = self.splits[split]
-        return DataLoader(ds, batch_size=self.hparams.batch_size, shuffle=shuffle, num_workers=self.hparams.num_workers,
-                          drop_last=shuffle and len(ds) > self.hparams.batch_size)
-
-    def train_dataloader(self):
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self):
-        return self._loader("val")
-
-    def test_dataloader(self):
-        return self._loader("test")
-
-    def predict_dataloader(self):
-        return self._loader("test")
 
     def on_after_batch_transfer(self, batch, dataloader_idx):
         hp = self.hparams

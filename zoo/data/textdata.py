@@ -14,10 +14,9 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import torch
-from torch.utils.data import DataLoader
 
+from .base import SplitDataModule
 from .tokenizers import load_tokenizer, save_tokenizer, train_tokenizer
 
 Example = dict[str, Any]
@@ -41,10 +40,11 @@ def read_text_files(paths: list[str]) -> list[str]:
     return texts
 
 
-class TextDataModule(L.LightningDataModule):
+class TextDataModule(SplitDataModule):
     """Base class: subclasses implement `make_examples()` and `encode(examples)`/`collate(rows)`."""
 
     tokenizer_kind = "bpe"
+    predict_split = "predict"
 
     def __init__(self, batch_size: int = 64, vocab_size: int = 1000, max_length: int = 128, tokenizer: str | None = None,
                  num_workers: int = 0, predict_texts: list[str] | None = None, predict_files: list[str] | None = None):
@@ -106,22 +106,6 @@ class TextDataModule(L.LightningDataModule):
         trainer = self.trainer
         if trainer is not None and trainer.is_global_zero and not trainer.fast_dev_run:
             save_tokenizer(self.tokenizer, os.path.join(trainer.default_root_dir, "tokenizer"))
-
-    def _loader(self, split: str, shuffle: bool = False) -> DataLoader:
-        return DataLoader(self.splits[split], batch_size=self.batch_size, shuffle=shuffle, collate_fn=self.collate,
-                          num_workers=self.num_workers, drop_last=shuffle and len(self.splits[split]) > self.batch_size)
-
-    def train_dataloader(self):
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self):
-        return self._loader("val")
-
-    def test_dataloader(self):
-        return self._loader("test")
-
-    def predict_dataloader(self):
-        return self._loader("predict")
 
     def decode(self, ids) -> list[str]:
         from .tokenizers import decode_batch

@@ -46,7 +46,7 @@ def from_torch_transformer(module: nn.Transformer, vocab_size: int = 1000, src_e
     """
     if not isinstance(module, nn.Transformer):
         raise TypeError(f"from_torch_transformer expects torch.nn.Transformer, got {type(module).__name__}")
-    enc, dec = module.encoder.layers[0], module.decoder.layers[0]
+    enc = module.encoder.layers[0]
     if enc.self_attn.in_proj_bias is None or enc.linear1.bias is None or enc.norm1.bias is None:
         raise ValueError("nn.Transformer(bias=False) has no zoo equivalent: zoo's vanilla transformer uses biases")
     if module.encoder.norm is None or module.decoder.norm is None:
