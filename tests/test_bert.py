@@ -139,13 +139,6 @@ def test_overrides_reach_the_modules():
     assert not m.encoder.blocks[0].norm_first and m.encoder.blocks[0].norm1.eps == 1e-12
 
 
-@pytest.fixture
-def one_thread():
-    # Tiny matmuls gain nothing from threads and, on a busy 2-core machine, lose a lot.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def test_tiny_bert_overfits_a_handful_of_sequences(one_thread):

@@ -29,13 +29,6 @@ def tiny(kind, **extra):
     return registry.create_model(name, **{**kw, **extra}).eval()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # tiny models: on the shared 2-core test machine extra threads only add contention
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(params=list(TINY))

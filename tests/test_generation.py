@@ -8,12 +8,6 @@ from zoo.generation import GenerationMixin, _filter_logits, _Setup, beam_search,
 from test_encoder_decoder import TINY, V, tiny  # noqa: F401
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(params=list(TINY))

@@ -10,12 +10,6 @@ from zoo.cli import main
 from zoo.interop import load_converted
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def run(*argv):

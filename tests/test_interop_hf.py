@@ -15,13 +15,6 @@ from zoo.interop import from_hf, to_hf
 from zoo.weights import StateDictMismatch
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one thread avoids OpenMP spin-waiting on a loaded machine (100x slower there)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def assert_parity(out, ref, keep=None, tol=1e-4):

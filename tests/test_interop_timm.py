@@ -8,13 +8,6 @@ from zoo.interop import from_timm
 from zoo.weights import StateDictMismatch, load_state_dict_checked
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one thread avoids OpenMP spin-waiting on a loaded machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def assert_parity(out, ref, tol=1e-4):

@@ -8,12 +8,6 @@ import torchvision
 from zoo.interop import from_torch_transformer, from_torchvision_vit
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def assert_parity(out, ref, keep=None, tol=1e-4):
