@@ -29,8 +29,11 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         if any(k.startswith(prefix) for k in sd):
             sd = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
         return sd
-    if not isinstance(obj, dict):
-        raise ValueError(f"{path} does not hold a state dict (got {type(obj).__name__})")
+    for key in ("model", "module"):  # other common wrappers around a state dict
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ValueError(f"{path} does not hold a flat state dict of tensors")
     return obj
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..weights import load_state_dict_checked
+from ..weights import load_state_dict_checked, read_state_dict
 
 # transformers `hidden_act` / `activation_function` strings -> zoo.core activation names.
 # gelu_new and gelu_pytorch_tanh are the same tanh approximation to 2.4e-7 (parity_facts §0).
@@ -33,20 +33,7 @@ def hf_activation(name: str) -> str:
 
 def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """A safetensors file, or a weights-only torch file (never unpickles code)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"weights file {str(path)!r} does not exist")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    obj = torch.load(path, map_location="cpu", weights_only=True)
-    for key in ("state_dict", "model", "module"):  # common wrappers around a state dict
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-            obj = obj[key]
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ValueError(f"{path} does not hold a flat state dict of tensors")
-    return obj
+    return read_state_dict(path)
 
 
 def read_hf_dir_weights(directory: str | os.PathLike) -> dict[str, torch.Tensor]:
