@@ -74,21 +74,3 @@ def test_caption_data_shift_and_targets():
     valid = batch["targets"] != -100
     torch.testing.assert_close(batch["decoder_input_ids"][:, 1:][valid[:, :-1]], batch["targets"][:, :-1][valid[:, :-1]])
     assert dm.model_overrides["vocab_size"] == len(tok) and dm.model_overrides["eos_token_id"] == tok.eos_token_id
-
-
-def test_recipe_fast_dev_run(tmp_path, monkeypatch):
-    import os
-
-    from zoo.cli import lightning_main
-
-    config = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs", "caption_mnist.yaml")
-    monkeypatch.chdir(tmp_path)  # the recipe writes runs/... relative to the working directory
-    cli = lightning_main(["fit", "--config", config, "--trainer.fast_dev_run", "1",
-                          "--trainer.default_root_dir", str(tmp_path),
-                          "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
-                          "--data.batch_size", "8"])
-    assert cli.trainer.state.finished
-    m = cli.model.model
-    assert m.config.vocab_size == len(cli.datamodule.tokenizer)
-    em = cli.trainer.callback_metrics["val/exact_match"].item()
-    assert em == 0.0  # one step of training cannot caption yet; the metric ran over generated text

@@ -50,12 +50,6 @@ def test_no_weight_decay_on_norms_biases_positions_and_tokens():
     assert no_decay["weight_decay"] == 0.0
 
 
-def test_fit_fast_dev_run_from_config(tmp_path):
-    lightning_main(["fit", "--config", "configs/vit_mnist.yaml", "--trainer.fast_dev_run", "true",
-                    "--trainer.default_root_dir", str(tmp_path), "--trainer.logger.init_args.save_dir", str(tmp_path),
-                    "--trainer.enable_progress_bar", "false"])
-
-
 def test_short_training_run_learns(tmp_path):
     """Three epochs of a 2-layer ViT on MNIST-5k: far above the 10% of chance."""
     cli = lightning_main(
