@@ -1,5 +1,5 @@
 """The shared core: attention, masks, positions, feed-forwards, norms and blocks."""
-from .attention import KVCache, MultiHeadAttention, attention
+from .attention import AdditiveAttention, KVCache, MultiHeadAttention, attention
 from .blocks import BlockConfig, TransformerBlock, TransformerStack
 from .layers import DropPath, FeedForward, QuickGELU, RMSNorm, make_activation, make_norm, trunc_normal_init
 from .masks import causal_mask, combine_masks, padding_mask
@@ -15,7 +15,7 @@ from .position import (
 )
 
 __all__ = [
-    "KVCache", "MultiHeadAttention", "attention", "BlockConfig", "TransformerBlock", "TransformerStack",
+    "AdditiveAttention", "KVCache", "MultiHeadAttention", "attention", "BlockConfig", "TransformerBlock", "TransformerStack",
     "DropPath", "FeedForward", "QuickGELU", "RMSNorm", "make_activation", "make_norm", "trunc_normal_init",
     "causal_mask", "combine_masks", "padding_mask", "LearnedPositionalEmbedding", "RelativePositionBias",
     "RotaryEmbedding", "SinusoidalPositionalEmbedding", "check_length", "relative_position_bucket",

@@ -22,7 +22,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from ..core import KVCache
-from ..core.attention import AdditiveAttention
+from ..core import AdditiveAttention
 from ..generation import GenerationMixin
 from ..registry import register_model
 
