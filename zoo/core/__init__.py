@@ -9,6 +9,7 @@ from .position import (
     RotaryEmbedding,
     SinusoidalPositionalEmbedding,
     check_length,
+    check_pad_token,
     relative_position_bucket,
     resize_pos_grid,
     sinusoidal_table,
@@ -18,6 +19,6 @@ __all__ = [
     "AdditiveAttention", "KVCache", "MultiHeadAttention", "attention", "BlockConfig", "TransformerBlock", "TransformerStack",
     "DropPath", "FeedForward", "QuickGELU", "RMSNorm", "make_activation", "make_norm", "trunc_normal_init",
     "causal_mask", "combine_masks", "padding_mask", "LearnedPositionalEmbedding", "RelativePositionBias",
-    "RotaryEmbedding", "SinusoidalPositionalEmbedding", "check_length", "relative_position_bucket",
+    "RotaryEmbedding", "SinusoidalPositionalEmbedding", "check_length", "check_pad_token", "relative_position_bucket",
     "resize_pos_grid", "sinusoidal_table",
 ]

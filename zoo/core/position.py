@@ -55,6 +55,12 @@ def check_length(length: int, max_len: int) -> None:
         )
 
 
+def check_pad_token(pad_token_id: int, vocab_size: int) -> None:
+    if not 0 <= pad_token_id < vocab_size:
+        raise ValueError(f"pad_token_id={pad_token_id} is outside the vocabulary [0, {vocab_size}); "
+                         "pass the tokenizer's pad_token_id and vocab_size")
+
+
 def relative_position_bucket(relative_position: torch.Tensor, bidirectional: bool, num_buckets: int, max_distance: int) -> torch.Tensor:
     """T5's bucketing of (key - query) offsets: exact for small offsets, logarithmic up to max_distance."""
     buckets = torch.zeros_like(relative_position)

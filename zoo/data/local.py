@@ -22,7 +22,7 @@ from torch.utils.data import Dataset, TensorDataset
 
 from .base import SplitDataModule
 from .images import random_affine, stratified_split
-from .textdata import Example, TextDataModule, pad
+from .textdata import Example, TextDataModule, collate_classification
 
 _READERS = {".csv": "read_csv", ".tsv": "read_csv", ".json": "read_json", ".jsonl": "read_json", ".parquet": "read_parquet"}
 
@@ -122,11 +122,7 @@ class LocalTextClassification(_LocalText):
                 for i, t, ex in zip(enc["input_ids"], enc["token_type_ids"], examples)]
 
     def collate(self, rows):
-        pad_id = self.tokenizer.pad_token_id
-        input_ids = pad([r["input_ids"] for r in rows], pad_id)
-        return {"input_ids": input_ids, "attention_mask": (input_ids != pad_id).long(),
-                "token_type_ids": pad([r["token_type_ids"] for r in rows], 0),
-                "labels": torch.tensor([r["label"] for r in rows], dtype=torch.long)}
+        return collate_classification(rows, self.tokenizer.pad_token_id)
 
     def predict_examples(self, texts):
         return [{"text": t, "text_pair": None, "label": None} for t in texts]

@@ -21,7 +21,7 @@ import random
 import numpy as np
 from num2words import num2words
 
-from .textdata import Example, TextDataModule, pad
+from .textdata import Example, TextDataModule, collate_classification, pad
 
 LANGUAGE_NAMES = {"en": "English", "fr": "French", "de": "German", "es": "Spanish", "it": "Italian",
                   "nl": "Dutch", "pt": "Portuguese", "digits": "digits"}
@@ -187,11 +187,7 @@ class NumberComparison(_NumbersBase):
                 for i, t, e in zip(enc["input_ids"], enc["token_type_ids"], examples)]
 
     def collate(self, rows):
-        pad_id = self.tokenizer.pad_token_id
-        input_ids = pad([r["input_ids"] for r in rows], pad_id)
-        return {"input_ids": input_ids, "attention_mask": (input_ids != pad_id).long(),
-                "token_type_ids": pad([r["token_type_ids"] for r in rows], 0),
-                "labels": torch_tensor([r["label"] for r in rows])}
+        return collate_classification(rows, self.tokenizer.pad_token_id)
 
     def predict_examples(self, texts):
         """Each predict text is 'first ||| second'."""
@@ -202,12 +198,6 @@ class NumberComparison(_NumbersBase):
             a, b = (s.strip() for s in t.split("|||", 1))
             out.append({"text": a, "text_pair": b, "label": -1})
         return out
-
-
-def torch_tensor(values):
-    import torch
-
-    return torch.tensor(values, dtype=torch.long)
 
 
 def tokenizer_corpus(languages: list[str], train_numbers: list[int], with_corpus: bool = True) -> list[str]:

@@ -30,6 +30,14 @@ def pad(rows: list[list[int]], value: int) -> torch.Tensor:
     return out
 
 
+def collate_classification(rows: list[dict], pad_id: int) -> dict:
+    """Batch rows of {input_ids, token_type_ids, label}: pad, build the attention mask, stack labels."""
+    input_ids = pad([r["input_ids"] for r in rows], pad_id)
+    return {"input_ids": input_ids, "attention_mask": (input_ids != pad_id).long(),
+            "token_type_ids": pad([r["token_type_ids"] for r in rows], 0),
+            "labels": torch.tensor([r["label"] for r in rows], dtype=torch.long)}
+
+
 def read_text_files(paths: list[str]) -> list[str]:
     """One example per non-empty line of each file."""
     texts = []

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..core import BlockConfig, LearnedPositionalEmbedding, TransformerStack, make_activation, make_norm, padding_mask, trunc_normal_init
+from ..core import BlockConfig, LearnedPositionalEmbedding, check_pad_token, TransformerStack, make_activation, make_norm, padding_mask, trunc_normal_init
 from ..registry import register_model
 
 HEADS = ("mlm", "cls", "token", "none")
@@ -95,9 +95,7 @@ class Bert(nn.Module):
         super().__init__()
         if cfg.head not in HEADS:
             raise ValueError(f"unknown BERT head {cfg.head!r}; choose one of {', '.join(HEADS)}")
-        if not 0 <= cfg.pad_token_id < cfg.vocab_size:
-            raise ValueError(f"pad_token_id={cfg.pad_token_id} is outside the vocabulary [0, {cfg.vocab_size}); "
-                             "pass the tokenizer's pad_token_id and vocab_size")
+        check_pad_token(cfg.pad_token_id, cfg.vocab_size)
         if cfg.num_classes < 0:
             raise ValueError(f"num_classes must be >= 0, got {cfg.num_classes}")
         self.config = cfg

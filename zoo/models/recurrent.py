@@ -21,8 +21,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from ..core import KVCache
-from ..core import AdditiveAttention
+from ..core import AdditiveAttention, KVCache, check_pad_token
 from ..generation import GenerationMixin
 from ..registry import register_model
 
@@ -51,9 +50,7 @@ class RecurrentSeq2Seq(GenerationMixin, nn.Module):
         super().__init__()
         if cfg.cell not in CELLS:
             raise ValueError(f"unknown cell {cfg.cell!r}; choose one of {', '.join(CELLS)}")
-        if not 0 <= cfg.pad_token_id < cfg.vocab_size:
-            raise ValueError(f"pad_token_id={cfg.pad_token_id} is outside the vocabulary [0, {cfg.vocab_size}); "
-                             "pass the tokenizer's pad_token_id and vocab_size")
+        check_pad_token(cfg.pad_token_id, cfg.vocab_size)
         self.config = cfg
         rnn = CELLS[cfg.cell]
         h = cfg.hidden_size
