@@ -7,7 +7,7 @@ import torch
 
 from zoo.cli import lightning_main
 from zoo.data.images import MNIST5k, random_affine, stratified_split
-from zoo.tasks.base import param_groups, warmup_cosine
+from zoo.tasks.base import ZooTask, make_optimizer, param_groups, warmup_cosine
 
 
 def test_mnist5k_split_is_fixed_stratified_and_disjoint():
@@ -48,6 +48,22 @@ def test_no_weight_decay_on_norms_biases_positions_and_tokens():
     assert {"pos_embed", "encoder.norm.weight", "head.bias"} <= skipped or {"pos_embed", "head.bias"} <= skipped
     assert all(names[id(p)].endswith("weight") and p.ndim == 2 for p in decay["params"])
     assert no_decay["weight_decay"] == 0.0
+
+
+def test_adafactor_steps_scale_with_the_parameter_rms():
+    """Adafactor's first step is lr x RMS(param) in RMS (gradient clipped to d=1); AdamW's is lr, whatever the scale.
+    That is why T5's unit-variance embeddings train under Adafactor (configs/t5_numbers.yaml)."""
+    torch.manual_seed(0)
+    for scale in (1.0, 10.0):
+        w = torch.nn.Parameter(torch.randn(64, 32) * scale)
+        before = w.detach().clone()
+        opt = make_optimizer("adafactor", [{"params": [w], "weight_decay": 0.0}], lr=1e-2, betas=(0.9, 0.999))
+        w.grad = torch.randn_like(w)
+        opt.step()
+        step_rms = (w.detach() - before).pow(2).mean().sqrt().item()
+        assert step_rms == pytest.approx(1e-2 * before.pow(2).mean().sqrt().item(), rel=0.05)
+    with pytest.raises(ValueError, match="optimizer must be one of"):
+        ZooTask("vit_digits", optimizer="lion")
 
 
 def test_short_training_run_learns(tmp_path):
