@@ -145,3 +145,36 @@ def test_text_and_seq2seq_tasks_distill_from_a_zoo_teacher():
              "labels": torch.tensor([[5, 6, 2, -100], [7, 2, -100, -100]])}
     loss = task.training_step(batch, 0)
     assert torch.isfinite(loss) and loss.requires_grad
+
+
+def test_soft_targets_from_mixup_give_the_probability_cross_entropy():
+    torch.manual_seed(0)
+    s, t, y = torch.randn(4, 5), torch.randn(4, 5), torch.tensor([0, 1, 2, 3])
+    one_hot = F.one_hot(y, 5).float()
+    for mode in ("soft", "hard"):
+        torch.testing.assert_close(distillation_loss(s, t, one_hot, mode, 0.3, 2.0)["loss"],
+                                   distillation_loss(s, t, y, mode, 0.3, 2.0)["loss"])
+    mixed = 0.6 * one_hot + 0.4 * one_hot.roll(1, 0)
+    want = -(mixed * F.log_softmax(s, -1)).sum(-1).mean()
+    torch.testing.assert_close(distillation_loss(s, t, mixed, "soft", 0.0)["loss"], want)
+
+
+def test_mixup_mixes_images_and_targets_and_the_teacher_sees_the_mixed_batch():
+    torch.manual_seed(0)
+    task = ImageDistillation("vit_mnist_distilled", teacher="vit_mnist", model_kwargs={"depth": 1},
+                             teacher_kwargs={"depth": 1}, distillation="soft", mixup=1.0, label_smoothing=0.0)
+    x, y = torch.randn(8, 1, 28, 28), torch.arange(8) % 10
+    mixed, targets, smoothing = task.mix(x.clone(), y)
+    assert targets.shape == (8, 10) and smoothing == 0.0
+    torch.testing.assert_close(targets.sum(-1), torch.ones(8))
+    lam = targets[0, y[0]].item()  # timm mixes the batch with its flip: x[i] and x[7 - i]
+    torch.testing.assert_close(mixed, lam * x + (1 - lam) * x.flip(0))
+    odd, labels, smoothing = task.mix(x[:7].clone(), y[:7])  # timm mixes pairs: an odd batch stays as it is
+    assert labels.dtype == torch.long and torch.equal(odd, x[:7]) and smoothing == task.hparams.label_smoothing
+    seen = []
+    task.teacher.register_forward_hook(lambda m, inp, out: seen.append(inp[0]))
+    torch.manual_seed(1)
+    task.training_step((x.clone(), y), 0)
+    assert len(seen) == 1 and not torch.allclose(seen[0], x)
+    with pytest.raises(ValueError, match="mixup and cutmix"):
+        ImageDistillation("vit_mnist_distilled", teacher="vit_mnist", mixup=-1.0)

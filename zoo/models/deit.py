@@ -152,6 +152,8 @@ class TimmClassifier(nn.Module):
 _register_timm = lambda name, desc, **kw: register_model(  # noqa: E731
     name, "timm", TimmClassifier, TimmConfig(**kw), "He et al. 2016, Deep Residual Learning (arXiv:1512.03385); timm implementation", desc)
 _register_timm("timm_resnet18", "timm resnet18 (pick another timm model with timm_name=...)", timm_name="resnet18")
-_register_timm("timm_resnet18_mnist", "timm resnet18 at quarter width for 28x28 grey digits (the MNIST distillation teacher)",
-               timm_name="resnet18", num_classes=10, in_chans=1, img_size=28,
-               timm_kwargs={"channels": (16, 32, 64, 128), "stem_width": 16})
+# half width and no stem max-pool: feature maps 14-7-4-2 instead of 7-4-2-1 on 28x28 digits
+# (98.7% on MNIST-5k test against 97.0% for the quarter-width, pooled net; results/compress/SUMMARY.md)
+_register_timm("timm_resnet18_mnist", "timm resnet18 at half width, no stem max-pool, for 28x28 grey digits "
+               "(the MNIST distillation teacher)", timm_name="resnet18", num_classes=10, in_chans=1, img_size=28,
+               stem_pool=False, timm_kwargs={"channels": (32, 64, 128, 256), "stem_width": 32})

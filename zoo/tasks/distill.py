@@ -45,7 +45,8 @@ def distillation_loss(
 ) -> dict[str, torch.Tensor]:
     """{"loss", "student", "distill"}: the weighted total and its two terms (see the module doc).
 
-    Positions whose label is `ignore_index` (padding in seq2seq targets) count in neither term."""
+    `labels` are class ids, or probabilities of shape (..., C) (mixup/cutmix targets). Positions
+    whose label id is `ignore_index` (padding in seq2seq targets) count in neither term."""
     if mode not in MODES:
         raise ValueError(f"distillation mode must be one of {MODES}, got {mode!r}")
     if not 0.0 <= alpha <= 1.0:
@@ -54,7 +55,9 @@ def distillation_loss(
         raise ValueError(f"temperature tau must be positive, got {tau}")
     cls, dist = student if isinstance(student, (tuple, list)) else (student, student)
     num_classes = cls.shape[-1]
-    cls, dist, labels = cls.reshape(-1, num_classes), dist.reshape(-1, num_classes), labels.reshape(-1)
+    soft_labels = labels.is_floating_point()
+    cls, dist = cls.reshape(-1, num_classes), dist.reshape(-1, num_classes)
+    labels = labels.reshape(-1, num_classes) if soft_labels else labels.reshape(-1)
     base = F.cross_entropy(cls, labels, ignore_index=ignore_index, label_smoothing=label_smoothing)
     if mode == "none" or alpha == 0.0:
         return {"loss": base, "student": base, "distill": torch.zeros_like(base)}
@@ -64,7 +67,7 @@ def distillation_loss(
         raise ValueError(f"teacher logits {tuple(teacher_logits.shape)} do not match the student's {tuple(cls.shape)}; "
                          "teacher and student must predict the same classes / vocabulary")
     teacher_logits = teacher_logits.reshape(-1, num_classes).detach()
-    keep = labels != ignore_index
+    keep = torch.ones(len(labels), dtype=torch.bool, device=labels.device) if soft_labels else labels != ignore_index
     dist, teacher_logits = dist[keep], teacher_logits[keep].float()
     if mode == "soft":
         kd = F.kl_div(F.log_softmax(dist.float() / tau, -1), F.log_softmax(teacher_logits / tau, -1),
@@ -164,9 +167,8 @@ class ImageDistillation(DistillationMixin, ImageClassification):
         self._setup_distillation(teacher, teacher_ckpt, teacher_kwargs, distillation, alpha, tau, self.hparams.get("data_overrides"))
 
     def training_step(self, batch, batch_idx):
-        images, labels = batch
-        return self.distill(self.model(images), self.teacher_logits(images), labels,
-                            label_smoothing=self.hparams.label_smoothing)
+        images, labels, smoothing = self.mix(*batch)  # with mixup the teacher labels the mixed images too
+        return self.distill(self.model(images), self.teacher_logits(images), labels, label_smoothing=smoothing)
 
 
 class TextDistillation(DistillationMixin, SequenceClassification):

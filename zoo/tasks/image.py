@@ -9,20 +9,41 @@ from .base import ZooTask
 
 
 class ImageClassification(ZooTask):
-    """Cross-entropy with label smoothing; logs train/loss, val/loss, val/acc, test/acc."""
+    """Cross-entropy with label smoothing; logs train/loss, val/loss, val/acc, test/acc.
 
-    def __init__(self, model: str = "vit_mnist", label_smoothing: float = 0.1, **kwargs):
+    `mixup` / `cutmix` > 0 mix training batches with timm's `Mixup` (Beta(alpha, alpha) weights, one
+    of the two per batch when both are set); the loss then takes its soft targets, label smoothing included.
+    """
+
+    def __init__(self, model: str = "vit_mnist", label_smoothing: float = 0.1, mixup: float = 0.0, cutmix: float = 0.0,
+                 **kwargs):
         super().__init__(model, **kwargs)
+        if mixup < 0 or cutmix < 0:
+            raise ValueError(f"mixup and cutmix are Beta(alpha, alpha) parameters and must be >= 0, got {mixup}, {cutmix}")
         num_classes = self.model.num_classes
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.mixer = None
+        if mixup > 0 or cutmix > 0:
+            from timm.data import Mixup
+
+            self.mixer = Mixup(mixup_alpha=mixup, cutmix_alpha=cutmix, label_smoothing=label_smoothing, num_classes=num_classes)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.model(images)
 
+    def mix(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """(images, targets, label_smoothing left to apply): class ids when not mixing, else timm's
+        mixed images and soft targets (smoothing already in them). timm mixes pairs, so an odd-sized
+        batch (a last partial batch) is left unmixed."""
+        if self.mixer is None or len(images) % 2:
+            return images, labels, self.hparams.label_smoothing
+        images, targets = self.mixer(images, labels)
+        return images, targets, 0.0
+
     def training_step(self, batch, batch_idx):
-        images, labels = batch
-        loss = F.cross_entropy(self(images), labels, label_smoothing=self.hparams.label_smoothing)
+        images, labels, smoothing = self.mix(*batch)
+        loss = F.cross_entropy(self(images), labels, label_smoothing=smoothing)
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
