@@ -25,17 +25,19 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-OPTIMIZERS = ("adamw", "adafactor")
+# Adafactor (Shazeer & Stern 2018) is T5's optimiser: its steps are relative to each parameter's RMS,
+# which suits T5's unit-variance embeddings that AdamW's absolute steps barely move. It takes no betas.
+OPTIMIZERS = {"adamw": torch.optim.AdamW, "adafactor": torch.optim.Adafactor}
+
+
+def check_optimizer(name: str) -> None:
+    if name not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {tuple(OPTIMIZERS)}, got {name!r}")
 
 
 def make_optimizer(name: str, groups: list[dict], lr: float, betas: tuple[float, float]) -> torch.optim.Optimizer:
-    """AdamW, or Adafactor (Shazeer & Stern 2018; T5's optimiser): its steps are relative to each
-    parameter's RMS, which suits T5's unit-variance embeddings that AdamW's absolute steps barely move."""
-    if name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, betas=betas)
-    if name == "adafactor":
-        return torch.optim.Adafactor(groups, lr=lr)
-    raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {name!r}")
+    check_optimizer(name)
+    return OPTIMIZERS[name](groups, lr=lr, **({"betas": betas} if name == "adamw" else {}))
 
 
 def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float:
@@ -67,15 +69,14 @@ class ZooTask(L.LightningModule):
         optimizer: str = "adamw",
     ):
         super().__init__()
-        if optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
+        check_optimizer(optimizer)
         self.save_hyperparameters()
         overrides = {**(data_overrides or {}), **(model_kwargs or {})}
         self.model = create_model(model, pretrained=pretrained, **overrides)
 
     def configure_optimizers(self):
         hp = self.hparams
-        opt = make_optimizer(hp.get("optimizer", "adamw"), param_groups(self.model, hp.weight_decay), hp.lr, tuple(hp.betas))
+        opt = make_optimizer(hp.optimizer, param_groups(self.model, hp.weight_decay), hp.lr, tuple(hp.betas))
         total = max(1, int(self.trainer.estimated_stepping_batches))
         warmup = int(hp.warmup_steps * total) if isinstance(hp.warmup_steps, float) else int(hp.warmup_steps)
         warmup = max(1, min(warmup, total))

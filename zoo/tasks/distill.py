@@ -66,9 +66,10 @@ def distillation_loss(
     if teacher_logits.shape[-1] != num_classes or teacher_logits.numel() != dist.numel():
         raise ValueError(f"teacher logits {tuple(teacher_logits.shape)} do not match the student's {tuple(cls.shape)}; "
                          "teacher and student must predict the same classes / vocabulary")
-    teacher_logits = teacher_logits.reshape(-1, num_classes).detach()
-    keep = torch.ones(len(labels), dtype=torch.bool, device=labels.device) if soft_labels else labels != ignore_index
-    dist, teacher_logits = dist[keep], teacher_logits[keep].float()
+    teacher_logits = teacher_logits.reshape(-1, num_classes).detach().float()
+    if not soft_labels:  # probability targets have no padding
+        keep = labels != ignore_index
+        dist, teacher_logits = dist[keep], teacher_logits[keep]
     if mode == "soft":
         kd = F.kl_div(F.log_softmax(dist.float() / tau, -1), F.log_softmax(teacher_logits / tau, -1),
                       reduction="batchmean", log_target=True) * tau ** 2
