@@ -26,9 +26,11 @@ def test_mnist5k_split_is_fixed_stratified_and_disjoint():
 
 
 def test_random_affine_keeps_shape_and_identity_when_disabled():
-    x = torch.randn(4, 1, 28, 28)
+    x = torch.randn(4, 1, 28, 28, generator=torch.Generator().manual_seed(0))
     assert random_affine(x, 0.1, 10, (0.9, 1.1)).shape == x.shape
-    torch.testing.assert_close(random_affine(x, 0.0, 0.0, (1.0, 1.0)), x, atol=1e-5, rtol=0)
+    # the identity grid lands on pixel centres only up to float32 rounding (~1e-7 of the side), which
+    # bilinear interpolation turns into errors of ~1e-5 between neighbouring N(0,1) pixels
+    torch.testing.assert_close(random_affine(x, 0.0, 0.0, (1.0, 1.0)), x, atol=1e-4, rtol=0)
 
 
 def test_warmup_cosine_schedule_shape():
