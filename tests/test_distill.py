@@ -178,3 +178,100 @@ def test_mixup_mixes_images_and_targets_and_the_teacher_sees_the_mixed_batch():
     assert len(seen) == 1 and not torch.allclose(seen[0], x)
     with pytest.raises(ValueError, match="mixup and cutmix"):
         ImageDistillation("vit_mnist_distilled", teacher="vit_mnist", mixup=-1.0)
+
+
+def test_hint_loss_compares_layer_normalised_positions_on_the_coarser_grid():
+    from zoo.tasks.distill import hint_loss
+
+    s, t = torch.randn(2, 8, 4, 4), torch.randn(2, 8, 2, 2)
+    pooled = s.reshape(2, 8, 2, 2, 2, 2).mean((3, 5))  # 2x2 average pooling of the finer student map
+    ln = lambda m: F.layer_norm(m.flatten(2).transpose(1, 2), (8,))  # noqa: E731
+    torch.testing.assert_close(hint_loss(s, t), ((ln(pooled) - ln(t)) ** 2).mean())
+    # per-position normalisation: the teacher's scale and offset do not matter
+    assert hint_loss(3 * t + 1, t).item() < 1e-8
+    with pytest.raises(ValueError, match="channels"):
+        hint_loss(torch.randn(2, 4, 2, 2), t)
+
+
+def test_feature_map_reads_the_vit_grid_after_the_prefix_tokens():
+    from zoo.tasks.distill import feature_map
+
+    vit = zoo.create_model("vit_mnist_distilled", depth=1)
+    tokens = torch.randn(2, vit.num_prefix + 49, 128)
+    grid = feature_map(tokens, vit)
+    assert grid.shape == (2, 128, 7, 7)
+    torch.testing.assert_close(grid[:, :, 3, 5], tokens[:, vit.num_prefix + 3 * 7 + 5])
+    with pytest.raises(ValueError, match="map or a zoo ViT"):
+        feature_map(torch.randn(2, 5), vit)
+
+
+def _hint_task(**kwargs):
+    import timm
+
+    task = ImageDistillation("vit_mnist_distilled", teacher="timm:resnet10t", model_kwargs={"depth": 2},
+                             data_overrides={"num_classes": 10, "in_chans": 1, "img_size": 28}, distillation="soft",
+                             alpha=0.5, tau=2.0, hints=[["encoder.blocks.0", "net.layer2"]], **kwargs)
+    task.log = lambda *a, **k: None
+    return task, timm
+
+
+def test_hints_train_a_projection_that_stays_out_of_the_student_checkpoint(tmp_path):
+    task, _ = _hint_task(hint_weight=2.0)
+    (proj,) = task.hint_proj
+    assert (proj.in_channels, proj.out_channels) == (128, 128)  # ViT width -> resnet10t layer2 channels
+    assert any(p is proj.weight for g in task.param_groups() for p in g["params"])
+    x, y = torch.randn(4, 1, 28, 28), torch.arange(4)
+    task.train()
+    loss = task.training_step((x, y), 0)
+    loss.backward()
+    assert proj.weight.grad.abs().sum() > 0
+    assert task.model.encoder.blocks[0].attn.qkv.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in task.teacher.parameters())
+    task.eval()
+    task.model(x)
+    assert not task._hint_out  # evaluation keeps no features
+    # the hint term adds hint_weight x hint_loss to the logit losses
+    task.hparams.hint_weight = 0.0
+    torch.manual_seed(0)
+    task.train()
+    without = task.training_step((x, y), 0)
+    task.hparams.hint_weight = 2.0
+    torch.manual_seed(0)
+    with_hint = task.training_step((x, y), 0)
+    assert with_hint.item() > without.item()
+    # the student's checkpoint loads as the plain model
+    torch.save({"state_dict": task.state_dict(), "hyper_parameters": {}}, tmp_path / "s.ckpt")
+    assert any(k.startswith("hint_proj.") for k in task.state_dict())
+    zoo.create_model("vit_mnist_distilled", depth=2, pretrained=str(tmp_path / "s.ckpt"))
+
+
+def test_hints_pull_student_features_towards_the_teacher():
+    task, _ = _hint_task(hint_weight=1.0)
+    x, y = torch.randn(16, 1, 28, 28), torch.arange(16) % 10
+    opt = torch.optim.Adam([p for g in task.param_groups() for p in g["params"]], lr=2e-3)
+    task.train()
+
+    def hint():
+        with task._capturing():
+            task.model(x), task.teacher_logits(x)
+            s, t = task.hint_maps(0)
+            from zoo.tasks.distill import hint_loss
+            return hint_loss(task.hint_proj[0](s), t).item()
+
+    before = hint()
+    for _ in range(30):
+        loss = task.training_step((x, y), 0)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert hint() < 0.5 * before
+
+
+def test_bad_hints_name_the_fix():
+    with pytest.raises(ValueError, match="student has no module 'encoder.blocks.9'"):
+        ImageDistillation("vit_mnist_distilled", teacher="vit_mnist", model_kwargs={"depth": 1},
+                          hints=[["encoder.blocks.9", "encoder.blocks.0"]])
+    with pytest.raises(ValueError, match=r"\[student module, teacher module\] pair"):
+        ImageDistillation("vit_mnist_distilled", teacher="vit_mnist", model_kwargs={"depth": 1}, hints=[["encoder"]])
+    with pytest.raises(ValueError, match="need a teacher"):
+        ImageDistillation("vit_mnist_distilled", hints=[["encoder.blocks.0", "net.layer2"]])

@@ -76,12 +76,16 @@ class ZooTask(L.LightningModule):
 
     def configure_optimizers(self):
         hp = self.hparams
-        opt = make_optimizer(hp.optimizer, param_groups(self.model, hp.weight_decay), hp.lr, tuple(hp.betas))
+        opt = make_optimizer(hp.optimizer, self.param_groups(), hp.lr, tuple(hp.betas))
         total = max(1, int(self.trainer.estimated_stepping_batches))
         warmup = int(hp.warmup_steps * total) if isinstance(hp.warmup_steps, float) else int(hp.warmup_steps)
         warmup = max(1, min(warmup, total))
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, warmup, total, hp.min_lr_ratio))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def param_groups(self) -> list[dict]:
+        """What the optimiser trains; tasks with modules of their own besides the model add them here."""
+        return param_groups(self.model, self.hparams.weight_decay)
 
     def configure_model(self):
         """Sharded training (Lightning's ModelParallelStrategy sets `device_mesh`): FSDP2 `fully_shard`

@@ -11,6 +11,12 @@ A DeiT student (`zoo.models.deit`) returns (class logits, distillation logits) w
 label term uses the first, the teacher term the second. The KL is averaged per position (Hinton's
 "batchmean"), so tau² keeps the gradient scale independent of tau.
 
+Feature hints (FitNets, Romero et al. 2015) add a dense signal to the logits: a student layer's
+output, through a learned 1x1 projection to the teacher's channels, regresses a teacher layer's
+output (`hint_loss`). Each position's features are layer-normalised first, which removes the scale
+gap between a CNN's post-ReLU maps and a transformer's residual stream. The projections belong to
+the task, not the student, so the student's checkpoint loads as the plain model.
+
 The teacher is any registered zoo model, a zoo/Lightning checkpoint (its model name is read from
 the checkpoint's hyper-parameters), or a timm model by name (`teacher: "timm:resnet18"`, weights
 from `teacher_ckpt`). It is frozen, kept in eval mode and is not a sub-module of the task, so it is
@@ -18,11 +24,13 @@ neither optimised nor saved in the student's checkpoint; only its name and path 
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import nn
 
 from ..registry import _entry, create_model
@@ -76,6 +84,38 @@ def distillation_loss(
     else:
         kd = F.cross_entropy(dist, teacher_logits.argmax(-1))
     return {"loss": (1 - alpha) * base + alpha * kd, "student": base, "distill": kd}
+
+
+# --- feature hints ------------------------------------------------------------------------------
+
+def feature_map(x: torch.Tensor, model: nn.Module) -> torch.Tensor:
+    """(B, C, H, W) from a convolutional feature map, or from a zoo ViT's tokens (B, prefix + H·W, C)."""
+    if x.dim() == 4:
+        return x
+    if x.dim() == 3 and hasattr(model, "grid") and hasattr(model, "num_prefix"):
+        h, w = model.grid
+        return rearrange(x[:, model.num_prefix:], "b (h w) c -> b c h w", h=h, w=w)
+    raise ValueError(f"a hint layer must output a (B, C, H, W) map or a zoo ViT's tokens, got shape {tuple(x.shape)} "
+                     f"from {type(model).__name__}")
+
+
+def hint_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """MSE between the per-position layer-normalised features of two (B, C, H, W) maps with the same C;
+    the finer map is average-pooled to the coarser grid."""
+    if student.shape[:2] != teacher.shape[:2]:
+        raise ValueError(f"hint maps must agree in batch and channels after projection: {tuple(student.shape)} vs "
+                         f"{tuple(teacher.shape)}")
+    size = (min(student.shape[2], teacher.shape[2]), min(student.shape[3], teacher.shape[3]))
+    s, t = (rearrange(F.adaptive_avg_pool2d(m.float(), size), "b c h w -> b (h w) c") for m in (student, teacher))
+    return F.mse_loss(F.layer_norm(s, s.shape[-1:]), F.layer_norm(t.detach(), t.shape[-1:]))
+
+
+def _module(model: nn.Module, name: str, side: str) -> nn.Module:
+    modules = dict(model.named_modules())
+    if name not in modules:
+        sample = [n for n in modules if n and n.count(".") <= 2][:12]
+        raise ValueError(f"the {side} has no module {name!r}; its modules are named like {sample}")
+    return modules[name]
 
 
 # --- teachers ----------------------------------------------------------------------------------
@@ -147,14 +187,19 @@ class DistillationMixin:
         t.eval()
         return t(*args, **kwargs)
 
-    def distill(self, student_out, teacher_logits, labels, ignore_index: int = -100, label_smoothing: float = 0.0):
+    def distill(self, student_out, teacher_logits, labels, ignore_index: int = -100, label_smoothing: float = 0.0,
+                hint: torch.Tensor | None = None):
         hp = self.hparams
         parts = distillation_loss(student_out, teacher_logits, labels, hp.distillation, hp.alpha, hp.tau,
                                   label_smoothing=label_smoothing, ignore_index=ignore_index)
+        loss = parts["loss"]
         self.log("train/loss_student", parts["student"])
         self.log("train/loss_distill", parts["distill"])
-        self.log("train/loss", parts["loss"], prog_bar=True)
-        return parts["loss"]
+        if hint is not None:
+            self.log("train/loss_hint", hint)
+            loss = loss + hp.hint_weight * hint
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
 
 
 class ImageDistillation(DistillationMixin, ImageClassification):
@@ -163,13 +208,71 @@ class ImageDistillation(DistillationMixin, ImageClassification):
 
     def __init__(self, model: str = "vit_mnist_distilled", teacher: str | None = None, teacher_ckpt: str | None = None,
                  teacher_kwargs: dict | None = None, distillation: str = "hard", alpha: float = 0.5, tau: float = 1.0,
-                 **kwargs):
+                 hints: list[list[str]] | None = None, hint_weight: float = 1.0, **kwargs):
+        """`hints`: [student module, teacher module] name pairs, e.g. [["encoder.blocks.2", "net.layer2"]],
+        whose outputs `hint_loss` ties together with weight `hint_weight` (see the module doc)."""
         super().__init__(model, **kwargs)
         self._setup_distillation(teacher, teacher_ckpt, teacher_kwargs, distillation, alpha, tau, self.hparams.get("data_overrides"))
+        self._setup_hints(hints or [], hint_weight)
+
+    def _setup_hints(self, hints: list[list[str]], weight: float) -> None:
+        self.hint_proj = nn.ModuleList()
+        self._hint_out: dict[tuple[str, int], torch.Tensor] = {}
+        self._capture = False  # the hooks keep outputs only inside training_step (and the set-up pass below)
+        if not hints:
+            return
+        if self.teacher is None:
+            raise ValueError("feature hints need a teacher; pass teacher and/or teacher_ckpt")
+        if weight < 0:
+            raise ValueError(f"hint_weight must be >= 0, got {weight}")
+        for i, pair in enumerate(hints):
+            if len(pair) != 2:
+                raise ValueError(f"each hint is a [student module, teacher module] pair, got {pair!r}")
+            for side, net, name in (("student", self.model, pair[0]), ("teacher", self.teacher, pair[1])):
+                _module(net, name, side).register_forward_hook(
+                    lambda mod, args, out, key=(side, i): self._keep(key, out))
+        # one forward of a blank batch, in eval mode (BatchNorm statistics stay untouched), reads the channels
+        cfg = self.model.config
+        blank = torch.zeros(2, cfg.in_chans, cfg.img_size, cfg.img_size)
+        was_training = self.model.training
+        with torch.no_grad(), self._capturing():
+            self.model.eval()(blank)
+            self.teacher(blank)
+            self.model.train(was_training)
+            for i in range(len(hints)):
+                s, t = self.hint_maps(i)
+                self.hint_proj.append(nn.Conv2d(s.shape[1], t.shape[1], 1))
+
+    def _keep(self, key: tuple[str, int], out: torch.Tensor) -> None:
+        if self._capture:
+            self._hint_out[key] = out
+
+    @contextlib.contextmanager
+    def _capturing(self):
+        self._capture = True
+        try:
+            yield
+        finally:
+            self._capture = False
+            self._hint_out.clear()
+
+    def hint_maps(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return feature_map(self._hint_out[("student", i)], self.model), feature_map(self._hint_out[("teacher", i)], self.teacher)
+
+    def param_groups(self) -> list[dict]:
+        groups = super().param_groups()
+        if len(self.hint_proj):
+            groups.append({"params": list(self.hint_proj.parameters()), "weight_decay": self.hparams.weight_decay})
+        return groups
 
     def training_step(self, batch, batch_idx):
         images, labels, smoothing = self.mix(*batch)  # with mixup the teacher labels the mixed images too
-        return self.distill(self.model(images), self.teacher_logits(images), labels, label_smoothing=smoothing)
+        hint = None
+        with self._capturing():
+            student, teacher = self.model(images), self.teacher_logits(images)
+            if len(self.hint_proj):
+                hint = sum(hint_loss(proj(s), t) for proj, (s, t) in zip(self.hint_proj, map(self.hint_maps, range(len(self.hint_proj)))))
+        return self.distill(student, teacher, labels, label_smoothing=smoothing, hint=hint)
 
 
 class TextDistillation(DistillationMixin, SequenceClassification):
