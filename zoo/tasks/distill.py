@@ -217,8 +217,7 @@ class ImageDistillation(DistillationMixin, ImageClassification):
 
     def _setup_hints(self, hints: list[list[str]], weight: float) -> None:
         self.hint_proj = nn.ModuleList()
-        self._hint_out: dict[tuple[str, int], torch.Tensor] = {}
-        self._capture = False  # the hooks keep outputs only inside training_step (and the set-up pass below)
+        self._hint_out: dict[tuple[str, int], torch.Tensor] | None = None  # a dict only while capturing
         if not hints:
             return
         if self.teacher is None:
@@ -244,20 +243,27 @@ class ImageDistillation(DistillationMixin, ImageClassification):
                 self.hint_proj.append(nn.Conv2d(s.shape[1], t.shape[1], 1))
 
     def _keep(self, key: tuple[str, int], out: torch.Tensor) -> None:
-        if self._capture:
+        if self._hint_out is not None:  # outside training_step (evaluation, prediction) nothing is kept
             self._hint_out[key] = out
 
     @contextlib.contextmanager
     def _capturing(self):
-        self._capture = True
+        self._hint_out = {}
         try:
             yield
         finally:
-            self._capture = False
-            self._hint_out.clear()
+            self._hint_out = None
 
     def hint_maps(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         return feature_map(self._hint_out[("student", i)], self.model), feature_map(self._hint_out[("teacher", i)], self.teacher)
+
+    def hint_term(self) -> torch.Tensor:
+        """The summed hint losses of the forward passes just captured."""
+        total = 0.0
+        for i, proj in enumerate(self.hint_proj):
+            s, t = self.hint_maps(i)
+            total = total + hint_loss(proj(s), t)
+        return total
 
     def param_groups(self) -> list[dict]:
         groups = super().param_groups()
@@ -267,11 +273,9 @@ class ImageDistillation(DistillationMixin, ImageClassification):
 
     def training_step(self, batch, batch_idx):
         images, labels, smoothing = self.mix(*batch)  # with mixup the teacher labels the mixed images too
-        hint = None
         with self._capturing():
             student, teacher = self.model(images), self.teacher_logits(images)
-            if len(self.hint_proj):
-                hint = sum(hint_loss(proj(s), t) for proj, (s, t) in zip(self.hint_proj, map(self.hint_maps, range(len(self.hint_proj)))))
+            hint = self.hint_term() if len(self.hint_proj) else None
         return self.distill(student, teacher, labels, label_smoothing=smoothing, hint=hint)
 
 
