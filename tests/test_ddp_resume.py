@@ -42,15 +42,17 @@ def test_resume_from_last_repeats_the_uninterrupted_run(tmp_path, monkeypatch):
     first = _fit("--trainer.callbacks+=zoo.callbacks.StopAfter", "--trainer.callbacks.epochs=2")
     assert isinstance(first.trainer.strategy.checkpoint_io, AtomicCheckpointIO)
     assert os.listdir(os.path.join(first.trainer.logger.log_dir, "tensorboard"))  # TensorBoard events beside the CSV
-    assert os.path.exists("runs/vit_digits/checkpoints/last.ckpt")
+    assert os.path.exists("runs/vit_digits/version_0/checkpoints/last.ckpt")
     second = _fit("--ckpt_path", "last")
+    # the resumed run writes a folder of its own; the first run's files stay as they were
+    assert second.trainer.default_root_dir.endswith("version_1") and os.path.exists("runs/vit_digits/version_0/checkpoints/last.ckpt")
     resumed = {**_losses(first), **_losses(second)}
     assert sorted(_losses(first)) == list(range(10)) and sorted(_losses(second)) == list(range(10, 20))
     diffs = [abs(full[s] - resumed[s]) for s in range(20)]
     assert max(diffs) <= 1e-6, [(s, d) for s, d in enumerate(diffs) if d]
 
     # a checkpoint written by `zoo fit` loads as pretrained weights without unpickling code
-    ckpt = "runs/vit_digits/checkpoints/last.ckpt"
+    ckpt = "runs/vit_digits/version_1/checkpoints/last.ckpt"
     torch.load(ckpt, map_location="cpu", weights_only=True)
     model = create_model("vit_digits", pretrained=ckpt).eval()
     task = second.model.eval()
@@ -70,9 +72,10 @@ def test_two_process_ddp_on_cpu(tmp_path):
     _run([zoo, "fit", "--config", CONFIG, "--trainer.devices", "2", "--trainer.strategy", "ddp", "--trainer.accelerator", "cpu",
           "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "3", "--trainer.limit_val_batches", "2",
           "--trainer.enable_progress_bar", "false", "--test_after_fit", "false"], cwd=tmp_path)
-    ckpts = os.listdir(tmp_path / "runs" / "vit_digits" / "checkpoints")
+    assert os.listdir(tmp_path / "runs" / "vit_digits") == ["version_0"]  # both ranks wrote into one run folder
+    ckpts = os.listdir(tmp_path / "runs" / "vit_digits" / "version_0" / "checkpoints")
     assert "last.ckpt" in ckpts
-    sd = torch.load(tmp_path / "runs/vit_digits/checkpoints/last.ckpt", weights_only=True)
+    sd = torch.load(tmp_path / "runs/vit_digits/version_0/checkpoints/last.ckpt", weights_only=True)
     assert sd["global_step"] == 3
 
 

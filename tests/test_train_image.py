@@ -74,12 +74,12 @@ def test_short_training_run_learns(tmp_path):
         ["fit", "--config", "configs/vit_mnist.yaml", "--trainer.max_epochs", "3",
          "--model.init_args.model_kwargs", "{depth: 2, dim: 64, num_heads: 4}", "--model.init_args.lr", "3e-3",
          "--data.init_args.augment", "false",
-         "--trainer.default_root_dir", str(tmp_path), "--trainer.logger.init_args.save_dir", str(tmp_path),
+         "--trainer.default_root_dir", str(tmp_path),
          "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
     )
     acc = cli.trainer.callback_metrics["test/acc"].item()
     assert acc > 0.5, f"test accuracy {acc:.3f} after 3 epochs (chance is 0.1)"
-    metrics = list(csv.DictReader(open(tmp_path / "logs" / "version_0" / "metrics.csv")))
+    metrics = list(csv.DictReader(open(tmp_path / "version_0" / "metrics.csv")))
     assert any(r.get("train/loss") for r in metrics) and any(r.get("val/acc") for r in metrics)
     # the checkpoint written by the run loads for inference through the registry
     import zoo

@@ -1,123 +1,159 @@
 """The `zoo` command.
 
     zoo fit --config configs/vit_mnist.yaml        # LightningCLI: fit / validate / test / predict
+    zoo test --ckpt_path runs/vit_mnist/version_0/checkpoints/last.ckpt   # the checkpoint carries its recipe
     zoo models "vit_*"                             # list registered models with parameter counts
     zoo info vit_small_patch16_224                 # hyper-parameters and paper of one model
-Other subcommands (bench, export, viz, compress, ...) register themselves in EXTRA_COMMANDS.
+    zoo export | viz | compress | bench | convert  # see `zoo <command> --help`
+
+Errors end in one line that names the cause and the fix; `--verbose` (or ZOO_VERBOSE=1) shows the traceback.
+Every `zoo fit` writes into a folder of its own, `<default_root_dir>/version_N/` (see zoo/rundir.py).
 """
 from __future__ import annotations
 
+import importlib
 import json
+import os
 import sys
-from typing import Callable
+import tempfile
+from pathlib import Path
 
-import lightning as L
-from lightning.pytorch.cli import LightningCLI
+LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 
-# name -> (help, main(argv)); filled by the modules that provide more subcommands.
-EXTRA_COMMANDS: dict[str, tuple[str, Callable[[list[str]], int | None]]] = {}
-
-
-class ZooCLI(LightningCLI):
-    def add_arguments_to_parser(self, parser):
-        parser.add_argument("--test_after_fit", type=bool, default=True,
-                            help="after `fit`, evaluate the best checkpoint on the test split and print the metrics")
-        # The data decides what the model must accept (classes, channels, vocabulary, ...).
-        parser.link_arguments("data", "model.init_args.data_overrides", compute_fn=lambda dm: dm.model_overrides,
-                              apply_on="instantiate")
-
-    def instantiate_trainer(self, **kwargs):
-        # Defaults every run gets: atomic checkpoint writes and step-seeded randomness (exact resumption).
-        from .callbacks import default_trainer_extras
-
-        trainer = super().instantiate_trainer(**kwargs)
-        default_trainer_extras(trainer)
-        return trainer
-
-    def after_fit(self):
-        if self.config[self.subcommand].get("test_after_fit") and not self.trainer.fast_dev_run:
-            ckpt = "best" if self.trainer.checkpoint_callback and self.trainer.checkpoint_callback.best_model_path else None
-            self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt)
-
-    def after_predict(self):
-        """Print one line per prediction (texts, or class + probability)."""
-        for batch in self.trainer.predict_loop.predictions or []:
-            for line in _prediction_lines(batch):
-                print(line)
+# name -> ("module:function", help). Imported only when the command runs; library modules never import zoo.cli.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "models": ("zoo.cli:models_main", "list registered models (shell wildcard), with parameter counts"),
+    "info": ("zoo.cli:info_main", "one model's family, hyper-parameters, parameter count and paper"),
+    "export": ("zoo.export:main", "export a model or checkpoint to ONNX or torch.export with dynamic axes"),
+    "viz": ("zoo.viz:main", "attention maps, cross-attention, position encodings, CLIP similarities as PNG"),
+    "compress": ("zoo.compress:main", "quantize (int8) / prune a checkpoint; size, CPU latency and accuracy"),
+    "bench": ("zoo.bench.cli:bench_main", "speed / quality / generation benchmarks (zoo bench speed --help)"),
+    "convert": ("zoo.interop.cli:main", "convert transformers / timm checkpoints to zoo models and back"),
+}
 
 
-def _prediction_lines(batch) -> list[str]:
-    if isinstance(batch, dict) and "pred" in batch:
-        return [f"{int(p)}\t{float(q):.4f}" for p, q in zip(batch["pred"].tolist(), batch["prob"].tolist())]
-    if isinstance(batch, (list, tuple)):
-        return [str(x) for x in batch]
-    return [str(batch)]
+def _command(name: str):
+    module, func = COMMANDS[name][0].split(":")
+    return getattr(importlib.import_module(module), func)
 
 
-def lightning_main(args: list[str] | None = None, run: bool = True) -> ZooCLI:
-    from .tasks.base import ZooTask
+def models_main(argv: list[str]) -> int:
+    import argparse
 
-    return ZooCLI(
-        ZooTask,
-        L.LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        args=args,
-        run=run,
-        seed_everything_default=0,
-        save_config_kwargs={"overwrite": True},
-        parser_kwargs={"parser_mode": "omegaconf"} if _has_omegaconf() else None,
-    )
-
-
-def _has_omegaconf() -> bool:
-    try:
-        import omegaconf  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def _models(argv: list[str]) -> None:
     from . import list_models, model_info
 
-    pattern = argv[0] if argv else None
-    for name in list_models(pattern):
+    p = argparse.ArgumentParser(prog="zoo models", description="List registered models with parameter counts.")
+    p.add_argument("pattern", nargs="?", help='shell wildcard, e.g. "vit_*"')
+    p.add_argument("--family", help="only this family (bert, t5, vit, ...)")
+    a = p.parse_args(argv)
+    names = list_models(a.pattern, a.family)
+    if not names:
+        raise ValueError(f"no registered model matches {a.pattern or '*'!r}{f' in family {a.family!r}' if a.family else ''}; "
+                         "`zoo models` lists all")
+    for name in names:
         info = model_info(name)
         print(f"{name:34s} {info['family']:12s} {info['params'] / 1e6:9.2f}M  {info['description']}")
+    return 0
 
 
-def _info(argv: list[str]) -> None:
+def info_main(argv: list[str]) -> int:
+    import argparse
+
     from . import model_info
 
-    if not argv:
-        raise SystemExit("usage: zoo info MODEL_NAME")
-    print(json.dumps(model_info(argv[0]), indent=2))
+    p = argparse.ArgumentParser(prog="zoo info", description="Show one registered model's family, hyper-parameters, "
+                                "parameter count and paper as JSON.")
+    p.add_argument("model", help="registered model name (see `zoo models`)")
+    a = p.parse_args(argv)
+    print(json.dumps(model_info(a.model), indent=2))
+    return 0
 
 
-def _load_extra_commands() -> None:
-    import importlib
+def _usage() -> None:
+    print(__doc__)
+    width = max(map(len, COMMANDS))
+    print("commands:\n  " + "\n  ".join([f"{c:{width}s}  Lightning {c} (zoo {c} --help)" for c in LIGHTNING_COMMANDS]
+                                         + [f"{c:{width}s}  {h}" for c, (_, h) in COMMANDS.items()]))
 
-    for module in ("zoo.bench.cli", "zoo.interop.cli", "zoo.viz", "zoo.compress", "zoo.export"):
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as e:
-            if e.name != module:
-                raise
+
+def lightning_main(args: list[str] | None = None, run: bool = True):
+    from .trainer_cli import build_cli
+
+    return build_cli(args, run)
+
+
+def _with_stored_config(argv: list[str]) -> tuple[list[str], str | None]:
+    """`zoo test|validate|predict --ckpt_path X` without --config: use the recipe stored in the checkpoint."""
+    if argv[0] not in ("test", "validate", "predict") or any(a == "--config" or a.startswith("--config=") for a in argv):
+        return argv, None
+    ckpt = next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--ckpt_path"), None)
+    ckpt = ckpt or next((a.split("=", 1)[1] for a in argv if a.startswith("--ckpt_path=")), None)
+    if not ckpt or not Path(ckpt).is_file():
+        return argv, None
+    from .runs import read_checkpoint
+
+    stored = (read_checkpoint(ckpt).get("zoo") or {}).get("cli_config")
+    if not stored:
+        raise ValueError(f"{ckpt} stores no recipe (written by an older zoo); pass --config configs/<recipe>.yaml")
+    fd, path = tempfile.mkstemp(prefix="zoo-recipe-", suffix=".yaml")
+    with os.fdopen(fd, "w") as fh:
+        fh.write(stored)
+    return [argv[0], "--config", path, *argv[1:]], path
+
+
+def _one_line(e: BaseException) -> str:
+    """The innermost useful message of an exception chain (jsonargparse wraps the cause in its own errors)."""
+    seen = e
+    while seen.__cause__ is not None or (seen.__context__ is not None and not seen.__suppress_context__):
+        nxt = seen.__cause__ or seen.__context__
+        if isinstance(nxt, (ValueError, TypeError, FileNotFoundError, KeyError, RuntimeError, OSError)):
+            seen = nxt
+        else:
+            break
+    msg = str(seen).strip().splitlines()
+    text = " ".join(line.strip() for line in msg if line.strip()) or type(seen).__name__
+    return f"{type(seen).__name__}: {text}" if isinstance(seen, KeyError) else text
 
 
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
-    EXTRA_COMMANDS.setdefault("models", ("list registered models", _models))
-    EXTRA_COMMANDS.setdefault("info", ("show one model's hyper-parameters", _info))
-    _load_extra_commands()
-    if argv and argv[0] in EXTRA_COMMANDS:
-        rc = EXTRA_COMMANDS[argv[0]][1](argv[1:])
-        raise SystemExit(rc or 0)
+    verbose = os.environ.get("ZOO_VERBOSE") == "1"
+    if "--verbose" in argv:
+        argv.remove("--verbose")
+        verbose = True
     if not argv or argv[0] in ("-h", "--help"):
-        print(__doc__)
-        print("more subcommands: " + ", ".join(sorted(EXTRA_COMMANDS)))
-    lightning_main(argv)
+        _usage()
+        raise SystemExit(0)
+    name = argv[0]
+    if name not in COMMANDS and name not in LIGHTNING_COMMANDS:
+        import difflib
+
+        close = difflib.get_close_matches(name, [*COMMANDS, *LIGHTNING_COMMANDS], n=3)
+        print(f"zoo: unknown command {name!r}{'; did you mean ' + ' or '.join(close) + '?' if close else ''} "
+              "(`zoo --help` lists the commands)", file=sys.stderr)
+        raise SystemExit(2)
+    tmp = None
+    try:
+        if name in COMMANDS:
+            rc = _command(name)(argv[1:])
+        else:
+            argv, tmp = _with_stored_config(argv)
+            lightning_main(argv)
+            rc = 0
+    except SystemExit:
+        raise
+    except KeyboardInterrupt:
+        print(f"zoo {name}: interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
+    except Exception as e:  # noqa: BLE001 - the CLI's one readable line
+        if verbose:
+            raise
+        print(f"zoo {name}: error: {_one_line(e)}\n(run with --verbose for the full traceback)", file=sys.stderr)
+        raise SystemExit(1) from None
+    finally:
+        if tmp:
+            os.remove(tmp)
+    raise SystemExit(rc or 0)
 
 
 if __name__ == "__main__":

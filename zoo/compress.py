@@ -577,12 +577,3 @@ def main(argv: list[str]) -> int:
     if argv and argv[0] == "sweep":
         return sweep_main(argv[1:])
     return apply_main(argv)
-
-
-def _register() -> None:
-    from .cli import EXTRA_COMMANDS
-
-    EXTRA_COMMANDS["compress"] = ("quantize (int8) / prune a checkpoint and report size, CPU latency and accuracy", main)
-
-
-_register()

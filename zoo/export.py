@@ -228,12 +228,3 @@ def check_onnx(model: nn.Module, path: str | Path, ex: ExampleInputs) -> float:
     with torch.no_grad():
         ref = _Positional(model.eval(), ex.kind)(*ex.args)
     return float((torch.from_numpy(out) - ref).abs().max() / max(1.0, ref.abs().max().item()))
-
-
-def _register() -> None:
-    from .cli import EXTRA_COMMANDS
-
-    EXTRA_COMMANDS["export"] = ("export a model to ONNX or torch.export with dynamic axes", main)
-
-
-_register()

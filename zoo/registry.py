@@ -68,12 +68,25 @@ def get_config(name: str, **overrides) -> Any:
     return dataclasses.replace(entry.config, **overrides)
 
 
-def create_model(name: str, pretrained: str | None = None, **overrides) -> nn.Module:
-    """Build a registered model; `pretrained` is a local safetensors file or a zoo training checkpoint."""
+def create_model(name: str, pretrained: str | bool | None = None, **overrides) -> nn.Module:
+    """Build a registered model; `pretrained` is a checkpoint of `zoo fit`, a run folder, or a safetensors file
+    (one that zoo wrote describes its model: sizes come from it; a bare one must fit the config)."""
     entry = _entry(name)
+    if pretrained is not None and not isinstance(pretrained, bool):
+        from .runs import describes_model, load_run
+
+        if describes_model(pretrained):  # a zoo checkpoint or safetensors file: its own config decides the sizes
+            run = load_run(pretrained, overrides or None)
+            if run.name != name:
+                raise ValueError(f"{pretrained} holds a {run.name}, not a {name}; call create_model({run.name!r}, pretrained=...) "
+                                 "or zoo.runs.load_run(path)")
+            return run.model.train()
+    elif pretrained:
+        raise ValueError(f"{name} has no shipped weights; pass pretrained=<path> to a checkpoint of `zoo fit` "
+                         "or a safetensors file")
     model = entry.model_cls(get_config(name, **overrides))
     model.model_name = name
-    if pretrained is not None:
+    if pretrained:
         from .weights import load_pretrained
 
         load_pretrained(model, pretrained)

@@ -21,7 +21,6 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from .cli import EXTRA_COMMANDS
 from .core import TransformerBlock, sinusoidal_table
 
 # -- capturing attention probabilities --------------------------------------------------------
@@ -365,6 +364,3 @@ def main(argv: list[str]) -> int:
             title = f"{args.text!r} -> {tok.decode(tgt, skip_special_tokens=True)!r}\ncross-attention, last layer, mean over heads"
             print(plot_cross_attention(att, src_labels, predicted, out, title))
     return 0
-
-
-EXTRA_COMMANDS["viz"] = ("attention maps, cross-attention, position encodings, CLIP similarities as PNG", main)

@@ -1,4 +1,4 @@
-"""`zoo bench speed|quality|generate ...` (registered in zoo.cli.EXTRA_COMMANDS)."""
+"""`zoo bench speed|quality|generate ...` (listed in zoo.cli.COMMANDS)."""
 from __future__ import annotations
 
 import argparse
@@ -6,7 +6,6 @@ import csv
 import json
 from pathlib import Path
 
-from ..cli import EXTRA_COMMANDS
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -131,6 +130,3 @@ def bench_main(argv: list[str]) -> int:
         print("usage: zoo bench {speed,quality,generate} [options]   (zoo bench speed --help)")
         return 2 if argv and argv[0] not in ("-h", "--help") else 0
     return subs[argv[0]](argv[1:])
-
-
-EXTRA_COMMANDS["bench"] = ("speed / quality / generation benchmarks (zoo bench speed --help)", bench_main)

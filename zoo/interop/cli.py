@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import ast
 
-from ..cli import EXTRA_COMMANDS
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -78,6 +77,3 @@ def main(argv: list[str]) -> int:
     print(f"wrote {type(model).__name__} ({count_parameters(model) / 1e6:.2f}M parameters{same}) to {args.out}; "
           f"load it with zoo.interop.load_converted({args.out!r})")
     return 0
-
-
-EXTRA_COMMANDS["convert"] = ("convert transformers / timm checkpoints to zoo models and zoo models to transformers", main)

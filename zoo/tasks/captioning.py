@@ -6,7 +6,6 @@ import torch.nn.functional as F
 from torchmetrics import MeanMetric
 
 from .base import ZooTask
-from .contrastive import _store_tokenizer
 
 
 class CaptioningTask(ZooTask):
@@ -50,7 +49,3 @@ class CaptioningTask(ZooTask):
     def test_step(self, batch, batch_idx):
         self.test_em(self.exact_matches(batch["images"], batch["labels"]))
         self.log("test/exact_match", self.test_em)
-
-    def on_save_checkpoint(self, checkpoint):
-        _store_tokenizer(self, checkpoint)
-

@@ -61,15 +61,3 @@ class ContrastiveTask(ZooTask):
     def test_step(self, batch, batch_idx):
         self.test_acc(self.model.zero_shot_logits(batch["images"], self._classifier), batch["labels"])
         self.log("test/zero_shot_acc", self.test_acc)
-
-    def on_save_checkpoint(self, checkpoint):
-        _store_tokenizer(self, checkpoint)
-
-
-def _store_tokenizer(task, checkpoint) -> None:
-    """Keep the tokenizer (a JSON string) in the checkpoint so that `zoo viz` can read text later."""
-    dm = getattr(task.trainer, "datamodule", None) if task._trainer is not None else None
-    if dm is not None and hasattr(dm, "tokenizer"):
-        from ..data.multimodal import tokenizer_state
-
-        checkpoint["tokenizer_json"] = tokenizer_state(dm.tokenizer)

@@ -134,25 +134,27 @@ def load_teacher(teacher: str | None = None, teacher_ckpt: str | None = None, te
     kwargs, data = dict(teacher_kwargs or {}), dict(data_overrides or {})
     if teacher is None and teacher_ckpt is None:
         raise ValueError("distillation needs a teacher: pass teacher=<zoo model name or 'timm:NAME'> and/or teacher_ckpt=<path>")
-    if teacher is None:  # a checkpoint written by `zoo fit`: its hyper-parameters name the model
-        hp = torch.load(teacher_ckpt, map_location="cpu", weights_only=True).get("hyper_parameters", {})
-        if "model" not in hp:
-            raise ValueError(f"{teacher_ckpt} has no hyper-parameters naming its model; pass teacher=<model name> as well")
-        teacher = hp["model"]
-        data = {**data, **(hp.get("data_overrides") or {})}
-        kwargs = {**(hp.get("model_kwargs") or {}), **kwargs}
-    if teacher.startswith("timm:"):
-        kwargs = {"timm_name": teacher[len("timm:"):], **kwargs}
-        teacher = "timm_resnet18"  # the generic timm wrapper; timm_name picks the network
-    model = create_model(teacher, **{**_accepted(teacher, {**data, **(defaults or {})}), **kwargs})
     if teacher_ckpt is not None:
+        from ..rundir import resolve_checkpoint
+
+        teacher_ckpt = resolve_checkpoint(teacher_ckpt)
         if not Path(teacher_ckpt).exists():
             raise FileNotFoundError(f"teacher checkpoint {teacher_ckpt!r} does not exist; train the teacher first "
                                     "(e.g. zoo fit --config configs/resnet_mnist_teacher.yaml)")
-        sd = read_state_dict(teacher_ckpt)
-        if _entry(teacher).family == "timm" and not any(k.startswith("net.") for k in sd):
-            sd = {f"net.{k}": v for k, v in sd.items()}  # a plain timm state dict
-        load_state_dict_checked(model, sd)
+    if teacher is None:  # a checkpoint written by `zoo fit` describes its model: the one run loader
+        from ..runs import load_run
+
+        model = load_run(teacher_ckpt, kwargs or None).model
+    else:
+        if teacher.startswith("timm:"):
+            kwargs = {"timm_name": teacher[len("timm:"):], **kwargs}
+            teacher = "timm_resnet18"  # the generic timm wrapper; timm_name picks the network
+        model = create_model(teacher, **{**_accepted(teacher, {**data, **(defaults or {})}), **kwargs})
+        if teacher_ckpt is not None:
+            sd = read_state_dict(teacher_ckpt)
+            if _entry(teacher).family == "timm" and not any(k.startswith("net.") for k in sd):
+                sd = {f"net.{k}": v for k, v in sd.items()}  # a plain timm state dict
+            load_state_dict_checked(model, sd)
     model.eval().requires_grad_(False)
     return model
 

@@ -26,6 +26,9 @@ from .base import ZooTask
 def load_matching(model: torch.nn.Module, path: str) -> dict[str, list[str]]:
     """Copy every tensor of a checkpoint whose name and shape match into `model` (e.g. a pre-trained
     encoder into a classifier); return what was loaded, skipped (not in the model / other shape) and left new."""
+    from ..rundir import resolve_checkpoint
+
+    path = resolve_checkpoint(path)
     sd = read_state_dict(path)
     own = model.state_dict()
     loaded = [k for k, v in sd.items() if k in own and own[k].shape == v.shape]

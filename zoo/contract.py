@@ -1,0 +1,121 @@
+"""What a model declares about itself, so that code outside the families never guesses.
+
+Every registered model class says
+    kind            what it consumes and produces (one of KINDS)
+    example_inputs  random inputs of the right kind for a batch and size: an `Inputs`, whose tensors
+                    are in the order `forward` takes them and whose axes are named (dynamic axes)
+    no_split_modules  the block classes that FSDP wraps and checkpointing runs one at a time
+                    (timm's / transformers' `_no_split_modules`)
+    set_grad_checkpointing(enable)
+
+Export, bench, compress, viz, serve and the contract tests read these and nothing else: a new
+family is one file that fills them in (see `zoo/models/vit.py` for the shortest example).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+# kind -> what forward takes (in order) and returns
+KINDS = {
+    "image_classifier": "images (B, C, H, W) -> logits (B, classes)",
+    "text_encoder": "input_ids, attention_mask (B, L) -> logits (B, classes) or (B, L, V)",
+    "encoder_decoder": "input_ids, decoder_input_ids, attention_mask -> logits (B, T, V); generate()",
+    "recurrent": "input_ids, decoder_input_ids, attention_mask -> logits (B, T, V); generate() (RNN encoder-decoder)",
+    "decoder_only": "input_ids, attention_mask (B, L) -> next-token logits (B, L, V); generate()",
+    "dual_encoder": "images, input_ids, attention_mask -> image-text logits (B, B); encode_image / encode_text",
+    "image_to_text": "images, decoder_input_ids -> logits (B, T, V); generate(images)",
+}
+GENERATIVE = ("encoder_decoder", "recurrent", "decoder_only", "image_to_text")
+
+
+@dataclass
+class Inputs:
+    """Example inputs of a model: `tensors` in forward's order; `dynamic` names the axes that may vary."""
+
+    tensors: dict[str, torch.Tensor]
+    dynamic: dict[str, dict[int, str]] = field(default_factory=dict)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(self.tensors)
+
+    @property
+    def args(self) -> tuple[torch.Tensor, ...]:
+        return tuple(self.tensors.values())
+
+    def to(self, device) -> "Inputs":
+        return Inputs({k: v.to(device) for k, v in self.tensors.items()}, self.dynamic)
+
+
+def kind_of(model: nn.Module) -> str:
+    kind = getattr(model, "kind", None)
+    if kind not in KINDS:
+        raise TypeError(f"{type(model).__name__} declares no model kind (class attribute `kind`, one of {', '.join(KINDS)}); "
+                        "zoo commands work on models that declare their inputs (zoo/contract.py)")
+    return kind
+
+
+def example_inputs(model: nn.Module, batch: int = 2, length: int = 16, seed: int = 0) -> Inputs:
+    """The model's own example inputs (see `kind_of` for models that declare none)."""
+    kind_of(model)
+    return model.example_inputs(batch=batch, length=length, generator=torch.Generator().manual_seed(seed))
+
+
+# -- helpers the families use to build their example inputs ----------------------------------------
+
+def image_batch(batch: int, in_chans: int, size: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    return torch.randn(batch, in_chans, size, size, generator=generator)
+
+
+def token_batch(batch: int, length: int, vocab_size: int, generator: torch.Generator | None = None,
+                low: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ids in [low, vocab) (no pad / bos / eos) and an attention mask whose first row is padded at the
+    end, so that exports and comparisons check that masks are honoured."""
+    ids = torch.randint(min(low, vocab_size - 1), vocab_size, (batch, length), generator=generator)
+    mask = torch.ones(batch, length, dtype=torch.long)
+    if length > 1:
+        mask[0, length - max(1, length // 4):] = 0
+    return ids, mask
+
+
+IMAGE_AXES = {0: "batch"}
+TEXT_AXES = {0: "batch", 1: "sequence"}
+
+
+class ZooModel:
+    """Mixin of every zoo model class: the declaration's defaults. A family sets `kind` and writes
+    `example_inputs`; `no_split_modules` defaults to the core's TransformerBlock."""
+
+    kind: str = ""
+    no_split_modules: tuple[type, ...] = ()  # filled below (the core's block) to avoid an import cycle
+
+    def example_inputs(self, batch: int = 2, length: int = 16, generator: torch.Generator | None = None) -> Inputs:
+        raise NotImplementedError(f"{type(self).__name__} must declare example_inputs(batch, length, generator)")
+
+    def set_grad_checkpointing(self, enable: bool = True) -> int:
+        """Recompute every block's activations in the backward pass (less memory, ~30% more compute).
+        Returns the number of stacks switched."""
+        from .core.blocks import set_grad_checkpointing
+
+        return set_grad_checkpointing(self, enable)
+
+
+def _default_blocks() -> None:
+    from .core.blocks import TransformerBlock
+
+    ZooModel.no_split_modules = (TransformerBlock,)
+
+
+_default_blocks()
+
+
+def seq2seq_inputs(batch: int, length: int, src_vocab: int, tgt_vocab: int, generator: torch.Generator | None = None) -> Inputs:
+    """Source ids, decoder ids (half the source length) and the source mask of an encoder–decoder."""
+    ids, mask = token_batch(batch, length, src_vocab, generator)
+    dec, _ = token_batch(batch, max(2, length // 2), tgt_vocab, generator)
+    return Inputs({"input_ids": ids, "decoder_input_ids": dec, "attention_mask": mask},
+                  {"input_ids": {0: "batch", 1: "source"}, "decoder_input_ids": {0: "batch", 1: "target"},
+                   "attention_mask": {0: "batch", 1: "source"}})

@@ -1,0 +1,297 @@
+"""One run loader: whatever a user points at becomes the model, its tokenizer and what its task needs.
+
+    run = zoo.runs.load_run("runs/vit_mnist/version_0/checkpoints/last.ckpt")
+    run.model, run.tokenizer, run.labels, run.image, run.task_class
+
+Accepted sources: a checkpoint of `zoo fit` (.ckpt), a safetensors file that `zoo` wrote (its metadata
+names the model and config), `NAME@weights.safetensors` for bare weights, or a registered name
+(random weights). Every command (test, predict, export, viz, compress, distillation teachers) and
+`create_model(name, pretrained=...)` go through `load_run`.
+
+A checkpoint of `zoo fit` describes itself in `checkpoint["zoo"]` (written by `ZooTask.on_save_checkpoint`
+through `run_metadata`): the model name and its full config (with the sizes the data decided), the
+task class, the tokenizer (used as stored, never rebuilt), label names, image size and normalisation,
+the recipe's config and the versions that wrote it. Loading never executes pickled code.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+FORMAT = 1
+WEIGHT_SUFFIXES = (".ckpt", ".safetensors", ".pt", ".pth", ".bin")
+
+
+class RunError(ValueError):
+    """A checkpoint that cannot be used as asked; the message names the file and the fix."""
+
+
+@dataclass
+class Run:
+    model: nn.Module
+    name: str
+    source: str
+    meta: dict[str, Any] = field(default_factory=dict)
+    tokenizer: Any = None  # transformers.PreTrainedTokenizerFast, when the run has text
+    hparams: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def labels(self) -> list[str] | None:
+        return self.meta.get("labels")
+
+    @property
+    def image(self) -> dict | None:
+        """{"size", "in_chans", "mean", "std"} of image inputs, when the run has them."""
+        return self.meta.get("image")
+
+    @property
+    def task_class(self) -> str | None:
+        return self.meta.get("task") or self.hparams.get("_class_path")
+
+    @property
+    def cli_config(self) -> str | None:
+        return self.meta.get("cli_config")
+
+
+# -- writing -------------------------------------------------------------------------------------
+
+def model_record(model: nn.Module) -> dict[str, Any]:
+    """Name, family and full config of a zoo model (plain types: loads with weights_only=True)."""
+    from .registry import _entry
+
+    name = getattr(model, "model_name", None)
+    if name is None:
+        raise RunError(f"{type(model).__name__} was not built by zoo.create_model (no model_name); cannot describe it")
+    return {"model": name, "family": _entry(name).family, "config": _plain(dataclasses.asdict(model.config))}
+
+
+def run_metadata(model: nn.Module, task: Any = None, datamodule: Any = None, cli_config: str | None = None) -> dict[str, Any]:
+    """What `checkpoint["zoo"]` holds; see the module docstring."""
+    import lightning
+    import zoo
+
+    meta = {"format": FORMAT, **model_record(model),
+            "versions": {"zoo": str(zoo.__version__), "torch": str(torch.__version__), "lightning": str(lightning.__version__)}}
+    if task is not None:
+        meta["task"] = f"{type(task).__module__}.{type(task).__qualname__}"
+    if datamodule is not None:
+        meta["data"] = f"{type(datamodule).__module__}.{type(datamodule).__qualname__}"
+        meta.update(_plain(getattr(datamodule, "run_metadata", None) or {}))
+        tok = getattr(datamodule, "tokenizer", None)
+        if tok is not None:
+            from .data.tokenizers import tokenizer_to_state
+
+            meta["tokenizer"] = tokenizer_to_state(tok)
+    if cli_config:
+        meta["cli_config"] = cli_config
+    return meta
+
+
+def _plain(obj):
+    """Tuples -> lists, recursively (what yaml and weights_only loading agree on)."""
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+# -- reading -------------------------------------------------------------------------------------
+
+def read_checkpoint(path: str | Path) -> dict:
+    """A `zoo fit` checkpoint as a dict (weights_only: plain tensors and containers, nothing executed)."""
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated, empty, not a torch file, or pickled objects weights_only refuses
+        raise RunError(f"cannot read checkpoint {path}: {type(e).__name__}: {str(e).splitlines()[0][:200]}; "
+                       "the file is damaged or not a checkpoint of `zoo fit` (nothing in it was executed)") from None
+    if not isinstance(obj, dict) or "state_dict" not in obj:
+        raise RunError(f"{path} is not a checkpoint of `zoo fit` (no state_dict); pass a .ckpt that `zoo fit` wrote, "
+                       "or NAME@FILE for bare weights")
+    return obj
+
+
+def config_from_record(name: str, config: dict) -> Any:
+    """The registered config of `name` with the stored fields (nested dataclasses rebuilt)."""
+    from .registry import get_config
+
+    base = get_config(name)
+    fields = {f.name: getattr(base, f.name) for f in dataclasses.fields(base)}
+    unknown = sorted(set(config) - set(fields))
+    if unknown:
+        raise RunError(f"the stored config of {name} has fields this version of zoo does not know: {', '.join(unknown)}; "
+                       "upgrade zoo or load the weights with NAME@FILE and explicit overrides")
+    values = {}
+    for k, v in config.items():
+        default = fields[k]
+        if dataclasses.is_dataclass(default) and isinstance(v, dict):
+            v = type(default)(**v)
+        elif isinstance(default, tuple) and isinstance(v, list):
+            v = tuple(v)
+        values[k] = v
+    return dataclasses.replace(base, **values)
+
+
+def _legacy_overrides(hp: dict) -> dict:
+    """Checkpoints written before `checkpoint["zoo"]` existed: rebuild the overrides from the task's
+    hyper-parameters (data overrides, model_kwargs, and the head a text task picks by its class)."""
+    import importlib
+
+    from .registry import get_config
+
+    overrides = {**(hp.get("data_overrides") or {}), **(hp.get("model_kwargs") or {})}
+    fields = {f.name for f in dataclasses.fields(get_config(hp["model"]))}
+    overrides = {k: v for k, v in overrides.items() if k in fields}
+    path = hp.get("_class_path", "")
+    if "head" in fields and "head" not in overrides and "." in path:
+        try:
+            head = getattr(getattr(importlib.import_module(path.rsplit(".", 1)[0]), path.rsplit(".", 1)[1]), "head", None)
+        except (ImportError, AttributeError):
+            head = None
+        if isinstance(head, str):
+            overrides["head"] = head
+    return overrides
+
+
+def _check_hparams_agree(path, name: str, config: Any, hp: dict) -> None:
+    """The task's hyper-parameters and the stored model config must describe one model: an edited
+    checkpoint or one that mixes two runs is refused instead of loading as a different model."""
+    claimed = {**(hp.get("data_overrides") or {}), **(hp.get("model_kwargs") or {})}
+    if hp.get("model") not in (None, name):
+        raise RunError(f"{path}: the task's hyper-parameters name model {hp['model']!r} but the stored model is {name!r}; "
+                       "the file was edited or mixes two runs")
+    differ = [f"{k}={v!r} (stored config: {getattr(config, k)!r})" for k, v in claimed.items()
+              if hasattr(config, k) and _plain(getattr(config, k)) != _plain(v)]
+    if differ:
+        raise RunError(f"{path}: hyper-parameters disagree with the stored model config: {', '.join(differ)}; "
+                       "the file was edited or mixes two runs - retrain, or load the weights with NAME@FILE")
+
+
+def load_run(source: str | Path, model_kwargs: dict | None = None, strict_config: bool = True) -> Run:
+    """Turn `source` (see the module docstring) into a `Run` with the model in eval mode."""
+    from .registry import _entry, create_model
+    from .weights import load_state_dict_checked, read_state_dict
+
+    from .rundir import resolve_checkpoint
+
+    kwargs = dict(model_kwargs or {})
+    src = resolve_checkpoint(source)
+    if "@" in src and not Path(src).exists():
+        name, path = src.split("@", 1)
+        model = create_model(name, **kwargs)
+        load_state_dict_checked(model, read_state_dict(path))
+        return Run(model.eval(), name, path)
+    path = Path(src)
+    if path.suffix not in WEIGHT_SUFFIXES and not path.exists():
+        _entry(src)  # a registered name, or an error listing close names
+        return Run(create_model(src, **kwargs).eval(), src, src)
+    if not path.exists():
+        raise FileNotFoundError(f"{src} does not exist; pass a checkpoint written by `zoo fit`, a .safetensors file "
+                                "written by zoo, NAME@FILE, or a registered model name")
+    if path.suffix == ".safetensors":
+        return _load_safetensors(path, kwargs)
+    if path.suffix != ".ckpt":
+        raise RunError(f"{src} holds weights without a model name; pass NAME@{src} (e.g. vit_mnist@{src})")
+    ckpt = read_checkpoint(path)
+    hp = dict(ckpt.get("hyper_parameters") or {})
+    meta = dict(ckpt.get("zoo") or {})
+    if meta:
+        name = meta["model"]
+        config = config_from_record(name, meta["config"])
+        if strict_config:
+            _check_hparams_agree(path, name, config, hp)
+        if kwargs:
+            config = dataclasses.replace(config, **kwargs)
+        model = _build(name, config)
+    elif "model" in hp:  # an older checkpoint: the hyper-parameters name the model
+        name = hp["model"]
+        model = create_model(name, **{**_legacy_overrides(hp), **kwargs})
+        meta = {"model": name, "task": hp.get("_class_path")}
+        if "tokenizer_json" in ckpt:
+            meta["tokenizer"] = ckpt["tokenizer_json"]
+    else:
+        raise RunError(f"{src} names no model (no zoo record and no hyper_parameters.model); pass NAME@{src}")
+    state = {k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+    try:
+        load_state_dict_checked(model, state)
+    except Exception as e:
+        raise RunError(f"{src}: the weights do not fit the model {name} it names: {e}") from None
+    tokenizer = None
+    if meta.get("tokenizer"):
+        from .data.tokenizers import tokenizer_from_state
+
+        tokenizer = tokenizer_from_state(meta["tokenizer"])
+    return Run(model.eval(), name, src, meta, tokenizer, hp)
+
+
+def describes_model(source: str | Path) -> bool:
+    """True for a file (or run folder) that names its model: a `zoo fit` checkpoint, or safetensors with zoo metadata."""
+    from .rundir import resolve_checkpoint
+
+    path = Path(resolve_checkpoint(source))
+    if path.suffix == ".ckpt":
+        return True
+    if path.suffix == ".safetensors" and path.is_file():
+        try:
+            from safetensors import safe_open
+
+            with safe_open(str(path), "pt") as f:
+                return "zoo" in (f.metadata() or {})
+        except Exception:  # noqa: BLE001 - a damaged file: the loader that follows names the problem
+            return False
+    return False
+
+
+def _build(name: str, config: Any) -> nn.Module:
+    from .registry import _entry
+
+    entry = _entry(name)
+    model = entry.model_cls(config)
+    model.model_name = name
+    return model
+
+
+def _load_safetensors(path: Path, kwargs: dict) -> Run:
+    from safetensors import safe_open
+
+    from .weights import load_state_dict_checked, read_state_dict
+
+    state = read_state_dict(path)
+    with safe_open(str(path), "pt") as f:
+        meta = dict(f.metadata() or {})
+    if "zoo" not in meta:
+        raise RunError(f"{path} has no zoo metadata naming its model; pass NAME@{path} (e.g. vit_mnist@{path})")
+    record = json.loads(meta["zoo"])
+    config = config_from_record(record["model"], record["config"])
+    if kwargs:
+        config = dataclasses.replace(config, **kwargs)
+    model = _build(record["model"], config)
+    load_state_dict_checked(model, state)
+    tokenizer = None
+    if record.get("tokenizer"):
+        from .data.tokenizers import tokenizer_from_state
+
+        tokenizer = tokenizer_from_state(record["tokenizer"])
+    return Run(model.eval(), record["model"], str(path), record, tokenizer)
+
+
+def save_run(run: Run | nn.Module, path: str | Path, tokenizer: Any = None, meta: dict | None = None) -> Path:
+    """Weights as safetensors with the zoo record in the metadata: `load_run(path)` rebuilds the model."""
+    from .weights import save_safetensors
+
+    model = run.model if isinstance(run, Run) else run
+    record = {**(run.meta if isinstance(run, Run) else {}), **(meta or {}), **model_record(model)}
+    tokenizer = tokenizer if tokenizer is not None else getattr(run, "tokenizer", None)
+    if tokenizer is not None:
+        from .data.tokenizers import tokenizer_to_state
+
+        record["tokenizer"] = tokenizer_to_state(tokenizer)
+    record.pop("cli_config", None)
+    save_safetensors(model, path, metadata={"zoo": json.dumps(record)})
+    return Path(path)

@@ -1,0 +1,168 @@
+"""`zoo fit|validate|test|predict`: LightningCLI with zoo's defaults.
+
+- every `fit` writes into a run folder of its own (`zoo.rundir`); `--ckpt_path last` resumes the newest run;
+- the data decides what the model must accept (classes, channels, vocabulary): linked into the model;
+- a checkpoint's tokenizer is used as stored: `--ckpt_path X` (test, predict, resume) and
+  `--model.init_args.init_from X` hand it to the data module instead of training a new one;
+- a checkpoint of another recipe is refused in one line naming both;
+- the recipe as given is stored in every checkpoint, so `zoo test --ckpt_path X` needs no --config.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import yaml
+from lightning.pytorch.cli import LightningCLI
+
+from . import rundir
+
+
+def _class_name(ns) -> str | None:
+    return getattr(ns, "class_path", None) if ns is not None and not isinstance(ns, (str, bool)) else None
+
+
+class ZooCLI(LightningCLI):
+    def add_arguments_to_parser(self, parser):
+        parser.add_argument("--test_after_fit", type=bool, default=True,
+                            help="after `fit`, evaluate the best checkpoint on the test split and print the metrics")
+        parser.link_arguments("data", "model.init_args.data_overrides", compute_fn=lambda dm: dm.model_overrides,
+                              apply_on="instantiate")
+
+    # -- checkpoint paths: "last", and checkpoints of another recipe ----------------------------
+    def _parse_ckpt_path(self) -> None:
+        sub = self.config.get("subcommand")
+        c = self.config[sub] if sub else None
+        if c is not None and c.get("ckpt_path") == "last":
+            c.ckpt_path = str(rundir.latest_checkpoint(c.trainer.default_root_dir or "runs"))
+        if c is not None and c.get("ckpt_path"):
+            self._check_recipe(c)
+        super()._parse_ckpt_path()
+
+    def _check_recipe(self, c) -> None:
+        from .runs import RunError, read_checkpoint
+
+        path = c.ckpt_path
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"--ckpt_path {path} does not exist; `zoo fit` writes <default_root_dir>/version_N/checkpoints/")
+        ckpt = read_checkpoint(path)
+        hp = ckpt.get("hyper_parameters") or {}
+        meta = ckpt.get("zoo") or {}
+        theirs = (meta.get("model") or hp.get("model"), meta.get("task") or hp.get("_class_path"))
+        ours = (c.model.init_args.get("model") if c.model and c.model.get("init_args") else None, _class_name(c.model))
+        if None not in theirs and None not in ours and theirs != ours:
+            raise RunError(f"{path} is a checkpoint of model {theirs[0]} ({theirs[1].rsplit('.', 1)[-1]}), but this recipe "
+                           f"builds {ours[0]} ({ours[1].rsplit('.', 1)[-1]}); pass that run's recipe, or omit --config "
+                           "to use the one stored in the checkpoint")
+
+    # -- run folder, tokenizer, stored recipe -------------------------------------------------
+    def before_instantiate_classes(self) -> None:
+        sub = self.subcommand
+        c = self.config[sub]
+        self._recipe = self._recipe_yaml()
+        source = c.get("ckpt_path") or (c.model.init_args.get("init_from") if sub == "fit" else None)
+        data_args = c.data.get("init_args") if c.get("data") else None
+        source = rundir.resolve_checkpoint(source) if source else None
+        if sub == "fit" and c.model.init_args.get("init_from"):
+            c.model.init_args.init_from = source
+        if source and data_args is not None and "tokenizer" in data_args and not data_args.tokenizer:
+            data_args.tokenizer = str(source)  # the run's own tokenizer, never a rebuilt one
+        if sub == "fit":
+            self._run_folder(c)
+        elif c.trainer.get("logger") is not None:
+            c.trainer.logger = False  # evaluating or predicting writes nothing into the run folders
+
+    def _recipe_yaml(self) -> str:
+        self._dump_config()
+        recipe = dict(self.config_dump)
+        recipe.pop("ckpt_path", None)
+        model = dict(recipe.get("model") or {})
+        if isinstance(model.get("init_args"), dict):
+            model["init_args"] = {k: v for k, v in model["init_args"].items() if k != "data_overrides"}
+        recipe["model"] = model
+        del self.config_dump  # LightningCLI dumps again later, after our changes
+        return yaml.safe_dump(recipe, sort_keys=False)
+
+    def _run_folder(self, c) -> None:
+        root = Path(c.trainer.default_root_dir or "runs")
+        run = rundir.claim(root)
+        c.trainer.default_root_dir = str(run)
+        loggers = c.trainer.get("logger")
+        if loggers is None or loggers is True:
+            loggers = _csv_logger()
+            c.trainer.logger = loggers
+        for lg in loggers if isinstance(loggers, list) else [loggers]:
+            args = lg.get("init_args") if _class_name(lg) else None
+            if args is not None and "save_dir" in args:  # CSV / TensorBoard: <root>/version_N
+                args.save_dir, args.name, args.version = str(root), "", run.name
+        for cb in c.trainer.get("callbacks") or []:
+            if (_class_name(cb) or "").endswith("ModelCheckpoint"):
+                if cb.init_args.get("dirpath"):
+                    rundir.lock(cb.init_args.dirpath)  # a folder the user named: no other live run may share it
+                else:
+                    cb.init_args.dirpath = str(run / "checkpoints")
+
+    def after_instantiate_classes(self) -> None:
+        super().after_instantiate_classes()
+        self.model._zoo_recipe = self._recipe
+
+    def instantiate_trainer(self, **kwargs):
+        from .callbacks import default_trainer_extras
+
+        trainer = super().instantiate_trainer(**kwargs)
+        default_trainer_extras(trainer)
+        return trainer
+
+    def after_fit(self):
+        if self.config[self.subcommand].get("test_after_fit") and not self.trainer.fast_dev_run:
+            ckpt = "best" if self.trainer.checkpoint_callback and self.trainer.checkpoint_callback.best_model_path else None
+            self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt)
+        if self.trainer.is_global_zero:
+            print(f"zoo fit: this run's files are in {self.trainer.default_root_dir}")
+
+    def after_predict(self):
+        """Print one line per prediction."""
+        for batch in self.trainer.predict_loop.predictions or []:
+            for line in prediction_lines(batch):
+                print(line)
+
+
+def _csv_logger():
+    from jsonargparse import Namespace
+
+    return Namespace(class_path="lightning.pytorch.loggers.CSVLogger", init_args=Namespace(save_dir="runs", name="", version=None))
+
+
+def prediction_lines(batch) -> list[str]:
+    """Tasks return a list of strings (texts, captions) or a dict with "pred"/"prob" (and "label")."""
+    if isinstance(batch, dict) and "pred" in batch:
+        labels = batch.get("label") or [None] * len(batch["pred"])
+        return [f"{int(p)}\t{float(q):.4f}" + (f"\t{name}" if name is not None else "")
+                for p, q, name in zip(batch["pred"].tolist(), batch["prob"].tolist(), labels)]
+    if isinstance(batch, (list, tuple)):
+        return [str(x) for x in batch]
+    return [str(batch)]
+
+
+def build_cli(args: list[str] | None = None, run: bool = True) -> ZooCLI:
+    from .tasks.base import ZooTask
+
+    return ZooCLI(
+        ZooTask,
+        L.LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        args=args,
+        run=run,
+        seed_everything_default=0,
+        save_config_kwargs={"overwrite": True},
+        parser_kwargs={"parser_mode": "omegaconf"} if _has_omegaconf() else None,
+    )
+
+
+def _has_omegaconf() -> bool:
+    try:
+        import omegaconf  # noqa: F401
+    except ImportError:
+        return False
+    return True
