@@ -16,6 +16,7 @@ from zoo.core import (
     TransformerStack,
     attention,
     causal_mask,
+    decoder_padding_mask,
     padding_mask,
     relative_position_bucket,
     sinusoidal_table,
@@ -251,3 +252,15 @@ def test_gradient_checkpointing_gives_same_gradients():
     for a, p in zip(g1, stack.parameters()):
         torch.testing.assert_close(a, p.grad)
 
+
+def test_decoder_padding_mask_hides_pads_and_never_empties_a_row():
+    am = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
+    m = decoder_padding_mask(am, 5)
+    assert m.shape == (2, 1, 5, 5)
+    full = m & causal_mask(5, 5)
+    assert full.any(-1).all()  # every query keeps a key: no NaN from SDPA
+    assert not full[0, 0, 2:, :2].any()  # real queries never see the padding
+    assert full[1, 0].equal(causal_mask(5, 5)[0, 0])
+    last = decoder_padding_mask(am, 1)  # one new query after a cached prefix
+    assert last.shape == (2, 1, 1, 5) and last[0, 0, 0].tolist() == [False, False, True, True, True]
+    assert decoder_padding_mask(None, 3) is None

@@ -1,14 +1,14 @@
 """zoo.generation: cached decoding, greedy, beam search and sampling on tiny encoder-decoders."""
+import re
+from types import SimpleNamespace
+
 import pytest
 import torch
 from torch import nn
 
-from zoo.core import KVCache
+from zoo.core import BlockConfig, KVCache, RotaryEmbedding, TransformerStack, decoder_padding_mask
 from zoo.generation import GenerationMixin, _filter_logits, _Setup, beam_search, greedy_search, sequence_scores
 from test_encoder_decoder import TINY, V, tiny  # noqa: F401
-
-
-
 
 @pytest.fixture(params=list(TINY))
 def model(request):
@@ -25,7 +25,7 @@ def _src():
 
 def _setup(model, src, mask, eos=None):
     cfg = model.config
-    return _Setup(model.encode(src, mask), mask, cfg.decoder_start_token_id, cfg.pad_token_id, eos)
+    return _Setup.encoder_decoder(model.encode(src, mask), mask, cfg.decoder_start_token_id, cfg.pad_token_id, eos)
 
 
 def test_cached_logits_equal_full_recompute(model):
@@ -159,3 +159,198 @@ def test_generate_passes_non_text_inputs_to_encode():
     assert out.shape == (2, 7)
     assert torch.equal(model.generate(images, max_new_tokens=6, ignore_eos=True, use_cache=False),
                        model.generate(images, max_new_tokens=6, ignore_eos=True))
+
+
+# -- decoder-only models ---------------------------------------------------------------------------
+
+class TinyLM(GenerationMixin, nn.Module):
+    """A decoder-only LM from the core: token embedding + positions, a causal TransformerStack and a
+    head tied to the embedding. Learned positions count from each row's first real token
+    (attention_mask.cumsum - 1), rotary ones from the first column (offsets are all that matter)."""
+
+    def __init__(self, rotary: bool = False, vocab: int = V, dim: int = 32, heads: int = 4, max_len: int = 64):
+        super().__init__()
+        self.config = SimpleNamespace(vocab_size=vocab, pad_token_id=0, eos_token_id=2)
+        self.embed = nn.Embedding(vocab, dim)
+        self.pos = None if rotary else nn.Embedding(max_len, dim)
+        self.rope = RotaryEmbedding(dim // heads) if rotary else None
+        self.stack = TransformerStack(BlockConfig(dim, heads, 2 * dim), depth=2)
+        self.head = nn.Linear(dim, vocab, bias=False)
+        self.head.weight = self.embed.weight
+
+    def decode(self, input_ids, cache=None, attention_mask=None):
+        length = input_ids.shape[1]
+        past = 0 if cache is None else cache.length(self.stack.blocks[0].attn.layer_id)
+        x = self.embed(input_ids)
+        if self.pos is not None:
+            if attention_mask is None:
+                pos = torch.arange(past, past + length, device=x.device)[None]
+            else:
+                pos = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -length:]
+            x = x + self.pos(pos)
+        mask = decoder_padding_mask(attention_mask, length)
+        return self.head(self.stack(x, mask=mask, causal=True, rope=self.rope, cache=cache))
+
+
+def tiny_lm(rotary):
+    torch.manual_seed(0)
+    return TinyLM(rotary).eval()
+
+
+@pytest.fixture(params=[False, True], ids=["learned", "rotary"])
+def lm(request):
+    return tiny_lm(request.param)
+
+
+def _prompts():
+    """Three prompts of lengths 5, 3, 1, left-padded with 0 into one batch."""
+    torch.manual_seed(2)
+    rows = [torch.randint(3, V, (n,)) for n in (5, 3, 1)]
+    ids, mask = torch.zeros(3, 5, dtype=torch.long), torch.zeros(3, 5, dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, 5 - len(r):], mask[i, 5 - len(r):] = r, 1
+    return rows, ids, mask
+
+
+def test_decoder_only_cached_logits_equal_full_recompute(lm):
+    _, ids, mask = _prompts()
+    cont = torch.randint(3, V, (3, 4))
+    seq, seq_mask = torch.cat([ids, cont], 1), torch.cat([mask, torch.ones_like(cont)], 1)
+    full = lm.decode(seq, attention_mask=seq_mask)
+    cache = KVCache()
+    steps = [lm.decode(ids, cache=cache, attention_mask=mask)]  # the prompt once, then one token at a time
+    steps += [lm.decode(seq[:, t: t + 1], cache=cache, attention_mask=seq_mask[:, : t + 1]) for t in range(5, 9)]
+    torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-5, rtol=1e-5)
+    assert torch.isfinite(full).all()
+
+
+def test_decoder_only_greedy_equals_a_recomputing_loop(lm):
+    _, ids, mask = _prompts()
+    out = lm.generate(ids, attention_mask=mask, max_new_tokens=6, ignore_eos=True)
+    assert out.shape == (3, 11) and torch.equal(out[:, :5], ids)  # the prompt, then the new tokens
+    seq, seq_mask = ids, mask
+    for _ in range(6):  # by hand: the whole sequence every step, argmax of the last position
+        nxt = lm.decode(seq, attention_mask=seq_mask)[:, -1].argmax(-1, keepdim=True)
+        seq, seq_mask = torch.cat([seq, nxt], 1), torch.cat([seq_mask, torch.ones_like(nxt)], 1)
+    assert torch.equal(out, seq)
+
+
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_decoder_only_cache_gives_the_same_tokens(lm, num_beams):
+    _, ids, mask = _prompts()
+    kw = dict(attention_mask=mask, max_new_tokens=7, num_beams=num_beams, ignore_eos=True)
+    with_cache = lm.generate(ids, use_cache=True, **kw)
+    assert with_cache.shape == (3, 12) and torch.equal(with_cache[:, :5], ids)
+    assert torch.equal(with_cache, lm.generate(ids, use_cache=False, **kw))
+
+
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_left_padded_batch_generates_what_each_prompt_generates_alone(lm, num_beams):
+    rows, ids, mask = _prompts()
+    batch = lm.generate(ids, attention_mask=mask, max_new_tokens=6, num_beams=num_beams, ignore_eos=True)
+    scores = sequence_scores(lm, ids, batch, mask)
+    for i, row in enumerate(rows):
+        alone = lm.generate(row[None], max_new_tokens=6, num_beams=num_beams, ignore_eos=True)
+        assert batch[i, 5 - len(row):].tolist() == alone[0].tolist()
+        # the scores too: a random model often repeats tokens, a leak through the padding shows in the numbers
+        torch.testing.assert_close(scores[i], sequence_scores(lm, row[None], alone)[0], atol=1e-5, rtol=1e-5)
+
+
+def test_decoder_only_beam_search_scores_at_least_greedy(lm):
+    _, ids, mask = _prompts()
+    kw = dict(attention_mask=mask, max_new_tokens=6, ignore_eos=True)
+    greedy, beam = lm.generate(ids, **kw), lm.generate(ids, num_beams=4, length_penalty=0.0, **kw)
+    assert torch.equal(beam[:, :5], ids)
+    g, b = sequence_scores(lm, ids, greedy, mask), sequence_scores(lm, ids, beam, mask)
+    assert (b >= g - 1e-5).all()
+    assert (b > g + 1e-4).any() or torch.equal(beam, greedy)
+
+
+def test_decoder_only_beam_search_is_exhaustive_on_a_short_horizon():
+    lm = tiny_lm(rotary=True)
+    prompt = torch.randint(3, V, (1, 4))
+    cands = torch.cat([prompt.expand(V * V, -1), torch.cartesian_prod(torch.arange(V), torch.arange(V))], 1)
+    best = cands[sequence_scores(lm, prompt.expand(V * V, -1), cands).argmax()]
+    out = lm.generate(prompt, max_new_tokens=2, num_beams=V, length_penalty=0.0, ignore_eos=True)
+    assert out[0].tolist() == best.tolist()
+
+
+def test_decoder_only_sampling_is_reproducible(lm):
+    _, ids, mask = _prompts()
+    greedy = lm.generate(ids, attention_mask=mask, max_new_tokens=8, ignore_eos=True)
+    kw = dict(attention_mask=mask, max_new_tokens=8, ignore_eos=True, do_sample=True)
+    assert torch.equal(lm.generate(ids, top_k=1, generator=torch.Generator().manual_seed(0), **kw), greedy)
+    a = lm.generate(ids, temperature=5.0, generator=torch.Generator().manual_seed(3), **kw)
+    b = lm.generate(ids, temperature=5.0, generator=torch.Generator().manual_seed(3), **kw)
+    c = lm.generate(ids, temperature=5.0, generator=torch.Generator().manual_seed(4), **kw)
+    assert torch.equal(a, b) and torch.equal(a[:, :5], ids)
+    assert not torch.equal(a, greedy) and not torch.equal(a, c)
+
+
+def test_decoder_only_eos_pads_finished_rows():
+    lm = tiny_lm(rotary=False)
+    _, ids, mask = _prompts()
+    free = lm.generate(ids, attention_mask=mask, max_new_tokens=8, ignore_eos=True)
+    eos = free[0, 7].item()  # pretend a new token of row 0 is EOS
+    out = lm.generate(ids, attention_mask=mask, max_new_tokens=8, eos_token_id=eos, pad_token_id=1)
+    assert (out[0, 8:] == 1).all() and (free[0, 8:] != 1).any()
+    for row, ref in zip(out, free):
+        hit = (ref[5:] == eos).nonzero()
+        end = 5 + (hit[0].item() + 1 if len(hit) else 8)
+        assert torch.equal(row[:end], ref[:end]) and (row[end:] == 1).all()
+
+
+def test_length_penalty_without_beams_is_accepted():
+    lm = tiny_lm(rotary=False)
+    _, ids, mask = _prompts()
+    kw = dict(attention_mask=mask, max_new_tokens=4)
+    assert torch.equal(lm.generate(ids, length_penalty=2.0, **kw), lm.generate(ids, **kw))
+
+
+# -- argument validation: every refusal names the argument, the value and the fix -------------------
+
+_IDS = torch.randint(3, V, (2, 4))
+BAD_ARGUMENTS = [
+    (dict(max_new_tokens=0), "max_new_tokens must be an int >= 1, got 0; pass how many"),
+    (dict(max_new_tokens=2.5), "max_new_tokens must be an int >= 1, got 2.5"),
+    (dict(num_beams=0), "num_beams must be an int >= 1, got 0; num_beams=1 is greedy"),
+    (dict(num_beams=2.0), "num_beams must be an int >= 1, got 2.0"),
+    (dict(do_sample=True, temperature=0.0), "temperature must be > 0, got 0.0; use do_sample=False"),
+    (dict(do_sample=True, temperature=-1), "temperature must be > 0, got -1"),
+    (dict(do_sample=True, top_k=-1), "top_k must be an int >= 0, got -1; top_k=0 or None keeps every token"),
+    (dict(do_sample=True, top_k=2.0), "top_k must be an int >= 0, got 2.0"),
+    (dict(do_sample=True, top_p=0.0), "top_p must be in (0, 1], got 0.0; top_p=1.0 or None keeps every token"),
+    (dict(do_sample=True, top_p=1.5), "top_p must be in (0, 1], got 1.5"),
+    (dict(num_beams=2, do_sample=True), "do_sample=True with num_beams=2: beam sampling is not supported"),
+    (dict(temperature=0.7), "temperature=0.7 only applies to sampling but do_sample=False; pass do_sample=True"),
+    (dict(top_k=5), "top_k=5 only applies to sampling but do_sample=False; pass do_sample=True"),
+    (dict(top_p=0.9, num_beams=3), "top_p=0.9 only applies to sampling but do_sample=False; pass do_sample=True"),
+    (dict(generator=torch.Generator()), "only applies to sampling but do_sample=False; pass do_sample=True"),
+    (dict(attention_mask=torch.ones(3, 4)), "attention_mask has shape (3, 4) but inputs have shape (2, 4); pass the"),
+    (dict(attention_mask=torch.ones(2, 5)), "attention_mask has shape (2, 5) but inputs have shape (2, 4)"),
+    (dict(attention_mask=torch.ones(2)), "attention_mask has shape (2,) but inputs have shape (2, 4)"),
+    (dict(attention_mask=torch.tensor([[1, 1, 1, 1], [0, 0, 0, 0]])), "attention_mask rows [1] are all zeros"),
+]
+DECODER_ONLY_BAD_ARGUMENTS = [
+    (dict(attention_mask=torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]])), "pad decoder-only prompts on the left"),
+    (dict(decoder_start_token_id=1), "decoder_start_token_id=1 only applies to encoder-decoders"),
+    (dict(inputs=_IDS[0]), "generates from a prompt of token ids (batch, length >= 1), got inputs (4,)"),
+    (dict(inputs=_IDS[:, :0]), "got inputs (2, 0); without a prompt, pass the BOS token"),
+    (dict(inputs=_IDS.float()), "a decoder-only model generates from a prompt of token ids"),
+]
+
+
+@pytest.mark.parametrize("kwargs,message", BAD_ARGUMENTS + DECODER_ONLY_BAD_ARGUMENTS)
+def test_decoder_only_generate_refuses_bad_arguments(kwargs, message):
+    lm = tiny_lm(rotary=False)
+    kwargs = {"inputs": _IDS, **kwargs}
+    with pytest.raises(ValueError, match=re.escape(message)):
+        lm.generate(**kwargs)
+
+
+@pytest.mark.parametrize("kwargs,message", BAD_ARGUMENTS)
+def test_encoder_decoder_generate_refuses_bad_arguments(kwargs, message):
+    model = tiny("pre")
+    kwargs = {"inputs": _IDS, **kwargs}
+    with pytest.raises(ValueError, match=re.escape(message)):
+        model.generate(**kwargs)

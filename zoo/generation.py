@@ -1,19 +1,36 @@
-"""Autoregressive generation for every encoder–decoder in zoo.
+"""Autoregressive generation for every zoo model with a decoder: encoder–decoders and decoder-only.
 
-A model qualifies by providing
+Encoder–decoders provide
     encode(inputs, [attention_mask=...]) -> memory (B, S, D)
     decode(decoder_input_ids, memory, memory_mask=None, decoder_attention_mask=None, cache=None) -> (B, T, V)
-and a `.config` with `decoder_start_token_id`, `pad_token_id` and `eos_token_id`.
-`inputs` are handed to `encode` untouched, so an image-to-text model (pixels in) works too.
+and a `.config` with `decoder_start_token_id`, `pad_token_id` and `eos_token_id`. `inputs` are handed
+to `encode` untouched, so an image-to-text model (pixels in) works too. The output starts with the
+decoder start token.
 
+Decoder-only models (no `encode`) provide
+    decode(input_ids, cache=None, attention_mask=None) -> (B, T, V)
+and a `.config` with `pad_token_id` / `eos_token_id` (either may be missing). `inputs` is the prompt
+(B, T) of token ids: it goes through the KV cache once, then one token per step, and the output is
+the prompt followed by the new tokens (as in transformers). Prompts of different lengths are batched
+LEFT-padded with `attention_mask` (1 = token, 0 = pad); `decode` then receives the mask of every
+position so far, (B, past + new), prompt mask then ones. Positions are the model's business: the
+columns are numbered from the first column of the batch, pads included, and `generate` passes no
+position ids. Models with relative positions (RoPE) need nothing more (scores depend on offsets only
+and pads are never attended); models with absolute positions should number each row from its first
+real token, `attention_mask.cumsum(-1) - 1` (transformers' position_ids), so that a padded prompt
+decodes exactly as it does alone. `zoo.core.decoder_padding_mask` builds the attention mask.
+
+Both kinds share one search: a `_Setup` holds the tokens every hypothesis starts from (the start
+token or the prompt), the memory (None for decoder-only models) and the prompt's mask.
 Decoding strategies: greedy, sampling (temperature / top-k / top-p) and beam search with the
 GNMT / transformers length penalty (sum of log-probs / generated_length ** length_penalty).
-With use_cache=True each step feeds only the newest token and keeps keys/values in a
-zoo.core.KVCache; with use_cache=False the whole prefix is recomputed (same tokens, slower).
+With use_cache=True the first step feeds the whole prefix and later steps only the newest token,
+keeping keys/values in a zoo.core.KVCache; with use_cache=False the whole sequence is recomputed
+each step (same tokens, slower).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -30,11 +47,27 @@ def shift_right(labels: torch.Tensor, start_id: int, pad_id: int = 0) -> torch.T
 
 @dataclass
 class _Setup:
-    memory: torch.Tensor
-    memory_mask: torch.Tensor | None
-    start: int
+    """What a search starts from. prefix (B, P): the tokens every hypothesis begins with, the
+    decoder start token or the prompt; memory / memory_mask: the encoder's output and padding
+    (memory None: a decoder-only model); prefix_mask (B, P): a left-padded prompt's 1/0 mask."""
+
+    prefix: torch.Tensor
     pad: int
     eos: int | None
+    memory: torch.Tensor | None = None
+    memory_mask: torch.Tensor | None = None
+    prefix_mask: torch.Tensor | None = None
+
+    @classmethod
+    def encoder_decoder(cls, memory, memory_mask, start: int, pad: int, eos: int | None) -> _Setup:
+        prefix = torch.full((memory.shape[0], 1), start, dtype=torch.long, device=memory.device)
+        return cls(prefix, pad, eos, memory, memory_mask)
+
+    def repeat(self, k: int) -> _Setup:
+        """Every input repeated k times: rows b*k .. b*k+k-1 belong to input b (beam search)."""
+        rep = lambda t: None if t is None else t.repeat_interleave(k, 0)  # noqa: E731
+        return replace(self, prefix=rep(self.prefix), memory=rep(self.memory), memory_mask=rep(self.memory_mask),
+                       prefix_mask=rep(self.prefix_mask))
 
 
 def _filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float | None) -> torch.Tensor:
@@ -53,19 +86,25 @@ def _filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float | None)
 
 
 def _step(model, tokens, setup: _Setup, cache: KVCache | None) -> torch.Tensor:
-    """Log-probabilities (float32) of the next token after `tokens`."""
-    inp = tokens[:, -1:] if cache is not None else tokens
-    logits = model.decode(inp, setup.memory, memory_mask=setup.memory_mask, cache=cache)[:, -1]
-    return logits.float().log_softmax(dim=-1)
+    """Log-probabilities (float32) of the next token after `tokens`. With a cache, the first call
+    feeds the whole prefix and later calls only the newest token."""
+    inp = tokens[:, -1:] if cache is not None and cache.store else tokens
+    if setup.memory is not None:
+        logits = model.decode(inp, setup.memory, memory_mask=setup.memory_mask, cache=cache)
+    else:
+        mask = setup.prefix_mask
+        if mask is not None:  # the prompt's mask, then ones for the generated tokens
+            mask = torch.cat([mask, mask.new_ones(mask.shape[0], tokens.shape[1] - mask.shape[1])], dim=1)
+        logits = model.decode(inp, cache=cache, attention_mask=mask)
+    return logits[:, -1].float().log_softmax(dim=-1)
 
 
 def greedy_search(model, setup: _Setup, max_new_tokens: int, use_cache: bool = True, do_sample: bool = False,
                   temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
                   generator: torch.Generator | None = None) -> torch.Tensor:
-    """Greedy or sampled decoding; finished rows (after EOS) are filled with pad."""
-    batch = setup.memory.shape[0]
-    tokens = torch.full((batch, 1), setup.start, dtype=torch.long, device=setup.memory.device)
-    finished = torch.zeros(batch, dtype=torch.bool, device=tokens.device)
+    """Greedy or sampled decoding after the prefix; finished rows (after EOS) are filled with pad."""
+    tokens = setup.prefix
+    finished = torch.zeros(tokens.shape[0], dtype=torch.bool, device=tokens.device)
     cache = KVCache() if use_cache else None
     for _ in range(max_new_tokens):
         logp = _step(model, tokens, setup, cache)
@@ -89,13 +128,10 @@ def beam_search(model, setup: _Setup, max_new_tokens: int, num_beams: int, lengt
     ending in EOS is moved to a finished list scored sum(log p) / generated_len ** length_penalty;
     an input is done once it has num_beams finished hypotheses and no live beam can still beat
     the worst of them (the transformers "heuristic" stopping rule)."""
-    batch, k = setup.memory.shape[0], num_beams
-    device = setup.memory.device
-    # every input repeated k times: rows b*k .. b*k+k-1 are the beams of input b
-    setup = _Setup(setup.memory.repeat_interleave(k, 0),
-                   None if setup.memory_mask is None else setup.memory_mask.repeat_interleave(k, 0),
-                   setup.start, setup.pad, setup.eos)
-    tokens = torch.full((batch * k, 1), setup.start, dtype=torch.long, device=device)
+    batch, k = setup.prefix.shape[0], num_beams
+    device = setup.prefix.device
+    setup = setup.repeat(k)  # rows b*k .. b*k+k-1 are the beams of input b
+    tokens = setup.prefix
     beam_scores = torch.zeros(batch, k, device=device)
     beam_scores[:, 1:] = float("-inf")  # identical beams at step 0: let only the first one expand
     finished: list[list[tuple[float, torch.Tensor]]] = [[] for _ in range(batch)]
@@ -151,22 +187,87 @@ def _add_hypothesis(hyps: list, k: int, score: float, tokens: torch.Tensor) -> N
         hyps.remove(min(hyps, key=lambda h: h[0]))
 
 
+def _is_encoder_decoder(model) -> bool:
+    return callable(getattr(model, "encode", None))
+
+
+def _encode(model, inputs, attention_mask):
+    return model.encode(inputs) if attention_mask is None else model.encode(inputs, attention_mask=attention_mask)
+
+
 def sequence_scores(model, inputs, sequences: torch.Tensor, attention_mask: torch.Tensor | None = None,
                     eos_token_id: int | None = None) -> torch.Tensor:
-    """Sum of the model's log-probabilities of each generated sequence (after its start token,
-    up to and including the first EOS); what beam search maximises when length_penalty=0."""
-    memory = model.encode(inputs) if attention_mask is None else model.encode(inputs, attention_mask=attention_mask)
-    logp = model.decode(sequences[:, :-1], memory, memory_mask=attention_mask).float().log_softmax(-1)
-    token_logp = logp.gather(-1, sequences[:, 1:, None]).squeeze(-1)
+    """Sum of the model's log-probabilities of the generated tokens of each sequence (those after
+    the start token, or after the prompt `inputs` of a decoder-only model), up to and including the
+    first EOS; what beam search maximises when length_penalty=0."""
+    if _is_encoder_decoder(model):
+        prefix = 1
+        logits = model.decode(sequences[:, :-1], _encode(model, inputs, attention_mask), memory_mask=attention_mask)
+    else:
+        prefix, mask = inputs.shape[1], attention_mask
+        if mask is not None:
+            mask = torch.cat([mask, mask.new_ones(mask.shape[0], sequences.shape[1] - 1 - prefix)], dim=1)
+        logits = model.decode(sequences[:, :-1], attention_mask=mask)
+    logp = logits[:, prefix - 1:].float().log_softmax(-1)
+    new = sequences[:, prefix:]
+    token_logp = logp.gather(-1, new[..., None]).squeeze(-1)
     keep = torch.ones_like(token_logp, dtype=torch.bool)
     if eos_token_id is not None:
-        is_eos = (sequences[:, 1:] == eos_token_id).long()
+        is_eos = (new == eos_token_id).long()
         keep = (is_eos.cumsum(1) - is_eos) == 0  # everything up to and including the first EOS
     return (token_logp * keep).sum(-1)
 
 
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def check_generate_arguments(inputs, attention_mask, max_new_tokens, num_beams, do_sample, temperature, top_k, top_p,
+                             generator, decoder_start_token_id, decoder_only: bool) -> None:
+    """Refuse invalid or contradictory `generate` arguments, naming the argument, its value and the fix."""
+    if not _is_int(max_new_tokens) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}; pass how many tokens to generate")
+    if not _is_int(num_beams) or num_beams < 1:
+        raise ValueError(f"num_beams must be an int >= 1, got {num_beams!r}; num_beams=1 is greedy search or sampling")
+    if temperature is not None and not (isinstance(temperature, (int, float)) and temperature > 0):
+        raise ValueError(f"temperature must be > 0, got {temperature!r}; use do_sample=False (the default) for greedy decoding")
+    if top_k is not None and (not _is_int(top_k) or top_k < 0):
+        raise ValueError(f"top_k must be an int >= 0, got {top_k!r}; top_k=0 or None keeps every token")
+    if top_p is not None and not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
+        raise ValueError(f"top_p must be in (0, 1], got {top_p!r}; top_p=1.0 or None keeps every token")
+    if do_sample and num_beams > 1:
+        raise ValueError(f"do_sample=True with num_beams={num_beams}: beam sampling is not supported; use do_sample=True "
+                         "with num_beams=1, or num_beams>1 without sampling")
+    if not do_sample:
+        for name, value in (("temperature", temperature), ("top_k", top_k), ("top_p", top_p), ("generator", generator)):
+            if value is not None:
+                raise ValueError(f"{name}={value!r} only applies to sampling but do_sample=False; pass do_sample=True "
+                                 f"to sample, or drop {name} for greedy / beam search")
+    if decoder_only and decoder_start_token_id is not None:
+        raise ValueError(f"decoder_start_token_id={decoder_start_token_id} only applies to encoder-decoders; a "
+                         "decoder-only model continues its prompt: put the start token at the front of inputs")
+    if decoder_only and (not torch.is_tensor(inputs) or inputs.dim() != 2 or inputs.shape[1] < 1
+                         or inputs.is_floating_point()):
+        shape = tuple(inputs.shape) if torch.is_tensor(inputs) else type(inputs).__name__
+        raise ValueError(f"a decoder-only model generates from a prompt of token ids (batch, length >= 1), got inputs "
+                         f"{shape}; without a prompt, pass the BOS token as a (batch, 1) tensor")
+    if attention_mask is None:
+        return
+    shape, in_shape = tuple(attention_mask.shape), tuple(inputs.shape) if torch.is_tensor(inputs) else None
+    if len(shape) != 2 or in_shape is None or shape[0] != in_shape[0] or (len(in_shape) == 2 and shape != in_shape):
+        raise ValueError(f"attention_mask has shape {shape} but inputs have shape {in_shape}; "
+                         "pass the (batch, length) 1/0 mask that came with these inputs")
+    empty = (attention_mask == 0).all(dim=1).nonzero().flatten().tolist()
+    if empty:
+        raise ValueError(f"attention_mask rows {empty} are all zeros: those inputs have no token; drop them from the "
+                         "batch or give each at least one token")
+    if decoder_only and (attention_mask[:, 1:].bool() < attention_mask[:, :-1].bool()).any():
+        raise ValueError("attention_mask pads a prompt on the right: new tokens would follow the padding; pad "
+                         "decoder-only prompts on the left (tokenizer padding_side='left') or generate them one by one")
+
+
 class GenerationMixin:
-    """Adds `generate` to a model with `encode` / `decode` (see the module docstring)."""
+    """Adds `generate` to a model with `encode` / `decode`, or `decode` only (see the module docstring)."""
 
     @torch.no_grad()
     def generate(
@@ -176,7 +277,7 @@ class GenerationMixin:
         max_new_tokens: int = 20,
         num_beams: int = 1,
         do_sample: bool = False,
-        temperature: float = 1.0,
+        temperature: float | None = None,
         top_k: int | None = None,
         top_p: float | None = None,
         eos_token_id: int | None = None,
@@ -187,38 +288,32 @@ class GenerationMixin:
         generator: torch.Generator | None = None,
         ignore_eos: bool = False,
     ) -> torch.Tensor:
-        """Token ids (B, T): the decoder start token, then up to max_new_tokens tokens; after EOS
-        a row is padded with pad. eos/pad/start default to the model config's ids;
-        ignore_eos=True always generates max_new_tokens tokens (benchmarks)."""
-        if max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-        if num_beams < 1:
-            raise ValueError(f"num_beams must be >= 1, got {num_beams}")
-        if do_sample and num_beams > 1:
-            raise ValueError("beam sampling is not supported; use do_sample=True with num_beams=1, or num_beams>1 without sampling")
-        if do_sample and temperature <= 0:
-            raise ValueError(f"temperature must be > 0 when sampling, got {temperature}; use do_sample=False for greedy")
-        if top_p is not None and not 0 < top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+        """Token ids (B, T): the decoder start token (encoder–decoders) or the prompt (decoder-only
+        models), then up to max_new_tokens tokens; after EOS a row is padded with pad.
+        eos/pad/start default to the model config's ids (without a pad id, EOS pads);
+        ignore_eos=True always generates max_new_tokens tokens (benchmarks).
+        Sampling (do_sample=True) takes temperature (default 1.0), top_k, top_p and a generator."""
+        decoder_only = not _is_encoder_decoder(self)
+        check_generate_arguments(inputs, attention_mask, max_new_tokens, num_beams, do_sample, temperature, top_k,
+                                 top_p, generator, decoder_start_token_id, decoder_only)
         cfg = self.config
+        eos = None if ignore_eos else getattr(cfg, "eos_token_id", None) if eos_token_id is None else eos_token_id
+        pad = getattr(cfg, "pad_token_id", None) if pad_token_id is None else pad_token_id
+        if pad is None:  # pad only fills rows that have finished: EOS does that job as well
+            pad = 0 if eos is None else eos
         was_training = self.training
         self.eval()
         try:
-            return self._generate(inputs, attention_mask, cfg, max_new_tokens, num_beams, do_sample, temperature, top_k,
-                                  top_p, eos_token_id, pad_token_id, decoder_start_token_id, length_penalty, use_cache,
-                                  generator, ignore_eos)
+            if decoder_only:
+                setup = _Setup(inputs, pad, eos, prefix_mask=attention_mask)
+            else:
+                start = getattr(cfg, "decoder_start_token_id", None) if decoder_start_token_id is None else decoder_start_token_id
+                if start is None:
+                    raise ValueError(f"{type(self).__name__}.config has no decoder_start_token_id; pass decoder_start_token_id")
+                setup = _Setup.encoder_decoder(_encode(self, inputs, attention_mask), attention_mask, start, pad, eos)
+            if num_beams > 1:
+                return beam_search(self, setup, max_new_tokens, num_beams, length_penalty, use_cache)
+            return greedy_search(self, setup, max_new_tokens, use_cache, do_sample,
+                                 1.0 if temperature is None else temperature, top_k, top_p, generator)
         finally:
             self.train(was_training)
-
-    def _generate(self, inputs, attention_mask, cfg, max_new_tokens, num_beams, do_sample, temperature, top_k, top_p,
-                  eos_token_id, pad_token_id, decoder_start_token_id, length_penalty, use_cache, generator, ignore_eos):
-        setup = _Setup(
-            memory=self.encode(inputs) if attention_mask is None else self.encode(inputs, attention_mask=attention_mask),
-            memory_mask=attention_mask,
-            start=cfg.decoder_start_token_id if decoder_start_token_id is None else decoder_start_token_id,
-            pad=cfg.pad_token_id if pad_token_id is None else pad_token_id,
-            eos=None if ignore_eos else getattr(cfg, "eos_token_id", None) if eos_token_id is None else eos_token_id,
-        )
-        if num_beams > 1:
-            return beam_search(self, setup, max_new_tokens, num_beams, length_penalty, use_cache)
-        return greedy_search(self, setup, max_new_tokens, use_cache, do_sample, temperature, top_k, top_p, generator)

@@ -1,8 +1,16 @@
 """The shared core: attention, masks, positions, feed-forwards, norms and blocks."""
-from .attention import AdditiveAttention, KVCache, MultiHeadAttention, attention
-from .blocks import BlockConfig, TransformerBlock, TransformerStack
+from .attention import AdditiveAttention, KVCache, MultiHeadAttention, attention, capture_attention
+from .blocks import (
+    BlockConfig,
+    TransformerBlock,
+    TransformerStack,
+    feed_forward,
+    find_blocks,
+    multi_head_attention,
+    set_grad_checkpointing,
+)
 from .layers import DropPath, FeedForward, QuickGELU, RMSNorm, make_activation, make_norm, trunc_normal_init
-from .masks import causal_mask, combine_masks, padding_mask
+from .masks import causal_mask, combine_masks, decoder_padding_mask, padding_mask
 from .position import (
     LearnedPositionalEmbedding,
     RelativePositionBias,
@@ -16,9 +24,10 @@ from .position import (
 )
 
 __all__ = [
-    "AdditiveAttention", "KVCache", "MultiHeadAttention", "attention", "BlockConfig", "TransformerBlock", "TransformerStack",
+    "AdditiveAttention", "KVCache", "MultiHeadAttention", "attention", "capture_attention", "BlockConfig",
+    "TransformerBlock", "TransformerStack", "feed_forward", "find_blocks", "multi_head_attention", "set_grad_checkpointing",
     "DropPath", "FeedForward", "QuickGELU", "RMSNorm", "make_activation", "make_norm", "trunc_normal_init",
-    "causal_mask", "combine_masks", "padding_mask", "LearnedPositionalEmbedding", "RelativePositionBias",
+    "causal_mask", "combine_masks", "decoder_padding_mask", "padding_mask", "LearnedPositionalEmbedding", "RelativePositionBias",
     "RotaryEmbedding", "SinusoidalPositionalEmbedding", "check_length", "check_pad_token", "relative_position_bucket",
     "resize_pos_grid", "sinusoidal_table",
 ]

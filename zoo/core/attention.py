@@ -1,7 +1,18 @@
-"""Multi-head attention: the only attention in zoo. Every family builds on it."""
+"""Multi-head attention: the only attention in zoo. Every family builds on it.
+
+Attention modules share a duck-typed recording protocol instead of a common base class:
+
+    record_weights: bool                 # default False; True forces the math path
+    last_weights: torch.Tensor | None    # (B, H, Lq, Lk) probabilities of the latest call, else None
+
+`capture_attention(model)` switches every module that has `record_weights` on for a `with` block
+and collects their maps by module name; a custom token mixer joins by declaring the two attributes.
+"""
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -115,6 +126,7 @@ class MultiHeadAttention(nn.Module):
         self.attn_drop = attn_drop
         self.proj_drop = nn.Dropout(proj_drop)
         self.layer_id = id(self)  # key into a shared KVCache
+        self.record_weights = False
         self.last_weights: torch.Tensor | None = None
 
     def _project(self, x, context):
@@ -153,7 +165,7 @@ class MultiHeadAttention(nn.Module):
                 cache.store[self.layer_id] = (k, v)
         out, weights = attention(
             q, k, v, mask=mask, bias=bias, causal=causal and not self.cross, scale=self.scale,
-            dropout_p=self.attn_drop if self.training else 0.0, need_weights=need_weights,
+            dropout_p=self.attn_drop if self.training else 0.0, need_weights=need_weights or self.record_weights,
         )
         self.last_weights = weights
         return self.proj_drop(self.proj(rearrange(out, "b h l d -> b l (h d)")))
@@ -164,13 +176,17 @@ class AdditiveAttention(nn.Module):
 
     The recurrent encoder–decoders use it. `keys(memory)` projects the encoder states once (U h_j)
     so that each decoding step only projects its query. `forward` returns the context Σ_j α_j h_j
-    (B, memory_dim) and the weights α (B, S)."""
+    (B, memory_dim) and the weights α (B, S). It follows the recording protocol: while
+    `record_weights` is True, `last_weights` holds α of the latest call as (B, 1, 1, S) (one head,
+    one query; a recurrent decoder calls it once per step)."""
 
     def __init__(self, query_dim: int, memory_dim: int, attn_dim: int):
         super().__init__()
         self.query = nn.Linear(query_dim, attn_dim, bias=False)
         self.key = nn.Linear(memory_dim, attn_dim)
         self.score = nn.Linear(attn_dim, 1, bias=False)
+        self.record_weights = False
+        self.last_weights: torch.Tensor | None = None
 
     def keys(self, memory: torch.Tensor) -> torch.Tensor:
         return self.key(memory)
@@ -182,4 +198,40 @@ class AdditiveAttention(nn.Module):
         if mask is not None:
             scores = scores.masked_fill(~mask.bool(), torch.finfo(scores.dtype).min)
         weights = scores.softmax(dim=-1)
+        self.last_weights = rearrange(weights, "b s -> b 1 1 s") if self.record_weights else None
         return torch.einsum("bs,bsd->bd", weights, memory), weights
+
+
+@contextlib.contextmanager
+def capture_attention(model: nn.Module) -> Iterator[dict[str, torch.Tensor]]:
+    """Record the attention probabilities of every module of `model` that has `record_weights`.
+
+        with capture_attention(model) as maps:
+            model(x)
+        maps["encoder.blocks.0.attn"]  # (B, H, Lq, Lk)
+
+    `maps` fills as the modules run, in call order, with each module's latest map; modules that
+    did not run are absent. The flags (and hence the fast SDPA path) are restored on exit.
+    """
+    recorders = [(name, m) for name, m in model.named_modules() if hasattr(m, "record_weights")]
+    if not recorders:
+        raise TypeError(f"{type(model).__name__} has no attention module with a `record_weights` attribute; "
+                        "a custom token mixer joins capture_attention by declaring record_weights and last_weights")
+    maps: dict[str, torch.Tensor] = {}
+
+    def keeper(name):
+        def hook(module, args, output):
+            if module.last_weights is not None:
+                maps[name] = module.last_weights
+        return hook
+
+    saved = [m.record_weights for _, m in recorders]
+    handles = [m.register_forward_hook(keeper(name)) for name, m in recorders]
+    for _, m in recorders:
+        m.record_weights = True
+    try:
+        yield maps
+    finally:
+        for (_, m), flag, handle in zip(recorders, saved, handles):
+            m.record_weights = flag
+            handle.remove()

@@ -2,9 +2,18 @@
 
 A `BlockConfig` holds the choices that distinguish the families (norm placement and kind,
 activation, biases, score scaling); families fill one in instead of passing dozens of flags.
+
+Extension points (timm's `attn_layer` / `mlp_layer` / `block_fn`): a block builds its token mixer
+with `attn_layer(cfg)` and its feed-forward with `mlp_layer(cfg)`. The mixer is called as
+`attn(x, mask=, causal=, bias=, rope=, cache=, need_weights=)`; one that ignores some of these takes
+**kwargs. Declaring `record_weights` / `last_weights` lets `capture_attention` see it.
+
+Models declare their repeated unit in `no_split_modules` (HF's `_no_split_modules`): `find_blocks`
+returns those modules (FSDP wraps each one) and `set_grad_checkpointing` flips every stack's switch.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -37,26 +46,43 @@ class BlockConfig:
     mlp_dropout: float = 0.0  # inside the FFN, after the activation
 
 
+ModuleFactory = Callable[[BlockConfig], nn.Module]
+
+
+def multi_head_attention(cfg: BlockConfig, cross: bool = False) -> MultiHeadAttention:
+    """The default token mixer (and the cross-attention of decoder blocks)."""
+    return MultiHeadAttention(cfg.dim, cfg.num_heads, head_dim=cfg.head_dim, qkv_bias=cfg.qkv_bias, out_bias=cfg.out_bias,
+                              fused_qkv=cfg.fused_qkv, cross=cross, scale=cfg.attn_scale,
+                              attn_drop=cfg.attn_dropout, proj_drop=cfg.dropout)
+
+
+def feed_forward(cfg: BlockConfig) -> FeedForward:
+    """The default channel mixer."""
+    return FeedForward(cfg.dim, cfg.mlp_hidden, cfg.activation, cfg.gated, cfg.mlp_bias, cfg.mlp_dropout)
+
+
 class TransformerBlock(nn.Module):
     """Self-attention [+ cross-attention] + feed-forward, each a residual sub-layer.
 
     pre-norm:  x = x + drop_path(sub(norm(x)))
     post-norm: x = norm(x + sub(x))
+
+    attn_layer / mlp_layer: factories `(cfg) -> nn.Module` for the token mixer and the feed-forward
+    (default: `multi_head_attention`, `feed_forward`); the cross-attention is always multi-head.
     """
 
-    def __init__(self, cfg: BlockConfig, cross_attention: bool = False, drop_path: float = 0.0):
+    def __init__(self, cfg: BlockConfig, cross_attention: bool = False, drop_path: float = 0.0,
+                 attn_layer: ModuleFactory | None = None, mlp_layer: ModuleFactory | None = None):
         super().__init__()
         self.norm_first = cfg.norm_first
-        attn_kw = dict(head_dim=cfg.head_dim, qkv_bias=cfg.qkv_bias, out_bias=cfg.out_bias, scale=cfg.attn_scale,
-                       attn_drop=cfg.attn_dropout, proj_drop=cfg.dropout)
         self.norm1 = make_norm(cfg.norm, cfg.dim, cfg.norm_eps, cfg.norm_bias)
-        self.attn = MultiHeadAttention(cfg.dim, cfg.num_heads, fused_qkv=cfg.fused_qkv, **attn_kw)
+        self.attn = (attn_layer or multi_head_attention)(cfg)
         self.cross_attn = None
         if cross_attention:
             self.norm_cross = make_norm(cfg.norm, cfg.dim, cfg.norm_eps, cfg.norm_bias)
-            self.cross_attn = MultiHeadAttention(cfg.dim, cfg.num_heads, cross=True, **attn_kw)
+            self.cross_attn = multi_head_attention(cfg, cross=True)
         self.norm2 = make_norm(cfg.norm, cfg.dim, cfg.norm_eps, cfg.norm_bias)
-        self.mlp = FeedForward(cfg.dim, cfg.mlp_hidden, cfg.activation, cfg.gated, cfg.mlp_bias, cfg.mlp_dropout)
+        self.mlp = (mlp_layer or feed_forward)(cfg)
         self.mlp_drop = nn.Dropout(cfg.dropout)
         self.drop_path = DropPath(drop_path)
 
@@ -86,12 +112,16 @@ class TransformerBlock(nn.Module):
 
 
 class TransformerStack(nn.Module):
-    """`depth` blocks with linearly increasing stochastic depth and an optional final norm."""
+    """`depth` blocks with linearly increasing stochastic depth and an optional final norm.
 
-    def __init__(self, cfg: BlockConfig, depth: int, cross_attention: bool = False, drop_path: float = 0.0, final_norm: bool = True):
+    block_fn builds each block as `block_fn(cfg, cross_attention, drop_path, attn_layer=, mlp_layer=)`."""
+
+    def __init__(self, cfg: BlockConfig, depth: int, cross_attention: bool = False, drop_path: float = 0.0,
+                 final_norm: bool = True, attn_layer: ModuleFactory | None = None, mlp_layer: ModuleFactory | None = None,
+                 block_fn: Callable[..., nn.Module] = TransformerBlock):
         super().__init__()
         rates = [drop_path * i / max(depth - 1, 1) for i in range(depth)]
-        self.blocks = nn.ModuleList(TransformerBlock(cfg, cross_attention, r) for r in rates)
+        self.blocks = nn.ModuleList(block_fn(cfg, cross_attention, r, attn_layer=attn_layer, mlp_layer=mlp_layer) for r in rates)
         self.norm = make_norm(cfg.norm, cfg.dim, cfg.norm_eps, cfg.norm_bias) if final_norm else nn.Identity()
         self.gradient_checkpointing = False
 
@@ -102,3 +132,26 @@ class TransformerStack(nn.Module):
             else:
                 x = block(x, **kwargs)
         return self.norm(x)
+
+
+def find_blocks(model: nn.Module) -> list[nn.Module]:
+    """The model's repeated units: every module whose class is in `model.no_split_modules`
+    (default: zoo's TransformerBlock), in module order. FSDP shards each one separately."""
+    types = getattr(model, "no_split_modules", (TransformerBlock,))
+    if isinstance(types, type):
+        types = (types,)
+    if not all(isinstance(t, type) and issubclass(t, nn.Module) for t in types):
+        raise TypeError(f"{type(model).__name__}.no_split_modules must be a tuple of nn.Module classes, got {types!r}")
+    return [m for m in model.modules() if isinstance(m, tuple(types))]
+
+
+def set_grad_checkpointing(model: nn.Module, enable: bool = True) -> int:
+    """Turn activation checkpointing on/off in every module with a boolean `gradient_checkpointing`
+    switch (zoo's TransformerStack, or a custom stack that declares one); returns how many."""
+    stacks = [m for m in model.modules() if isinstance(getattr(m, "gradient_checkpointing", None), bool)]
+    if not stacks:
+        raise ValueError(f"{type(model).__name__} has no module with a `gradient_checkpointing` switch; build its blocks "
+                         "with zoo.core.TransformerStack or give its stack a `gradient_checkpointing = False` attribute")
+    for m in stacks:
+        m.gradient_checkpointing = enable
+    return len(stacks)

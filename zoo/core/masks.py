@@ -36,3 +36,16 @@ def combine_masks(*masks: torch.Tensor | None) -> torch.Tensor | None:
             continue
         out = m if out is None else (out & m)
     return out
+
+
+def decoder_padding_mask(attention_mask: torch.Tensor | None, q_len: int) -> torch.Tensor | None:
+    """Padding mask for a (left-)padded decoder-only batch: (B, Lk) 1/0 keep-mask over past + new
+    tokens -> (B, 1, q_len, Lk) boolean for the last q_len positions (AND it with the causal mask).
+
+    Real queries never see padded keys. Padded queries see every key: their outputs are never read,
+    and a fully masked row would make SDPA return NaN, which leaks through zero weights (0 * NaN)."""
+    keys = padding_mask(attention_mask)
+    if keys is None:
+        return None
+    pad_query = rearrange(~attention_mask[:, -q_len:].bool(), "b q -> b 1 q 1")
+    return keys | pad_query

@@ -89,18 +89,18 @@ class ZooTask(L.LightningModule):
 
     def configure_model(self):
         """Sharded training (Lightning's ModelParallelStrategy sets `device_mesh`): FSDP2 `fully_shard`
-        on every transformer block, then on the whole model. Without a mesh nothing changes."""
+        on every block the model declares (`no_split_modules`, see zoo.core.find_blocks), then on the
+        whole model. Without a mesh nothing changes."""
         mesh = getattr(self, "device_mesh", None)
         if mesh is None or getattr(self, "_zoo_sharded", False):
             return
         from torch.distributed.fsdp import fully_shard
 
-        from ..core.blocks import TransformerBlock
+        from ..core.blocks import find_blocks
 
         dp_mesh = mesh["data_parallel"] if mesh.mesh_dim_names and "data_parallel" in mesh.mesh_dim_names else mesh
-        for module in self.model.modules():
-            if isinstance(module, TransformerBlock):
-                fully_shard(module, mesh=dp_mesh)
+        for block in find_blocks(self.model):
+            fully_shard(block, mesh=dp_mesh)
         fully_shard(self.model, mesh=dp_mesh)
         self._zoo_sharded = True
 
