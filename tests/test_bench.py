@@ -32,7 +32,7 @@ def test_peer_is_the_same_configuration(name):
     zoo_macs, peer_macs = count_macs(model, zoo_call, inputs), count_macs(peer.module, peer.call, inputs)
     assert zoo_macs == peer_macs > 0
     out = peer.call(peer.module.eval(), inputs)
-    assert out.shape == model.eval()(**inputs).shape
+    assert out.shape == model.eval()(*inputs.values()).shape
 
 
 def test_conv_stem_has_no_peer():

@@ -31,21 +31,43 @@ def test_torch_export_program_runs_at_another_batch():
     program = export_torch(model, example_inputs(model, 2, 8))
     ex = example_inputs(model, 4, 13, seed=1)
     with torch.no_grad():
-        torch.testing.assert_close(program.module()(*ex.args), model(ex.args[0], attention_mask=ex.args[1]))
+        torch.testing.assert_close(program.module()(*ex.args), model(*ex.args))
 
 
 def test_load_model_errors_name_the_fix(tmp_path):
     (tmp_path / "w.safetensors").write_bytes(b"")
-    with pytest.raises(ValueError, match=r"pass MODEL@"):
+    with pytest.raises(ValueError, match=r"zoo metadata|NAME@|cannot read"):
         load_model(str(tmp_path / "w.safetensors"))
     with pytest.raises(ValueError, match="unknown model"):
         load_model("vit_mnits")
 
 
-def test_checkpoint_overrides_restore_the_task_head_and_drop_task_keys():
-    from zoo.export import checkpoint_overrides
+def test_export_refuses_to_write_over_its_input_and_removes_a_broken_file(tmp_path):
+    from zoo.export import ExportError, export_file
+    from zoo.weights import save_safetensors
 
-    hp = {"model": "bert_tiny", "_class_path": "zoo.tasks.text.SequenceClassification", "model_kwargs": {"max_positions": 64},
-          "data_overrides": {"vocab_size": 50, "pad_token_id": 0, "num_classes": 3, "mask_token_id": 4}}
-    assert checkpoint_overrides(hp) == {"vocab_size": 50, "pad_token_id": 0, "num_classes": 3, "max_positions": 64, "head": "cls"}
-    assert checkpoint_overrides(hp, {"head": "none"})["head"] == "none"  # the caller wins
+    model = zoo.create_model("vit_mnist", **TINY["vit_mnist"]).eval()
+    weights = tmp_path / "w.safetensors"
+    save_safetensors(model, weights)
+    before = weights.read_bytes()
+    with pytest.raises(ExportError, match="being exported"):
+        export_file(model, weights, "torch-export", source=str(weights))
+    assert weights.read_bytes() == before
+
+    class Fixed(torch.nn.Module):  # a model whose graph only works at the traced batch size
+        kind, model_name = "image_classifier", "fixed"
+
+        def example_inputs(self, batch=2, length=16, generator=None):
+            from zoo.contract import IMAGE_AXES, Inputs
+
+            return Inputs({"images": torch.randn(batch, 4, generator=generator)}, {"images": IMAGE_AXES})
+
+        def forward(self, x):
+            return x.reshape(2, -1) if not torch.compiler.is_compiling() else x.reshape(2, -1)
+
+    out = tmp_path / "fixed.onnx"
+    with pytest.raises(ExportError, match="--static"):
+        export_file(Fixed(), out, "onnx")
+    assert not out.exists() and not list(tmp_path.glob(".fixed.onnx*"))
+    export_file(Fixed(), out, "onnx", static=True)
+    assert out.exists()

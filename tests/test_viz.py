@@ -39,7 +39,7 @@ def test_cross_attention_of_an_encoder_decoder(tmp_path):
     atts = viz.cross_attentions(m, images, ids)
     assert len(atts) == 2 and atts[-1].shape == (2, 4, 5, 50)
     torch.testing.assert_close(atts[-1].sum(-1), torch.ones(2, 4, 5))
-    with pytest.raises(TypeError, match="no cross-attention"):
+    with pytest.raises(TypeError, match="no encoder"):
         viz.cross_attentions(zoo.create_model("vit_mnist"), images, ids)
     out = viz.plot_cross_attention(atts[-1][0].mean(0), [f"s{i}" for i in range(50)], [f"t{i}" for i in range(5)], tmp_path / "x.png")
     assert out.read_bytes()[:4] == b"\x89PNG"
@@ -67,11 +67,23 @@ def test_clip_similarity_is_scaled_cosine(tmp_path):
     assert out.read_bytes()[:4] == b"\x89PNG"
 
 
-def test_cli_registered_and_errors():
-    from zoo.cli import EXTRA_COMMANDS
+def test_cli_listed_and_errors():
+    from zoo.cli import COMMANDS
 
-    assert "viz" in EXTRA_COMMANDS
-    with pytest.raises(SystemExit):
+    assert COMMANDS["viz"][0] == "zoo.viz:main"
+    with pytest.raises(ValueError, match="--ckpt"):
         viz.main(["attention"])  # neither --ckpt nor --model
-    with pytest.raises(TypeError, match="VisionTransformer"):
+    with pytest.raises(TypeError, match="image tower"):
         viz.find_vit(torch.nn.Linear(2, 2))
+
+
+def test_attention_figure_of_a_digits_model_uses_its_own_8x8_images(tmp_path):
+    """The image comes from the run's data (8x8 digits here), and a mean-pooling model is not described by its class token."""
+    from zoo.runs import Run
+
+    m = zoo.create_model("vit_digits").eval()
+    run = Run(m, "vit_digits", "mem", {"data": "zoo.data.images.Digits", "labels": [str(d) for d in range(10)]})
+    images, names = viz.run_images(run)
+    assert images.shape == (10, 1, 8, 8) and names[3] == "test image of class 3"
+    out = viz.plot_vit_attention(m, images[3], tmp_path / "a.png")
+    assert out.read_bytes()[:4] == b"\x89PNG"

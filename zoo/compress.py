@@ -381,25 +381,32 @@ def load_compressed(path: str | Path) -> nn.Module:
 # --- CLI --------------------------------------------------------------------------------------
 
 def _load_ckpt_model(ckpt: str | None, model: str | None, model_kwargs: dict) -> tuple[nn.Module, str, dict]:
-    from .registry import create_model
+    """(model, name, its full config as overrides) through the one run loader (zoo.runs.load_run)."""
+    import dataclasses
 
-    if ckpt is None:
-        if model is None:
-            raise SystemExit("zoo compress: pass --ckpt PATH and/or --model NAME")
-        return create_model(model, **model_kwargs), model, model_kwargs
-    if not Path(ckpt).exists():
-        raise SystemExit(f"zoo compress: checkpoint {ckpt!r} does not exist")
-    overrides = dict(model_kwargs)
-    if ckpt.endswith(".ckpt"):
-        from .export import checkpoint_overrides
+    from .runs import _plain, load_run
 
-        hp = torch.load(ckpt, map_location="cpu", weights_only=True).get("hyper_parameters", {})
-        model = model or hp.get("model")
-        if hp.get("model") == model:
-            overrides = checkpoint_overrides(hp, overrides)
-    if model is None:
-        raise SystemExit(f"zoo compress: {ckpt} does not name its model; pass --model NAME")
-    return create_model(model, pretrained=ckpt, **overrides), model, overrides
+    if ckpt is None and model is None:
+        raise ValueError("zoo compress: pass --ckpt PATH (a `zoo fit` checkpoint or run folder) and/or --model NAME")
+    source = ckpt if model is None or ckpt is None else f"{model}@{ckpt}"
+    if ckpt is not None and model is not None:
+        from .runs import describes_model
+
+        if describes_model(ckpt):
+            source = ckpt
+    run = load_run(source, model_kwargs or None)
+    if model is not None and run.name != model:
+        raise ValueError(f"zoo compress: {ckpt} holds a {run.name}, not a {model}; drop --model or pass the matching checkpoint")
+    return run.model, run.name, _plain(dataclasses.asdict(run.model.config))
+
+
+def _check_out(out: str, ckpt: str | None) -> None:
+    """Compression writes a new folder; it never replaces the checkpoint it read."""
+    o = Path(out)
+    if o.exists() and not o.is_dir():
+        raise ValueError(f"zoo compress: --out {out} is an existing file; --out names a new folder for the compressed model")
+    if ckpt is not None and Path(ckpt).exists() and o.resolve() in Path(ckpt).resolve().parents:
+        raise ValueError(f"zoo compress: --out {out} holds the checkpoint being compressed; choose a new folder")
 
 
 def _data(spec: str | None, args: dict):
@@ -440,11 +447,12 @@ def apply_main(argv: list[str]) -> int:
     p.add_argument("--out", required=True)
     a = p.parse_args(argv)
     torch.manual_seed(0)
+    _check_out(a.out, a.ckpt)
     model, name, overrides = _load_ckpt_model(a.ckpt, a.model, json.loads(a.model_kwargs))
     model.eval()
     dm = _data(a.data, json.loads(a.data_args))
     if a.finetune_epochs and dm is None:
-        raise SystemExit("zoo compress: --finetune-epochs needs --data")
+        raise ValueError("zoo compress: --finetune-epochs needs --data")
     ex = example_inputs(model, batch=1, length=128)
     rows, variants = [], {"original": model}
     original_heads = num_heads(model)

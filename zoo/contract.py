@@ -95,6 +95,10 @@ class ZooModel:
     def example_inputs(self, batch: int = 2, length: int = 16, generator: torch.Generator | None = None) -> Inputs:
         raise NotImplementedError(f"{type(self).__name__} must declare example_inputs(batch, length, generator)")
 
+    def image_tower(self) -> nn.Module | None:
+        """The vision transformer that reads the images (viz shows its attention); None for text-only models."""
+        return None
+
     def set_grad_checkpointing(self, enable: bool = True) -> int:
         """Recompute every block's activations in the backward pass (less memory, ~30% more compute).
         Returns the number of stacks switched."""

@@ -1,10 +1,11 @@
 """`zoo viz`: figures of what a model attends to, written as PNG (matplotlib, Agg backend).
 
-    zoo viz attention  --ckpt runs/vit_mnist/.../last.ckpt --out attn.png   # per-head maps + rollout, one image
-    zoo viz cross-attention --ckpt runs/caption_mnist/.../last.ckpt        # decoder tokens x encoder positions
-    zoo viz cross-attention --ckpt runs/<translation>/last.ckpt --tokenizer DIR --text "a source sentence"
+    zoo viz attention  --ckpt runs/vit_mnist [--image my_digit.png]         # per-head maps + rollout, one image
+    zoo viz cross-attention --ckpt runs/caption_mnist                       # decoder tokens x image patches
+    zoo viz cross-attention --ckpt runs/transformer_numbers --text "three hundred and twelve"
     zoo viz positions  --length 64 --dim 128                                # the sinusoidal encoding matrix
-    zoo viz clip-similarity --ckpt runs/clip_mnist/.../last.ckpt           # test images x held-out prompts
+    zoo viz clip-similarity --ckpt runs/clip_mnist [--labels "a 3" "a 7"]   # test images x candidate texts
+A run folder stands for its newest last.ckpt; figures go to <run folder>/figures/ unless --out says otherwise.
 Every command also takes `--model NAME` (random weights) instead of `--ckpt`.
 
 The numbers behind the figures come from functions that tests check: `vit_attentions`
@@ -14,57 +15,38 @@ The numbers behind the figures come from functions that tests check: `vit_attent
 from __future__ import annotations
 
 import argparse
-import contextlib
 from pathlib import Path
 
 import torch
 from einops import rearrange
 from torch import nn
 
-from .core import TransformerBlock, sinusoidal_table
+from .core import capture_attention, sinusoidal_table
 
 # -- capturing attention probabilities --------------------------------------------------------
 
 
-@contextlib.contextmanager
-def record_attention(blocks: list[TransformerBlock]):
-    """Run `blocks` with need_weights=True (plain softmax path) so that each block's attention
-    modules keep their probabilities in `.last_weights`; nothing in the model changes."""
-
-    def force(module, args, kwargs):
-        return args, {**kwargs, "need_weights": True}
-
-    handles = [b.register_forward_pre_hook(force, with_kwargs=True) for b in blocks]
-    try:
-        yield
-    finally:
-        for h in handles:
-            h.remove()
-
-
 def find_vit(model: nn.Module) -> nn.Module:
-    """The VisionTransformer inside a model (itself, CLIP's `.visual`, a captioner's `.encoder`)."""
-    from .models.vit import VisionTransformer
-
-    for m in model.modules():
-        if isinstance(m, VisionTransformer):
-            return m
-    raise TypeError(f"{type(model).__name__} holds no zoo VisionTransformer; pass a ViT, CLIP or captioner model")
+    """The model's image tower, as it declares it (`image_tower()`: itself, CLIP's `.visual`, a captioner's encoder)."""
+    tower = model.image_tower() if hasattr(model, "image_tower") else None
+    if tower is None:
+        raise TypeError(f"{type(model).__name__} declares no image tower; `zoo viz attention` shows image models "
+                        "(image classifiers, CLIP, captioners)")
+    return tower
 
 
 @torch.no_grad()
 def vit_attentions(model: nn.Module, images: torch.Tensor) -> list[torch.Tensor]:
-    """Self-attention probabilities of every ViT layer: a list of (B, H, N, N), N = prefix + patches."""
+    """Self-attention probabilities of every layer of the image tower: a list of (B, H, N, N), N = prefix + patches."""
     vit = find_vit(model)
-    blocks = list(vit.encoder.blocks)
     was_training = vit.training
     vit.eval()
     try:
-        with record_attention(blocks):
+        with capture_attention(vit) as maps:
             vit.forward_features(images)
     finally:
         vit.train(was_training)
-    return [b.attn.last_weights for b in blocks]
+    return list(maps.values())
 
 
 def attention_rollout(attentions: list[torch.Tensor], residual: bool = True) -> torch.Tensor:
@@ -80,28 +62,25 @@ def attention_rollout(attentions: list[torch.Tensor], residual: bool = True) -> 
     return rollout
 
 
-def decoder_cross_blocks(model: nn.Module) -> list[TransformerBlock]:
-    blocks = [m for m in model.modules() if isinstance(m, TransformerBlock) and m.cross_attn is not None]
-    if not blocks:
-        raise TypeError(f"{type(model).__name__} has no cross-attention blocks; pass an encoder-decoder model")
-    return blocks
-
-
 @torch.no_grad()
 def cross_attentions(model: nn.Module, inputs: torch.Tensor, decoder_input_ids: torch.Tensor,
                      attention_mask: torch.Tensor | None = None) -> list[torch.Tensor]:
     """Cross-attention probabilities of every decoder layer, (B, H, T, S), for teacher-forced
     `decoder_input_ids`. Works on any zoo encoder-decoder (encode/decode contract)."""
-    blocks = decoder_cross_blocks(model)
+    if not hasattr(model, "encode"):
+        raise TypeError(f"{type(model).__name__} has no encoder; cross-attention needs an encoder-decoder model")
     was_training = model.training
     model.eval()
     try:
         memory = model.encode(inputs) if attention_mask is None else model.encode(inputs, attention_mask=attention_mask)
-        with record_attention(blocks):
+        with capture_attention(model) as maps:
             model.decode(decoder_input_ids, memory, memory_mask=attention_mask)
     finally:
         model.train(was_training)
-    return [b.cross_attn.last_weights for b in blocks]
+    cross = [w for name, w in maps.items() if name.rsplit(".", 1)[-1] == "cross_attn"]
+    if not cross:
+        raise TypeError(f"{type(model).__name__} has no cross-attention layers to show")
+    return cross
 
 
 @torch.no_grad()
@@ -120,36 +99,36 @@ def clip_similarity(model: nn.Module, images: torch.Tensor, input_ids: torch.Ten
 
 
 def load_checkpoint_model(path: str | Path) -> tuple[nn.Module, dict]:
-    """(model, checkpoint) from a `zoo fit` checkpoint: the task's hyper-parameters name the model
-    and its overrides. Loaded with weights_only=True (no code runs)."""
-    from .registry import create_model
-    from .weights import load_state_dict_checked, read_state_dict
+    """(model, the run's zoo record) through the one run loader (`zoo.runs.load_run`)."""
+    from .runs import load_run
 
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    hp = ckpt.get("hyper_parameters") or {}
-    if "model" not in hp:
-        raise ValueError(f"{path} has no hyper_parameters.model; pass a checkpoint written by `zoo fit` or use --model NAME")
-    model = create_model(hp["model"], **{**(hp.get("data_overrides") or {}), **(hp.get("model_kwargs") or {})})
-    load_state_dict_checked(model, read_state_dict(path))
-    return model.eval(), ckpt
+    run = load_run(path)
+    return run.model, run.meta
 
 
-def checkpoint_tokenizer(ckpt: dict, directory: str | None = None, ckpt_path: str | None = None):
-    """The tokenizer of a run: --tokenizer DIR, else the one stored in the checkpoint (multimodal
-    recipes), else a `tokenizer/` folder next to the checkpoint or above it (text recipes save one)."""
-    from .data.tokenizers import load_tokenizer
+def run_images(run, files: list[str] | None = None, count: int = 10) -> tuple[torch.Tensor, list[str]]:
+    """Images to show, normalised as the run was trained: the user's files, else the first test
+    image of each class from the run's own data module, else an error naming the fix."""
+    from .data.images import read_images
 
-    if directory:
-        return load_tokenizer(directory)
-    if "tokenizer_json" in ckpt:
-        from .data.multimodal import tokenizer_from_state
+    image = run.image or {}
+    if files:
+        if not image:
+            tower = find_vit(run.model).config
+            image = {"size": tower.img_size, "in_chans": tower.in_chans, "mean": 0.5, "std": 0.5}
+        return read_images(files, **image), [Path(f).name for f in files]
+    data = run.meta.get("data")
+    if not data:
+        raise ValueError(f"{run.source} has no data module to take test images from; pass --image FILE [FILE ...]")
+    import importlib
 
-        return tokenizer_from_state(ckpt["tokenizer_json"])
-    if ckpt_path:
-        for parent in list(Path(ckpt_path).resolve().parents)[:4]:
-            if (parent / "tokenizer" / "tokenizer.json").is_file():
-                return load_tokenizer(parent / "tokenizer")
-    raise ValueError("found no tokenizer for this checkpoint; pass --tokenizer DIR (a folder written by save_tokenizer)")
+    module, _, cls = data.rpartition(".")
+    dm = getattr(importlib.import_module(module), cls)()
+    dm.setup("test")
+    x, y = dm.splits["test"].tensors[:2]
+    idx = torch.cat([(y == c).nonzero().flatten()[:1] for c in y.unique(sorted=True)])[:count]
+    labels = run.labels or [str(int(c)) for c in range(int(y.max()) + 1)]
+    return x[idx], [f"test image of class {labels[int(y[i])]}" for i in idx]
 
 
 def mnist_test_images(per_class: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
@@ -197,7 +176,8 @@ def plot_vit_attention(model: nn.Module, image: torch.Tensor, out: str | Path, t
     h, w = image.shape[-2:]
     grid = (h // vit.config.patch_size, w // vit.config.patch_size)
     last = atts[-1][0]  # (H, N, N)
-    query = 0 if prefix else None  # class token, else the mean over patches
+    # the token the classifier reads: the class token when the model pools by it, else every patch (mean pooling)
+    query = 0 if prefix and getattr(vit.config, "pool", "token") == "token" else None
     heads = last.shape[0]
     fig, axes = plt.subplots(2, heads + 1, figsize=(2.2 * (heads + 1), 4.6))
     _show_image(axes[0, 0], image)
@@ -208,7 +188,7 @@ def plot_vit_attention(model: nn.Module, image: torch.Tensor, out: str | Path, t
         axes[0, i + 1].set_title(f"last layer, head {i}", fontsize=9)
         axes[0, i + 1].axis("off")
     roll = attention_rollout(atts)[0]
-    rrow = roll[0, prefix:] if prefix else roll[prefix:, prefix:].mean(0)
+    rrow = roll[0, prefix:] if query is not None else roll[prefix:, prefix:].mean(0)
     _show_image(axes[1, 0], image)
     axes[1, 1].imshow(rrow.reshape(grid).cpu(), cmap="inferno")
     axes[1, 1].set_title(f"rollout, {len(atts)} layers")
@@ -218,7 +198,7 @@ def plot_vit_attention(model: nn.Module, image: torch.Tensor, out: str | Path, t
     axes[1, 2].set_title("rollout over image")
     for ax in axes[1, 1:]:
         ax.axis("off")
-    query_name = "the class token" if prefix else "all patches, averaged (no class token)"
+    query_name = "the class token" if query is not None else "all patches, averaged (the model pools by the mean)"
     fig.suptitle((title + "; " if title else "") + f"attention from {query_name}")
     return _save(fig, out)
 
@@ -292,75 +272,87 @@ def plot_similarity(sim: torch.Tensor, images: torch.Tensor, texts: list[str], o
 # -- the command --------------------------------------------------------------------------------
 
 
-def _model_from_args(args) -> tuple[nn.Module, dict]:
-    if args.ckpt:
-        return load_checkpoint_model(args.ckpt)
-    if not args.model:
-        raise SystemExit("pass --ckpt PATH (a `zoo fit` checkpoint) or --model NAME")
-    from .registry import create_model
+def _run_from_args(args):
+    from .runs import load_run
 
-    return create_model(args.model).eval(), {}
+    if not (args.ckpt or args.model):
+        raise ValueError("pass --ckpt PATH (a `zoo fit` checkpoint or run folder) or --model NAME")
+    run = load_run(args.ckpt or args.model)
+    if args.tokenizer:
+        from .data.tokenizers import load_tokenizer
+
+        run.tokenizer = load_tokenizer(args.tokenizer)
+    return run
+
+
+def _default_out(args, run=None) -> Path:
+    """Figures go beside the run they show (<run folder>/figures/), else into the current folder."""
+    if args.out:
+        return Path(args.out)
+    if run is not None and args.ckpt and Path(run.source).parent.name == "checkpoints":
+        return Path(run.source).parent.parent / "figures" / f"{args.kind}.png"
+    return Path(f"{args.kind}.png")
 
 
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="zoo viz", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("kind", choices=["attention", "cross-attention", "positions", "clip-similarity"])
-    p.add_argument("--ckpt", help="checkpoint written by `zoo fit`")
+    p.add_argument("--ckpt", help="checkpoint written by `zoo fit` (or its run folder)")
     p.add_argument("--model", help="registered model name (random weights) when no --ckpt")
-    p.add_argument("--out", help="PNG path (default docs/figures/<kind>.png)")
-    p.add_argument("--index", type=int, default=7, help="which MNIST-5k test digit to show (attention, captions)")
+    p.add_argument("--out", help="PNG path (default: <run folder>/figures/<kind>.png, or ./<kind>.png)")
+    p.add_argument("--image", nargs="+", help="image file(s) to show (default: the run's own test images)")
+    p.add_argument("--index", type=int, default=7, help="which test image (attention, captions)")
     p.add_argument("--text", help="cross-attention: source text for a text encoder-decoder")
     p.add_argument("--target", help="cross-attention: target text to teacher-force (default: the model's greedy output)")
-    p.add_argument("--tokenizer", help="folder with tokenizer.json (text models whose checkpoint stores none)")
+    p.add_argument("--labels", nargs="+", help="clip-similarity: candidate texts (default: the run's class prompts)")
+    p.add_argument("--tokenizer", help="folder with tokenizer.json (default: the one stored in the checkpoint)")
     p.add_argument("--length", type=int, default=64)
     p.add_argument("--dim", type=int, default=128)
     args = p.parse_args(argv)
-    out = args.out or f"docs/figures/{args.kind}.png"
 
     if args.kind == "positions":
-        print(plot_positions(args.length, args.dim, out))
+        print(plot_positions(args.length, args.dim, _default_out(args)))
         return 0
-    model, ckpt = _model_from_args(args)
+    run = _run_from_args(args)
+    model, out = run.model, _default_out(args, run)
     if args.kind == "attention":
-        images, labels = mnist_test_images()
-        image = images[args.index % 10]
-        if find_vit(model).config.in_chans != 1:
-            raise SystemExit("`zoo viz attention` shows MNIST digits; pass a model with in_chans=1 (e.g. vit_mnist, clip_mnist)")
-        print(plot_vit_attention(model, image, out, f"{getattr(model, 'model_name', type(model).__name__)}: digit {int(labels[args.index % 10])}"))
-    elif args.kind == "clip-similarity":
-        from .data.multimodal import class_prompts
+        images, names = run_images(run, args.image)
+        i = args.index % len(images)
+        print(plot_vit_attention(model, images[i], out, f"{run.name}: {names[i]}"))
+        return 0
+    tok = run.tokenizer
+    if tok is None:
+        raise ValueError(f"{run.source} stores no tokenizer; pass --tokenizer DIR (a folder written by save_tokenizer)")
+    if args.kind == "clip-similarity":
         from .data.tokenizers import encode_batch
 
-        tok = checkpoint_tokenizer(ckpt, args.tokenizer, args.ckpt)
-        images, _ = mnist_test_images()
-        texts = class_prompts(languages=("en",))[:10]  # the first held-out English template
+        images, _ = run_images(run, args.image)
+        texts = args.labels or [f"a photo of the number {c}" for c in (run.labels or range(10))]
         enc = encode_batch(tok, texts)
         sim = clip_similarity(model, images, enc["input_ids"], enc["attention_mask"])
         print(plot_similarity(sim, images, texts, out))
-    else:  # cross-attention
-        tok = checkpoint_tokenizer(ckpt, args.tokenizer, args.ckpt)
-        cfg = model.config
-        if args.text is None:  # image-to-text: an MNIST digit
-            images, _ = mnist_test_images()
-            inputs, mask, src_labels = images[args.index % 10][None], None, None
-        else:
-            from .data.tokenizers import encode_batch
+        return 0
+    cfg = model.config  # cross-attention
+    if args.text is None:  # image-to-text: one of the run's images
+        images, _ = run_images(run, args.image)
+        inputs, mask, src_labels = images[args.index % len(images)][None], None, None
+    else:
+        from .data.tokenizers import encode_batch
 
-            enc = encode_batch(tok, [args.text])
-            inputs, mask = enc["input_ids"], enc["attention_mask"]
-            src_labels = [tok.decode([i]).strip() or tok.convert_ids_to_tokens(i) for i in inputs[0].tolist()]
-        if args.target is not None:
-            tgt = [cfg.decoder_start_token_id] + tok(args.target)["input_ids"]
-        else:
-            tgt = model.generate(inputs, attention_mask=mask, max_new_tokens=30)[0].tolist()
-            if cfg.eos_token_id in tgt:
-                tgt = tgt[: tgt.index(cfg.eos_token_id) + 1]
-        # rows: the token predicted at each step, reading the decoder input up to it
-        predicted = [tok.decode([i]).strip() or tok.convert_ids_to_tokens(i) for i in tgt[1:]]
-        if src_labels is None:
-            print(plot_caption_attention(model, inputs[0], tgt[:-1], predicted, out, "caption: " + tok.decode(tgt, skip_special_tokens=True)))
-        else:
-            att = cross_attentions(model, inputs, torch.tensor([tgt[:-1]]), mask)[-1][0].mean(0)
-            title = f"{args.text!r} -> {tok.decode(tgt, skip_special_tokens=True)!r}\ncross-attention, last layer, mean over heads"
-            print(plot_cross_attention(att, src_labels, predicted, out, title))
+        enc = encode_batch(tok, [args.text])
+        inputs, mask = enc["input_ids"], enc["attention_mask"]
+        src_labels = [tok.decode([i]).strip() or tok.convert_ids_to_tokens(i) for i in inputs[0].tolist()]
+    if args.target is not None:
+        tgt = [cfg.decoder_start_token_id] + tok(args.target)["input_ids"]
+    else:
+        tgt = model.generate(inputs, attention_mask=mask, max_new_tokens=30)[0].tolist()
+        if cfg.eos_token_id in tgt:
+            tgt = tgt[: tgt.index(cfg.eos_token_id) + 1]
+    predicted = [tok.decode([i]).strip() or tok.convert_ids_to_tokens(i) for i in tgt[1:]]
+    if src_labels is None:
+        print(plot_caption_attention(model, inputs[0], tgt[:-1], predicted, out, "caption: " + tok.decode(tgt, skip_special_tokens=True)))
+    else:
+        att = cross_attentions(model, inputs, torch.tensor([tgt[:-1]]), mask)[-1][0].mean(0)
+        title = f"{args.text!r} -> {tok.decode(tgt, skip_special_tokens=True)!r}\ncross-attention, last layer, mean over heads"
+        print(plot_cross_attention(att, src_labels, predicted, out, title))
     return 0

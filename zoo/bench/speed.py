@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import gc
-import inspect
 import os
 import platform
 import re
@@ -103,40 +102,28 @@ def _max_len(cfg, default: int = 1 << 30) -> int:
 
 def example_inputs(model: nn.Module, batch: int, seq_len: int = 128, tgt_len: int = 32, img_size: int | None = None,
                    device: str = "cpu") -> tuple[dict, int, str]:
-    """Random inputs for `model.forward`, keyed by its parameter names, read off its signature:
-    images (`x` / `images`), token ids (`input_ids`, with an all-ones `attention_mask`) and
-    decoder ids (`decoder_input_ids`). Returns (inputs, tokens per sample, kind)."""
-    cfg = model.config
-    params = list(inspect.signature(model.forward).parameters)
-    g = torch.Generator().manual_seed(0)
-    inputs, tokens, parts = {}, 0, []
-    if params[0] in ("x", "images", "pixel_values"):
-        size = img_size or cfg.img_size
-        inputs[params[0]] = torch.randn(batch, cfg.in_chans, size, size, generator=g).to(device)
-        patch = getattr(cfg, "patch_size", None)
-        tokens += (size // patch) ** 2 + int(bool(getattr(cfg, "class_token", False))) if patch else 1
-        parts.append("image")
-    vocab = getattr(cfg, "vocab_size", None)
-    ids = lambda n: torch.randint(1, vocab, (batch, n), generator=g).to(device)  # noqa: E731  (no pad ids)
-    if "input_ids" in params:
-        n = min(seq_len, _max_len(cfg))
-        inputs["input_ids"] = ids(n)
-        if "attention_mask" in params:
-            inputs["attention_mask"] = torch.ones(batch, n, dtype=torch.long, device=device)
-        tokens += n
-        parts.append("text")
-    if "decoder_input_ids" in params:
-        n = min(tgt_len, _max_len(cfg))
-        inputs["decoder_input_ids"] = ids(n)
-        tokens += n
-        parts = ["seq2seq"] if parts == ["text"] else ["image2text"]
-    if not parts:
-        raise ValueError(f"cannot build example inputs for {type(model).__name__}.forward{tuple(params)}")
-    return inputs, tokens, "+".join(parts)
+    """The model's declared example inputs (zoo.contract) at this batch and length, the decoder side
+    at `tgt_len` and images at `img_size`. Returns (inputs by name, tokens per sample, kind)."""
+    from ..contract import example_inputs as declared
+    from ..contract import kind_of
+
+    inputs = dict(declared(model, batch, seq_len).tensors)
+    if "decoder_input_ids" in inputs:
+        inputs["decoder_input_ids"] = declared(model, batch, 2 * tgt_len).tensors["decoder_input_ids"]
+    if "attention_mask" in inputs:
+        inputs["attention_mask"] = torch.ones_like(inputs["attention_mask"])  # full rows: every token costs
+    tokens = sum(inputs[k].shape[1] for k in ("input_ids", "decoder_input_ids") if k in inputs)
+    if "images" in inputs:
+        if img_size and img_size != inputs["images"].shape[-1]:
+            inputs["images"] = torch.randn(*inputs["images"].shape[:2], img_size, img_size, generator=torch.Generator().manual_seed(0))
+        patch = getattr(model.config, "patch_size", None)
+        side = inputs["images"].shape[-1]
+        tokens += (side // patch) ** 2 + int(bool(getattr(model.config, "class_token", False))) if patch else 1
+    return {k: v.to(device) for k, v in inputs.items()}, tokens, kind_of(model)
 
 
 def zoo_call(model: nn.Module, inputs: dict) -> torch.Tensor:
-    return model(**inputs)
+    return model(*inputs.values())  # declared inputs are in forward's order
 
 
 def first_tensor(out) -> torch.Tensor:
@@ -300,7 +287,7 @@ def build_workloads(name: str, opts: SpeedOptions, seq_len: int) -> tuple[Worklo
     if "head" in get_config(name).__dataclass_fields__ and not hasattr(entry.config, "img_size"):
         overrides.setdefault("head", "none")  # text encoders are compared on hidden states (no MLM head to update)
     model = create_model(name, **overrides).to(opts.device)
-    batch = opts.batch_size or (16 if hasattr(model.config, "img_size") else 8)
+    batch = opts.batch_size or (16 if "images" in model.example_inputs(1).tensors else 8)
     inputs, tokens, kind = example_inputs(model, batch, seq_len, opts.tgt_len, opts.img_size, opts.device)
     zoo = Workload(f"zoo.{name}", model, zoo_call, inputs, batch, tokens, count_parameters(model), kind=kind)
     one = {k: v[:1] for k, v in inputs.items()}
@@ -339,9 +326,9 @@ def bench_model(name: str, opts: SpeedOptions, seq_len: int, peak_flops: float |
                 row = {
                     "model": name, "impl": w.label, "side": "zoo" if w is zoo else "peer", "kind": kind, "mode": mode,
                     "precision": precision, "compile": opts.compile, "grad_ckpt": opts.gradient_checkpointing,
-                    "batch": w.batch, "seq_len": seq_len if "text" in kind or kind == "seq2seq" else None,
-                    "tgt_len": opts.tgt_len if "2" in kind else None,
-                    "img_size": (opts.img_size or zoo.model.config.img_size) if "image" in kind else None,
+                    "batch": w.batch, "seq_len": zoo.inputs["input_ids"].shape[1] if "input_ids" in zoo.inputs else None,
+                    "tgt_len": zoo.inputs["decoder_input_ids"].shape[1] if "decoder_input_ids" in zoo.inputs else None,
+                    "img_size": zoo.inputs["images"].shape[-1] if "images" in zoo.inputs else None,
                     "params": w.params, "macs_per_sample": w.macs_per_sample,
                     "median_ms": med * 1e3, "min_ms": min(times[w.label]) * 1e3, "n_timed": len(times[w.label]),
                     "samples_per_s": w.batch / med, "tokens_per_s": w.batch * w.tokens_per_sample / med,

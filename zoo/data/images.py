@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import TensorDataset
+from torch.utils.data import DataLoader, TensorDataset
 
 from .base import SplitDataModule
 
@@ -66,6 +66,45 @@ def random_affine(images: torch.Tensor, max_shift: float, max_rotate: float, sca
     return F.grid_sample(images, grid, padding_mode="zeros", align_corners=False)
 
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
+def image_files(paths: str | list[str]) -> list[Path]:
+    """Files given one by one, or every image in a folder (sorted); a missing path is an error naming it."""
+    out = []
+    for p in [paths] if isinstance(paths, (str, Path)) else paths:
+        p = Path(p)
+        if p.is_dir():
+            found = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise FileNotFoundError(f"folder {p} holds no image ({', '.join(IMAGE_SUFFIXES)})")
+            out += found
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise FileNotFoundError(f"image {p} does not exist")
+    return out
+
+
+def read_images(paths: str | list[str], size: int, in_chans: int, mean: float | list[float], std: float | list[float]) -> torch.Tensor:
+    """Image files -> (B, C, size, size) normalised as in training: grey or RGB by `in_chans`, resized to `size`."""
+    from PIL import Image, UnidentifiedImageError
+
+    mean_t = torch.tensor(mean, dtype=torch.float32).reshape(-1, 1, 1)
+    std_t = torch.tensor(std, dtype=torch.float32).reshape(-1, 1, 1)
+    out = []
+    for f in image_files(paths):
+        try:
+            with Image.open(f) as im:
+                im = im.convert("L" if in_chans == 1 else "RGB").resize((size, size), Image.BILINEAR)
+                x = torch.from_numpy(np.asarray(im, dtype=np.float32).copy()).div(255.0)
+        except (UnidentifiedImageError, OSError) as e:
+            raise ValueError(f"cannot read image {f}: {e}; pass a PNG, JPEG or another format Pillow reads") from None
+        x = x[None] if x.ndim == 2 else x.permute(2, 0, 1)
+        out.append((x - mean_t) / std_t)
+    return torch.stack(out)
+
+
 class ImageDataModule(SplitDataModule):
     """In-memory image classification data with batched augmentation on the device."""
 
@@ -73,7 +112,9 @@ class ImageDataModule(SplitDataModule):
     mean, std = 0.5, 0.5
 
     def __init__(self, batch_size: int = 128, augment: bool = True, max_shift: float = 0.1, max_rotate: float = 10.0,
-                 scale: tuple[float, float] = (0.9, 1.1), split_seed: int = 0, num_workers: int = 0):
+                 scale: tuple[float, float] = (0.9, 1.1), split_seed: int = 0, num_workers: int = 0,
+                 predict_images: list[str] | None = None):
+        """predict_images: image files or folders for `zoo predict` (default: the test split)."""
         super().__init__()
         self.save_hyperparameters()
         self.batch_size, self.num_workers = batch_size, num_workers
@@ -89,6 +130,20 @@ class ImageDataModule(SplitDataModule):
     @property
     def model_overrides(self) -> dict:
         return {"num_classes": self.num_classes, "in_chans": self.in_chans, "img_size": self.img_size}
+
+    class_names: tuple[str, ...] = tuple(str(d) for d in range(10))
+
+    @property
+    def run_metadata(self) -> dict:
+        """What a checkpoint keeps to read new images as this data was read (zoo.runs)."""
+        return {"labels": list(self.class_names), "image": {"size": self.img_size, "in_chans": self.in_chans,
+                                                             "mean": self.mean, "std": self.std}}
+
+    def predict_dataloader(self):
+        if not self.hparams.predict_images:
+            return super().predict_dataloader()
+        x = read_images(self.hparams.predict_images, self.img_size, self.in_chans, self.mean, self.std)
+        return DataLoader(TensorDataset(x), batch_size=self.batch_size)
 
     def setup(self, stage: str | None = None):
         if self.splits:

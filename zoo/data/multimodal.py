@@ -120,8 +120,10 @@ class MNISTCaptionsContrastive(_CaptionedMNIST):
 
     name = "mnist5k_captions"
 
-    def __init__(self, batch_size: int = 256, word_dropout: float = 0.0, **kwargs):
+    def __init__(self, batch_size: int = 256, word_dropout: float = 0.0, predict_labels: list[str] | None = None, **kwargs):
+        """predict_labels: candidate texts for `zoo predict` (zero-shot over them; default: the held-out class prompts)."""
         super().__init__(batch_size=batch_size, **kwargs)
+        self.predict_labels = list(predict_labels) if predict_labels else None
         if not 0 <= word_dropout < 1:
             raise ValueError(f"word_dropout must be in [0, 1), got {word_dropout}")
         self.word_dropout = word_dropout
@@ -148,6 +150,8 @@ class MNISTCaptionsContrastive(_CaptionedMNIST):
         return out
 
     def on_after_batch_transfer(self, batch, dataloader_idx):
+        if self.trainer is not None and self.trainer.predicting:  # images only (the user's or the test split's)
+            return {"images": batch[0]}
         images, labels = super().on_after_batch_transfer(batch, dataloader_idx)
         training = self.trainer is not None and self.trainer.training
         if training and self.word_dropout > 0:
@@ -186,6 +190,8 @@ class MNISTCaptioning(_CaptionedMNIST):
                 "decoder_start_token_id": int(self.language_token_ids[0]), "max_len": self.max_length + 1}
 
     def on_after_batch_transfer(self, batch, dataloader_idx):
+        if self.trainer is not None and self.trainer.predicting:
+            return {"images": batch[0]}
         images, labels = super().on_after_batch_transfer(batch, dataloader_idx)
         training = self.trainer is not None and self.trainer.training
         lang = (torch.randint(len(self.languages), labels.shape, device=labels.device) if training

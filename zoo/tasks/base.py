@@ -111,3 +111,30 @@ class ZooTask(L.LightningModule):
                 f"training loss became {loss.item()} at step {self.global_step}; lower the learning rate, "
                 "enable gradient clipping (--trainer.gradient_clip_val 1.0) or use bf16 instead of fp16"
             )
+
+    # -- the checkpoint describes itself (zoo.runs) ------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        from ..runs import run_metadata
+
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        checkpoint["zoo"] = run_metadata(self.model, self, dm, getattr(self, "_zoo_recipe", None))
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Refuse, in one line, a checkpoint whose stored model differs from the one this task built."""
+        import dataclasses
+
+        from ..runs import RunError, _plain
+
+        record = checkpoint.get("zoo") or {}
+        if not record:
+            return
+        name = getattr(self.model, "model_name", None)
+        if record.get("model") != name:
+            raise RunError(f"the checkpoint holds model {record.get('model')} but this recipe builds {name}; "
+                           "pass the checkpoint's own recipe (or none: `zoo test --ckpt_path X` uses the stored one)")
+        ours = _plain(dataclasses.asdict(self.model.config))
+        differ = [f"{k}: checkpoint {v!r} vs recipe {ours.get(k)!r}" for k, v in record.get("config", {}).items()
+                  if ours.get(k) != v]
+        if differ:
+            raise RunError(f"the checkpoint's {name} differs from the one this recipe builds ({'; '.join(differ[:5])}); "
+                           "pass the checkpoint's own recipe, or the same model overrides and data settings")

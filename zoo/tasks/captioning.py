@@ -49,3 +49,14 @@ class CaptioningTask(ZooTask):
     def test_step(self, batch, batch_idx):
         self.test_em(self.exact_matches(batch["images"], batch["labels"]))
         self.log("test/exact_match", self.test_em)
+
+    def predict_step(self, batch, batch_idx):
+        """A greedy caption of every image in every language of the data module: "lang<TAB>caption" lines."""
+        dm = self.trainer.datamodule
+        images = batch["images"] if isinstance(batch, dict) else batch[0]
+        lines = [[] for _ in range(len(images))]
+        for lang, start in zip(dm.languages, dm.language_token_ids.tolist()):
+            out = self.model.generate(images, max_new_tokens=self.hparams.max_new_tokens, decoder_start_token_id=start)
+            for i, text in enumerate(dm.tokenizer.batch_decode(out[:, 1:].tolist(), skip_special_tokens=True)):
+                lines[i].append(f"{lang}: {text.strip()}")
+        return [" | ".join(row) for row in lines]

@@ -61,3 +61,18 @@ class ContrastiveTask(ZooTask):
     def test_step(self, batch, batch_idx):
         self.test_acc(self.model.zero_shot_logits(batch["images"], self._classifier), batch["labels"])
         self.log("test/zero_shot_acc", self.test_acc)
+
+    def predict_step(self, batch, batch_idx):
+        """Zero-shot over the data module's `predict_labels` (candidate texts), else its held-out class prompts."""
+        dm = self.trainer.datamodule
+        images = batch["images"] if isinstance(batch, dict) else batch[0]
+        labels = getattr(dm, "predict_labels", None)
+        if labels:
+            enc = {k: v.to(self.device) for k, v in dm.encode(labels).items()}
+            classifier = self.model.encode_text(enc["input_ids"], enc["attention_mask"])
+        else:
+            classifier = self._zero_shot_classifier()
+            labels = list(getattr(dm, "class_names", None) or range(self.num_classes))
+        probs = self.model.zero_shot_logits(images, classifier).float().softmax(-1)
+        pred = probs.argmax(-1)
+        return {"pred": pred, "prob": probs.max(-1).values, "label": [str(labels[i]) for i in pred.tolist()]}

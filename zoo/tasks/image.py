@@ -61,5 +61,10 @@ class ImageClassification(ZooTask):
 
     def predict_step(self, batch, batch_idx):
         images = batch[0] if isinstance(batch, (list, tuple)) else batch
-        probs = self(images).softmax(-1)
-        return {"pred": probs.argmax(-1), "prob": probs.max(-1).values}
+        probs = self(images).float().softmax(-1)
+        pred = probs.argmax(-1)
+        names = getattr(getattr(self.trainer, "datamodule", None), "class_names", None) if self._trainer is not None else None
+        out = {"pred": pred, "prob": probs.max(-1).values}
+        if names:
+            out["label"] = [names[i] for i in pred.tolist()]
+        return out
