@@ -13,6 +13,7 @@ Relative positions put no limit on the length; `max_len` (None by default) adds 
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -20,6 +21,8 @@ from torch import nn
 
 from ..core import BlockConfig, KVCache, RelativePositionBias, TransformerStack, check_length, padding_mask
 from ..generation import GenerationMixin, shift_right  # noqa: F401  (shift_right re-exported for T5 users)
+from ..core.position import check_attention_mask, check_batch_sizes, check_decoder_inputs, check_token_ids, require_decoder_input_ids
+from ..contract import Inputs, ZooModel, seq2seq_inputs
 from ..registry import register_model
 
 
@@ -43,6 +46,7 @@ class T5Config:
     pad_token_id: int = 0
     eos_token_id: int = 1
     decoder_start_token_id: int = 0  # the pad id, as in T5
+    encoder_only: bool = False  # HF T5EncoderModel: no decoder / lm_head; built by the T5Encoder class
 
 
 def _ffn_kind(proj: str) -> tuple[str, bool]:
@@ -53,9 +57,18 @@ def _ffn_kind(proj: str) -> tuple[str, bool]:
     raise ValueError(f"feed_forward_proj must be 'relu' (v1.0) or 'gated-gelu' (v1.1), got {proj!r}")
 
 
-class T5(GenerationMixin, nn.Module):
+class T5(ZooModel, GenerationMixin, nn.Module):
+    kind = "encoder_decoder"
+
+    def example_inputs(self, batch: int = 2, length: int = 16, generator: torch.Generator | None = None) -> Inputs:
+        cfg = self.config
+        return seq2seq_inputs(batch, length if cfg.max_len is None else min(length, cfg.max_len), cfg.vocab_size, cfg.vocab_size, generator)
+
     def __init__(self, cfg: T5Config):
         super().__init__()
+        if cfg.encoder_only and not isinstance(self, T5Encoder):
+            raise ValueError("encoder_only=True describes T5's encoder alone: build it with zoo.models.t5.T5Encoder(cfg) "
+                             "(what zoo.from_hf returns for a T5EncoderModel)")
         self.config = cfg
         activation, gated = _ffn_kind(cfg.feed_forward_proj)
         block = BlockConfig(
@@ -67,24 +80,33 @@ class T5(GenerationMixin, nn.Module):
         self.shared = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.drop = nn.Dropout(cfg.dropout_rate)
         self.encoder = TransformerStack(block, cfg.num_layers)
-        self.decoder = TransformerStack(block, cfg.num_decoder_layers or cfg.num_layers, cross_attention=True)
         # one bias table per stack, shared by all its layers (HF keeps it in block 0)
         nb, md = cfg.relative_attention_num_buckets, cfg.relative_attention_max_distance
         self.encoder_rel_bias = RelativePositionBias(cfg.num_heads, nb, md, bidirectional=True)
-        self.decoder_rel_bias = RelativePositionBias(cfg.num_heads, nb, md, bidirectional=False)
-        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        if cfg.encoder_only:
+            self.decoder = self.decoder_rel_bias = self.lm_head = None
+        else:
+            self.decoder = TransformerStack(block, cfg.num_decoder_layers or cfg.num_layers, cross_attention=True)
+            self.decoder_rel_bias = RelativePositionBias(cfg.num_heads, nb, md, bidirectional=False)
+            self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         scale = cfg.tie_word_embeddings if cfg.scale_decoder_outputs is None else cfg.scale_decoder_outputs
         self.output_scale = cfg.d_model ** -0.5 if scale else 1.0
         self.init_weights()
-        if cfg.tie_word_embeddings:
+        if cfg.tie_word_embeddings and self.lm_head is not None:
             self.lm_head.weight = self.shared.weight
+
+    @property
+    def encoder_only(self) -> bool:
+        """True for T5's encoder alone (T5Encoder, from HF's T5EncoderModel)."""
+        return self.config.encoder_only
 
     def init_weights(self):
         """The Mesh-TensorFlow / HF initialisation (initializer_factor 1)."""
         cfg, d = self.config, self.config.d_model
         nn.init.normal_(self.shared.weight, std=1.0)
-        nn.init.normal_(self.lm_head.weight, std=1.0)
-        for stack in (self.encoder, self.decoder):
+        if self.lm_head is not None:
+            nn.init.normal_(self.lm_head.weight, std=1.0)
+        for stack in filter(None, (self.encoder, self.decoder)):
             for blk in stack.blocks:
                 for attn in filter(None, (blk.attn, blk.cross_attn)):
                     nn.init.normal_(attn.q.weight, std=(d * cfg.d_kv) ** -0.5)
@@ -94,16 +116,18 @@ class T5(GenerationMixin, nn.Module):
                 for lin in filter(None, (blk.mlp.fc1, blk.mlp.gate)):
                     nn.init.normal_(lin.weight, std=d ** -0.5)
                 nn.init.normal_(blk.mlp.fc2.weight, std=cfg.d_ff ** -0.5)
-        for bias in (self.encoder_rel_bias, self.decoder_rel_bias):
+        for bias in filter(None, (self.encoder_rel_bias, self.decoder_rel_bias)):
             nn.init.normal_(bias.embedding.weight, std=d ** -0.5)
 
-    def _check(self, length: int) -> None:
+    def _check(self, length: int, name: str = "sequence") -> None:
         if self.config.max_len is not None:
-            check_length(length, self.config.max_len)
+            check_length(length, self.config.max_len, "max_len", name)
 
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Ids (B, S) -> memory (B, S, d_model), after the final norm (and dropout)."""
-        self._check(input_ids.shape[1])
+        check_token_ids(input_ids, self.config.vocab_size, "input_ids")
+        check_attention_mask(attention_mask, input_ids)
+        self._check(input_ids.shape[1], "input_ids")
         length = input_ids.shape[1]
         x = self.encoder(self.drop(self.shared(input_ids)), mask=padding_mask(attention_mask),
                          bias=self.encoder_rel_bias(length, length))
@@ -111,9 +135,15 @@ class T5(GenerationMixin, nn.Module):
 
     def decode_features(self, decoder_input_ids, memory, memory_mask=None, decoder_attention_mask=None,
                         cache: KVCache | None = None) -> torch.Tensor:
+        if self.decoder is None:
+            raise TypeError("this T5 is encoder-only (T5Encoder, from a T5EncoderModel): it has no decoder; use "
+                            "model(input_ids, attention_mask) or model.encode(...) for the hidden states")
+        require_decoder_input_ids(decoder_input_ids, type(self).__name__, self.config.decoder_start_token_id,
+                                  self.config.pad_token_id)
         past = 0 if cache is None else cache.length(self.decoder.blocks[0].attn.layer_id)
+        check_decoder_inputs(decoder_input_ids, memory, self.config.vocab_size, memory_mask, decoder_attention_mask, past)
         length = decoder_input_ids.shape[1]
-        self._check(past + length)
+        self._check(past + length, "decoder_input_ids")
         x = self.decoder(self.drop(self.shared(decoder_input_ids)), mask=padding_mask(decoder_attention_mask),
                          causal=True, bias=self.decoder_rel_bias(length, past + length, offset=past), context=memory,
                          context_mask=padding_mask(memory_mask), cache=cache)
@@ -125,13 +155,32 @@ class T5(GenerationMixin, nn.Module):
         return self.lm_head(self.decode_features(decoder_input_ids, memory, memory_mask, decoder_attention_mask, cache)
                             * self.output_scale)
 
-    def forward_features(self, input_ids, decoder_input_ids, attention_mask=None, decoder_attention_mask=None):
+    def forward_features(self, input_ids, decoder_input_ids=None, attention_mask=None, decoder_attention_mask=None):
+        require_decoder_input_ids(decoder_input_ids, type(self).__name__, self.config.decoder_start_token_id,
+                                  self.config.pad_token_id)
+        if isinstance(input_ids, torch.Tensor) and isinstance(decoder_input_ids, torch.Tensor) and input_ids.dim() == 2:
+            check_batch_sizes(input_ids=input_ids.shape[0], decoder_input_ids=decoder_input_ids.shape[0])
         memory = self.encode(input_ids, attention_mask)
         return self.decode_features(decoder_input_ids, memory, attention_mask, decoder_attention_mask)
 
-    def forward(self, input_ids, decoder_input_ids, attention_mask=None, decoder_attention_mask=None):
+    def forward(self, input_ids, decoder_input_ids=None, attention_mask=None, decoder_attention_mask=None):
         features = self.forward_features(input_ids, decoder_input_ids, attention_mask, decoder_attention_mask)
         return self.lm_head(features * self.output_scale)
+
+
+class T5Encoder(T5):
+    """T5's encoder alone, as HF's T5EncoderModel: ids (B, S) -> final hidden states (B, S, d_model)
+    (shared embedding, encoder stack, final RMSNorm, dropout); no decoder and no LM head."""
+
+    def __init__(self, cfg: T5Config):
+        super().__init__(dataclasses.replace(cfg, encoder_only=True))
+
+    def forward_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.encode(input_ids, attention_mask)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The last hidden states, equal to T5EncoderModel(...).last_hidden_state."""
+        return self.encode(input_ids, attention_mask)
 
 
 _PAPER = "Raffel et al. 2020, Exploring the Limits of Transfer Learning with a Unified Text-to-Text Transformer (arXiv:1910.10683)"
@@ -152,3 +201,6 @@ _register("t5_v1_1_small", "T5 v1.1 small: d_model 512, 8+8 layers, 6 heads, d_k
           "head; 77.0M parameters", d_model=512, d_ff=1024, num_layers=8, num_heads=6, **_V11)
 _register("t5_v1_1_base", "T5 v1.1 base: d_model 768, 12+12 layers, 12 heads, gated-GELU FFN 2048, untied head; "
           "247.6M parameters", d_model=768, d_ff=2048, num_layers=12, num_heads=12, **_V11)
+_register("t5_tiny", "A small T5 v1.0 for tests and the embedded data (the shape of configs/t5_numbers.yaml): d_model 128, "
+          "2+2 layers, 4 heads, d_kv 32, FFN 256, 8k vocabulary", vocab_size=8000, d_model=128, d_kv=32, d_ff=256,
+          num_layers=2, num_heads=4)
