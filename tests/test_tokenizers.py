@@ -131,3 +131,119 @@ def test_encoded_batch_feeds_bert(toks):
                              max_positions=tok.model_max_length, dim=32, num_heads=2, depth=1).eval()
     out = encode_batch(tok, ["how are you", "a"], text_pairs=["fine thanks", "b"])
     assert model(**out).shape == (2, out["input_ids"].shape[1], len(tok))
+
+
+# -- reproducible training ------------------------------------------------------------------------------
+
+SMALL = CORPUS[::4]  # 20 help topics: enough for ties in the pair counts, fast to train
+
+
+def _fingerprints(vocab_size: int = 300) -> dict[str, str]:
+    import hashlib
+
+    return {kind: hashlib.sha256(train_tokenizer(kind, SMALL, vocab_size, model_max_length=64).backend_tokenizer.to_str()
+                                 .encode()).hexdigest() for kind in KINDS}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_training_twice_in_one_process_is_byte_identical(kind):
+    a, b = (train_tokenizer(kind, SMALL, 300, model_max_length=64).backend_tokenizer.to_str() for _ in range(2))
+    assert a == b
+
+
+def test_training_in_two_processes_is_byte_identical():
+    """Rust seeds its hash maps per process; PYTHONHASHSEED and the thread count must not matter either."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    code = "import json, tests.test_tokenizers as t; print(json.dumps(t._fingerprints()))"
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    runs = []
+    for seed, threads in (("1", "1"), ("2", "2")):
+        env = {**os.environ, "PYTHONHASHSEED": seed, "RAYON_NUM_THREADS": threads, "OMP_NUM_THREADS": "1"}
+        out = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-2000:]
+        runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    assert runs[0] == runs[1] == _fingerprints()
+
+
+def test_wordpiece_id_order_is_canonical():
+    tok = train_tokenizer("wordpiece", SMALL, 300, model_max_length=64)
+    inv = {i: t for t, i in tok.get_vocab().items()}
+    order = [inv[i] for i in range(len(inv))]
+    n = len(EXPECTED_SPECIALS["wordpiece"])
+    cont = [t for t in order[n:] if t.startswith("##") and len(t) == 3]
+    singles = [t for t in order[n + len(cont):] if len(t) == 1]
+    assert order[n:n + len(cont)] == sorted(cont) and len(cont) > 20  # every "##x" right after the specials, sorted
+    assert order[n + len(cont):n + len(cont) + len(singles)] == sorted(singles)  # then the characters, sorted
+    assert set(tok.all_special_tokens) == set(EXPECTED_SPECIALS["wordpiece"])
+    assert tok.tokenize("##a") == ["#", "#", "a"]  # the pre-registered pieces are ordinary vocabulary, not special tokens
+
+
+def test_unigram_vocabulary_is_sorted_by_score_then_text():
+    import json
+
+    tok = train_tokenizer("unigram", SMALL, 300, model_max_length=64)
+    vocab = json.loads(tok.backend_tokenizer.to_str())["model"]["vocab"][len(EXPECTED_SPECIALS["unigram"]):]
+    keys = [(-score, piece) for piece, score in vocab]
+    assert keys == sorted(keys) and all(round(s, 6) == s for _, s in vocab)
+
+
+# -- one storage format ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_state_round_trip_encodes_identically(toks, kind):
+    import json
+
+    from zoo.data.tokenizers import tokenizer_from_state, tokenizer_to_state
+
+    tok = toks[kind]
+    tok(["warm up the backend's truncation state"], truncation=True, max_length=8, padding=True)
+    state = tokenizer_to_state(tok)
+    state = json.loads(json.dumps(state))  # plain JSON
+    assert state["kind"] == kind and state["model_max_length"] == 64 and '"truncation": null' in state["tokenizer_json"]
+    back = tokenizer_from_state(state)
+    texts, pairs = [SAMPLES[3], "Names, objects; and don't (do not) forget!"], ["a second segment", "and another"]
+    a, b = encode_batch(tok, texts, text_pairs=pairs), encode_batch(back, texts, text_pairs=pairs)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert decode_batch(back, a["input_ids"]) == decode_batch(tok, a["input_ids"])
+    assert back.all_special_tokens == tok.all_special_tokens and back.model_input_names == tok.model_input_names
+    assert tokenizer_to_state(back) == state
+    legacy = tokenizer_from_state(tok.backend_tokenizer.to_str(), model_max_length=64)  # older checkpoints: bare JSON
+    assert torch.equal(encode_batch(legacy, texts)["input_ids"], encode_batch(tok, texts)["input_ids"])
+
+
+def test_load_tokenizer_from_folder_file_and_checkpoint(toks, tmp_path):
+    import json
+
+    from zoo.data.tokenizers import load_tokenizer_from, tokenizer_to_state
+
+    tok = toks["wordpiece"]
+    ids = tok(SAMPLES)["input_ids"]
+    save_tokenizer(tok, tmp_path / "run" / "tokenizer")
+    (tmp_path / "state.json").write_text(json.dumps(tokenizer_to_state(tok)))
+    (tmp_path / "bare.json").write_text(tok.backend_tokenizer.to_str())
+    state = tokenizer_to_state(tok)
+    ckpts = {"zoo.ckpt": {"state_dict": {}, "zoo": {"model": "bert_tiny", "tokenizer": state}},
+             "datamodule.ckpt": {"state_dict": {}, "epoch": 3, "hyper_parameters": {"tokenizer": "x"}, "PydocMLM": {"tokenizer": state}},
+             "older.ckpt": {"state_dict": {}, "PydocMLM": {"tokenizer_json": tok.backend_tokenizer.to_str()}},
+             "image_text.ckpt": {"state_dict": {}, "tokenizer_json": tok.backend_tokenizer.to_str()}}
+    for name, ckpt in ckpts.items():
+        torch.save(ckpt, tmp_path / name)
+    sources = [tmp_path / "run" / "tokenizer", tmp_path / "run", tmp_path / "run" / "tokenizer" / "tokenizer.json",
+               tmp_path / "state.json", tmp_path / "bare.json"] + [tmp_path / n for n in ckpts]
+    for source in sources:
+        assert load_tokenizer_from(str(source))(SAMPLES)["input_ids"] == ids, source
+    torch.save({"state_dict": {}, "epoch": 1}, tmp_path / "bare.ckpt")
+    with pytest.raises(ValueError, match="bare.ckpt' holds no tokenizer"):
+        load_tokenizer_from(tmp_path / "bare.ckpt")
+    with pytest.raises(FileNotFoundError, match="no tokenizer in folder .*empty"):
+        (tmp_path / "empty").mkdir()
+        load_tokenizer_from(tmp_path / "empty")
+    with pytest.raises(FileNotFoundError, match="missing.ckpt' does not exist"):
+        load_tokenizer_from(tmp_path / "missing.ckpt")
+    (tmp_path / "junk.ckpt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="cannot read .*junk.ckpt"):
+        load_tokenizer_from(tmp_path / "junk.ckpt")

@@ -4,7 +4,9 @@
 Paragraphs are re-joined (the source is wrapped at ~70 columns), split into sentences, and ruler
 lines ("*****") dropped: about 4,000 sentences. `PydocMLM` holds out 5% for validation and 5% for
 test (seed 0) and can mix in number phrases (zoo.data.numbers) so the same WordPiece tokenizer
-serves the sentence-pair task that fine-tunes the pre-trained encoder.
+serves the sentence-pair task that fine-tunes the pre-trained encoder: both modules train it on
+the same texts (`numbers.tokenizer_corpus`), and training is deterministic. A fine-tuning run still
+takes it from the pre-training checkpoint (`NumberComparison(tokenizer=<ckpt>)`), never rebuilds it.
 """
 from __future__ import annotations
 

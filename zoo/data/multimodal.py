@@ -11,7 +11,10 @@ Images and the train/val/test split are exactly those of `zoo.data.images.MNIST5
   after a language token (`<en>`, `<fr>`, ...) that starts the decoder.
 
 The tokenizer is zoo's byte-level BPE (`zoo.data.tokenizers.train_tokenizer("bpe", ...)`):
-<pad>=0 <s>=1 </s>=2 <unk>=3, texts end with </s>, so CLIP pools at eos_token_id=2.
+<pad>=0 <s>=1 </s>=2 <unk>=3, texts end with </s>, so CLIP pools at eos_token_id=2. Instead of
+training it, the data modules take `tokenizer=<source>` (a folder with tokenizer.json, a tokenizer.json
+file or a `zoo fit` checkpoint: `zoo.data.tokenizers.load_tokenizer_from`) or `use_tokenizer(tok)`.
+It is stored in checkpoints as `zoo.data.tokenizers.tokenizer_to_state` writes it.
 """
 from __future__ import annotations
 
@@ -20,7 +23,9 @@ from num2words import num2words
 from transformers import PreTrainedTokenizerFast
 
 from .images import MNIST5k
-from .tokenizers import encode_batch, train_tokenizer
+from .tokenizers import describe_vocab_change, encode_batch, load_tokenizer_from, same_tokenizer, train_tokenizer
+from .tokenizers import tokenizer_from_state as _tokenizer_from_state
+from .tokenizers import tokenizer_to_state
 
 LANGUAGES = ("en", "fr", "de", "es")
 
@@ -74,31 +79,63 @@ def build_tokenizer(languages=LANGUAGES, vocab_size: int = 512, max_length: int 
     return tok
 
 
-def tokenizer_state(tok: PreTrainedTokenizerFast) -> str:
-    """The tokenizer as one JSON string (stored in checkpoints; loading it executes nothing)."""
-    return tok.backend_tokenizer.to_str()
+# Older names, kept for the modules that import them: one storage format for every tokenizer.
+tokenizer_state = tokenizer_to_state
 
 
-def tokenizer_from_state(state: str, max_length: int = 24) -> PreTrainedTokenizerFast:
-    from tokenizers import Tokenizer
-
-    from .tokenizers import SPECIALS
-
-    tok = Tokenizer.from_str(state)
-    langs = [f"<{lang}>" for lang in LANGUAGES if tok.token_to_id(f"<{lang}>") is not None]
-    return PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=max_length, padding_side="right",
-                                   additional_special_tokens=langs, **SPECIALS["bpe"])
+def tokenizer_from_state(state: dict | str, max_length: int | None = None) -> PreTrainedTokenizerFast:
+    """`zoo.data.tokenizers.tokenizer_from_state`; a bare backend JSON string (older checkpoints'
+    `tokenizer_json`) gets model_max_length=24, the captions' default."""
+    if max_length is None and not isinstance(state, dict):
+        max_length = 24
+    return _tokenizer_from_state(state, max_length)
 
 
 class _CaptionedMNIST(MNIST5k):
-    """MNIST-5k images + a tokenizer; batches become dicts with images, labels and text."""
+    """MNIST-5k images + a tokenizer; batches become dicts with images, labels and text.
 
-    def __init__(self, languages: list[str] | tuple[str, ...] = LANGUAGES, vocab_size: int = 512, max_length: int = 24, **kwargs):
+    tokenizer: use this tokenizer instead of training one: a folder with tokenizer.json, a
+    tokenizer.json file or a `zoo fit` checkpoint (its size then wins over vocab_size)."""
+
+    def __init__(self, languages: list[str] | tuple[str, ...] = LANGUAGES, vocab_size: int = 512, max_length: int = 24,
+                 tokenizer: str | None = None, **kwargs):
         super().__init__(**kwargs)
         _check_languages(languages)
         self.languages = tuple(languages)
-        self.max_length = max_length
-        self.tokenizer = build_tokenizer(self.languages, vocab_size, max_length)
+        self.vocab_size, self.max_length, self.tokenizer_path = vocab_size, max_length, tokenizer
+        if tokenizer:
+            self._adopt(load_tokenizer_from(tokenizer), str(tokenizer))
+        else:
+            self.tokenizer = build_tokenizer(self.languages, vocab_size, max_length)
+        # subclasses encode their caption tables (`_encode_tables`) at the end of their __init__
+
+    def _adopt(self, tok: PreTrainedTokenizerFast, source: str) -> None:
+        describe_vocab_change(tok, self.vocab_size, source, type(self).__name__)
+        self.tokenizer = tok
+
+    def use_tokenizer(self, tok: PreTrainedTokenizerFast, source: str = "use_tokenizer") -> None:
+        """Use `tok` (e.g. the tokenizer stored in a checkpoint) instead of the trained one; the caption
+        tables are encoded again with it."""
+        if not isinstance(tok, PreTrainedTokenizerFast):
+            raise TypeError(f"use_tokenizer takes a transformers PreTrainedTokenizerFast, got {type(tok).__name__}")
+        self._adopt(tok, source)
+        self._encode_tables()
+
+    def _encode_tables(self) -> None:
+        """Encode what the module keeps encoded (caption tables) with the current tokenizer."""
+
+    # The tokenizer travels inside every checkpoint, as for the text data modules (plain JSON).
+    def state_dict(self) -> dict:
+        return {"tokenizer": tokenizer_to_state(self.tokenizer)}
+
+    def load_state_dict(self, state: dict) -> None:
+        """A checkpoint's tokenizer replaces this module's (the caption tables are encoded again)."""
+        saved = state.get("tokenizer")
+        if saved:
+            theirs = _tokenizer_from_state(saved)
+            if not same_tokenizer(theirs, self.tokenizer):
+                ckpt = getattr(self.trainer, "ckpt_path", None) if self.trainer is not None else None
+                self.use_tokenizer(theirs, f"the checkpoint {ckpt}" if ckpt else "the checkpoint")
 
     def encode(self, texts: list[str]) -> dict[str, torch.Tensor]:
         return encode_batch(self.tokenizer, texts, max_length=self.max_length, truncation=False)
@@ -128,6 +165,9 @@ class MNISTCaptionsContrastive(_CaptionedMNIST):
             raise ValueError(f"word_dropout must be in [0, 1), got {word_dropout}")
         self.word_dropout = word_dropout
         self.templates = [(lang, t) for lang in self.languages for t in TRAIN_TEMPLATES[lang]]
+        self._encode_tables()
+
+    def _encode_tables(self) -> None:
         per_digit = captions(TRAIN_TEMPLATES, self.languages)
         self.per_class = len(per_digit[0])
         table = self.encode([c for texts in per_digit for c in texts])  # row d * per_class + j
@@ -178,11 +218,20 @@ class MNISTCaptioning(_CaptionedMNIST):
 
     def __init__(self, batch_size: int = 128, **kwargs):
         super().__init__(batch_size=batch_size, **kwargs)
+        self._encode_tables()
+
+    def _encode_tables(self) -> None:
         texts = [CAPTION_TEMPLATES[lang].format(digit_word(d, lang)) for lang in self.languages for d in range(10)]
         self.reference = texts  # row l * 10 + d
         table = self.encode(texts)
         self.caption_ids, self.caption_mask = table["input_ids"], table["attention_mask"]
-        self.language_token_ids = torch.tensor(self.tokenizer.convert_tokens_to_ids([f"<{lang}>" for lang in self.languages]))
+        tokens = [f"<{lang}>" for lang in self.languages]
+        vocab = self.tokenizer.get_vocab()
+        missing = [t for t in tokens if t not in vocab]
+        if missing:
+            raise ValueError(f"the tokenizer has no language token(s) {missing}; the captioner starts from them: use a "
+                             "tokenizer built by zoo.data.multimodal.build_tokenizer with these languages")
+        self.language_token_ids = torch.tensor([vocab[t] for t in tokens])
 
     @property
     def model_overrides(self) -> dict:

@@ -142,7 +142,9 @@ class NumberComparison(_NumbersBase):
     (|a - b| <= `near`), so the model must read every digit, not only the thousands.
     The WordPiece tokenizer is trained on these phrases plus, with `with_corpus=True` (default),
     the standard-library help texts of zoo.data.corpus, so that it is the same tokenizer a
-    `PydocMLM(with_numbers=True)` pre-training run builds and a checkpoint from it fits.
+    `PydocMLM(with_numbers=True)` pre-training run builds (same languages, numbers and vocab_size;
+    training is deterministic). Fine-tuning a pre-trained encoder, pass `tokenizer=<its checkpoint>`
+    so the ids are the checkpoint's own whatever the settings (the CLI does so for `init_from`).
     """
 
     tokenizer_kind = "wordpiece"

@@ -1,23 +1,32 @@
 """What the text data modules share: a tokenizer trained on the training split, padding collators,
 prediction inputs from the command line or files, and `model_overrides` for the CLI link.
 
-The tokenizer is trained (or loaded from `tokenizer=<dir>`) the first time it is needed, at the
-latest when the CLI reads `model_overrides` to build the model, so vocabulary size and special ids
-always come from it. `setup` saves it into the run folder (`<default_root_dir>/tokenizer`), and it is
-also stored inside every checkpoint (`state_dict`), so a checkpoint can be decoded without the data.
+The tokenizer is trained (deterministically: the same texts give the same tokenizer) or loaded the
+first time it is needed, at the latest when the CLI reads `model_overrides` to build the model, so
+vocabulary size and special ids always come from it. Instead of training one, a module takes
+`tokenizer=<source>`: a folder with tokenizer.json, a tokenizer.json file or a `zoo fit` checkpoint
+(`zoo.data.tokenizers.load_tokenizer_from`), or a tokenizer object via `use_tokenizer(tok)`. A loaded
+tokenizer's size wins over `vocab_size` (one info line says so).
+
+`setup` saves the tokenizer into the run folder (`<default_root_dir>/tokenizer`), and it is stored
+inside every checkpoint: `state_dict()` is {"tokenizer": tokenizer_to_state(tok)}, which Lightning
+keeps at `checkpoint[<data module class name>]`. `load_state_dict` (resuming, `trainer.test(ckpt_path=...)`)
+adopts the checkpoint's tokenizer while nothing is encoded yet and refuses a different one after.
 """
 from __future__ import annotations
 
 import json
 import os
-import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from .base import SplitDataModule
-from .tokenizers import load_tokenizer, save_tokenizer, train_tokenizer
+from .tokenizers import (
+    describe_vocab_change, load_tokenizer_from, same_tokenizer, save_tokenizer, tokenizer_from_state, tokenizer_to_state,
+    train_tokenizer,
+)
 
 Example = dict[str, Any]
 
@@ -56,11 +65,14 @@ class TextDataModule(SplitDataModule):
 
     def __init__(self, batch_size: int = 64, vocab_size: int = 1000, max_length: int = 128, tokenizer: str | None = None,
                  num_workers: int = 0, predict_texts: list[str] | None = None, predict_files: list[str] | None = None):
+        """tokenizer: use this tokenizer instead of training one: a folder with tokenizer.json (a run's
+        tokenizer/ folder), a tokenizer.json file, or a `zoo fit` checkpoint whose tokenizer to reuse."""
         super().__init__()
         self.batch_size, self.vocab_size, self.max_length = batch_size, vocab_size, max_length
         self.tokenizer_path, self.num_workers = tokenizer, num_workers
         self.predict_texts, self.predict_files = predict_texts, predict_files
         self._tokenizer = None
+        self._tokenizer_source: str | None = None  # where the tokenizer came from, for messages
         self._examples: dict[str, list[Example]] | None = None
         self.splits: dict[str, list[dict]] = {}
 
@@ -92,11 +104,26 @@ class TextDataModule(SplitDataModule):
     def tokenizer(self):
         if self._tokenizer is None:
             if self.tokenizer_path:
-                self._tokenizer = load_tokenizer(self.tokenizer_path)
+                self._adopt(load_tokenizer_from(self.tokenizer_path), str(self.tokenizer_path))
             else:
                 texts = self.tokenizer_texts(self.examples["train"])
                 self._tokenizer = train_tokenizer(self.tokenizer_kind, texts, self.vocab_size, model_max_length=self.max_length)
+                self._tokenizer_source = "training on this data"
         return self._tokenizer
+
+    def use_tokenizer(self, tok, source: str = "use_tokenizer") -> None:
+        """Use `tok` (a transformers PreTrainedTokenizerFast, e.g. the one stored in a checkpoint) instead of
+        training or loading one. Call it before `setup`; whatever was already encoded is dropped."""
+        from transformers import PreTrainedTokenizerFast
+
+        if not isinstance(tok, PreTrainedTokenizerFast):
+            raise TypeError(f"use_tokenizer takes a transformers PreTrainedTokenizerFast, got {type(tok).__name__}")
+        self.splits = {}
+        self._adopt(tok, source)
+
+    def _adopt(self, tok, source: str) -> None:
+        describe_vocab_change(tok, self.vocab_size, source, type(self).__name__)
+        self._tokenizer, self._tokenizer_source = tok, source
 
     @property
     def model_overrides(self) -> dict:
@@ -120,15 +147,28 @@ class TextDataModule(SplitDataModule):
 
         return [t.strip() for t in decode_batch(self.tokenizer, ids)]
 
-    # The tokenizer travels inside every checkpoint (plain JSON strings, no pickled objects).
+    # The tokenizer travels inside every checkpoint (plain JSON, no pickled objects).
     def state_dict(self) -> dict:
-        return {"tokenizer_json": self.tokenizer.backend_tokenizer.to_str()}
+        return {"tokenizer": tokenizer_to_state(self.tokenizer)}
 
     def load_state_dict(self, state: dict) -> None:
-        saved = state.get("tokenizer_json")
-        if saved and saved != self.tokenizer.backend_tokenizer.to_str():
-            warnings.warn("the checkpoint was trained with a different tokenizer than this data module builds; "
-                          "pass --data.tokenizer <run>/tokenizer to use the run's saved tokenizer", stacklevel=2)
+        """Lightning hands over the state saved in a checkpoint (resuming, or trainer.test/predict with
+        ckpt_path): its tokenizer is adopted while nothing is encoded yet; a different tokenizer after
+        data were encoded is an error (the encoded ids would not fit the model)."""
+        saved = state.get("tokenizer") or state.get("tokenizer_json")  # tokenizer_json: older checkpoints
+        if not saved:
+            return
+        theirs = tokenizer_from_state(saved, None if isinstance(saved, dict) else self.max_length)
+        if self._tokenizer is not None and same_tokenizer(theirs, self._tokenizer):
+            return
+        ckpt = getattr(self.trainer, "ckpt_path", None) if self.trainer is not None else None
+        where = f"the checkpoint {ckpt}" if ckpt else "the checkpoint"
+        if not any(self.splits.values()):
+            self.use_tokenizer(theirs, where)
+            return
+        raise RuntimeError(f"{where} was trained with another tokenizer than this data module's (from "
+                           f"{self._tokenizer_source}), and the data are already encoded with this one; pass "
+                           f"--data.tokenizer {ckpt or '<that checkpoint>'} to use the checkpoint's tokenizer")
 
 
 def dump_examples(examples: list[Example], path: str) -> None:
