@@ -32,8 +32,8 @@ SHRINK = {
 }
 
 
-def fit(name: str, tmp_path, *extra: str):
-    args = ["fit", "--config", os.path.join(CONFIGS, f"{name}.yaml"), "--trainer.fast_dev_run", "1",
+def fit(name: str, tmp_path, *extra: str, fast_dev_run: bool = True):
+    args = ["fit", "--config", os.path.join(CONFIGS, f"{name}.yaml"), *(["--trainer.fast_dev_run", "1"] if fast_dev_run else []),
             "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false", *SHRINK[name], *extra]
     return lightning_main(args)
 

@@ -127,15 +127,18 @@ def config_from_record(name: str, config: dict) -> Any:
     if unknown:
         raise RunError(f"the stored config of {name} has fields this version of zoo does not know: {', '.join(unknown)}; "
                        "upgrade zoo or load the weights with NAME@FILE and explicit overrides")
-    values = {}
-    for k, v in config.items():
-        default = fields[k]
-        if dataclasses.is_dataclass(default) and isinstance(v, dict):
-            v = type(default)(**v)
-        elif isinstance(default, tuple) and isinstance(v, list):
-            v = tuple(v)
-        values[k] = v
-    return dataclasses.replace(base, **values)
+    return dataclasses.replace(base, **{k: _restore(fields[k], v) for k, v in config.items()})
+
+
+def _restore(default, value):
+    """Undo `_plain` where the registered config had tuples or nested dataclasses."""
+    if dataclasses.is_dataclass(default) and isinstance(value, dict):
+        return type(default)(**value)
+    if isinstance(default, tuple) and isinstance(value, list):
+        return tuple(_restore(default[i] if i < len(default) else None, v) for i, v in enumerate(value))
+    if isinstance(default, dict) and isinstance(value, dict):
+        return {k: _restore(default.get(k), v) for k, v in value.items()}
+    return value
 
 
 def _legacy_overrides(hp: dict) -> dict:
@@ -213,8 +216,11 @@ def load_run(source: str | Path, model_kwargs: dict | None = None, strict_config
         name = hp["model"]
         model = create_model(name, **{**_legacy_overrides(hp), **kwargs})
         meta = {"model": name, "task": hp.get("_class_path")}
-        if "tokenizer_json" in ckpt:
-            meta["tokenizer"] = ckpt["tokenizer_json"]
+        from .data.tokenizers import checkpoint_tokenizer_state
+
+        state = checkpoint_tokenizer_state(ckpt)
+        if state:
+            meta["tokenizer"] = state
     else:
         raise RunError(f"{src} names no model (no zoo record and no hyper_parameters.model); pass NAME@{src}")
     state = {k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}

@@ -48,11 +48,12 @@ class ZooCLI(LightningCLI):
         ckpt = read_checkpoint(path)
         hp = ckpt.get("hyper_parameters") or {}
         meta = ckpt.get("zoo") or {}
-        theirs = (meta.get("model") or hp.get("model"), meta.get("task") or hp.get("_class_path"))
-        ours = (c.model.init_args.get("model") if c.model and c.model.get("init_args") else None, _class_name(c.model))
+        short = lambda path: path.rsplit(".", 1)[-1] if path else None  # noqa: E731  (zoo.tasks.X == zoo.tasks.image.X)
+        theirs = (meta.get("model") or hp.get("model"), short(meta.get("task") or hp.get("_class_path")))
+        ours = (c.model.init_args.get("model") if c.model and c.model.get("init_args") else None, short(_class_name(c.model)))
         if None not in theirs and None not in ours and theirs != ours:
-            raise RunError(f"{path} is a checkpoint of model {theirs[0]} ({theirs[1].rsplit('.', 1)[-1]}), but this recipe "
-                           f"builds {ours[0]} ({ours[1].rsplit('.', 1)[-1]}); pass that run's recipe, or omit --config "
+            raise RunError(f"{path} is a checkpoint of model {theirs[0]} ({theirs[1]}), but this recipe "
+                           f"builds {ours[0]} ({ours[1]}); pass that run's recipe, or omit --config "
                            "to use the one stored in the checkpoint")
 
     # -- run folder, tokenizer, stored recipe -------------------------------------------------
@@ -111,7 +112,18 @@ class ZooCLI(LightningCLI):
 
         trainer = super().instantiate_trainer(**kwargs)
         default_trainer_extras(trainer)
+        if self.subcommand != "fit":  # evaluating or predicting writes nothing into the runs (no config.yaml either)
+            from lightning.pytorch.cli import SaveConfigCallback
+
+            trainer.callbacks = [cb for cb in trainer.callbacks if not isinstance(cb, SaveConfigCallback)]
         return trainer
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        try:
+            super()._run_subcommand(subcommand)
+        finally:
+            if subcommand == "fit":
+                rundir.unlock(self.trainer.default_root_dir)
 
     def after_fit(self):
         if self.config[self.subcommand].get("test_after_fit") and not self.trainer.fast_dev_run:

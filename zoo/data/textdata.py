@@ -139,7 +139,8 @@ class TextDataModule(SplitDataModule):
         elif not self.splits.get("train"):
             self.splits.update({k: self.encode(v) for k, v in self.examples.items()})
         trainer = self.trainer
-        if trainer is not None and trainer.is_global_zero and not trainer.fast_dev_run:
+        if trainer is not None and trainer.is_global_zero and not trainer.fast_dev_run and stage == "fit":
+            # beside the run's checkpoints (also stored inside each one); evaluating writes nothing
             save_tokenizer(self.tokenizer, os.path.join(trainer.default_root_dir, "tokenizer"))
 
     def decode(self, ids) -> list[str]:

@@ -25,6 +25,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core import BlockConfig, LearnedPositionalEmbedding, TransformerStack, padding_mask, trunc_normal_init
+from ..core.position import can_inspect, check_attention_mask, check_length, check_token_ids
+from ..contract import IMAGE_AXES, TEXT_AXES, Inputs, ZooModel, image_batch, token_batch
 from ..registry import register_model
 from .vit import ViTConfig, VisionTransformer
 
@@ -74,7 +76,7 @@ class CLIPTextTransformer(nn.Module):
         if eos is None:
             return input_ids.argmax(dim=-1)
         hit = input_ids == eos
-        if not hit.any(dim=-1).all():
+        if can_inspect(hit) and not hit.any(dim=-1).all():
             bad = (~hit.any(dim=-1)).nonzero().flatten().tolist()
             raise ValueError(
                 f"rows {bad} of input_ids hold no end-of-text token (id {eos}); tokenize with the model's tokenizer "
@@ -84,6 +86,10 @@ class CLIPTextTransformer(nn.Module):
 
     def forward_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """(B, L) ids -> (B, L, text_width) after ln_final. Any L up to context_length."""
+        cfg = self.config
+        check_token_ids(input_ids, cfg.vocab_size, "input_ids")
+        check_attention_mask(attention_mask, input_ids)
+        check_length(input_ids.shape[1], cfg.context_length, "context_length", "input_ids")
         x = self.token_embedding(input_ids) + self.positional_embedding(input_ids.shape[1])
         # Causality already hides right padding from the EOT token; the padding mask also covers left padding.
         return self.transformer(x, mask=padding_mask(attention_mask), causal=True)
@@ -93,7 +99,22 @@ class CLIPTextTransformer(nn.Module):
         return x[torch.arange(x.shape[0], device=x.device), self.eos_positions(input_ids)]
 
 
-class CLIP(nn.Module):
+class CLIP(ZooModel, nn.Module):
+    kind = "dual_encoder"
+
+    def image_tower(self) -> nn.Module:
+        return self.visual
+
+    def example_inputs(self, batch: int = 2, length: int = 16, generator: torch.Generator | None = None) -> Inputs:
+        cfg = self.config
+        ids, mask = token_batch(batch, min(length, cfg.context_length), cfg.vocab_size, generator)
+        if cfg.eos_token_id is not None:  # the text tower pools at the end-of-text token: one per row, at its end
+            ids = ids.masked_fill(ids == cfg.eos_token_id, 3 if cfg.eos_token_id != 3 else 4)
+            ids[torch.arange(batch), mask.sum(1) - 1] = cfg.eos_token_id
+        images = image_batch(batch, cfg.in_chans, cfg.img_size, generator)
+        return Inputs({"images": images, "input_ids": ids, "attention_mask": mask},
+                      {"images": IMAGE_AXES, "input_ids": TEXT_AXES, "attention_mask": TEXT_AXES})
+
     def __init__(self, cfg: CLIPConfig):
         super().__init__()
         self.config = cfg
