@@ -1,0 +1,81 @@
+"""The `zoo` command's edges: help for every command, one readable line for every error, the command table,
+run folders and their locks."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+import zoo
+from zoo import rundir
+from zoo.cli import COMMANDS, main
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+
+
+def zoo_cli(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(list(argv))
+    out = capsys.readouterr()
+    return e.value.code, out.out, out.err
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_every_command_has_help(command, capsys):
+    code, out, err = zoo_cli([command, "--help"], capsys)
+    assert code == 0 and "usage:" in out and "Traceback" not in out + err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["models", "nonexist*"], "no registered model matches 'nonexist*'"),
+    (["info", "vit_mnits"], "Did you mean: vit_mnist"),
+    (["frobnicate"], "unknown command 'frobnicate'"),
+    (["export", "--model", "vit_mnist", "--model-kwargs", "{depth: 2}", "--out", "x.onnx"], "--model-kwargs is not JSON"),
+    (["fit", "--config", os.path.join(ROOT, "configs", "vit_digits.yaml"), "--model.init_args.model", "vit_nope"],
+     "unknown model 'vit_nope'"),
+    (["test", "--ckpt_path", "last", "--config", os.path.join(ROOT, "configs", "vit_digits.yaml")], "no run under"),
+])
+def test_errors_end_in_one_readable_line(argv, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = zoo_cli(argv, capsys)
+    assert code not in (0, None) and message in err, err[-1500:]
+    assert "Traceback" not in err and len([line for line in err.splitlines() if line.startswith("zoo")]) == 1
+
+
+def test_verbose_shows_the_traceback(capsys):
+    with pytest.raises(ValueError, match="no registered model"):
+        main(["models", "nonexist*", "--verbose"])
+
+
+def test_models_lists_and_the_package_never_imports_the_cli_on_import():
+    code = "import zoo, zoo.runs, zoo.export, zoo.viz, zoo.compress, zoo.bench.cli, sys; print('zoo.cli' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+
+
+def test_pretrained_true_without_shipped_weights_says_so():
+    with pytest.raises(ValueError, match="no shipped weights"):
+        zoo.create_model("vit_mnist", pretrained=True)
+
+
+def test_run_folders_are_claimed_once_and_locked(tmp_path):
+    a, b = rundir.claim(tmp_path), rundir.claim(tmp_path)
+    assert (a.name, b.name) == ("version_0", "version_1")
+    # a folder held by another live process is refused; a lock left by a dead one is taken over
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        rundir.lock_path(tmp_path / "shared").write_text(f"{other.pid} {os.uname().nodename}\n")
+        with pytest.raises(rundir.RunFolderBusy, match=f"in use by process {other.pid}"):
+            rundir.lock(tmp_path / "shared")
+    finally:
+        other.kill()
+        other.wait()
+    (tmp_path / "shared" / ".last.ckpt.abc.tmp").write_bytes(b"half a checkpoint")
+    rundir.lock(tmp_path / "shared")  # the dead process's lock is taken over, its partial write removed
+    assert not (tmp_path / "shared" / ".last.ckpt.abc.tmp").exists()
+    rundir.unlock(tmp_path / "shared")
+    assert not rundir.lock_path(tmp_path / "shared").exists()
+    with pytest.raises(FileNotFoundError, match="no run under"):
+        rundir.latest_checkpoint(tmp_path)
