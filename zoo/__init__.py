@@ -8,6 +8,11 @@ _INTEROP = ("from_hf", "from_timm", "to_hf")
 
 
 def __getattr__(name):  # lazy: importing zoo does not import transformers / timm
+    if name in ("runs", "contract", "load_run"):
+        import importlib
+
+        module = importlib.import_module(f"{__name__}.{'runs' if name == 'load_run' else name}")
+        return module.load_run if name == "load_run" else module
     if name in _INTEROP:
         from . import interop
 
