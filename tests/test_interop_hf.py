@@ -12,6 +12,7 @@ from safetensors.torch import load_file, save_file
 
 import zoo
 from zoo.interop import from_hf, to_hf
+from zoo.models.t5 import T5Encoder
 from zoo.weights import StateDictMismatch
 
 
@@ -154,9 +155,29 @@ def test_t5_model_and_encoder_model(version):
         assert_parity(model.forward_features(ids, dids, mask, dmask), r.last_hidden_state, dmask)
     enc = t5_ref(version, T.T5EncoderModel)
     model = from_hf(enc)
-    assert model.encoder_only  # the zoo has no encoder-only T5: the encoder half is the checkpoint's
+    assert isinstance(model, T5Encoder) and model.encoder_only and model.decoder is None and model.lm_head is None
+    for dtype, tol in ((torch.float32, 1e-4), (torch.float64, 1e-9)):
+        enc, model = enc.to(dtype), model.to(dtype)
+        with torch.no_grad():
+            ref = enc(input_ids=ids, attention_mask=mask).last_hidden_state
+            assert_parity(model.forward_features(ids, mask), ref, mask, tol)
+            assert_parity(model(ids, mask), ref, mask, tol)
+            assert_parity(model.encode(ids, mask), ref, mask, tol)
+
+
+def test_t5_encoder_model_round_trip(tmp_path):
+    """from_hf(T5EncoderModel) -> T5Encoder -> to_hf writes a T5EncoderModel with the same outputs."""
+    enc = t5_ref("1.1", T.T5EncoderModel)
+    model = from_hf(enc)
+    to_hf(model, tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["architectures"] == ["T5EncoderModel"]
+    back = T.T5EncoderModel.from_pretrained(tmp_path).eval()
+    ids, mask, _, _ = t5_inputs()
     with torch.no_grad():
-        assert_parity(model.encode(ids, mask), enc(input_ids=ids, attention_mask=mask).last_hidden_state, mask)
+        assert_parity(back(input_ids=ids, attention_mask=mask).last_hidden_state, model(ids, mask), mask, 1e-5)
+        assert torch.equal(from_hf(tmp_path)(ids, mask), model(ids, mask))
+    with pytest.raises(TypeError, match="encoder-only"):
+        model.generate(ids)
 
 
 # ----------------------------------------------------------------------------------------------- ViT
@@ -207,6 +228,96 @@ def test_marian_parity(from_dir, tmp_path):
             r = ref(input_ids=ids, attention_mask=mask, decoder_input_ids=dids, decoder_attention_mask=dmask)
             assert_parity(model.encode(ids, mask), r.encoder_last_hidden_state, mask, tol)
             assert_parity(model(ids, dids, mask, dmask), r.logits, dmask, tol)
+
+
+MARIAN_TINY = dict(vocab_size=50, d_model=16, encoder_layers=2, decoder_layers=3, encoder_attention_heads=2,
+                   decoder_attention_heads=2, encoder_ffn_dim=24, decoder_ffn_dim=24, max_position_embeddings=32,
+                   pad_token_id=49, decoder_start_token_id=49, eos_token_id=0, activation_function="swish")
+
+
+def zoo_greedy(model, ids, mask, max_new_tokens):
+    """Greedy decoding through the model's generation hook, as zoo.generation is to call it:
+    scores = model.process_next_token_logits(log_softmax(logits), tokens.shape[1], 1 + max_new_tokens)."""
+    memory = model.encode(ids, mask)
+    tokens = torch.full((ids.shape[0], 1), model.config.decoder_start_token_id)
+    for _ in range(max_new_tokens):
+        logp = model.decode(tokens, memory, memory_mask=mask)[:, -1].float().log_softmax(-1)
+        logp = model.process_next_token_logits(logp, tokens.shape[1], 1 + max_new_tokens)
+        tokens = torch.cat([tokens, logp.argmax(-1, keepdim=True)], dim=1)
+    return tokens
+
+
+def hf_greedy(ref, ids, mask, max_new_tokens):
+    return ref.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, num_beams=1, do_sample=False)
+
+
+def marian_ref(likely_pad: bool = False):
+    torch.manual_seed(0)
+    ref = T.MarianMTModel(T.MarianConfig(**MARIAN_TINY)).eval()
+    if likely_pad:  # pad's row (zeros at init) made a scaled copy of a frequent token's: the output layer is tied
+        with torch.no_grad():
+            ref.model.shared.weight[49] = 3 * ref.model.shared.weight[33]
+    return ref
+
+
+@pytest.mark.parametrize("from_dir", [False, True])
+def test_marian_forced_eos_matches_transformers_greedy(from_dir, tmp_path):
+    """transformers forces EOS as the last token the length limit allows (forced_eos_token_id); so must zoo."""
+    ref = marian_ref()
+    if from_dir:
+        ref.save_pretrained(tmp_path)
+    model = from_hf(tmp_path if from_dir else ref)
+    assert model.config.forced_eos_token_id == 0 and model.config.suppress_token_ids == ()
+    ids, mask = text_batch(49, b=3, length=9)
+    with torch.no_grad():
+        for n in (1, 3, 6, 9):
+            expected = hf_greedy(ref, ids, mask, n)
+            got = zoo_greedy(model, ids, mask, n)
+            finished = (got == 0).cumsum(1) - (got == 0).long() > 0  # zoo pads after EOS on its own
+            assert torch.equal(got.masked_fill(finished, 49), expected), n
+            assert (expected[:, -1] == 0).all() or n < expected.shape[1] - 1
+
+
+@pytest.mark.parametrize("from_dir", [False, True])
+def test_marian_bad_words_never_generated(from_dir, tmp_path):
+    """OPUS-MT configs carry bad_words_ids=[[pad]]: the pad id is never generated, as in transformers."""
+    ref = marian_ref(likely_pad=True)
+    with torch.no_grad():
+        plain = hf_greedy(ref, *text_batch(49, b=3, length=9), 6)
+    assert (plain[:, 1:] == 49).any()  # without the rule pad would be generated
+    ref.generation_config.bad_words_ids = [[49]]
+    if from_dir:
+        ref.save_pretrained(tmp_path)
+    model = from_hf(tmp_path if from_dir else ref)
+    assert model.config.suppress_token_ids == (49,)
+    ids, mask = text_batch(49, b=3, length=9)
+    with torch.no_grad():
+        got, expected = zoo_greedy(model, ids, mask, 6), hf_greedy(ref, ids, mask, 6)
+    assert not (got[:, 1:] == 49).any()
+    assert torch.equal(got, expected)
+
+
+def test_marian_generate_honours_forced_eos():
+    """zoo.generation applies the converted rules once it calls `process_next_token_logits`."""
+    ref = marian_ref()
+    model = from_hf(ref)
+    calls = []
+    hook = model.process_next_token_logits
+    model.process_next_token_logits = lambda *a: calls.append(a[1:]) or hook(*a)
+    ids, mask = text_batch(49, b=3, length=9)
+    out = model.generate(ids, attention_mask=mask, max_new_tokens=6)
+    if not calls:
+        pytest.skip("zoo.generation does not call model.process_next_token_logits yet")
+    assert calls[-1] == (6, 7)
+    with torch.no_grad():
+        assert torch.equal(out, hf_greedy(ref, ids, mask, 6))
+
+
+def test_marian_unsupported_generation_rules_are_named():
+    ref = marian_ref()
+    ref.generation_config.bad_words_ids = [[3, 4]]
+    with pytest.raises(ValueError, match="multi-token"):
+        from_hf(ref)
 
 
 # ---------------------------------------------------------------------------------------------- CLIP

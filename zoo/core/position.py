@@ -44,14 +44,19 @@ class LearnedPositionalEmbedding(nn.Module):
 
     def forward(self, length: int, offset: int = 0) -> torch.Tensor:
         check_length(offset + length, self.max_len)
-        return self.weight[offset: offset + length]
+        rows = self.weight[offset: offset + length]
+        # A view of a Parameter taken with grad disabled still says requires_grad=True but has no
+        # grad_fn; tools that hook module outputs (FlopCounterMode, ModuleTracker) then fail under
+        # no_grad / inference_mode. Detached, it is an ordinary constant (the same memory).
+        return rows if torch.is_grad_enabled() else rows.detach()
 
 
-def check_length(length: int, max_len: int) -> None:
+def check_length(length: int, max_len: int, field: str = "max_len", name: str = "sequence") -> None:
+    """Refuse `length` positions beyond a position table of `max_len` (`field`: the config field to raise)."""
     if length > max_len:
         raise ValueError(
-            f"sequence of {length} positions exceeds the model's maximum of {max_len}; "
-            "truncate the input (tokenizer max_length) or create the model with a larger max_len"
+            f"{name} of {length} positions exceeds the model's maximum of {max_len} ({field}); truncate the input "
+            f"(tokenizer truncation=True, max_length={max_len}) or create the model with a larger {field}"
         )
 
 
@@ -59,6 +64,147 @@ def check_pad_token(pad_token_id: int, vocab_size: int) -> None:
     if not 0 <= pad_token_id < vocab_size:
         raise ValueError(f"pad_token_id={pad_token_id} is outside the vocabulary [0, {vocab_size}); "
                          "pass the tokenizer's pad_token_id and vocab_size")
+
+
+# ----------------------------------------------------------------------------- input checks
+# Every family validates its inputs at the model boundary with these. Shape and dtype checks are
+# free; the data-dependent ones (id range, empty mask rows) cost one reduction and one host sync
+# each and are skipped while compiling, exporting, tracing or on fake/meta tensors, so that
+# torch.compile, torch.export and ONNX export see no data-dependent branch.
+
+def can_inspect(t: torch.Tensor) -> bool:
+    """True when the values of `t` may be read (eager mode, real data)."""
+    if torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting():
+        return False
+    if t.device.type == "meta" or t.numel() == 0:
+        return False
+    try:
+        from torch._subclasses.fake_tensor import is_fake
+    except ImportError:  # pragma: no cover - older torch
+        return True
+    return not is_fake(t)
+
+
+def check_token_ids(ids, vocab_size: int, name: str = "input_ids") -> None:
+    """Token ids must be an integer (batch, length) tensor with length >= 1 and ids in [0, vocab_size)."""
+    if not isinstance(ids, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of token ids of shape (batch, length), got {type(ids).__name__}; "
+                        "use torch.tensor(...) or the tokenizer's return_tensors='pt'")
+    if ids.dim() != 2:
+        hint = f"; for one sequence add the batch dimension: {name}.unsqueeze(0)" if ids.dim() == 1 else ""
+        raise ValueError(f"{name} must be (batch, length), got shape {tuple(ids.shape)}{hint}")
+    if ids.dtype not in (torch.long, torch.int):
+        raise TypeError(f"{name} must hold integer token ids (torch.long), got dtype {ids.dtype}; convert with {name}.long()")
+    if not torch.jit.is_tracing() and ids.shape[1] == 0:
+        raise ValueError(f"{name} has length 0 (shape {tuple(ids.shape)}); every sequence needs at least one token: "
+                         "drop empty texts before tokenizing, or let the tokenizer add its special tokens")
+    if not can_inspect(ids):
+        return
+    lo, hi = torch.stack([ids.min(), ids.max()]).tolist()
+    if lo >= 0 and hi < vocab_size:
+        return
+    if lo < 0:
+        fix = ("-100 is the loss-ignore label, not a token: build decoder inputs with zoo.generation.shift_right(labels, "
+               "decoder_start_token_id, pad_token_id), which replaces it by the pad id" if lo == -100 else
+               "token ids are never negative; check how the ids were built")
+    else:
+        fix = (f"the tokenizer and the model disagree: encode with the tokenizer the model was built for, or create "
+               f"the model with vocab_size >= {hi + 1} (len(tokenizer))")
+    raise ValueError(f"{name} holds ids outside [0, {vocab_size}) (min id {lo}, max id {hi}; the model's vocab_size is "
+                     f"{vocab_size}); {fix}")
+
+
+def check_attention_mask(mask, ids, name: str = "attention_mask", ids_name: str = "input_ids",
+                         length: int | None = None) -> None:
+    """A (batch, length) 1 = token / 0 = padding mask matching `ids` (or (batch, `length`) when it
+    also covers cached positions), with at least one token in every row."""
+    if mask is None:
+        return
+    if not isinstance(mask, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of 1 (token) and 0 (padding), got {type(mask).__name__}")
+    expected = tuple(ids.shape) if length is None else (ids.shape[0], length)
+    if not torch.jit.is_tracing() and tuple(mask.shape) != expected:  # TorchScript tracing: shapes are tensors
+        what = f"{ids_name} has {tuple(ids.shape)}" if length is None else f"it must be {expected} (batch, past + new positions)"
+        raise ValueError(f"{name} has shape {tuple(mask.shape)} but {what}; they must match: pass the mask the "
+                         f"tokenizer returned together with {ids_name} (1 = token, 0 = padding)")
+    if not can_inspect(mask):
+        return
+    if mask.is_floating_point() and bool(((mask != 0) & (mask != 1)).any()):
+        raise ValueError(f"{name} must hold 1 (token) and 0 (padding), got other values (e.g. "
+                         f"{mask[(mask != 0) & (mask != 1)][0].item()}); this looks like an additive mask: pass the "
+                         "tokenizer's 0/1 attention_mask instead")
+    empty = ~mask.bool().any(dim=-1)
+    if bool(empty.any()):
+        rows = empty.nonzero().flatten().tolist()
+        shown = ", ".join(map(str, rows[:10])) + (" ..." if len(rows) > 10 else "")
+        raise ValueError(f"{name} rows [{shown}] are all padding: row {rows[0]} has no token to attend to; every row "
+                         "needs at least one 1: drop empty examples before batching, and check that the mask is not "
+                         "inverted (1 = token, 0 = padding)")
+
+
+def check_batch_sizes(**sizes: int) -> None:
+    """Tensors that pair up row by row (source and target, memory and decoder ids) must have equal batch sizes."""
+    values = list(sizes.values())  # ints, or symbolic sizes while exporting: compare, never hash
+    if not torch.jit.is_tracing() and any(v != values[0] for v in values[1:]):
+        listed = ", ".join(f"{k} has {v} rows" for k, v in sizes.items())
+        raise ValueError(f"batch sizes disagree: {listed}; pass one target sequence per source sequence "
+                         "(to score several targets per source, repeat the source with repeat_interleave)")
+
+
+def require_decoder_input_ids(decoder_input_ids, model_name: str, start_id: int, pad_id: int) -> None:
+    """An encoder-decoder forward needs the decoder's input; name how to build it."""
+    if decoder_input_ids is None:
+        raise TypeError(
+            f"{model_name}.forward needs decoder_input_ids (batch, target length): for teacher forcing pass the "
+            f"targets shifted right, zoo.generation.shift_right(labels, {start_id}, {pad_id}) (decoder_start_token_id, "
+            "pad_token_id); to produce text call model.generate(...)"
+        )
+
+
+def check_decoder_inputs(decoder_input_ids, memory: torch.Tensor, vocab_size: int, memory_mask=None,
+                         decoder_attention_mask=None, past: int = 0) -> None:
+    """The decoder side of an encoder-decoder: ids in the target vocabulary, one row per memory row,
+    masks of the right shapes (`past`: positions already in the KV cache, covered by the decoder mask)."""
+    check_token_ids(decoder_input_ids, vocab_size, "decoder_input_ids")
+    check_batch_sizes(memory=memory.shape[0], decoder_input_ids=decoder_input_ids.shape[0])
+    if memory_mask is not None and not torch.jit.is_tracing() and tuple(memory_mask.shape) != tuple(memory.shape[:2]):
+        raise ValueError(f"memory_mask (the source attention_mask) has shape {tuple(memory_mask.shape)} but the encoder "
+                         f"output covers {tuple(memory.shape[:2])} (batch, source length); pass the attention_mask of "
+                         "the input_ids that were encoded")
+    check_attention_mask(decoder_attention_mask, decoder_input_ids, "decoder_attention_mask", "decoder_input_ids",
+                         length=None if not past else past + decoder_input_ids.shape[1])
+
+
+def check_images(x, in_chans: int, patch_size: int | None = None, name: str = "images") -> None:
+    """Images must be a float (batch, in_chans, H, W) tensor; H and W multiples of patch_size."""
+    if not isinstance(x, torch.Tensor):
+        hint = "torch.from_numpy(x)" if type(x).__module__.startswith("numpy") else "torch.as_tensor(x)"
+        raise TypeError(f"{name} must be a torch.Tensor of shape (batch, {in_chans}, H, W), got {type(x).__name__}; "
+                        f"convert with {hint}")
+    shape = tuple(x.shape)
+    to_float = (f"convert to float and normalise as in training ({name}.float() / 255, then the dataset's mean/std, "
+                "e.g. torchvision.transforms.Normalize)")
+    fixes = []
+    if x.dim() == 3 and in_chans in (shape[0], shape[-1]):
+        fixes.append(f"for one image add the batch dimension: {name}.unsqueeze(0)")
+    elif x.dim() == 4 and shape[1] != in_chans and shape[-1] == in_chans:
+        fixes.append(f"this looks channels-last (batch, H, W, C): convert with {name}.permute(0, 3, 1, 2)")
+    elif x.dim() == 4 and shape[1] != in_chans:
+        fixes.append(f"create the model with in_chans={shape[1]} for other channel counts"
+                     + (f", or repeat grey images: {name}.expand(-1, 3, -1, -1)" if shape[1] == 1 and in_chans == 3 else ""))
+    elif x.dim() != 4:
+        fixes.append("pass a batch of images, channels first")
+    if x.dim() != 4 or shape[1] != in_chans:
+        if not x.is_floating_point():
+            fixes.append(f"and its dtype is {x.dtype}: {to_float}")
+        raise ValueError(f"expected {name} of shape (batch, {in_chans}, H, W), got {shape}; " + "; ".join(fixes))
+    if not x.is_floating_point():
+        raise TypeError(f"expected float {name}, got dtype {x.dtype}; {to_float}")
+    if patch_size:
+        h, w = shape[-2:]
+        if h < patch_size or w < patch_size or h % patch_size or w % patch_size:
+            raise ValueError(f"image size {h}x{w} is not divisible by patch_size={patch_size}; resize or pad the image "
+                             f"to a multiple of {patch_size} (at least {patch_size}x{patch_size})")
 
 
 def relative_position_bucket(relative_position: torch.Tensor, bidirectional: bool, num_buckets: int, max_distance: int) -> torch.Tensor:
@@ -127,3 +273,4 @@ def resize_pos_grid(pos: torch.Tensor, old_grid: tuple[int, int], new_grid: tupl
     grid = rearrange(pos, "(h w) d -> 1 d h w", h=old_grid[0], w=old_grid[1])
     grid = F.interpolate(grid.float(), size=new_grid, mode="bicubic", align_corners=False, antialias=antialias)
     return rearrange(grid, "1 d h w -> (h w) d").to(pos.dtype)
+

@@ -27,44 +27,142 @@ from .textdata import Example, TextDataModule, collate_classification
 _READERS = {".csv": "read_csv", ".tsv": "read_csv", ".json": "read_json", ".jsonl": "read_json", ".parquet": "read_parquet"}
 
 
-def read_table(path: str, columns: list[str]):
-    """A local csv / tsv / json / jsonl / parquet file as a pandas DataFrame holding `columns`."""
+class DataFileError(ValueError):
+    """A data file that zoo cannot use as it is: the message names the file, the rows or bytes, and the fix."""
+
+
+class MissingColumnError(DataFileError, KeyError):
+    """A column the data module needs is not in the file (also a KeyError)."""
+
+    def __str__(self) -> str:  # KeyError would print the message in quotes
+        return str(self.args[0]) if self.args else ""
+
+
+def _decode_error(path: str, encoding: str) -> str:
+    """Where the file stops being valid `encoding` (byte offset and line), and what it may be instead."""
+    import codecs
+
+    with open(path, "rb") as fh:
+        data = fh.read()
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return ("it starts with a UTF-16 byte-order mark: save it as UTF-8 (e.g. in a text editor), or pass "
+                "encoding='utf-16'")
+    try:
+        codecs.decode(data, encoding)
+        return "it could not be decoded"  # pragma: no cover - pandas failed on something we can not reproduce
+    except UnicodeDecodeError as e:
+        offset, bad = e.start, data[e.start:e.end]
+    line = data.count(b"\n", 0, offset) + 1
+    guess = ""
+    for other, label in (("cp1252", "Windows-1252 / Western European"), ("latin-1", "Latin-1 / ISO-8859-1")):
+        try:
+            data.decode(other)
+            guess = (f"; it decodes as {other} ({label}): pass encoding={other!r} to the data module "
+                     f"(--data.encoding {other}), or convert it with `iconv -f {other} -t utf-8`")
+            break
+        except UnicodeDecodeError:
+            continue
+    return (f"byte 0x{bad[:1].hex()} at offset {offset} (line {line}) is not valid {encoding}; save the file as "
+            f"UTF-8{guess}")
+
+
+def _row_places(index: list[int], ext: str) -> str:
+    """Where rows are in the file: line numbers for csv/tsv (header = line 1) and jsonl, else record numbers."""
+    shown = index[:10]
+    more = f" ... ({len(index)} rows)" if len(index) > 10 else ""
+    if ext in (".csv", ".tsv"):
+        return f"lines {', '.join(str(i + 2) for i in shown)}{more} (the header is line 1)"
+    if ext == ".jsonl" or ext == ".json":
+        return f"rows {', '.join(str(i + 1) for i in shown)}{more} (counting records from 1)"
+    return f"rows {', '.join(str(i + 1) for i in shown)}{more} (counting from 1)"
+
+
+def read_table(path: str, columns: list[str], encoding: str = "utf-8"):
+    """A local csv / tsv / json / jsonl / parquet file as a pandas DataFrame holding `columns`.
+
+    Refused with a `DataFileError` naming the file and the fix: an empty file, a file that is not
+    valid `encoding` (the byte offset and line), a missing column (the columns present), and
+    blank values in `columns` (the rows; pandas would turn them into the string 'nan')."""
     import pandas as pd
 
+    if os.path.isdir(path):
+        raise DataFileError(f"data file {path!r} is a directory; pass a csv, json, jsonl or parquet file")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"data file {path!r} does not exist; pass a local csv, json, jsonl or parquet file")
     ext = os.path.splitext(path)[1].lower()
     if ext not in _READERS:
         raise ValueError(f"cannot read {path!r}: supported extensions are {', '.join(sorted(_READERS))}")
-    kw = {"sep": "\t"} if ext == ".tsv" else {"lines": True} if ext == ".jsonl" else {}
-    if ext == ".json":
-        with open(path, encoding="utf-8") as fh:
-            kw["lines"] = not fh.read(1).lstrip().startswith("[")
+    wanted = f"a header row with the column(s) {columns} and one row per example" if ext in (".csv", ".tsv") else \
+        f"one record per example with the field(s) {columns}"
+    if os.path.getsize(path) == 0:
+        raise DataFileError(f"data file {path!r} is empty (0 bytes); it needs {wanted}")
+    kw: dict = {}
+    if ext in (".csv", ".tsv"):
+        # only empty cells are missing: a label or text "NA" / "None" / "null" stays a string
+        kw = {"sep": "\t" if ext == ".tsv" else ",", "keep_default_na": False, "na_values": [""], "encoding": encoding}
+    elif ext in (".json", ".jsonl"):
+        kw = {"lines": ext == ".jsonl", "encoding": encoding}
     try:
+        if ext == ".json":
+            with open(path, encoding=encoding) as fh:
+                kw["lines"] = not fh.read(1).lstrip().startswith("[")
         df = getattr(pd, _READERS[ext])(path, **kw)
     except ImportError as e:
         raise ImportError(f"reading {path!r} needs an extra package ({e}); for parquet: pip install pyarrow") from e
+    except UnicodeDecodeError:
+        raise DataFileError(f"data file {path!r} is not valid {encoding} text: {_decode_error(path, encoding)}") from None
+    except pd.errors.EmptyDataError:
+        raise DataFileError(f"data file {path!r} holds no data (blank lines only); it needs {wanted}") from None
+    except pd.errors.ParserError as e:
+        raise DataFileError(f"data file {path!r} is not well-formed {ext[1:]}: {str(e).strip()}; quote fields that "
+                            "contain the separator or a newline") from None
+    except ValueError as e:  # malformed JSON
+        raise DataFileError(f"data file {path!r} is not valid {ext[1:]} ({e}); "
+                            + ("write one JSON object per line" if kw.get("lines") else "write a JSON array of objects")) from None
     missing = [c for c in columns if c not in df.columns]
     if missing:
-        raise KeyError(f"{path!r} has no column(s) {missing}; its columns are {list(df.columns)}. "
-                       "Set the column mapping, e.g. --data.text_column <name>")
+        raise MissingColumnError(f"{path!r} has no column(s) {missing}; its columns are {list(df.columns)}. "
+                                 "Set the column mapping, e.g. --data.text_column <name>")
+    if len(df) == 0:
+        raise DataFileError(f"data file {path!r} has its columns but no rows; it needs {wanted}")
+    for col in columns:
+        values = df[col]
+        blank = values.isna()
+        if not pd.api.types.is_numeric_dtype(values):
+            blank |= values.map(lambda v: isinstance(v, str) and not v.strip())
+        if blank.any():
+            rows = [i for i, b in enumerate(blank.tolist()) if b]
+            raise DataFileError(
+                f"data file {path!r} has blank values in column {col!r} at {_row_places(rows, ext)}; drop those rows or "
+                f"fill them in (pandas: df.dropna(subset=[{col!r}])); blank "
+                + ("labels would otherwise become a class named 'nan'" if "label" in col.lower() else "cells would otherwise become the text 'nan'"))
     return df
 
 
 class _LocalText(TextDataModule):
     def __init__(self, train_file: str, val_file: str | None = None, test_file: str | None = None,
-                 val_fraction: float = 0.1, test_fraction: float = 0.1, split_seed: int = 0, **kwargs):
+                 val_fraction: float = 0.1, test_fraction: float = 0.1, split_seed: int = 0, encoding: str = "utf-8",
+                 **kwargs):
         super().__init__(**kwargs)
         self.files = {"train": train_file, "val": val_file, "test": test_file}
         self.val_fraction, self.test_fraction, self.split_seed = val_fraction, test_fraction, split_seed
+        self.encoding = encoding
 
     columns: list[str] = []
 
     def rows(self, df) -> list[Example]:
         raise NotImplementedError
 
+    def check_table(self, df, path: str, split: str) -> None:
+        """Refuse a file that reads but cannot train the task (subclasses)."""
+
+    def _read(self, split: str, path: str) -> list[Example]:
+        df = read_table(path, self.columns, self.encoding)
+        self.check_table(df, path, split)
+        return self.rows(df)
+
     def make_examples(self):
-        out = {split: self.rows(read_table(path, self.columns)) for split, path in self.files.items() if path}
+        out = {split: self._read(split, path) for split, path in self.files.items() if path}
         train = out["train"]
         held = [s for s, f in (("test", self.test_fraction), ("val", self.val_fraction)) if s not in out]
         if held:
@@ -91,6 +189,14 @@ class LocalTextClassification(_LocalText):
         super().__init__(train_file, vocab_size=vocab_size, **kwargs)
         self.columns = [c for c in (text_column, label_column, text_pair_column) if c]
         self._labels: list | None = None
+
+    def check_table(self, df, path: str, split: str) -> None:
+        classes = df[self.label_column].unique().tolist()
+        if split == "train" and len(classes) < 2:
+            raise DataFileError(
+                f"the label column {self.label_column!r} of {path!r} holds a single class ({classes[0]!r} in all "
+                f"{len(df)} rows); a classifier needs at least two: check label_column, and that the file is complete "
+                "(not the first rows of a sorted file)")
 
     def rows(self, df):
         pair = df[self.text_pair_column].astype(str).tolist() if self.text_pair_column else [None] * len(df)

@@ -17,6 +17,7 @@ from ._common import read_hf_dir_weights
 
 # model_type -> converter module; each has from_hf(config, state_dict, arch) and to_hf(model, out_dir)
 _FAMILIES = {"vit": "hf_vit", "bert": "hf_bert", "t5": "hf_t5", "marian": "hf_marian", "clip": "hf_clip"}
+_GENERATION_RULES = {"marian"}
 # zoo model class -> converter module for to_hf
 _ZOO_FAMILIES = {"zoo.models.vit.VisionTransformer": "hf_vit", "zoo.models.bert.Bert": "hf_bert", "zoo.models.t5.T5": "hf_t5"}
 
@@ -39,6 +40,18 @@ def read_hf_source(source: Any) -> tuple[Any, dict[str, torch.Tensor], str | Non
     raise TypeError(f"from_hf expects a transformers model or a directory path, got {type(source).__name__}")
 
 
+def read_generation_config(source: Any, config: Any):
+    """transformers' GenerationConfig of a model object or a save_pretrained directory (None when absent)."""
+    if isinstance(source, nn.Module):
+        return getattr(source, "generation_config", None)
+    path = Path(source) / "generation_config.json"
+    if not path.is_file():
+        return None
+    from transformers import GenerationConfig
+
+    return GenerationConfig.from_pretrained(str(Path(source)))
+
+
 def _family(model_type: str):
     if model_type not in _FAMILIES:
         raise ValueError(f"no zoo converter for transformers model_type {model_type!r}; supported: {sorted(_FAMILIES)}")
@@ -52,8 +65,10 @@ def from_hf(source: Any, dtype: torch.dtype | None = None) -> nn.Module:
     (config.json + model.safetensors). Hyper-parameters come from the source's config.
     """
     config, sd, arch = read_hf_source(source)
+    # families whose converted models carry generation rules (forced EOS, suppressed ids) get them too
+    extra = {"generation_config": read_generation_config(source, config)} if config.model_type in _GENERATION_RULES else {}
     try:
-        model = _family(config.model_type).from_hf(config, sd, arch)
+        model = _family(config.model_type).from_hf(config, sd, arch, **extra)
     except KeyError as e:
         raise ValueError(
             f"the {config.model_type} weights lack {e.args[0]!r}, which {arch or config.model_type} needs; "

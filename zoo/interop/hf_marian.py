@@ -3,6 +3,11 @@
 Marian is the post-LN encoder-decoder of the 2017 paper with embeddings scaled by sqrt(d),
 sinusoidal positions in the "halves" layout (sin first half, cos second) starting at 0, no
 final stack norms, an output layer tied to the shared embeddings, and (for OPUS-MT) SiLU.
+
+transformers' generation rules for Marian travel in the zoo config: `forced_eos_token_id` (the
+last token the length limit allows is EOS) and the single-token `bad_words_ids` / `suppress_tokens`
+(OPUS-MT: the pad id is never generated) become `forced_eos_token_id` / `suppress_token_ids`,
+which `EncoderDecoderTransformer.process_next_token_logits` applies at every generation step.
 """
 from __future__ import annotations
 
@@ -14,7 +19,30 @@ from ._common import load_into, strip_prefix, zoo_activation
 _ATTN = {"q_proj": "q", "k_proj": "k", "v_proj": "v", "out_proj": "proj"}
 
 
-def zoo_config(hf, tied: bool, shared: bool, src_vocab: int) -> TransformerConfig:
+def generation_rules(hf, generation_config=None) -> dict:
+    """forced_eos_token_id and suppress_token_ids from transformers' generation config (else the model config)."""
+    def get(name):
+        for source in (generation_config, hf):
+            value = getattr(source, name, None) if source is not None else None
+            if value is not None:
+                return value
+        return None
+
+    forced = get("forced_eos_token_id")
+    if isinstance(forced, (list, tuple)):
+        if len(set(forced)) != 1:
+            raise ValueError(f"forced_eos_token_id={list(forced)} lists several ids; zoo forces one end-of-sequence id")
+        forced = forced[0]
+    suppress = set(get("suppress_tokens") or ())
+    for words in get("bad_words_ids") or ():
+        if len(words) != 1:
+            raise ValueError(f"bad_words_ids holds the multi-token sequence {list(words)}; zoo suppresses single tokens "
+                             "only (suppress_token_ids)")
+        suppress.add(int(words[0]))
+    return {"forced_eos_token_id": None if forced is None else int(forced), "suppress_token_ids": tuple(sorted(suppress))}
+
+
+def zoo_config(hf, tied: bool, shared: bool, src_vocab: int, generation_config=None) -> TransformerConfig:
     if hf.encoder_attention_heads != hf.decoder_attention_heads or hf.encoder_ffn_dim != hf.decoder_ffn_dim:
         raise ValueError("zoo's transformer uses one head count and FFN size for both stacks; this Marian config differs")
     if getattr(hf, "normalize_before", False):
@@ -29,11 +57,11 @@ def zoo_config(hf, tied: bool, shared: bool, src_vocab: int) -> TransformerConfi
         final_norm=False, norm_eps=1e-5, scale_embedding=hf.scale_embedding, sinusoid_layout="halves",
         share_embeddings=shared, tie_output=tied, max_len=hf.max_position_embeddings, pad_token_id=hf.pad_token_id,
         bos_token_id=dec_start if hf.bos_token_id is None else hf.bos_token_id, eos_token_id=hf.eos_token_id,
-        decoder_start_token_id=dec_start,
+        decoder_start_token_id=dec_start, **generation_rules(hf, generation_config),
     )
 
 
-def from_hf(hf, sd: dict[str, torch.Tensor], arch: str | None) -> EncoderDecoderTransformer:
+def from_hf(hf, sd: dict[str, torch.Tensor], arch: str | None, generation_config=None) -> EncoderDecoderTransformer:
     if arch not in (None, "MarianMTModel"):
         raise ValueError(f"zoo converts MarianMTModel, not {arch}")
     bias = sd.get("final_logits_bias")
@@ -45,7 +73,7 @@ def from_hf(hf, sd: dict[str, torch.Tensor], arch: str | None) -> EncoderDecoder
     shared = getattr(hf, "share_encoder_decoder_embeddings", True)
     lm = sd.get("lm_head.weight", dec_emb)
     tied = torch.equal(lm, dec_emb)
-    cfg = zoo_config(hf, tied, shared, enc_emb.shape[0])
+    cfg = zoo_config(hf, tied, shared, enc_emb.shape[0], generation_config)
     model = EncoderDecoderTransformer(cfg)
     # Marian's position tables are fixed sinusoids: check they are the ones the zoo computes
     for stack in ("encoder", "decoder"):

@@ -3,9 +3,9 @@
 Tying and output scaling follow transformers 5.24 (parity_facts §2): the decoder output is
 scaled by d_model^-0.5 when the config's `scale_decoder_outputs` says so (v1.0), and lm_head is
 tied to `shared` unless the checkpoint holds a different lm_head.weight (v1.1 hub checkpoints).
-The zoo has no encoder-only T5: T5EncoderModel maps to a full zoo T5 whose encoder (and shared
-table) come from the checkpoint; use `model.encode(...)`. Its decoder keeps the zoo's random
-initialisation and is flagged by `model.encoder_only = True`.
+T5EncoderModel (or a checkpoint without decoder weights) maps to `zoo.models.t5.T5Encoder`, T5's
+encoder alone: `model(input_ids, attention_mask)` and `model.forward_features(...)` give
+T5EncoderModel's last_hidden_state; `to_hf` writes it back as a T5EncoderModel.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from ..models.t5 import T5, T5Config
+from ..models.t5 import T5, T5Config, T5Encoder
 from ._common import load_into
 
 _ATTN = {"q": "q", "k": "k", "v": "v", "o": "proj"}
@@ -77,7 +77,7 @@ def from_hf(hf, sd: dict[str, torch.Tensor], arch: str | None) -> T5:
     # tied unless the checkpoint holds an lm_head that differs from the shared table
     tied = "lm_head.weight" not in sd or torch.equal(sd["lm_head.weight"], sd["shared.weight"])
     cfg = zoo_config(hf, tied)
-    model = T5(cfg)
+    model = T5Encoder(cfg) if encoder_only else T5(cfg)
     kmap = key_map(cfg, encoder_only)
     missing = sorted(h for h in kmap.values() if h not in sd)
     if missing:
@@ -89,23 +89,20 @@ def from_hf(hf, sd: dict[str, torch.Tensor], arch: str | None) -> T5:
                     and not (encoder_only and k.startswith("decoder.")))
     if unused:
         raise ValueError(f"HF T5 weights with no zoo equivalent: {', '.join(unused[:10])}")
-    if not tied:
+    if not tied and not encoder_only:
         out["lm_head.weight"] = sd["lm_head.weight"]
-    if encoder_only:  # keep the zoo's own decoder initialisation
-        own = model.state_dict()
-        out.update({k: v for k, v in own.items() if k not in out and k != "lm_head.weight"})
-    model = load_into(model, out)
-    model.encoder_only = encoder_only
-    return model
+    return load_into(model, out)
 
 
 def to_hf(model: T5, out_dir: Path) -> None:
-    """Writes T5ForConditionalGeneration (config.json + model.safetensors with hub names)."""
+    """Writes T5ForConditionalGeneration, or T5EncoderModel for a T5Encoder (config.json + model.safetensors
+    with hub names)."""
     import transformers
     from safetensors.torch import save_file
 
     c = model.config
-    tied = model.lm_head.weight is model.shared.weight
+    encoder_only = model.lm_head is None
+    tied = encoder_only or model.lm_head.weight is model.shared.weight
     hf_cfg = transformers.T5Config(
         vocab_size=c.vocab_size, d_model=c.d_model, d_kv=c.d_kv, d_ff=c.d_ff, num_layers=c.num_layers,
         num_decoder_layers=c.num_decoder_layers or c.num_layers, num_heads=c.num_heads,
@@ -116,9 +113,9 @@ def to_hf(model: T5, out_dir: Path) -> None:
     )
     # explicit, so that loading never guesses it from the tying (it wins over tie_word_embeddings)
     hf_cfg.scale_decoder_outputs = model.output_scale != 1.0
-    hf_cfg.architectures = ["T5ForConditionalGeneration"]
+    hf_cfg.architectures = ["T5EncoderModel" if encoder_only else "T5ForConditionalGeneration"]
     sd = model.state_dict()
-    kmap = key_map(c)
+    kmap = key_map(c, encoder_only)
     extra = sorted(k for k in sd if k not in kmap and k != "lm_head.weight")
     if extra:
         raise ValueError(f"{type(model).__name__} has weights transformers' T5 lacks: {', '.join(extra[:10])}")

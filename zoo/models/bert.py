@@ -21,6 +21,8 @@ import torch
 from torch import nn
 
 from ..core import BlockConfig, LearnedPositionalEmbedding, check_pad_token, TransformerStack, make_activation, make_norm, padding_mask, trunc_normal_init
+from ..core.position import check_attention_mask, check_length, check_token_ids
+from ..contract import IMAGE_AXES, TEXT_AXES, Inputs, ZooModel, image_batch, token_batch
 from ..registry import register_model
 
 HEADS = ("mlm", "cls", "token", "none")
@@ -90,7 +92,13 @@ class BertPooler(nn.Module):
         return torch.tanh(self.dense(x[:, 0]))
 
 
-class Bert(nn.Module):
+class Bert(ZooModel, nn.Module):
+    kind = "text_encoder"
+
+    def example_inputs(self, batch: int = 2, length: int = 16, generator: torch.Generator | None = None) -> Inputs:
+        ids, mask = token_batch(batch, min(length, self.config.max_positions), self.config.vocab_size, generator)
+        return Inputs({"input_ids": ids, "attention_mask": mask}, {"input_ids": TEXT_AXES, "attention_mask": TEXT_AXES})
+
     def __init__(self, cfg: BertConfig):
         super().__init__()
         if cfg.head not in HEADS:
@@ -139,21 +147,19 @@ class Bert(nn.Module):
 
     def _check_inputs(self, input_ids, attention_mask, token_type_ids) -> None:
         cfg = self.config
-        if input_ids.dim() != 2:
-            raise ValueError(f"input_ids must be (batch, length), got shape {tuple(input_ids.shape)}")
-        if input_ids.dtype not in (torch.long, torch.int):
-            raise TypeError(f"input_ids must be integer token ids, got {input_ids.dtype}")
-        for name, t in (("attention_mask", attention_mask), ("token_type_ids", token_type_ids)):
-            if t is not None and t.shape != input_ids.shape:
-                raise ValueError(f"{name} has shape {tuple(t.shape)} but input_ids has {tuple(input_ids.shape)}; they must match")
-        if torch.compiler.is_compiling() or input_ids.numel() == 0:
-            return
         # An out-of-range id is an index error on CPU and a device assert on GPU; name it instead.
-        if int(input_ids.max()) >= cfg.vocab_size or int(input_ids.min()) < 0:
-            raise ValueError(f"input_ids hold ids outside [0, {cfg.vocab_size}) (min {int(input_ids.min())}, max "
-                             f"{int(input_ids.max())}); create the model with the tokenizer's vocab_size")
-        if token_type_ids is not None and (int(token_type_ids.max()) >= cfg.type_vocab_size or int(token_type_ids.min()) < 0):
-            raise ValueError(f"token_type_ids must lie in [0, {cfg.type_vocab_size}), got max {int(token_type_ids.max())}")
+        check_token_ids(input_ids, cfg.vocab_size, "input_ids")
+        check_length(input_ids.shape[1], cfg.max_positions, "max_positions", "input_ids")
+        check_attention_mask(attention_mask, input_ids)
+        if token_type_ids is not None:
+            if tuple(token_type_ids.shape) != tuple(input_ids.shape):
+                raise ValueError(f"token_type_ids has shape {tuple(token_type_ids.shape)} but input_ids has "
+                                 f"{tuple(input_ids.shape)}; they must match (pass the tokenizer's token_type_ids)")
+            try:
+                check_token_ids(token_type_ids, cfg.type_vocab_size, "token_type_ids")
+            except ValueError as e:
+                raise ValueError(f"token_type_ids must lie in [0, {cfg.type_vocab_size}): segment ids are 0 for the first "
+                                 f"text and 1 for the second ({e})") from None
 
     def forward_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                          token_type_ids: torch.Tensor | None = None) -> torch.Tensor:

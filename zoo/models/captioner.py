@@ -18,6 +18,8 @@ from torch import nn
 
 from ..core import BlockConfig, KVCache, LearnedPositionalEmbedding, TransformerStack, padding_mask, trunc_normal_init
 from ..generation import GenerationMixin
+from ..core.position import check_batch_sizes, check_decoder_inputs, check_length, require_decoder_input_ids
+from ..contract import IMAGE_AXES, Inputs, ZooModel, image_batch, token_batch
 from ..registry import register_model
 from .vit import ViTConfig, VisionTransformer
 
@@ -50,7 +52,18 @@ class CaptionerConfig:
     decoder_start_token_id: int = 1
 
 
-class ViTCaptioner(GenerationMixin, nn.Module):
+class ViTCaptioner(ZooModel, GenerationMixin, nn.Module):
+    kind = "image_to_text"
+
+    def image_tower(self) -> nn.Module:
+        return self.encoder
+
+    def example_inputs(self, batch: int = 2, length: int = 16, generator: torch.Generator | None = None) -> Inputs:
+        cfg = self.config
+        dec, _ = token_batch(batch, min(length, cfg.max_len), cfg.vocab_size, generator)
+        return Inputs({"images": image_batch(batch, cfg.in_chans, cfg.img_size, generator), "decoder_input_ids": dec},
+                      {"images": IMAGE_AXES, "decoder_input_ids": {0: "batch", 1: "target"}})
+
     def __init__(self, cfg: CaptionerConfig):
         super().__init__()
         self.config = cfg
@@ -81,7 +94,11 @@ class ViTCaptioner(GenerationMixin, nn.Module):
 
     def decode_features(self, decoder_input_ids, memory, memory_mask=None, decoder_attention_mask=None,
                         cache: KVCache | None = None) -> torch.Tensor:
+        require_decoder_input_ids(decoder_input_ids, type(self).__name__, self.config.decoder_start_token_id,
+                                  self.config.pad_token_id)
         past = 0 if cache is None else cache.length(self.decoder.blocks[0].attn.layer_id)
+        check_decoder_inputs(decoder_input_ids, memory, self.config.vocab_size, memory_mask, decoder_attention_mask, past)
+        check_length(past + decoder_input_ids.shape[1], self.config.max_len, "max_len", "decoder_input_ids")
         x = self.drop(self.token_embedding(decoder_input_ids) + self.positional_embedding(decoder_input_ids.shape[1], past))
         return self.decoder(x, mask=padding_mask(decoder_attention_mask), causal=True, context=memory,
                             context_mask=padding_mask(memory_mask), cache=cache)
@@ -91,10 +108,15 @@ class ViTCaptioner(GenerationMixin, nn.Module):
         """Decoder ids (B, T) + memory -> logits (B, T, vocab). With a cache, pass only the new tokens."""
         return self.lm_head(self.decode_features(decoder_input_ids, memory, memory_mask, decoder_attention_mask, cache))
 
-    def forward_features(self, images, decoder_input_ids, decoder_attention_mask=None) -> torch.Tensor:
+    def forward_features(self, images, decoder_input_ids=None, decoder_attention_mask=None) -> torch.Tensor:
+        require_decoder_input_ids(decoder_input_ids, type(self).__name__, self.config.decoder_start_token_id,
+                                  self.config.pad_token_id)
+        if isinstance(images, torch.Tensor) and isinstance(decoder_input_ids, torch.Tensor) and images.dim() == 4:
+            check_batch_sizes(images=images.shape[0], decoder_input_ids=decoder_input_ids.shape[0])
         return self.decode_features(decoder_input_ids, self.encode(images), decoder_attention_mask=decoder_attention_mask)
 
-    def forward(self, images: torch.Tensor, decoder_input_ids: torch.Tensor, decoder_attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, images: torch.Tensor, decoder_input_ids: torch.Tensor | None = None,
+                decoder_attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Teacher forcing: (B, T, vocab) logits of the next token at every decoder position."""
         return self.lm_head(self.forward_features(images, decoder_input_ids, decoder_attention_mask))
 

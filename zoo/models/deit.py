@@ -24,6 +24,8 @@ import torch
 from torch import nn
 
 from ..core import resize_pos_grid
+from ..core.position import check_images
+from ..contract import IMAGE_AXES, Inputs, ZooModel, image_batch
 from ..registry import _REGISTRY, register_model
 from .vit import ViTConfig, VisionTransformer
 
@@ -113,8 +115,19 @@ class TimmConfig:
     timm_kwargs: dict[str, Any] = field(default_factory=dict)  # passed to timm.create_model
 
 
-class TimmClassifier(nn.Module):
+class TimmClassifier(ZooModel, nn.Module):
     """A randomly initialised timm model behind the zoo model contract (weights: `pretrained=` path)."""
+
+    kind = "image_classifier"
+    no_split_modules = ()  # a CNN: no transformer blocks
+
+    def example_inputs(self, batch: int = 2, length: int = 16, generator: torch.Generator | None = None) -> Inputs:
+        cfg = self.config
+        return Inputs({"images": image_batch(batch, cfg.in_chans, cfg.img_size, generator)}, {"images": IMAGE_AXES})
+
+    def set_grad_checkpointing(self, enable: bool = True) -> int:
+        self.net.set_grad_checkpointing(enable)
+        return 1
 
     def __init__(self, cfg: TimmConfig):
         super().__init__()
@@ -133,12 +146,14 @@ class TimmClassifier(nn.Module):
         self.num_features = self.net.num_features
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        check_images(x, self.config.in_chans)
         return self.net.forward_features(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         return self.net.forward_head(x, pre_logits=pre_logits)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_images(x, self.config.in_chans)
         return self.net(x)
 
     def get_classifier(self) -> nn.Module:

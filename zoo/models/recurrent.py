@@ -23,6 +23,8 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from ..core import AdditiveAttention, KVCache, check_pad_token
 from ..generation import GenerationMixin
+from ..core.position import check_attention_mask, check_batch_sizes, check_decoder_inputs, check_token_ids, require_decoder_input_ids
+from ..contract import Inputs, ZooModel, seq2seq_inputs
 from ..registry import register_model
 
 CELLS = {"lstm": nn.LSTM, "gru": nn.GRU}
@@ -45,7 +47,14 @@ class RecurrentSeq2SeqConfig:
     decoder_start_token_id: int = 1
 
 
-class RecurrentSeq2Seq(GenerationMixin, nn.Module):
+class RecurrentSeq2Seq(ZooModel, GenerationMixin, nn.Module):
+    kind = "recurrent"
+    no_split_modules = ()  # no transformer blocks: an LSTM / GRU encoder and decoder
+
+    def example_inputs(self, batch: int = 2, length: int = 16, generator: torch.Generator | None = None) -> Inputs:
+        cfg = self.config
+        return seq2seq_inputs(batch, length, cfg.vocab_size, cfg.vocab_size, generator)
+
     def __init__(self, cfg: RecurrentSeq2SeqConfig):
         super().__init__()
         if cfg.cell not in CELLS:
@@ -72,8 +81,8 @@ class RecurrentSeq2Seq(GenerationMixin, nn.Module):
     # ------------------------------------------------------------------ encoder
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Source ids (B, S) -> annotations (B, S, 2H); zeros at padded positions."""
-        if input_ids.dim() != 2:
-            raise ValueError(f"input_ids must be (batch, length), got shape {tuple(input_ids.shape)}")
+        check_token_ids(input_ids, self.config.vocab_size, "input_ids")
+        check_attention_mask(attention_mask, input_ids)
         x = self.drop(self.embed(input_ids))
         if attention_mask is None:
             return self.encoder(x)[0]
@@ -109,6 +118,10 @@ class RecurrentSeq2Seq(GenerationMixin, nn.Module):
         decoder state after the previous tokens is read from and written back to the cache.
         decoder_attention_mask is accepted for the shared contract; an RNN is causal by
         construction and right padding cannot affect earlier positions."""
+        require_decoder_input_ids(decoder_input_ids, type(self).__name__, self.config.decoder_start_token_id,
+                                  self.config.pad_token_id)
+        check_decoder_inputs(decoder_input_ids, memory, self.config.vocab_size, memory_mask,
+                             decoder_attention_mask if cache is None else None)
         if cache is not None and self.state_key in cache.store:
             state, keys = cache.store[self.state_key], cache.store[self.keys_key][0]
         else:
@@ -138,11 +151,15 @@ class RecurrentSeq2Seq(GenerationMixin, nn.Module):
         """Target ids (B, T) + annotations -> logits (B, T, vocab)."""
         return self.generator(self.decode_features(decoder_input_ids, memory, memory_mask, decoder_attention_mask, cache))
 
-    def forward_features(self, input_ids, decoder_input_ids, attention_mask=None, decoder_attention_mask=None):
+    def forward_features(self, input_ids, decoder_input_ids=None, attention_mask=None, decoder_attention_mask=None):
+        require_decoder_input_ids(decoder_input_ids, type(self).__name__, self.config.decoder_start_token_id,
+                                  self.config.pad_token_id)
+        if isinstance(input_ids, torch.Tensor) and isinstance(decoder_input_ids, torch.Tensor) and input_ids.dim() == 2:
+            check_batch_sizes(input_ids=input_ids.shape[0], decoder_input_ids=decoder_input_ids.shape[0])
         memory = self.encode(input_ids, attention_mask)
         return self.decode_features(decoder_input_ids, memory, attention_mask, decoder_attention_mask)
 
-    def forward(self, input_ids, decoder_input_ids, attention_mask=None, decoder_attention_mask=None):
+    def forward(self, input_ids, decoder_input_ids=None, attention_mask=None, decoder_attention_mask=None):
         return self.generator(self.forward_features(input_ids, decoder_input_ids, attention_mask, decoder_attention_mask))
 
 

@@ -17,6 +17,15 @@ from torch import nn
 
 from ..core import BlockConfig, KVCache, SinusoidalPositionalEmbedding, TransformerStack, padding_mask
 from ..generation import GenerationMixin
+from ..core.position import (
+    check_attention_mask,
+    check_batch_sizes,
+    check_decoder_inputs,
+    check_length,
+    check_token_ids,
+    require_decoder_input_ids,
+)
+from ..contract import Inputs, ZooModel, seq2seq_inputs
 from ..registry import register_model
 
 
@@ -45,9 +54,37 @@ class TransformerConfig:
     bos_token_id: int = 1
     eos_token_id: int = 2
     decoder_start_token_id: int = 1  # the decoder starts from BOS
+    # generation rules carried over from converted models (transformers' generation config), applied
+    # by `process_next_token_logits`: the last token the length limit allows is forced to this id
+    # (Marian: forced_eos_token_id), and these ids are never generated (Marian: bad_words_ids = [[pad]])
+    forced_eos_token_id: int | None = None
+    suppress_token_ids: tuple[int, ...] = ()
 
 
-class EncoderDecoderTransformer(GenerationMixin, nn.Module):
+def constrain_next_token(scores: torch.Tensor, cur_len: int, max_length: int, forced_eos_token_id: int | None = None,
+                         suppress_token_ids=()) -> torch.Tensor:
+    """transformers' SuppressTokens / single-token bad_words_ids and ForcedEOSTokenLogitsProcessor.
+
+    scores: (N, V) next-token log-probabilities (or logits); cur_len: tokens in each row so far,
+    the decoder start token included; max_length: cur_len at which generation stops (1 + max_new_tokens).
+    Suppressed ids get -inf; when the next token is the last one allowed (cur_len == max_length - 1)
+    every id but `forced_eos_token_id` gets -inf and that one 0, as transformers does."""
+    if suppress_token_ids:
+        scores = scores.clone()
+        scores[:, list(suppress_token_ids)] = float("-inf")
+    if forced_eos_token_id is not None and cur_len == max_length - 1:
+        scores = torch.full_like(scores, float("-inf"))
+        scores[:, forced_eos_token_id] = 0.0
+    return scores
+
+
+class EncoderDecoderTransformer(ZooModel, GenerationMixin, nn.Module):
+    kind = "encoder_decoder"
+
+    def example_inputs(self, batch: int = 2, length: int = 16, generator: torch.Generator | None = None) -> Inputs:
+        cfg = self.config
+        return seq2seq_inputs(batch, min(length, cfg.max_len), cfg.src_vocab_size or cfg.vocab_size, cfg.vocab_size, generator)
+
     def __init__(self, cfg: TransformerConfig):
         super().__init__()
         src_vocab = cfg.src_vocab_size or cfg.vocab_size
@@ -93,13 +130,29 @@ class EncoderDecoderTransformer(GenerationMixin, nn.Module):
     def _embed(self, table: nn.Embedding, ids: torch.Tensor, offset: int = 0) -> torch.Tensor:
         return self.drop(table(ids) * self.embed_scale + self.pos(ids.shape[1], offset))
 
+    def process_next_token_logits(self, scores: torch.Tensor, cur_len: int, max_length: int) -> torch.Tensor:
+        """The config's generation rules (forced EOS at the length limit, suppressed ids) applied to the
+        (N, V) next-token log-probabilities; see `constrain_next_token`. Generation calls it every step."""
+        cfg = self.config
+        if cfg.forced_eos_token_id is None and not cfg.suppress_token_ids:
+            return scores
+        return constrain_next_token(scores, cur_len, max_length, cfg.forced_eos_token_id, cfg.suppress_token_ids)
+
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Source ids (B, S) -> memory (B, S, d_model)."""
+        cfg = self.config
+        check_token_ids(input_ids, cfg.src_vocab_size or cfg.vocab_size, "input_ids")
+        check_attention_mask(attention_mask, input_ids)
+        check_length(input_ids.shape[1], cfg.max_len, "max_len", "input_ids")
         return self.encoder(self._embed(self.src_embed, input_ids), mask=padding_mask(attention_mask))
 
     def decode_features(self, decoder_input_ids, memory, memory_mask=None, decoder_attention_mask=None,
                         cache: KVCache | None = None) -> torch.Tensor:
+        require_decoder_input_ids(decoder_input_ids, type(self).__name__, self.config.decoder_start_token_id,
+                                  self.config.pad_token_id)
         past = 0 if cache is None else cache.length(self.decoder.blocks[0].attn.layer_id)
+        check_decoder_inputs(decoder_input_ids, memory, self.config.vocab_size, memory_mask, decoder_attention_mask, past)
+        check_length(past + decoder_input_ids.shape[1], self.config.max_len, "max_len", "decoder_input_ids")
         x = self._embed(self.tgt_embed, decoder_input_ids, offset=past)
         return self.decoder(x, mask=padding_mask(decoder_attention_mask), causal=True, context=memory,
                             context_mask=padding_mask(memory_mask), cache=cache)
@@ -110,11 +163,15 @@ class EncoderDecoderTransformer(GenerationMixin, nn.Module):
         tokens; decoder_attention_mask then covers past and new positions."""
         return self.lm_head(self.decode_features(decoder_input_ids, memory, memory_mask, decoder_attention_mask, cache))
 
-    def forward_features(self, input_ids, decoder_input_ids, attention_mask=None, decoder_attention_mask=None):
+    def forward_features(self, input_ids, decoder_input_ids=None, attention_mask=None, decoder_attention_mask=None):
+        require_decoder_input_ids(decoder_input_ids, type(self).__name__, self.config.decoder_start_token_id,
+                                  self.config.pad_token_id)
+        if isinstance(input_ids, torch.Tensor) and isinstance(decoder_input_ids, torch.Tensor) and input_ids.dim() == 2:
+            check_batch_sizes(input_ids=input_ids.shape[0], decoder_input_ids=decoder_input_ids.shape[0])
         memory = self.encode(input_ids, attention_mask)
         return self.decode_features(decoder_input_ids, memory, attention_mask, decoder_attention_mask)
 
-    def forward(self, input_ids, decoder_input_ids, attention_mask=None, decoder_attention_mask=None):
+    def forward(self, input_ids, decoder_input_ids=None, attention_mask=None, decoder_attention_mask=None):
         return self.lm_head(self.forward_features(input_ids, decoder_input_ids, attention_mask, decoder_attention_mask))
 
 

@@ -13,6 +13,8 @@ from einops import rearrange
 from torch import nn
 
 from ..core import BlockConfig, TransformerStack, make_norm, resize_pos_grid, trunc_normal_init
+from ..core.position import check_images
+from ..contract import IMAGE_AXES, TEXT_AXES, Inputs, ZooModel, image_batch, token_batch
 from ..registry import register_model
 
 
@@ -76,7 +78,16 @@ class ConvStem(nn.Module):
         return rearrange(self.net(x), "b d gh gw -> b (gh gw) d")
 
 
-class VisionTransformer(nn.Module):
+class VisionTransformer(ZooModel, nn.Module):
+    kind = "image_classifier"
+
+    def image_tower(self) -> nn.Module:
+        return self
+
+    def example_inputs(self, batch: int = 2, length: int = 16, generator: torch.Generator | None = None) -> Inputs:
+        cfg = self.config
+        return Inputs({"images": image_batch(batch, cfg.in_chans, cfg.img_size, generator)}, {"images": IMAGE_AXES})
+
     def __init__(self, cfg: ViTConfig):
         super().__init__()
         if cfg.pool not in ("token", "avg"):
@@ -138,13 +149,8 @@ class VisionTransformer(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Images (B, C, H, W) -> tokens (B, prefix + patches, dim)."""
-        if x.dim() != 4 or x.shape[1] != self.config.in_chans:
-            raise ValueError(
-                f"expected images of shape (batch, {self.config.in_chans}, H, W), got {tuple(x.shape)}; "
-                f"create the model with in_chans={x.shape[1] if x.dim() == 4 else '...'} for other channel counts"
-            )
+        check_images(x, self.config.in_chans, self.config.patch_size)  # shape, channels first, float, patch multiple
         h, w = x.shape[-2:]
-        self.check_image_size(self.config, h, w)
         grid = (h // self.config.patch_size, w // self.config.patch_size)
         x = self.pos_drop(self._pos_embed(self.patch_embed(x), grid))
         return self.encoder(self.norm_pre(x))
