@@ -65,7 +65,11 @@ def claim(root: str | os.PathLike) -> Path:
         run = root / f"run_{launch_id}"
         run.mkdir(parents=True, exist_ok=True)
     else:
-        root.mkdir(parents=True, exist_ok=True)
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise OSError(f"cannot create the run folder {root} ({e.strerror}); pass a writable "
+                          "--trainer.default_root_dir DIR") from None
         n = len(versions(root)) and int(_VERSION.match(versions(root)[-1].name).group(1)) + 1
         while True:
             run = root / f"version_{n}"
@@ -74,6 +78,9 @@ def claim(root: str | os.PathLike) -> Path:
                 break
             except FileExistsError:  # another run took this number a moment ago
                 n += 1
+            except OSError as e:  # read-only or full
+                raise OSError(f"cannot create the run folder {run} ({e.strerror}); pass a writable "
+                              "--trainer.default_root_dir DIR") from None
     if _rank() == 0:
         lock(run)
     os.environ[ENV] = str(run)
