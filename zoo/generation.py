@@ -85,9 +85,11 @@ def _filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float | None)
     return logits
 
 
-def _step(model, tokens, setup: _Setup, cache: KVCache | None) -> torch.Tensor:
+def _step(model, tokens, setup: _Setup, cache: KVCache | None, max_length: int | None = None) -> torch.Tensor:
     """Log-probabilities (float32) of the next token after `tokens`. With a cache, the first call
-    feeds the whole prefix and later calls only the newest token."""
+    feeds the whole prefix and later calls only the newest token. A model's own rules on the next token
+    (`process_next_token_logits(logp, length, max_length)`: forced EOS at the length limit, suppressed
+    tokens, as converted from a transformers generation config) apply before any search."""
     inp = tokens[:, -1:] if cache is not None and cache.store else tokens
     if setup.memory is not None:
         logits = model.decode(inp, setup.memory, memory_mask=setup.memory_mask, cache=cache)
@@ -96,7 +98,9 @@ def _step(model, tokens, setup: _Setup, cache: KVCache | None) -> torch.Tensor:
         if mask is not None:  # the prompt's mask, then ones for the generated tokens
             mask = torch.cat([mask, mask.new_ones(mask.shape[0], tokens.shape[1] - mask.shape[1])], dim=1)
         logits = model.decode(inp, cache=cache, attention_mask=mask)
-    return logits[:, -1].float().log_softmax(dim=-1)
+    logp = logits[:, -1].float().log_softmax(dim=-1)
+    hook = getattr(model, "process_next_token_logits", None)
+    return logp if hook is None or max_length is None else hook(logp, tokens.shape[1], max_length)
 
 
 def greedy_search(model, setup: _Setup, max_new_tokens: int, use_cache: bool = True, do_sample: bool = False,
@@ -106,8 +110,9 @@ def greedy_search(model, setup: _Setup, max_new_tokens: int, use_cache: bool = T
     tokens = setup.prefix
     finished = torch.zeros(tokens.shape[0], dtype=torch.bool, device=tokens.device)
     cache = KVCache() if use_cache else None
+    max_length = tokens.shape[1] + max_new_tokens
     for _ in range(max_new_tokens):
-        logp = _step(model, tokens, setup, cache)
+        logp = _step(model, tokens, setup, cache, max_length)
         if do_sample:
             logits = _filter_logits(logp / temperature, top_k, top_p)
             nxt = torch.multinomial(logits.softmax(dim=-1), 1, generator=generator).squeeze(1)
@@ -138,7 +143,7 @@ def beam_search(model, setup: _Setup, max_new_tokens: int, num_beams: int, lengt
     done = [False] * batch
     cache = KVCache() if use_cache else None
     for step in range(1, max_new_tokens + 1):
-        logp = _step(model, tokens, setup, cache)  # (B*k, V)
+        logp = _step(model, tokens, setup, cache, setup.prefix.shape[1] + max_new_tokens)  # (B*k, V)
         vocab = logp.shape[-1]
         scores = (logp + beam_scores.view(-1, 1)).view(batch, k * vocab)
         top_scores, top_idx = scores.topk(2 * k, dim=1)  # 2k: enough to refill k beams after EOS

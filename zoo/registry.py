@@ -76,7 +76,7 @@ def create_model(name: str, pretrained: str | bool | None = None, **overrides) -
         from .runs import describes_model, load_run
 
         if describes_model(pretrained):  # a zoo checkpoint or safetensors file: its own config decides the sizes
-            run = load_run(pretrained, overrides or None)
+            run = load_run(pretrained, overrides or None, name=name)
             if run.name != name:
                 raise ValueError(f"{pretrained} holds a {run.name}, not a {name}; call create_model({run.name!r}, pretrained=...) "
                                  "or zoo.runs.load_run(path)")

@@ -176,8 +176,9 @@ def _check_hparams_agree(path, name: str, config: Any, hp: dict) -> None:
                        "the file was edited or mixes two runs - retrain, or load the weights with NAME@FILE")
 
 
-def load_run(source: str | Path, model_kwargs: dict | None = None, strict_config: bool = True) -> Run:
-    """Turn `source` (see the module docstring) into a `Run` with the model in eval mode."""
+def load_run(source: str | Path, model_kwargs: dict | None = None, strict_config: bool = True, name: str | None = None) -> Run:
+    """Turn `source` (see the module docstring) into a `Run` with the model in eval mode. `name` is the model
+    to build for a checkpoint that names none (a state dict saved by hand in a checkpoint's layout)."""
     from .registry import _entry, create_model
     from .weights import load_state_dict_checked, read_state_dict
 
@@ -221,6 +222,9 @@ def load_run(source: str | Path, model_kwargs: dict | None = None, strict_config
         state = checkpoint_tokenizer_state(ckpt)
         if state:
             meta["tokenizer"] = state
+    elif name is not None:
+        model = create_model(name, **kwargs)
+        meta = {"model": name}
     else:
         raise RunError(f"{src} names no model (no zoo record and no hyper_parameters.model); pass NAME@{src}")
     state = {k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}

@@ -22,7 +22,7 @@ from torch import nn
 from ..core import BlockConfig, KVCache, RelativePositionBias, TransformerStack, check_length, padding_mask
 from ..generation import GenerationMixin, shift_right  # noqa: F401  (shift_right re-exported for T5 users)
 from ..core.position import check_attention_mask, check_batch_sizes, check_decoder_inputs, check_token_ids, require_decoder_input_ids
-from ..contract import Inputs, ZooModel, seq2seq_inputs
+from ..contract import TEXT_AXES, Inputs, ZooModel, seq2seq_inputs
 from ..registry import register_model
 
 
@@ -172,8 +172,16 @@ class T5Encoder(T5):
     """T5's encoder alone, as HF's T5EncoderModel: ids (B, S) -> final hidden states (B, S, d_model)
     (shared embedding, encoder stack, final RMSNorm, dropout); no decoder and no LM head."""
 
+    kind = "text_encoder"
+
     def __init__(self, cfg: T5Config):
         super().__init__(dataclasses.replace(cfg, encoder_only=True))
+
+    def example_inputs(self, batch: int = 2, length: int = 16, generator: torch.Generator | None = None) -> Inputs:
+        cfg = self.config
+        ex = seq2seq_inputs(batch, length if cfg.max_len is None else min(length, cfg.max_len), cfg.vocab_size, cfg.vocab_size, generator)
+        return Inputs({k: ex.tensors[k] for k in ("input_ids", "attention_mask")},
+                      {"input_ids": TEXT_AXES, "attention_mask": TEXT_AXES})
 
     def forward_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         return self.encode(input_ids, attention_mask)
