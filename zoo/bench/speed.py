@@ -284,7 +284,7 @@ def build_workloads(name: str, opts: SpeedOptions, seq_len: int) -> tuple[Worklo
     entry = _entry(name)
     torch.manual_seed(0)
     overrides = dict(opts.model_overrides)
-    if "head" in get_config(name).__dataclass_fields__ and not hasattr(entry.config, "img_size"):
+    if entry.model_cls.kind == "text_encoder" and "head" in get_config(name).__dataclass_fields__:
         overrides.setdefault("head", "none")  # text encoders are compared on hidden states (no MLM head to update)
     model = create_model(name, **overrides).to(opts.device)
     batch = opts.batch_size or (16 if "images" in model.example_inputs(1).tensors else 8)

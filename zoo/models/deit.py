@@ -129,6 +129,13 @@ class TimmClassifier(ZooModel, nn.Module):
         self.net.set_grad_checkpointing(enable)
         return 1
 
+    @staticmethod
+    def checkpoint_filter_fn(state_dict: dict) -> dict:
+        """A plain timm state dict (keys without the wrapper's `net.`) fits this wrapper too."""
+        if any(k.startswith("net.") for k in state_dict):
+            return state_dict
+        return {f"net.{k}": v for k, v in state_dict.items()}
+
     def __init__(self, cfg: TimmConfig):
         super().__init__()
         import timm

@@ -152,9 +152,8 @@ def load_teacher(teacher: str | None = None, teacher_ckpt: str | None = None, te
         model = create_model(teacher, **{**_accepted(teacher, {**data, **(defaults or {})}), **kwargs})
         if teacher_ckpt is not None:
             sd = read_state_dict(teacher_ckpt)
-            if _entry(teacher).family == "timm" and not any(k.startswith("net.") for k in sd):
-                sd = {f"net.{k}": v for k, v in sd.items()}  # a plain timm state dict
-            load_state_dict_checked(model, sd)
+            convert = getattr(model, "checkpoint_filter_fn", None)  # e.g. a plain timm state dict for a timm wrapper
+            load_state_dict_checked(model, convert(sd) if convert else sd)
     model.eval().requires_grad_(False)
     return model
 
