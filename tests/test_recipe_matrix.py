@@ -19,7 +19,7 @@ from zoo.cli import main
 from zoo.contract import example_inputs, kind_of
 from zoo.runs import load_run
 
-from test_configs import CONFIGS, SHRINK, fit
+from test_configs import SHRINK, fit
 
 pytestmark = pytest.mark.slow
 

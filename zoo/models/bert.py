@@ -22,7 +22,7 @@ from torch import nn
 
 from ..core import BlockConfig, LearnedPositionalEmbedding, check_pad_token, TransformerStack, make_activation, make_norm, padding_mask, trunc_normal_init
 from ..core.position import check_attention_mask, check_length, check_token_ids
-from ..contract import IMAGE_AXES, TEXT_AXES, Inputs, ZooModel, image_batch, token_batch
+from ..contract import TEXT_AXES, Inputs, ZooModel, token_batch
 from ..registry import register_model
 
 HEADS = ("mlm", "cls", "token", "none")

@@ -14,7 +14,7 @@ from torch import nn
 
 from ..core import BlockConfig, TransformerStack, make_norm, resize_pos_grid, trunc_normal_init
 from ..core.position import check_images
-from ..contract import IMAGE_AXES, TEXT_AXES, Inputs, ZooModel, image_batch, token_batch
+from ..contract import IMAGE_AXES, Inputs, ZooModel, image_batch
 from ..registry import register_model
 
 
