@@ -138,7 +138,11 @@ def main(argv: list[str] | None = None) -> None:
             rc = _command(name)(argv[1:])
         else:
             argv, tmp = _with_stored_config(argv)
-            lightning_main(argv)
+            saved, sys.argv = sys.argv, [sys.argv[0], *argv]  # LightningCLI reads sys.argv (and warns if given both)
+            try:
+                lightning_main(None)
+            finally:
+                sys.argv = saved
             rc = 0
     except SystemExit:
         raise
