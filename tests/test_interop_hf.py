@@ -447,17 +447,17 @@ def test_full_size_bert_base_and_vit_base():
 def test_bad_sources_name_the_problem(tmp_path):
     with pytest.raises(FileNotFoundError, match="config.json"):
         from_hf(tmp_path)
-    T.GPT2Config(n_layer=1, n_embd=16, n_head=2).save_pretrained(tmp_path)
+    T.OPTConfig(num_hidden_layers=1, hidden_size=16, num_attention_heads=2, ffn_dim=32).save_pretrained(tmp_path)
     with pytest.raises(FileNotFoundError, match="no model.safetensors"):
         from_hf(tmp_path)
     save_file({"x": torch.zeros(1)}, tmp_path / "model.safetensors")
-    with pytest.raises(ValueError, match="no zoo converter for transformers model_type 'gpt2'"):
+    with pytest.raises(ValueError, match="no zoo converter for transformers model_type 'opt'"):
         from_hf(tmp_path)
     with pytest.raises(TypeError, match="transformers model"):
         from_hf(torch.nn.Linear(2, 2))
     with pytest.raises(ValueError, match="pool='avg'"):
         to_hf(zoo.create_model("vit_digits"), tmp_path / "out")
-    with pytest.raises(ValueError, match="supports zoo ViT, BERT and T5"):
+    with pytest.raises(ValueError, match="supports zoo ViT, BERT, T5, GPT-2 and Llama"):
         to_hf(zoo.create_model("clip_tiny"), tmp_path / "out")
 
 

@@ -106,22 +106,28 @@ class MultiHeadAttention(nn.Module):
         scale: float | None = None,
         attn_drop: float = 0.0,
         proj_drop: float = 0.0,
+        num_kv_heads: int | None = None,
     ):
         super().__init__()
+        num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
+        if num_kv_heads < 1 or num_heads % num_kv_heads:
+            raise ValueError(f"num_heads={num_heads} is not a multiple of num_kv_heads={num_kv_heads}; grouped-query "
+                             "attention shares each key/value head among num_heads // num_kv_heads query heads")
         if head_dim is None:
             if dim % num_heads:
                 raise ValueError(f"dim={dim} is not divisible by num_heads={num_heads}; pass head_dim or change num_heads")
             head_dim = dim // num_heads
-        inner = num_heads * head_dim
+        inner, kv_inner = num_heads * head_dim, num_kv_heads * head_dim
         context_dim = context_dim or dim
         self.num_heads, self.head_dim, self.cross, self.scale = num_heads, head_dim, cross, scale
+        self.num_kv_heads = num_kv_heads
         self.fused_qkv = fused_qkv and not cross and context_dim == dim
-        if self.fused_qkv:
-            self.qkv = nn.Linear(dim, 3 * inner, bias=qkv_bias)
+        if self.fused_qkv:  # rows q | k | v (k and v have num_kv_heads heads each)
+            self.qkv = nn.Linear(dim, inner + 2 * kv_inner, bias=qkv_bias)
         else:
             self.q = nn.Linear(dim, inner, bias=qkv_bias)
-            self.k = nn.Linear(context_dim, inner, bias=qkv_bias)
-            self.v = nn.Linear(context_dim, inner, bias=qkv_bias)
+            self.k = nn.Linear(context_dim, kv_inner, bias=qkv_bias)
+            self.v = nn.Linear(context_dim, kv_inner, bias=qkv_bias)
         self.proj = nn.Linear(inner, dim, bias=out_bias)
         self.attn_drop = attn_drop
         self.proj_drop = nn.Dropout(proj_drop)
@@ -130,11 +136,21 @@ class MultiHeadAttention(nn.Module):
         self.last_weights: torch.Tensor | None = None
 
     def _project(self, x, context):
-        if self.fused_qkv:
+        if self.fused_qkv and self.num_kv_heads == self.num_heads:
             return rearrange(self.qkv(x), "b l (three h d) -> three b h l d", three=3, h=self.num_heads).unbind(0)
+        split = lambda t, h: rearrange(t, "b l (h d) -> b h l d", h=h)  # noqa: E731
+        kv = self.num_kv_heads
+        if self.fused_qkv:
+            q, k, v = self.qkv(x).split([self.num_heads * self.head_dim, kv * self.head_dim, kv * self.head_dim], dim=-1)
+            return split(q, self.num_heads), split(k, kv), split(v, kv)
         src = x if context is None else context
-        split = lambda t: rearrange(t, "b l (h d) -> b h l d", h=self.num_heads)  # noqa: E731
-        return split(self.q(x)), split(self.k(src)), split(self.v(src))
+        return split(self.q(x), self.num_heads), split(self.k(src), kv), split(self.v(src), kv)
+
+    def _expand_kv(self, t: torch.Tensor) -> torch.Tensor:
+        """Grouped-query attention: key/value head j serves query heads j*g .. j*g+g-1 (g = heads // kv heads),
+        as in transformers' repeat_kv. The cache keeps the num_kv_heads heads."""
+        groups = self.num_heads // self.num_kv_heads
+        return t if groups == 1 else t.repeat_interleave(groups, dim=1)
 
     def forward(
         self,
@@ -164,7 +180,7 @@ class MultiHeadAttention(nn.Module):
                     k, v = torch.cat([pk, k], dim=-2), torch.cat([pv, v], dim=-2)
                 cache.store[self.layer_id] = (k, v)
         out, weights = attention(
-            q, k, v, mask=mask, bias=bias, causal=causal and not self.cross, scale=self.scale,
+            q, self._expand_kv(k), self._expand_kv(v), mask=mask, bias=bias, causal=causal and not self.cross, scale=self.scale,
             dropout_p=self.attn_drop if self.training else 0.0, need_weights=need_weights or self.record_weights,
         )
         self.last_weights = weights

@@ -30,8 +30,9 @@ class BlockConfig:
     num_heads: int
     mlp_hidden: int
     head_dim: int | None = None  # None: dim // num_heads (T5 sets d_kv independently)
+    num_kv_heads: int | None = None  # grouped-query attention (Llama 2/3); None: num_heads (multi-head)
     norm_first: bool = True  # pre-norm (ViT, T5, CLIP) vs post-norm (BERT, the 2017 paper)
-    norm: str = "layernorm"  # or "rmsnorm"
+    norm: str = "layernorm"  # or "rmsnorm" (T5), "rmsnorm_fp32" (Llama)
     norm_eps: float = 1e-6
     norm_bias: bool = True
     activation: str = "gelu"
@@ -53,7 +54,7 @@ def multi_head_attention(cfg: BlockConfig, cross: bool = False) -> MultiHeadAtte
     """The default token mixer (and the cross-attention of decoder blocks)."""
     return MultiHeadAttention(cfg.dim, cfg.num_heads, head_dim=cfg.head_dim, qkv_bias=cfg.qkv_bias, out_bias=cfg.out_bias,
                               fused_qkv=cfg.fused_qkv, cross=cross, scale=cfg.attn_scale,
-                              attn_drop=cfg.attn_dropout, proj_drop=cfg.dropout)
+                              attn_drop=cfg.attn_dropout, proj_drop=cfg.dropout, num_kv_heads=cfg.num_kv_heads)
 
 
 def feed_forward(cfg: BlockConfig) -> FeedForward:

@@ -6,14 +6,20 @@ from torch import nn
 
 
 class RMSNorm(nn.Module):
-    """y = w · x / sqrt(mean(x²) + eps); variance in float32 (as T5 does), no bias, no centring."""
+    """y = w · x / sqrt(mean(x²) + eps); variance in float32 (as T5 does), no bias, no centring.
 
-    def __init__(self, dim: int, eps: float = 1e-6):
+    float32_math=True normalises entirely in float32 and casts back before the weight, even for
+    float64 inputs (transformers' LlamaRMSNorm); identical to the default for float32 / half inputs."""
+
+    def __init__(self, dim: int, eps: float = 1e-6, float32_math: bool = False):
         super().__init__()
-        self.eps = eps
+        self.eps, self.float32_math = eps, float32_math
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.float32_math:
+            x32 = x.float()
+            return self.weight * (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype)
         var = x.float().pow(2).mean(-1, keepdim=True)
         # x * rsqrt promotes to float32 for half inputs and keeps float64 exact (as HF T5 does)
         return self.weight * (x * torch.rsqrt(var + self.eps)).to(x.dtype)
@@ -24,7 +30,9 @@ def make_norm(kind: str, dim: int, eps: float, bias: bool = True) -> nn.Module:
         return nn.LayerNorm(dim, eps=eps, bias=bias)
     if kind == "rmsnorm":
         return RMSNorm(dim, eps=eps)
-    raise ValueError(f"unknown norm {kind!r}; choose 'layernorm' or 'rmsnorm'")
+    if kind == "rmsnorm_fp32":  # Llama's: the whole normalisation in float32
+        return RMSNorm(dim, eps=eps, float32_math=True)
+    raise ValueError(f"unknown norm {kind!r}; choose 'layernorm', 'rmsnorm' or 'rmsnorm_fp32'")
 
 
 class QuickGELU(nn.Module):

@@ -253,14 +253,16 @@ class RotaryEmbedding(nn.Module):
         super().__init__()
         if head_dim % 2:
             raise ValueError(f"rotary embeddings need an even head_dim, got {head_dim}")
-        inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+        # 1 / base^(2i/D) in float32, rounded as transformers rounds it (bit-equal angles)
+        inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
         self.register_buffer("inv_freq", inv_freq, persistent=False)
         self.max_len = max_len
 
     def forward(self, x: torch.Tensor, offset: int = 0) -> torch.Tensor:
         length = x.shape[-2]
         pos = torch.arange(offset, offset + length, device=x.device, dtype=torch.float32)
-        angles = repeat(torch.outer(pos, self.inv_freq), "l d -> l (two d)", two=2)
+        # float32 tables even inside a float64 model (model.double() converts the buffer; transformers does the same)
+        angles = repeat(torch.outer(pos, self.inv_freq.float()), "l d -> l (two d)", two=2)
         cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
         x1, x2 = x.chunk(2, dim=-1)
         return x * cos + torch.cat([-x2, x1], dim=-1) * sin

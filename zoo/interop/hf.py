@@ -16,10 +16,12 @@ from torch import nn
 from ._common import read_hf_dir_weights
 
 # model_type -> converter module; each has from_hf(config, state_dict, arch) and to_hf(model, out_dir)
-_FAMILIES = {"vit": "hf_vit", "bert": "hf_bert", "t5": "hf_t5", "marian": "hf_marian", "clip": "hf_clip"}
+_FAMILIES = {"vit": "hf_vit", "bert": "hf_bert", "t5": "hf_t5", "marian": "hf_marian", "clip": "hf_clip",
+             "gpt2": "hf_gpt2", "llama": "hf_llama"}
 _GENERATION_RULES = {"marian"}
 # zoo model class -> converter module for to_hf
-_ZOO_FAMILIES = {"zoo.models.vit.VisionTransformer": "hf_vit", "zoo.models.bert.Bert": "hf_bert", "zoo.models.t5.T5": "hf_t5"}
+_ZOO_FAMILIES = {"zoo.models.vit.VisionTransformer": "hf_vit", "zoo.models.bert.Bert": "hf_bert", "zoo.models.t5.T5": "hf_t5",
+                 "zoo.models.gpt.GPT": "hf_gpt2", "zoo.models.llama.Llama": "hf_llama"}
 
 
 def read_hf_source(source: Any) -> tuple[Any, dict[str, torch.Tensor], str | None]:
@@ -78,7 +80,7 @@ def from_hf(source: Any, dtype: torch.dtype | None = None) -> nn.Module:
 
 
 def to_hf(model: nn.Module, out_dir: str | os.PathLike) -> Path:
-    """Write `model` as a directory that transformers' `from_pretrained` loads (BERT, T5, ViT).
+    """Write `model` as a directory that transformers' `from_pretrained` loads (BERT, T5, ViT, GPT-2, Llama).
 
     Returns the directory. The written model reproduces the zoo model's outputs."""
     for dotted, mod in _ZOO_FAMILIES.items():
@@ -88,4 +90,4 @@ def to_hf(model: nn.Module, out_dir: str | os.PathLike) -> Path:
             out.mkdir(parents=True, exist_ok=True)
             importlib.import_module(f"{__package__}.{mod}").to_hf(model, out)
             return out
-    raise ValueError(f"to_hf supports zoo ViT, BERT and T5 models, not {type(model).__name__}")
+    raise ValueError(f"to_hf supports zoo ViT, BERT, T5, GPT-2 and Llama models, not {type(model).__name__}")

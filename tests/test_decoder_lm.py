@@ -1,0 +1,95 @@
+"""Decoder-only families (GPT-2, Llama) and grouped-query attention in the core."""
+import pytest
+import torch
+import transformers as T
+
+import zoo
+from zoo.core import BlockConfig, KVCache, MultiHeadAttention, TransformerBlock
+from zoo.registry import count_parameters
+
+
+# -- grouped-query attention in MultiHeadAttention ----------------------------------------------------
+def test_gqa_equals_multi_head_attention_with_repeated_kv_heads():
+    """num_kv_heads=2 of 6 heads: the same as plain MHA whose k/v weights repeat each kv head 3 times."""
+    torch.manual_seed(0)
+    gqa = MultiHeadAttention(24, 6, num_kv_heads=2, fused_qkv=False, qkv_bias=True)
+    mha = MultiHeadAttention(24, 6, fused_qkv=False, qkv_bias=True)
+    assert gqa.k.weight.shape == (8, 24) and gqa.v.weight.shape == (8, 24)
+    expand = lambda t: t.view(2, 4, *t.shape[1:]).repeat_interleave(3, 0).reshape(24, *t.shape[1:])  # noqa: E731
+    with torch.no_grad():
+        mha.q.load_state_dict(gqa.q.state_dict())
+        mha.proj.load_state_dict(gqa.proj.state_dict())
+        for name in ("k", "v"):
+            getattr(mha, name).weight.copy_(expand(getattr(gqa, name).weight))
+            getattr(mha, name).bias.copy_(expand(getattr(gqa, name).bias))
+    x = torch.randn(2, 7, 24)
+    torch.testing.assert_close(gqa(x, causal=True), mha(x, causal=True))
+    gqa.record_weights = True
+    gqa(x, causal=True)
+    assert gqa.last_weights.shape == (2, 6, 7, 7)
+
+
+def test_gqa_fused_projection_and_cache_keep_kv_heads():
+    torch.manual_seed(0)
+    attn = MultiHeadAttention(32, 4, num_kv_heads=1).eval()
+    assert attn.qkv.weight.shape == (32 + 2 * 8, 32)
+    x = torch.randn(2, 6, 32)
+    full = attn(x, causal=True)
+    cache = KVCache()
+    steps = [attn(x[:, :4], causal=True, cache=cache)] + [attn(x[:, t:t + 1], causal=True, cache=cache) for t in (4, 5)]
+    torch.testing.assert_close(torch.cat(steps, 1), full)
+    assert cache.store[attn.layer_id][0].shape == (2, 1, 6, 8)  # the cache holds the kv heads only
+
+
+def test_num_kv_heads_default_changes_nothing():
+    torch.manual_seed(0)
+    a = TransformerBlock(BlockConfig(32, 4, 64))
+    torch.manual_seed(0)
+    b = TransformerBlock(BlockConfig(32, 4, 64, num_kv_heads=4))
+    assert list(a.state_dict()) == list(b.state_dict())
+    x = torch.randn(2, 5, 32)
+    torch.testing.assert_close(a(x, causal=True), b(x, causal=True))
+    with pytest.raises(ValueError, match="multiple of num_kv_heads"):
+        MultiHeadAttention(32, 4, num_kv_heads=3)
+
+
+# -- the families ----------------------------------------------------------------------------------
+def test_parameter_counts_equal_transformers_on_meta():
+    with torch.device("meta"):
+        gpt2 = T.GPT2LMHeadModel(T.GPT2Config())
+        medium = T.GPT2LMHeadModel(T.GPT2Config(n_embd=1024, n_layer=24, n_head=16))
+        tiny_llama = T.LlamaForCausalLM(T.LlamaConfig(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22,
+                                                      num_attention_heads=32, num_key_value_heads=4))
+    assert zoo.model_info("gpt2")["params"] == count_parameters(gpt2) == 124_439_808
+    assert zoo.model_info("gpt2_medium")["params"] == count_parameters(medium) == 354_823_168
+    assert zoo.model_info("tinyllama_1_1b")["params"] == count_parameters(tiny_llama) == 1_100_048_384
+    assert zoo.model_info("gpt2_tiny")["params"] < 6_000_000 and zoo.model_info("llama_tiny")["params"] < 6_000_000
+
+
+@pytest.fixture(params=["gpt2_tiny", "llama_tiny"])
+def lm(request):
+    torch.manual_seed(0)
+    return zoo.create_model(request.param, vocab_size=64, depth=2, pad_token_id=0, eos_token_id=None).eval()
+
+
+def test_left_padded_prompt_gives_what_it_gives_alone(lm):
+    torch.manual_seed(1)
+    prompt = torch.randint(3, 64, (1, 5))
+    padded = torch.cat([torch.zeros(1, 3, dtype=torch.long), prompt], 1)
+    mask = (torch.arange(8) >= 3).long()[None]
+    with torch.no_grad():
+        torch.testing.assert_close(lm(padded, mask)[:, 3:], lm(prompt), atol=1e-5, rtol=1e-5)
+    batch = torch.cat([padded, torch.randint(3, 64, (1, 8))])
+    masks = torch.cat([mask, torch.ones(1, 8, dtype=torch.long)])
+    out = lm.generate(batch, attention_mask=masks, max_new_tokens=6)
+    assert torch.equal(out[0, 3:], lm.generate(prompt, max_new_tokens=6)[0])
+    assert torch.equal(out, lm.generate(batch, attention_mask=masks, max_new_tokens=6, use_cache=False))
+
+
+def test_causality_and_length_limit(lm):
+    ids = torch.randint(3, 64, (2, 10))
+    with torch.no_grad():
+        a, b = lm(ids), lm(torch.cat([ids[:, :6], torch.randint(3, 64, (2, 4))], 1))
+    torch.testing.assert_close(a[:, :6], b[:, :6])
+    with pytest.raises(ValueError, match="max_positions"):
+        lm(torch.randint(3, 64, (1, lm.config.max_positions + 1)))

@@ -1,0 +1,207 @@
+"""transformers <-> zoo for the decoder-only families: GPT2LMHeadModel and LlamaForCausalLM (random
+weights from config objects, nothing downloads).
+
+Contract (as tests/test_interop_hf.py): float32 max|diff| <= 1e-4 * max(1, max|ref|) on real tokens;
+float64 <= 1e-9. transformers' LlamaRMSNorm and RoPE tables stay float32 inside a float64 model
+(parity facts §7); zoo's Llama normalises the same way (norm "rmsnorm_fp32") and builds the same
+float32 rotary tables, so the float64 bound holds for Llama too.
+"""
+import pytest
+import torch
+import transformers as T
+
+from zoo.interop import from_hf, to_hf
+
+GPT2_TINY = dict(vocab_size=99, n_positions=32, n_embd=32, n_layer=2, n_head=4, n_inner=37, bos_token_id=1,
+                 eos_token_id=2, attn_implementation="sdpa")
+LLAMA_CONFIGS = {  # GQA 4 query / 2 kv heads, untied; an odd one: 6 / 1 heads of width 10 (not dim / heads), tied
+    "gqa": dict(vocab_size=99, hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+                num_key_value_heads=2, max_position_embeddings=64, rope_parameters={"rope_type": "default", "rope_theta": 500.0},
+                tie_word_embeddings=False),
+    "odd": dict(vocab_size=77, hidden_size=48, intermediate_size=45, num_hidden_layers=3, num_attention_heads=6,
+                num_key_value_heads=1, head_dim=10, max_position_embeddings=64, rms_norm_eps=1e-5, tie_word_embeddings=True),
+}
+
+
+def assert_parity(out, ref, keep=None, tol=1e-4):
+    out, ref = out.detach(), ref.detach()
+    assert out.shape == ref.shape, (out.shape, ref.shape)
+    if keep is not None:
+        out, ref = out[keep.bool()], ref[keep.bool()]
+    bound = tol * max(1.0, ref.abs().max().item())
+    err = (out - ref).abs().max().item()
+    assert err <= bound, f"max|diff| {err:.3g} > {bound:.3g}"
+    return err
+
+
+def batch(vocab, side, b=3, length=9, seed=0):
+    """Rows of lengths 9, 7, 5, padded on `side`."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, vocab, (b, length), generator=g)
+    mask = torch.ones(b, length, dtype=torch.long)
+    for i in range(1, b):
+        if side == "right":
+            mask[i, length - 2 * i:] = 0
+        else:
+            mask[i, : 2 * i] = 0
+    return ids, mask
+
+
+def positions(mask):
+    return (mask.cumsum(-1) - 1).clamp(min=0)
+
+
+def gpt2_ref(**kw):
+    torch.manual_seed(0)
+    return T.GPT2LMHeadModel(T.GPT2Config(**{**GPT2_TINY, **kw})).eval()
+
+
+def llama_ref(name):
+    torch.manual_seed(0)
+    ref = T.LlamaForCausalLM(T.LlamaConfig(**LLAMA_CONFIGS[name], attn_implementation="sdpa")).eval()
+    with torch.no_grad():  # norms away from 1 so that a wrong norm shows
+        for n, p in ref.named_parameters():
+            if "norm" in n:
+                p.uniform_(0.5, 1.5)
+    return ref
+
+
+def ref_logits(ref, ids, mask):
+    """transformers' forward with the positions its generate uses (cumsum of the mask)."""
+    with torch.no_grad():
+        return ref(input_ids=ids, attention_mask=mask, position_ids=positions(mask)).logits
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+@pytest.mark.parametrize("from_dir", [False, True])
+def test_gpt2_parity(side, from_dir, tmp_path):
+    ref = gpt2_ref(layer_norm_epsilon=1e-6)
+    if from_dir:
+        ref.save_pretrained(tmp_path)
+    model = from_hf(tmp_path if from_dir else ref)
+    c = model.config
+    assert (c.dim, c.depth, c.num_heads, c.mlp_hidden, c.norm_eps, c.activation) == (32, 2, 4, 37, 1e-6, "gelu_tanh")
+    assert model.lm_head.weight is model.wte.weight
+    ids, mask = batch(99, side)
+    with torch.no_grad():
+        assert_parity(model(ids, mask), ref_logits(ref, ids, mask), mask)
+        hidden = ref(input_ids=ids, attention_mask=mask, position_ids=positions(mask), output_hidden_states=True).hidden_states[-1]
+        assert_parity(model.forward_features(ids, mask), hidden, mask)
+        if side == "right":  # transformers' plain forward numbers columns, which right padding leaves intact
+            assert_parity(model(ids, mask), ref(input_ids=ids, attention_mask=mask).logits, mask)
+        assert_parity(model.double()(ids, mask), ref_logits(ref.double(), ids, mask), mask, tol=1e-9)
+
+
+@pytest.mark.parametrize("name", list(LLAMA_CONFIGS))
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_llama_parity(name, side):
+    ref = llama_ref(name)
+    model = from_hf(ref)
+    cfg = LLAMA_CONFIGS[name]
+    assert model.config.num_kv_heads == cfg["num_key_value_heads"] and model.config.tie_word_embeddings == cfg["tie_word_embeddings"]
+    assert (model.lm_head.weight is model.wte.weight) == cfg["tie_word_embeddings"]
+    ids, mask = batch(cfg["vocab_size"], side)
+    with torch.no_grad():
+        # RoPE depends on offsets only: transformers' forward with column positions gives the same logits
+        assert_parity(model(ids, mask), ref(input_ids=ids, attention_mask=mask).logits, mask)
+        assert_parity(model(ids, mask), ref_logits(ref, ids, mask), mask)
+        ref64, model64 = ref.double(), model.double()
+        assert_parity(model64(ids, mask), ref64(input_ids=ids, attention_mask=mask).logits, mask, tol=1e-9)
+
+
+def test_llama_from_directory_and_unsupported_configs(tmp_path):
+    ref = llama_ref("gqa")
+    ref.save_pretrained(tmp_path)
+    model = from_hf(tmp_path)
+    assert model.config.rope_theta == 500.0
+    ids, mask = batch(99, "left")
+    with torch.no_grad():
+        assert_parity(model(ids, mask), ref(input_ids=ids, attention_mask=mask).logits, mask)
+    bad = T.LlamaForCausalLM(T.LlamaConfig(**{**LLAMA_CONFIGS["gqa"], "attention_bias": True}))
+    with pytest.raises(ValueError, match="no biases"):
+        from_hf(bad)
+    scaled = T.LlamaForCausalLM(T.LlamaConfig(**{**LLAMA_CONFIGS["gqa"], "rope_parameters": {
+        "rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0}}))
+    with pytest.raises(ValueError, match="rope_type 'default' only"):
+        from_hf(scaled)
+    with pytest.raises(ValueError, match="scale_attn_by_inverse_layer_idx"):
+        from_hf(gpt2_ref(scale_attn_by_inverse_layer_idx=True))
+
+
+def test_gpt2_legacy_checkpoint_without_prefix(tmp_path):
+    """hub GPT-2 files: no `transformer.` prefix and the old attn.bias / attn.masked_bias buffers."""
+    from safetensors.torch import load_file, save_file
+
+    ref = gpt2_ref()
+    ref.save_pretrained(tmp_path)
+    sd = {k.removeprefix("transformer."): v for k, v in load_file(tmp_path / "model.safetensors").items()}
+    for i in range(2):
+        sd[f"h.{i}.attn.bias"] = torch.ones(1, 1, 32, 32)
+        sd[f"h.{i}.attn.masked_bias"] = torch.tensor(-1e4)
+    save_file(sd, tmp_path / "model.safetensors")
+    model = from_hf(tmp_path)
+    ids, mask = batch(99, "right")
+    assert_parity(model(ids, mask), ref_logits(ref, ids, mask), mask)
+
+
+def _roundtrip(model, cls, tmp_path):
+    to_hf(model, tmp_path)
+    hf = cls.from_pretrained(tmp_path).eval()
+    back = from_hf(tmp_path)
+    ids, mask = batch(model.config.vocab_size, "left")
+    with torch.no_grad():
+        ours = model.eval()(ids, mask)
+        assert_parity(ours, ref_logits(hf, ids, mask), mask)
+        assert torch.equal(back(ids, mask), ours)
+    assert back.config == model.config
+
+
+def test_roundtrip_gpt2(tmp_path):
+    import zoo
+
+    _roundtrip(zoo.create_model("gpt2_tiny", vocab_size=120, depth=2), T.GPT2LMHeadModel, tmp_path)
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_roundtrip_llama(tied, tmp_path):
+    import zoo
+
+    _roundtrip(zoo.create_model("llama_tiny", vocab_size=120, depth=2, tie_word_embeddings=tied), T.LlamaForCausalLM, tmp_path)
+
+
+# -------------------------------------------------------------------------------------- generation
+def refs():
+    return {"gpt2": gpt2_ref(), "llama_gqa": llama_ref("gqa"), "llama_odd": llama_ref("odd")}
+
+
+@pytest.mark.parametrize("which", ["gpt2", "llama_gqa", "llama_odd"])
+def test_greedy_generation_equals_transformers(which):
+    ref = refs()[which]
+    model = from_hf(ref)
+    ids, mask = batch(ref.config.vocab_size, "left", length=6, seed=3)
+    eos = 5  # a frequent-enough id to end some rows early
+    ref.generation_config.eos_token_id = eos
+    with torch.no_grad():
+        theirs = ref.generate(ids, attention_mask=mask, do_sample=False, num_beams=1, max_new_tokens=10,
+                              eos_token_id=eos, pad_token_id=0)
+    ours = model.generate(ids, attention_mask=mask, max_new_tokens=10, eos_token_id=eos, pad_token_id=0)
+    assert ours.shape[1] <= theirs.shape[1]
+    theirs = theirs[:, : ours.shape[1]] if (theirs[:, ours.shape[1]:] == 0).all() else theirs
+    assert torch.equal(ours, theirs)
+    assert torch.equal(model.generate(ids, attention_mask=mask, max_new_tokens=10, ignore_eos=True, use_cache=False),
+                       model.generate(ids, attention_mask=mask, max_new_tokens=10, ignore_eos=True))
+
+
+@pytest.mark.parametrize("which", ["gpt2", "llama_odd"])
+def test_cached_decoding_equals_recomputation(which):
+    model = from_hf(refs()[which])
+    from zoo.core import KVCache
+
+    ids, mask = batch(model.config.vocab_size, "left", length=8, seed=4)
+    with torch.no_grad():
+        full = model(ids, mask)
+        cache = KVCache()
+        steps = [model.decode(ids[:, :5], cache=cache, attention_mask=mask[:, :5])]
+        for t in range(5, 8):
+            steps.append(model.decode(ids[:, t:t + 1], cache=cache, attention_mask=mask[:, : t + 1]))
+    assert_parity(torch.cat(steps, 1), full, mask, tol=1e-5)

@@ -1,0 +1,114 @@
+"""HF Llama (LlamaForCausalLM, LlamaModel) <-> zoo.models.llama.Llama.
+
+Weights map one to one (nn.Linear on both sides); transformers' q/k rows are already in the
+half-rotation RoPE layout zoo uses. gate_proj is the activated branch (zoo `mlp.fc1`), up_proj the
+linear one (`mlp.gate`), down_proj `mlp.fc2`. Grouped-query attention: num_key_value_heads becomes
+num_kv_heads. Supported: rope_type "default" (no Llama-3 / YaRN / dynamic scaling), hidden_act silu,
+no attention / MLP biases. LlamaModel maps with a head tied to the embeddings (forward_features =
+last_hidden_state).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..models.llama import Llama, LlamaConfig
+from ._common import load_into, strip_prefix
+
+_LAYER = {
+    "self_attn.q_proj": "attn.q", "self_attn.k_proj": "attn.k", "self_attn.v_proj": "attn.v", "self_attn.o_proj": "attn.proj",
+    "mlp.gate_proj": "mlp.fc1", "mlp.up_proj": "mlp.gate", "mlp.down_proj": "mlp.fc2",
+    "input_layernorm": "norm1", "post_attention_layernorm": "norm2",
+}
+_TOP = {"embed_tokens": "wte", "norm": "blocks.norm"}
+
+
+def _rope(hf) -> float:
+    params = dict(getattr(hf, "rope_parameters", None) or {})
+    scaling = getattr(hf, "rope_scaling", None)
+    if isinstance(scaling, dict):
+        params = {**scaling, **params}
+    kind = params.get("rope_type", params.get("type", "default"))
+    if kind != "default":
+        raise ValueError(f"zoo Llama supports rope_type 'default' only; this config uses {kind!r} ({params})")
+    return float(params.get("rope_theta", getattr(hf, "rope_theta", 10000.0)))
+
+
+def zoo_config(hf, tied: bool) -> LlamaConfig:
+    if hf.hidden_act not in ("silu", "swish"):
+        raise ValueError(f"zoo Llama uses SwiGLU (silu); this config has hidden_act={hf.hidden_act!r}")
+    if getattr(hf, "attention_bias", False) or getattr(hf, "mlp_bias", False):
+        raise ValueError("zoo Llama has no biases; this config sets attention_bias or mlp_bias")
+    heads = hf.num_attention_heads
+    head_dim = getattr(hf, "head_dim", None) or hf.hidden_size // heads
+    eos = hf.eos_token_id if isinstance(hf.eos_token_id, int) or hf.eos_token_id is None else hf.eos_token_id[0]
+    pad = hf.pad_token_id if hf.pad_token_id is not None else (eos if eos is not None else 0)  # generate pads with EOS
+    return LlamaConfig(
+        vocab_size=hf.vocab_size, dim=hf.hidden_size, depth=hf.num_hidden_layers, num_heads=heads,
+        num_kv_heads=getattr(hf, "num_key_value_heads", None) or heads,
+        head_dim=None if head_dim == hf.hidden_size // heads else head_dim, mlp_hidden=hf.intermediate_size,
+        norm_eps=hf.rms_norm_eps, rope_theta=_rope(hf), max_positions=hf.max_position_embeddings, tie_word_embeddings=tied,
+        attn_dropout=getattr(hf, "attention_dropout", 0.0), init_std=hf.initializer_range,
+        bos_token_id=hf.bos_token_id if hf.bos_token_id is not None else 0, eos_token_id=eos, pad_token_id=pad,
+    )
+
+
+def from_hf(hf, sd: dict[str, torch.Tensor], arch: str | None) -> Llama:
+    if arch not in (None, "LlamaForCausalLM", "LlamaModel"):
+        raise ValueError(f"no zoo Llama for {arch}; supported: LlamaForCausalLM, LlamaModel")
+    sd = dict(sd)
+    head = sd.pop("lm_head.weight", None)
+    base = strip_prefix(sd, "model.")
+    tied = bool(getattr(hf, "tie_word_embeddings", False)) or head is None
+    model = Llama(zoo_config(hf, tied))
+    out, unused = {}, []
+    for k, v in base.items():
+        name, _, part = k.rpartition(".")
+        if name.startswith("layers."):
+            i, rest = name[len("layers."):].split(".", 1)
+            if rest in _LAYER:
+                out[f"blocks.blocks.{i}.{_LAYER[rest]}.{part}"] = v
+                continue
+        elif name in _TOP:
+            out[f"{_TOP[name]}.{part}"] = v
+            continue
+        elif k.startswith("rotary_emb."):
+            continue  # non-persistent inv_freq buffers some checkpoints carry
+        unused.append(k)
+    if unused:
+        raise ValueError(f"HF Llama weights with no zoo equivalent: {', '.join(sorted(unused)[:10])}")
+    out["lm_head.weight"] = out["wte.weight"] if tied else head
+    return load_into(model, out)
+
+
+def to_hf(model: Llama, out_dir: Path) -> None:
+    import transformers
+
+    c = model.config
+    head_dim = c.head_dim or c.dim // c.num_heads
+    hf_cfg = transformers.LlamaConfig(
+        vocab_size=c.vocab_size, hidden_size=c.dim, intermediate_size=c.mlp_hidden, num_hidden_layers=c.depth,
+        num_attention_heads=c.num_heads, num_key_value_heads=c.num_kv_heads or c.num_heads, head_dim=head_dim,
+        hidden_act="silu", max_position_embeddings=c.max_positions, rms_norm_eps=c.norm_eps,
+        tie_word_embeddings=c.tie_word_embeddings, rope_parameters={"rope_type": "default", "rope_theta": c.rope_theta},
+        attention_dropout=c.attn_dropout, initializer_range=c.init_std,
+        bos_token_id=c.bos_token_id, eos_token_id=c.eos_token_id, pad_token_id=c.pad_token_id,
+    )
+    inv_layer = {z: h for h, z in _LAYER.items()}
+    inv_top = {z: h for h, z in _TOP.items()}
+    out = {}
+    for k, v in model.state_dict().items():
+        name, _, part = k.rpartition(".")
+        if name.startswith("blocks.blocks."):
+            i, rest = name[len("blocks.blocks."):].split(".", 1)
+            out[f"model.layers.{i}.{inv_layer[rest]}.{part}"] = v
+        elif k == "lm_head.weight":
+            out[k] = v
+        else:
+            out[f"model.{inv_top[name]}.{part}"] = v
+    hf = transformers.LlamaForCausalLM(hf_cfg)
+    missing, unexpected = hf.load_state_dict(out, strict=False)
+    if missing or unexpected:
+        raise RuntimeError(f"Llama export bug: missing {missing}, unexpected {unexpected}")
+    hf.save_pretrained(str(out_dir))
