@@ -17,6 +17,9 @@ PEER_CASES = {  # tiny versions of each family; the peer must have the same para
     "t5_small": dict(vocab_size=100, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=2),
     "transformer_tiny": dict(vocab_size=100, d_model=32, num_encoder_layers=2, num_decoder_layers=2, num_heads=2,
                              dim_feedforward=64, max_len=64),
+    "gpt2_tiny": dict(vocab_size=100, depth=2, max_positions=64),
+    "llama_tiny": dict(vocab_size=100, depth=2, max_positions=64),
+    "tinyllama_1_1b": dict(vocab_size=100, dim=64, depth=2, num_heads=8, num_kv_heads=2, mlp_hidden=96),  # untied
 }
 
 

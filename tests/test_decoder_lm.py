@@ -93,3 +93,36 @@ def test_causality_and_length_limit(lm):
     torch.testing.assert_close(a[:, :6], b[:, :6])
     with pytest.raises(ValueError, match="max_positions"):
         lm(torch.randint(3, 64, (1, lm.config.max_positions + 1)))
+
+
+# -- the causal-LM task and its data ------------------------------------------------------------------
+def test_causal_lm_loss_ignores_padding_and_ppl_is_exp_of_the_token_mean():
+    from zoo.tasks.text import CausalLM
+
+    torch.manual_seed(0)
+    task = CausalLM("gpt2_tiny", model_kwargs=dict(vocab_size=50, depth=1, dropout=0.0, pad_token_id=0)).eval()
+    a, b = torch.randint(3, 50, (1, 7)), torch.randint(3, 50, (1, 4))
+    padded = torch.cat([a, torch.cat([b, torch.zeros(1, 3, dtype=torch.long)], 1)])
+    mask = torch.tensor([[1] * 7, [1] * 4 + [0] * 3])
+    with torch.no_grad():
+        total, n = task._losses({"input_ids": padded, "attention_mask": mask})
+        ta, na = task._losses({"input_ids": a})
+        tb, nb = task._losses({"input_ids": b})
+    assert n == na + nb == 6 + 3
+    torch.testing.assert_close(total, ta + tb)
+    with torch.no_grad():  # the same sum by hand: -log p(x_t | x_<t)
+        logp = task.model(a).log_softmax(-1)[0, :-1]
+        torch.testing.assert_close(ta, -logp.gather(-1, a[0, 1:, None]).sum())
+
+
+def test_pydoc_lm_splits_whole_documents():
+    from zoo.data.corpus import pydoc_documents, split_documents
+
+    splits = split_documents(pydoc_documents(), (0.05, 0.05), seed=0)
+    topics = {k: {t for t, _ in docs} for k, docs in splits.items()}
+    assert not (topics["train"] & topics["val"]) and not (topics["train"] & topics["test"]) and not (topics["val"] & topics["test"])
+    assert sum(map(len, topics.values())) == len(pydoc_documents())
+    total = sum(len(t) for _, t in pydoc_documents())
+    for split in ("val", "test"):
+        assert 0.05 <= sum(len(t) for _, t in splits[split]) / total < 0.2
+    assert split_documents(pydoc_documents(), (0.05, 0.05), seed=0) == splits  # deterministic

@@ -34,6 +34,7 @@ TEXTS = {  # the user's own texts, in each text data module's format
     "zoo.data.numbers.NumberTranslation": ["forty-two", "three hundred and twelve"],
     "zoo.data.numbers.NumberComparison": ["forty-two ||| sept", "cent ||| ninety-nine"],
     "zoo.data.corpus.PydocMLM": ["the [MASK] of a module", "a [MASK] number"],
+    "zoo.data.corpus.PydocLM": ["The import statement", "A class definition"],  # prompts to continue
 }
 
 

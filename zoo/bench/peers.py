@@ -86,6 +86,44 @@ def t5_peer(model: nn.Module, name: str) -> Peer:
                                  decoder_input_ids=inp["decoder_input_ids"]).logits)
 
 
+# ---------------------------------------------------------------------------- GPT-2 / Llama -> transformers
+def _causal_lm_call(m, inp):
+    """transformers' forward with the positions zoo's decoder-only models use (the mask's cumsum)."""
+    mask = inp.get("attention_mask")
+    pos = None if mask is None else (mask.long().cumsum(-1) - 1).clamp(min=0)
+    return m(input_ids=inp["input_ids"], attention_mask=mask, position_ids=pos).logits
+
+
+def gpt_peer(model: nn.Module, name: str) -> Peer:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from ..interop._common import hf_activation
+
+    c = model.config
+    hf = GPT2Config(
+        vocab_size=c.vocab_size, n_positions=c.max_positions, n_embd=c.dim, n_layer=c.depth, n_head=c.num_heads,
+        n_inner=c.mlp_hidden, activation_function=hf_activation(c.activation), resid_pdrop=c.dropout,
+        embd_pdrop=c.dropout, attn_pdrop=c.attn_dropout, layer_norm_epsilon=c.norm_eps, bos_token_id=c.bos_token_id,
+        eos_token_id=c.eos_token_id, pad_token_id=c.pad_token_id, attn_implementation="sdpa",
+    )
+    return Peer("transformers.GPT2LMHeadModel(sdpa)", GPT2LMHeadModel(hf), _causal_lm_call)
+
+
+def llama_peer(model: nn.Module, name: str) -> Peer:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    c = model.config
+    hf = LlamaConfig(
+        vocab_size=c.vocab_size, hidden_size=c.dim, intermediate_size=c.mlp_hidden, num_hidden_layers=c.depth,
+        num_attention_heads=c.num_heads, num_key_value_heads=c.num_kv_heads or c.num_heads,
+        head_dim=c.head_dim or c.dim // c.num_heads, max_position_embeddings=c.max_positions, rms_norm_eps=c.norm_eps,
+        rope_parameters={"rope_type": "default", "rope_theta": c.rope_theta}, tie_word_embeddings=c.tie_word_embeddings,
+        attention_dropout=c.attn_dropout, bos_token_id=c.bos_token_id, eos_token_id=c.eos_token_id,
+        pad_token_id=c.pad_token_id, attn_implementation="sdpa",
+    )
+    return Peer("transformers.LlamaForCausalLM(sdpa)", LlamaForCausalLM(hf), _causal_lm_call)
+
+
 # ---------------------------------------------------------------------------- vanilla -> torch.nn.Transformer
 class TorchSeq2Seq(nn.Module):
     """torch.nn.Transformer (batch_first) with the embeddings, sinusoids and generator it lacks.
@@ -145,6 +183,8 @@ PEERS: dict[str, Callable[[nn.Module, str], Peer]] = {
     "bert": bert_peer,
     "t5": t5_peer,
     "transformer": transformer_peer,
+    "gpt": gpt_peer,
+    "llama": llama_peer,
 }
 
 

@@ -7,12 +7,17 @@ test (seed 0) and can mix in number phrases (zoo.data.numbers) so the same WordP
 serves the sentence-pair task that fine-tunes the pre-trained encoder: both modules train it on
 the same texts (`numbers.tokenizer_corpus`), and training is deterministic. A fine-tuning run still
 takes it from the pre-training checkpoint (`NumberComparison(tokenizer=<ckpt>)`), never rebuilds it.
+
+`PydocLM` serves causal language modelling (GPT-2 / Llama, configs/gpt_pydoc.yaml): the 79 topics are
+documents, split whole into train / val / test, with a byte-level BPE tokenizer trained on train.
 """
 from __future__ import annotations
 
 import random
 import re
 from functools import lru_cache
+
+import torch
 
 from .textdata import TextDataModule, pad
 
@@ -95,3 +100,89 @@ class PydocMLM(TextDataModule):
 
     def predict_examples(self, texts):
         return [{"text": t} for t in texts]
+
+
+# ---------------------------------------------------------------------------------------------
+@lru_cache(maxsize=1)
+def pydoc_documents() -> tuple[tuple[str, str], ...]:
+    """(topic, text) of every help topic, sorted by topic: the documents of the language-model corpus."""
+    from pydoc_data.topics import topics
+
+    return tuple((key, topics[key].strip()) for key in sorted(topics))
+
+
+def split_documents(docs, fractions=(0.05, 0.05), seed: int = 0) -> dict[str, list]:
+    """Shuffle whole documents (seed) and fill test, then val, until each holds its fraction of the
+    characters; the rest is train. No document is split, so no held-out text is seen in training."""
+    docs = list(docs)
+    random.Random(seed).shuffle(docs)
+    total = sum(len(text) for _, text in docs)
+    out, i = {"test": [], "val": [], "train": []}, 0
+    for split, frac in zip(("test", "val"), fractions):
+        size = 0
+        while i < len(docs) - 1 and size < frac * total:
+            out[split].append(docs[i])
+            size += len(docs[i][1])
+            i += 1
+    out["train"] = docs[i:]
+    return out
+
+
+class PydocLM(TextDataModule):
+    """Causal language modelling on the pydoc help topics (79 documents, ~465k characters).
+
+    Documents go whole into test / val (about 5% of the characters each, `split_seed`) and train. A byte-level
+    BPE tokenizer is trained on the training documents; each document becomes <s> text </s>, and its
+    token stream is cut into rows of `max_length` tokens (the last row of a document is shorter).
+    Batches: input_ids, attention_mask, labels (= input_ids, -100 on padding; the task shifts them).
+    Prediction prompts are encoded as <s> prompt (no </s>) and LEFT-padded, as generation needs.
+    """
+
+    tokenizer_kind = "bpe"
+
+    def __init__(self, split_seed: int = 0, val_fraction: float = 0.05, test_fraction: float = 0.05,
+                 vocab_size: int = 4000, max_length: int = 128, **kwargs):
+        super().__init__(vocab_size=vocab_size, max_length=max_length, **kwargs)
+        self.split_seed, self.val_fraction, self.test_fraction = split_seed, val_fraction, test_fraction
+
+    def make_examples(self):
+        splits = split_documents(pydoc_documents(), (self.test_fraction, self.val_fraction), self.split_seed)
+        return {split: [{"topic": k, "text": t} for k, t in docs] for split, docs in splits.items()}
+
+    def tokenizer_texts(self, train):
+        return [e["text"] for e in train]
+
+    @property
+    def model_overrides(self) -> dict:
+        tok = self.tokenizer
+        return {"vocab_size": len(tok), "pad_token_id": tok.pad_token_id, "bos_token_id": tok.bos_token_id,
+                "eos_token_id": tok.eos_token_id}
+
+    def encode(self, examples):
+        tok = self.tokenizer
+        ids = tok([e["text"] for e in examples], add_special_tokens=False, verbose=False)["input_ids"]  # long: cut below
+        rows = []
+        for e, seq in zip(examples, ids):
+            if e.get("prompt"):
+                rows.append({"input_ids": [tok.bos_token_id] + seq[-(self.max_length - 1):], "prompt": True})
+                continue
+            seq = [tok.bos_token_id] + seq + [tok.eos_token_id]
+            rows += [{"input_ids": seq[i: i + self.max_length]} for i in range(0, len(seq) - 1, self.max_length)]
+        return rows
+
+    def collate(self, rows):
+        pad_id = self.tokenizer.pad_token_id
+        if any(r.get("prompt") for r in rows):  # prompts: left padding, so that generation continues each one
+            width = max(len(r["input_ids"]) for r in rows)
+            input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+            mask = torch.zeros(len(rows), width, dtype=torch.long)
+            for i, r in enumerate(rows):
+                n = len(r["input_ids"])
+                input_ids[i, width - n:], mask[i, width - n:] = torch.tensor(r["input_ids"]), 1
+            return {"input_ids": input_ids, "attention_mask": mask}
+        input_ids = pad([r["input_ids"] for r in rows], pad_id)
+        mask = pad([[1] * len(r["input_ids"]) for r in rows], 0)
+        return {"input_ids": input_ids, "attention_mask": mask, "labels": input_ids.masked_fill(mask == 0, -100)}
+
+    def predict_examples(self, texts):
+        return [{"text": t, "prompt": True} for t in texts]

@@ -1,5 +1,6 @@
-"""Text tasks: masked-LM pre-training, sequence / sentence-pair / token classification, and
-sequence-to-sequence (text-to-text) with validation by generation.
+"""Text tasks: masked-LM pre-training, sequence / sentence-pair / token classification,
+sequence-to-sequence (text-to-text) with validation by generation, and causal (next-token) language
+modelling with perplexity.
 
 Batches are dicts made by the zoo.data text modules: input_ids, attention_mask[, token_type_ids],
 labels (class ids; -100 where a token has no label) [, target_text, task].
@@ -12,7 +13,7 @@ from collections import defaultdict
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info
-from torchmetrics import MeanMetric
+from torchmetrics import MeanMetric, SumMetric
 from torchmetrics.classification import MulticlassAccuracy
 from torchmetrics.text import BLEUScore, CHRFScore
 
@@ -273,3 +274,90 @@ class Seq2Seq(_TextTask):
 
     def predict_step(self, batch, batch_idx):
         return self._decode(self.generate(batch))
+
+
+# ---------------------------------------------------------------------------------------------
+class CausalLM(_TextTask):
+    """Next-token language modelling for decoder-only models (GPT-2, Llama): cross-entropy of each
+    token given the ones before it, padding ignored (labels -100, or the attention mask's zeros);
+    logs train/loss, val/loss, val/ppl (perplexity = exp(mean token loss over the whole split)) and
+    test/*. predict_step continues each prompt with `generate` and returns the texts."""
+
+    def __init__(self, model: str = "gpt2_tiny", max_new_tokens: int = 32, do_sample: bool = False,
+                 temperature: float | None = None, top_k: int | None = None, top_p: float | None = None, **kwargs):
+        super().__init__(model, **kwargs)
+        from ..contract import kind_of
+
+        if kind_of(self.model) != "decoder_only":
+            raise ValueError(f"CausalLM trains decoder-only models; {model!r} is a {kind_of(self.model)} model "
+                             "(pick one of zoo.list_models('gpt2*') or zoo.list_models('llama*'))")
+        for stage in ("val", "test"):  # sums over the split: ppl = exp(total loss / total tokens)
+            setattr(self, f"{stage}_nll", SumMetric())
+            setattr(self, f"{stage}_tokens", SumMetric())
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        return self.model(batch["input_ids"], attention_mask=batch.get("attention_mask"))
+
+    @staticmethod
+    def labels_of(batch: dict) -> torch.Tensor:
+        labels = batch.get("labels")
+        if labels is None:
+            labels = batch["input_ids"]
+            if "attention_mask" in batch:
+                labels = labels.masked_fill(batch["attention_mask"] == 0, -100)
+        return labels
+
+    def _losses(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sum of next-token losses, number of predicted tokens)."""
+        logits, labels = self(batch)[:, :-1], self.labels_of(batch)[:, 1:]
+        total = F.cross_entropy(logits.flatten(0, -2).float(), labels.flatten(), ignore_index=-100, reduction="sum")
+        return total, (labels != -100).sum()
+
+    def training_step(self, batch, batch_idx):
+        total, n = self._losses(batch)
+        loss = total / n.clamp(min=1)
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["input_ids"]))
+        return loss
+
+    def _eval(self, batch, stage: str):
+        total, n = self._losses(batch)
+        b = len(batch["input_ids"])
+        self.log(f"{stage}/loss", total / n.clamp(min=1), prog_bar=True, sync_dist=True, batch_size=b)
+        nll, tokens = getattr(self, f"{stage}_nll"), getattr(self, f"{stage}_tokens")
+        nll.update(total.detach())
+        tokens.update(n)
+
+    def _log_ppl(self, stage: str):
+        nll, tokens = getattr(self, f"{stage}_nll"), getattr(self, f"{stage}_tokens")
+        if self.trainer.sanity_checking:
+            nll.reset(), tokens.reset()
+            return
+        ppl = torch.exp(nll.compute() / tokens.compute().clamp(min=1))
+        self.log(f"{stage}/ppl", ppl, prog_bar=True)
+        nll.reset(), tokens.reset()
+
+    def validation_step(self, batch, batch_idx):
+        self._eval(batch, "val")
+
+    def on_validation_epoch_end(self):
+        self._log_ppl("val")
+
+    def test_step(self, batch, batch_idx):
+        self._eval(batch, "test")
+
+    def on_test_epoch_end(self):
+        self._log_ppl("test")
+
+    def generate(self, batch: dict) -> torch.Tensor:
+        hp = self.hparams
+        return self.model.generate(batch["input_ids"], attention_mask=batch.get("attention_mask"),
+                                   max_new_tokens=hp.max_new_tokens, do_sample=hp.do_sample, temperature=hp.temperature,
+                                   top_k=hp.top_k, top_p=hp.top_p)
+
+    def predict_step(self, batch, batch_idx):
+        """Each prompt followed by its continuation, as text (token ids without a tokenizer)."""
+        out = self.generate(batch)
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if dm is None or not hasattr(dm, "decode"):
+            return out
+        return [_normalise(t) for t in dm.decode(out)]  # pads and <s> / </s> are skipped
