@@ -83,9 +83,34 @@ def _clip():
             lambda z: z(x.to(next(z.parameters()).dtype), ids, mask), None)
 
 
+def _left_padded(vocab, length=16):
+    ids, mask = _text(vocab, length=length)
+    return ids, mask.flip(1)  # decoder-only prompts are padded on the left
+
+
+def _gpt2():
+    import transformers as T
+
+    ref = T.GPT2LMHeadModel(T.GPT2Config(attn_implementation="sdpa"))  # GPT-2 small
+    ids, mask = _left_padded(50257)
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)  # the positions transformers' generate uses
+    return ref, lambda r: r(input_ids=ids, attention_mask=mask, position_ids=pos).logits, lambda z: z(ids, mask), mask
+
+
+def _tinyllama_layers():
+    import transformers as T
+
+    # TinyLlama-1.1B's layer shape (2048 wide, 32 query / 4 kv heads, SwiGLU 5632), 2 of its 22 layers
+    ref = T.LlamaForCausalLM(T.LlamaConfig(hidden_size=2048, intermediate_size=5632, num_hidden_layers=2,
+                                           num_attention_heads=32, num_key_value_heads=4, rms_norm_eps=1e-5,
+                                           attn_implementation="sdpa"))
+    ids, mask = _left_padded(32000)
+    return ref, lambda r: r(input_ids=ids, attention_mask=mask).logits, lambda z: z(ids, mask), mask
+
+
 CASES = {"bert_base": _bert, "t5_small": lambda: _t5(False), "t5_v1_1_small": lambda: _t5(True),
          "vit_base_patch16_224": _vit, "timm_vit_small_patch16_224": _timm_vit, "marian_opus_mt": _marian,
-         "clip_vit_b32": _clip}
+         "clip_vit_b32": _clip, "gpt2": _gpt2, "tinyllama_2_layers": _tinyllama_layers}
 
 
 def measure(name: str) -> list[str]:
