@@ -25,8 +25,11 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "ZOO_TE
 
 
 def start_fit(cwd, *extra, epochs: int = 200):
+    # a terminal's Ctrl-C: SIGINT at its default (pytest-xdist workers and background shells ignore it, and
+    # a child inherits that), so that Python raises KeyboardInterrupt in the run
     return subprocess.Popen([ZOO, "fit", "--config", DIGITS, "--trainer.max_epochs", str(epochs), *QUICK, *extra],
-                            cwd=cwd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            cwd=cwd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def wait_for(path, proc, timeout=120.0):
