@@ -24,7 +24,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from ..core import AdditiveAttention, KVCache, check_pad_token
 from ..generation import GenerationMixin
 from ..core.position import check_attention_mask, check_batch_sizes, check_decoder_inputs, check_token_ids, require_decoder_input_ids
-from ..contract import Inputs, ZooModel, seq2seq_inputs
+from ..contract import TEXT_AXES, Inputs, ZooModel, seq2seq_inputs, token_batch
 from ..registry import register_model
 
 CELLS = {"lstm": nn.LSTM, "gru": nn.GRU}
@@ -175,3 +175,124 @@ _register("lstm_seq2seq", "Bidirectional-LSTM encoder, LSTM decoder with additiv
           "hidden 256, 1+1 layers, 8k vocabulary", cell="lstm")
 _register("gru_seq2seq", "Bidirectional-GRU encoder, GRU decoder with additive (Bahdanau) attention, as in RNNsearch; "
           "embed 128, hidden 256, 1+1 layers, 8k vocabulary", cell="gru")
+
+
+# ---------------------------------------------------------------------------- decoder-only LSTM LM
+@dataclass
+class LSTMLMConfig:
+    """An LSTM language model (Merity et al.-style, without AWD's weight dropping): embeddings -> stacked
+    LSTM -> linear projection to embed_dim -> output tied to the embeddings."""
+
+    vocab_size: int = 8000
+    embed_dim: int = 256
+    hidden_size: int = 464  # 2 x 464 with embed 256: the non-embedding parameters of gpt2_tiny (~3.2M)
+    num_layers: int = 2
+    dropout: float = 0.1  # on embeddings, between LSTM layers and before the output
+    tie_word_embeddings: bool = True
+    pad_token_id: int = 0
+    bos_token_id: int = 1
+    eos_token_id: int | None = 2
+
+
+class LSTMLM(ZooModel, GenerationMixin, nn.Module):
+    """Decoder-only recurrent language model with the decoder-only contract (zoo.models.gpt.DecoderLM's):
+    forward(input_ids, attention_mask=None) -> next-token logits (B, L, V), and
+    decode(input_ids, cache=None, attention_mask=None), through which zoo.generation's generate runs.
+
+    Padding: an LSTM is causal, so right padding never changes the outputs at real tokens. Left padding
+    (generation prompts) is handled by shifting each row so that its first real token comes first,
+    running the LSTM and shifting back: a left-padded row gives the logits it gives alone (outputs at
+    padded positions are meaningless). The mask must be one block of 1s (left and/or right padding).
+
+    Cache: the LSTM state after the tokens seen so far, stored in the shared zoo.core.KVCache under this
+    model's own key as (h, c), each (B, layers, H) batch first so that beam search's `cache.reorder`
+    selects hypotheses. With a cache, pass only the new token(s) (generate does): the first call runs the
+    prompt (packed, so that each row's state is taken at its last real token) and later calls advance the
+    state one token at a time — O(1) per generated token, no recomputation."""
+
+    kind = "decoder_only"
+    no_split_modules = ()  # no transformer blocks
+
+    def example_inputs(self, batch: int = 2, length: int = 16, generator: torch.Generator | None = None) -> Inputs:
+        ids, mask = token_batch(batch, length, self.config.vocab_size, generator)
+        return Inputs({"input_ids": ids, "attention_mask": mask}, {"input_ids": TEXT_AXES, "attention_mask": TEXT_AXES})
+
+    def __init__(self, cfg: LSTMLMConfig):
+        super().__init__()
+        check_pad_token(cfg.pad_token_id, cfg.vocab_size)
+        self.config = cfg
+        self.num_features = cfg.embed_dim
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.embed_dim)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.lstm = nn.LSTM(cfg.embed_dim, cfg.hidden_size, cfg.num_layers, batch_first=True,
+                            dropout=cfg.dropout if cfg.num_layers > 1 else 0.0)
+        self.proj = nn.Linear(cfg.hidden_size, cfg.embed_dim)  # to the (tied) output embedding's width
+        self.lm_head = nn.Linear(cfg.embed_dim, cfg.vocab_size, bias=False)
+        nn.init.normal_(self.embed.weight, std=0.02)
+        if cfg.tie_word_embeddings:
+            self.lm_head.weight = self.embed.weight
+        self.state_key = (id(self), "lstm_state")  # key into a shared KVCache
+
+    @staticmethod
+    def _shift(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+        """Row b of x (B, L, ...) rolled left by shift[b] (out[b, j] = x[b, (j + shift[b]) % L])."""
+        length = x.shape[1]
+        idx = (torch.arange(length, device=x.device)[None] + shift[:, None]) % length
+        return x.gather(1, idx[..., None].expand(-1, -1, x.shape[-1]))
+
+    def decode_features(self, input_ids: torch.Tensor, cache: KVCache | None = None,
+                        attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Features (B, L, embed_dim) of the new tokens `input_ids`; `attention_mask` may cover cached
+        positions too (B, past + L): only its last L columns are read."""
+        cfg = self.config
+        check_token_ids(input_ids, cfg.vocab_size, "input_ids")
+        length = input_ids.shape[1]
+        state = cache.store.get(self.state_key) if cache is not None else None
+        if attention_mask is not None:
+            if attention_mask.dim() != 2 or attention_mask.shape[0] != input_ids.shape[0] or attention_mask.shape[1] < length:
+                raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)} but input_ids has "
+                                 f"{tuple(input_ids.shape)}; pass the (batch, length) 1/0 mask of these tokens")
+            mask = attention_mask[:, -length:].bool()
+            if state is not None and not bool(mask.all()):
+                raise ValueError("with a cache, the new tokens must all be real (attention_mask 1)")
+        else:
+            mask = None
+        x = self.drop(self.embed(input_ids))
+        hx = None if state is None else tuple(s.transpose(0, 1).contiguous() for s in state)
+        lead = None
+        if mask is not None and state is None:
+            lead = (mask.long().cumsum(1) == 0).sum(1)  # leading padding of each row
+            x = self._shift(x, lead)
+        if cache is not None:
+            if mask is not None and state is None:  # prompt: each row's state after its last real token
+                lengths = mask.sum(1).clamp(min=1).cpu()
+                packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+                out, (h, c) = self.lstm(packed)
+                out = pad_packed_sequence(out, batch_first=True, total_length=length)[0]
+            else:
+                out, (h, c) = self.lstm(x, hx)
+            cache.store[self.state_key] = (h.transpose(0, 1), c.transpose(0, 1))
+        else:
+            out = self.lstm(x)[0]
+        if lead is not None:
+            out = self._shift(out, -lead)
+        return self.proj(self.drop(out))
+
+    def decode(self, input_ids: torch.Tensor, cache: KVCache | None = None,
+               attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Next-token logits (B, L, vocab); with a cache pass only the new tokens (generate does)."""
+        return self.lm_head(self.decode_features(input_ids, cache, attention_mask))
+
+    def forward_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.decode_features(input_ids, attention_mask=attention_mask)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Token ids (B, L) [+ 1/0 mask] -> next-token logits (B, L, vocab)."""
+        return self.lm_head(self.forward_features(input_ids, attention_mask))
+
+
+register_model("lstm_lm", "lstm_lm", LSTMLM, LSTMLMConfig(),
+               "Merity, Keskar & Socher 2018, Regularizing and Optimizing LSTM Language Models (arXiv:1708.02182); "
+               "Press & Wolf 2017, Using the Output Embedding to Improve Language Models (tied embeddings)",
+               "decoder-only LSTM language model, the recurrent baseline of the pydoc causal-LM recipe: embed 256, "
+               "2 LSTM layers of 464, projection to 256, output tied to the embeddings (gpt2_tiny's parameter count)")

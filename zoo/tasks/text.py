@@ -361,3 +361,33 @@ class CausalLM(_TextTask):
         if dm is None or not hasattr(dm, "decode"):
             return out
         return [_normalise(t) for t in dm.decode(out)]  # pads and <s> / </s> are skipped
+
+
+# ---------------------------------------------------------------------------------------------
+# unigram baseline of CausalLM's perplexity
+def next_token_targets(batch: dict) -> torch.Tensor:
+    """The tokens CausalLM scores in a batch, flat: labels[:, 1:] (every row's tokens after its first),
+    padding (-100 / attention mask 0) dropped — the same positions as CausalLM._losses."""
+    labels = CausalLM.labels_of(batch)[:, 1:]
+    return labels[labels != -100]
+
+
+def unigram_counts(batches, vocab_size: int) -> torch.Tensor:
+    """How often each token id is a next-token target over `batches` (vocab_size,) int64."""
+    counts = torch.zeros(vocab_size, dtype=torch.long)
+    for batch in batches:
+        counts += torch.bincount(next_token_targets(batch).cpu(), minlength=vocab_size)[:vocab_size]
+    return counts
+
+
+def unigram_perplexity(train_batches, test_batches, vocab_size: int, smoothing: float = 1.0) -> float:
+    """Perplexity on `test_batches` of a unigram model fitted on `train_batches`, over the tokens CausalLM
+    scores: p(w) = (count(w) + smoothing) / (N + smoothing * vocab_size) (add-one smoothing by default,
+    over the whole vocabulary), ppl = exp(-mean over test targets of log p(w)) — CausalLM's test/ppl of a
+    model that ignores the context."""
+    counts = unigram_counts(train_batches, vocab_size).double()
+    logp = ((counts + smoothing) / (counts.sum() + smoothing * vocab_size)).log()
+    test = unigram_counts(test_batches, vocab_size).double()
+    if test.sum() == 0:
+        raise ValueError("the test batches have no scored token (every row shorter than 2 real tokens)")
+    return float(torch.exp(-(test * logp).sum() / test.sum()))
