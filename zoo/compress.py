@@ -138,6 +138,10 @@ def prune_heads(attn: MultiHeadAttention, heads: Iterable[int]) -> MultiHeadAtte
     except that the removed heads no longer contribute."""
     if not isinstance(attn, MultiHeadAttention):
         raise TypeError(f"prune_heads works on zoo.core.MultiHeadAttention, got {type(attn).__name__}")
+    if getattr(attn, "num_kv_heads", attn.num_heads) != attn.num_heads:
+        raise ValueError(f"prune_heads removes query heads with their own keys and values; this layer shares "
+                         f"{attn.num_kv_heads} key/value heads among {attn.num_heads} query heads (grouped-query "
+                         "attention), so a head cannot be removed alone - prune Linear weights instead")
     heads = sorted(set(int(h) for h in heads))
     if any(h < 0 or h >= attn.num_heads for h in heads):
         raise ValueError(f"head indices must lie in [0, {attn.num_heads}), got {heads}")
@@ -159,7 +163,7 @@ def prune_heads(attn: MultiHeadAttention, heads: Iterable[int]) -> MultiHeadAtte
     original = getattr(attn, "pruned_heads", [])
     alive = [h for h in range(attn.num_heads + len(original)) if h not in original]
     attn.pruned_heads = sorted(set(original) | {alive[h] for h in heads})
-    attn.num_heads = len(keep)
+    attn.num_heads = attn.num_kv_heads = len(keep)
     return attn
 
 
