@@ -105,6 +105,11 @@ def load_results(root: Path) -> tuple[dict[str, list], dict[str, list], dict[str
             r = json.load(fh)
         if "model" in r:
             training.setdefault(r["model"], []).append(r)
+        for c in (r.get("comparison") or {}).get("rows", []):  # a baseline model trained by the same recipe
+            if c.get("model") and c["model"] != r.get("model") and c.get("epochs"):
+                training.setdefault(c["model"], []).append(
+                    {**{k: r.get(k) for k in ("metric", "machine", "date")}, **c,
+                     "recipe": f"{r.get('recipe')} (baseline in its comparison)"})
     for path in sorted((root / "results" / "bench").glob("quality*.json")):
         data = json.loads(path.read_text())
         for r in data.get("rows", []):
@@ -134,6 +139,31 @@ def speed_lines(rows: list[dict]) -> list[str]:
         out.append(f"  - {mode} {prec}, {size} ({r.get('params', 0) / 1e6:.1f}M params as benchmarked): {r['samples_per_s']:.1f} samples/s, {r['tokens_per_s']:.0f} tokens/s{peer} "
                    f"({m.get('cpu', '?')}, {m.get('torch_threads', '?')} threads, load {m.get('load_avg_1m', 0):.1f}, "
                    f"{(r.get('date') or '')[:10]}) - `{r.get('command')}`")
+    return out
+
+
+def comparison_lines(result: dict) -> list[str]:
+    """A recipe's comparison (results/training/<recipe>.json "comparison"): a table of its model against
+    baselines on the same data and metric, and which wins by how much."""
+    comp = result.get("comparison") or {}
+    rows = [r for r in comp.get("rows", []) if r.get("value") is not None]
+    if not rows:
+        return []
+    lower = comp.get("lower_is_better", True)
+    metric = comp.get("metric", result.get("metric"))
+    rows = sorted(rows, key=lambda r: r["value"] if lower else -r["value"])
+    out = [f"**{comp.get('title', result.get('recipe'))}** ({metric}, {'lower' if lower else 'higher'} is better; "
+           f"{comp.get('note', 'same data and scored tokens')})", "",
+           f"| | {metric} | parameters | training | command |", "|---|---:|---:|---|---|"]
+    for r in rows:
+        train = (f"{r['epochs']} epochs, {r.get('train_seconds', 0) / 60:.1f} min" if r.get("epochs")
+                 else r.get("training", "-"))
+        params = "-" if not r.get("params") else f"{r['params'] / 1e6:.2f} M" if r["params"] >= 1e5 else f"{r['params']:,}"
+        out.append(f"| {r['name']} | {r['value']:.1f} | {params} | {train} | `{r.get('command', '')}` |")
+    best = rows[0]
+    by = ", ".join(f"{r['name']} by {r['value'] / best['value'] if lower else best['value'] / r['value']:.2f}x "
+                   f"({r['value']:.1f})" for r in rows[1:])
+    out += ["", f"Winner: {best['name']} ({metric} {best['value']:.1f}), {'below' if lower else 'above'} {by}."]
     return out
 
 
@@ -188,6 +218,12 @@ def render(preamble: str, names: list[str], macs: dict, results) -> str:
         m = macs.get(n, {}).get("macs")
         parts.append(f"| [{n}](#{n}) | {_entry(n).family} | {zoo.model_info(n)['params'] / 1e6:.2f} M | "
                      f"{_si(m) + 'MACs' if m is not None else '-'} |")
+    comparisons = [r for rs in training.values() for r in rs if r.get("comparison")]
+    if comparisons:
+        parts += ["", "## Comparisons", ""]
+        for r in sorted(comparisons, key=lambda r: str(r.get("recipe"))):
+            parts += comparison_lines(r) + [""]
+        parts.pop()
     for fam in sorted(families):
         parts += ["", f"## {fam}", ""]
         parts += [card(n, macs, speed.get(n, []), training.get(n, []), quality.get(n, [])) for n in families[fam]]

@@ -82,3 +82,21 @@ def test_macs_match_a_hand_count(name):
         step = 4 * hid * (e + 2 * hid + hid) + hid * a + s * a + s * 2 * hid + (3 * hid + e) * e + e * v
         expected = encoder + keys + t * step + hid * hid  # + the initial-state layer
     assert got == expected
+
+
+def test_a_recipe_comparison_is_a_table_that_names_the_winner():
+    mod = _script()
+    result = {"recipe": "gpt_pydoc", "model": "gpt2_tiny", "metric": "test/ppl", "value": 100.0, "epochs": 8,
+              "train_seconds": 420, "machine": "TestCPU", "date": "2026-01-01", "command": "zoo fit --config c.yaml",
+              "comparison": {"title": "gpt_pydoc: GPT vs LSTM vs unigram", "metric": "test/ppl", "lower_is_better": True,
+                             "rows": [{"name": "unigram", "value": 600.0, "command": "python u.py", "training": "counts"},
+                                      {"name": "GPT", "model": "gpt2_tiny", "value": 100.0, "params": 4.2e6, "epochs": 8,
+                                       "train_seconds": 420, "command": "zoo fit --config c.yaml"},
+                                      {"name": "LSTM", "model": "lstm_lm", "value": 150.0, "params": 4.2e6, "epochs": 8,
+                                       "train_seconds": 480, "command": "zoo fit --config c.yaml --model.init_args.model lstm_lm"}]}}
+    lines = mod.comparison_lines(result)
+    table = [line for line in lines if line.startswith("| ")][1:]
+    assert [row.split(" | ")[0] for row in table] == ["| GPT", "| LSTM", "| unigram"]  # best first
+    assert "Winner: GPT (test/ppl 100.0), below LSTM by 1.50x (150.0), unigram by 6.00x (600.0)." in lines
+    text = mod.render("", ["gpt2_tiny", "lstm_lm"], {}, ({}, {"gpt2_tiny": [result]}, {}))
+    assert "**gpt_pydoc: GPT vs LSTM vs unigram**" in text

@@ -228,7 +228,9 @@ class LSTMLM(ZooModel, GenerationMixin, nn.Module):
                             dropout=cfg.dropout if cfg.num_layers > 1 else 0.0)
         self.proj = nn.Linear(cfg.hidden_size, cfg.embed_dim)  # to the (tied) output embedding's width
         self.lm_head = nn.Linear(cfg.embed_dim, cfg.vocab_size, bias=False)
-        nn.init.normal_(self.embed.weight, std=0.02)
+        # U(-0.1, 0.1) as PyTorch's word_language_model and AWD-LSTM: with GPT's N(0, 0.02) the LSTM's inputs
+        # are so small that it stays at the unigram distribution for the pydoc recipe's 200 steps
+        nn.init.uniform_(self.embed.weight, -0.1, 0.1)
         if cfg.tie_word_embeddings:
             self.lm_head.weight = self.embed.weight
         self.state_key = (id(self), "lstm_state")  # key into a shared KVCache
