@@ -167,6 +167,10 @@ def comparison_lines(result: dict) -> list[str]:
     return out
 
 
+def _minutes(seconds) -> str:
+    return f"{seconds / 60:.1f} min" if seconds else "time not recorded"
+
+
 def card(name: str, macs: dict, speed: list, training: list, quality: list) -> str:
     e = _entry(name)
     info = zoo.model_info(name)
@@ -184,7 +188,7 @@ def card(name: str, macs: dict, speed: list, training: list, quality: list) -> s
     results = []
     for r in training:
         results.append(f"  - {r.get('recipe')}: {r.get('metric')} = {r.get('value')} after {r.get('epochs')} epochs, "
-                       f"{r.get('train_seconds', 0) / 60:.1f} min on {r.get('machine')} ({str(r.get('date'))[:10]}) - `{r.get('command')}`")
+                       f"{_minutes(r.get('train_seconds'))} on {r.get('machine')} ({str(r.get('date'))[:10]}) - `{r.get('command')}`")
     for r in quality:
         variant = f" `{r['variant']}`" if r.get("variant", name) != name else ""
         results.append(f"  - quality benchmark{variant}, task {r.get('task')} ({r.get('budget')}): {r.get('metric')} = {r.get('value'):.4g}, "
