@@ -123,3 +123,26 @@ def seq2seq_inputs(batch: int, length: int, src_vocab: int, tgt_vocab: int, gene
     return Inputs({"input_ids": ids, "decoder_input_ids": dec, "attention_mask": mask},
                   {"input_ids": {0: "batch", 1: "source"}, "decoder_input_ids": {0: "batch", 1: "target"},
                    "attention_mask": {0: "batch", 1: "source"}})
+
+
+class DecoderOnly(ZooModel):
+    """The decoder-only contract, written once: a family provides `decode_features(input_ids, cache=None,
+    attention_mask=None)` (hidden states of the new tokens) and `lm_head`; decode / forward follow."""
+
+    kind = "decoder_only"
+
+    def example_inputs(self, batch: int = 2, length: int = 16, generator: torch.Generator | None = None) -> Inputs:
+        limit = getattr(self.config, "max_positions", None)
+        ids, mask = token_batch(batch, min(length, limit) if limit else length, self.config.vocab_size, generator)
+        return Inputs({"input_ids": ids, "attention_mask": mask}, {"input_ids": TEXT_AXES, "attention_mask": TEXT_AXES})
+
+    def decode(self, input_ids: torch.Tensor, cache=None, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Next-token logits (B, L, vocab); with a cache pass only the new tokens (generate does)."""
+        return self.lm_head(self.decode_features(input_ids, cache, attention_mask))
+
+    def forward_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.decode_features(input_ids, attention_mask=attention_mask)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Token ids (B, L) [+ 1/0 mask] -> next-token logits (B, L, vocab)."""
+        return self.lm_head(self.forward_features(input_ids, attention_mask))

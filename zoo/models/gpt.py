@@ -25,24 +25,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..contract import TEXT_AXES, Inputs, ZooModel, token_batch
+from ..contract import DecoderOnly
 from ..core import BlockConfig, KVCache, LearnedPositionalEmbedding, TransformerStack, check_length, check_pad_token, decoder_padding_mask
 from ..core.position import check_attention_mask, check_token_ids
 from ..generation import GenerationMixin
 from ..registry import register_model
 
 
-class DecoderLM(ZooModel, GenerationMixin, nn.Module):
+class DecoderLM(DecoderOnly, GenerationMixin, nn.Module):
     """What GPT-2 and Llama share: embeddings -> causal stack (`self.blocks`, final norm included) -> lm_head.
 
     Subclasses build `self.wte`, `self.blocks`, `self.lm_head` and implement `_embed(ids, positions)`;
     a `rope` sub-module (a RotaryEmbedding), where present, goes to every attention layer."""
-
-    kind = "decoder_only"
-
-    def example_inputs(self, batch: int = 2, length: int = 16, generator: torch.Generator | None = None) -> Inputs:
-        ids, mask = token_batch(batch, min(length, self.config.max_positions), self.config.vocab_size, generator)
-        return Inputs({"input_ids": ids, "attention_mask": mask}, {"input_ids": TEXT_AXES, "attention_mask": TEXT_AXES})
 
     def _past(self, cache: KVCache | None) -> int:
         return 0 if cache is None else cache.length(self.blocks.blocks[0].attn.layer_id)
@@ -71,17 +65,6 @@ class DecoderLM(ZooModel, GenerationMixin, nn.Module):
         return self.blocks(x, mask=decoder_padding_mask(attention_mask, length), causal=True, rope=getattr(self, "rope", None),
                            cache=cache)
 
-    def decode(self, input_ids: torch.Tensor, cache: KVCache | None = None,
-               attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Next-token logits (B, L, vocab); with a cache pass only the new tokens (generate does)."""
-        return self.lm_head(self.decode_features(input_ids, cache, attention_mask))
-
-    def forward_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        return self.decode_features(input_ids, attention_mask=attention_mask)
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Token ids (B, L) [+ 1/0 mask] -> next-token logits (B, L, vocab)."""
-        return self.lm_head(self.forward_features(input_ids, attention_mask))
 
 
 @dataclass

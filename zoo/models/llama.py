@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 from torch import nn
 
 from ..core import BlockConfig, RotaryEmbedding, TransformerStack, check_pad_token

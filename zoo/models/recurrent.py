@@ -24,7 +24,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from ..core import AdditiveAttention, KVCache, check_pad_token
 from ..generation import GenerationMixin
 from ..core.position import check_attention_mask, check_batch_sizes, check_decoder_inputs, check_token_ids, require_decoder_input_ids
-from ..contract import TEXT_AXES, Inputs, ZooModel, seq2seq_inputs, token_batch
+from ..contract import DecoderOnly, Inputs, ZooModel, seq2seq_inputs
 from ..registry import register_model
 
 CELLS = {"lstm": nn.LSTM, "gru": nn.GRU}
@@ -194,8 +194,8 @@ class LSTMLMConfig:
     eos_token_id: int | None = 2
 
 
-class LSTMLM(ZooModel, GenerationMixin, nn.Module):
-    """Decoder-only recurrent language model with the decoder-only contract (zoo.models.gpt.DecoderLM's):
+class LSTMLM(DecoderOnly, GenerationMixin, nn.Module):
+    """Decoder-only recurrent language model with the decoder-only contract (zoo.contract.DecoderOnly):
     forward(input_ids, attention_mask=None) -> next-token logits (B, L, V), and
     decode(input_ids, cache=None, attention_mask=None), through which zoo.generation's generate runs.
 
@@ -210,12 +210,7 @@ class LSTMLM(ZooModel, GenerationMixin, nn.Module):
     prompt (packed, so that each row's state is taken at its last real token) and later calls advance the
     state one token at a time — O(1) per generated token, no recomputation."""
 
-    kind = "decoder_only"
     no_split_modules = ()  # no transformer blocks
-
-    def example_inputs(self, batch: int = 2, length: int = 16, generator: torch.Generator | None = None) -> Inputs:
-        ids, mask = token_batch(batch, length, self.config.vocab_size, generator)
-        return Inputs({"input_ids": ids, "attention_mask": mask}, {"input_ids": TEXT_AXES, "attention_mask": TEXT_AXES})
 
     def __init__(self, cfg: LSTMLMConfig):
         super().__init__()
@@ -280,17 +275,6 @@ class LSTMLM(ZooModel, GenerationMixin, nn.Module):
             out = self._shift(out, -lead)
         return self.proj(self.drop(out))
 
-    def decode(self, input_ids: torch.Tensor, cache: KVCache | None = None,
-               attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Next-token logits (B, L, vocab); with a cache pass only the new tokens (generate does)."""
-        return self.lm_head(self.decode_features(input_ids, cache, attention_mask))
-
-    def forward_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        return self.decode_features(input_ids, attention_mask=attention_mask)
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Token ids (B, L) [+ 1/0 mask] -> next-token logits (B, L, vocab)."""
-        return self.lm_head(self.forward_features(input_ids, attention_mask))
 
 
 register_model("lstm_lm", "lstm_lm", LSTMLM, LSTMLMConfig(),
