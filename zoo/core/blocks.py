@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from .attention import KVCache, MultiHeadAttention
-from .layers import DropPath, FeedForward, make_norm
+from .layers import DropPath, FeedForward, LayerScale, make_norm
 from .position import RotaryEmbedding
 
 
@@ -45,6 +45,7 @@ class BlockConfig:
     dropout: float = 0.0  # on residual branches
     attn_dropout: float = 0.0
     mlp_dropout: float = 0.0  # inside the FFN, after the activation
+    layer_scale: float | None = None  # LayerScale γ init (CaiT, DeiT III, EVA); None: no LayerScale
 
 
 ModuleFactory = Callable[[BlockConfig], nn.Module]
@@ -65,7 +66,7 @@ def feed_forward(cfg: BlockConfig) -> FeedForward:
 class TransformerBlock(nn.Module):
     """Self-attention [+ cross-attention] + feed-forward, each a residual sub-layer.
 
-    pre-norm:  x = x + drop_path(sub(norm(x)))
+    pre-norm:  x = x + drop_path(ls(sub(norm(x))))   (ls: LayerScale when cfg.layer_scale is set, else identity)
     post-norm: x = norm(x + sub(x))
 
     attn_layer / mlp_layer: factories `(cfg) -> nn.Module` for the token mixer and the feed-forward
@@ -86,10 +87,15 @@ class TransformerBlock(nn.Module):
         self.mlp = (mlp_layer or feed_forward)(cfg)
         self.mlp_drop = nn.Dropout(cfg.dropout)
         self.drop_path = DropPath(drop_path)
+        if cfg.layer_scale is not None and not cfg.norm_first:
+            raise ValueError("layer_scale needs a pre-norm block (norm_first=True)")
+        scale = (lambda: LayerScale(cfg.dim, cfg.layer_scale)) if cfg.layer_scale is not None else nn.Identity
+        self.ls1, self.ls2 = scale(), scale()
+        self.ls_cross = scale() if cross_attention else None
 
-    def _residual(self, x, norm, fn):
+    def _residual(self, x, norm, fn, ls):
         if self.norm_first:
-            return x + self.drop_path(fn(norm(x)))
+            return x + self.drop_path(ls(fn(norm(x))))
         return norm(x + self.drop_path(fn(x)))
 
     def forward(
@@ -105,11 +111,11 @@ class TransformerBlock(nn.Module):
         need_weights: bool = False,
     ) -> torch.Tensor:
         x = self._residual(x, self.norm1, lambda h: self.attn(h, mask=mask, causal=causal, bias=bias, rope=rope, cache=cache,
-                                                              need_weights=need_weights))
+                                                              need_weights=need_weights), self.ls1)
         if self.cross_attn is not None:
             x = self._residual(x, self.norm_cross, lambda h: self.cross_attn(h, context=context, mask=context_mask, cache=cache,
-                                                                             need_weights=need_weights))
-        return self._residual(x, self.norm2, lambda h: self.mlp_drop(self.mlp(h)))
+                                                                             need_weights=need_weights), self.ls_cross)
+        return self._residual(x, self.norm2, lambda h: self.mlp_drop(self.mlp(h)), self.ls2)
 
 
 class TransformerStack(nn.Module):

@@ -73,6 +73,18 @@ class FeedForward(nn.Module):
         return self.fc2(self.drop(h))
 
 
+class LayerScale(nn.Module):
+    """Per-channel scale of a residual branch, y = γ · x with γ initialised to a small constant
+    (CaiT, Touvron et al. 2021; DeiT III, EVA). The parameter is named `gamma` as in timm."""
+
+    def __init__(self, dim: int, init_values: float = 1e-5):
+        super().__init__()
+        self.gamma = nn.Parameter(torch.full((dim,), float(init_values)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gamma
+
+
 class DropPath(nn.Module):
     """Stochastic depth (Huang et al. 2016): drop a residual branch per sample while training."""
 

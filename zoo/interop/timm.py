@@ -103,8 +103,25 @@ def convert_timm_vit(m) -> VisionTransformer:
     return load_into(model, out)
 
 
-def from_timm(source: Any, arch: str | None = None, **timm_kwargs) -> VisionTransformer:
-    """The zoo ViT equivalent to a timm VisionTransformer, in eval mode.
+# timm model class name -> (zoo.interop module, converter function taking the timm model object).
+# A family adds its converter here: one line, one module zoo/interop/timm_<family>.py.
+TIMM_CONVERTERS: dict[str, tuple[str, str]] = {
+    "VisionTransformer": ("timm", "convert_timm_vit"),
+}
+
+
+def _converter(m: nn.Module):
+    import importlib
+
+    cls = type(m).__name__
+    if cls not in TIMM_CONVERTERS:
+        raise TypeError(f"from_timm converts timm {', '.join(sorted(TIMM_CONVERTERS))} models, got {cls}")
+    module, fn = TIMM_CONVERTERS[cls]
+    return getattr(importlib.import_module(f"{__package__}.{module}"), fn)
+
+
+def from_timm(source: Any, arch: str | None = None, **timm_kwargs) -> nn.Module:
+    """The zoo model equivalent to a timm model (a family in TIMM_CONVERTERS), in eval mode.
 
     `source`: a timm model object, or a local checkpoint (.safetensors, or a weights-only torch
     file) together with `arch`, its timm architecture name; the timm model is then built with
@@ -112,9 +129,7 @@ def from_timm(source: Any, arch: str | None = None, **timm_kwargs) -> VisionTran
     (e.g. img_size, global_pool) are passed to `timm.create_model`.
     """
     if isinstance(source, nn.Module):
-        if type(source).__name__ != "VisionTransformer":
-            raise TypeError(f"from_timm converts timm VisionTransformer models, got {type(source).__name__}")
-        return convert_timm_vit(source)
+        return _converter(source)(source)
     if not isinstance(source, (str, os.PathLike)):
         raise TypeError(f"from_timm expects a timm model or a checkpoint path, got {type(source).__name__}")
     if arch is None:
@@ -123,13 +138,15 @@ def from_timm(source: Any, arch: str | None = None, **timm_kwargs) -> VisionTran
 
     sd = read_weights(source)
     if "num_classes" not in timm_kwargs:
-        timm_kwargs["num_classes"] = sd["head.weight"].shape[0] if "head.weight" in sd else 0
+        head = next((sd[k] for k in ("head.weight", "head.fc.weight") if k in sd), None)
+        timm_kwargs["num_classes"] = head.shape[0] if head is not None else 0
     if "global_pool" not in timm_kwargs and "fc_norm.weight" in sd and "norm.weight" not in sd:
         timm_kwargs["global_pool"] = "avg"
     m = timm.create_model(arch, pretrained=False, **timm_kwargs)
+    convert = _converter(m)
     try:  # names every missing, unexpected and mis-shaped key at once
         load_state_dict_checked(m, sd)
     except StateDictMismatch as e:
         raise StateDictMismatch(f"checkpoint does not fit timm {arch!r} built with {timm_kwargs}: {e}\n"
                                 "Check the architecture name; pass img_size= / global_pool= etc. if the run changed them") from None
-    return convert_timm_vit(m.eval())
+    return convert(m.eval())
