@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from .layers import make_norm
 from .masks import causal_mask, combine_masks
 from .position import RotaryEmbedding
 
@@ -91,6 +92,11 @@ class MultiHeadAttention(nn.Module):
 
     Head reshapes use einops: the projected features split as (heads, head_dim) with heads
     outermost, the convention of every reference implementation.
+
+    qk_norm: a norm kind ("layernorm", "rmsnorm", ...) or None. When set, `q_norm` / `k_norm`
+    normalise each head's query and key over head_dim (one affine of size head_dim shared by all
+    heads; Dehghani et al. 2023, timm's qk_norm): q = q_norm(q), k = k_norm(k) right after the head
+    split, before rotary positions and the 1/sqrt(head_dim) scale. None: both are Identity.
     """
 
     def __init__(
@@ -107,6 +113,8 @@ class MultiHeadAttention(nn.Module):
         attn_drop: float = 0.0,
         proj_drop: float = 0.0,
         num_kv_heads: int | None = None,
+        qk_norm: str | None = None,
+        qk_norm_eps: float = 1e-6,
     ):
         super().__init__()
         num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
@@ -128,6 +136,8 @@ class MultiHeadAttention(nn.Module):
             self.q = nn.Linear(dim, inner, bias=qkv_bias)
             self.k = nn.Linear(context_dim, kv_inner, bias=qkv_bias)
             self.v = nn.Linear(context_dim, kv_inner, bias=qkv_bias)
+        self.q_norm = make_norm(qk_norm, head_dim, qk_norm_eps) if qk_norm else nn.Identity()
+        self.k_norm = make_norm(qk_norm, head_dim, qk_norm_eps) if qk_norm else nn.Identity()
         self.proj = nn.Linear(inner, dim, bias=out_bias)
         self.attn_drop = attn_drop
         self.proj_drop = nn.Dropout(proj_drop)
@@ -167,10 +177,11 @@ class MultiHeadAttention(nn.Module):
             raise ValueError("cross-attention needs `context` (the encoder output)")
         if self.cross and cache is not None and self.layer_id in cache.store:
             # Encoder keys/values do not change while decoding: project them once.
-            q = rearrange(self.q(x), "b l (h d) -> b h l d", h=self.num_heads)
+            q = self.q_norm(rearrange(self.q(x), "b l (h d) -> b h l d", h=self.num_heads))
             k, v = cache.store[self.layer_id]
         else:
             q, k, v = self._project(x, context)
+            q, k = self.q_norm(q), self.k_norm(k)
             past = 0 if (cache is None or self.cross) else cache.length(self.layer_id)
             if rope is not None:
                 q, k = rope(q, offset=past), rope(k, offset=past)

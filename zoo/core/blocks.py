@@ -46,6 +46,7 @@ class BlockConfig:
     attn_dropout: float = 0.0
     mlp_dropout: float = 0.0  # inside the FFN, after the activation
     layer_scale: float | None = None  # LayerScale γ init (CaiT, DeiT III, EVA); None: no LayerScale
+    qk_norm: bool = False  # normalise q and k per head over head_dim with `norm` (attn.q_norm / attn.k_norm)
 
 
 ModuleFactory = Callable[[BlockConfig], nn.Module]
@@ -55,7 +56,8 @@ def multi_head_attention(cfg: BlockConfig, cross: bool = False) -> MultiHeadAtte
     """The default token mixer (and the cross-attention of decoder blocks)."""
     return MultiHeadAttention(cfg.dim, cfg.num_heads, head_dim=cfg.head_dim, qkv_bias=cfg.qkv_bias, out_bias=cfg.out_bias,
                               fused_qkv=cfg.fused_qkv, cross=cross, scale=cfg.attn_scale,
-                              attn_drop=cfg.attn_dropout, proj_drop=cfg.dropout, num_kv_heads=cfg.num_kv_heads)
+                              attn_drop=cfg.attn_dropout, proj_drop=cfg.dropout, num_kv_heads=cfg.num_kv_heads,
+                              qk_norm=cfg.norm if cfg.qk_norm else None, qk_norm_eps=cfg.norm_eps)
 
 
 def feed_forward(cfg: BlockConfig) -> FeedForward:
