@@ -15,6 +15,7 @@ from .position import (
     LearnedPositionalEmbedding,
     RelativePositionBias,
     RotaryEmbedding,
+    RotaryEmbedding2D,
     SinusoidalPositionalEmbedding,
     check_length,
     check_pad_token,
@@ -31,3 +32,5 @@ __all__ = [
     "RotaryEmbedding", "SinusoidalPositionalEmbedding", "check_length", "check_pad_token", "relative_position_bucket",
     "resize_pos_grid", "sinusoidal_table",
 ]
+from .qv_bias import QVBiasAttention, QVBiasLinear  # noqa: E402
+__all__ += ["RotaryEmbedding2D", "QVBiasAttention", "QVBiasLinear"]

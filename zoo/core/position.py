@@ -276,3 +276,93 @@ def resize_pos_grid(pos: torch.Tensor, old_grid: tuple[int, int], new_grid: tupl
     grid = F.interpolate(grid.float(), size=new_grid, mode="bicubic", align_corners=False, antialias=antialias)
     return rearrange(grid, "1 d h w -> (h w) d").to(pos.dtype)
 
+
+
+class RotaryEmbedding2D(nn.Module):
+    """2-D axial rotary position embedding of image tokens (EVA-02; Heo et al. 2024, RoPE-ViT), as timm's
+    `RotaryEmbeddingCat` builds it, applied to (B, H, L, D) queries and keys.
+
+    A patch at row y, column x of a (gh, gw) grid has coordinates (c0, c1) = (y, x) with indexing 'ij' or
+    (x, y) with 'xy'. With `ref_grid` (Rh, Rw) they are rescaled to that reference grid: y' = y·Rh/gh,
+    x' = x·Rw/gw (EVA-02's scheme for other resolutions). With nb = D/4 bands ω_k = T^(−k/nb) (T the
+    temperature), the D/2 angles of a token are θ = [c0·ω_0 … c0·ω_{nb−1}, c1·ω_0 … c1·ω_{nb−1}], and channel
+    pair (2i, 2i+1) of every head rotates by θ_i (interleaved layout):
+
+        out_2i = x_2i·cos θ_i − x_2i+1·sin θ_i,     out_2i+1 = x_2i+1·cos θ_i + x_2i·sin θ_i
+
+    so the first D/2 channels see c0 and the last D/2 see c1. Bands, coordinates, angles and sin/cos are
+    float32 (also in a float64 model, as timm). The first `num_prefix` tokens (class / register tokens)
+    are not rotated. One table serves every head and layer: a model builds it once per forward with
+    `at(grid)` and passes it as the `rope=` of the blocks (`MultiHeadAttention` calls `rope(q, offset=0)`);
+    calling the module itself uses the construction grid.
+    """
+
+    def __init__(self, head_dim: int, grid: tuple[int, int], temperature: float = 10000.0, indexing: str = "ij",
+                 ref_grid: tuple[int, int] | None = None, num_prefix: int = 0):
+        super().__init__()
+        if head_dim % 4:
+            raise ValueError(f"2-D rotary embeddings need head_dim divisible by 4 (two axes of rotated pairs), got "
+                             f"{head_dim}; change dim or num_heads")
+        if indexing not in ("ij", "xy"):
+            raise ValueError(f"indexing must be 'ij' (first half of each head = row) or 'xy' (first half = column), "
+                             f"got {indexing!r}")
+        if temperature <= 0:
+            raise ValueError(f"temperature must be positive, got {temperature}")
+        self.head_dim, self.temperature, self.indexing, self.num_prefix = head_dim, float(temperature), indexing, num_prefix
+        self.grid = tuple(grid)
+        self.ref_grid = tuple(ref_grid) if ref_grid is not None else None
+
+    def extra_repr(self) -> str:
+        return (f"head_dim={self.head_dim}, grid={self.grid}, temperature={self.temperature}, indexing={self.indexing!r}, "
+                f"ref_grid={self.ref_grid}, num_prefix={self.num_prefix}")
+
+    def bands(self, device=None) -> torch.Tensor:
+        """ω_k = 1 / T^(k/nb), k = 0..nb−1, nb = head_dim/4 (float32)."""
+        nb = self.head_dim // 4
+        return 1.0 / (self.temperature ** (torch.arange(nb, device=device, dtype=torch.int64).float() / nb))
+
+    def angles(self, grid: tuple[int, int] | None = None, device=None) -> torch.Tensor:
+        """(gh·gw, head_dim/2) float32 angles, tokens in row-major order."""
+        gh, gw = grid or self.grid
+        ys = torch.arange(gh, device=device, dtype=torch.int64).float()
+        xs = torch.arange(gw, device=device, dtype=torch.int64).float()
+        if self.ref_grid is not None:
+            ys, xs = ys / gh * self.ref_grid[0], xs / gw * self.ref_grid[1]
+        yy, xx = torch.meshgrid(ys, xs, indexing="ij")
+        c0, c1 = (yy, xx) if self.indexing == "ij" else (xx, yy)
+        bands = self.bands(device)
+        return torch.cat([c0.reshape(-1, 1) * bands, c1.reshape(-1, 1) * bands], dim=-1)
+
+    def table(self, grid: tuple[int, int] | None = None, device=None) -> torch.Tensor:
+        """cat(sin, cos) in the interleaved layout, (gh·gw, 2·head_dim) float32: timm's `rope.pos_embed`."""
+        angles = repeat(self.angles(grid, device), "n d -> n (d two)", two=2)
+        return torch.cat([angles.sin(), angles.cos()], dim=-1)
+
+    def at(self, grid: tuple[int, int] | None = None, device=None) -> "AxialRotaryTable":
+        """The rotation for one image grid, computed once and applied by every attention layer."""
+        return AxialRotaryTable(self.table(grid, device), self.num_prefix)
+
+    def forward(self, x: torch.Tensor, offset: int = 0) -> torch.Tensor:
+        return self.at(self.grid, x.device)(x, offset)
+
+
+class AxialRotaryTable:
+    """A precomputed 2-D rotary table (see `RotaryEmbedding2D`): call it on (B, H, prefix + N, D) queries or keys."""
+
+    def __init__(self, table: torch.Tensor, num_prefix: int = 0):
+        self.sin, self.cos = table.chunk(2, dim=-1)
+        self.num_prefix = num_prefix
+
+    def __call__(self, x: torch.Tensor, offset: int = 0) -> torch.Tensor:
+        if offset:
+            raise ValueError(f"2-D rotary positions index a fixed image grid; a cache offset ({offset}) has no meaning "
+                             "for them (use RotaryEmbedding for sequences)")
+        npt, n = self.num_prefix, self.sin.shape[0]
+        if not torch.jit.is_tracing() and x.shape[-2] != npt + n:
+            raise ValueError(f"the rotary table covers {npt} prefix + {n} patch tokens but the attention got "
+                             f"{x.shape[-2]} tokens; build the table with at(grid) for the input's patch grid")
+        prefix, patches = x[..., :npt, :], x[..., npt:, :]
+        pairs = rearrange(patches, "... (d two) -> ... d two", two=2)
+        rotated = rearrange(torch.stack([-pairs[..., 1], pairs[..., 0]], dim=-1), "... d two -> ... (d two)")
+        patches = (patches * self.cos + rotated * self.sin).to(x.dtype)
+        return torch.cat([prefix, patches], dim=-2) if npt else patches
