@@ -43,7 +43,7 @@ def test_pooling_variants(pool, fc_norm):
 
 
 def test_clip_style_pre_norm_layerscale_and_no_head():
-    """pre_norm (ln_pre, bias-free patch embedding), eps 1e-5, LayerScale folded into the Linear, num_classes=0."""
+    """pre_norm (ln_pre, bias-free patch embedding), eps 1e-5, LayerScale (ls1/ls2.gamma), num_classes=0."""
     torch.manual_seed(0)
     ref = timm.create_model("vit_base_patch32_clip_224", pretrained=False, img_size=64, depth=2, embed_dim=64,
                             num_heads=4, num_classes=0, init_values=0.3).eval()
@@ -75,12 +75,12 @@ def test_full_size_timm_vit_small():
 
 
 def test_unsupported_options_and_bad_files_are_named(tmp_path):
-    reg = timm.create_model("vit_tiny_patch16_224", pretrained=False, reg_tokens=4, **TINY)
-    with pytest.raises(ValueError, match="reg_tokens=4"):
-        from_timm(reg)
-    qk = timm.create_model("vit_tiny_patch16_224", pretrained=False, qk_norm=True, **TINY)
-    with pytest.raises(ValueError, match="qk_norm"):
-        from_timm(qk)
+    pooled = timm.create_model("vit_tiny_patch16_224", pretrained=False, reg_tokens=4, global_pool="map", **TINY)
+    with pytest.raises(ValueError, match="global_pool='map'"):
+        from_timm(pooled)
+    no_pos = timm.create_model("vit_tiny_patch16_224", pretrained=False, pos_embed="none", **TINY)
+    with pytest.raises(ValueError, match="pos_embed='none'"):
+        from_timm(no_pos)
     with pytest.raises(ValueError, match="arch="):
         from_timm(tmp_path / "x.safetensors")
     with pytest.raises(FileNotFoundError):
@@ -98,3 +98,19 @@ def test_converted_weights_reload_through_the_checked_loader():
     sd.pop("encoder.norm.weight")
     with pytest.raises(StateDictMismatch, match=r"(?s)missing \(1\): encoder.norm.weight.*qkv.weight: checkpoint \(576, 5\)"):
         load_state_dict_checked(model, sd)
+
+
+def test_deit3_checkpoint_file_plus_arch(tmp_path):
+    """DeiT III (no_embed_class + LayerScale) and register tokens + QK-norm through a timm state-dict file."""
+    torch.manual_seed(0)
+    for arch, kw in (("deit3_small_patch16_224", {}), ("vit_small_patch14_reg4_dinov2", {"qk_norm": True, "num_classes": 3})):
+        ref = timm.create_model(arch, pretrained=False, img_size=32, patch_size=8, depth=2, **kw).eval()
+        with torch.no_grad():
+            for blk in ref.blocks:  # LayerScale at 1e-6 would hide the branches
+                blk.ls1.gamma.normal_()
+                blk.ls2.gamma.normal_()
+        save_file(ref.state_dict(), tmp_path / "ckpt.safetensors")
+        model = from_timm(tmp_path / "ckpt.safetensors", arch=arch, img_size=32, patch_size=8, depth=2, **kw)
+        assert model.config.no_embed_class and model.config.layer_scale is not None
+        assert model.config.reg_tokens == (4 if "reg4" in arch else 0) and model.config.qk_norm == bool(kw)
+        check(ref, model)

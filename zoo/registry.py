@@ -68,9 +68,14 @@ def get_config(name: str, **overrides) -> Any:
     return dataclasses.replace(entry.config, **overrides)
 
 
-def create_model(name: str, pretrained: str | bool | None = None, **overrides) -> nn.Module:
+def create_model(name: str, pretrained: str | bool | None = None, features_only: bool = False,
+                 out_indices: int | list[int] | None = None, **overrides) -> nn.Module:
     """Build a registered model; `pretrained` is a checkpoint of `zoo fit`, a run folder, or a safetensors file
     (one that zoo wrote describes its model: sizes come from it; a bare one must fit the config)."""
+    if features_only:  # timm's features_only: a backbone whose forward returns feature maps
+        return _features_only(name, pretrained, out_indices, overrides)
+    if out_indices is not None:
+        raise ValueError(f"out_indices={out_indices!r} needs features_only=True")
     entry = _entry(name)
     if pretrained is not None and not isinstance(pretrained, bool):
         from .runs import describes_model, load_run
@@ -91,6 +96,19 @@ def create_model(name: str, pretrained: str | bool | None = None, **overrides) -
 
         load_pretrained(model, pretrained)
     return model
+
+
+def _features_only(name: str, pretrained, out_indices, overrides: dict) -> nn.Module:
+    """`create_model(name, features_only=True, out_indices=...)`: the model wrapped in a
+    `zoo.features.FeatureExtractor`, whose forward returns the maps of `forward_intermediates` at
+    out_indices (None: all entries of the model's feature_info; n: the last n; a list: those)."""
+    from .features import FeatureExtractor
+
+    model = create_model(name, pretrained, **overrides)
+    if not callable(getattr(model, "forward_intermediates", None)):
+        raise TypeError(f"{name} has no forward_intermediates, so features_only=True / out_indices= do not apply; "
+                        "the vision models that declare feature_info support it (see zoo/features.py)")
+    return FeatureExtractor(model, out_indices)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -1,8 +1,10 @@
 """timm VisionTransformer -> zoo.models.vit.VisionTransformer.
 
-Reads every hyper-parameter off the timm module (eps, activation, pooling, fc_norm, pre-norm),
-and refuses the options the zoo ViT lacks (register tokens, qk-norm, attention-pool head, ...)
-with a message naming them. LayerScale (init_values) is folded into the preceding Linear.
+Reads every hyper-parameter off the timm module (eps, activation, pooling, fc_norm, pre-norm,
+register tokens, no_embed_class, qk_norm, LayerScale, dynamic_img_size) and refuses the options
+the zoo ViT lacks (attention-pool head, patch-embed norm, dynamic padding, other blocks / MLPs, ...)
+with a message naming them. DeiT III is a timm VisionTransformer (no_embed_class + LayerScale) and
+converts here too; LayerScale becomes the zoo block's `ls1/ls2.gamma`.
 """
 from __future__ import annotations
 
@@ -35,18 +37,24 @@ def _is_identity(m: Any) -> bool:
 
 def _check_supported(m) -> None:
     problems = []
-    if getattr(m, "num_reg_tokens", 0):
-        problems.append(f"reg_tokens={m.num_reg_tokens}")
-    if getattr(m, "no_embed_class", False):
-        problems.append("no_embed_class=True")
     if getattr(m, "global_pool", "token") not in ("token", "avg"):
         problems.append(f"global_pool={m.global_pool!r} (zoo supports 'token' and 'avg')")
+    if getattr(m, "pos_embed", None) is None:
+        problems.append("pos_embed='none' (no learned positions)")
+    if getattr(m, "pool_include_prefix", False):
+        problems.append("pool_include_prefix=True")
+    if getattr(m.patch_embed, "dynamic_img_pad", False):
+        problems.append("dynamic_img_pad=True")
     if not _is_identity(getattr(m.patch_embed, "norm", None)):
         problems.append("a norm inside patch_embed")
+    if _is_identity(getattr(m, "norm", None)) and _is_identity(getattr(m, "fc_norm", None)):
+        problems.append("no final norm (final_norm=False)")
     blk = m.blocks[0]
-    for name in ("q_norm", "k_norm", "norm"):
-        if not _is_identity(getattr(blk.attn, name, None)):
-            problems.append(f"attn.{name} (qk_norm / scale_attn_norm)")
+    if not _is_identity(getattr(blk.attn, "norm", None)):
+        problems.append("attn.norm (scale_attn_norm)")
+    q_norm = getattr(blk.attn, "q_norm", None)
+    if not _is_identity(q_norm) and not (isinstance(q_norm, nn.LayerNorm) and q_norm.eps == blk.norm1.eps):
+        problems.append(f"attn.q_norm {q_norm} (zoo's qk_norm is a LayerNorm with the blocks' eps {blk.norm1.eps})")
     if not _is_identity(getattr(blk.mlp, "norm", None)):
         problems.append("mlp.norm (scale_mlp_norm)")
     if type(blk.mlp).__name__ != "Mlp":
@@ -63,43 +71,39 @@ def zoo_config(m) -> ViTConfig:
     img = m.patch_embed.img_size
     patch = m.patch_embed.patch_size
     if img[0] != img[1] or patch[0] != patch[1]:
-        raise ValueError(f"zoo ViT needs square images and patches; timm has img_size={img}, patch_size={patch}")
+        raise ValueError(f"zoo ViT needs a square construction size and patches; timm has img_size={img}, patch_size={patch} "
+                         "(build it square: non-square inputs then work with dynamic_img_size=True)")
     dim = m.embed_dim
+    ls = getattr(blk.ls1, "init_values", None) if hasattr(blk.ls1, "gamma") else None
     return ViTConfig(
         img_size=img[0], patch_size=patch[0], in_chans=m.patch_embed.proj.in_channels, num_classes=m.num_classes,
         dim=dim, depth=len(m.blocks), num_heads=blk.attn.num_heads,
         mlp_ratio=mlp_ratio_for(dim, blk.mlp.fc1.out_features), qkv_bias=blk.attn.qkv.bias is not None,
         # fc_norm None = the default for the pooling (timm's rule), so configs compare equal to registered ones
-        pool=m.global_pool, fc_norm=None if _is_identity(m.fc_norm) != (m.global_pool == "avg") else not _is_identity(m.fc_norm), class_token=m.cls_token is not None,
+        pool=m.global_pool, fc_norm=None if _is_identity(m.fc_norm) != (m.global_pool == "avg") else not _is_identity(m.fc_norm),
+        class_token=m.cls_token is not None, reg_tokens=m.num_reg_tokens, no_embed_class=m.no_embed_class,
+        qk_norm=not _is_identity(getattr(blk.attn, "q_norm", None)), layer_scale=None if ls is None else float(ls),
         norm_eps=blk.norm1.eps, activation=_activation(blk.mlp.act), pre_norm=not _is_identity(m.norm_pre),
+        pos_resize_antialias=bool(m.dynamic_img_size),
     )
 
 
 def convert_timm_vit(m) -> VisionTransformer:
+    """timm VisionTransformer (ViT, DeiT III, DINOv2-reg, ...) -> zoo VisionTransformer with the same outputs."""
     cfg = zoo_config(m)
     model = VisionTransformer(cfg)
     sd = m.state_dict()
     out = {"pos_embed": sd["pos_embed"], "patch_embed.proj.weight": sd["patch_embed.proj.weight"].flatten(1)}
-    if "patch_embed.proj.bias" in sd:
-        out["patch_embed.proj.bias"] = sd["patch_embed.proj.bias"]
-    if cfg.class_token:
-        out["cls_token"] = sd["cls_token"]
+    for name in ("patch_embed.proj.bias", "cls_token", "reg_token"):
+        if name in sd:
+            out[name] = sd[name]
     for src, dst in (("norm_pre", "norm_pre"), ("norm", "encoder.norm"), ("fc_norm", "fc_norm"), ("head", "head")):
         for part in ("weight", "bias"):
             if f"{src}.{part}" in sd:
                 out[f"{dst}.{part}"] = sd[f"{src}.{part}"]
-    for i in range(cfg.depth):
+    for i in range(cfg.depth):  # block keys are the same names: norm1, attn.{qkv,q_norm,k_norm,proj}, ls1, norm2, mlp, ls2
         a, z = f"blocks.{i}.", f"encoder.blocks.{i}."
-        for k, v in sd.items():
-            if k.startswith(a) and ".ls" not in k:
-                out[z + k[len(a):]] = v
-        # LayerScale: gamma * (W x + b) == (gamma W) x + gamma b
-        for ls, lin in (("ls1", "attn.proj"), ("ls2", "mlp.fc2")):
-            if a + f"{ls}.gamma" in sd:
-                g = sd[a + f"{ls}.gamma"]
-                out[z + f"{lin}.weight"] = g[:, None] * sd[a + f"{lin}.weight"]
-                if a + f"{lin}.bias" in sd:
-                    out[z + f"{lin}.bias"] = g * sd[a + f"{lin}.bias"]
+        out.update({z + k[len(a):]: v for k, v in sd.items() if k.startswith(a)})
     return load_into(model, out)
 
 

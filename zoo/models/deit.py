@@ -21,11 +21,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from einops import rearrange
 from torch import nn
 
-from ..core import resize_pos_grid
 from ..core.position import check_images
 from ..contract import IMAGE_AXES, Inputs, ZooModel, image_batch
+from ..features import check_output_fmt, feature_take_indices
 from ..registry import _REGISTRY, register_model
 from .vit import ViTConfig, VisionTransformer
 
@@ -37,11 +38,13 @@ class DistilledViTConfig(ViTConfig):
 
 class DistilledVisionTransformer(VisionTransformer):
     def __init__(self, cfg: DistilledViTConfig):
+        if cfg.reg_tokens:
+            raise ValueError(f"the distilled ViT has no register tokens (reg_tokens={cfg.reg_tokens}); use reg_tokens=0")
         super().__init__(cfg)
         self.dist_index = self.num_prefix  # right after the class token (or first, without one)
         self.num_prefix += 1
         self.dist_token = nn.Parameter(torch.zeros(1, 1, cfg.dim))
-        self.pos_embed = nn.Parameter(torch.zeros(1, self.num_prefix + self.grid[0] * self.grid[1], cfg.dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, self._pos_slots() + self.grid[0] * self.grid[1], cfg.dim))
         self.head_dist = nn.Linear(cfg.dim, cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
         self.distilled_training = False
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
@@ -56,15 +59,9 @@ class DistilledVisionTransformer(VisionTransformer):
     def no_weight_decay(self) -> set[str]:
         return super().no_weight_decay() | {"dist_token"}
 
-    def _pos_embed(self, tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-        pos = self.pos_embed[0]
-        prefix, patches = pos[: self.num_prefix], pos[self.num_prefix:]
-        patches = resize_pos_grid(patches, self.grid, grid)
-        b = tokens.shape[0]
-        extra = [self.dist_token.expand(b, -1, -1)]
-        if self.cls_token is not None:
-            extra.insert(0, self.cls_token.expand(b, -1, -1))
-        return torch.cat(extra + [tokens], dim=1) + torch.cat([prefix, patches])[None]
+    def _prefix_tokens(self, batch: int) -> list[torch.Tensor]:
+        """[cls, dist] (timm's order)."""
+        return super()._prefix_tokens(batch) + [self.dist_token.expand(batch, -1, -1)]
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False):
         # The class branch pools as the base ViT does (class token or mean of the patch tokens);
@@ -151,6 +148,26 @@ class TimmClassifier(ZooModel, nn.Module):
             self.net.maxpool = nn.Identity()
         self.num_classes = cfg.num_classes
         self.num_features = self.net.num_features
+        # timm's feature_info with the wrapper's module names; without the stem max-pool every map after the
+        # stem is twice as fine
+        self.feature_info = [{"num_chs": f["num_chs"], "module": f"net.{f['module']}",
+                              "reduction": f["reduction"] // (2 if not cfg.stem_pool and i > 0 else 1)}
+                             for i, f in enumerate(getattr(self.net, "feature_info", []))]
+
+    def forward_intermediates(self, x: torch.Tensor, indices: int | list[int] | None = None, norm: bool = False,
+                              stop_early: bool = False, output_fmt: str = "NCHW", intermediates_only: bool = False):
+        """timm's forward_intermediates of the wrapped model (NCHW maps; "NLC" flattens them row-major)."""
+        check_images(x, self.config.in_chans)
+        check_output_fmt(output_fmt)
+        if not callable(getattr(self.net, "forward_intermediates", None)):
+            raise TypeError(f"timm {self.config.timm_name} has no forward_intermediates")
+        feature_take_indices(len(self.feature_info), indices)  # our error message for bad indices
+        out = self.net.forward_intermediates(x, indices=indices, norm=norm, stop_early=stop_early, output_fmt="NCHW",
+                                             intermediates_only=intermediates_only)
+        final, maps = (None, out) if intermediates_only else out
+        if output_fmt == "NLC":
+            maps = [rearrange(m, "b c h w -> b (h w) c") for m in maps]
+        return maps if intermediates_only else (final, maps)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         check_images(x, self.config.in_chans)

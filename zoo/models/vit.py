@@ -2,6 +2,15 @@
 
 An image is cut into patches (einops), each patch is projected to a token, a class token is
 prepended, learned positions are added, and a pre-norm encoder stack from the shared core runs.
+
+Options (timm's names in brackets), which the DeiT III and DINOv2-register variants below use:
+    reg_tokens R      R learned register tokens (Darcet et al. 2024); token order [cls, reg_1..reg_R, patches]
+    no_embed_class    positions are added to the patch tokens only (DeiT III): x = [cls, reg, patches + pos]
+                      instead of [cls, reg, patches] + pos
+    qk_norm           LayerNorm of each head's q and k over head_dim before the scale (attn.q_norm/k_norm)
+    layer_scale       [init_values] LayerScale: x = x + γ ⊙ branch(norm(x)), γ initialised to this value
+
+`forward_intermediates` returns the output of chosen blocks as maps (zoo/features.py).
 """
 from __future__ import annotations
 
@@ -15,6 +24,7 @@ from torch import nn
 from ..core import BlockConfig, TransformerStack, make_norm, resize_pos_grid, trunc_normal_init
 from ..core.position import check_images
 from ..contract import IMAGE_AXES, Inputs, ZooModel, image_batch
+from ..features import block_feature_info, check_output_fmt, feature_take_indices, run_blocks, tokens_to_nchw
 from ..registry import register_model
 
 
@@ -32,6 +42,12 @@ class ViTConfig:
     pool: str = "token"  # "token" (class token) or "avg" (mean of patch tokens)
     fc_norm: bool | None = None  # norm after pooling instead of before; None: only for avg pooling (timm)
     class_token: bool = True
+    reg_tokens: int = 0  # register tokens after the class token (Darcet et al. 2024)
+    no_embed_class: bool = False  # positions for the patch tokens only, none for the class / register tokens
+    qk_norm: bool = False  # LayerNorm of q and k per head (Dehghani et al. 2023)
+    layer_scale: float | None = None  # LayerScale γ init (timm's init_values); None: no LayerScale
+    pos_resize_antialias: bool = False  # other input sizes: antialiased bicubic resize of the positions (timm's
+    #                                     dynamic_img_size); False: plain bicubic
     stem: str = "patch"  # "patch": linear patch projection; "conv": small conv stem (Xiao et al. 2021)
     norm_eps: float = 1e-6
     activation: str = "gelu"
@@ -94,6 +110,8 @@ class VisionTransformer(ZooModel, nn.Module):
             raise ValueError(f"pool must be 'token' or 'avg', got {cfg.pool!r}")
         if cfg.pool == "token" and not cfg.class_token:
             raise ValueError("pool='token' needs class_token=True; use pool='avg' without a class token")
+        if cfg.reg_tokens < 0:
+            raise ValueError(f"reg_tokens must be >= 0, got {cfg.reg_tokens}")
         if cfg.stem not in ("patch", "conv"):
             raise ValueError(f"stem must be 'patch' or 'conv', got {cfg.stem!r}")
         self.check_image_size(cfg, cfg.img_size, cfg.img_size)
@@ -101,7 +119,7 @@ class VisionTransformer(ZooModel, nn.Module):
         self.num_classes = cfg.num_classes
         self.num_features = cfg.dim
         self.grid = (cfg.img_size // cfg.patch_size,) * 2
-        self.num_prefix = 1 if cfg.class_token else 0
+        self.num_prefix = (1 if cfg.class_token else 0) + cfg.reg_tokens
         use_fc_norm = cfg.pool == "avg" if cfg.fc_norm is None else cfg.fc_norm
 
         if cfg.stem == "conv":
@@ -109,24 +127,33 @@ class VisionTransformer(ZooModel, nn.Module):
         else:
             self.patch_embed = PatchEmbed(cfg.patch_size, cfg.in_chans, cfg.dim, bias=not cfg.pre_norm)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.dim)) if cfg.class_token else None
-        self.pos_embed = nn.Parameter(torch.zeros(1, self.num_prefix + self.grid[0] * self.grid[1], cfg.dim))
+        self.reg_token = nn.Parameter(torch.zeros(1, cfg.reg_tokens, cfg.dim)) if cfg.reg_tokens else None
+        self.pos_embed = nn.Parameter(torch.zeros(1, self._pos_slots() + self.grid[0] * self.grid[1], cfg.dim))
         self.pos_drop = nn.Dropout(cfg.drop_rate)
         self.norm_pre = make_norm("layernorm", cfg.dim, cfg.norm_eps) if cfg.pre_norm else nn.Identity()
         block = BlockConfig(
             dim=cfg.dim, num_heads=cfg.num_heads, mlp_hidden=int(cfg.dim * cfg.mlp_ratio), norm_eps=cfg.norm_eps,
             activation=cfg.activation, qkv_bias=cfg.qkv_bias, dropout=cfg.drop_rate, attn_dropout=cfg.attn_drop_rate,
+            qk_norm=cfg.qk_norm, layer_scale=cfg.layer_scale,
         )
         self.encoder = TransformerStack(block, cfg.depth, drop_path=cfg.drop_path_rate, final_norm=not use_fc_norm)
         self.fc_norm = make_norm("layernorm", cfg.dim, cfg.norm_eps) if use_fc_norm else nn.Identity()
         self.head_drop = nn.Dropout(cfg.drop_rate)
         self.head = nn.Linear(cfg.dim, cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
+        # one entry per block: its output is a (dim, H/p, W/p) map (zoo/features.py)
+        self.feature_info = block_feature_info(cfg.depth, cfg.dim, cfg.patch_size, "encoder.blocks")
         self.init_weights()
+
+    def _pos_slots(self) -> int:
+        """Prefix tokens that get a position: all of them, or none with no_embed_class."""
+        return 0 if self.config.no_embed_class else self.num_prefix
 
     def init_weights(self):
         trunc_normal_init(self)
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
-        if self.cls_token is not None:
-            nn.init.normal_(self.cls_token, std=1e-6)
+        for token in (self.cls_token, self.reg_token):
+            if token is not None:
+                nn.init.normal_(token, std=1e-6)
 
     @staticmethod
     def check_image_size(cfg: ViTConfig, h: int, w: int) -> None:
@@ -137,23 +164,54 @@ class VisionTransformer(ZooModel, nn.Module):
             )
 
     def no_weight_decay(self) -> set[str]:
-        return {"pos_embed", "cls_token"}
+        return {"pos_embed", "cls_token", "reg_token"}
+
+    def _prefix_tokens(self, batch: int) -> list[torch.Tensor]:
+        """The learned tokens before the patches, in order: [cls, reg_1..reg_R]."""
+        return [t.expand(batch, -1, -1) for t in (self.cls_token, self.reg_token) if t is not None]
 
     def _pos_embed(self, tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         pos = self.pos_embed[0]
-        prefix, patches = pos[: self.num_prefix], pos[self.num_prefix:]
-        patches = resize_pos_grid(patches, self.grid, grid)  # other image sizes: bicubic interpolation
-        if self.cls_token is not None:
-            tokens = torch.cat([self.cls_token.expand(tokens.shape[0], -1, -1), tokens], dim=1)
-        return tokens + torch.cat([prefix, patches])[None]
+        slots = self._pos_slots()
+        prefix_pos, patch_pos = pos[:slots], pos[slots:]
+        patch_pos = resize_pos_grid(patch_pos, self.grid, grid, antialias=self.config.pos_resize_antialias)  # other sizes
+        prefix = self._prefix_tokens(tokens.shape[0])
+        if self.config.no_embed_class:  # [prefix, patches + pos]
+            return torch.cat(prefix + [tokens + patch_pos[None]], dim=1)
+        return torch.cat(prefix + [tokens], dim=1) + torch.cat([prefix_pos, patch_pos])[None]
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Images (B, C, H, W) -> tokens (B, prefix + patches, dim)."""
+    def _embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Images -> the tokens that enter the first block, and the patch grid (H/p, W/p)."""
         check_images(x, self.config.in_chans, self.config.patch_size)  # shape, channels first, float, patch multiple
         h, w = x.shape[-2:]
         grid = (h // self.config.patch_size, w // self.config.patch_size)
-        x = self.pos_drop(self._pos_embed(self.patch_embed(x), grid))
-        return self.encoder(self.norm_pre(x))
+        return self.norm_pre(self.pos_drop(self._pos_embed(self.patch_embed(x), grid))), grid
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Images (B, C, H, W) -> tokens (B, prefix + patches, dim)."""
+        return self.encoder(self._embed(x)[0])
+
+    def forward_intermediates(self, x: torch.Tensor, indices: int | list[int] | None = None, return_prefix_tokens: bool = False,
+                              norm: bool = False, stop_early: bool = False, output_fmt: str = "NCHW",
+                              intermediates_only: bool = False):
+        """Outputs of the blocks in `indices` (None: all, n: the last n, a list: those, negative from the end),
+        as timm: each map is a block's output without the prefix tokens, after the final norm if `norm`
+        (Identity for fc_norm models), as (B, dim, H/p, W/p) for "NCHW" or (B, patches, dim) for "NLC";
+        with `return_prefix_tokens` each entry is (map, prefix tokens (B, num_prefix, dim)).
+        Returns (forward_features(x), maps), or the maps only with `intermediates_only`."""
+        check_output_fmt(output_fmt)
+        take, _ = feature_take_indices(len(self.encoder.blocks), indices)
+        tokens, grid = self._embed(x)
+        checkpoint = self.encoder.gradient_checkpointing and self.training
+        tokens, maps = run_blocks(self.encoder.blocks, tokens, take, stop_early=stop_early, checkpoint=checkpoint)
+        maps = [self.encoder.norm(m) if norm else m for m in maps]
+        prefix = [m[:, : self.num_prefix] for m in maps]
+        maps = [m[:, self.num_prefix:] for m in maps]
+        if output_fmt == "NCHW":
+            maps = [tokens_to_nchw(m, grid) for m in maps]
+        if return_prefix_tokens and self.num_prefix:
+            maps = list(zip(maps, prefix))
+        return maps if intermediates_only else (self.encoder.norm(tokens), maps)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = x[:, 0] if self.config.pool == "token" else x[:, self.num_prefix:].mean(dim=1)
@@ -176,10 +234,13 @@ class VisionTransformer(ZooModel, nn.Module):
 
 
 _PAPER = "Dosovitskiy et al. 2020, An Image is Worth 16x16 Words (arXiv:2010.11929); sizes from DeiT, Touvron et al. 2021"
+_PAPER_DEIT3 = "Touvron et al. 2022, DeiT III: Revenge of the ViT (arXiv:2204.07118)"
+_PAPER_REG = ("Darcet et al. 2024, Vision Transformers Need Registers (arXiv:2309.16588); DINOv2, Oquab et al. 2023 "
+              "(arXiv:2304.07193); QK-norm: Dehghani et al. 2023 (arXiv:2302.05442)")
 
 
-def _register(name: str, description: str, **kw):
-    register_model(name, "vit", VisionTransformer, ViTConfig(**kw), _PAPER, description)
+def _register(name: str, description: str, family: str = "vit", paper: str = _PAPER, **kw):
+    register_model(name, family, VisionTransformer, ViTConfig(**kw), paper, description)
 
 
 _register("vit_tiny_patch16_224", "ViT-Ti/16 (DeiT-Ti), 224px", dim=192, depth=12, num_heads=3)
@@ -192,3 +253,20 @@ _register("vit_mnist_patch4", "ViT for 28x28 grey digits with the plain linear p
           patch_size=4, in_chans=1, num_classes=10, dim=128, depth=6, num_heads=4, mlp_ratio=2.0)
 _register("vit_digits", "ViT for scikit-learn's 8x8 digits: patch 2, a 4x4 grid", img_size=8, patch_size=2, in_chans=1,
           num_classes=10, dim=64, depth=4, num_heads=4, mlp_ratio=2.0, pool="avg")
+
+# DeiT III: ViT with LayerScale (1e-6) and positions on the patch tokens only; no distillation token.
+_DEIT3 = dict(family="deit3", paper=_PAPER_DEIT3, no_embed_class=True, layer_scale=1e-6)
+_register("deit3_small_patch16_224", "DeiT III-S/16, 224px (LayerScale 1e-6, no_embed_class)", dim=384, depth=12, num_heads=6,
+          **_DEIT3)
+_register("deit3_base_patch16_224", "DeiT III-B/16, 224px (LayerScale 1e-6, no_embed_class)", dim=768, depth=12, num_heads=12,
+          **_DEIT3)
+_register("deit3_mnist", "DeiT III options on vit_mnist_patch4 (28x28 grey digits, patch 4): LayerScale 1e-6, no_embed_class",
+          img_size=28, patch_size=4, in_chans=1, num_classes=10, dim=128, depth=6, num_heads=4, mlp_ratio=2.0, **_DEIT3)
+# Register tokens (DINOv2 with registers; timm's vit_small_patch14_reg4_dinov2: 518px, no head, LayerScale 1e-5).
+_REG = dict(family="vit_reg", paper=_PAPER_REG)
+_register("vit_small_patch14_reg4_dinov2", "ViT-S/14 with 4 register tokens (DINOv2-reg backbone), 518px, no classifier",
+          img_size=518, patch_size=14, num_classes=0, dim=384, depth=12, num_heads=6, reg_tokens=4, no_embed_class=True,
+          layer_scale=1e-5, **_REG)
+_register("vit_mnist_reg4", "vit_mnist plus 4 register tokens and QK-norm (28x28 grey digits; compare with vit_mnist)",
+          img_size=28, patch_size=4, in_chans=1, num_classes=10, dim=128, depth=6, num_heads=4, mlp_ratio=2.0, pool="avg",
+          stem="conv", reg_tokens=4, qk_norm=True, **_REG)
