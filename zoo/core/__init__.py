@@ -34,3 +34,5 @@ __all__ = [
 ]
 from .qv_bias import QVBiasAttention, QVBiasLinear  # noqa: E402
 __all__ += ["RotaryEmbedding2D", "QVBiasAttention", "QVBiasLinear"]
+from .talking_heads import HeadMixer, TalkingHeadsAttention, talking_heads_attention  # noqa: E402
+__all__ += ["HeadMixer", "TalkingHeadsAttention", "talking_heads_attention"]

@@ -111,6 +111,7 @@ def convert_timm_vit(m) -> VisionTransformer:
 # A family adds its converter here: one line, one module zoo/interop/timm_<family>.py.
 TIMM_CONVERTERS: dict[str, tuple[str, str]] = {
     "VisionTransformer": ("timm", "convert_timm_vit"),
+    "Cait": ("timm_cait", "convert_timm_cait"),
     "Eva": ("timm_eva", "convert_timm_eva"),
 }
 
