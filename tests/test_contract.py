@@ -120,6 +120,70 @@ def test_one_bench_row_int8_and_attention_capture(name):
             torch.testing.assert_close(w.sum(-1), torch.ones(w.shape[:-1]), atol=1e-5, rtol=1e-5)
 
 
+# -- intermediate features and checkpointing of image models (zoo/features.py) ---------------------
+
+IMAGE_STAND_INS = [n for n in STAND_INS if getattr(_entry(n).model_cls, "kind", None) == "image_classifier"]
+
+
+def _first(out):
+    return out[0] if isinstance(out, tuple) else out
+
+
+@pytest.mark.parametrize("name", IMAGE_STAND_INS)
+def test_forward_intermediates_match_the_declared_feature_info(name):
+    import math
+
+    model, _ = build(name)
+    model.eval()
+    x = example_inputs(model, batch=2).args[0]
+    info = model.feature_info
+    assert isinstance(info, list) and info, f"{name} declares no feature_info"
+    for f in info:
+        assert {"num_chs", "reduction", "module"} <= set(f) and model.get_submodule(f["module"]) is not None
+    last = len(info) - 1
+    with torch.no_grad():
+        final, maps = model.forward_intermediates(x, indices=[0, -1])
+        torch.testing.assert_close(final, model.forward_features(x))  # the final output is forward_features
+        assert len(maps) == 2
+        for i, m in zip((0, last), maps):
+            size = tuple(math.ceil(s / info[i]["reduction"]) for s in x.shape[-2:])
+            assert m.shape == (2, info[i]["num_chs"], *size), f"{name} map {i}: {tuple(m.shape)} vs feature_info {info[i]}"
+        nlc = model.forward_intermediates(x, indices=[0, -1], output_fmt="NLC", intermediates_only=True)
+        assert isinstance(nlc, list) and len(nlc) == 2
+        for m, t in zip(maps, nlc):
+            torch.testing.assert_close(t, m.flatten(2).transpose(1, 2))  # NLC = the NCHW map's tokens, row-major
+        every = model.forward_intermediates(x, intermediates_only=True)
+        assert len(every) == len(info)
+        torch.testing.assert_close(every[-1], maps[-1])
+        assert len(model.forward_intermediates(x, indices=1, intermediates_only=True)) == 1
+
+
+@pytest.mark.parametrize("name", IMAGE_STAND_INS)
+def test_gradient_checkpointing_changes_nothing(name):
+    model, _ = build(name)
+    model.train()
+    x = example_inputs(model, batch=2).args[0]
+
+    def run():
+        model.zero_grad()
+        torch.manual_seed(0)  # the same dropout / stochastic-depth draws in both runs
+        out = _first(model(x))
+        out.float().square().mean().backward()
+        torch.manual_seed(0)
+        maps = model.forward_intermediates(x, indices=[0, -1], intermediates_only=True)
+        grads = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+        return out.detach(), [m.detach() for m in maps], grads
+
+    ref = run()
+    assert model.set_grad_checkpointing(True) >= 1
+    out = run()
+    model.set_grad_checkpointing(False)
+    torch.testing.assert_close(out[0], ref[0])
+    torch.testing.assert_close(out[1], ref[1])
+    assert len(out[2]) == len(ref[2]) > 0
+    torch.testing.assert_close(out[2], ref[2])
+
+
 # -- the package's structure ----------------------------------------------------------------------
 
 PKG = pathlib.Path(zoo.__file__).parent
