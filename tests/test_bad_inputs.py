@@ -355,7 +355,7 @@ LATIN1 = ("text,label\n" + "".join(f"row {i},{'pos' if i % 2 else 'neg'}\n" for 
 
 DATA_FILES = [
     Case("data-blank-labels", lambda t: classification(write(t / "train.csv", csv_rows(blank_label_at=(1, 3)))),
-         ValueError, ("{tmp}/train.csv", "column 'label'", "lines 3, 5", "header is line 1", "dropna", "class named 'nan'")),
+         ValueError, ("{tmp}/train.csv", "column 'label'", "lines 3, 5", "header is line 1", "ds.filter", "class named 'nan'")),
     Case("data-blank-texts", lambda t: classification(write(t / "train.csv", csv_rows(blank_text_at=(0,)))),
          ValueError, ("train.csv", "column 'text'", "lines 2 ", "fill them in")),
     Case("data-whitespace-label", lambda t: classification(write(t / "train.csv", csv_rows().replace("sample 4,neg", "sample 4,  "))),

@@ -8,6 +8,18 @@ _INTEROP = ("from_hf", "from_timm", "to_hf")
 
 
 def __getattr__(name):  # lazy: importing zoo does not import transformers / timm
+    if name in ("list_pretrained", "pretrained_cfg"):
+        from . import pretrained
+
+        return getattr(pretrained, name)
+    if name in ("from_pretrained", "hub"):
+        from . import hub
+
+        return hub.from_pretrained if name == "from_pretrained" else hub
+    if name in ("resolve_data_config", "create_transform"):
+        from . import transforms
+
+        return getattr(transforms, name)
     if name in ("runs", "contract", "load_run"):
         import importlib
 

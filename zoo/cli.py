@@ -2,6 +2,7 @@
 
     zoo fit --config configs/vit_mnist.yaml        # LightningCLI: fit / validate / test / predict
     zoo test --ckpt_path runs/vit_mnist/version_0/checkpoints/last.ckpt   # the checkpoint carries its recipe
+    zoo predict --model vit_mnist.mnist5k digit.png  # shipped weights (zoo.list_pretrained()), a directory or a checkpoint
     zoo models "vit_*"                             # list registered models with parameter counts
     zoo info vit_small_patch16_224                 # hyper-parameters and paper of one model
     zoo export | viz | compress | bench | convert  # see `zoo <command> --help`
@@ -29,6 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "compress": ("zoo.compress:main", "quantize (int8) / prune a checkpoint; size, CPU latency and accuracy"),
     "bench": ("zoo.bench.cli:bench_main", "speed / quality / generation benchmarks (zoo bench speed --help)"),
     "convert": ("zoo.interop.cli:main", "convert transformers / timm checkpoints to zoo models and back"),
+    "serve": ("zoo.serve.server:main", "serve a checkpoint over HTTP (LitServe, dynamic batching) with a demo page"),
 }
 
 
@@ -101,6 +103,75 @@ def _with_stored_config(argv: list[str]) -> tuple[list[str], str | None]:
     return [argv[0], "--config", path, *argv[1:]], path
 
 
+def _split_positionals(args: list[str]) -> tuple[list[str], list[str]]:
+    """Options (each `--name value` or `--name=value`) and the positional arguments among them."""
+    options, positionals, i = [], [], 0
+    while i < len(args):
+        a = args[i]
+        if a.startswith("--"):
+            take = 1 if "=" in a or i + 1 >= len(args) else 2
+            options += args[i:i + take]
+            i += take
+        else:
+            positionals.append(a)
+            i += 1
+    return options, positionals
+
+
+def _init_params(class_path: str) -> set[str]:
+    """Constructor parameter names of a class and its bases (data modules pass **kwargs up)."""
+    import inspect
+
+    module, _, name = class_path.rpartition(".")
+    cls = getattr(importlib.import_module(module), name)
+    return {p for klass in cls.__mro__ if "__init__" in vars(klass) for p in inspect.signature(klass.__init__).parameters}
+
+
+def _with_model_source(argv: list[str]) -> tuple[list[str], str | None]:
+    """`zoo test|validate|predict --model SOURCE [inputs ...]`, where SOURCE is a shipped tag (`vit_mnist.mnist5k`),
+    a save_pretrained directory, `hf-hub:org/name`, a checkpoint or a run folder: its stored recipe builds the
+    task and data, its weights and tokenizer are loaded, and `predict` reads the positional inputs (image
+    files or folders; texts, or text files). `--model <task class path>` keeps Lightning's meaning."""
+    if argv[0] not in ("test", "validate", "predict"):
+        return argv, None
+    idx = next((i for i, a in enumerate(argv[:-1]) if a == "--model"), None)
+    if idx is None:
+        return argv, None
+    source = argv[idx + 1]
+    from .runs import describes_model, load_run
+
+    if not describes_model(source):
+        return argv, None
+    options, inputs = _split_positionals(argv[1:idx] + argv[idx + 2:])
+    run = load_run(source)
+    stored = run.meta.get("cli_config")
+    if not stored:
+        raise ValueError(f"{source} stores no recipe; pass --config configs/<recipe>.yaml --model.init_args.pretrained {source}")
+    import yaml
+
+    data_class = ((yaml.safe_load(stored) or {}).get("data") or {}).get("class_path")
+    params = _init_params(data_class) if data_class else set()
+    extra = ["--model.init_args.pretrained", source]
+    if run.tokenizer is not None and "tokenizer" in params:
+        extra += ["--data.init_args.tokenizer", source]
+    if inputs and argv[0] != "predict":
+        raise ValueError(f"zoo {argv[0]} takes no inputs ({' '.join(inputs)}); it evaluates the recipe's test split")
+    if inputs:
+        if "predict_images" in params:
+            extra += ["--data.init_args.predict_images", json.dumps(inputs)]
+        elif "predict_texts" in params:
+            files = [x for x in inputs if Path(x).is_file()]
+            texts = [x for x in inputs if x not in files]
+            extra += (["--data.init_args.predict_files", json.dumps(files)] if files else []) + \
+                     (["--data.init_args.predict_texts", json.dumps(texts)] if texts else [])
+        else:
+            raise ValueError(f"the data module of {source} ({data_class}) takes no predict inputs")
+    fd, path = tempfile.mkstemp(prefix="zoo-recipe-", suffix=".yaml")
+    with os.fdopen(fd, "w") as fh:
+        fh.write(stored)
+    return [argv[0], "--config", path, *options, *extra], path
+
+
 def _one_line(e: BaseException) -> str:
     """The innermost useful message of an exception chain (jsonargparse wraps the cause in its own errors)."""
     seen = e
@@ -137,7 +208,9 @@ def main(argv: list[str] | None = None) -> None:
         if name in COMMANDS:
             rc = _command(name)(argv[1:])
         else:
-            argv, tmp = _with_stored_config(argv)
+            argv, tmp = _with_model_source(argv)
+            if tmp is None:
+                argv, tmp = _with_stored_config(argv)
             saved, sys.argv = sys.argv, [sys.argv[0], *argv]  # LightningCLI reads sys.argv (and warns if given both)
             try:
                 lightning_main(None)

@@ -27,6 +27,8 @@ KINDS = {
     "decoder_only": "input_ids, attention_mask (B, L) -> next-token logits (B, L, V); generate()",
     "dual_encoder": "images, input_ids, attention_mask -> image-text logits (B, B); encode_image / encode_text",
     "image_to_text": "images, decoder_input_ids -> logits (B, T, V); generate(images)",
+    "masked_image_model": "images (B, C, H, W), noise (B, patches) -> (reconstruction logits (B, patches, p*p*C), loss, "
+                          "mask, ids_restore); self-supervised pre-training (MAE)",
 }
 GENERATIVE = ("encoder_decoder", "recurrent", "decoder_only", "image_to_text")
 
@@ -105,6 +107,18 @@ class ZooModel:
         from .core.blocks import set_grad_checkpointing
 
         return set_grad_checkpointing(self, enable)
+
+    def save_pretrained(self, directory, tokenizer=None, **kwargs):
+        """A Hub-style directory (config.json, model.safetensors, tokenizer, README.md); see zoo.hub."""
+        from .hub import save_pretrained
+
+        return save_pretrained(self, directory, tokenizer=tokenizer, **kwargs)
+
+    def push_to_hub(self, repo_id: str, tokenizer=None, **kwargs):
+        """save_pretrained, then huggingface_hub's create_repo + upload_folder; see zoo.hub.push_to_hub."""
+        from .hub import push_to_hub
+
+        return push_to_hub(self, repo_id, tokenizer=tokenizer, **kwargs)
 
 
 def _default_blocks() -> None:

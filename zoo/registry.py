@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import fnmatch
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,32 +71,62 @@ def get_config(name: str, **overrides) -> Any:
 
 def create_model(name: str, pretrained: str | bool | None = None, features_only: bool = False,
                  out_indices: int | list[int] | None = None, **overrides) -> nn.Module:
-    """Build a registered model; `pretrained` is a checkpoint of `zoo fit`, a run folder, or a safetensors file
-    (one that zoo wrote describes its model: sizes come from it; a bare one must fit the config)."""
+    """Build a registered model, timm-style.
+
+    name: a registered name, or `name.tag` for a shipped pretrained config (`zoo.list_pretrained()`).
+    pretrained: True loads the tag's weights (a plain name: its default tag), checksummed; a string is a
+    shipped tag, `hf-hub:<org>/<repo>`, a save_pretrained directory, a checkpoint of `zoo fit`, a run
+    folder, or a safetensors file (one that zoo wrote describes its model: sizes come from it; a bare one
+    must fit the config). `model.pretrained_cfg` says what the weights expect (input size, normalisation)."""
     if features_only:  # timm's features_only: a backbone whose forward returns feature maps
         return _features_only(name, pretrained, out_indices, overrides)
     if out_indices is not None:
         raise ValueError(f"out_indices={out_indices!r} needs features_only=True")
-    entry = _entry(name)
+    from .pretrained import is_tag, pretrained_cfg, resolve, split_tag
+
+    base, tag = split_tag(name)
+    entry = _entry(base)
+    tag_cfg = pretrained_cfg(name) if tag else None  # an unknown tag is an error naming the known ones
+    if pretrained is True or (isinstance(pretrained, str) and is_tag(pretrained)):
+        folder = resolve(name, pretrained)  # checksummed; no weights for the name is an error naming the fix
+        tag_cfg = pretrained_cfg(pretrained if isinstance(pretrained, str) else name)
+        pretrained = folder
     if pretrained is not None and not isinstance(pretrained, bool):
         from .runs import describes_model, load_run
 
-        if describes_model(pretrained):  # a zoo checkpoint or safetensors file: its own config decides the sizes
-            run = load_run(pretrained, overrides or None, name=name)
-            if run.name != name:
-                raise ValueError(f"{pretrained} holds a {run.name}, not a {name}; call create_model({run.name!r}, pretrained=...) "
+        if describes_model(pretrained):  # a zoo checkpoint, directory or safetensors file: its own config decides the sizes
+            run = load_run(pretrained, overrides or None, name=base)
+            if run.name != base:
+                raise ValueError(f"{pretrained} holds a {run.name}, not a {base}; call create_model({run.name!r}, pretrained=...) "
                                  "or zoo.runs.load_run(path)")
+            run.model.pretrained_cfg = _pretrained_info(run.meta, tag_cfg)
+            run.model.zoo_record = run.meta
             return run.model.train()
-    elif pretrained:
-        raise ValueError(f"{name} has no shipped weights; pass pretrained=<path> to a checkpoint of `zoo fit` "
-                         "or a safetensors file")
-    model = entry.model_cls(get_config(name, **overrides))
-    model.model_name = name
+    config = get_config(base, **overrides)
+    if tag_cfg is not None:  # the tag's architecture (its sizes) with random weights, as timm does
+        from .hub import CONFIG_NAME
+        from .runs import config_from_record
+
+        stored = json.loads((tag_cfg.path / CONFIG_NAME).read_text(encoding="utf-8"))["zoo"]
+        config = dataclasses.replace(config_from_record(base, stored["config"]), **overrides)
+    model = entry.model_cls(config)
+    model.model_name = base
+    if tag_cfg is not None:
+        model.pretrained_cfg = _pretrained_info({}, tag_cfg)
     if pretrained:
         from .weights import load_pretrained
 
         load_pretrained(model, pretrained)
     return model
+
+
+def _pretrained_info(meta: dict, tag_cfg: Any = None) -> dict[str, Any]:
+    """What the weights expect, timm's `pretrained_cfg`: the tag's config, else the run's record."""
+    info = dict(meta.get("pretrained_cfg") or (tag_cfg.as_dict() if tag_cfg is not None else {}))
+    for key in ("labels", "image"):
+        if meta.get(key) is not None:
+            info.setdefault(key, meta[key])
+    return info
 
 
 def _features_only(name: str, pretrained, out_indices, overrides: dict) -> nn.Module:

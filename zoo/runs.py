@@ -185,6 +185,9 @@ def load_run(source: str | Path, model_kwargs: dict | None = None, strict_config
     from .rundir import resolve_checkpoint
 
     kwargs = dict(model_kwargs or {})
+    shipped = _pretrained_source(source, kwargs)
+    if shipped is not None:
+        return shipped
     src = resolve_checkpoint(source)
     if "@" in src and not Path(src).exists():
         name, path = src.split("@", 1)
@@ -240,9 +243,36 @@ def load_run(source: str | Path, model_kwargs: dict | None = None, strict_config
     return Run(model.eval(), name, src, meta, tokenizer, hp)
 
 
+def _pretrained_source(source: str | Path, kwargs: dict) -> Run | None:
+    """A shipped tag (`vit_mnist.mnist5k`, checksummed), a Hub repo (`hf-hub:org/name`) or a save_pretrained
+    directory, as a Run; None for every other source."""
+    from .hub import HF_HUB_PREFIX, hub_snapshot, is_pretrained_dir, load_pretrained_dir
+    from .pretrained import is_tag, pretrained_cfg, verified_path
+
+    if isinstance(source, str) and is_tag(source):
+        run = load_pretrained_dir(verified_path(source), kwargs)
+        run.meta["pretrained_cfg"] = pretrained_cfg(source).as_dict()
+    elif isinstance(source, str) and source.startswith(HF_HUB_PREFIX):
+        run = load_pretrained_dir(hub_snapshot(source), kwargs)
+    elif is_pretrained_dir(source):
+        run = load_pretrained_dir(source, kwargs)
+    else:
+        return None
+    run.source = str(source)
+    return run
+
+
 def describes_model(source: str | Path) -> bool:
-    """True for a file (or run folder) that names its model: a `zoo fit` checkpoint, or safetensors with zoo metadata."""
+    """True for a source that names its model: a `zoo fit` checkpoint (or run folder), safetensors with zoo
+    metadata, a save_pretrained directory, a shipped tag or an `hf-hub:` repository."""
+    from .hub import HF_HUB_PREFIX, is_pretrained_dir
+    from .pretrained import is_tag
     from .rundir import resolve_checkpoint
+
+    if isinstance(source, str) and (is_tag(source) or source.startswith(HF_HUB_PREFIX)):
+        return True
+    if is_pretrained_dir(source):
+        return True
 
     path = Path(resolve_checkpoint(source))
     if path.suffix == ".ckpt":

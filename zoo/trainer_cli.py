@@ -62,6 +62,11 @@ class ZooCLI(LightningCLI):
         c = self.config[sub]
         self._recipe = self._recipe_yaml()
         source = c.get("ckpt_path") or (c.model.init_args.get("init_from") if sub == "fit" else None)
+        pretrained = c.model.init_args.get("pretrained") if c.get("model") and c.model.get("init_args") else None
+        if not source and isinstance(pretrained, str):
+            from .runs import describes_model
+
+            source = pretrained if describes_model(pretrained) else None  # shipped tag, directory or checkpoint
         data_args = c.data.get("init_args") if c.get("data") else None
         source = rundir.resolve_checkpoint(source) if source else None
         if sub == "fit" and c.model.init_args.get("init_from"):

@@ -1,6 +1,7 @@
 """The user's own data from local files; nothing is ever downloaded.
 
-Text (csv, json / jsonl, parquet; read with pandas, parquet needs pyarrow):
+Text (csv / tsv, json / jsonl, parquet, arrow, or a folder written by `Dataset.save_to_disk`; read with Hugging Face
+`datasets`: Arrow-cached, memory-mapped, tokenized with `Dataset.map`):
     LocalTextClassification(train_file="train.csv", text_column="sentence", label_column="label")
     LocalTextClassification(..., text_pair_column="hypothesis")     # sentence pairs
     LocalSeq2Seq(train_file="pairs.jsonl", source_column="en", target_column="fr")
@@ -14,6 +15,7 @@ Images (torchvision readers over files already on disk):
 """
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -24,7 +26,9 @@ from .base import SplitDataModule
 from .images import random_affine, stratified_split
 from .textdata import Example, TextDataModule, collate_classification
 
-_READERS = {".csv": "read_csv", ".tsv": "read_csv", ".json": "read_json", ".jsonl": "read_json", ".parquet": "read_parquet"}
+# extension -> datasets builder and its options
+_BUILDERS = {".csv": ("csv", {"sep": ","}), ".tsv": ("csv", {"sep": "\t"}), ".json": ("json", {}), ".jsonl": ("json", {}),
+             ".parquet": ("parquet", {}), ".arrow": ("arrow", {})}
 
 
 class DataFileError(ValueError):
@@ -49,7 +53,7 @@ def _decode_error(path: str, encoding: str) -> str:
                 "encoding='utf-16'")
     try:
         codecs.decode(data, encoding)
-        return "it could not be decoded"  # pragma: no cover - pandas failed on something we can not reproduce
+        return "it could not be decoded"  # pragma: no cover - the reader failed on something we can not reproduce
     except UnicodeDecodeError as e:
         offset, bad = e.start, data[e.start:e.end]
     line = data.count(b"\n", 0, offset) + 1
@@ -77,105 +81,171 @@ def _row_places(index: list[int], ext: str) -> str:
     return f"rows {', '.join(str(i + 1) for i in shown)}{more} (counting from 1)"
 
 
-def read_table(path: str, columns: list[str], encoding: str = "utf-8"):
-    """A local csv / tsv / json / jsonl / parquet file as a pandas DataFrame holding `columns`.
+def _saved_dataset(path: str) -> bool:
+    """A folder written by `datasets`' save_to_disk (a Dataset or a DatasetDict)."""
+    return any(os.path.isfile(os.path.join(path, f)) for f in ("state.json", "dataset_info.json", "dataset_dict.json"))
+
+
+def _load_saved(path: str):
+    import datasets
+
+    ds = datasets.load_from_disk(path)
+    if isinstance(ds, datasets.DatasetDict):
+        raise DataFileError(f"{path!r} holds a DatasetDict with the splits {list(ds)}; pass one split's folder "
+                            f"(e.g. {os.path.join(path, next(iter(ds)))!r}) as train_file, val_file and test_file")
+    return ds
+
+
+def _load_file(path: str, ext: str, encoding: str, cache_dir: str | None, wanted: str):
+    """`datasets.load_dataset` of one local file (Arrow-cached, memory-mapped), its errors named."""
+    import datasets
+
+    if ext != ".parquet" and ext != ".arrow":  # name the byte and line where the text stops being `encoding`
+        with open(path, "rb") as fh:
+            data = fh.read()
+        try:
+            data.decode(encoding)
+        except UnicodeDecodeError:
+            raise DataFileError(f"data file {path!r} is not valid {encoding} text: {_decode_error(path, encoding)}") from None
+        if not data.decode(encoding).strip():
+            raise DataFileError(f"data file {path!r} holds no data (blank lines only); it needs {wanted}")
+    builder, kw = _BUILDERS[ext]
+    if builder == "csv":
+        # only empty cells are missing: a label or text "NA" / "None" / "null" stays a string
+        kw = {**kw, "keep_default_na": False, "na_values": [""], "encoding": encoding}
+    elif builder == "json":
+        kw = {**kw, "encoding": encoding}
+    try:
+        return datasets.load_dataset(builder, data_files=path, split="train", cache_dir=cache_dir, **kw)
+    except ImportError as e:
+        raise ImportError(f"reading {path!r} needs an extra package ({e})") from e
+    except Exception as e:  # noqa: BLE001 - datasets wraps the parser's error; name the file and the fix
+        cause = e.__cause__ or e.__context__ or e
+        text = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+        if "corresponds to no data" in str(e):  # a header and nothing else
+            raise DataFileError(f"data file {path!r} has its columns but no rows; it needs {wanted}") from None
+        if builder == "json":
+            raise DataFileError(f"data file {path!r} is not valid {ext[1:]} ({text}); write one JSON object per line "
+                                "(.jsonl) or a JSON array of objects (.json)") from None
+        if builder == "csv":
+            raise DataFileError(f"data file {path!r} is not well-formed {ext[1:]}: {text}; quote fields that "
+                                "contain the separator or a newline") from None
+        raise DataFileError(f"cannot read data file {path!r} as {ext[1:]}: {text}") from None
+
+
+def read_table(path: str, columns: list[str], encoding: str = "utf-8", cache_dir: str | None = None):
+    """A local csv / tsv / json / jsonl / parquet / arrow file, or a folder written by `Dataset.save_to_disk`,
+    as a `datasets.Dataset` holding `columns` (read with `datasets.load_dataset` / `load_from_disk`:
+    Arrow-cached and memory-mapped).
 
     Refused with a `DataFileError` naming the file and the fix: an empty file, a file that is not
     valid `encoding` (the byte offset and line), a missing column (the columns present), and
-    blank values in `columns` (the rows; pandas would turn them into the string 'nan')."""
-    import pandas as pd
-
-    if os.path.isdir(path):
-        raise DataFileError(f"data file {path!r} is a directory; pass a csv, json, jsonl or parquet file")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"data file {path!r} does not exist; pass a local csv, json, jsonl or parquet file")
+    blank values in `columns` (the rows)."""
     ext = os.path.splitext(path)[1].lower()
-    if ext not in _READERS:
-        raise ValueError(f"cannot read {path!r}: supported extensions are {', '.join(sorted(_READERS))}")
-    wanted = f"a header row with the column(s) {columns} and one row per example" if ext in (".csv", ".tsv") else \
-        f"one record per example with the field(s) {columns}"
-    if os.path.getsize(path) == 0:
-        raise DataFileError(f"data file {path!r} is empty (0 bytes); it needs {wanted}")
-    kw: dict = {}
-    if ext in (".csv", ".tsv"):
-        # only empty cells are missing: a label or text "NA" / "None" / "null" stays a string
-        kw = {"sep": "\t" if ext == ".tsv" else ",", "keep_default_na": False, "na_values": [""], "encoding": encoding}
-    elif ext in (".json", ".jsonl"):
-        kw = {"lines": ext == ".jsonl", "encoding": encoding}
-    try:
-        if ext == ".json":
-            with open(path, encoding=encoding) as fh:
-                kw["lines"] = not fh.read(1).lstrip().startswith("[")
-        df = getattr(pd, _READERS[ext])(path, **kw)
-    except ImportError as e:
-        raise ImportError(f"reading {path!r} needs an extra package ({e}); for parquet: pip install pyarrow") from e
-    except UnicodeDecodeError:
-        raise DataFileError(f"data file {path!r} is not valid {encoding} text: {_decode_error(path, encoding)}") from None
-    except pd.errors.EmptyDataError:
-        raise DataFileError(f"data file {path!r} holds no data (blank lines only); it needs {wanted}") from None
-    except pd.errors.ParserError as e:
-        raise DataFileError(f"data file {path!r} is not well-formed {ext[1:]}: {str(e).strip()}; quote fields that "
-                            "contain the separator or a newline") from None
-    except ValueError as e:  # malformed JSON
-        raise DataFileError(f"data file {path!r} is not valid {ext[1:]} ({e}); "
-                            + ("write one JSON object per line" if kw.get("lines") else "write a JSON array of objects")) from None
-    missing = [c for c in columns if c not in df.columns]
+    if os.path.isdir(path):
+        if not _saved_dataset(path):
+            raise DataFileError(f"data file {path!r} is a directory but not one written by datasets' save_to_disk "
+                                f"(no state.json); pass a {', '.join(sorted(_BUILDERS))} file or a saved dataset folder")
+        ds, ext = _load_saved(path), ".arrow"
+        wanted = f"the column(s) {columns}"
+    else:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"data file {path!r} does not exist; pass a local csv, json, jsonl, parquet or arrow "
+                                    "file, or a folder written by Dataset.save_to_disk")
+        if ext not in _BUILDERS:
+            raise ValueError(f"cannot read {path!r}: supported extensions are {', '.join(sorted(_BUILDERS))} "
+                             "(or a folder written by Dataset.save_to_disk)")
+        wanted = f"a header row with the column(s) {columns} and one row per example" if ext in (".csv", ".tsv") else \
+            f"one record per example with the field(s) {columns}"
+        if os.path.getsize(path) == 0:
+            raise DataFileError(f"data file {path!r} is empty (0 bytes); it needs {wanted}")
+        ds = _load_file(path, ext, encoding, cache_dir, wanted)
+    missing = [c for c in columns if c not in ds.column_names]
     if missing:
-        raise MissingColumnError(f"{path!r} has no column(s) {missing}; its columns are {list(df.columns)}. "
+        raise MissingColumnError(f"{path!r} has no column(s) {missing}; its columns are {ds.column_names}. "
                                  "Set the column mapping, e.g. --data.text_column <name>")
-    if len(df) == 0:
+    if len(ds) == 0:
         raise DataFileError(f"data file {path!r} has its columns but no rows; it needs {wanted}")
     for col in columns:
-        values = df[col]
-        blank = values.isna()
-        if not pd.api.types.is_numeric_dtype(values):
-            blank |= values.map(lambda v: isinstance(v, str) and not v.strip())
-        if blank.any():
-            rows = [i for i, b in enumerate(blank.tolist()) if b]
+        rows = [i for i, v in enumerate(ds[col]) if v is None or (isinstance(v, float) and v != v)
+                or (isinstance(v, str) and not v.strip())]
+        if rows:
             raise DataFileError(
                 f"data file {path!r} has blank values in column {col!r} at {_row_places(rows, ext)}; drop those rows or "
-                f"fill them in (pandas: df.dropna(subset=[{col!r}])); blank "
+                f"fill them in (datasets: ds.filter(lambda r: r[{col!r}] is not None)); blank "
                 + ("labels would otherwise become a class named 'nan'" if "label" in col.lower() else "cells would otherwise become the text 'nan'"))
-    return df
+    return ds
 
 
 class _LocalText(TextDataModule):
+    """Rows come from `read_table` (datasets); each split is tokenized once with `Dataset.map` (batched, cached
+    in the datasets cache under a fingerprint of the data, the tokenizer and the settings)."""
+
     def __init__(self, train_file: str, val_file: str | None = None, test_file: str | None = None,
                  val_fraction: float = 0.1, test_fraction: float = 0.1, split_seed: int = 0, encoding: str = "utf-8",
-                 **kwargs):
+                 cache_dir: str | None = None, **kwargs):
+        """train_file / val_file / test_file: csv, tsv, json, jsonl, parquet or arrow files, or folders written by
+        `Dataset.save_to_disk`. cache_dir: the datasets cache (default: HF_DATASETS_CACHE)."""
         super().__init__(**kwargs)
         self.files = {"train": train_file, "val": val_file, "test": test_file}
         self.val_fraction, self.test_fraction, self.split_seed = val_fraction, test_fraction, split_seed
-        self.encoding = encoding
+        self.encoding, self.cache_dir = encoding, cache_dir
+        self._tables = None
 
     columns: list[str] = []
 
-    def rows(self, df) -> list[Example]:
+    def rows(self, table) -> list[Example]:
+        """Examples from a table (a Dataset or a batch dict: both give `table[column]` as a list)."""
         raise NotImplementedError
 
-    def check_table(self, df, path: str, split: str) -> None:
+    def check_table(self, table, path: str, split: str) -> None:
         """Refuse a file that reads but cannot train the task (subclasses)."""
 
-    def _read(self, split: str, path: str) -> list[Example]:
-        df = read_table(path, self.columns, self.encoding)
-        self.check_table(df, path, split)
-        return self.rows(df)
+    def _read(self, split: str, path: str):
+        table = read_table(path, self.columns, self.encoding, self.cache_dir)
+        self.check_table(table, path, split)
+        return table
+
+    @property
+    def tables(self) -> dict:
+        """The splits as datasets.Dataset objects (held-out splits are `select`ions of the training file)."""
+        if self._tables is None:
+            out = {split: self._read(split, path) for split, path in self.files.items() if path}
+            train = out["train"]
+            held = [s for s, f in (("test", self.test_fraction), ("val", self.val_fraction)) if s not in out]
+            if held:
+                order = np.random.default_rng(self.split_seed).permutation(len(train)).tolist()
+                start = 0
+                for split in held:
+                    n = max(1, int(round(len(train) * (self.test_fraction if split == "test" else self.val_fraction))))
+                    out[split] = train.select(order[start:start + n])
+                    start += n
+                out["train"] = train.select(order[start:])
+            if not len(out["train"]):
+                raise ValueError(f"{self.files['train']!r} leaves no training rows after holding out val/test; lower the fractions")
+            self._tables = out
+        return self._tables
 
     def make_examples(self):
-        out = {split: self._read(split, path) for split, path in self.files.items() if path}
-        train = out["train"]
-        held = [s for s, f in (("test", self.test_fraction), ("val", self.val_fraction)) if s not in out]
-        if held:
-            order = np.random.default_rng(self.split_seed).permutation(len(train)).tolist()
-            start = 0
-            for split in held:
-                n = max(1, int(round(len(train) * (self.test_fraction if split == "test" else self.val_fraction))))
-                out[split] = [train[i] for i in order[start:start + n]]
-                start += n
-            out["train"] = [train[i] for i in order[start:]]
-        if not out["train"]:
-            raise ValueError(f"{self.files['train']!r} leaves no training rows after holding out val/test; lower the fractions")
-        return out
+        return {split: self.rows(table) for split, table in self.tables.items()}
+
+    def _encode_batch(self, batch: dict) -> dict:
+        encoded = self.encode(self.rows(batch))
+        return {key: [row[key] for row in encoded] for key in encoded[0]} if encoded else {}
+
+    def setup(self, stage: str | None = None):
+        if stage != "predict" and not self.splits.get("train"):
+            import hashlib
+
+            from .tokenizers import backend_json
+
+            settings = json.dumps([hashlib.sha256(backend_json(self.tokenizer).encode()).hexdigest(), self.max_length,
+                                   type(self).__qualname__, self.columns, getattr(self, "text_pair_column", None)])
+            for split, table in self.tables.items():
+                fingerprint = hashlib.sha256(f"{table._fingerprint}|{settings}".encode()).hexdigest()[:32]
+                self.splits[split] = table.map(self._encode_batch, batched=True, remove_columns=table.column_names,
+                                               new_fingerprint=fingerprint, desc=f"tokenizing {split}")
+        super().setup(stage)
 
 
 class LocalTextClassification(_LocalText):
@@ -190,17 +260,18 @@ class LocalTextClassification(_LocalText):
         self.columns = [c for c in (text_column, label_column, text_pair_column) if c]
         self._labels: list | None = None
 
-    def check_table(self, df, path: str, split: str) -> None:
-        classes = df[self.label_column].unique().tolist()
+    def check_table(self, table, path: str, split: str) -> None:
+        classes = list(dict.fromkeys(table[self.label_column]))
         if split == "train" and len(classes) < 2:
             raise DataFileError(
                 f"the label column {self.label_column!r} of {path!r} holds a single class ({classes[0]!r} in all "
-                f"{len(df)} rows); a classifier needs at least two: check label_column, and that the file is complete "
+                f"{len(table)} rows); a classifier needs at least two: check label_column, and that the file is complete "
                 "(not the first rows of a sorted file)")
 
-    def rows(self, df):
-        pair = df[self.text_pair_column].astype(str).tolist() if self.text_pair_column else [None] * len(df)
-        return [{"text": t, "text_pair": p, "label": y} for t, p, y in zip(df[self.text_column].astype(str), pair, df[self.label_column])]
+    def rows(self, table):
+        texts = [str(t) for t in table[self.text_column]]
+        pair = [str(p) for p in table[self.text_pair_column]] if self.text_pair_column else [None] * len(texts)
+        return [{"text": t, "text_pair": p, "label": y} for t, p, y in zip(texts, pair, table[self.label_column])]
 
     @property
     def label_names(self) -> list:
@@ -244,10 +315,10 @@ class LocalSeq2Seq(_LocalText):
         self.columns = [c for c in (source_column, target_column, task_column) if c]
         self.tokenizer_kind = tokenizer_kind
 
-    def rows(self, df):
-        tasks = df[self.task_column].astype(str).tolist() if self.task_column else [""] * len(df)
-        return [{"source": s, "target": t, "task": k}
-                for s, t, k in zip(df[self.source_column].astype(str), df[self.target_column].astype(str), tasks)]
+    def rows(self, table):
+        sources, targets = [str(v) for v in table[self.source_column]], [str(v) for v in table[self.target_column]]
+        tasks = [str(v) for v in table[self.task_column]] if self.task_column else [""] * len(sources)
+        return [{"source": s, "target": t, "task": k} for s, t, k in zip(sources, targets, tasks)]
 
     # the same encoding as the number translation data
     from .numbers import NumberTranslation as _NT

@@ -370,6 +370,13 @@ def load_tokenizer_from(source: str | os.PathLike) -> PreTrainedTokenizerFast:
     * a `zoo fit` checkpoint (.ckpt, read with weights_only=True: nothing is executed); where in it:
       `checkpoint_tokenizer_state`.
     """
+    from ..hub import HF_HUB_PREFIX, hub_snapshot
+    from ..pretrained import is_tag, verified_path
+
+    if isinstance(source, str) and is_tag(source):  # shipped weights: the tokenizer beside them
+        source = verified_path(source)
+    elif isinstance(source, str) and source.startswith(HF_HUB_PREFIX):
+        source = hub_snapshot(source)
     path = Path(source)
     if path.is_dir():
         for folder in (path, path / "tokenizer"):

@@ -192,3 +192,6 @@ _register("transformer_big",
 _register("transformer_tiny", "A small post-norm encoder-decoder for CPU demos: d_model 128, 3+3 layers, 4 heads, "
           "FFN 512, 8k vocabulary", vocab_size=8000, d_model=128, num_encoder_layers=3, num_decoder_layers=3,
           num_heads=4, dim_feedforward=512, max_len=512)
+_register("transformer_numbers", "The encoder-decoder of the number-translation recipe (configs/transformer_numbers.yaml): "
+          "d_model 128, 2+2 post-norm layers, 4 heads, FFN 256, dropout 0.1, 1k BPE vocabulary", vocab_size=1000, d_model=128,
+          num_encoder_layers=2, num_decoder_layers=2, num_heads=4, dim_feedforward=256, dropout=0.1, max_len=512)

@@ -1,0 +1,176 @@
+"""save_pretrained / from_pretrained / push_to_hub / hf-hub: loading, offline, through huggingface_hub's cache layout."""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+import zoo
+from zoo.contract import example_inputs
+from zoo.hub import HubError, save_pretrained
+from zoo.registry import _entry
+from zoo.runs import load_run
+
+
+def smallest_per_family() -> list[str]:
+    families: dict[str, str] = {}
+    for name in zoo.list_models():
+        fam = _entry(name).family
+        if fam not in families or zoo.model_info(name)["params"] < zoo.model_info(families[fam])["params"]:
+            families[fam] = name
+    return sorted(families.values())
+
+
+def _outputs(model, ex):
+    with torch.no_grad():
+        out = model(*ex.args)
+    out = out[0] if isinstance(out, tuple) else out
+    return out.logits if hasattr(out, "logits") else out
+
+
+@pytest.mark.parametrize("name", smallest_per_family())
+def test_save_pretrained_round_trips_every_family(name, tmp_path):
+    torch.manual_seed(0)
+    model = zoo.create_model(name).eval()
+    folder = model.save_pretrained(tmp_path / "m")
+    assert {"config.json", "model.safetensors", "README.md"} <= {p.name for p in folder.iterdir()}
+    config = json.loads((folder / "config.json").read_text())
+    assert config["architecture"] == name and config["zoo"]["model"] == name
+    loaded = zoo.from_pretrained(str(folder))
+    assert type(loaded) is type(model) and loaded.config == model.config and not loaded.training
+    ex = example_inputs(model, batch=2, length=6)
+    torch.testing.assert_close(_outputs(loaded, ex), _outputs(model, ex), rtol=0, atol=0)
+
+
+def test_half_precision_file_is_half_the_size_and_loads_as_float32(tmp_path):
+    torch.manual_seed(0)
+    model = zoo.create_model("vit_digits").eval()
+    full = save_pretrained(model, tmp_path / "f32")
+    half = save_pretrained(model, tmp_path / "f16", dtype="float16")
+    ratio = (half / "model.safetensors").stat().st_size / (full / "model.safetensors").stat().st_size
+    assert 0.45 < ratio < 0.55
+    loaded = zoo.from_pretrained(half)
+    assert all(p.dtype == torch.float32 for p in loaded.parameters())
+    ex = example_inputs(model, batch=2)
+    torch.testing.assert_close(_outputs(loaded, ex), _outputs(model.half().float(), ex), rtol=0, atol=0)
+
+
+def test_tokenizer_and_record_travel_with_the_directory(tmp_path):
+    from zoo.data.tokenizers import same_tokenizer, train_tokenizer
+    from zoo.runs import Run
+
+    tok = train_tokenizer("bpe", ["three hundred and twelve", "trois cent douze", "forty two"] * 20, vocab_size=300)
+    model = zoo.create_model("transformer_tiny", vocab_size=len(tok), d_model=32, num_heads=2, dim_feedforward=64,
+                             num_encoder_layers=1, num_decoder_layers=1).eval()
+    model.model_name = "transformer_tiny"
+    run = Run(model, "transformer_tiny", "memory", {"labels": None, "cli_config": "model: {}\n"}, tok)
+    folder = save_pretrained(run, tmp_path / "t")
+    assert (folder / "tokenizer.json").is_file()
+    back = load_run(str(folder))
+    assert same_tokenizer(back.tokenizer, tok) and back.cli_config == "model: {}\n"
+    assert back.model.config == model.config
+
+
+def test_existing_directory_is_never_overwritten_and_failed_writes_leave_nothing(tmp_path, monkeypatch):
+    model = zoo.create_model("vit_digits")
+    target = tmp_path / "m"
+    target.mkdir()
+    (target / "mine.txt").write_text("user data")
+    with pytest.raises(FileExistsError, match="not empty"):
+        save_pretrained(model, target)
+    assert (target / "mine.txt").read_text() == "user data"
+
+    from zoo import weights
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(weights, "save_safetensors", boom)
+    with pytest.raises(OSError, match="disk full"):
+        save_pretrained(model, tmp_path / "new")
+    assert not (tmp_path / "new").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["m"]  # no temporary folder left behind
+
+
+def test_bad_dtype_and_bad_directory_are_named(tmp_path):
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        save_pretrained(zoo.create_model("vit_digits"), tmp_path / "x", dtype="int4")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "config.json").write_text(json.dumps({"zoo": {"nothing": 1}}))
+    with pytest.raises(HubError, match="is not a zoo config"):
+        zoo.from_pretrained(str(tmp_path / "bad"))
+
+
+# -- the Hub: a local cache laid out as huggingface_hub lays it out, used offline ---------------------
+
+def lay_out_in_hub_cache(folder: Path, cache: Path, repo_id: str, commit: str = "0" * 40) -> Path:
+    """models--org--name/{blobs/<sha256>, snapshots/<commit>/<file> -> ../../blobs/<sha256>, refs/main}."""
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    (repo / "blobs").mkdir(parents=True, exist_ok=True)
+    snap = repo / "snapshots" / commit
+    snap.mkdir(parents=True, exist_ok=True)
+    for f in folder.iterdir():
+        digest = hashlib.sha256(f.read_bytes()).hexdigest()
+        shutil.copyfile(f, repo / "blobs" / digest)
+        (snap / f.name).symlink_to(Path("..") / ".." / "blobs" / digest)
+    (repo / "refs").mkdir(exist_ok=True)
+    (repo / "refs" / "main").write_text(commit)
+    return snap
+
+
+@pytest.fixture
+def offline_cache(tmp_path, monkeypatch):
+    import huggingface_hub.constants as hc
+
+    cache = tmp_path / "hub"
+    cache.mkdir()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(hc, "HF_HUB_OFFLINE", True)
+    return cache
+
+
+def test_hf_hub_loading_from_the_offline_cache(tmp_path, offline_cache):
+    torch.manual_seed(0)
+    model = zoo.create_model("vit_digits").eval()
+    lay_out_in_hub_cache(save_pretrained(model, tmp_path / "m"), offline_cache, "someone/vit-digits")
+    loaded = zoo.create_model("vit_digits", pretrained="hf-hub:someone/vit-digits").eval()
+    ex = example_inputs(model, batch=2)
+    torch.testing.assert_close(_outputs(loaded, ex), _outputs(model, ex), rtol=0, atol=0)
+    torch.testing.assert_close(_outputs(zoo.from_pretrained("someone/vit-digits"), ex), _outputs(model, ex))
+    with pytest.raises(HubError, match="not in the local cache"):
+        zoo.create_model("vit_digits", pretrained="hf-hub:someone/absent")
+    with pytest.raises(ValueError, match="holds a vit_digits, not a vit_mnist"):
+        zoo.create_model("vit_mnist", pretrained="hf-hub:someone/vit-digits")
+
+
+def test_push_to_hub_uploads_a_loadable_folder(tmp_path, offline_cache):
+    """push_to_hub against a local stand-in of HfApi: what it uploads, laid out in the cache, loads back."""
+
+    class StandInApi:
+        def __init__(self):
+            self.calls = []
+
+        def create_repo(self, repo_id, private=None, exist_ok=False):
+            self.calls.append(("create_repo", repo_id, exist_ok))
+
+        def upload_folder(self, repo_id, folder_path, commit_message):
+            self.calls.append(("upload_folder", repo_id, sorted(p.name for p in Path(folder_path).iterdir())))
+            lay_out_in_hub_cache(Path(folder_path), offline_cache, repo_id, commit="1" * 40)
+            return f"https://huggingface.co/{repo_id}/commit/{'1' * 40}"
+
+    torch.manual_seed(0)
+    model = zoo.create_model("vit_digits").eval()
+    api = StandInApi()
+    url = model.push_to_hub("me/pushed", api=api, dtype="float16")
+    assert url.endswith("1" * 40)
+    assert api.calls[0] == ("create_repo", "me/pushed", True)
+    assert api.calls[1][2] == ["README.md", "config.json", "model.safetensors"]
+    loaded = zoo.from_pretrained("hf-hub:me/pushed")
+    ex = example_inputs(model, batch=2)
+    torch.testing.assert_close(_outputs(loaded, ex), _outputs(model.half().float(), ex), rtol=0, atol=0)

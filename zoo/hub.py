@@ -1,0 +1,211 @@
+"""The Hugging Face Hub conventions for zoo models, built on `huggingface_hub`.
+
+    model.save_pretrained("my_vit")                    # or zoo.hub.save_pretrained(run, "my_vit") to keep the tokenizer
+    model = zoo.from_pretrained("my_vit")              # a directory, a shipped tag, or a Hub repo id
+    model = zoo.create_model("vit_mnist", pretrained="hf-hub:me/vit-mnist")
+    zoo.hub.push_to_hub(run, "me/vit-mnist")           # huggingface_hub.HfApi.create_repo + upload_folder
+
+A directory holds what transformers users expect to find:
+
+    config.json          {"model_type": "zoo", "architecture": <registered name>, "zoo": <the run record>}
+                         (the record is what a `zoo fit` checkpoint keeps: full model config, task, labels,
+                         image size and normalisation, the recipe; see zoo.runs)
+    model.safetensors    the weights (float32, or float16/bfloat16 when saved so; loaded back as float32)
+    tokenizer.json ...   the tokenizer, when the model reads text (transformers' own files)
+    README.md            a model card (huggingface_hub.ModelCard)
+
+Repository ids go through `huggingface_hub.snapshot_download`, so its cache layout, revisions and
+`HF_HUB_OFFLINE=1` work as everywhere else in the ecosystem. Loading never executes pickled code.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+HF_HUB_PREFIX = "hf-hub:"
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+class HubError(ValueError):
+    """A directory or repository that cannot be loaded as a zoo model; the message names it and the fix."""
+
+
+def is_pretrained_dir(path: str | os.PathLike) -> bool:
+    """True for a directory written by `save_pretrained` (a config.json with a zoo record)."""
+    config = Path(path) / CONFIG_NAME
+    if not config.is_file():
+        return False
+    try:
+        return "zoo" in json.loads(config.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return False
+
+
+def save_pretrained(source: Any, directory: str | os.PathLike, tokenizer: Any = None, meta: dict | None = None,
+                    dtype: str | torch.dtype | None = None, overwrite: bool = False, card: str | None = None) -> Path:
+    """Write `source` (a zoo model or a `zoo.runs.Run`) as a Hub-style directory; returns it.
+
+    dtype: store the weights as "float16" / "bfloat16" (half the size; loaded back as float32).
+    An existing non-empty directory is refused unless overwrite=True; the files are written to a
+    temporary folder beside it and moved into place, so a failed write leaves nothing half-written."""
+    from .runs import Run, model_record
+    from .weights import save_safetensors
+
+    model = source.model if isinstance(source, Run) else source
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"save_pretrained takes a zoo model or a zoo.runs.Run, got {type(source).__name__}")
+    record = {**(source.meta if isinstance(source, Run) else getattr(model, "zoo_record", {}) or {}), **(meta or {}),
+              **model_record(model)}
+    tokenizer = tokenizer if tokenizer is not None else getattr(source, "tokenizer", None)
+    record.pop("tokenizer", None)  # kept as transformers' tokenizer files instead
+    dtype_name = _dtype_name(dtype)
+    out = Path(directory)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise FileExistsError(f"{str(out)!r} exists and is not empty; pick a new directory or pass overwrite=True")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        config = {"model_type": "zoo", "architecture": record["model"], "torch_dtype": dtype_name, "zoo": record}
+        (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+        weights = model if dtype_name == "float32" else _cast_copy(model, _DTYPES[dtype_name])
+        save_safetensors(weights, tmp / WEIGHTS_NAME, metadata={"format": "pt"})
+        if tokenizer is not None:
+            from .data.tokenizers import save_tokenizer
+
+            save_tokenizer(tokenizer, tmp)
+        model_card(record, card).save(tmp / "README.md")
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _dtype_name(dtype: str | torch.dtype | None) -> str:
+    if dtype is None:
+        return "float32"
+    name = str(dtype).replace("torch.", "")
+    if name not in _DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
+    return name
+
+
+def _cast_copy(model: nn.Module, dtype: torch.dtype) -> nn.Module:
+    import copy
+
+    return copy.deepcopy(model).to(dtype)
+
+
+def model_card(record: dict, text: str | None = None):
+    """A `huggingface_hub.ModelCard` for a zoo record: library, license, metrics and how it was made."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    name = record["model"]
+    data = ModelCardData(library_name="zoo", license=record.get("license", "apache-2.0"),
+                         tags=["zoo", record.get("family", ""), "pytorch"])
+    lines = [f"# {record.get('tag', name)}", "", f"A `zoo` {record.get('family', '')} model (`{name}`).", ""]
+    if record.get("metric"):
+        m = record["metric"]
+        lines += [f"- {m.get('name')}: **{m.get('value')}** on {m.get('split', 'the test split')}"]
+    if record.get("command"):
+        lines += [f"- made by: `{record['command']}`"]
+    lines += ["", "```python", "import zoo", "model = zoo.from_pretrained(\"<this directory or repo id>\")", "```"]
+    if text:
+        lines += ["", text]
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n" + "\n".join(lines) + "\n")
+
+
+def load_pretrained_dir(path: str | os.PathLike, model_kwargs: dict | None = None):
+    """A `save_pretrained` directory -> `zoo.runs.Run` (model in eval mode, float32, with its tokenizer)."""
+    import dataclasses
+
+    from .runs import Run, RunError, _build, config_from_record
+    from .weights import load_state_dict_checked, read_state_dict
+
+    path = Path(path)
+    try:
+        config = json.loads((path / CONFIG_NAME).read_text(encoding="utf-8"))
+        record = config["zoo"]
+        name = record["model"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
+        raise HubError(f"{str(path / CONFIG_NAME)!r} is not a zoo config ({type(e).__name__}: {e}); "
+                       "pass a directory written by save_pretrained") from None
+    cfg = config_from_record(name, record["config"])
+    if model_kwargs:
+        cfg = dataclasses.replace(cfg, **model_kwargs)
+    model = _build(name, cfg)
+    weights = path / WEIGHTS_NAME
+    state = {k: (v.float() if v.is_floating_point() else v) for k, v in read_state_dict(weights).items()}
+    try:
+        load_state_dict_checked(model, state)
+    except Exception as e:
+        raise RunError(f"{weights}: the weights do not fit the model {name} its config.json names: {e}") from None
+    tokenizer = None
+    if (path / "tokenizer.json").is_file():
+        from .data.tokenizers import load_tokenizer_from
+
+        tokenizer = load_tokenizer_from(path)
+    return Run(model.eval(), name, str(path), record, tokenizer)
+
+
+def hub_snapshot(repo_id: str, revision: str | None = None, cache_dir: str | os.PathLike | None = None) -> Path:
+    """The local folder of a Hub repository, through huggingface_hub's cache (`HF_HUB_OFFLINE=1`: cache only)."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    repo_id = repo_id[len(HF_HUB_PREFIX):] if repo_id.startswith(HF_HUB_PREFIX) else repo_id
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    try:
+        folder = snapshot_download(repo_id, revision=revision, cache_dir=cache_dir, local_files_only=offline,
+                                   allow_patterns=[CONFIG_NAME, WEIGHTS_NAME, "tokenizer*", "special_tokens_map.json",
+                                                   "README.md"])
+    except LocalEntryNotFoundError:
+        raise HubError(f"Hub repository {repo_id!r} is not in the local cache "
+                       f"({cache_dir or 'HF_HUB_CACHE'}) and downloading is off (HF_HUB_OFFLINE=1); "
+                       "download it once online, or pass a local directory") from None
+    except HfHubHTTPError as e:
+        raise HubError(f"cannot fetch Hub repository {repo_id!r}: {e}") from None
+    if not is_pretrained_dir(folder):
+        raise HubError(f"Hub repository {repo_id!r} is not a zoo model (its config.json has no zoo record); "
+                       "transformers models load with zoo.from_hf")
+    return Path(folder)
+
+
+def from_pretrained(source: str | os.PathLike, **model_kwargs) -> nn.Module:
+    """A zoo model from a `save_pretrained` directory, a shipped tag (`vit_mnist.mnist5k`), a run or
+    checkpoint, or a Hub repository id (`org/name` or `hf-hub:org/name`); in eval mode.
+
+    `zoo.runs.load_run(source)` returns the same model with its tokenizer, labels and image settings."""
+    from .pretrained import is_tag
+    from .runs import load_run
+
+    text = str(source)
+    if not Path(text).exists() and not is_tag(text) and text.count("/") == 1 and not text.startswith((".", "/", HF_HUB_PREFIX)):
+        source = HF_HUB_PREFIX + text  # "org/name": a Hub repository id, as transformers reads it
+    return load_run(source, model_kwargs or None).model
+
+
+def push_to_hub(source: Any, repo_id: str, tokenizer: Any = None, private: bool | None = None, token: str | None = None,
+                commit_message: str = "Upload zoo model", dtype: str | None = None, api: Any = None):
+    """`save_pretrained` into a temporary folder, then `HfApi.create_repo(exist_ok=True)` and
+    `HfApi.upload_folder`; returns what upload_folder returns. `api` may be any object with those two
+    methods (an `HfApi` with another endpoint, or a stand-in in tests)."""
+    if api is None:
+        from huggingface_hub import HfApi
+
+        api = HfApi(token=token)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = save_pretrained(source, Path(tmp) / "model", tokenizer=tokenizer, dtype=dtype)
+        api.create_repo(repo_id=repo_id, private=private, exist_ok=True)
+        return api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message=commit_message)
