@@ -1,0 +1,285 @@
+"""`zoo serve`: LitServe with a request guard, a metadata endpoint and the demo page.
+
+Processes: this one loads the run once to describe it (metadata) and to check requests; LitServe starts
+the HTTP server (a thread here) and `--workers` model workers (spawned processes that load the run again
+and predict on dynamic batches of up to `--max-batch-size` requests, waiting at most `--batch-timeout`
+seconds for a batch to fill).
+
+A POST /predict first meets `Guard` in the HTTP process: body size, content type, JSON / multipart parsing
+and every field are checked there by the model's handler (`zoo.serve.handlers`), and the body handed on to
+the worker is the canonical JSON of the checked inputs. A bad request therefore never enters a batch with
+good ones; it gets {"error": "..."} with a 4xx. An exception inside the model gets a 500 with
+{"error": ..., "error_id": ...}; the worker logs the same id with the traceback and keeps serving.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import tempfile
+import traceback
+import uuid
+from dataclasses import fields as dc_fields
+from importlib import resources
+from pathlib import Path
+
+import litserve as ls
+
+from .limits import Limits, RequestError
+
+log = logging.getLogger("zoo.serve")
+PREDICT = "/predict"
+HOSTS = ("127.0.0.1", "0.0.0.0", "::")  # what LitServe binds to
+
+
+# -- the model worker ------------------------------------------------------------------------------
+
+
+class ZooAPI(ls.LitAPI):
+    """Loads the run in the worker (`setup`) and predicts on batches of checked requests."""
+
+    def __init__(self, source: str, limits: Limits, backend: str = "torch", max_batch_size: int = 1,
+                 batch_timeout: float = 0.0, threads: int | None = None):
+        super().__init__(max_batch_size=max_batch_size, batch_timeout=batch_timeout, api_path=PREDICT)
+        self.source, self.limits, self.backend, self.threads = source, limits, backend, threads
+
+    def setup(self, device):
+        import torch
+
+        from ..runs import load_run
+        from .handlers import handler_for
+
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        self.handler = handler_for(load_run(self.source), self.limits)
+        if self.backend == "onnx":
+            self._onnx_dir = tempfile.TemporaryDirectory(prefix="zoo-serve-")
+            self.handler.use_onnx(Path(self._onnx_dir.name) / "model.onnx")
+        self.handler.probe_attention()
+
+    def decode_request(self, request):
+        return request  # already checked and made canonical by Guard in the HTTP process
+
+    def batch(self, inputs):
+        return list(inputs)
+
+    def unbatch(self, output):
+        return output
+
+    def predict(self, jobs):
+        from fastapi import HTTPException
+
+        single = isinstance(jobs, dict)  # max_batch_size 1: LitServe passes one request
+        jobs = [jobs] if single else jobs
+        items = [it for job in jobs for it in job["items"]]
+        try:
+            outputs = self.handler.predict(items)
+        except Exception as e:  # noqa: BLE001 - any model failure: a 500 with an id, the worker keeps serving
+            error_id = uuid.uuid4().hex[:12]
+            print(f"zoo serve: error {error_id} while predicting {len(items)} input(s) of {len(jobs)} request(s):\n"
+                  f"{traceback.format_exc()}", file=sys.stderr, flush=True)
+            raise HTTPException(500, {"error": f"the model failed on this request ({type(e).__name__}: "
+                                               f"{str(e).splitlines()[0][:300] if str(e) else ''}); the server log "
+                                               f"has the traceback under this error id", "error_id": error_id}) from None
+        answers, start = [], 0
+        for job in jobs:
+            part = outputs[start:start + len(job["items"])]
+            start += len(job["items"])
+            answers.append(part[0] if job["single"] else {"outputs": part})
+        return answers[0] if single else answers
+
+    def encode_response(self, output):
+        return output
+
+
+# -- the HTTP process: the request guard -----------------------------------------------------------
+
+
+async def _send_json(send, status: int, body: dict) -> None:
+    data = json.dumps(body).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]})
+    await send({"type": "http.response.body", "body": data})
+
+
+class Guard:
+    """ASGI middleware for POST /predict: limits, parsing and checks before anything reaches a worker."""
+
+    def __init__(self, app, handler, limits: Limits):
+        self.app, self.handler, self.limits = app, handler, limits
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["path"] != PREDICT or scope["method"] != "POST":
+            return await self.app(scope, receive, send)
+        try:
+            body = await self._read(scope, receive)
+            canonical = self.handler.check(await self._parse(scope, body))
+        except RequestError as e:
+            return await _send_json(send, e.status, {"error": e.message})
+        data = json.dumps(canonical).encode()
+        headers = [(k, v) for k, v in scope["headers"] if k not in (b"content-type", b"content-length")]
+        headers += [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
+        done = False
+
+        async def replay():
+            nonlocal done
+            if not done:
+                done = True
+                return {"type": "http.request", "body": data, "more_body": False}
+            return await receive()
+
+        return await self.app({**scope, "headers": headers}, replay, send)
+
+    async def _read(self, scope, receive) -> bytes:
+        limit = self.limits.max_request_bytes
+        declared = dict(scope["headers"]).get(b"content-length")
+        too_big = RequestError(413, f"the request body is over the limit of {limit} bytes; send a smaller image or "
+                                    "fewer inputs (or start the server with a larger --max-request-bytes)")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise too_big
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise RequestError(400, "the client disconnected before sending the whole body")
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise too_big
+            chunks.append(chunk)
+            if not message.get("more_body"):
+                return b"".join(chunks)
+
+    async def _parse(self, scope, body: bytes):
+        ctype = dict(scope["headers"]).get(b"content-type", b"").decode("latin-1").lower()
+        looks_json = body.lstrip()[:1] in (b"{", b"[")  # `curl -d '{...}'` sends JSON labelled as a form
+        if ctype.startswith("multipart/form-data") or (ctype.startswith("application/x-www-form-urlencoded") and not looks_json):
+            return await self._form(scope, body)
+        if ctype and not looks_json and not ctype.startswith(("application/json", "text/plain")):
+            raise RequestError(415, f"unsupported content type {ctype!r}; send application/json, or multipart/form-data "
+                                    "with the image as a file part named 'image'")
+        if not body.strip():
+            raise RequestError(400, f"the request body is empty; send a JSON object such as {self.handler.example()}")
+        try:
+            return json.loads(body)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise RequestError(400, f"the request body is not valid JSON ({e}); send a JSON object such as "
+                                    f"{self.handler.example()}") from None
+
+    async def _form(self, scope, body: bytes):
+        from starlette.requests import Request
+
+        sent = False
+
+        async def replay():
+            nonlocal sent
+            if sent:
+                return {"type": "http.disconnect"}
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        try:
+            form = await Request(scope, replay).form(max_files=4, max_fields=64)
+        except Exception as e:  # noqa: BLE001 - malformed multipart: the parser's own message
+            raise RequestError(400, f"the multipart body cannot be parsed ({type(e).__name__}: {e})") from None
+        values: dict[str, list] = {}
+        for name, value in form.multi_items():
+            values.setdefault(name, []).append(await value.read() if hasattr(value, "read") else value)
+        return self.handler.from_form(values)
+
+
+# -- building the server -----------------------------------------------------------------------------
+
+
+def describe(run, handler, backend: str, options: dict) -> dict:
+    """What GET /metadata answers (and LitServe's /info repeats)."""
+    from ..contract import kind_of
+
+    return {"model": run.name, "source": str(run.source), "tag": run.meta.get("tag"), "kind": kind_of(run.model),
+            "task": run.task_class, "backend": backend, "endpoint": PREDICT, **handler.describe(),
+            "limits": handler.limits.as_dict(), "server": options,
+            "parameters": sum(p.numel() for p in run.model.parameters())}
+
+
+def build_server(source: str, limits: Limits | None = None, backend: str = "torch", max_batch_size: int = 1,
+                 batch_timeout: float = 0.0, workers: int = 1, timeout: float = 30.0, threads: int | None = None):
+    """(LitServer, metadata): the run is loaded here once to describe it and to check requests."""
+    from fastapi.responses import HTMLResponse, JSONResponse
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    from ..runs import load_run
+    from .handlers import handler_for
+
+    limits = limits or Limits()
+    if backend not in ("torch", "onnx"):
+        raise ValueError(f"--backend must be torch or onnx, got {backend!r}")
+    if max_batch_size < 1 or workers < 1:
+        raise ValueError(f"--max-batch-size and --workers must be >= 1, got {max_batch_size} and {workers}")
+    if max_batch_size > 1024:
+        raise ValueError(f"--max-batch-size {max_batch_size} is more than 1024; dynamic batches that large only add latency")
+    run = load_run(source)
+    handler = handler_for(run, limits, backend)
+    if backend == "onnx":
+        handler.use_onnx(None)
+    handler.probe_attention()
+    options = {"max_batch_size": max_batch_size, "batch_timeout": batch_timeout, "workers": workers}
+    meta = describe(run, handler, backend, options)
+    api = ZooAPI(str(source), limits, backend, max_batch_size, batch_timeout, threads)
+    server = ls.LitServer(api, accelerator="cpu", workers_per_device=workers, timeout=timeout, model_metadata=meta,
+                          middlewares=[(Guard, {"handler": handler, "limits": limits})])
+    app = server.app
+    app.router.routes = [r for r in app.router.routes if getattr(r, "path", None) != "/"]  # LitServe's "litserve running"
+    page = resources.files("zoo.serve").joinpath("static/index.html").read_text(encoding="utf-8")
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def demo_page():
+        return page
+
+    @app.get("/metadata")
+    def metadata() -> dict:
+        """The served model: name, source, kind, use, classes, input size, request fields and limits."""
+        return meta
+
+    @app.exception_handler(StarletteHTTPException)
+    async def as_json(request, exc):
+        detail = exc.detail if isinstance(exc.detail, dict) else {"error": str(exc.detail)}
+        return JSONResponse(detail, status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+    return server, meta
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="zoo serve", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="a `zoo fit` checkpoint or run folder, zoo safetensors, NAME@WEIGHTS, "
+                                                  "or a registered name (random weights)")
+    p.add_argument("--host", default="127.0.0.1", choices=HOSTS, help="127.0.0.1 (default): this machine only; "
+                                                                     "0.0.0.0 or :: to accept other machines")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--max-batch-size", type=int, default=8, help="dynamic batching: requests predicted together (1: off)")
+    p.add_argument("--batch-timeout", type=float, default=0.005, help="seconds a batch waits to fill")
+    p.add_argument("--workers", type=int, default=1, help="model worker processes")
+    p.add_argument("--threads", type=int, help="torch threads per worker (default: torch's choice)")
+    p.add_argument("--backend", choices=("torch", "onnx"), default="torch",
+                   help="onnx: export with `zoo export` and run in onnxruntime (image and text classifiers)")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds a request may wait for its answer (504 after)")
+    for f in dc_fields(Limits):
+        p.add_argument("--" + f.name.replace("_", "-"), type=int, default=f.default,
+                       help=f"limit (default {f.default if f.default is not None else 'the model maximum'})")
+    p.add_argument("--log-level", default="warning")
+    a = p.parse_args(argv)
+    limits = Limits(**{f.name: getattr(a, f.name) for f in dc_fields(Limits)})
+    server, meta = build_server(a.model, limits, a.backend, a.max_batch_size, a.batch_timeout, a.workers, a.timeout,
+                                a.threads)
+    host = f"[{a.host}]" if ":" in a.host else a.host
+    print(f"zoo serve: {meta['model']} ({meta['use']}, {a.backend}) from {meta['source']} on http://{host}:{a.port}/ "
+          f"(demo page /, POST {PREDICT}, /metadata, /health, /docs); Ctrl+C stops", flush=True)
+    try:
+        server.run(host=a.host, port=a.port, num_api_servers=1, log_level=a.log_level, generate_client_file=False,
+                   api_server_worker_type="thread")
+    finally:
+        # LitServe stops its workers but cannot stop the HTTP thread it started: end the process here
+        print("zoo serve: stopped", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(0)
