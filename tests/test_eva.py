@@ -98,8 +98,12 @@ CONFIGS = {
     "eva02_odd": ("eva02_tiny_patch14_224", dict(img_size=(56, 42), embed_dim=128, depth=3, num_heads=4, num_classes=7)),
     "eva02_unfused_token": ("eva02_tiny_patch14_224", dict(img_size=(42, 70), embed_dim=96, depth=2, num_heads=2,
                                                             qkv_fused=False, global_pool="token", num_classes=3)),
+    "eva02_base_style": ("eva02_tiny_patch14_224", dict(img_size=(70, 56), embed_dim=96, depth=2, num_heads=3,
+                                                         qkv_fused=False, scale_mlp=True, num_classes=4)),
     "eva02_ref_rescale": ("eva02_tiny_patch14_224", dict(img_size=84, embed_dim=64, depth=2, num_heads=1,
                                                           ref_feat_shape=(8, 5), num_classes=4)),
+    "eva02_qk_norm": ("eva02_tiny_patch14_224", dict(img_size=56, embed_dim=64, depth=2, num_heads=2, qk_norm=True,
+                                                      num_classes=3)),
     "rope_vit_xy_t100": ("vit_small_patch16_rope_224", dict(img_size=(48, 64), embed_dim=96, depth=3, num_heads=3,
                                                              num_classes=5)),
 }
@@ -161,7 +165,8 @@ def test_from_timm_checkpoint_file(tmp_path):
 
 # -- the registered models ----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", ["eva02_tiny_patch14_224", "eva02_small_patch14_224", "vit_small_patch16_rope_224"])
+@pytest.mark.parametrize("name", ["eva02_tiny_patch14_224", "eva02_small_patch14_224", "eva02_base_patch14_224",
+                                  "vit_small_patch16_rope_224"])
 def test_parameter_counts_equal_timm(name):
     with torch.device("meta"):
         ours = count_parameters(zoo.create_model(name))
@@ -170,12 +175,13 @@ def test_parameter_counts_equal_timm(name):
     assert zoo.model_info(name)["params"] == theirs
 
 
-def test_registered_config_is_what_from_timm_reads():
+@pytest.mark.parametrize("name", ["eva02_tiny_patch14_224", "eva02_base_patch14_224", "vit_small_patch16_rope_224"])
+def test_registered_config_is_what_from_timm_reads(name):
     with torch.device("meta"):
-        ref = timm.create_model("eva02_tiny_patch14_224", pretrained=False)
+        ref = timm.create_model(name, pretrained=False)
     from zoo.interop.timm_eva import zoo_config
 
-    assert zoo_config(ref) == zoo.get_config("eva02_tiny_patch14_224")
+    assert zoo_config(ref) == zoo.get_config(name)
 
 
 def test_timm_init_statistics():
@@ -250,11 +256,9 @@ def test_bad_configs():
 
 
 @pytest.mark.parametrize("kw,named", [
-    (dict(scale_mlp=True), "scale_mlp"),
     (dict(scale_attn_inner=True), "scale_attn_inner"),
     (dict(num_reg_tokens=2), "register tokens"),
     (dict(rope_type="mixed", use_abs_pos_emb=False, attn_type="rope"), "rope_type='mixed'"),
-    (dict(qk_norm=True), "qk_norm"),
     (dict(global_pool="map"), "global_pool='map'"),
 ])
 def test_unconverted_timm_options_are_named(kw, named):

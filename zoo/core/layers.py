@@ -56,21 +56,29 @@ def make_activation(name: str) -> nn.Module:
 
 
 class FeedForward(nn.Module):
-    """fc2(drop(act(fc1 x))) or, gated (GEGLU / SwiGLU / T5 v1.1), fc2(drop(act(fc1 x) * gate x))."""
+    """fc2(drop(act(fc1 x))) or, gated (GEGLU / SwiGLU / T5 v1.1), fc2(drop(act(fc1 x) * gate x)).
 
-    def __init__(self, dim: int, hidden: int, activation: str = "gelu", gated: bool = False, bias: bool = True, dropout: float = 0.0):
+    norm: a norm kind over the hidden width applied before fc2, fc2(norm(drop(h))) (NormFormer's
+    sub-norm; EVA-02 base/large, timm's scale_mlp); None: none."""
+
+    def __init__(self, dim: int, hidden: int, activation: str = "gelu", gated: bool = False, bias: bool = True, dropout: float = 0.0,
+                 norm: str | None = None, norm_eps: float = 1e-6):
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden, bias=bias)
         self.gate = nn.Linear(dim, hidden, bias=bias) if gated else None
         self.act = make_activation(activation)
         self.drop = nn.Dropout(dropout)
+        self.norm = make_norm(norm, hidden, norm_eps) if norm else None
         self.fc2 = nn.Linear(hidden, dim, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.act(self.fc1(x))
         if self.gate is not None:
             h = h * self.gate(x)
-        return self.fc2(self.drop(h))
+        h = self.drop(h)
+        if self.norm is not None:
+            h = self.norm(h)
+        return self.fc2(h)
 
 
 class LayerScale(nn.Module):

@@ -1,13 +1,14 @@
 """timm Eva (EVA-02, RoPE-ViT) -> zoo.models.eva.Eva.
 
 Reads the hyper-parameters off the timm module (sizes, biases, MLP kind, rotary settings, pooling,
-LayerScale) and refuses, naming them, the options zoo's Eva lacks: register tokens, post-norm blocks,
-the MLP sub-norm of EVA-02 base/large (scale_mlp), the attention inner norm (scale_attn_inner),
-qk-norm, gated attention, grouped-query heads, mixed / DINOv3 / M-RoPE tables, half-rotation layout,
+LayerScale, qk-norm, the MLP sub-norm of EVA-02 base/large) and refuses, naming them, the options
+zoo's Eva lacks: register tokens, post-norm blocks, the attention inner norm (scale_attn_inner),
+gated attention, grouped-query heads, mixed / DINOv3 / M-RoPE tables, half-rotation layout,
 pixel-based or offset rotary grids, coordinate augmentation, dynamic image sizes, attention pooling.
 
 Weights: the packed SwiGLU `fc1` [2F, D] splits into zoo's `fc1` (first half, through SiLU) and `gate`
-(second half); `q_bias`/`v_bias` go to the key-bias-free projection; `gamma_1/2` to `ls1/ls2.gamma`.
+(second half), the separate one's `fc1_g` / `fc1_x` are zoo's `fc1` / `gate`; `q_bias` / `v_bias` go to
+the key-bias-free projection; `gamma_1/2` to `ls1/ls2.gamma`.
 """
 from __future__ import annotations
 
@@ -61,18 +62,22 @@ def _unsupported(m) -> list[str]:
         problems.append(f"attention type {type(attn).__name__}")
     if getattr(attn, "gate", None) is not None:
         problems.append("gated attention")
-    if not (_is_identity(getattr(attn, "q_norm", None)) and _is_identity(getattr(attn, "k_norm", None))):
-        problems.append("qk_norm=True (attn.q_norm / attn.k_norm)")
+    q_norm = getattr(attn, "q_norm", None)
+    if not _is_identity(q_norm) and not (isinstance(q_norm, nn.LayerNorm) and q_norm.eps == blk.norm1.eps):
+        problems.append(f"attn.q_norm {q_norm} (zoo's qk_norm is a LayerNorm with the blocks' eps {blk.norm1.eps})")
     if not _is_identity(getattr(attn, "norm", None)):
         problems.append("scale_attn_inner=True (attn.norm)")
     if getattr(attn, "num_kv_heads", attn.num_heads) != attn.num_heads:
         problems.append(f"grouped-query attention (num_kv_heads={attn.num_kv_heads})")
     if attn.head_dim * attn.num_heads != m.embed_dim:
         problems.append(f"attn_head_dim={attn.head_dim} (zoo uses dim // num_heads)")
-    if not _is_identity(getattr(blk.mlp, "norm", None)):
-        problems.append("scale_mlp=True (mlp.norm, EVA-02 base/large)")
-    if type(blk.mlp).__name__ not in ("GluMlp", "Mlp"):
-        problems.append(f"MLP type {type(blk.mlp).__name__} (swiglu_align_to / separate SwiGLU)")
+    mlp_norm = getattr(blk.mlp, "norm", None)
+    if not _is_identity(mlp_norm) and not (isinstance(mlp_norm, nn.LayerNorm) and mlp_norm.eps == blk.norm1.eps):
+        problems.append(f"mlp.norm {mlp_norm} (zoo's mlp_norm is a LayerNorm with the blocks' eps)")
+    if type(blk.mlp).__name__ not in ("GluMlp", "Mlp", "SwiGLU"):
+        problems.append(f"MLP type {type(blk.mlp).__name__}")
+    elif type(blk.mlp).__name__ == "SwiGLU" and not isinstance(blk.mlp.act, nn.SiLU):
+        problems.append(f"a SwiGLU MLP with activation {type(blk.mlp.act).__name__}")
     elif type(blk.mlp).__name__ == "GluMlp" and (blk.mlp.gate_last or not isinstance(blk.mlp.act, nn.SiLU)):
         problems.append("a GLU MLP other than SiLU(first half) * second half")
     if blk.gamma_1 is not None and blk.gamma_2 is None:
@@ -87,7 +92,7 @@ def zoo_config(m) -> EvaConfig:
     pe, blk, attn = m.patch_embed, m.blocks[0], m.blocks[0].attn
     if pe.patch_size[0] != pe.patch_size[1]:
         raise ValueError(f"zoo's Eva needs square patches; timm has patch_size={pe.patch_size}")
-    glu = type(blk.mlp).__name__ == "GluMlp"
+    glu = type(blk.mlp).__name__ in ("GluMlp", "SwiGLU")
     hidden = blk.mlp.fc2.in_features
     fused = attn.qkv is not None
     if type(attn).__name__ == "EvaAttention":
@@ -102,8 +107,9 @@ def zoo_config(m) -> EvaConfig:
         img_size=img[0] if img[0] == img[1] else img, patch_size=pe.patch_size[0], in_chans=pe.proj.in_channels,
         num_classes=m.num_classes, dim=m.embed_dim, depth=len(m.blocks), num_heads=attn.num_heads,
         mlp_ratio=mlp_ratio_for(m.embed_dim, hidden), swiglu=glu,
-        activation="gelu" if glu else _activation(blk.mlp.act), qkv_bias=qkv_bias, key_bias=key_bias,
-        fused_qkv=fused, class_token=m.cls_token is not None, abs_pos=m.pos_embed is not None,
+        activation="gelu" if glu else _activation(blk.mlp.act), mlp_norm=not _is_identity(getattr(blk.mlp, "norm", None)),
+        qkv_bias=qkv_bias, key_bias=key_bias,
+        fused_qkv=fused, qk_norm=not _is_identity(getattr(attn, "q_norm", None)), class_token=m.cls_token is not None, abs_pos=m.pos_embed is not None,
         rope=rope is not None,
         rope_temperature=float(rope.temperature) if rope is not None else 10000.0,
         rope_indexing=rope.grid_indexing if rope is not None else "ij",
@@ -129,14 +135,14 @@ def convert_timm_eva(m) -> Eva:
             if f"{src}.{part}" in sd:
                 out[f"{dst}.{part}"] = sd[f"{src}.{part}"]
     renames = {"gamma_1": "ls1.gamma", "gamma_2": "ls2.gamma", "attn.q_proj.": "attn.q.", "attn.k_proj.": "attn.k.",
-               "attn.v_proj.": "attn.v.", "attn.q_bias": "attn.qkv.q_bias", "attn.v_bias": "attn.qkv.v_bias"}
+               "attn.v_proj.": "attn.v.", "mlp.fc1_g.": "mlp.fc1.", "mlp.fc1_x.": "mlp.gate.", "attn.q_bias": "attn.qkv.q_bias", "attn.v_bias": "attn.qkv.v_bias"}
     for i in range(cfg.depth):
         a, z = f"blocks.{i}.", f"encoder.blocks.{i}."
         for k, v in sd.items():
             if not k.startswith(a):
                 continue
             name = k[len(a):]
-            if cfg.swiglu and name.startswith("mlp.fc1."):  # packed [gate rows (SiLU); value rows]
+            if cfg.swiglu and name.startswith("mlp.fc1."):  # packed GluMlp: [gate rows (SiLU); value rows]
                 first, second = v.chunk(2, dim=0)
                 part = name.rsplit(".", 1)[1]
                 out[z + f"mlp.fc1.{part}"], out[z + f"mlp.gate.{part}"] = first, second

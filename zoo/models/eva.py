@@ -5,8 +5,9 @@ class tokens are not rotated), in timm's `Eva` layout:
 
     tokens = [cls, patches] (+ learned absolute positions, EVA-02)
     x = x + [γ1 ⊙] Attn(LN x, rope);   x = x + [γ2 ⊙] MLP(LN x)
-    EVA-02: keys without bias (`QVBiasAttention`), packed SwiGLU MLP  fc2(SiLU(x W_g) ⊙ x W_x),
-            hidden = int(dim · 8/3), mean of the patch tokens -> LayerNorm (fc_norm) -> head
+    EVA-02: keys without bias (`QVBiasAttention`), SwiGLU MLP  fc2([LN](SiLU(x W_g) ⊙ x W_x)),
+            hidden = int(dim · 8/3) (the LN over the hidden width for base/large), mean of the patch
+            tokens -> LayerNorm (fc_norm) -> head
     RoPE-ViT (Naver axial): plain biased q/k/v, GELU MLP, no absolute positions, 'xy' rotary
             indexing with temperature 100, LayerScale, final LayerNorm -> class token -> head
 
@@ -22,7 +23,7 @@ import torch
 from torch import nn
 
 from ..contract import IMAGE_AXES, Inputs, ZooModel
-from ..core import BlockConfig, QVBiasAttention, RotaryEmbedding2D, TransformerStack, make_norm, multi_head_attention, trunc_normal_init
+from ..core import BlockConfig, FeedForward, QVBiasAttention, RotaryEmbedding2D, TransformerStack, make_norm, multi_head_attention, trunc_normal_init
 from ..core.position import check_images
 from ..features import block_feature_info, check_output_fmt, feature_take_indices, run_blocks, tokens_to_nchw
 from ..registry import register_model
@@ -41,9 +42,11 @@ class EvaConfig:
     mlp_ratio: float = 4 * 2 / 3  # hidden = int(dim * mlp_ratio)
     swiglu: bool = True  # packed SwiGLU MLP; False: fc2(act(fc1 x)) with `activation`
     activation: str = "gelu"
+    mlp_norm: bool = False  # LayerNorm over the hidden width before fc2 (EVA-02 base/large; timm's scale_mlp)
     qkv_bias: bool = True
     key_bias: bool = False  # EVA: keys take no bias; RoPE-ViT: True
     fused_qkv: bool = True  # one [q; k; v] projection (EVA-02 tiny/small) or three (base/large)
+    qk_norm: bool = False  # LayerNorm of each head's q and k over head_dim, before the rotation
     class_token: bool = True
     abs_pos: bool = True  # learned absolute positions (class slot included)
     rope: bool = True
@@ -106,10 +109,11 @@ class Eva(ZooModel, nn.Module):
             dim=cfg.dim, num_heads=cfg.num_heads, mlp_hidden=int(cfg.dim * cfg.mlp_ratio), norm_eps=cfg.norm_eps,
             activation="silu" if cfg.swiglu else cfg.activation, gated=cfg.swiglu, qkv_bias=cfg.qkv_bias,
             fused_qkv=cfg.fused_qkv, dropout=cfg.proj_drop_rate, mlp_dropout=cfg.proj_drop_rate,
-            attn_dropout=cfg.attn_drop_rate, layer_scale=cfg.layer_scale,
+            attn_dropout=cfg.attn_drop_rate, layer_scale=cfg.layer_scale, qk_norm=cfg.qk_norm,
         )
         self.encoder = TransformerStack(block, cfg.depth, drop_path=cfg.drop_path_rate, final_norm=not use_fc_norm,
-                                        attn_layer=multi_head_attention if cfg.key_bias else self._qv_bias_attention)
+                                        attn_layer=multi_head_attention if cfg.key_bias else self._qv_bias_attention,
+                                        mlp_layer=self._mlp if cfg.mlp_norm else None)
         self.fc_norm = make_norm("layernorm", cfg.dim, cfg.norm_eps) if use_fc_norm else nn.Identity()
         self.head_drop = nn.Dropout(cfg.drop_rate)
         self.head = nn.Linear(cfg.dim, cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
@@ -119,7 +123,13 @@ class Eva(ZooModel, nn.Module):
     @staticmethod
     def _qv_bias_attention(cfg: BlockConfig) -> QVBiasAttention:
         return QVBiasAttention(cfg.dim, cfg.num_heads, qkv_bias=cfg.qkv_bias, fused_qkv=cfg.fused_qkv,
-                               attn_drop=cfg.attn_dropout, proj_drop=cfg.dropout)
+                               attn_drop=cfg.attn_dropout, proj_drop=cfg.dropout,
+                               qk_norm=cfg.norm if cfg.qk_norm else None, qk_norm_eps=cfg.norm_eps)
+
+    @staticmethod
+    def _mlp(cfg: BlockConfig) -> FeedForward:
+        return FeedForward(cfg.dim, cfg.mlp_hidden, cfg.activation, cfg.gated, cfg.mlp_bias, cfg.mlp_dropout,
+                           norm=cfg.norm, norm_eps=cfg.norm_eps)
 
     def init_weights(self) -> None:
         """timm's EVA init: Linear trunc_normal(0.02) with zero biases; the attention output and fc2 weights of
@@ -210,6 +220,9 @@ _register("eva02_tiny_patch14_224", _EVA02, "EVA-02 Ti/14, 224px: 2-D RoPE, SwiG
           "(timm's MIM model)", dim=192, depth=12, num_heads=3)
 _register("eva02_small_patch14_224", _EVA02, "EVA-02 S/14, 224px: 2-D RoPE, SwiGLU, no key bias, mean pooling, no head "
           "(timm's MIM model)", dim=384, depth=12, num_heads=6)
+_register("eva02_base_patch14_224", _EVA02, "EVA-02 B/14, 224px: 2-D RoPE, SwiGLU with a LayerNorm over the hidden "
+          "width, separate q/k/v (no key bias), mean pooling, no head (timm's MIM model)", dim=768, depth=12, num_heads=12,
+          fused_qkv=False, mlp_norm=True)
 _register("vit_small_patch16_rope_224", _ROPE_VIT, "RoPE-ViT-S/16 (Naver, axial): 2-D RoPE ('xy', temperature 100) "
           "instead of absolute positions, LayerScale 1e-5, class-token pooling", patch_size=16, num_classes=1000,
           dim=384, depth=12, num_heads=6, mlp_ratio=4.0, swiglu=False, key_bias=True, abs_pos=False,
