@@ -20,6 +20,7 @@ def _in_tmp(tmp_path, monkeypatch):
 SHRINK = {
     "vit_mnist": [],
     "vit_digits": [],
+    "vit_mnist_reg4": [],
     "eva02_mnist": [],
     "resnet_mnist_teacher": [],
     "vit_mnist_distill": ["--model.init_args.teacher", "timm_resnet18_mnist", "--model.init_args.teacher_ckpt", "null"],
