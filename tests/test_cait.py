@@ -239,3 +239,17 @@ def test_bad_input_and_config_errors():
         zoo.create_model("cait_mnist", class_depth=0)
     with pytest.raises(ValueError, match="divisible"):
         zoo.create_model("cait_mnist", img_size=30)
+
+
+def test_bench_peer_is_timms_cait_with_the_same_parameters_and_macs():
+    from zoo.bench.peers import PeerUnavailable, build_peer
+    from zoo.bench.speed import count_macs, example_inputs, zoo_call
+
+    model = zoo.create_model("cait_xxs24_224", img_size=32, depth=2, num_classes=5)
+    peer = build_peer(model, "cait_xxs24_224", "cait")
+    assert peer.label == "timm.cait_xxs24_224" and count_parameters(peer.module) == count_parameters(model)
+    inputs, _, _ = example_inputs(model, 2, seq_len=8, tgt_len=4)
+    assert count_macs(model, zoo_call, inputs) == count_macs(peer.module, peer.call, inputs) > 0
+    assert peer.call(peer.module.eval(), inputs).shape == (2, 5)
+    with pytest.raises(PeerUnavailable, match="conv"):
+        build_peer(zoo.create_model("cait_mnist"), "cait_mnist", "cait")

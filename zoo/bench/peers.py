@@ -178,6 +178,26 @@ def transformer_peer(model: nn.Module, name: str) -> Peer:
                 lambda m, inp: m(inp["input_ids"], inp["decoder_input_ids"], inp.get("attention_mask")))
 
 
+# ---------------------------------------------------------------------------- CaiT -> timm
+def cait_peer(model: nn.Module, name: str) -> Peer:
+    import timm
+    from timm.models.cait import Cait
+
+    c = model.config
+    if c.stem != "patch":
+        raise PeerUnavailable(f"{name} uses a {c.stem!r} stem that timm's Cait has no equivalent of")
+    kw = dict(img_size=c.img_size, patch_size=c.patch_size, in_chans=c.in_chans, num_classes=c.num_classes,
+              global_pool=c.pool, embed_dim=c.dim, depth=c.depth, num_heads=c.num_heads, mlp_ratio=c.mlp_ratio,
+              qkv_bias=c.qkv_bias, depth_token_only=c.class_depth, mlp_ratio_token_only=c.class_mlp_ratio,
+              init_values=c.init_values, drop_rate=c.drop_rate, pos_drop_rate=c.pos_drop_rate,
+              proj_drop_rate=c.proj_drop_rate, attn_drop_rate=c.attn_drop_rate, drop_path_rate=c.drop_path_rate)
+    if name in timm.list_models(name):  # the published variant, built by name (talking heads unfused, class attention SDPA)
+        peer, label = timm.create_model(name, pretrained=False, **kw), f"timm.{name}"  # kw override its defaults
+    else:
+        peer, label = Cait(**kw), "timm.Cait"
+    return Peer(label, peer, lambda m, inp: m(next(iter(inp.values()))))
+
+
 PEERS: dict[str, Callable[[nn.Module, str], Peer]] = {
     "vit": vit_peer,
     "bert": bert_peer,
@@ -185,6 +205,7 @@ PEERS: dict[str, Callable[[nn.Module, str], Peer]] = {
     "transformer": transformer_peer,
     "gpt": gpt_peer,
     "llama": llama_peer,
+    "cait": cait_peer,
 }
 
 
