@@ -32,6 +32,8 @@ SHRINK = {
     "bert_mlm": ["--data.max_number", "300", "--data.n_test", "20", "--data.n_val", "20", "--data.vocab_size", "500"],
     "bert_pairs": ["--data.max_number", "300", "--data.n_test", "20", "--data.n_val", "20", "--data.vocab_size", "500",
                    "--data.pairs_per_split", "[64, 16, 16]"],
+    "mae_mnist": ["--data.batch_size", "16"],
+    "mae_mnist_finetune": ["--data.batch_size", "16"],
     "gpt_pydoc": ["--data.vocab_size", "400", "--data.max_length", "32", "--data.batch_size", "8",
                   "--model.init_args.model_kwargs", "{max_positions: 64, depth: 2}", "--model.init_args.max_new_tokens", "4"],
 }

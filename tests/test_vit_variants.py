@@ -7,6 +7,7 @@ import torch
 import zoo
 from zoo.features import FeatureExtractor, feature_take_indices, tokens_to_nchw
 from zoo.interop import from_timm
+from zoo.interop.timm import zoo_config
 
 REGISTERED_AS_TIMM = ["deit3_small_patch16_224", "deit3_base_patch16_224", "vit_small_patch14_reg4_dinov2"]
 
@@ -38,6 +39,7 @@ def test_parameter_count_equals_timm(name):
     with torch.device("meta"):
         ref = timm.create_model(name)
     assert zoo.model_info(name)["params"] == sum(p.numel() for p in ref.parameters())
+    assert zoo_config(ref) == zoo.get_config(name)  # what from_timm reads off timm's model is the registered config
 
 
 INTERMEDIATE_CALLS = [

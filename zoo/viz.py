@@ -5,6 +5,7 @@
     zoo viz cross-attention --ckpt runs/transformer_numbers --text "three hundred and twelve"
     zoo viz positions  --length 64 --dim 128                                # the sinusoidal encoding matrix
     zoo viz clip-similarity --ckpt runs/clip_mnist [--labels "a 3" "a 7"]   # test images x candidate texts
+    zoo viz reconstruction --ckpt runs/mae_mnist                            # MAE: image, mask, reconstruction
 A run folder stands for its newest last.ckpt; figures go to <run folder>/figures/ unless --out says otherwise.
 Every command also takes `--model NAME` (random weights) instead of `--ckpt`.
 
@@ -269,6 +270,40 @@ def plot_similarity(sim: torch.Tensor, images: torch.Tensor, texts: list[str], o
     return _save(fig, out)
 
 
+@torch.no_grad()
+def mae_reconstructions(model: nn.Module, images: torch.Tensor, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """A masked image model's (reconstructions with the seen patches pasted back, masks (B, 1, H, W), 1 = removed),
+    for noise drawn with `seed` (the same masks every call)."""
+    if not hasattr(model, "reconstruct"):
+        raise TypeError(f"{type(model).__name__} is no masked image model; `zoo viz reconstruction` shows MAE runs "
+                        "(e.g. configs/mae_mnist.yaml)")
+    was_training = model.training
+    model.eval()
+    try:
+        noise = torch.rand(images.shape[0], model.num_patches, generator=torch.Generator().manual_seed(seed))
+        return model.reconstruct(images, noise)
+    finally:
+        model.train(was_training)
+
+
+def plot_reconstructions(model: nn.Module, images: torch.Tensor, out: str | Path, title: str = "", seed: int = 0) -> Path:
+    """Columns: images; rows: the image, what the encoder sees (removed patches grey), the reconstruction."""
+    plt = _plt()
+    recon, mask = mae_reconstructions(model, images, seed)
+    grey = images.amin() + 0.3 * (images.amax() - images.amin())
+    seen = images * (1 - mask) + grey * mask  # removed patches drawn grey
+    n = images.shape[0]
+    fig, axes = plt.subplots(3, n, figsize=(1.3 * n, 4.2), squeeze=False)
+    for i in range(n):
+        for row, img in enumerate((images[i], seen[i], recon[i])):
+            _show_image(axes[row, i], img)
+    for row, name in enumerate(("image", "visible", "reconstruction")):
+        axes[row, 0].text(-0.15, 0.5, name, transform=axes[row, 0].transAxes, rotation=90, ha="right", va="center", fontsize=8)
+    ratio = getattr(model.config, "mask_ratio", None)
+    fig.suptitle(title or f"MAE reconstruction, {ratio:.0%} of the patches removed")
+    return _save(fig, out)
+
+
 # -- the command --------------------------------------------------------------------------------
 
 
@@ -296,7 +331,8 @@ def _default_out(args, run=None) -> Path:
 
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="zoo viz", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("kind", choices=["attention", "cross-attention", "positions", "clip-similarity"])
+    p.add_argument("kind", choices=["attention", "cross-attention", "positions", "clip-similarity",
+                                      "reconstruction"])
     p.add_argument("--ckpt", help="checkpoint written by `zoo fit` (or its run folder)")
     p.add_argument("--model", help="registered model name (random weights) when no --ckpt")
     p.add_argument("--out", help="PNG path (default: <run folder>/figures/<kind>.png, or ./<kind>.png)")
@@ -319,6 +355,11 @@ def main(argv: list[str]) -> int:
         images, names = run_images(run, args.image)
         i = args.index % len(images)
         print(plot_vit_attention(model, images[i], out, f"{run.name}: {names[i]}"))
+        return 0
+    if args.kind == "reconstruction":
+        images, _ = run_images(run, args.image)
+        print(plot_reconstructions(model, images, out, f"{run.name}: {model.config.mask_ratio:.0%} of the patches removed, "
+                                                       "test images"))
         return 0
     tok = run.tokenizer
     if tok is None:

@@ -16,8 +16,14 @@ class ImageClassification(ZooTask):
     """
 
     def __init__(self, model: str = "vit_mnist", label_smoothing: float = 0.1, mixup: float = 0.0, cutmix: float = 0.0,
-                 **kwargs):
+                 init_from: str | None = None, **kwargs):
+        """init_from: a checkpoint or run folder whose tensors of matching name and shape are copied in (e.g. the
+        encoder of an MAE pre-training run, configs/mae_mnist.yaml, into the ViT with the same encoder)."""
         super().__init__(model, **kwargs)
+        if init_from:
+            from .text import load_matching
+
+            self.init_report = load_matching(self.model, init_from)
         if mixup < 0 or cutmix < 0:
             raise ValueError(f"mixup and cutmix are Beta(alpha, alpha) parameters and must be >= 0, got {mixup}, {cutmix}")
         num_classes = self.model.num_classes

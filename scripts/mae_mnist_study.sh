@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# MAE pre-training once, then fine-tuning with 10% of the labels (seeds 0, 1, 2; label subset seeded alike) and
+# with 100% (seed 0), each from the MAE encoder and from scratch with the same recipe; then the linear probes.
+#   bash scripts/mae_mnist_study.sh [OUT=runs/mae_study]
+# Runs one after another; writes $OUT/log.tsv (variant, seed, run folder, seconds) and results/studies/mae_mnist.json.
+set -euo pipefail
+OUT=${1:-runs/mae_study}
+ZOO=${ZOO:-zoo}
+PY=${PY:-python}
+mkdir -p "$OUT"
+run() {  # run <name> <zoo fit args...>
+  local name=$1; shift
+  local start=$SECONDS
+  $ZOO fit "$@" --trainer.default_root_dir "$OUT/$name" --trainer.enable_progress_bar false --trainer.enable_model_summary false
+  printf '%s\t%s\n' "$name" "$((SECONDS - start))" >> "$OUT/log.tsv"
+}
+[ -d "$OUT/mae" ] || run mae --config configs/mae_mnist.yaml
+FT=(--config configs/mae_mnist_finetune.yaml)
+for seed in 0 1 2; do
+  L=(--seed_everything "$seed" --data.init_args.label_seed "$seed")
+  run "ft10_mae_seed$seed" "${FT[@]}" "${L[@]}" --model.init_args.init_from "$OUT/mae"
+  run "ft10_scratch_seed$seed" "${FT[@]}" "${L[@]}"
+done
+ALL=(--data.init_args.label_fraction 1.0 --trainer.max_epochs 4 --trainer.check_val_every_n_epoch 2 --seed_everything 0)
+run ft100_mae_seed0 "${FT[@]}" "${ALL[@]}" --model.init_args.init_from "$OUT/mae"
+run ft100_scratch_seed0 "${FT[@]}" "${ALL[@]}"
+$PY scripts/mae_mnist_summary.py "$OUT"
