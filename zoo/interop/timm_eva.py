@@ -106,11 +106,10 @@ def zoo_config(m) -> EvaConfig:
     return EvaConfig(
         img_size=img[0] if img[0] == img[1] else img, patch_size=pe.patch_size[0], in_chans=pe.proj.in_channels,
         num_classes=m.num_classes, dim=m.embed_dim, depth=len(m.blocks), num_heads=attn.num_heads,
-        mlp_ratio=mlp_ratio_for(m.embed_dim, hidden), swiglu=glu,
-        activation="gelu" if glu else _activation(blk.mlp.act), mlp_norm=not _is_identity(getattr(blk.mlp, "norm", None)),
-        qkv_bias=qkv_bias, key_bias=key_bias,
-        fused_qkv=fused, qk_norm=not _is_identity(getattr(attn, "q_norm", None)), class_token=m.cls_token is not None, abs_pos=m.pos_embed is not None,
-        rope=rope is not None,
+        mlp_ratio=mlp_ratio_for(m.embed_dim, hidden), swiglu=glu, activation="gelu" if glu else _activation(blk.mlp.act),
+        mlp_norm=not _is_identity(getattr(blk.mlp, "norm", None)), qkv_bias=qkv_bias, key_bias=key_bias, fused_qkv=fused,
+        qk_norm=not _is_identity(getattr(attn, "q_norm", None)), class_token=m.cls_token is not None,
+        abs_pos=m.pos_embed is not None, rope=rope is not None,
         rope_temperature=float(rope.temperature) if rope is not None else 10000.0,
         rope_indexing=rope.grid_indexing if rope is not None else "ij",
         rope_ref_grid=tuple(rope.ref_feat_shape) if rope is not None and rope.ref_feat_shape is not None else None,
@@ -135,7 +134,8 @@ def convert_timm_eva(m) -> Eva:
             if f"{src}.{part}" in sd:
                 out[f"{dst}.{part}"] = sd[f"{src}.{part}"]
     renames = {"gamma_1": "ls1.gamma", "gamma_2": "ls2.gamma", "attn.q_proj.": "attn.q.", "attn.k_proj.": "attn.k.",
-               "attn.v_proj.": "attn.v.", "mlp.fc1_g.": "mlp.fc1.", "mlp.fc1_x.": "mlp.gate.", "attn.q_bias": "attn.qkv.q_bias", "attn.v_bias": "attn.qkv.v_bias"}
+               "attn.v_proj.": "attn.v.", "attn.q_bias": "attn.qkv.q_bias", "attn.v_bias": "attn.qkv.v_bias",
+               "mlp.fc1_g.": "mlp.fc1.", "mlp.fc1_x.": "mlp.gate."}  # separate SwiGLU: gate (SiLU) -> fc1, x -> gate
     for i in range(cfg.depth):
         a, z = f"blocks.{i}.", f"encoder.blocks.{i}."
         for k, v in sd.items():

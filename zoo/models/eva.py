@@ -23,7 +23,17 @@ import torch
 from torch import nn
 
 from ..contract import IMAGE_AXES, Inputs, ZooModel
-from ..core import BlockConfig, FeedForward, QVBiasAttention, RotaryEmbedding2D, TransformerStack, make_norm, multi_head_attention, trunc_normal_init
+from ..core import (
+    BlockConfig,
+    FeedForward,
+    QVBiasAttention,
+    QVBiasLinear,
+    RotaryEmbedding2D,
+    TransformerStack,
+    make_norm,
+    multi_head_attention,
+    trunc_normal_init,
+)
 from ..core.position import check_images
 from ..features import block_feature_info, check_output_fmt, feature_take_indices, run_blocks, tokens_to_nchw
 from ..registry import register_model
@@ -136,7 +146,7 @@ class Eva(ZooModel, nn.Module):
         block l divided by sqrt(2(l+1)); positions and class token trunc_normal(0.02); head ×head_init_scale."""
         trunc_normal_init(self)
         for m in self.modules():
-            if hasattr(m, "q_bias"):  # the fused key-bias-free projection
+            if isinstance(m, QVBiasLinear):  # the fused key-bias-free projection
                 nn.init.trunc_normal_(m.weight, std=0.02)
                 nn.init.zeros_(m.q_bias)
                 nn.init.zeros_(m.v_bias)
