@@ -26,6 +26,7 @@ SHRINK = {
     "resnet_mnist_teacher": [],
     "vit_mnist_distill": ["--model.init_args.teacher", "timm_resnet18_mnist", "--model.init_args.teacher_ckpt", "null"],
     "clip_mnist": ["--data.batch_size", "16"],
+    "clip_mnist_siglip": ["--data.batch_size", "16"],
     "caption_mnist": ["--data.batch_size", "8"],
     "transformer_numbers": ["--data.max_number", "300", "--data.n_test", "20", "--data.n_val", "20", "--data.vocab_size", "300"],
     "t5_numbers": ["--data.max_number", "300", "--data.n_test", "20", "--data.n_val", "20", "--data.vocab_size", "300"],

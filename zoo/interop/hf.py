@@ -19,6 +19,7 @@ from ._common import read_hf_dir_weights
 _FAMILIES = {"vit": "hf_vit", "bert": "hf_bert", "t5": "hf_t5", "marian": "hf_marian", "clip": "hf_clip",
              "gpt2": "hf_gpt2", "llama": "hf_llama"}
 _FAMILIES["vit_mae"] = "hf_mae"  # ViTMAEForPreTraining -> zoo.models.mae (MAE)
+_FAMILIES["siglip"] = "hf_siglip"  # SiglipModel: both towers, attention-pooling head, logit bias
 _GENERATION_RULES = {"marian"}
 # zoo model class -> converter module for to_hf
 _ZOO_FAMILIES = {"zoo.models.vit.VisionTransformer": "hf_vit", "zoo.models.bert.Bert": "hf_bert", "zoo.models.t5.T5": "hf_t5",

@@ -12,21 +12,27 @@ from ..models.clip import CLIP, CLIPConfig
 from ._common import load_into, mlp_ratio_for, zoo_activation
 
 
-def zoo_config(hf) -> CLIPConfig:
-    t, v = hf.text_config, hf.vision_config
+def tower_fields(t, v, family: str) -> dict:
+    """CLIPConfig fields of both towers from a transformers text_config / vision_config (CLIP and SigLIP)."""
     if t.hidden_act != v.hidden_act or t.layer_norm_eps != v.layer_norm_eps:
-        raise ValueError("zoo CLIP uses one activation and one LayerNorm eps for both towers; this config differs "
+        raise ValueError(f"zoo {family} uses one activation and one LayerNorm eps for both towers; this config differs "
                          f"(text {t.hidden_act}/{t.layer_norm_eps}, vision {v.hidden_act}/{v.layer_norm_eps})")
-    eos = t.eos_token_id
+    return {
+        "img_size": v.image_size, "patch_size": v.patch_size, "in_chans": v.num_channels,
+        "vision_width": v.hidden_size, "vision_layers": v.num_hidden_layers, "vision_heads": v.num_attention_heads,
+        "vision_mlp_ratio": mlp_ratio_for(v.hidden_size, v.intermediate_size), "vocab_size": t.vocab_size,
+        "context_length": t.max_position_embeddings, "text_width": t.hidden_size, "text_layers": t.num_hidden_layers,
+        "text_heads": t.num_attention_heads, "text_mlp_ratio": mlp_ratio_for(t.hidden_size, t.intermediate_size),
+        "pad_token_id": t.pad_token_id if t.pad_token_id is not None else 0,
+        "activation": zoo_activation(t.hidden_act, f"{family} hidden_act"), "norm_eps": t.layer_norm_eps,
+    }
+
+
+def zoo_config(hf) -> CLIPConfig:
+    eos = hf.text_config.eos_token_id
     return CLIPConfig(
-        embed_dim=hf.projection_dim, img_size=v.image_size, patch_size=v.patch_size, in_chans=v.num_channels,
-        vision_width=v.hidden_size, vision_layers=v.num_hidden_layers, vision_heads=v.num_attention_heads,
-        vision_mlp_ratio=mlp_ratio_for(v.hidden_size, v.intermediate_size), vocab_size=t.vocab_size,
-        context_length=t.max_position_embeddings, text_width=t.hidden_size, text_layers=t.num_hidden_layers,
-        text_heads=t.num_attention_heads, text_mlp_ratio=mlp_ratio_for(t.hidden_size, t.intermediate_size),
-        pad_token_id=t.pad_token_id if t.pad_token_id is not None else 0,
+        **tower_fields(hf.text_config, hf.vision_config, "CLIP"), embed_dim=hf.projection_dim,
         eos_token_id=None if eos in (None, 2) else eos,  # HF's legacy configs (eos 2) pool at the argmax id
-        activation=zoo_activation(t.hidden_act, "CLIP hidden_act"), norm_eps=t.layer_norm_eps,
         logit_scale_init=hf.logit_scale_init_value,
     )
 

@@ -2,6 +2,10 @@
 
 Under DDP the loss gathers the features of every process (`zoo.models.clip.distributed_clip_loss`),
 so each process contrasts its images against the texts of the global batch.
+
+`loss: siglip` trains with the sigmoid loss instead (zoo.tasks.losses, Zhai et al. 2023): the model
+gets a learnable logit bias and the paper's initial temperature and bias (t' = log 10, b = -10)
+unless model_kwargs set them.
 """
 from __future__ import annotations
 
@@ -10,15 +14,21 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from ..models.clip import clip_loss, distributed_clip_loss, gather_features  # noqa: F401  (the DDP-aware loss)
 from .base import ZooTask
+from .losses import SIGLIP_INIT, check_loss, distributed_contrastive_loss, siglip_loss
 
 
 class ContrastiveTask(ZooTask):
     """Symmetric InfoNCE on image–caption batches; logs val/zero_shot_acc and test/zero_shot_acc
     from the data module's held-out prompts (`zero_shot_prompts()`), ensembled over templates."""
 
-    def __init__(self, model: str = "clip_mnist", num_classes: int = 10, label_targets: bool = False, **kwargs):
+    def __init__(self, model: str = "clip_mnist", num_classes: int = 10, label_targets: bool = False, loss: str = "clip",
+                 **kwargs):
         """label_targets: treat every pair of the same class as a positive (UniCL) instead of
-        CLIP's one-positive-per-row targets; needs `labels` in the batch."""
+        CLIP's one-positive-per-row targets; needs `labels` in the batch.
+        loss: 'clip' (softmax InfoNCE) or 'siglip' (sigmoid; adds the logit bias, SIGLIP_INIT)."""
+        check_loss(loss)
+        if loss == "siglip":
+            kwargs["model_kwargs"] = {**SIGLIP_INIT, **(kwargs.get("model_kwargs") or {})}
         super().__init__(model, **kwargs)
         self.num_classes = num_classes
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
@@ -32,10 +42,19 @@ class ContrastiveTask(ZooTask):
         img = self.model.encode_image(batch["images"])
         txt = self.model.encode_text(batch["input_ids"], batch["attention_mask"])
         scale = self.model.scale()
-        loss = distributed_clip_loss(img, txt, scale, batch["labels"] if self.hparams.label_targets else None)
+        loss = distributed_contrastive_loss(self.hparams.loss, img, txt, scale, self.model.bias(),
+                                            batch["labels"] if self.hparams.label_targets else None)
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/logit_scale", scale.detach())
+        if self.model.logit_bias is not None:
+            self.log("train/logit_bias", self.model.logit_bias.detach())
         return loss
+
+    def local_loss(self, img, txt):
+        """The training loss on this batch alone (validation)."""
+        if self.hparams.loss == "siglip":
+            return siglip_loss(img, txt, self.model.scale(), self.model.bias())
+        return clip_loss(img, txt, img, txt, self.model.scale())
 
     def _zero_shot_classifier(self) -> torch.Tensor:
         dm = self.trainer.datamodule
@@ -54,7 +73,7 @@ class ContrastiveTask(ZooTask):
     def validation_step(self, batch, batch_idx):
         img = self.model.encode_image(batch["images"])
         txt = self.model.encode_text(batch["input_ids"], batch["attention_mask"])
-        self.log("val/loss", clip_loss(img, txt, img, txt, self.model.scale()), prog_bar=True)
+        self.log("val/loss", self.local_loss(img, txt), prog_bar=True)
         self.val_acc(self.model.zero_shot_logits(batch["images"], self._classifier), batch["labels"])
         self.log("val/zero_shot_acc", self.val_acc, prog_bar=True)
 
