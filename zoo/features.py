@@ -117,7 +117,8 @@ class FeatureExtractor(nn.Module):
     def __init__(self, model: nn.Module, out_indices: int | Sequence[int] | None = None, output_fmt: str = "NCHW",
                  norm: bool = False):
         super().__init__()
-        if not callable(getattr(model, "forward_intermediates", None)) or not isinstance(getattr(model, "feature_info", None), list):
+        declared = callable(getattr(model, "forward_intermediates", None)) and isinstance(getattr(model, "feature_info", None), list)
+        if not declared:
             raise TypeError(f"{type(model).__name__} declares no forward_intermediates / feature_info, so it has no "
                             "intermediate features; features_only works for the vision models that do "
                             "(see zoo/features.py for how to add them)")
