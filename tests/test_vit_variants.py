@@ -128,6 +128,8 @@ def test_features_only_returns_the_maps_and_declares_them():
     _, ref = backbone.model.forward_intermediates(x, indices=[1, 5])
     torch.testing.assert_close(maps, ref, rtol=0, atol=0)
     assert len(zoo.create_model("deit3_mnist", features_only=True).feature_info) == 6  # None: every block
+    clip = zoo.create_model("clip_mnist", features_only=True, out_indices=1).eval()  # CLIP: its declared image tower's maps
+    assert clip.model is clip.model.image_tower() and [m.shape[1:] for m in clip(x)] == [(clip.channels()[0], 7, 7)]
     cnn = zoo.create_model("timm_resnet18_mnist", features_only=True, out_indices=2).eval()  # the timm wrapper delegates
     assert [m.shape for m in cnn(x)] == [(2, 128, 4, 4), (2, 256, 2, 2)] and cnn.channels() == [128, 256]
 

@@ -25,7 +25,7 @@ How a family writes its `forward_intermediates` with these helpers:
     maps = [tokens_to_nchw(m[:, prefix:], grid) for m in maps]          # for NCHW; m[:, prefix:] for NLC
 
 `FeatureExtractor(model, out_indices)` (what `zoo.create_model(name, features_only=True)` returns)
-works for any model with `forward_intermediates` and `feature_info`.
+works for any model with `forward_intermediates` and `feature_info`, or whose `image_tower()` has them.
 """
 from __future__ import annotations
 
@@ -107,21 +107,30 @@ def block_feature_info(depth: int, num_chs: int, reduction: int, module: str = "
     return [{"num_chs": num_chs, "reduction": reduction, "module": f"{module}.{i}"} for i in range(depth)]
 
 
+def _declares_features(m: nn.Module | None) -> bool:
+    return m is not None and callable(getattr(m, "forward_intermediates", None)) and isinstance(getattr(m, "feature_info", None), list)
+
+
 class FeatureExtractor(nn.Module):
     """A backbone that returns feature maps: forward(x) -> [maps of the out_indices] (timm's features_only).
 
-    `feature_info` lists the taken entries of the model's feature_info, in order; `channels()` and
+    The model's own forward_intermediates / feature_info are used; a model without them whose declared
+    `image_tower()` has them (CLIP, the captioner) gives its image tower's maps (then `self.model` is the
+    tower). `feature_info` lists the taken entries of the feature_info, in order; `channels()` and
     `reduction()` read them. The model keeps all its modules; the blocks after the last taken one are
     skipped (stop_early)."""
 
     def __init__(self, model: nn.Module, out_indices: int | Sequence[int] | None = None, output_fmt: str = "NCHW",
                  norm: bool = False):
         super().__init__()
-        declared = callable(getattr(model, "forward_intermediates", None)) and isinstance(getattr(model, "feature_info", None), list)
-        if not declared:
-            raise TypeError(f"{type(model).__name__} declares no forward_intermediates / feature_info, so it has no "
-                            "intermediate features; features_only works for the vision models that do "
-                            "(see zoo/features.py for how to add them)")
+        if not _declares_features(model):
+            tower = model.image_tower() if callable(getattr(model, "image_tower", None)) else None
+            if not _declares_features(tower):
+                name = getattr(model, "model_name", type(model).__name__)
+                raise TypeError(f"{name} has no forward_intermediates / feature_info (nor an image tower with them), so it "
+                                "has no intermediate features; features_only works for the vision models that declare "
+                                "them (see zoo/features.py for how to add them)")
+            model = tower
         check_output_fmt(output_fmt)
         self.out_indices, _ = feature_take_indices(len(model.feature_info), out_indices)
         self.model = model

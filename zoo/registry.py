@@ -132,14 +132,12 @@ def _pretrained_info(meta: dict, tag_cfg: Any = None) -> dict[str, Any]:
 def _features_only(name: str, pretrained, out_indices, overrides: dict) -> nn.Module:
     """`create_model(name, features_only=True, out_indices=...)`: the model wrapped in a
     `zoo.features.FeatureExtractor`, whose forward returns the maps of `forward_intermediates` at
-    out_indices (None: all entries of the model's feature_info; n: the last n; a list: those)."""
+    out_indices (None: all entries of the model's feature_info; n: the last n; a list: those); for a
+    model that declares them only on its `image_tower()` (CLIP, the captioner), the tower's maps."""
     from .features import FeatureExtractor
 
-    model = create_model(name, pretrained, **overrides)
-    if not callable(getattr(model, "forward_intermediates", None)):
-        raise TypeError(f"{name} has no forward_intermediates, so features_only=True / out_indices= do not apply; "
-                        "the vision models that declare feature_info support it (see zoo/features.py)")
-    return FeatureExtractor(model, out_indices)
+    # a model without intermediate features (nor an image tower with them) is a TypeError naming it
+    return FeatureExtractor(create_model(name, pretrained, **overrides), out_indices)
 
 
 def count_parameters(model: nn.Module) -> int:
