@@ -253,3 +253,18 @@ def test_bench_peer_is_timms_cait_with_the_same_parameters_and_macs():
     assert peer.call(peer.module.eval(), inputs).shape == (2, 5)
     with pytest.raises(PeerUnavailable, match="conv"):
         build_peer(zoo.create_model("cait_mnist"), "cait_mnist", "cait")
+
+
+def test_feature_info_names_the_blocks_and_features_only_returns_their_maps():
+    model = zoo.create_model("cait_mnist").eval()
+    assert len(model.feature_info) == model.config.depth
+    for i, f in enumerate(model.feature_info):
+        assert model.get_submodule(f["module"]) is model.encoder.blocks[i] and (f["num_chs"], f["reduction"]) == (128, 4)
+    backbone = zoo.create_model("cait_mnist", features_only=True, out_indices=(1, -1)).eval()
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        maps = backbone(x)
+        want = backbone.model.forward_intermediates(x, indices=[1, 5], intermediates_only=True)
+    assert [m.shape for m in maps] == [(2, 128, 7, 7)] * 2
+    for a, b in zip(maps, want):
+        torch.testing.assert_close(a, b)
