@@ -22,7 +22,7 @@ How a family writes its `forward_intermediates` with these helpers:
     check_output_fmt(output_fmt)
     x, maps = run_blocks(self.blocks, x, take, stop_early=stop_early, checkpoint=...)
     maps = [self.norm(m) if norm else m for m in maps]
-    maps = [tokens_to_nchw(m[:, prefix:], grid) for m in maps]          # for NCHW; m[:, prefix:] for NLC
+    maps = split_prefix_maps(maps, num_prefix, grid, output_fmt, return_prefix_tokens)  # drop / return the prefix
 
 `FeatureExtractor(model, out_indices)` (what `zoo.create_model(name, features_only=True)` returns)
 works for any model with `forward_intermediates` and `feature_info`, or whose `image_tower()` has them.
@@ -79,6 +79,20 @@ def tokens_to_nchw(tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         raise ValueError(f"expected (B, {gh}*{gw}={gh * gw}, C) spatial tokens for grid {grid}, got {tuple(tokens.shape)}; "
                          "split the prefix (class / register) tokens off first")
     return rearrange(tokens, "b (gh gw) c -> b c gh gw", gh=gh, gw=gw).contiguous()
+
+
+def split_prefix_maps(maps: Sequence[torch.Tensor], num_prefix: int, grid: tuple[int, int], output_fmt: str = "NCHW",
+                      return_prefix_tokens: bool = False) -> list:
+    """Block outputs (B, num_prefix + gh·gw, C) -> the spatial part of each, as (B, C, gh, gw) maps ("NCHW") or
+    (B, gh·gw, C) tokens ("NLC"); with return_prefix_tokens (and a prefix) each entry is (map, prefix (B, num_prefix, C)),
+    as timm's ViTs return them."""
+    check_output_fmt(output_fmt)
+    spatial = [m[:, num_prefix:] for m in maps]
+    if output_fmt == "NCHW":
+        spatial = [tokens_to_nchw(m, grid) for m in spatial]
+    if return_prefix_tokens and num_prefix:
+        return list(zip(spatial, [m[:, :num_prefix] for m in maps]))
+    return spatial
 
 
 def run_blocks(blocks: Sequence[nn.Module], x: torch.Tensor, take: Sequence[int], stop_early: bool = False,

@@ -24,7 +24,7 @@ from torch import nn
 from ..core import BlockConfig, TransformerStack, make_norm, resize_pos_grid, trunc_normal_init
 from ..core.position import check_images
 from ..contract import IMAGE_AXES, Inputs, ZooModel, image_batch
-from ..features import block_feature_info, check_output_fmt, feature_take_indices, run_blocks, tokens_to_nchw
+from ..features import block_feature_info, check_output_fmt, feature_take_indices, run_blocks, split_prefix_maps
 from ..registry import register_model
 
 
@@ -205,12 +205,7 @@ class VisionTransformer(ZooModel, nn.Module):
         checkpoint = self.encoder.gradient_checkpointing and self.training
         tokens, maps = run_blocks(self.encoder.blocks, tokens, take, stop_early=stop_early, checkpoint=checkpoint)
         maps = [self.encoder.norm(m) if norm else m for m in maps]
-        prefix = [m[:, : self.num_prefix] for m in maps]
-        maps = [m[:, self.num_prefix:] for m in maps]
-        if output_fmt == "NCHW":
-            maps = [tokens_to_nchw(m, grid) for m in maps]
-        if return_prefix_tokens and self.num_prefix:
-            maps = list(zip(maps, prefix))
+        maps = split_prefix_maps(maps, self.num_prefix, grid, output_fmt, return_prefix_tokens)
         return maps if intermediates_only else (self.encoder.norm(tokens), maps)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
