@@ -122,7 +122,9 @@ def block_feature_info(depth: int, num_chs: int, reduction: int, module: str = "
 
 
 def _declares_features(m: nn.Module | None) -> bool:
-    return m is not None and callable(getattr(m, "forward_intermediates", None)) and isinstance(getattr(m, "feature_info", None), list)
+    if m is None:
+        return False
+    return callable(getattr(m, "forward_intermediates", None)) and isinstance(getattr(m, "feature_info", None), list)
 
 
 class FeatureExtractor(nn.Module):
