@@ -20,6 +20,7 @@ def _in_tmp(tmp_path, monkeypatch):
 SHRINK = {
     "vit_mnist": [],
     "vit_digits": [],
+    "swin_mnist": [],
     "cait_mnist": [],
     "vit_mnist_reg4": [],
     "eva02_mnist": [],

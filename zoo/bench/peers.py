@@ -198,6 +198,23 @@ def cait_peer(model: nn.Module, name: str) -> Peer:
     return Peer(label, peer, lambda m, inp: m(next(iter(inp.values()))))
 
 
+# ---------------------------------------------------------------------------- Swin -> timm
+def swin_peer(model: nn.Module, name: str) -> Peer:
+    """timm's SwinTransformer (its default, unfused window attention): the published name as users build it,
+    else swin_tiny's builder with every size of the zoo config."""
+    import timm
+
+    c = model.config
+    size = {"num_classes": c.num_classes, "img_size": c.img_size, "in_chans": c.in_chans}
+    published = name in timm.list_models(name)
+    arch = {} if published else {
+        "patch_size": c.patch_size, "embed_dim": c.embed_dim, "depths": tuple(c.depths), "num_heads": tuple(c.num_heads),
+        "window_size": c.window_size, "mlp_ratio": c.mlp_ratio, "qkv_bias": c.qkv_bias, "drop_rate": c.drop_rate,
+        "attn_drop_rate": c.attn_drop_rate, "drop_path_rate": c.drop_path_rate}
+    peer = timm.create_model(name if published else "swin_tiny_patch4_window7_224", pretrained=False, **size, **arch)
+    return Peer(f"timm.{name}" if published else "timm.SwinTransformer", peer, lambda m, inp: m(next(iter(inp.values()))))
+
+
 PEERS: dict[str, Callable[[nn.Module, str], Peer]] = {
     "vit": vit_peer,
     "bert": bert_peer,
@@ -206,6 +223,7 @@ PEERS: dict[str, Callable[[nn.Module, str], Peer]] = {
     "gpt": gpt_peer,
     "llama": llama_peer,
     "cait": cait_peer,
+    "swin": swin_peer,
 }
 
 

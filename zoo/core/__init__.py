@@ -36,3 +36,5 @@ from .qv_bias import QVBiasAttention, QVBiasLinear  # noqa: E402
 __all__ += ["RotaryEmbedding2D", "QVBiasAttention", "QVBiasLinear"]
 from .talking_heads import HeadMixer, TalkingHeadsAttention, talking_heads_attention  # noqa: E402
 __all__ += ["HeadMixer", "TalkingHeadsAttention", "talking_heads_attention"]
+from .window import WindowAttention, shift_mask, window_attention, window_geometry  # noqa: E402
+__all__ += ["WindowAttention", "shift_mask", "window_attention", "window_geometry"]

@@ -113,6 +113,7 @@ TIMM_CONVERTERS: dict[str, tuple[str, str]] = {
     "VisionTransformer": ("timm", "convert_timm_vit"),
     "Cait": ("timm_cait", "convert_timm_cait"),
     "Eva": ("timm_eva", "convert_timm_eva"),
+    "SwinTransformer": ("timm_swin", "convert_timm_swin"),
 }
 
 
