@@ -274,6 +274,10 @@ class Handler:
             return {"items": [self.check_item(it, i) for i, it in enumerate(items)], "single": False}
         return {"items": [self.check_item(payload, None)], "single": True}
 
+    def sample(self) -> dict:
+        """A request this handler accepts (benchmarks, the README)."""
+        return {"text": "three hundred and twelve"}
+
     def example(self) -> str:
         return "{" + ", ".join(f'"{k}": ...' for k, f in self.fields.items() if f.required) + "}"
 
@@ -351,6 +355,16 @@ class _ImageInput:
         s = self.image_settings()
         return torch.stack([image_tensor(open_image(image_bytes(it["image"]), self.limits.max_image_pixels),
                                          s["size"], s["in_chans"], s["mean"], s["std"]) for it in items])
+
+    def sample(self) -> dict:
+        """An MNIST-5k test digit as base64 PNG (the server resizes it to the model's input)."""
+        from PIL import Image
+
+        from ..data.images import load_mnist5k
+
+        buf = io.BytesIO()
+        Image.fromarray(load_mnist5k()[0][-1]).save(buf, "PNG")
+        return {"image": base64.b64encode(buf.getvalue()).decode()}
 
     def _probe(self) -> None:
         s = self.image_settings()
@@ -443,6 +457,9 @@ class FillMask(TextClassification):
 
     def describe(self) -> dict:
         return {**Handler.describe(self), "mask_token": self.tokenizer.mask_token}
+
+    def sample(self) -> dict:
+        return {"text": f"three {self.tokenizer.mask_token} and twelve"}
 
     def check_values(self, item, where):
         item = {**item, "text_pair": None}
@@ -584,6 +601,10 @@ class ZeroShot(_ImageInput, Handler):
     def describe(self) -> dict:
         return {**super().describe(), "image": self.image_settings(), "classes": self.run.labels}
 
+    def sample(self) -> dict:
+        words = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+        return {**super().sample(), "labels": [f"the digit {w}" for w in words]}
+
     def check_values(self, item, where):
         labels = item["labels"]
         if not labels:
@@ -642,6 +663,9 @@ class CausalLM(_Generation):
             raise RequestError(413, f"too many tokens{where}: the prompt is {n} tokens and with the continuation it would "
                                     f"pass the limit of {self.max_tokens}; shorten the prompt or ask for fewer new tokens")
         return item
+
+    def sample(self) -> dict:
+        return {"prompt": "three hundred", "max_new_tokens": 8}
 
     def prompt_ids(self, prompt: str) -> list[int]:
         """As zoo.data.corpus.PydocLM encodes prompts: <s> then the text's tokens."""

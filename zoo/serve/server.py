@@ -193,11 +193,11 @@ class Guard:
 # -- building the server -----------------------------------------------------------------------------
 
 
-def describe(run, handler, backend: str, options: dict) -> dict:
-    """What GET /metadata answers (and LitServe's /info repeats)."""
+def describe(run, handler, backend: str, options: dict, source: str) -> dict:
+    """What GET /metadata answers (and LitServe's /info repeats); `tag` is the shipped tag served, if one is."""
     from ..contract import kind_of
 
-    return {"model": run.name, "source": str(run.source), "tag": run.meta.get("tag"), "kind": kind_of(run.model),
+    return {"model": run.name, "source": str(run.source), "tag": str(source) if "pretrained_cfg" in run.meta else None, "kind": kind_of(run.model),
             "task": run.task_class, "backend": backend, "endpoint": PREDICT, **handler.describe(),
             "limits": handler.limits.as_dict(), "server": options,
             "parameters": sum(p.numel() for p in run.model.parameters())}
@@ -225,7 +225,7 @@ def build_server(source: str, limits: Limits | None = None, backend: str = "torc
         handler.use_onnx(None)
     handler.probe_attention()
     options = {"max_batch_size": max_batch_size, "batch_timeout": batch_timeout, "workers": workers}
-    meta = describe(run, handler, backend, options)
+    meta = describe(run, handler, backend, options, source)
     api = ZooAPI(str(source), limits, backend, max_batch_size, batch_timeout, threads)
     server = ls.LitServer(api, accelerator="cpu", workers_per_device=workers, timeout=timeout, model_metadata=meta,
                           middlewares=[(Guard, {"handler": handler, "limits": limits})])
