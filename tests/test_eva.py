@@ -260,6 +260,8 @@ def test_bad_configs():
     (dict(num_reg_tokens=2), "register tokens"),
     (dict(rope_type="mixed", use_abs_pos_emb=False, attn_type="rope"), "rope_type='mixed'"),
     (dict(global_pool="map"), "global_pool='map'"),
+    (dict(dynamic_img_size=True), "dynamic_img_size"),
+    (dict(rope_rotate_half=True), "rope_rotate_half"),
 ])
 def test_unconverted_timm_options_are_named(kw, named):
     ref = timm.create_model("eva02_tiny_patch14_224", pretrained=False, depth=1, embed_dim=64, num_heads=1, **kw)
