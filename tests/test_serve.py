@@ -4,6 +4,7 @@ requests get the right 4xx, a failure inside the model a 500 with an id, and the
 from __future__ import annotations
 
 import base64
+import functools
 import io
 
 import pytest
@@ -35,16 +36,22 @@ def make_image_run(path) -> str:
     return str(path)
 
 
+@functools.cache
 def digit_png(index: int = 0) -> bytes:
     """A real MNIST-5k test digit as PNG bytes."""
     from PIL import Image
 
-    from zoo.data.images import load_mnist5k
-
-    images, _ = load_mnist5k()
+    images, _ = _mnist()
     buf = io.BytesIO()
     Image.fromarray(images[-1 - index]).save(buf, "PNG")
     return buf.getvalue()
+
+
+@functools.lru_cache(maxsize=1)
+def _mnist():
+    from zoo.data.images import load_mnist5k
+
+    return load_mnist5k()
 
 
 def make_runs(tmp) -> dict[str, str]:
@@ -76,15 +83,17 @@ def make_runs(tmp) -> dict[str, str]:
     return runs
 
 
+# Only the image server batches (LitServe's batching loop polls its queue; six idle pollers would slow the others).
 SERVERS = {  # name -> (run, extra arguments)
     "image": ("image", ["--max-batch-size", "4", "--max-image-pixels", "10000", "--max-items", "3",
                         "--max-request-bytes", "200000"]),
     "onnx": ("image", ["--backend", "onnx", "--max-batch-size", "1"]),
-    "text": ("text", ["--max-text-tokens", "40"]),  # above the model's 24 positions: longer texts fail in the model
-    "seq2seq": ("seq2seq", ["--max-new-tokens", "8"]),
-    "lm": ("lm", []),
-    "clip": ("clip", []),
-    "caption": ("caption", []),
+    # 40 tokens is above the model's 24 positions: longer texts pass the guard and fail inside the model
+    "text": ("text", ["--max-batch-size", "1", "--max-text-tokens", "40"]),
+    "seq2seq": ("seq2seq", ["--max-batch-size", "1", "--max-new-tokens", "8"]),
+    "lm": ("lm", ["--max-batch-size", "1"]),
+    "clip": ("clip", ["--max-batch-size", "1"]),
+    "caption": ("caption", ["--max-batch-size", "1"]),
 }
 
 
@@ -331,3 +340,86 @@ def test_refuses_what_it_cannot_serve(tmp_path):
         handler_for(load_run("transformer_tiny"), Limits())
     with pytest.raises(ValueError, match="positive integer"):
         Limits(max_items=0)
+
+
+# -- the demo page in headless chromium ------------------------------------------------------------
+
+
+def chromium_driver(width: int = 1100, height: int = 860):
+    """Debian's chromium + chromedriver through Selenium (no driver download: the paths are given)."""
+    import shutil
+
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.chrome.service import Service
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver")
+    if not (browser and driver):
+        pytest.skip("needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver; .ci/run does)")
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = browser
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", f"--window-size={width},{height}"):
+        opts.add_argument(arg)
+    return webdriver.Chrome(service=Service(driver), options=opts)
+
+
+@pytest.mark.slow
+def test_demo_page_in_chromium(servers, tmp_path):
+    """Upload a digit on the demo page: the page shows the model's class and draws the attention overlay.
+    ZOO_SERVE_FIGURE=path saves the screenshot there (docs/figures/serve_demo.png was made so, see the README)."""
+    import os
+
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    server, run = servers["image"]
+    png = digit_png(0)
+    path = tmp_path / "digit.png"
+    path.write_bytes(png)
+    want = run.labels[int(_image_probs(run, png).argmax())]
+    driver = chromium_driver()
+    try:
+        driver.get(server.url + "/")
+        wait = WebDriverWait(driver, 30)
+        wait.until(lambda d: d.execute_script("return document.body.dataset.ready === '1'"))
+        assert not driver.find_element(By.ID, "image-section").get_attribute("hidden")
+        assert driver.find_element(By.ID, "text-section").get_attribute("hidden")  # only what the model supports
+        driver.find_element(By.ID, "file").send_keys(str(path))
+        wait.until(lambda d: d.execute_script("return uploaded !== null"))
+        driver.find_element(By.ID, "predict-image").click()
+        wait.until(lambda d: d.find_element(By.ID, "image-result").text not in ("", "...")
+                   or d.find_element(By.ID, "image-error").text)
+        assert driver.find_element(By.ID, "image-error").text == ""
+        assert driver.find_element(By.ID, "image-result").text.startswith(want + " ")
+        painted = driver.execute_script(
+            "const d = document.getElementById('overlay').getContext('2d').getImageData(0, 0, 280, 280).data;"
+            "let n = 0; for (let i = 3; i < d.length; i += 4) if (d[i] > 0) n++; return n;")
+        assert painted > 280 * 280 // 2, painted  # the rollout covers the image
+        driver.save_screenshot(str(tmp_path / "serve_demo.png"))
+        if os.environ.get("ZOO_SERVE_FIGURE"):
+            driver.save_screenshot(os.environ["ZOO_SERVE_FIGURE"])
+    finally:
+        driver.quit()
+
+
+def test_bench_percentiles():
+    from zoo.bench.serve import percentile, summarise
+
+    assert percentile([3.0, 1.0, 2.0, 4.0], 50) == 2.5 and percentile([5.0], 99) == 5.0
+    assert percentile(list(range(101)), 95) == 95
+    row = summarise([0.010, 0.020, 0.030, 0.040], 2.0, 1)
+    assert row["throughput_rps"] == 2.0 and row["p50_ms"] == 25.0 and row["errors"] == 1
+
+
+def test_concurrent_requests_batch_and_bad_ones_stay_out(servers):
+    """Requests sent together meet in dynamic batches (max 4); bad ones among them are refused alone."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    server, run = servers["image"]
+    pngs = [digit_png(i) for i in range(6)]
+    want = [int(_image_probs(run, p).argmax()) for p in pngs]
+    bodies = [{"image": b64(p)} for p in pngs] + [{"image": "###"}, {"img": 1}]
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda b: post(server, b), bodies))
+    assert [a.json()["class_id"] for a in answers[:6]] == want
+    assert [a.status_code for a in answers[6:]] == [400, 422]
