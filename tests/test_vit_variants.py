@@ -172,3 +172,13 @@ def test_unsupported_timm_options_are_named():
     ref = timm.create_model("vit_tiny_patch16_224", **ODD, dynamic_img_pad=True)
     with pytest.raises(ValueError, match="dynamic_img_pad"):
         from_timm(ref)
+
+
+def test_to_hf_refuses_what_transformers_vit_lacks(tmp_path):
+    from zoo.interop.hf_vit import to_hf
+
+    for name, needle in (("deit3_mnist", "no_embed_class=True, layer_scale=1e-06"), ("vit_small_patch14_reg4_dinov2", "reg_tokens=4")):
+        with torch.device("meta"):
+            model = zoo.create_model(name)
+        with pytest.raises(ValueError, match=f"transformers' ViT has no {needle}"):
+            to_hf(model, tmp_path)

@@ -104,6 +104,11 @@ def to_hf(model: VisionTransformer, out_dir: Path) -> None:
             f"this model has pool={c.pool!r}, fc_norm={fc_norm}, class_token={c.class_token}, stem={c.stem!r}, "
             f"pre_norm={c.pre_norm}. Use a token-pool ViT (e.g. vit_small_patch16_224) to export"
         )
+    lacking = {k: v for k, v in (("reg_tokens", c.reg_tokens), ("no_embed_class", c.no_embed_class), ("qk_norm", c.qk_norm),
+                                 ("layer_scale", c.layer_scale)) if v}
+    if lacking:  # DeiT III, register and QK-norm ViTs: transformers' ViT has none of these
+        raise ValueError(f"transformers' ViT has no {', '.join(f'{k}={v}' for k, v in lacking.items())}; "
+                         "this model cannot be exported to it (use a plain ViT, e.g. vit_small_patch16_224)")
     hidden = model.encoder.blocks[0].mlp.fc1.out_features
     hf_cfg = transformers.ViTConfig(
         hidden_size=c.dim, num_hidden_layers=c.depth, num_attention_heads=c.num_heads, intermediate_size=hidden,
