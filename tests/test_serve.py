@@ -423,3 +423,27 @@ def test_concurrent_requests_batch_and_bad_ones_stay_out(servers):
         answers = list(pool.map(lambda b: post(server, b), bodies))
     assert [a.json()["class_id"] for a in answers[:6]] == want
     assert [a.status_code for a in answers[6:]] == [400, 422]
+
+
+def test_fill_mask_handler_and_refused_token_task():
+    """Text encoders: the run's task picks the handler (fill-mask for MaskedLM); tasks without one are refused."""
+    from zoo.runs import Run
+    from zoo.serve.handlers import FillMask, RequestError, handler_for
+    from zoo.serve.limits import Limits
+
+    tok = _tok("wordpiece")
+    model = zoo.create_model("bert_tiny", head="mlm", vocab_size=len(tok), dim=32, depth=1, num_heads=2).eval()
+    run = Run(model, "bert_tiny", "test", {"task": "zoo.tasks.text.MaskedLM"}, tok)
+    handler = handler_for(run, Limits())
+    assert isinstance(handler, FillMask)
+    items = handler.check({"text": f"three {tok.mask_token} twelve", "top_k": 2})["items"]
+    out = handler.predict(items)[0]
+    enc = tok([f"three {tok.mask_token} twelve"], return_tensors="pt")
+    with torch.no_grad():
+        logits = model(enc["input_ids"], enc["attention_mask"])[0]
+    pos = int((enc["input_ids"][0] == tok.mask_token_id).nonzero())
+    assert out["masks"][0][0]["token"] == tok.decode([int(logits[pos].argmax())]).strip() and len(out["masks"][0]) == 2
+    with pytest.raises(RequestError, match="no mask token"):
+        handler.check({"text": "three twelve"})
+    with pytest.raises(ValueError, match="no handler for text encoders trained as TokenClassification"):
+        handler_for(Run(model, "bert_tiny", "test", {"task": "zoo.tasks.text.TokenClassification"}, tok), Limits())
