@@ -1,0 +1,75 @@
+"""The documentation site builds with `mkdocs build --strict` (a broken link, a missing figure or an unknown API
+reference fails it), and the built site has the lessons with their figures, the how-to guides and the API pages."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+LESSONS = sorted((ROOT / "docs" / "lessons").glob("[0-9][0-9]_*.py"))
+HOWTOS = ("own_data", "compare", "convert", "export", "serve", "pretrained")
+
+
+def load_hooks():
+    spec = importlib.util.spec_from_file_location("zoo_docs_hooks", ROOT / "docs" / "hooks.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_lesson_page_keeps_text_and_fences_code(tmp_path):
+    lesson = tmp_path / "42_demo.py"
+    lesson.write_text('# %% [markdown]\n# # Lesson 42 — demo\n#\n# The idea: $$x^2$$\n\n# %%\nx = 2\nassert x * x == 4\n')
+    page = load_hooks().lesson_markdown(lesson)
+    assert page.startswith("# Lesson 42 — demo\n")
+    assert "The idea: $$x^2$$" in page
+    assert "```python\nx = 2\nassert x * x == 4\n```" in page
+    assert "docs/lessons/42_demo.py" in page  # how to run it
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("site")
+    result = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(out)], cwd=ROOT,
+                            capture_output=True, text=True, check=False, timeout=600, env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
+    assert result.returncode == 0, f"mkdocs build --strict failed:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
+    return out
+
+
+@pytest.mark.slow
+def test_site_has_lessons_with_figures(site):
+    for lesson in LESSONS:
+        page = (site / "lessons" / lesson.stem / "index.html").read_text(encoding="utf-8")
+        images = re.findall(r'<img[^>]+src="\.\./\.\./figures/(lesson_\d\d_[\w-]+\.png)"', page)
+        assert images, f"{lesson.stem}: no figure on the page"
+        for name in images:
+            assert (site / "figures" / name).stat().st_size > 10_000
+        assert 'class="language-python' in page or "highlight" in page  # the code, highlighted
+        assert (site / "lessons" / lesson.name).is_file()  # the script itself, to download
+    assert (site / "figures" / "lesson_01_rnn_vs_attention.png").is_file()
+    assert "docs/lessons/01_rnn_vs_attention.py" in (site / "index.html").read_text(encoding="utf-8")
+
+
+@pytest.mark.slow
+def test_site_has_howtos_model_cards_and_api(site):
+    for name in HOWTOS:
+        assert (site / "howto" / name / "index.html").is_file(), name
+    cards = (site / "model_cards" / "index.html").read_text(encoding="utf-8")
+    assert "vit_mnist" in cards and "transformer_numbers" in cards
+    api = {p: (site / "api" / p / "index.html").read_text(encoding="utf-8") for p in ("core", "tasks", "data", "models", "tools")}
+    api["index"] = (site / "api" / "index.html").read_text(encoding="utf-8")
+    for page, anchor in [("index", "zoo.registry.create_model"), ("index", "zoo.registry.list_models"),
+                         ("core", "zoo.core.attention.attention"), ("core", "zoo.core.attention.MultiHeadAttention"),
+                         ("core", "zoo.core.position.sinusoidal_table"), ("core", "zoo.core.blocks.TransformerBlock"),
+                         ("tasks", "zoo.tasks.image.ImageClassification"), ("tasks", "zoo.tasks.text.Seq2Seq"),
+                         ("data", "zoo.data.images.MNIST5k"), ("data", "zoo.data.numbers.NumberTranslation"),
+                         ("models", "zoo.models.vit.VisionTransformer"), ("tools", "zoo.interop.hf.from_hf")]:
+        assert f'id="{anchor}"' in api[page], f"api/{page}: no entry for {anchor}"
+    # the docstrings themselves are on the pages (the formula of attention, from zoo/core/attention.py)
+    assert "softmax(q kᵀ · scale + bias, masked) · v" in api["core"]
