@@ -194,7 +194,32 @@ def card(name: str, macs: dict, speed: list, training: list, quality: list) -> s
         results.append(f"  - quality benchmark{variant}, task {r.get('task')} ({r.get('budget')}): {r.get('metric')} = {r.get('value'):.4g}, "
                        f"{r.get('train_seconds', 0):.0f} s training - `{r.get('command')}`")
     lines += ["- Embedded-task results:"] + results if results else ["- Embedded-task results: none yet"]
+    tags = [t for t in zoo.list_pretrained() if zoo.pretrained_cfg(t).model == name]
+    if tags:
+        lines.append("- Pretrained tags (shipped): " + ", ".join(
+            f"[`{t}`](#pretrained-tags-shipped) ({zoo.pretrained_cfg(t).metric['name']} "
+            f"{zoo.pretrained_cfg(t).metric['value']})" for t in tags))
     return "\n".join(lines) + "\n"
+
+
+def pretrained_lines() -> list[str]:
+    """The shipped tags (zoo/pretrained_weights/index.json) with the metric each shipped file measured."""
+    tags = zoo.list_pretrained()
+    if not tags:
+        return []
+    lines = ["", "## Pretrained tags (shipped)", "",
+             "Weights inside the package, `zoo.create_model(tag, pretrained=True)`; sha256-checked on load. The metric is "
+             "the shipped file's, measured on the held-out test split by the recipe's own test step "
+             "(`python scripts/make_pretrained.py --check`).", "",
+             "| tag | model | stored as | metric (shipped file) | float32 | test split | size | made by |",
+             "|---|---|---|---:|---:|---|---:|---|"]
+    for t in tags:
+        c = zoo.pretrained_cfg(t)
+        size = sum((c.path / f).stat().st_size for f in c.files if (c.path / f).is_file())
+        m = c.metric
+        lines.append(f"| `{t}` | {c.model} | {c.dtype} | {m['name']} = **{m['value']}** | {m.get('float32_value', '-')} | "
+                     f"{m.get('split', '')} | {size / 1e6:.2f} MB | `{c.command}` |")
+    return lines
 
 
 def render(preamble: str, names: list[str], macs: dict, results) -> str:
@@ -222,6 +247,7 @@ def render(preamble: str, names: list[str], macs: dict, results) -> str:
         m = macs.get(n, {}).get("macs")
         parts.append(f"| [{n}](#{n}) | {_entry(n).family} | {zoo.model_info(n)['params'] / 1e6:.2f} M | "
                      f"{_si(m) + 'MACs' if m is not None else '-'} |")
+    parts += pretrained_lines()
     comparisons = [r for rs in training.values() for r in rs if r.get("comparison")]
     if comparisons:
         parts += ["", "## Comparisons", ""]

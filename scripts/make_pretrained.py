@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from zoo.pretrained import INDEX, WEIGHTS_DIR  # noqa: E402
+from zoo.pretrained import INDEX, WEIGHTS_DIR, evaluate  # noqa: E402
 
 TAGS = {
     "vit_mnist.mnist5k": {"recipe": "vit_mnist", "metric": "test/acc", "default": True,
@@ -66,21 +66,6 @@ def best_checkpoint(run: Path) -> Path:
     return best[-1]
 
 
-def evaluate(source: str | Path, recipe_yaml: str, metric: str) -> float:
-    """The recipe's test step on its test split, with the weights of `source` (a save_pretrained directory or tag)."""
-    from zoo.trainer_cli import build_cli
-
-    fd, path = tempfile.mkstemp(suffix=".yaml")
-    with os.fdopen(fd, "w") as fh:
-        fh.write(recipe_yaml)
-    try:
-        cli = build_cli(["test", "--config", path, "--model.init_args.pretrained", str(source),
-                         "--trainer.enable_progress_bar", "false"])
-    finally:
-        os.remove(path)
-    return float(cli.trainer.callback_metrics[metric])
-
-
 def ship(tag: str, run: Path) -> dict:
     from zoo.hub import save_pretrained
     from zoo.runs import load_run
@@ -93,7 +78,7 @@ def ship(tag: str, run: Path) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         for dtype in ("float32", "float16"):
             folder = save_pretrained(source, Path(tmp) / dtype, dtype=dtype)
-            measured[dtype] = evaluate(folder, recipe_yaml, spec["metric"])
+            measured[dtype] = evaluate(str(folder), spec["metric"], recipe_yaml)
             print(f"{tag}: {spec['metric']} = {measured[dtype]:.4f} with {dtype} weights", flush=True)
     dtype = "float16" if measured["float16"] >= measured["float32"] - HALF_TOLERANCE else "float32"
     command = (f"zoo fit --config configs/{spec['recipe']}.yaml && python scripts/make_pretrained.py --tag {tag} "
@@ -125,12 +110,11 @@ def write_index(entries: dict) -> None:
 def check() -> int:
     """Re-measure every shipped tag against its index (what tests/test_pretrained.py also does)."""
     from zoo.pretrained import list_pretrained, pretrained_cfg
-    from zoo.runs import load_run
 
     bad = 0
     for tag in list_pretrained():
         cfg = pretrained_cfg(tag)
-        value = evaluate(tag, load_run(tag).meta["cli_config"], cfg.metric["name"])
+        value = evaluate(tag, cfg.metric["name"])
         ok = abs(value - cfg.metric["value"]) <= 0.005
         bad += not ok
         print(f"{tag}: {cfg.metric['name']} = {value:.4f} (index: {cfg.metric['value']}) {'ok' if ok else 'DIFFERS'}")

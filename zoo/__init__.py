@@ -16,6 +16,10 @@ def __getattr__(name):  # lazy: importing zoo does not import transformers / tim
         from . import hub
 
         return hub.from_pretrained if name == "from_pretrained" else hub
+    if name == "get_tokenizer":  # open_clip-style: the tokenizer of a tag, a directory or a checkpoint
+        from .data.tokenizers import load_tokenizer_from
+
+        return load_tokenizer_from
     if name in ("resolve_data_config", "create_transform"):
         from . import transforms
 

@@ -137,3 +137,30 @@ def resolve(name: str, pretrained: bool | str) -> str | None:
                               "pretrained=<path> to a checkpoint of `zoo fit`, a run folder, a save_pretrained directory "
                               "or 'hf-hub:<org>/<repo>'")
     return str(verified_path(chosen))
+
+
+def evaluate(source: str, metric: str | None = None, recipe: str | None = None) -> float:
+    """Re-measure weights with their recipe's own test step on its held-out test split (what the card states).
+
+    source: a tag, a save_pretrained directory or a checkpoint; recipe: the recipe YAML text (default: the one
+    stored with the weights); metric: e.g. "test/acc" (default: the tag's)."""
+    import os
+    import tempfile
+
+    from .runs import load_run
+    from .trainer_cli import build_cli
+
+    if recipe is None:
+        recipe = load_run(source).cli_config
+        if not recipe:
+            raise PretrainedError(f"{source} stores no recipe to evaluate it with")
+    metric = metric or pretrained_cfg(source).metric["name"]
+    fd, path = tempfile.mkstemp(prefix="zoo-recipe-", suffix=".yaml")
+    with os.fdopen(fd, "w") as fh:
+        fh.write(recipe)
+    try:
+        cli = build_cli(["test", "--config", path, "--model.init_args.pretrained", str(source),
+                         "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"])
+    finally:
+        os.remove(path)
+    return float(cli.trainer.callback_metrics[metric])
