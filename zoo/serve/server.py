@@ -17,10 +17,12 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 import tempfile
 import traceback
 import uuid
+import warnings
 from dataclasses import fields as dc_fields
 from importlib import resources
 from pathlib import Path
@@ -42,7 +44,9 @@ class ZooAPI(ls.LitAPI):
 
     def __init__(self, source: str, limits: Limits, backend: str = "torch", max_batch_size: int = 1,
                  batch_timeout: float = 0.0, threads: int | None = None):
-        super().__init__(max_batch_size=max_batch_size, batch_timeout=batch_timeout, api_path=PREDICT)
+        with warnings.catch_warnings():  # batch/unbatch are ours also when batching is off (max_batch_size 1)
+            warnings.filterwarnings("ignore", message=".*both batch and unbatch methods")
+            super().__init__(max_batch_size=max_batch_size, batch_timeout=batch_timeout, api_path=PREDICT)
         self.source, self.limits, self.backend, self.threads = source, limits, backend, threads
 
     def setup(self, device):
@@ -275,6 +279,13 @@ def main(argv: list[str]) -> int:
     host = f"[{a.host}]" if ":" in a.host else a.host
     print(f"zoo serve: {meta['model']} ({meta['use']}, {a.backend}) from {meta['source']} on http://{host}:{a.port}/ "
           f"(demo page /, POST {PREDICT}, /metadata, /health, /docs); Ctrl+C stops", flush=True)
+    # LitServe tries Process.terminate() on the HTTP thread at shutdown and logs an error; os._exit below ends it
+    logging.getLogger("litserve.server").addFilter(lambda r: "has no attribute 'terminate'" not in r.getMessage())
+
+    def _terminate(signum, frame):  # SIGTERM (docker stop, systemd, kill) stops as Ctrl+C does: workers first
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         server.run(host=a.host, port=a.port, num_api_servers=1, log_level=a.log_level, generate_client_file=False,
                    api_server_worker_type="thread")
