@@ -140,7 +140,7 @@ relative = torch.arange(-60, 61)
 rope_curve = [rope_score(60 + int(r), 60) for r in relative]
 
 # %%
-fig, axes = plt.subplots(1, 4, figsize=(17, 3.8))
+fig, axes = plt.subplots(1, 4, figsize=(17, 3.8), layout="constrained")
 im = axes[0].imshow(pe.T, aspect="auto", cmap="RdBu", vmin=-1, vmax=1)
 axes[0].set(xlabel="position", ylabel="feature", title=f"sinusoidal PE ({length} x {d_model})")
 fig.colorbar(im, ax=axes[0], fraction=0.046)

@@ -132,7 +132,7 @@ print("transformers -> zoo -> transformers: the same logits")
 # %%
 lengths = {lang: [len(tok(render(n, lang))["input_ids"]) - 1 for n in numbers["test"]] for lang in ("en", "fr", "de", "digits")}
 fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-left.hist(list(lengths.values()), bins=range(1, 26), label=list(lengths), histtype="step", linewidth=1.5)
+left.hist(list(lengths.values()), bins=range(1, max(max(v) for v in lengths.values()) + 2), label=list(lengths), histtype="step", linewidth=1.5)
 left.set(xlabel="tokens per number (test numbers)", ylabel="count",
          title="BPE trained on English + French only")
 left.legend()

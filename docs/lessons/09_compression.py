@@ -147,18 +147,18 @@ with torch.no_grad():
     print(f"int8 by hand == torch.ao quantized Linear; error against float32: {(ours - layer(x)).abs().max():.4f}")
 
 # %% [markdown]
-# Then the shipped MNIST ViT, whole: size, latency and accuracy on 500 test digits.
+# Then the shipped MNIST ViT, whole: size, latency and accuracy on 200 test digits.
 
 # %%
 vit = _lesson.pretrained("vit_mnist.mnist5k")
 vit_int8 = quantize_int8(vit, backend="torch.ao")
-images, digits = mnist_test_images(per_class=50)
+images, digits = mnist_test_images(per_class=20)
 with torch.no_grad():
     logits_fp32, logits_int8 = vit(images), vit_int8(images)
 acc_fp32 = (logits_fp32.argmax(-1) == digits).float().mean().item()
 acc_int8 = (logits_int8.argmax(-1) == digits).float().mean().item()
 sizes = {"float32": size_on_disk(vit) / 1e6, "int8": size_on_disk(vit_int8) / 1e6}
-latency = cpu_latency({"float32": vit, "int8": vit_int8}, (images[:16],), rounds=10, threads=1)
+latency = cpu_latency({"float32": vit, "int8": vit_int8}, (images[:16],), rounds=5, threads=1)
 agree = (logits_fp32.argmax(-1) == logits_int8.argmax(-1)).float().mean().item()
 print(f"size {sizes['float32']:.2f} MB -> {sizes['int8']:.2f} MB; latency (batch 16, 1 thread) "
       f"{latency['float32']:.1f} -> {latency['int8']:.1f} ms; accuracy {acc_fp32:.3f} -> {acc_int8:.3f}")
@@ -190,7 +190,7 @@ axes[1].bar_label(bars, [f"{v:.2f} MB\n{latency[k]:.1f} ms" for k, v in sizes.it
 axes[1].set(ylabel="state_dict size (MB)", title=f"vit_mnist int8: accuracy {acc_fp32:.3f} -> {acc_int8:.3f}")
 axes[2].hist((logits_bf16 - logits_fp32).flatten(), bins=60, alpha=0.7, label="bf16 autocast")
 axes[2].hist((logits_int8 - logits_fp32).flatten(), bins=60, alpha=0.7, label="int8")
-axes[2].set(xlabel="logit - float32 logit", ylabel="count", title="Deviation from float32 (500 test digits)")
+axes[2].set(xlabel="logit - float32 logit", ylabel="count", title="Deviation from float32 (200 test digits)")
 axes[2].legend()
 _lesson.save(fig, "lesson_09_compression.png")
 
