@@ -97,6 +97,8 @@ def main(out: Path) -> None:
                    "zoo fit --config configs/mae_mnist_finetune.yaml --seed_everything S --data.init_args.label_seed S "
                    "[--model.init_args.init_from runs/mae_study/mae]; 100%: --data.init_args.label_fraction 1.0 "
                    "--trainer.max_epochs 4 --trainer.check_val_every_n_epoch 2",
+        "control": "ft10long_scratch: the scratch arm of seed 0 with 4x the fine-tuning budget (--trainer.max_epochs 120 "
+                   "--trainer.check_val_every_n_epoch 10), to see how much of the gain is the scratch ViT's slow start",
         "metric": "test/acc on the 1,000 MNIST-5k test images, best-val checkpoint",
         "machine": f"{platform.machine()} 2-core CPU VM shared with other agents' trainings and tests (load 8-12), "
                    f"torch {torch.__version__} CPU, OMP_NUM_THREADS=1; runs one after another",
