@@ -152,16 +152,15 @@ def test_window_attention_is_captured_and_masks_across_regions():
         logits = model(x)
     with torch.no_grad():
         torch.testing.assert_close(model(x), logits)  # recording does not change the output (math path vs SDPA)
-    assert sorted(maps) == [f"layers.{i}.blocks.{j}.attn" for i in range(4) for j in range(2)]
-    assert maps["layers.0.blocks.0.attn"].shape == (2 * 16, 1, 49, 49)  # 28x28 grid: 16 windows of 7x7 per image
-    assert maps["layers.1.blocks.1.attn"].shape == (2 * 4, 1, 49, 49)  # 14x14 grid: 4 windows, shifted
-    assert maps["layers.2.blocks.1.attn"].shape == (2 * 1, 2, 49, 49)  # 7x7 grid: one window, never shifted
-    assert maps["layers.3.blocks.0.attn"].shape == (2 * 1, 4, 16, 16)
+    assert sorted(maps) == [f"layers.{i}.blocks.{j}.attn" for i, depth in enumerate((2, 4, 2)) for j in range(depth)]
+    assert maps["layers.0.blocks.1.attn"].shape == (2 * 4, 2, 49, 49)  # 14x14 grid: 4 windows of 7x7, shifted
+    assert maps["layers.1.blocks.1.attn"].shape == (2 * 1, 4, 49, 49)  # 7x7 grid: one window, never shifted
+    assert maps["layers.2.blocks.0.attn"].shape == (2 * 1, 8, 16, 16)
     for w in maps.values():
         torch.testing.assert_close(w.sum(-1), torch.ones(w.shape[:-1]))
-    assert model.layers[2].blocks[1].attn.attn_mask is None
-    mask = model.layers[1].blocks[1].attn.attn_mask  # shifted block of stage 1
-    shifted = maps["layers.1.blocks.1.attn"].unflatten(0, (2, 4))
+    assert model.layers[1].blocks[1].attn.attn_mask is None
+    mask = model.layers[0].blocks[1].attn.attn_mask  # shifted block of stage 0
+    shifted = maps["layers.0.blocks.1.attn"].unflatten(0, (2, 4))
     assert (shifted * (mask[None, :, None] < 0)).max() < 1e-30  # exp(-100): no weight across regions
     assert model.image_tower() is None  # window maps are not what `zoo viz attention` draws
 
@@ -171,19 +170,19 @@ def test_contract_features_head_and_checkpointing():
     x = torch.randn(2, 1, 28, 28)
     with torch.no_grad():
         feats = model.forward_features(x)
-        assert feats.shape == (2, 4, 4, 128)
-        assert model.forward_head(feats, pre_logits=True).shape == (2, 128)
+        assert feats.shape == (2, 4, 4, 256)
+        assert model.forward_head(feats, pre_logits=True).shape == (2, 256)
         torch.testing.assert_close(model.forward_head(feats), model(x))
         inter = model.forward_intermediates(x, output_fmt="NLC", intermediates_only=True)
-    assert [t.shape for t in inter] == [(2, 784, 16), (2, 196, 32), (2, 49, 64), (2, 16, 128)]
-    assert [f["reduction"] for f in model.feature_info] == [1, 2, 4, 8]
+    assert [t.shape for t in inter] == [(2, 196, 64), (2, 49, 128), (2, 16, 256)]
+    assert [f["reduction"] for f in model.feature_info] == [2, 4, 8]
     model.reset_classifier(3)
     assert model.get_classifier().out_features == 3 and model(x).shape == (2, 3)
 
     model.train()
     loss = model(x).square().sum()
     grads = torch.autograd.grad(loss, list(model.parameters()))
-    assert model.set_grad_checkpointing(True) == 4 and all(s.gradient_checkpointing for s in model.layers)
+    assert model.set_grad_checkpointing(True) == 3 and all(s.gradient_checkpointing for s in model.layers)
     grads_ckpt = torch.autograd.grad(model(x).square().sum(), list(model.parameters()))
     for a, b in zip(grads, grads_ckpt):
         torch.testing.assert_close(a, b)
@@ -199,8 +198,8 @@ def test_bad_inputs_name_the_fix():
         model(torch.randn(1, 3, 28, 28))
     with pytest.raises(ValueError, match="output_fmt must be 'NCHW'.*or 'NLC'"):
         model.forward_intermediates(torch.randn(1, 1, 28, 28), output_fmt="NHWC")
-    with pytest.raises(ValueError, match="feature index 4 is out of range for 4 features"):
-        model.forward_intermediates(torch.randn(1, 1, 28, 28), indices=[4])
+    with pytest.raises(ValueError, match="feature index 3 is out of range for 3 features"):
+        model.forward_intermediates(torch.randn(1, 1, 28, 28), indices=[3])
     with pytest.raises(ValueError, match="one entry per stage"):
         zoo.create_model("swin_mnist", depths=(2, 2), num_heads=(2, 4, 8))
     with pytest.raises(ValueError, match="not divisible by patch_size"):

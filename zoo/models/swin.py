@@ -199,9 +199,8 @@ _register("swin_tiny_patch4_window7_224", "Swin-T: C=96, depths 2-2-6-2, window 
 _register("swin_small_patch4_window7_224", "Swin-S: C=96, depths 2-2-18-2, window 7, 224px", depths=(2, 2, 18, 2))
 _register("swin_base_patch4_window7_224", "Swin-B: C=128, depths 2-2-18-2, window 7, 224px", embed_dim=128,
           depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32))
-# Small-image variant for CPU training on MNIST-5k, laid out as Swin-T is on 224px images but with patch 1:
-# 7x7 windows over the 28x28 pixel grid (16 windows, shifted in odd blocks), then 14x14 (4 windows), 7x7 (one
-# window) and 4x4 grids; widths 16-32-64-128, head dim 16 then 32.
-_register("swin_mnist", "Swin for 28x28 grey digits: patch 1, window 7, four stages (28x28, 14x14, 7x7, 4x4 grids), C=16",
-          img_size=28, patch_size=1, in_chans=1, num_classes=10, embed_dim=16, depths=(2, 2, 2, 2), num_heads=(1, 1, 2, 4),
-          mlp_ratio=2.0, drop_path_rate=0.05)
+# Small-image variant for CPU training on MNIST-5k: patch 2 -> a 14x14 grid of 7x7 windows (4 windows, shifted in
+# odd blocks), then 7x7 (one window) and 4x4 grids; widths 64-128-256, head dim 32 as in every Swin.
+_register("swin_mnist", "Swin for 28x28 grey digits: patch 2, window 7, three stages (14x14, 7x7, 4x4 grids), C=64",
+          img_size=28, patch_size=2, in_chans=1, num_classes=10, embed_dim=64, depths=(2, 4, 2), num_heads=(2, 4, 8),
+          mlp_ratio=2.0)
