@@ -18,6 +18,7 @@ for _name in ("HF_DATASETS_DISABLE_PROGRESS_BARS", "HF_HUB_DISABLE_PROGRESS_BARS
     os.environ.setdefault(_name, "1")
 
 REPO = Path(__file__).resolve().parents[2]
+STAND_INS: set[str] = set()  # shipped tags this run replaced by random stand-ins (see `pretrained`)
 FIGURES = Path(os.environ.get("ZOO_LESSON_FIGURES") or REPO / "docs" / "figures")
 
 
@@ -34,6 +35,9 @@ def save(fig, name: str) -> Path:
 
     FIGURES.mkdir(parents=True, exist_ok=True)
     path = FIGURES / name
+    if STAND_INS:  # say so on the figure: its numbers come from random weights, not from the shipped ones
+        fig.text(0.5, -0.1, f"stand-in: random weights for {', '.join(sorted(STAND_INS))} (not shipped in this checkout; "
+                 "rerun the lesson once zoo.list_pretrained() lists it)", ha="center", va="top", color="red", fontsize=9)
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     print(f"wrote {path}")
@@ -50,6 +54,7 @@ def pretrained(tag: str, **stand_in):
     if tag in zoo.list_pretrained():
         return zoo.create_model(tag, pretrained=True).eval()
     print(f"note: {tag} is not shipped in this checkout; a randomly initialised stand-in is used")
+    STAND_INS.add(tag)
     return zoo.create_model(tag.split(".")[0], **stand_in).eval()
 
 
