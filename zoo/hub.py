@@ -83,6 +83,11 @@ def save_pretrained(source: Any, directory: str | os.PathLike, tokenizer: Any = 
 
             save_tokenizer(tokenizer, tmp)
         model_card(record, card).save(tmp / "README.md")
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; a saved model is as readable as any file
+        for f in tmp.iterdir():
+            os.chmod(f, 0o666 & ~umask)
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)
@@ -120,7 +125,9 @@ def model_card(record: dict, text: str | None = None):
         lines += [f"- {m.get('name')}: **{m.get('value')}** on {m.get('split', 'the test split')}"]
     if record.get("command"):
         lines += [f"- made by: `{record['command']}`"]
-    lines += ["", "```python", "import zoo", "model = zoo.from_pretrained(\"<this directory or repo id>\")", "```"]
+    load = (f"model = zoo.create_model(\"{record['tag']}\", pretrained=True)  # shipped with zoo" if record.get("tag")
+            else "model = zoo.from_pretrained(\"<this directory or repo id>\")")
+    lines += ["", "```python", "import zoo", load, "```"]
     if text:
         lines += ["", text]
     return ModelCard(f"---\n{data.to_yaml()}\n---\n" + "\n".join(lines) + "\n")
