@@ -1,0 +1,139 @@
+"""The weights that ship with zoo: tags, checksums, accuracy re-measured on the held-out splits, and use with no training."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import zoo
+from zoo import pretrained
+from zoo.pretrained import PretrainedError
+
+SHIPPED = ["clip_mnist.mnist5k", "transformer_numbers.en_fr", "vit_captioner_mnist.mnist5k", "vit_digits.sklearn_digits",
+           "vit_mnist.mnist5k"]
+BUDGET_BYTES = 15_000_000
+
+
+def test_every_promised_tag_ships_within_the_size_budget():
+    assert set(SHIPPED) <= set(zoo.list_pretrained())
+    assert zoo.list_pretrained("vit_*") == ["vit_captioner_mnist.mnist5k", "vit_digits.sklearn_digits", "vit_mnist.mnist5k"]
+    total = sum(f.stat().st_size for f in pretrained.WEIGHTS_DIR.rglob("*") if f.is_file())
+    assert total <= BUDGET_BYTES, f"shipped weights take {total / 1e6:.1f} MB"
+
+
+@pytest.mark.parametrize("tag", SHIPPED)
+def test_tag_loads_checksummed_with_its_pretrained_config(tag):
+    cfg = zoo.pretrained_cfg(tag)
+    assert cfg.license and cfg.command and cfg.recipe and cfg.metric["name"] and 0 < cfg.metric["value"] <= 1
+    assert set(cfg.files) >= {"config.json", "model.safetensors", "README.md"}
+    assert all(len(h) == 64 for h in cfg.files.values())
+    model = zoo.create_model(tag, pretrained=True)
+    assert model.model_name == cfg.model and model.pretrained_cfg["tag"] == tag
+    default = zoo.create_model(cfg.model, pretrained=True)  # the name's default tag
+    for (k, a), b in zip(model.state_dict().items(), default.state_dict().values()):
+        assert torch.equal(a, b), k
+    random = zoo.create_model(tag)  # the tag's architecture with random weights, as timm does
+    assert random.config == model.config and not torch.equal(next(iter(random.state_dict().values())),
+                                                             next(iter(model.state_dict().values())))
+    card = (cfg.path / "README.md").read_text()
+    assert "library_name: zoo" in card and str(cfg.metric["value"]) in card
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("tag", SHIPPED)
+def test_shipped_metric_is_re_measured_on_the_held_out_split(tag):
+    cfg = zoo.pretrained_cfg(tag)
+    measured = pretrained.evaluate(tag)
+    assert abs(measured - cfg.metric["value"]) <= 0.005, f"{tag}: {measured:.4f} vs card {cfg.metric['value']}"
+
+
+@pytest.fixture
+def copied_weights(tmp_path, monkeypatch):
+    folder = tmp_path / "weights"
+    shutil.copytree(pretrained.WEIGHTS_DIR, folder)
+    monkeypatch.setattr(pretrained, "WEIGHTS_DIR", folder)
+    return folder
+
+
+def test_corrupted_or_missing_file_is_named_with_the_fix(copied_weights):
+    weights = copied_weights / "vit_mnist.mnist5k" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(PretrainedError, match=r"model.safetensors' of vit_mnist.mnist5k is corrupted.*make_pretrained.py --tag vit_mnist.mnist5k"):
+        zoo.create_model("vit_mnist.mnist5k", pretrained=True)
+    weights.unlink()
+    with pytest.raises(PretrainedError, match=r"model.safetensors' of vit_mnist.mnist5k is missing.*make_pretrained.py"):
+        zoo.create_model("vit_mnist", pretrained=True)
+
+
+def test_unknown_tags_and_names_without_weights_are_named():
+    with pytest.raises(PretrainedError, match=r"no pretrained weights 'vit_mnist.imagenet'; vit_mnist has: vit_mnist.mnist5k"):
+        zoo.create_model("vit_mnist.imagenet")
+    with pytest.raises(PretrainedError, match="vit_tiny_patch16_224 has no shipped weights"):
+        zoo.create_model("vit_tiny_patch16_224", pretrained=True)
+
+
+def test_translation_with_the_shipped_weights_and_no_training():
+    model = zoo.create_model("transformer_numbers.en_fr", pretrained=True).eval()
+    tok = zoo.get_tokenizer("transformer_numbers.en_fr")
+    enc = tok(["three hundred and twelve", "forty-two"], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        out = model.generate(enc["input_ids"], attention_mask=enc["attention_mask"], max_new_tokens=24)
+    texts = [t.strip() for t in tok.batch_decode(out, skip_special_tokens=True)]
+    assert texts == ["trois cent douze", "quarante-deux"]
+
+
+def _digit_pngs(folder: Path, n: int = 4) -> tuple[list[str], list[int]]:
+    """Held-out MNIST-5k test digits written as PNG files, as a user would have them."""
+    from PIL import Image
+
+    from zoo.data.images import MNIST5k
+
+    dm = MNIST5k()
+    dm.setup("test")
+    x, y = dm.splits["test"].tensors
+    paths = []
+    for i in range(n):
+        pixels = ((x[i, 0] * dm.std + dm.mean).clamp(0, 1) * 255).round().byte().numpy()
+        path = folder / f"digit_{i}.png"
+        Image.fromarray(np.asarray(pixels)).save(path)
+        paths.append(str(path))
+    return paths, y[:n].tolist()
+
+
+def test_zoo_predict_on_a_png_with_a_shipped_tag(tmp_path):
+    paths, labels = _digit_pngs(tmp_path)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-m", "zoo.cli", "predict", "--model", "vit_mnist.mnist5k", *paths],
+                         capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = [line for line in out.stdout.splitlines() if "\t" in line]
+    assert [int(line.split("\t")[0]) for line in lines] == labels
+    assert not (tmp_path / "runs").exists()  # predicting writes nothing
+
+
+def test_user_images_through_resolve_data_config_and_create_transform(tmp_path):
+    from PIL import Image
+
+    from zoo.data.images import read_images
+
+    paths, labels = _digit_pngs(tmp_path, n=2)
+    model = zoo.create_model("vit_mnist.mnist5k", pretrained=True).eval()
+    config = zoo.resolve_data_config(model)
+    assert config["input_size"] == (1, 28, 28) and config["mean"] == (model.pretrained_cfg["image"]["mean"],) * 1
+    transform = zoo.create_transform(config)
+    with Image.open(paths[0]) as im:
+        x = transform(im)[None]
+    image = model.pretrained_cfg["image"]
+    torch.testing.assert_close(x, read_images(paths[:1], image["size"], image["in_chans"], image["mean"], image["std"]))
+    with torch.no_grad():
+        assert model(x).argmax(-1).item() == labels[0]
