@@ -57,7 +57,7 @@ def test_models_lists_and_the_package_never_imports_the_cli_on_import():
 
 def test_pretrained_true_without_shipped_weights_says_so():
     with pytest.raises(ValueError, match="no shipped weights"):
-        zoo.create_model("vit_mnist", pretrained=True)
+        zoo.create_model("vit_tiny_patch16_224", pretrained=True)  # vit_mnist ships weights (zoo.list_pretrained())
 
 
 def test_run_folders_are_claimed_once_and_locked(tmp_path):

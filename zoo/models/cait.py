@@ -99,7 +99,11 @@ class CaiT(ZooModel, nn.Module):
 
     # images (B, in_chans, img_size, img_size) as ViT's; the model is its own image tower
     example_inputs = VisionTransformer.example_inputs
-    image_tower = VisionTransformer.image_tower
+
+    def image_tower(self) -> None:
+        """None: the patch blocks have no class token and the class-attention maps are (1 x tokens), which the
+        ViT rollout of `zoo viz attention` does not read; `capture_attention(model)` records both kinds."""
+        return
 
     def __init__(self, cfg: CaiTConfig):
         super().__init__()

@@ -49,6 +49,12 @@ class MaskedImagePretraining(ZooTask):
     def test_step(self, batch, batch_idx):
         self.log("test/loss", self._fixed_noise_loss(_images(batch), batch_idx))
 
+    def predict_step(self, batch, batch_idx):
+        """One line per image: its masked-patch reconstruction loss (fixed noise, as in validation)."""
+        images = _images(batch)
+        return [f"masked-patch reconstruction loss {float(self._fixed_noise_loss(images[i:i + 1], batch_idx)):.4f}"
+                for i in range(images.shape[0])]
+
 
 # -- linear probe -------------------------------------------------------------------------------------
 @torch.no_grad()
