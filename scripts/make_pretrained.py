@@ -12,7 +12,6 @@ the shipped file's metric, both measurements, every file's sha256, the input set
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
@@ -25,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from zoo.pretrained import INDEX, WEIGHTS_DIR, evaluate  # noqa: E402
+from zoo.pretrained import INDEX, WEIGHTS_DIR, evaluate, sha256_file  # noqa: E402
 
 TAGS = {
     "vit_mnist.mnist5k": {"recipe": "vit_mnist", "metric": "test/acc", "default": True,
@@ -40,12 +39,6 @@ TAGS = {
                                     "split": "MNIST-5k test split x 4 languages, greedy caption == reference"},
 }
 HALF_TOLERANCE = 0.001  # float16 ships when it loses at most 0.1 point
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    h.update(path.read_bytes())
-    return h.hexdigest()
 
 
 def train(recipe: str) -> Path:
@@ -88,7 +81,7 @@ def ship(tag: str, run: Path) -> dict:
     meta = {"tag": tag, "metric": metric, "command": command, "license": "apache-2.0"}
     out = WEIGHTS_DIR / tag
     save_pretrained(source, out, meta=meta, dtype=dtype, overwrite=True)
-    files = {p.name: sha256(p) for p in sorted(out.iterdir()) if p.is_file()}
+    files = {p.name: sha256_file(p) for p in sorted(out.iterdir()) if p.is_file()}
     inputs = dict(source.image or {})
     if source.tokenizer is not None:
         inputs["tokenizer"] = source.meta.get("tokenizer", {}).get("kind") or "tokenizer.json"

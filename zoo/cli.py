@@ -16,7 +16,6 @@ import importlib
 import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
@@ -97,9 +96,9 @@ def _with_stored_config(argv: list[str]) -> tuple[list[str], str | None]:
     stored = (read_checkpoint(ckpt).get("zoo") or {}).get("cli_config")
     if not stored:
         raise ValueError(f"{ckpt} stores no recipe (written by an older zoo); pass --config configs/<recipe>.yaml")
-    fd, path = tempfile.mkstemp(prefix="zoo-recipe-", suffix=".yaml")
-    with os.fdopen(fd, "w") as fh:
-        fh.write(stored)
+    from .trainer_cli import recipe_file
+
+    path = recipe_file(stored)
     return [argv[0], "--config", path, *argv[1:]], path
 
 
@@ -166,9 +165,9 @@ def _with_model_source(argv: list[str]) -> tuple[list[str], str | None]:
                      (["--data.init_args.predict_texts", json.dumps(texts)] if texts else [])
         else:
             raise ValueError(f"the data module of {source} ({data_class}) takes no predict inputs")
-    fd, path = tempfile.mkstemp(prefix="zoo-recipe-", suffix=".yaml")
-    with os.fdopen(fd, "w") as fh:
-        fh.write(stored)
+    from .trainer_cli import recipe_file
+
+    path = recipe_file(stored)
     return [argv[0], "--config", path, *options, *extra], path
 
 

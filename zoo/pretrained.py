@@ -96,7 +96,7 @@ def pretrained_cfg(tag: str) -> PretrainedCfg:
     return index[tag]
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -118,7 +118,7 @@ def verified_path(tag: str) -> Path:
         stat = f.stat()
         key = (str(f), stat.st_size, stat.st_mtime_ns)
         if _VERIFIED.get(key) != expected:
-            actual = _sha256(f)
+            actual = sha256_file(f)
             if actual != expected:
                 raise PretrainedError(f"shipped weights file {str(f)!r} of {cfg.tag} is corrupted (sha256 {actual[:12]}..., "
                                       f"expected {expected[:12]}...); reinstall zoo or regenerate it: {fix}")
@@ -126,10 +126,8 @@ def verified_path(tag: str) -> Path:
     return cfg.path
 
 
-def resolve(name: str, pretrained: bool | str) -> str | None:
-    """What `create_model(name, pretrained=...)` loads: a verified tag directory, or None for a plain source."""
-    if isinstance(pretrained, str):
-        return str(verified_path(pretrained)) if is_tag(pretrained) else None
+def resolve(name: str) -> str:
+    """The verified folder of a tag, or of a plain name's default tag (an error naming the fix when it has none)."""
     base, tag = split_tag(name)
     chosen = name if tag else default_tag(base)
     if chosen is None:
@@ -145,19 +143,16 @@ def evaluate(source: str, metric: str | None = None, recipe: str | None = None) 
     source: a tag, a save_pretrained directory or a checkpoint; recipe: the recipe YAML text (default: the one
     stored with the weights); metric: e.g. "test/acc" (default: the tag's)."""
     import os
-    import tempfile
 
     from .runs import load_run
-    from .trainer_cli import build_cli
+    from .trainer_cli import build_cli, recipe_file
 
     if recipe is None:
         recipe = load_run(source).cli_config
         if not recipe:
             raise PretrainedError(f"{source} stores no recipe to evaluate it with")
     metric = metric or pretrained_cfg(source).metric["name"]
-    fd, path = tempfile.mkstemp(prefix="zoo-recipe-", suffix=".yaml")
-    with os.fdopen(fd, "w") as fh:
-        fh.write(recipe)
+    path = recipe_file(recipe)
     try:
         cli = build_cli(["test", "--config", path, "--model.init_args.pretrained", str(source),
                          "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"])

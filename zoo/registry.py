@@ -88,9 +88,9 @@ def create_model(name: str, pretrained: str | bool | None = None, features_only:
     entry = _entry(base)
     tag_cfg = pretrained_cfg(name) if tag else None  # an unknown tag is an error naming the known ones
     if pretrained is True or (isinstance(pretrained, str) and is_tag(pretrained)):
-        folder = resolve(name, pretrained)  # checksummed; no weights for the name is an error naming the fix
-        tag_cfg = pretrained_cfg(pretrained if isinstance(pretrained, str) else name)
-        pretrained = folder
+        chosen = pretrained if isinstance(pretrained, str) else name
+        pretrained = resolve(chosen)  # checksummed; no weights for the name is an error naming the fix
+        tag_cfg = pretrained_cfg(chosen)
     if pretrained is not None and not isinstance(pretrained, bool):
         from .runs import describes_model, load_run
 

@@ -144,6 +144,17 @@ class ZooCLI(LightningCLI):
                 print(line)
 
 
+def recipe_file(recipe: str) -> str:
+    """A stored recipe (YAML text) as a temporary file to pass as --config; the caller removes it."""
+    import os
+    import tempfile
+
+    fd, path = tempfile.mkstemp(prefix="zoo-recipe-", suffix=".yaml")
+    with os.fdopen(fd, "w") as fh:
+        fh.write(recipe)
+    return path
+
+
 def _csv_logger():
     from jsonargparse import Namespace
 

@@ -27,6 +27,17 @@ class Peer:
     call: Callable[[nn.Module, dict], torch.Tensor]
 
 
+def _images_only(m: nn.Module, inputs: dict) -> torch.Tensor:
+    return m(next(iter(inputs.values())))
+
+
+def _timm_published(name: str) -> bool:
+    """A published timm name: the peer is built by name, as users would."""
+    import timm
+
+    return name in timm.list_models(name)
+
+
 # ---------------------------------------------------------------------------- ViT -> timm
 def vit_peer(model: nn.Module, name: str) -> Peer:
     import timm
@@ -39,13 +50,13 @@ def vit_peer(model: nn.Module, name: str) -> Peer:
               embed_dim=cfg.dim, depth=cfg.depth, num_heads=cfg.num_heads, mlp_ratio=cfg.mlp_ratio, qkv_bias=cfg.qkv_bias,
               global_pool=cfg.pool, class_token=cfg.class_token, fc_norm=cfg.fc_norm, pre_norm=cfg.pre_norm,
               drop_rate=cfg.drop_rate, attn_drop_rate=cfg.attn_drop_rate, drop_path_rate=cfg.drop_path_rate)
-    if name in timm.list_models(name):  # the published variant: build it by name, as users would
+    if _timm_published(name):
         peer = timm.create_model(name, pretrained=False, **{k: kw[k] for k in ("num_classes", "img_size", "in_chans")})
         label = f"timm.{name}"
     else:
         peer = VisionTransformer(**kw)
         label = "timm.VisionTransformer"
-    return Peer(label, peer, lambda m, inp: m(next(iter(inp.values()))))
+    return Peer(label, peer, _images_only)
 
 
 # ---------------------------------------------------------------------------- BERT -> transformers
@@ -191,11 +202,11 @@ def cait_peer(model: nn.Module, name: str) -> Peer:
               qkv_bias=c.qkv_bias, depth_token_only=c.class_depth, mlp_ratio_token_only=c.class_mlp_ratio,
               init_values=c.init_values, drop_rate=c.drop_rate, pos_drop_rate=c.pos_drop_rate,
               proj_drop_rate=c.proj_drop_rate, attn_drop_rate=c.attn_drop_rate, drop_path_rate=c.drop_path_rate)
-    if name in timm.list_models(name):  # the published variant, built by name (talking heads unfused, class attention SDPA)
-        peer, label = timm.create_model(name, pretrained=False, **kw), f"timm.{name}"  # kw override its defaults
+    if _timm_published(name):  # talking heads unfused, class attention SDPA; kw override its defaults
+        peer, label = timm.create_model(name, pretrained=False, **kw), f"timm.{name}"
     else:
         peer, label = Cait(**kw), "timm.Cait"
-    return Peer(label, peer, lambda m, inp: m(next(iter(inp.values()))))
+    return Peer(label, peer, _images_only)
 
 
 # ---------------------------------------------------------------------------- Swin -> timm
@@ -206,13 +217,13 @@ def swin_peer(model: nn.Module, name: str) -> Peer:
 
     c = model.config
     size = {"num_classes": c.num_classes, "img_size": c.img_size, "in_chans": c.in_chans}
-    published = name in timm.list_models(name)
+    published = _timm_published(name)
     arch = {} if published else {
         "patch_size": c.patch_size, "embed_dim": c.embed_dim, "depths": tuple(c.depths), "num_heads": tuple(c.num_heads),
         "window_size": c.window_size, "mlp_ratio": c.mlp_ratio, "qkv_bias": c.qkv_bias, "drop_rate": c.drop_rate,
         "attn_drop_rate": c.attn_drop_rate, "drop_path_rate": c.drop_path_rate}
     peer = timm.create_model(name if published else "swin_tiny_patch4_window7_224", pretrained=False, **size, **arch)
-    return Peer(f"timm.{name}" if published else "timm.SwinTransformer", peer, lambda m, inp: m(next(iter(inp.values()))))
+    return Peer(f"timm.{name}" if published else "timm.SwinTransformer", peer, _images_only)
 
 
 PEERS: dict[str, Callable[[nn.Module, str], Peer]] = {

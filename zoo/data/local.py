@@ -104,10 +104,10 @@ def _load_file(path: str, ext: str, encoding: str, cache_dir: str | None, wanted
         with open(path, "rb") as fh:
             data = fh.read()
         try:
-            data.decode(encoding)
+            text = data.decode(encoding)
         except UnicodeDecodeError:
             raise DataFileError(f"data file {path!r} is not valid {encoding} text: {_decode_error(path, encoding)}") from None
-        if not data.decode(encoding).strip():
+        if not text.strip():
             raise DataFileError(f"data file {path!r} holds no data (blank lines only); it needs {wanted}")
     builder, kw = _BUILDERS[ext]
     if builder == "csv":
