@@ -364,42 +364,50 @@ def chromium_driver(width: int = 1100, height: int = 860):
 
 
 @pytest.mark.slow
-def test_demo_page_in_chromium(servers, tmp_path):
-    """Upload a digit on the demo page: the page shows the model's class and draws the attention overlay.
+def test_demo_page_in_chromium(tmp_path):
+    """The shipped vit_mnist.mnist5k, out of the box: upload a real MNIST-5k digit on the demo page; the page shows
+    the model's class (the digit's true label) and draws the attention overlay.
     ZOO_SERVE_FIGURE=path saves the screenshot there (docs/figures/serve_demo.png was made so, see the README)."""
     import os
 
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    server, run = servers["image"]
-    png = digit_png(0)
-    path = tmp_path / "digit.png"
-    path.write_bytes(png)
-    want = run.labels[int(_image_probs(run, png).argmax())]
-    driver = chromium_driver()
+    server = ServerProcess("vit_mnist.mnist5k", "--threads", "1", log=tmp_path / "serve.log",
+                           env={"OMP_NUM_THREADS": "1"})
     try:
-        driver.get(server.url + "/")
-        wait = WebDriverWait(driver, 30)
-        wait.until(lambda d: d.execute_script("return document.body.dataset.ready === '1'"))
-        assert not driver.find_element(By.ID, "image-section").get_attribute("hidden")
-        assert driver.find_element(By.ID, "text-section").get_attribute("hidden")  # only what the model supports
-        driver.find_element(By.ID, "file").send_keys(str(path))
-        wait.until(lambda d: d.execute_script("return uploaded !== null"))
-        driver.find_element(By.ID, "predict-image").click()
-        wait.until(lambda d: d.find_element(By.ID, "image-result").text not in ("", "...")
-                   or d.find_element(By.ID, "image-error").text)
-        assert driver.find_element(By.ID, "image-error").text == ""
-        assert driver.find_element(By.ID, "image-result").text.startswith(want + " ")
-        painted = driver.execute_script(
-            "const d = document.getElementById('overlay').getContext('2d').getImageData(0, 0, 280, 280).data;"
-            "let n = 0; for (let i = 3; i < d.length; i += 4) if (d[i] > 0) n++; return n;")
-        assert painted > 280 * 280 // 2, painted  # the rollout covers the image
-        driver.save_screenshot(str(tmp_path / "serve_demo.png"))
-        if os.environ.get("ZOO_SERVE_FIGURE"):
-            driver.save_screenshot(os.environ["ZOO_SERVE_FIGURE"])
+        server.wait(240)
+        run = load_run("vit_mnist.mnist5k")
+        png = digit_png(0)
+        path = tmp_path / "digit.png"
+        path.write_bytes(png)
+        want = run.labels[int(_image_probs(run, png).argmax())]
+        assert want == run.labels[int(_mnist()[1][-1])]  # the trained model reads this digit right
+        driver = chromium_driver()
+        try:
+            driver.get(server.url + "/")
+            wait = WebDriverWait(driver, 30)
+            wait.until(lambda d: d.execute_script("return document.body.dataset.ready === '1'"))
+            assert not driver.find_element(By.ID, "image-section").get_attribute("hidden")
+            assert driver.find_element(By.ID, "text-section").get_attribute("hidden")  # only what the model supports
+            driver.find_element(By.ID, "file").send_keys(str(path))
+            wait.until(lambda d: d.execute_script("return uploaded !== null"))
+            driver.find_element(By.ID, "predict-image").click()
+            wait.until(lambda d: d.find_element(By.ID, "image-result").text not in ("", "...")
+                       or d.find_element(By.ID, "image-error").text)
+            assert driver.find_element(By.ID, "image-error").text == ""
+            assert driver.find_element(By.ID, "image-result").text.startswith(want + " ")
+            painted = driver.execute_script(
+                "const d = document.getElementById('overlay').getContext('2d').getImageData(0, 0, 280, 280).data;"
+                "let n = 0; for (let i = 3; i < d.length; i += 4) if (d[i] > 0) n++; return n;")
+            assert painted > 280 * 280 // 2, painted  # the rollout covers the image
+            driver.save_screenshot(str(tmp_path / "serve_demo.png"))
+            if os.environ.get("ZOO_SERVE_FIGURE"):
+                driver.save_screenshot(os.environ["ZOO_SERVE_FIGURE"])
+        finally:
+            driver.quit()
     finally:
-        driver.quit()
+        server.stop()
 
 
 def test_bench_percentiles():
@@ -409,6 +417,22 @@ def test_bench_percentiles():
     assert percentile(list(range(101)), 95) == 95
     row = summarise([0.010, 0.020, 0.030, 0.040], 2.0, 1)
     assert row["throughput_rps"] == 2.0 and row["p50_ms"] == 25.0 and row["errors"] == 1
+
+
+def test_bench_summary_takes_medians_over_rounds():
+    from zoo.bench.serve import summary_rows
+
+    def row(rnd, mode, rps, p95):
+        return {"model": "m", "round": rnd, "mode": mode, "max_batch_size": 16, "batch_timeout": 0.01, "concurrency": 32,
+                "requests": 100, "errors": rnd, "throughput_rps": rps, "p50_ms": 1.0, "p95_ms": p95, "p99_ms": 2.0}
+
+    rows = [row(0, "batched", 150.0, 40.0), row(1, "batched", 90.0, 80.0), row(2, "batched", 120.0, 10.0),
+            row(0, "unbatched", 100.0, 5.0)]
+    out = {r["mode"]: r for r in summary_rows(rows)}
+    b = out["batched"]
+    assert (b["throughput_rps"], b["p95_ms"], b["rounds"], b["requests"], b["errors"]) == (120.0, 40.0, 3, 300, 3)
+    assert (b["throughput_rps_min"], b["throughput_rps_max"]) == (90.0, 150.0)
+    assert out["unbatched"]["rounds"] == 1
 
 
 def test_concurrent_requests_batch_and_bad_ones_stay_out(servers):

@@ -1,6 +1,6 @@
 """`zoo bench serve`: requests per second and latency of `zoo serve` on localhost, against the model called directly.
 
-    zoo bench serve --model vit_mnist --requests 400 --max-seconds 20
+    zoo bench serve --model vit_mnist.mnist5k --requests 400 --max-seconds 15 --rounds 3
 
 For each setting the same request (the handler's sample: an MNIST digit for image models, a short text
 otherwise) is sent by `concurrency` client threads over keep-alive connections until `--requests`
@@ -9,8 +9,11 @@ answers or `--max-seconds` have passed, whichever comes first:
     unbatched   zoo serve --max-batch-size 1
     batched     zoo serve --max-batch-size B --batch-timeout T (dynamic batching)
 at concurrency 1, 8 and 32 (direct: 1). Latency is measured per request by the client (p50/p95/p99);
-throughput is answered requests / wall time. The server binds to 127.0.0.1 only. Model workers and the
-direct loop use the same number of torch threads (--threads). Results: results/bench/serve_<model>.csv.
+throughput is answered requests / wall time. Both servers run for the whole bench and the settings are
+interleaved over --rounds rounds (the servers' order alternates), so load changes fall on both alike; the
+table is the median over rounds. The server binds to 127.0.0.1 only. Model workers and the
+direct loop use the same number of torch threads (--threads). Results: results/bench/serve_<model>.csv (medians)
+and serve_<model>_rounds.csv (every round).
 """
 from __future__ import annotations
 
@@ -102,7 +105,10 @@ def load(url: str, payload: dict, concurrency: int, requests: int, max_seconds: 
 
 
 def run_bench(model: str, concurrency=(1, 8, 32), requests: int = 400, max_seconds: float = 20.0, max_batch_size: int = 16,
-              batch_timeout: float = 0.01, threads: int = 1, log_dir: str | None = None) -> list[dict]:
+              batch_timeout: float = 0.01, threads: int = 1, rounds: int = 3, log_dir: str | None = None) -> list[dict]:
+    """One row per (round, mode, concurrency). Both servers run for the whole bench and the settings are
+    interleaved round by round (the order of the two servers alternates), so that a change in the machine's
+    load falls on both alike; `summary_rows` takes the medians over rounds."""
     import torch
 
     from ..runs import load_run
@@ -115,23 +121,50 @@ def run_bench(model: str, concurrency=(1, 8, 32), requests: int = 400, max_secon
     handler = handler_for(run, Limits())
     payload = handler.sample()
     base = {"model": run.name, "use": handler.use, "threads": threads}
-    rows = [{**base, "mode": "direct", "max_batch_size": "", "batch_timeout": "", "concurrency": 1,
-             **direct_loop(handler, payload, requests, max_seconds)}]
-    print(_line(rows[-1]), flush=True)
-    settings = [("unbatched", 1, 0.0), ("batched", max_batch_size, batch_timeout)]
-    for mode, mbs, timeout in settings:
-        log = Path(log_dir) / f"serve_{mode}.log" if log_dir else None
-        server = ServerProcess(model, "--max-batch-size", str(mbs), "--batch-timeout", str(timeout), "--threads", str(threads),
-                               "--max-items", "64", log=log, env={"OMP_NUM_THREADS": str(threads)})
-        try:
+    settings = {"unbatched": (1, 0.0), "batched": (max_batch_size, batch_timeout)}
+    servers = {}
+    rows = []
+    try:
+        for mode, (mbs, timeout) in settings.items():
+            log = Path(log_dir) / f"serve_{mode}.log" if log_dir else None
+            servers[mode] = ServerProcess(model, "--max-batch-size", str(mbs), "--batch-timeout", str(timeout),
+                                          "--threads", str(threads), "--max-items", "64", log=log,
+                                          env={"OMP_NUM_THREADS": str(threads)})
+        for server in servers.values():
             server.wait(300)
+        for r in range(rounds):
+            rows.append({**base, "round": r, "mode": "direct", "max_batch_size": "", "batch_timeout": "", "concurrency": 1,
+                         **direct_loop(handler, payload, requests, max_seconds)})
+            print(_line(rows[-1]), flush=True)
+            order = list(settings) if r % 2 == 0 else list(settings)[::-1]
             for c in concurrency:
-                rows.append({**base, "mode": mode, "max_batch_size": mbs, "batch_timeout": timeout, "concurrency": c,
-                             **load(server.url + "/predict", payload, c, requests, max_seconds)})
-                print(_line(rows[-1]), flush=True)
-        finally:
+                for mode in order:
+                    mbs, timeout = settings[mode]
+                    rows.append({**base, "round": r, "mode": mode, "max_batch_size": mbs, "batch_timeout": timeout,
+                                 "concurrency": c, **load(servers[mode].url + "/predict", payload, c, requests, max_seconds)})
+                    print(_line(rows[-1]), flush=True)
+    finally:
+        for server in servers.values():
             server.stop()
     return rows
+
+
+def summary_rows(rows: list[dict]) -> list[dict]:
+    """Per (mode, concurrency): the median over rounds of throughput and of each latency percentile."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["mode"], r["concurrency"]), []).append(r)
+    out = []
+    for (mode, c), rs in groups.items():
+        first = rs[0]
+        out.append({"model": first["model"], "mode": mode, "max_batch_size": first["max_batch_size"],
+                    "batch_timeout": first["batch_timeout"], "concurrency": c, "rounds": len(rs),
+                    "requests": sum(r["requests"] for r in rs), "errors": sum(r["errors"] for r in rs),
+                    **{k: round(statistics.median(r[k] for r in rs), 2)
+                       for k in ("throughput_rps", "p50_ms", "p95_ms", "p99_ms")},
+                    "throughput_rps_min": min(r["throughput_rps"] for r in rs),
+                    "throughput_rps_max": max(r["throughput_rps"] for r in rs)})
+    return out
 
 
 def _line(r: dict) -> str:
@@ -151,16 +184,26 @@ def main(argv: list[str]) -> int:
     p.add_argument("--max-batch-size", type=int, default=16, help="dynamic batch of the batched server")
     p.add_argument("--batch-timeout", type=float, default=0.01)
     p.add_argument("--threads", type=int, default=1, help="torch threads of the model workers and of the direct loop")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds over all settings; the table shows medians")
     p.add_argument("--out", help="CSV path (default: results/bench/serve_<model name>.csv)")
     a = p.parse_args(argv)
-    if a.requests < 1 or a.max_seconds <= 0 or min(a.concurrency, default=0) < 1:
-        raise ValueError("--requests, --max-seconds and every --concurrency must be positive")
-    rows = run_bench(a.model, a.concurrency, a.requests, a.max_seconds, a.max_batch_size, a.batch_timeout, a.threads)
+    if a.requests < 1 or a.max_seconds <= 0 or a.rounds < 1 or min(a.concurrency, default=0) < 1:
+        raise ValueError("--requests, --max-seconds, --rounds and every --concurrency must be positive")
+    rows = run_bench(a.model, a.concurrency, a.requests, a.max_seconds, a.max_batch_size, a.batch_timeout, a.threads,
+                     a.rounds)
     out = Path(a.out or f"results/bench/serve_{rows[0]['model']}.csv")
     load_avg = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     for r in rows:
         r["load_avg_1m_end"] = round(load_avg, 2)
         r["cores"] = os.cpu_count()
-    write_rows(rows, out)
-    print(f"wrote {out} (load average {load_avg:.1f} on {os.cpu_count()} cores at the end)")
+    write_rows(rows, out.with_name(out.stem + "_rounds.csv"))
+    summary = summary_rows(rows)
+    for r in summary:
+        r["load_avg_1m_end"] = round(load_avg, 2)
+        r["cores"] = os.cpu_count()
+    write_rows(summary, out)
+    print(f"medians over {a.rounds} interleaved round(s):")
+    for r in summary:
+        print("  " + _line(r) + f"  (range {r['throughput_rps_min']:.1f}-{r['throughput_rps_max']:.1f} req/s)")
+    print(f"wrote {out} and {out.with_name(out.stem + '_rounds.csv')} (load average {load_avg:.1f} on {os.cpu_count()} cores at the end)")
     return 0
