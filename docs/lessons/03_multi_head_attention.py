@@ -36,6 +36,7 @@ import _lesson
 import matplotlib.pyplot as plt
 import torch
 
+import zoo
 from zoo.core import MultiHeadAttention, capture_attention
 from zoo.data.numbers import render
 
@@ -89,8 +90,8 @@ print("parameters per layer:", counts)
 
 # %%
 TAG = "transformer_numbers.en_fr"
-tok = _lesson.tokenizer(TAG)
-model = _lesson.pretrained(TAG, vocab_size=len(tok))
+tok = zoo.get_tokenizer(TAG)
+model = zoo.create_model(TAG, pretrained=True).eval()
 sentence = render(7342, "en")  # "seven thousand, three hundred and forty-two"
 ids = tok([sentence], return_tensors="pt")["input_ids"]
 pieces = tok.convert_ids_to_tokens(ids[0])
@@ -99,6 +100,10 @@ with torch.no_grad(), capture_attention(model) as maps:
 first = maps["encoder.blocks.0.attn"][0]  # (heads, L, L)
 assert first.shape == (model.config.num_heads, len(pieces), len(pieces))
 torch.testing.assert_close(first.sum(-1), torch.ones(first.shape[:2]))
+# trained heads specialise: no two heads of the layer draw the same map (mean |difference| between heads)
+gaps = [(first[i] - first[j]).abs().mean().item() for i in range(len(first)) for j in range(i + 1, len(first))]
+print(f"smallest mean |difference| between two heads' maps: {min(gaps):.3f}")
+assert min(gaps) > 0.01
 
 # %%
 fig, axes = plt.subplots(1, first.shape[0], figsize=(3.2 * first.shape[0], 3.6))

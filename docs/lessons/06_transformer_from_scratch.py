@@ -51,7 +51,7 @@ from zoo.viz import cross_attentions
 
 _lesson.setup()
 TAG = "transformer_numbers.en_fr"
-tok = _lesson.tokenizer(TAG)
+tok = zoo.get_tokenizer(TAG)  # the BPE shipped beside the weights
 PAD, BOS, EOS = tok.pad_token_id, tok.bos_token_id, tok.eos_token_id
 
 # %% [markdown]
@@ -235,12 +235,23 @@ print("after a few seconds of training:", tok.decode(ours[0], skip_special_token
 # with the recipe for 12 epochs (its card in [Model cards](../model_cards.md) gives the measured test
 # exact match). Its cross-attention shows, for every French token it writes, which English tokens
 # it reads.
+# Eight numbers of the recipe's test split (never seen in training), greedy-decoded, must come
+# out exactly as [`render`][zoo.data.numbers.render] (num2words) writes them in French.
 
 # %%
-translator = _lesson.pretrained(TAG, vocab_size=len(tok))
+translator = zoo.create_model(TAG, pretrained=True).eval()
 out = translator.generate(src, max_new_tokens=24)
 french = tok.decode(out[0], skip_special_tokens=True)
 print(f"{sentence!r} -> {french!r} (num2words: {render(7342, 'fr')!r})")
+# numbers the recipe held out (its test split), greedy-decoded: exactly num2words' French
+held_out = split_numbers(9999, 1000, 500)["test"][:8]
+batch = tok([render(n, "en") for n in held_out], padding=True, return_tensors="pt")
+with torch.no_grad():
+    decoded = tok.batch_decode(translator.generate(batch["input_ids"], attention_mask=batch["attention_mask"],
+                                                   max_new_tokens=24), skip_special_tokens=True)
+for n, fr in zip(held_out, decoded):
+    print(f"  {n:5d}: {fr!r}")
+assert [fr.strip() for fr in decoded] == [render(n, "fr") for n in held_out]
 maps = cross_attentions(translator, src, out[:, :-1])  # one (B, heads, T, S) map per decoder layer
 assert len(maps) == translator.config.num_decoder_layers
 last = maps[-1][0].mean(0)  # average over heads: (T, S)

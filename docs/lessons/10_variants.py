@@ -66,7 +66,7 @@ images, digits = mnist_test_images(per_class=1)  # one held-out test image per d
 # [`attention_rollout`][zoo.viz.attention_rollout].
 
 # %%
-vit = _lesson.pretrained("vit_mnist.mnist5k")
+vit = zoo.create_model("vit_mnist.mnist5k", pretrained=True).eval()
 layers = vit_attentions(vit, images)  # one (B, heads, N, N) map per block
 rollout = None
 for a in layers:
@@ -80,6 +80,7 @@ heat = rollout[:, prefix:, prefix:].mean(1).reshape(-1, *grid)
 with torch.no_grad():
     predicted = vit(images).argmax(-1)
 print("rollout by hand == zoo.viz.attention_rollout; predictions:", predicted.tolist(), "truth:", digits.tolist())
+assert (predicted == digits).float().mean().item() >= 0.8  # the trained ViT reads these test digits
 
 # %% [markdown]
 # ## T5: relative bias instead of scaling
@@ -134,8 +135,8 @@ print("BERT embeddings by hand == zoo bert_tiny; MLM logits:", tuple(bert(ids).s
 
 # %%
 TAG = "clip_mnist.mnist5k"
-tok = _lesson.tokenizer(TAG)
-clip = _lesson.pretrained(TAG, vocab_size=len(tok))
+tok = zoo.get_tokenizer(TAG)
+clip = zoo.create_model(TAG, pretrained=True).eval()
 prompts = class_prompts({"en": HELD_OUT_TEMPLATES["en"][:1]}, ("en",))  # "a picture of the number zero", ...
 text = encode_batch(tok, prompts)
 sim = clip_similarity(clip, images, text["input_ids"], text["attention_mask"])
@@ -146,6 +147,11 @@ with torch.no_grad():
 torch.testing.assert_close(by_hand, sim, rtol=1e-4, atol=1e-4)
 zero_shot = (sim.argmax(-1) == digits).float().mean().item()
 print(f"CLIP similarity by hand == zoo.viz.clip_similarity; zero-shot on these 10 images: {zero_shot:.0%}")
+many, many_digits = mnist_test_images(per_class=20)  # 200 held-out test digits
+sim_many = clip_similarity(clip, many, text["input_ids"], text["attention_mask"])
+zero_shot_200 = (sim_many.argmax(-1) == many_digits).float().mean().item()
+print(f"zero-shot accuracy on {len(many)} test digits with a held-out prompt: {zero_shot_200:.1%}")
+assert zero_shot_200 > 0.85
 
 # %% [markdown]
 # ## Swin, CaiT, EVA: the newer vision variants, by name
