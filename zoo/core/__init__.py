@@ -38,3 +38,6 @@ from .talking_heads import HeadMixer, TalkingHeadsAttention, talking_heads_atten
 __all__ += ["HeadMixer", "TalkingHeadsAttention", "talking_heads_attention"]
 from .window import WindowAttention, shift_mask, window_attention, window_geometry  # noqa: E402
 __all__ += ["WindowAttention", "shift_mask", "window_attention", "window_geometry"]
+from .layers import glu_hidden  # noqa: E402
+from .position import AxialRotaryTable, sincos_table_2d  # noqa: E402
+__all__ += ["glu_hidden", "AxialRotaryTable", "sincos_table_2d"]

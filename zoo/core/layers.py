@@ -81,6 +81,13 @@ class FeedForward(nn.Module):
         return self.fc2(h)
 
 
+def glu_hidden(hidden: int) -> int:
+    """The hidden width of a gated feed-forward (GEGLU / SwiGLU) with the parameters of a plain one of width
+    `hidden`: round(2/3 · hidden). A plain FFN has 2·dim·hidden weights, a gated one 3·dim·h (fc1, gate, fc2),
+    so h = 2/3·hidden matches them; the biases differ by hidden/3 (under 1% for dim >= 64)."""
+    return max(1, round(2 * hidden / 3))
+
+
 class LayerScale(nn.Module):
     """Per-channel scale of a residual branch, y = γ · x with γ initialised to a small constant
     (CaiT, Touvron et al. 2021; DeiT III, EVA). The parameter is named `gamma` as in timm."""

@@ -20,6 +20,21 @@ def sinusoidal_table(length: int, dim: int, base: float = 10000.0) -> torch.Tens
     return rearrange(table, "l d two -> l (d two)").float()
 
 
+def sincos_table_2d(grid: tuple[int, int], dim: int, base: float = 10000.0) -> torch.Tensor:
+    """Fixed 2-D sin-cos positions of a (gh, gw) patch grid (MAE, He et al. 2022), (gh·gw, dim) float32, row-major.
+
+    With ω_k = base^(−k/(dim/4)), k < dim/4, the patch in row h, column w gets
+    [sin(w·ω_k), cos(w·ω_k), sin(h·ω_k), cos(h·ω_k)] (column first, as the MAE code's h/w naming gives;
+    equal to zoo.models.mae.sincos_2d_table without its class-token row). Computed in float64."""
+    if dim % 4:
+        raise ValueError(f"the 2-D sin-cos positions need a dim divisible by 4, got {dim}")
+    gh, gw = grid
+    omega = base ** (-torch.arange(dim // 4, dtype=torch.float64) / (dim // 4))
+    rows = repeat(torch.arange(gh, dtype=torch.float64), "h -> (h w)", w=gw)[:, None] * omega
+    cols = repeat(torch.arange(gw, dtype=torch.float64), "w -> (h w)", h=gh)[:, None] * omega
+    return torch.cat([cols.sin(), cols.cos(), rows.sin(), rows.cos()], dim=1).float()
+
+
 class SinusoidalPositionalEmbedding(nn.Module):
     """Fixed sinusoidal table (Vaswani et al. 2017), added to token embeddings."""
 

@@ -10,6 +10,22 @@ Options (timm's names in brackets), which the DeiT III and DINOv2-register varia
     qk_norm           LayerNorm of each head's q and k over head_dim before the scale (attn.q_norm/k_norm)
     layer_scale       [init_values] LayerScale: x = x + γ ⊙ branch(norm(x)), γ initialised to this value
 
+Switches for variant comparisons (one config field each, built from the shared core; the defaults are the
+ViT above, whose timm/HF parity and shipped weights they keep):
+    pos_embed         "learn": learned absolute positions (as above); "sincos": MAE's fixed 2-D sin-cos table
+                      (zoo.core.sincos_table_2d, a buffer, not a parameter) added to the patch tokens only, computed
+                      for the input's grid; "rope": 2-D axial rotary positions on q and k in every attention
+                      (zoo.core.RotaryEmbedding2D, as EVA-02: temperature 10000, 'ij' indexing, raw grid
+                      coordinates, prefix tokens not rotated), no additive positions; "none": no positions
+    norm              "layernorm" or "rmsnorm": every token norm (blocks, final norm, fc_norm, pre_norm, QK-norm);
+                      the conv stem keeps its BatchNorm
+    norm_first        True: pre-norm blocks x + f(norm(x)); False: post-norm blocks norm(x + f(x)) (Vaswani et al.
+                      2017, BERT), and then no final norm after the stack (every block already ends with one)
+    mlp               "mlp": fc2(act(fc1 x)), hidden = int(dim · mlp_ratio); "glu": gated fc2(act(fc1 x) ⊙ gate x)
+                      (GEGLU with activation="gelu", SwiGLU with activation="silu") at a matched parameter count:
+                      hidden = round(2/3 · int(dim · mlp_ratio)) (zoo.core.glu_hidden), so its 3·dim·hidden weights
+                      equal the plain MLP's 2·dim·hidden (the biases differ by hidden/3: under 1% of the FFN)
+
 `forward_intermediates` returns the output of chosen blocks as maps (zoo/features.py).
 """
 from __future__ import annotations
@@ -21,7 +37,17 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from ..core import BlockConfig, TransformerStack, make_norm, resize_pos_grid, trunc_normal_init
+from ..core import (
+    AxialRotaryTable,
+    BlockConfig,
+    RotaryEmbedding2D,
+    TransformerStack,
+    glu_hidden,
+    make_norm,
+    resize_pos_grid,
+    sincos_table_2d,
+    trunc_normal_init,
+)
 from ..core.position import check_images
 from ..contract import IMAGE_AXES, Inputs, ZooModel, image_batch
 from ..features import block_feature_info, check_output_fmt, feature_take_indices, run_blocks, split_prefix_maps
@@ -55,6 +81,34 @@ class ViTConfig:
     drop_rate: float = 0.0
     attn_drop_rate: float = 0.0
     drop_path_rate: float = 0.0
+    # switches for variant comparisons (module docstring); the defaults are the ViT of the paper
+    pos_embed: str = "learn"  # "learn", "sincos" (fixed 2-D, MAE), "rope" (2-D axial rotary, EVA-02) or "none"
+    norm: str = "layernorm"  # or "rmsnorm": every token norm of the model
+    norm_first: bool = True  # False: post-norm blocks, norm(x + f(x)), and no final norm
+    mlp: str = "mlp"  # or "glu": gated FFN (GEGLU / SwiGLU by `activation`) at the plain MLP's parameter count
+
+
+POS_EMBEDS = ("learn", "sincos", "rope", "none")
+NORMS = ("layernorm", "rmsnorm")
+MLPS = ("mlp", "glu")
+
+
+def check_switches(cfg: ViTConfig) -> None:
+    """ValueError naming the field and its allowed values for a bad switch."""
+    for field, allowed in (("pos_embed", POS_EMBEDS), ("norm", NORMS), ("mlp", MLPS)):
+        value = getattr(cfg, field)
+        if value not in allowed:
+            raise ValueError(f"{field} must be one of {', '.join(map(repr, allowed))}, got {value!r}")
+    if not isinstance(cfg.norm_first, bool):
+        raise ValueError(f"norm_first must be True (pre-norm) or False (post-norm), got {cfg.norm_first!r}")
+    if cfg.pos_embed == "rope" and (cfg.dim % cfg.num_heads or (cfg.dim // cfg.num_heads) % 4):
+        raise ValueError(f"pos_embed='rope' needs a head_dim (dim // num_heads) divisible by 4, got dim={cfg.dim}, "
+                         f"num_heads={cfg.num_heads}; change dim or num_heads, or use pos_embed 'learn', 'sincos' or 'none'")
+    if cfg.pos_embed == "sincos" and cfg.dim % 4:
+        raise ValueError(f"pos_embed='sincos' needs a dim divisible by 4, got dim={cfg.dim}")
+    if cfg.layer_scale is not None and not cfg.norm_first:
+        raise ValueError(f"layer_scale={cfg.layer_scale} needs pre-norm blocks (norm_first=True); set layer_scale=None "
+                         "for post-norm blocks")
 
 
 class PatchEmbed(nn.Module):
@@ -114,6 +168,7 @@ class VisionTransformer(ZooModel, nn.Module):
             raise ValueError(f"reg_tokens must be >= 0, got {cfg.reg_tokens}")
         if cfg.stem not in ("patch", "conv"):
             raise ValueError(f"stem must be 'patch' or 'conv', got {cfg.stem!r}")
+        check_switches(cfg)
         self.check_image_size(cfg, cfg.img_size, cfg.img_size)
         self.config = cfg
         self.num_classes = cfg.num_classes
@@ -121,6 +176,7 @@ class VisionTransformer(ZooModel, nn.Module):
         self.grid = (cfg.img_size // cfg.patch_size,) * 2
         self.num_prefix = (1 if cfg.class_token else 0) + cfg.reg_tokens
         use_fc_norm = cfg.pool == "avg" if cfg.fc_norm is None else cfg.fc_norm
+        num_patches = self.grid[0] * self.grid[1]
 
         if cfg.stem == "conv":
             self.patch_embed = ConvStem(cfg.patch_size, cfg.in_chans, cfg.dim)
@@ -128,16 +184,27 @@ class VisionTransformer(ZooModel, nn.Module):
             self.patch_embed = PatchEmbed(cfg.patch_size, cfg.in_chans, cfg.dim, bias=not cfg.pre_norm)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.dim)) if cfg.class_token else None
         self.reg_token = nn.Parameter(torch.zeros(1, cfg.reg_tokens, cfg.dim)) if cfg.reg_tokens else None
-        self.pos_embed = nn.Parameter(torch.zeros(1, self._pos_slots() + self.grid[0] * self.grid[1], cfg.dim))
+        self.pos_embed = None  # learned positions ("learn")
+        if cfg.pos_embed == "learn":
+            self.pos_embed = nn.Parameter(torch.zeros(1, self._pos_slots() + num_patches, cfg.dim))
+        if cfg.pos_embed == "sincos":  # fixed, rebuilt from the config: not in the state dict
+            self.register_buffer("pos_table", sincos_table_2d(self.grid, cfg.dim), persistent=False)
+        # 2-D rotary positions: no parameters, a table per forward for the input's grid
+        self.rope = RotaryEmbedding2D(cfg.dim // cfg.num_heads, self.grid, num_prefix=self.num_prefix) \
+            if cfg.pos_embed == "rope" else None
         self.pos_drop = nn.Dropout(cfg.drop_rate)
-        self.norm_pre = make_norm("layernorm", cfg.dim, cfg.norm_eps) if cfg.pre_norm else nn.Identity()
+        self.norm_pre = make_norm(cfg.norm, cfg.dim, cfg.norm_eps) if cfg.pre_norm else nn.Identity()
+        mlp_hidden = int(cfg.dim * cfg.mlp_ratio)
         block = BlockConfig(
-            dim=cfg.dim, num_heads=cfg.num_heads, mlp_hidden=int(cfg.dim * cfg.mlp_ratio), norm_eps=cfg.norm_eps,
+            dim=cfg.dim, num_heads=cfg.num_heads, norm=cfg.norm, norm_first=cfg.norm_first, norm_eps=cfg.norm_eps,
+            mlp_hidden=glu_hidden(mlp_hidden) if cfg.mlp == "glu" else mlp_hidden, gated=cfg.mlp == "glu",
             activation=cfg.activation, qkv_bias=cfg.qkv_bias, dropout=cfg.drop_rate, attn_dropout=cfg.attn_drop_rate,
             qk_norm=cfg.qk_norm, layer_scale=cfg.layer_scale,
         )
-        self.encoder = TransformerStack(block, cfg.depth, drop_path=cfg.drop_path_rate, final_norm=not use_fc_norm)
-        self.fc_norm = make_norm("layernorm", cfg.dim, cfg.norm_eps) if use_fc_norm else nn.Identity()
+        # post-norm blocks end with a norm: no final norm after them (as the 2017 Transformer and BERT)
+        self.encoder = TransformerStack(block, cfg.depth, drop_path=cfg.drop_path_rate,
+                                        final_norm=not use_fc_norm and cfg.norm_first)
+        self.fc_norm = make_norm(cfg.norm, cfg.dim, cfg.norm_eps) if use_fc_norm else nn.Identity()
         self.head_drop = nn.Dropout(cfg.drop_rate)
         self.head = nn.Linear(cfg.dim, cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
         # one entry per block: its output is a (dim, H/p, W/p) map (zoo/features.py)
@@ -150,7 +217,8 @@ class VisionTransformer(ZooModel, nn.Module):
 
     def init_weights(self):
         trunc_normal_init(self)
-        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        if self.pos_embed is not None:
+            nn.init.trunc_normal_(self.pos_embed, std=0.02)
         for token in (self.cls_token, self.reg_token):
             if token is not None:
                 nn.init.normal_(token, std=1e-6)
@@ -171,6 +239,10 @@ class VisionTransformer(ZooModel, nn.Module):
         return [t.expand(batch, -1, -1) for t in (self.cls_token, self.reg_token) if t is not None]
 
     def _pos_embed(self, tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        if self.config.pos_embed != "learn":  # sincos: on the patch tokens only (MAE's zero class row); rope, none: nothing
+            if self.config.pos_embed == "sincos":
+                tokens = tokens + self._sincos(grid).to(tokens.dtype)[None]
+            return torch.cat(self._prefix_tokens(tokens.shape[0]) + [tokens], dim=1)
         pos = self.pos_embed[0]
         slots = self._pos_slots()
         prefix_pos, patch_pos = pos[:slots], pos[slots:]
@@ -179,6 +251,18 @@ class VisionTransformer(ZooModel, nn.Module):
         if self.config.no_embed_class:  # [prefix, patches + pos]
             return torch.cat(prefix + [tokens + patch_pos[None]], dim=1)
         return torch.cat(prefix + [tokens], dim=1) + torch.cat([prefix_pos, patch_pos])[None]
+
+    def _sincos(self, grid: tuple[int, int]) -> torch.Tensor:
+        """The fixed 2-D sin-cos table of the patch grid (the buffer at the configured grid, else computed)."""
+        if tuple(grid) == self.grid:
+            return self.pos_table
+        return sincos_table_2d(grid, self.config.dim).to(self.pos_table.device)
+
+    def _block_kwargs(self, grid: tuple[int, int], device) -> dict:
+        """What every block gets besides the tokens: the rotary table of the grid with pos_embed='rope'."""
+        if self.rope is None:
+            return {}
+        return {"rope": AxialRotaryTable(self.rope.table(grid, device), self.num_prefix)}  # prefix tokens not rotated
 
     def _embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """Images -> the tokens that enter the first block, and the patch grid (H/p, W/p)."""
@@ -189,7 +273,8 @@ class VisionTransformer(ZooModel, nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Images (B, C, H, W) -> tokens (B, prefix + patches, dim)."""
-        return self.encoder(self._embed(x)[0])
+        tokens, grid = self._embed(x)
+        return self.encoder(tokens, **self._block_kwargs(grid, tokens.device))
 
     def forward_intermediates(self, x: torch.Tensor, indices: int | list[int] | None = None, return_prefix_tokens: bool = False,
                               norm: bool = False, stop_early: bool = False, output_fmt: str = "NCHW",
@@ -203,7 +288,8 @@ class VisionTransformer(ZooModel, nn.Module):
         take, _ = feature_take_indices(len(self.encoder.blocks), indices)
         tokens, grid = self._embed(x)
         checkpoint = self.encoder.gradient_checkpointing and self.training
-        tokens, maps = run_blocks(self.encoder.blocks, tokens, take, stop_early=stop_early, checkpoint=checkpoint)
+        tokens, maps = run_blocks(self.encoder.blocks, tokens, take, stop_early=stop_early, checkpoint=checkpoint,
+                                  **self._block_kwargs(grid, tokens.device))
         maps = [self.encoder.norm(m) if norm else m for m in maps]
         maps = split_prefix_maps(maps, self.num_prefix, grid, output_fmt, return_prefix_tokens)
         return maps if intermediates_only else (self.encoder.norm(tokens), maps)
