@@ -7,7 +7,6 @@ import torch
 import zoo
 from zoo.bench.cli import speed_main
 from zoo.bench.peers import PeerUnavailable, build_peer
-from zoo.bench.quality import parse_variant
 from zoo.bench.speed import (check_goals, count_macs, example_inputs, peak_memory_mb, time_interleaved, zoo_call)
 from zoo.registry import count_parameters
 
@@ -94,9 +93,6 @@ def test_bad_options_name_the_fix():
         speed_main(["vit_digits", "--precision", "fp16"])
     with pytest.raises(SystemExit, match="no registered model matches"):
         speed_main(["no_such_model*"])
-    assert parse_variant("vit_mnist:dim=64,pool='avg'") == ("vit_mnist", {"dim": 64, "pool": "avg"})
-    with pytest.raises(ValueError, match="key=value"):
-        parse_variant("vit_mnist:dim")
 
 
 def test_generation_bench_cache_gives_the_same_tokens():

@@ -5,6 +5,7 @@
     zoo predict --model vit_mnist.mnist5k digit.png  # shipped weights (zoo.list_pretrained()), a directory or a checkpoint
     zoo models "vit_*"                             # list registered models with parameter counts
     zoo info vit_small_patch16_224                 # hyper-parameters and paper of one model
+    zoo compare --config configs/compare/vit_mnist_ablation.yaml   # variants x seeds, with confidence intervals
     zoo export | viz | compress | bench | convert  # see `zoo <command> --help`
 
 Errors end in one line that names the cause and the fix; `--verbose` (or ZOO_VERBOSE=1) shows the traceback.
@@ -27,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("zoo.export:main", "export a model or checkpoint to ONNX or torch.export with dynamic axes"),
     "viz": ("zoo.viz:main", "attention maps, cross-attention, position encodings, CLIP similarities as PNG"),
     "compress": ("zoo.compress:main", "quantize (int8) / prune a checkpoint; size, CPU latency and accuracy"),
+    "compare": ("zoo.compare.cli:main", "variants of a recipe x seeds under one budget: mean, 95% CI, paired differences"),
     "bench": ("zoo.bench.cli:bench_main", "speed / quality / generation benchmarks (zoo bench speed --help)"),
     "convert": ("zoo.interop.cli:main", "convert transformers / timm checkpoints to zoo models and back"),
     "serve": ("zoo.serve.server:main", "serve a checkpoint over HTTP (LitServe, dynamic batching) with a demo page"),

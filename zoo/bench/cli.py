@@ -113,6 +113,7 @@ def speed_main(argv: list[str]) -> int:
 
 
 def quality_main(argv: list[str]) -> int:
+    """An alias of `zoo compare --config configs/compare/quick_mnist.yaml` (zoo/bench/quality.py)."""
     from .quality import main
 
     return main(argv)

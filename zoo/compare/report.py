@@ -1,0 +1,183 @@
+"""Aggregation of a study's store: mean, sd and 95% t-intervals over seeds, differences to the baseline
+paired by seed; table.md, table.csv and plot.png."""
+from __future__ import annotations
+
+import csv
+import math
+import statistics
+import time
+from pathlib import Path
+
+LEVEL = 0.95
+
+
+def t_interval(values: list[float], level: float = LEVEL) -> dict:
+    """n, mean, sample sd and the two-sided Student-t interval of the mean (nan where n < 2)."""
+    from scipy import stats
+
+    n = len(values)
+    mean = statistics.fmean(values) if n else math.nan
+    sd = statistics.stdev(values) if n > 1 else math.nan
+    half = float(stats.t.ppf(0.5 + level / 2, n - 1)) * sd / math.sqrt(n) if n > 1 else math.nan
+    return {"n": n, "mean": mean, "sd": sd, "low": mean - half, "high": mean + half, "half": half}
+
+
+def _mean(values) -> float | None:
+    values = [v for v in values if v is not None]
+    return statistics.fmean(values) if values else None
+
+
+def aggregate(rows: list[dict], variants: list[str], baseline: str, metric: str | None = None) -> list[dict]:
+    """One summary per variant (in the study's order; variants without rows are left out). The difference to
+    the baseline pairs the seeds both have: d_s = x_variant,s - x_baseline,s, then the t-interval of the d_s;
+    significant when that interval excludes 0."""
+    by = {v: {} for v in variants}
+    for r in rows:
+        if r["variant"] in by:
+            by[r["variant"]][r["seed"]] = r
+    value = (lambda r: r["metrics"][metric]) if metric else (lambda r: r["value"])
+    base = {s: value(r) for s, r in by.get(baseline, {}).items()}
+    out = []
+    for v in variants:
+        runs = by[v]
+        if not runs:
+            continue
+        seeds = sorted(runs)
+        vals = [value(runs[s]) for s in seeds]
+        summary = {"variant": v, "seeds": seeds, **t_interval(vals)}
+        paired = [s for s in seeds if s in base]
+        if v == baseline or not paired:
+            summary["diff"] = None
+        else:
+            d = t_interval([value(runs[s]) - base[s] for s in paired])
+            d["significant"] = bool(d["n"] > 1 and (d["low"] > 0 or d["high"] < 0))
+            summary["diff"] = d
+        rs = list(runs.values())
+        summary.update(
+            params=_mean(r.get("params") for r in rs), macs_per_sample=_mean(r.get("macs_per_sample") for r in rs),
+            train_seconds=_mean(r.get("train_seconds") for r in rs),
+            train_samples_per_s=_mean(r.get("train_samples_per_s") for r in rs),
+            peak_rss_mb=max((r.get("peak_rss_mb") or 0 for r in rs), default=None),
+            other={k: t_interval([r["metrics"][k] for r in rs if k in r["metrics"]])
+                   for k in sorted({k for r in rs for k in r.get("metrics", {})})},
+        )
+        out.append(summary)
+    return out
+
+
+def _f(x, digits: int = 4) -> str:
+    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+
+
+def _si(x) -> str:
+    if x is None:
+        return "–"
+    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(x) >= div:
+            return f"{x / div:.2f}{unit}"
+    return f"{x:.0f}"
+
+
+def markdown(summaries: list[dict], study, n_rows: int) -> str:
+    m, b = study.metric, study.baseline
+    lines = [f"# Study `{study.name}`", ""]
+    if study.description:
+        lines += [study.description.strip(), ""]
+    lines += [f"Recipe `{study.recipe.name}`, budget {study.budget_text()} for every run, seeds {study.seeds}; "
+              f"metric `{m}` on the test split (best checkpoint by validation). {n_rows} finished runs in the store.", "",
+              f"| variant | n | {m} mean ± sd | 95% CI | Δ vs {b} (paired) [95% CI] | significant | params | MACs/sample | "
+              "train s | samples/s |",
+              "|---|---:|---:|---:|---:|:---:|---:|---:|---:|---:|"]
+    for s in summaries:
+        d = s["diff"]
+        diff = "baseline" if s["variant"] == b else "–" if d is None else \
+            f"{d['mean']:+.4f} [{_f(d['low'])}, {_f(d['high'])}] (n={d['n']})"
+        sig = "" if d is None else ("**yes**" if d["significant"] else "no")
+        lines.append(f"| {s['variant']} | {s['n']} | {_f(s['mean'])} ± {_f(s['sd'])} | [{_f(s['low'])}, {_f(s['high'])}] | "
+                     f"{diff} | {sig} | {_si(s['params'])} | {_si(s['macs_per_sample'])} | {_f(s['train_seconds'], 0)} | "
+                     f"{_f(s['train_samples_per_s'], 0)} |")
+    base = next((s for s in summaries if s["variant"] == b), None)
+    lines.append("")
+    if base is not None:
+        lines.append(f"Baseline `{b}`: {m} = {_f(base['mean'])}, 95% CI half-width ±{_f(base['half'])} (n={base['n']}).")
+    lines += ["Intervals are two-sided Student-t intervals of the mean over seeds (n - 1 degrees of freedom); the difference "
+              "to the baseline is taken seed by seed and is **significant** when its interval excludes 0. "
+              "MACs per sample: one forward pass (FlopCounterMode). Train seconds exclude validation.",
+              "", f"Rendered {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by `zoo compare --config "
+              f"{_rel(study.path)} --report`.", ""]
+    descriptions = [(v, study.descriptions[v]) for v in study.variants if v in study.descriptions]
+    if descriptions:
+        lines += ["Variants:", ""] + [f"- `{v}`: {text}" for v, text in descriptions] + [""]
+    return "\n".join(lines)
+
+
+def _rel(path: Path) -> str:
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def csv_rows(summaries: list[dict], metric: str) -> list[dict]:
+    out = []
+    for s in summaries:
+        d = s["diff"] or {}
+        row = {"variant": s["variant"], "n": s["n"], "seeds": " ".join(map(str, s["seeds"])), "metric": metric,
+               "mean": s["mean"], "sd": s["sd"], "ci_low": s["low"], "ci_high": s["high"], "ci_half": s["half"],
+               "diff_mean": d.get("mean"), "diff_low": d.get("low"), "diff_high": d.get("high"), "diff_n": d.get("n"),
+               "significant": d.get("significant"), "params": s["params"], "macs_per_sample": s["macs_per_sample"],
+               "train_seconds": s["train_seconds"], "train_samples_per_s": s["train_samples_per_s"],
+               "peak_rss_mb": s["peak_rss_mb"]}
+        for k, t in s["other"].items():
+            if k != metric:
+                row[f"{k}_mean"], row[f"{k}_ci_half"] = t["mean"], t["half"]
+        out.append(row)
+    return out
+
+
+def plot(summaries: list[dict], study, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
+    for ax, key, label in ((axes[0], "macs_per_sample", "MACs per sample (forward)"),
+                           (axes[1], "train_seconds", "mean training time (s)")):
+        pts = [s for s in summaries if s[key]]
+        for i, s in enumerate(pts):
+            base = s["variant"] == study.baseline
+            err = 0 if math.isnan(s["half"]) else s["half"]
+            ax.errorbar(s[key], s["mean"], yerr=err, fmt="s" if base else "o", capsize=3, ms=6,
+                        color="black" if base else f"C{i % 10}")
+            ax.annotate(s["variant"], (s[key], s["mean"]), textcoords="offset points", xytext=(5, 5 if i % 2 == 0 else -11),
+                        fontsize=7)
+        xs = [s[key] for s in pts]
+        if xs and max(xs) / max(min(xs), 1e-12) > 10:
+            ax.set_xscale("log")
+        ax.margins(x=0.2, y=0.15)
+        ax.set_xlabel(label)
+        ax.set_ylabel(f"{study.metric} (mean, 95% CI)")
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"zoo compare: {study.name} ({study.recipe.name}, {study.budget_text()}, seeds {study.seeds}); "
+                 f"black square = baseline {study.baseline}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def render(study, rows: list[dict]) -> tuple[list[dict], list[Path]]:
+    """Write <store>/table.md, table.csv and plot.png from the store's rows. Returns the summaries and paths."""
+    rows = [r for r in rows if r.get("variant") in study.variants and r.get("seed") in study.seeds]
+    summaries = aggregate(rows, list(study.variants), study.baseline)
+    study.store.mkdir(parents=True, exist_ok=True)
+    md, table, png = study.store / "table.md", study.store / "table.csv", study.store / "plot.png"
+    md.write_text(markdown(summaries, study, len(rows)))
+    crows = csv_rows(summaries, study.metric)
+    keys = list(dict.fromkeys(k for r in crows for k in r))
+    with open(table, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=keys)
+        w.writeheader()
+        w.writerows(crows)
+    plot(summaries, study, png)
+    return summaries, [md, table, png]

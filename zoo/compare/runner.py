@@ -1,0 +1,253 @@
+"""Running a study: one job per (variant, seed), locally N at a time or through submitit; the store."""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .study import ROOT, Study, StudyError, fit_args
+
+ROWS = "runs.jsonl"
+
+
+class RunFailed(RuntimeError):
+    pass
+
+
+@dataclass
+class RunSpec:
+    """Everything one job needs (picklable: submitit sends it to the cluster node)."""
+
+    study: str
+    store: str
+    variant: str
+    seed: int
+    args: list[str]
+    run_dir: str
+    threads: int
+    metric: str
+    overrides: dict
+    budget: dict
+    recipe: str
+    git_rev: str | None = None
+    cwd: str = "."
+    env: dict = field(default_factory=dict)
+
+
+def run_one(spec: RunSpec) -> dict:
+    """The job of one run, the same locally and on a cluster: `zoo fit` of the recipe in a subprocess
+    (it tests the best checkpoint at the end), then its row appended to <store>/runs.jsonl. Returns the row."""
+    from .recorder import ENV
+
+    run_dir = Path(spec.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=False)  # the caller moved an unfinished one aside
+    record = run_dir / "record.json"
+    threads = str(spec.threads)
+    env = {**os.environ, **spec.env, ENV: str(record), "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+    env.pop("ZOO_RUN_DIR", None)
+    cmd = [sys.executable, "-m", "zoo.cli", *spec.args]
+    (run_dir / "command.txt").write_text(" ".join(["zoo", *spec.args]) + "\n")
+    t0 = time.time()
+    with open(run_dir / "fit.log", "w") as log:
+        rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=spec.cwd).returncode
+    if rc != 0 or not record.is_file():
+        tail = [ln for ln in (run_dir / "fit.log").read_text(errors="replace").splitlines() if ln.strip()][-1:] or [""]
+        raise RunFailed(f"{spec.variant} seed {spec.seed}: zoo fit exited with {rc}"
+                        f"{'' if record.is_file() else ' and wrote no record'}: {tail[0][:300]} (log: {run_dir / 'fit.log'})")
+    rec = json.loads(record.read_text())
+    metrics = rec.pop("metrics")
+    if spec.metric not in metrics:
+        raise RunFailed(f"{spec.variant} seed {spec.seed}: the test logged no {spec.metric}; it logged "
+                        f"{', '.join(sorted(metrics)) or 'nothing'} (log: {run_dir / 'fit.log'})")
+    import torch
+
+    from .. import __version__
+
+    row = {"study": spec.study, "variant": spec.variant, "seed": spec.seed, "metric": spec.metric,
+           "value": metrics[spec.metric], "metrics": metrics, **rec, "wall_seconds": time.time() - t0,
+           "budget": spec.budget, "overrides": spec.overrides, "recipe": spec.recipe, "threads": spec.threads,
+           "versions": {"zoo": __version__, "torch": torch.__version__, "python": platform.python_version(),
+                        "lightning": _version("lightning")},
+           "git_rev": spec.git_rev, "host": platform.node(), "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    append_row(Path(spec.store) / ROWS, row)
+    return row
+
+
+def _version(dist: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return None
+
+
+def append_row(path: Path, row: dict) -> None:
+    """One JSON line, appended atomically: a single write under an exclusive lock, flushed and fsync'ed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    line = (json.dumps(row) + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.write(fd, line)
+        os.fsync(fd)
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def read_rows(store: Path) -> list[dict]:
+    """The finished runs of a store; a torn last line (a write cut by a crash) is skipped."""
+    path = Path(store) / ROWS
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        if line.strip():
+            with contextlib.suppress(json.JSONDecodeError):
+                rows.append(json.loads(line))
+    return rows
+
+
+def git_rev() -> str | None:
+    try:
+        out = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=12"], cwd=ROOT, capture_output=True,
+                             text=True, timeout=20)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def threads_per_job(jobs: int) -> int:
+    total = int(os.environ.get("OMP_NUM_THREADS") or 0) or len(os.sched_getaffinity(0))
+    return max(1, total // jobs)
+
+
+def plan(study: Study) -> tuple[list[tuple[str, int]], list[dict]]:
+    """The runs still to do, and the store's rows of this study's runs. A finished row whose overrides or
+    budget differ from the study's is an error: the study changed under its store."""
+    rows = read_rows(study.store)
+    done = {}
+    for r in rows:
+        if r.get("variant") not in study.variants or r.get("seed") not in study.seeds:
+            continue
+        v = r["variant"]
+        if r.get("overrides") != study.variants[v] or r.get("budget") != study.budget:
+            raise StudyError(f"study {study.name}: the store {study.store} holds variant {v} seed {r['seed']} with "
+                             f"overrides {r.get('overrides')} and budget {r.get('budget')}, but the study now says "
+                             f"{study.variants[v]} and {study.budget}; rename the variant or use another store")
+        done[(v, r["seed"])] = r
+    todo = [run for run in study.runs() if run not in done]
+    return todo, list(done.values())
+
+
+def move_aside(run_dir: Path) -> Path | None:
+    """An unfinished run folder (killed, or failed) is renamed, never deleted."""
+    if not run_dir.exists():
+        return None
+    target = run_dir.with_name(f"{run_dir.name}.unfinished-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}")
+    n = 1
+    while target.exists():
+        target = target.with_name(f"{run_dir.name}.unfinished-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{n}")
+        n += 1
+    run_dir.rename(target)
+    return target
+
+
+def specs(study: Study, todo: list[tuple[str, int]], threads: int) -> list[RunSpec]:
+    rev = git_rev()
+    out = []
+    for variant, seed in todo:
+        run_dir = study.run_dir(variant, seed)
+        aside = move_aside(run_dir)
+        if aside:
+            print(f"  {variant} seed {seed}: an unfinished run folder was moved aside to {aside}", flush=True)
+        out.append(RunSpec(study=study.name, store=str(study.store), variant=variant, seed=seed,
+                           args=fit_args(study, variant, seed, run_dir), run_dir=str(run_dir), threads=threads,
+                           metric=study.metric, overrides=study.variants[variant], budget=study.budget,
+                           recipe=str(study.recipe.relative_to(ROOT) if study.recipe.is_relative_to(ROOT) else study.recipe),
+                           git_rev=rev, cwd=os.getcwd()))
+    return out
+
+
+def _done_line(row: dict, i: int, n: int) -> str:
+    return (f"[{i}/{n}] {row['variant']} seed {row['seed']}: {row['metric']} = {row['value']:.4f}, "
+            f"{row['train_seconds']:.0f} s training, {row['train_samples_per_s']:.0f} samples/s")
+
+
+def run_local(run_specs: list[RunSpec], jobs: int) -> list[str]:
+    """N runs at a time in threads, each waiting on its `zoo fit` subprocess. Returns the failures."""
+    failures, n = [], len(run_specs)
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        pending = {pool.submit(run_one, s): s for s in run_specs}
+        i = 0
+        while pending:
+            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in finished:
+                s = pending.pop(fut)
+                i += 1
+                try:
+                    print(_done_line(fut.result(), i, n), flush=True)
+                except RunFailed as e:
+                    failures.append(str(e))
+                    print(f"[{i}/{n}] FAILED {e}", flush=True)
+    return failures
+
+
+def run_submitit(run_specs: list[RunSpec], study: Study, jobs: int, cluster: str | None, params: dict) -> list[str]:
+    """One submitit job per run (AutoExecutor: SLURM where present; cluster="local" runs them as local
+    processes, "debug" in this process). The job function is run_one, as on the local path."""
+    try:
+        import submitit
+    except ImportError:
+        raise StudyError("--executor submitit needs the submitit package (pip install submitit)") from None
+    executor = submitit.AutoExecutor(folder=str(study.store / "submitit" / "%j"), cluster=cluster)
+    (key, value), = study.budget.items()
+    timeout = int(value * 2 + 30) if key == "max_minutes" else 24 * 60
+    executor.update_parameters(name=f"zoo-compare-{study.name}", timeout_min=timeout, cpus_per_task=run_specs[0].threads
+                               if run_specs else 1, **params)
+    local = executor.cluster in ("local", "debug")
+    window = jobs if local else len(run_specs)  # a local "cluster" runs every submitted job at once
+    failures, n, i = [], len(run_specs), 0
+    for start in range(0, n, window):
+        batch = [(s, executor.submit(run_one, s)) for s in run_specs[start:start + window]]
+        for s, job in batch:
+            print(f"  submitted {s.variant} seed {s.seed} as job {job.job_id} ({executor.cluster})", flush=True)
+        for s, job in batch:
+            i += 1
+            try:
+                print(_done_line(job.result(), i, n), flush=True)
+            except Exception as e:  # noqa: BLE001 - submitit wraps the job's exception in its own
+                msg = str(e).strip().splitlines()
+                failures.append(f"{s.variant} seed {s.seed}: job {job.job_id} failed: {msg[-1] if msg else type(e).__name__}")
+                print(f"[{i}/{n}] FAILED {failures[-1]}", flush=True)
+    return failures
+
+
+def run_study(study: Study, jobs: int | None = None, limit: int | None = None, executor: str = "local",
+              cluster: str | None = None, params: dict | None = None) -> list[str]:
+    """Train the runs the store lacks (at most `limit` of them). Returns the failures (empty: all done)."""
+    jobs = jobs or study.jobs
+    todo, done = plan(study)
+    total = len(study.runs())
+    print(f"zoo compare: study {study.name}: {len(study.variants)} variants x {len(study.seeds)} seeds = {total} runs of "
+          f"{study.recipe.name} at {study.budget_text()}; {len(done)} finished in {study.store}, {len(todo)} to run"
+          + (f", this time at most {limit}" if limit is not None and limit < len(todo) else ""), flush=True)
+    todo = todo[:limit] if limit is not None else todo
+    if not todo:
+        return []
+    study.store.mkdir(parents=True, exist_ok=True)
+    (study.store / "study.yaml").write_text(study.path.read_text(encoding="utf-8"))  # the study as last run
+    threads = threads_per_job(jobs)
+    run_specs = specs(study, todo, threads)
+    print(f"  {jobs} job(s) at a time, {threads} thread(s) each ({executor})", flush=True)
+    if executor == "submitit":
+        return run_submitit(run_specs, study, jobs, cluster, params or {})
+    return run_local(run_specs, jobs)

@@ -1,0 +1,290 @@
+"""Study files: loading, the `zoo fit` arguments of each run, and validation before any training."""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]  # the repository (configs/ lives here in a source checkout)
+BUDGET_KEYS = ("max_epochs", "max_steps", "max_minutes")
+STUDY_KEYS = ("name", "description", "recipe", "baseline", "variants", "seeds", "budget", "metric", "store", "jobs")
+VARIANT_KEYS = ("overrides", "description")
+MODEL_KWARGS = "model.init_args.model_kwargs"
+# set by the study itself (seed, budget, run folder): a variant may not override them
+RESERVED = ("seed_everything", "trainer.max_epochs", "trainer.max_steps", "trainer.max_time", "trainer.default_root_dir",
+            "test_after_fit", "ckpt_path", "config")
+RECORDER = "zoo.compare.recorder.RunRecorder"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+
+
+class StudyError(ValueError):
+    """A study file that cannot run; the message names the problem in one line."""
+
+
+@dataclass
+class Study:
+    name: str
+    path: Path
+    recipe: Path
+    baseline: str
+    variants: dict[str, dict[str, Any]]  # name -> {dotted key: value}
+    seeds: list[int]
+    budget: dict[str, float]  # exactly one of BUDGET_KEYS
+    metric: str = "test/acc"
+    store: Path = field(default_factory=Path)
+    jobs: int = 1
+    description: str = ""
+    descriptions: dict[str, str] = field(default_factory=dict)
+
+    def budget_text(self) -> str:
+        (key, value), = self.budget.items()
+        return {"max_epochs": f"{value:g} epochs", "max_steps": f"{value:g} steps", "max_minutes": f"{value:g} min"}[key]
+
+    def runs(self) -> list[tuple[str, int]]:
+        """(variant, seed) of every run, seed-major: a partial study has every variant at its first seeds."""
+        return [(v, s) for s in self.seeds for v in self.variants]
+
+    def run_dir(self, variant: str, seed: int) -> Path:
+        return self.store / "runs" / variant / f"seed{seed}"
+
+
+def _find(path: str, study_path: Path) -> Path | None:
+    p = Path(path)
+    for cand in (p, study_path.parent / p, ROOT / p) if not p.is_absolute() else (p,):
+        if cand.is_file():
+            return cand.resolve()
+    return None
+
+
+def find_study(path: str) -> Path:
+    p = _find(path, Path.cwd() / "x")
+    if p is None:
+        raise StudyError(f"study file {path} does not exist; shipped studies: "
+                         f"{', '.join(sorted(str(s.relative_to(ROOT)) for s in (ROOT / 'configs' / 'compare').glob('*.yaml')))}")
+    return p
+
+
+def load_study(path: str | Path, store: str | Path | None = None) -> Study:
+    """Read and check a study file (its structure; `validate_study` checks the overrides against the recipe)."""
+    path = find_study(str(path))
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise StudyError(f"study file {path} is not valid YAML: {' '.join(str(e).split())}") from None
+    if not isinstance(raw, dict):
+        raise StudyError(f"study file {path} must be a mapping with keys {', '.join(STUDY_KEYS)}")
+    unknown = sorted(set(raw) - set(STUDY_KEYS))
+    if unknown:
+        raise StudyError(f"study file {path}: unknown key(s) {', '.join(unknown)}; accepted: {', '.join(STUDY_KEYS)}")
+    name = str(raw.get("name") or path.stem)
+    if not _NAME.match(name):
+        raise StudyError(f"study name {name!r} must be letters, digits, '_', '-', '.' or '+' (it names the store folder)")
+    where = f"study {name} ({path})"
+    if not raw.get("recipe"):
+        raise StudyError(f"{where} names no recipe; add `recipe: configs/<recipe>.yaml`")
+    recipe = _find(str(raw["recipe"]), path)
+    if recipe is None:
+        raise StudyError(f"{where}: recipe {raw['recipe']} does not exist (looked in the working directory, "
+                         f"{path.parent} and {ROOT})")
+    variants_raw = raw.get("variants")
+    if not variants_raw:
+        raise StudyError(f"{where} has no variants; list at least one under `variants:` (name: {{overrides: {{key: value}}}})")
+    if not isinstance(variants_raw, dict):
+        raise StudyError(f"{where}: variants must be a mapping name -> {{overrides: {{dotted.key: value}}}}, "
+                         f"got a {type(variants_raw).__name__}")
+    variants, descriptions = {}, {}
+    for vname, spec in variants_raw.items():
+        vname = str(vname)
+        if not _NAME.match(vname):
+            raise StudyError(f"{where}: variant name {vname!r} must be letters, digits, '_', '-', '.' or '+' (it names a folder)")
+        spec = spec or {}
+        if not isinstance(spec, dict) or set(spec) - set(VARIANT_KEYS):
+            bad = sorted(set(spec) - set(VARIANT_KEYS)) if isinstance(spec, dict) else spec
+            raise StudyError(f"{where}: variant {vname}: unknown key(s) {bad}; write {vname}: {{overrides: {{dotted.key: value}}}}")
+        overrides = spec.get("overrides") or {}
+        if not isinstance(overrides, dict):
+            raise StudyError(f"{where}: variant {vname}: overrides must be a mapping dotted.key -> value")
+        for key in overrides:
+            k = str(key).lstrip("-")
+            if k in RESERVED or k.startswith("trainer.max_"):
+                raise StudyError(f"{where}: variant {vname}: override {key} is set by the study (seeds, budget, run folder), "
+                                 "not by a variant; every variant gets the same budget")
+        variants[vname] = {str(k).lstrip("-"): v for k, v in overrides.items()}
+        if spec.get("description"):
+            descriptions[vname] = str(spec["description"])
+    baseline = str(raw.get("baseline") or next(iter(variants)))
+    if baseline not in variants:
+        raise StudyError(f"{where}: baseline {baseline!r} is not one of its variants ({', '.join(variants)})")
+    seeds = raw.get("seeds", [0, 1, 2])
+    if not isinstance(seeds, list) or not seeds:
+        raise StudyError(f"{where}: seeds must be a non-empty list of integers, e.g. seeds: [0, 1, 2]")
+    if not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds) or len(set(seeds)) != len(seeds):
+        raise StudyError(f"{where}: seeds must be distinct integers, got {seeds}")
+    budget = raw.get("budget")
+    if not isinstance(budget, dict) or len(budget) != 1 or next(iter(budget)) not in BUDGET_KEYS:
+        raise StudyError(f"{where}: budget must be exactly one of {', '.join(BUDGET_KEYS)}, e.g. budget: {{max_epochs: 40}}; "
+                         f"got {budget!r}")
+    (bkey, bval), = budget.items()
+    if isinstance(bval, bool) or not isinstance(bval, (int, float)) or bval <= 0 or (bkey != "max_minutes" and int(bval) != bval):
+        raise StudyError(f"{where}: budget {bkey} must be a positive {'number' if bkey == 'max_minutes' else 'integer'}, got {bval!r}")
+    metric = str(raw.get("metric") or "test/acc")
+    if not metric.startswith("test/"):
+        raise StudyError(f"{where}: metric {metric!r} must be a test metric (test/...): every run is compared on its test split")
+    jobs = raw.get("jobs", 1)
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise StudyError(f"{where}: jobs must be a positive integer, got {jobs!r}")
+    store = Path(store or raw.get("store") or Path("results") / "compare" / name).resolve()
+    return Study(name=name, path=path, recipe=recipe, baseline=baseline, variants=variants, seeds=list(seeds),
+                 budget={bkey: bval}, metric=metric, store=store, jobs=jobs, description=str(raw.get("description") or ""),
+                 descriptions=descriptions)
+
+
+# ---------------------------------------------------------------------------- the arguments of one run
+def _cli_value(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def _recipe_model_kwargs(recipe: Path) -> dict:
+    raw = yaml.safe_load(recipe.read_text(encoding="utf-8")) or {}
+    init = ((raw.get("model") or {}).get("init_args") or {}) if isinstance(raw.get("model"), dict) else {}
+    return dict(init.get("model_kwargs") or {})
+
+
+def override_args(study: Study, variant: str) -> list[str]:
+    """The variant's overrides as `--key=value` arguments. Keys under model.init_args.model_kwargs are merged
+    into the recipe's model_kwargs and passed as one JSON mapping (the parser would read `model_kwargs.dim=4`
+    as the string "4")."""
+    args, kwargs, whole = [], None, None
+    for key, value in study.variants[variant].items():
+        if key == MODEL_KWARGS:
+            whole = dict(value or {})
+        elif key.startswith(MODEL_KWARGS + "."):
+            kwargs = kwargs or {}
+            kwargs[key[len(MODEL_KWARGS) + 1:]] = value
+        else:
+            args.append(f"--{key}={_cli_value(value)}")
+    if kwargs is not None or whole is not None:
+        merged = {**(whole if whole is not None else _recipe_model_kwargs(study.recipe)), **(kwargs or {})}
+        args.append(f"--{MODEL_KWARGS}={json.dumps(merged)}")
+    return args
+
+
+def budget_args(study: Study) -> list[str]:
+    (key, value), = study.budget.items()
+    if key == "max_epochs":
+        return [f"--trainer.max_epochs={int(value)}", "--trainer.max_steps=-1", "--trainer.max_time=null"]
+    if key == "max_steps":
+        return [f"--trainer.max_steps={int(value)}", "--trainer.max_epochs=-1", "--trainer.max_time=null"]
+    s = int(round(value * 60))
+    return [f"--trainer.max_time={s // 86400:02d}:{s // 3600 % 24:02d}:{s // 60 % 60:02d}:{s % 60:02d}",
+            "--trainer.max_epochs=-1", "--trainer.max_steps=-1"]
+
+
+def fit_args(study: Study, variant: str, seed: int, run_dir: Path | None = None) -> list[str]:
+    """`zoo fit` arguments of one run: the recipe, the seed, the variant's overrides, the budget, its folder."""
+    run_dir = run_dir or study.run_dir(variant, seed)
+    return ["fit", "--config", str(study.recipe), f"--seed_everything={seed}", *override_args(study, variant),
+            *budget_args(study), f"--trainer.default_root_dir={run_dir}", "--test_after_fit=true",
+            f"--trainer.callbacks+={RECORDER}"]
+
+
+# ---------------------------------------------------------------------------- validation
+class _Parsed(Exception):
+    pass
+
+
+def recipe_parser(args: list[str]):
+    """The parser of `zoo fit` (zoo.trainer_cli.build_cli), built in-process after parsing `args`, without
+    instantiating anything: returns the parser."""
+    from unittest import mock
+
+    from .. import trainer_cli
+
+    class ParseOnly(trainer_cli.ZooCLI):
+        def before_instantiate_classes(self):
+            raise _Parsed(self)
+
+    err = io.StringIO()
+    seed_log = logging.getLogger("lightning.fabric.utilities.seed")  # "Seed set to 0": nothing is trained here
+    level = seed_log.level
+    seed_log.setLevel(logging.WARNING)
+    with mock.patch.object(trainer_cli, "ZooCLI", ParseOnly), contextlib.redirect_stderr(err), \
+            contextlib.redirect_stdout(io.StringIO()):
+        try:
+            trainer_cli.build_cli(args, run=True)
+        except _Parsed as done:
+            return done.args[0].parser
+        except SystemExit:
+            raise StudyError(_parser_error(err.getvalue())) from None
+        finally:
+            seed_log.setLevel(level)
+    raise StudyError("the recipe parser did not stop before instantiation")  # pragma: no cover
+
+
+def _parser_error(text: str) -> str:
+    """jsonargparse's multi-line error as one line: what is wrong, without the usage and the type listing."""
+    text = text.split("\nerror: ", 1)[-1] if "\nerror: " in text else text.rsplit("error:", 1)[-1]
+    skip = ("Does not validate against", "Subtypes:", "Errors:", "Given value type:", "- Expected a <class 'NoneType'>",
+            "tip:")
+    lines = [ln.strip().lstrip("- ").strip() for ln in text.splitlines() if ln.strip()]
+    return "; ".join(ln for ln in lines if not any(ln.startswith(s.lstrip("- ")) for s in skip)) or "parse error"
+
+
+def _parse(parser, args: list[str]):
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            return parser.parse_args(args), None
+        except SystemExit:
+            return None, _parser_error(err.getvalue())
+
+
+def validate_study(study: Study, verbose: bool = False) -> dict[str, tuple[str, dict]]:
+    """Parse every variant's `zoo fit` arguments with the recipe's own parser and build each model's config
+    (zoo.registry.get_config), before any training. Returns variant -> (model name, model_kwargs); raises
+    StudyError naming the study, the variant and the override."""
+    from ..registry import model_info
+
+    where = f"study {study.name}"
+    seed, tmp = study.seeds[0], Path("/nonexistent-zoo-compare-run")
+    base = ["fit", "--config", str(study.recipe)]
+    try:
+        parser = recipe_parser(base)
+    except StudyError as e:
+        raise StudyError(f"{where}: recipe {study.recipe} does not parse: {e}") from None
+    out = {}
+    for variant in study.variants:
+        args = fit_args(study, variant, seed, tmp)
+        ns, error = _parse(parser, args)
+        if error:  # find the override at fault: add them one at a time
+            culprit = None
+            extras = override_args(study, variant)
+            for i in range(len(extras)):
+                _, e1 = _parse(parser, base + extras[:i + 1])
+                if e1:
+                    culprit, error = extras[i].split("=", 1)[0].lstrip("-"), e1
+                    break
+            what = f"override {culprit} is not accepted by recipe {study.recipe.name}" if culprit else \
+                f"the study's own arguments ({' '.join(args[3:])}) fail on recipe {study.recipe.name}"
+            raise StudyError(f"{where}: variant {variant}: {what}: {error}")
+        init = ns.fit.model.init_args if ns.fit.get("model") and ns.fit.model.get("init_args") else None
+        model = init.get("model") if init is not None else None
+        kwargs = dict(init.get("model_kwargs") or {}) if init is not None else {}
+        params = None
+        if model:
+            try:  # unknown kwargs name the accepted ones; the model is built on the meta device (no memory)
+                params = model_info(model, **kwargs)["params"]
+            except (ValueError, TypeError) as e:
+                raise StudyError(f"{where}: variant {variant}: {e}") from None
+        out[variant] = (model, kwargs)
+        if verbose:
+            size = f"{params / 1e6:.3f}M params as registered" if params else "?"
+            print(f"  {variant:24s} ok  {model} ({size}): {' '.join(override_args(study, variant)) or 'the recipe as is'}")
+    return out
