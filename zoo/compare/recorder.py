@@ -99,7 +99,7 @@ def _model_cost(pl_module) -> dict:
         from ..bench.speed import count_macs, example_inputs, zoo_call
 
         device = next(model.parameters()).device
-        inputs, _, kind = example_inputs(model, 1, device=str(device), **MACS_INPUT)
+        inputs, _, _ = example_inputs(model, 1, device=str(device), **MACS_INPUT)
         out["macs_per_sample"] = count_macs(model, zoo_call, inputs)
         if "images" not in inputs:
             out["macs_input"] = MACS_INPUT

@@ -208,11 +208,11 @@ def run_submitit(run_specs: list[RunSpec], study: Study, jobs: int, cluster: str
         import submitit
     except ImportError:
         raise StudyError("--executor submitit needs the submitit package (pip install submitit)") from None
-    executor = submitit.AutoExecutor(folder=str(study.store / "submitit" / "%j"), cluster=cluster)
+    executor = submitit.AutoExecutor(folder=str(study.store / "submitit"), cluster=cluster)
     (key, value), = study.budget.items()
     timeout = int(value * 2 + 30) if key == "max_minutes" else 24 * 60
-    executor.update_parameters(name=f"zoo-compare-{study.name}", timeout_min=timeout, cpus_per_task=run_specs[0].threads
-                               if run_specs else 1, **params)
+    executor.update_parameters(**{"name": f"zoo-compare-{study.name}", "timeout_min": timeout,
+                                  "cpus_per_task": run_specs[0].threads if run_specs else 1, **params})
     local = executor.cluster in ("local", "debug")
     window = jobs if local else len(run_specs)  # a local "cluster" runs every submitted job at once
     failures, n, i = [], len(run_specs), 0

@@ -6,6 +6,7 @@ import io
 import json
 import logging
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -215,8 +216,8 @@ def recipe_parser(args: list[str]):
     seed_log = logging.getLogger("lightning.fabric.utilities.seed")  # "Seed set to 0": nothing is trained here
     level = seed_log.level
     seed_log.setLevel(logging.WARNING)
-    with mock.patch.object(trainer_cli, "ZooCLI", ParseOnly), contextlib.redirect_stderr(err), \
-            contextlib.redirect_stdout(io.StringIO()):
+    with mock.patch.object(trainer_cli, "ZooCLI", ParseOnly), mock.patch.object(sys, "argv", sys.argv[:1]), \
+            contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
         try:
             trainer_cli.build_cli(args, run=True)
         except _Parsed as done:
@@ -233,7 +234,8 @@ def _parser_error(text: str) -> str:
     text = text.split("\nerror: ", 1)[-1] if "\nerror: " in text else text.rsplit("error:", 1)[-1]
     skip = ("Does not validate against", "Subtypes:", "Errors:", "Given value type:", "- Expected a <class 'NoneType'>",
             "tip:")
-    lines = [ln.strip().lstrip("- ").strip() for ln in text.splitlines() if ln.strip()]
+    lines = [ln.strip().lstrip("- ").strip().rstrip(":") for ln in text.splitlines() if ln.strip()]
+    lines = [ln for ln in lines if not ln.startswith("Given value: NestedArg")]
     return "; ".join(ln for ln in lines if not any(ln.startswith(s.lstrip("- ")) for s in skip)) or "parse error"
 
 

@@ -1,0 +1,192 @@
+"""zoo compare: aggregation against a hand computation, bad study files, the shipped studies, and a tiny
+study end to end (through submitit's local executor, then killed-and-resumed locally) with 4 tiny fits."""
+import json
+import math
+import os
+from pathlib import Path
+
+import pytest
+
+import zoo.trainer_cli  # noqa: F401  (lightning's log handler binds stderr on import: pytest's, not a test's capsys)
+from zoo.cli import main
+from zoo.compare import StudyError, aggregate, load_study, t_interval, validate_study
+from zoo.compare.report import render
+from zoo.compare.runner import ROWS, append_row, read_rows
+
+ROOT = Path(__file__).resolve().parents[1]
+DIGITS = str(ROOT / "configs" / "vit_digits.yaml")
+T975 = {1: 12.706204736174704, 2: 4.302652729911275}  # scipy.stats.t.ppf(0.975, df), also in any t table
+
+
+def write_study(tmp_path, name="tiny", **over) -> Path:
+    study = {"name": name, "recipe": DIGITS, "baseline": "base",
+             "variants": {"base": {}, "narrow": {"overrides": {"model.init_args.model_kwargs.dim": 32,
+                                                               "model.init_args.model_kwargs.num_heads": 2}}},
+             "seeds": [0, 1], "budget": {"max_steps": 3}, "metric": "test/acc", "store": str(tmp_path / "store"), "jobs": 1}
+    study.update(over)
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(json.dumps(study))  # JSON is YAML
+    return path
+
+
+def zoo_cli(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(list(argv))
+    out = capsys.readouterr()
+    return e.value.code, out.out, out.err
+
+
+# ---------------------------------------------------------------------------- aggregation by hand
+def _rows(variant, values, seeds=(0, 1, 2)):
+    return [{"variant": variant, "seed": s, "value": v, "metrics": {"test/acc": v, "test/loss": 1 - v}, "params": 100,
+             "macs_per_sample": 1e6 * (1 + len(variant)), "train_seconds": 10.0 + s, "train_samples_per_s": 50.0}
+            for s, v in zip(seeds, values)]
+
+
+def test_aggregation_matches_a_hand_computation(tmp_path):
+    rows = (_rows("base", [0.90, 0.92, 0.94]) + _rows("better", [0.95, 0.96, 0.97]) + _rows("same", [0.92, 0.91, 0.96])
+            + _rows("two_seeds", [0.93, 0.97], seeds=(0, 2)))
+    s = {r["variant"]: r for r in aggregate(rows, ["base", "better", "same", "two_seeds", "missing"], "base")}
+    assert list(s) == ["base", "better", "same", "two_seeds"]  # a variant without runs is left out
+    b = s["base"]  # mean 0.92, sd 0.02, half-width t(0.975, 2) * 0.02 / sqrt(3)
+    assert b["n"] == 3 and b["mean"] == pytest.approx(0.92) and b["sd"] == pytest.approx(0.02)
+    assert b["half"] == pytest.approx(T975[2] * 0.02 / math.sqrt(3)) and b["half"] == pytest.approx(0.049683, abs=1e-6)
+    assert (b["low"], b["high"]) == pytest.approx((0.92 - b["half"], 0.92 + b["half"])) and b["diff"] is None
+    d = s["better"]["diff"]  # differences by seed: 0.05, 0.04, 0.03 -> mean 0.04, sd 0.01
+    assert d["n"] == 3 and d["mean"] == pytest.approx(0.04) and d["sd"] == pytest.approx(0.01)
+    assert (d["low"], d["high"]) == pytest.approx((0.04 - T975[2] * 0.01 / math.sqrt(3), 0.04 + T975[2] * 0.01 / math.sqrt(3)))
+    assert d["low"] == pytest.approx(0.015159, abs=1e-6) and d["significant"] is True
+    d = s["same"]["diff"]  # 0.02, -0.01, 0.02 -> mean 0.01, sd sqrt(0.0003): the interval holds 0
+    assert d["mean"] == pytest.approx(0.01) and d["sd"] == pytest.approx(math.sqrt(0.0003)) and d["significant"] is False
+    d = s["two_seeds"]["diff"]  # paired on seeds 0 and 2 only: 0.03, 0.03 -> sd 0, an interval of width 0 excluding 0
+    assert d["n"] == 2 and d["mean"] == pytest.approx(0.03) and d["half"] == pytest.approx(0) and d["significant"] is True
+    assert s["two_seeds"]["half"] == pytest.approx(T975[1] * math.sqrt(0.0008) / math.sqrt(2))
+    assert s["better"]["other"]["test/loss"]["mean"] == pytest.approx(0.04)
+    assert s["base"]["train_seconds"] == pytest.approx(11.0)
+    one = t_interval([0.5])
+    assert one["n"] == 1 and one["mean"] == 0.5 and math.isnan(one["half"])
+
+    study = load_study(write_study(tmp_path, variants={v: {} for v in ("base", "better", "same", "two_seeds")}, seeds=[0, 1, 2]))
+    _, paths = render(study, rows)
+    md = (study.store / "table.md").read_text()
+    assert "| better | 3 | 0.9600 ± 0.0100 |" in md and "+0.0400 [0.0152, 0.0648] (n=3) | **yes** |" in md
+    assert "| same | 3 |" in md and "+0.0100" in md and "| no |" in md
+    assert "95% CI half-width ±0.0497 (n=3)" in md
+    table = (study.store / "table.csv").read_text().splitlines()
+    assert table[0].startswith("variant,n,seeds,metric,mean,sd,ci_low,ci_high,ci_half,diff_mean") and len(table) == 5
+    assert (study.store / "plot.png").stat().st_size > 10_000
+
+
+def test_store_appends_whole_lines_and_skips_a_torn_one(tmp_path):
+    append_row(tmp_path / ROWS, {"variant": "a", "seed": 0})
+    with open(tmp_path / ROWS, "a") as fh:
+        fh.write('{"variant": "a", "se')  # a write cut by a crash
+    assert read_rows(tmp_path) == [{"variant": "a", "seed": 0}]
+
+
+# ---------------------------------------------------------------------------- bad study files
+@pytest.mark.parametrize("over, message", [
+    ({"recipe": "configs/no_such_recipe.yaml"}, "recipe configs/no_such_recipe.yaml does not exist"),
+    ({"variants": {}}, "has no variants"),
+    ({"baseline": "wide"}, "baseline 'wide' is not one of its variants (base, narrow)"),
+    ({"seeds": []}, "seeds must be a non-empty list"),
+    ({"budget": {"max_steps": 3, "max_epochs": 2}}, "budget must be exactly one of max_epochs, max_steps, max_minutes"),
+    ({"variants": {"base": {"overrides": {"trainer.max_epochs": 3}}}}, "override trainer.max_epochs is set by the study"),
+    ({"variants": {"base": {}, "bad": {"overrides": {"model.init_args.no_such_arg": 1}}}},
+     "variant bad: override model.init_args.no_such_arg is not accepted by recipe vit_digits.yaml"),
+    ({"variants": {"base": {}, "bad": {"overrides": {"trainer.no_such_flag": True}}}},
+     "variant bad: override trainer.no_such_flag is not accepted"),
+    ({"variants": {"base": {}, "bad": {"overrides": {"trainer.gradient_clip_val": "lots"}}}},
+     "override trainer.gradient_clip_val is not accepted"),
+    ({"variants": {"base": {}, "bad": {"overrides": {"model.init_args.model_kwargs.no_such_kwarg": 2}}}},
+     "variant bad: vit_digits does not accept no_such_kwarg; accepted overrides:"),
+    ({"variants": {"base": {}, "bad": {"overrides": {"model.init_args.model": "vit_nope"}}}},
+     "variant bad: unknown model 'vit_nope'"),
+])
+def test_bad_study_files_name_the_problem(over, message, tmp_path, capsys):
+    path = write_study(tmp_path, **over)
+    with pytest.raises(StudyError) as e:
+        validate_study(load_study(path))
+    assert message in str(e.value) and "\n" not in str(e.value)
+    code, out, err = zoo_cli(["compare", "--config", str(path)], capsys)  # at the CLI: one line, nothing trained
+    assert code == 1 and message in err and "Traceback" not in err
+    assert [line for line in err.splitlines() if line.startswith("zoo")] == [err.splitlines()[0]]
+    assert not (tmp_path / "store").exists()
+
+
+def test_unknown_study_file_names_the_shipped_ones(capsys):
+    code, _, err = zoo_cli(["compare", "--config", "configs/compare/nope.yaml"], capsys)
+    assert code == 1 and "study file configs/compare/nope.yaml does not exist" in err and "quick_mnist.yaml" in err
+
+
+@pytest.mark.parametrize("name", ["vit_mnist_ablation", "seq2seq_numbers", "quick_mnist"])
+def test_shipped_studies_validate_without_training(name):
+    study = load_study(ROOT / "configs" / "compare" / f"{name}.yaml")
+    models = validate_study(study)  # every override through the recipe's parser, every model config built
+    assert len(study.seeds) >= 3 and study.baseline in study.variants
+    if name == "vit_mnist_ablation":
+        assert len(study.variants) >= 10 and study.budget == {"max_epochs": 40}
+        assert models["patch7"] == ("vit_mnist", {"stem": "patch", "patch_size": 7})
+    if name == "seq2seq_numbers":
+        assert {m for m, _ in models.values()} == {"transformer_numbers", "t5_tiny", "lstm_seq2seq", "gru_seq2seq"}
+        assert study.metric == "test/exact_match"
+
+
+def test_bench_quality_is_an_alias_of_compare(capsys):
+    from zoo.bench.cli import bench_main
+
+    assert bench_main(["quality", "--validate"]) == 0
+    out = capsys.readouterr().out
+    assert "zoo bench quality is an alias of: zoo compare --config configs/compare/quick_mnist.yaml --validate" in out
+    assert "study quick_mnist is valid: 12 runs" in out
+
+
+# ---------------------------------------------------------------------------- a tiny study, end to end
+def test_tiny_study_through_submitit_then_killed_and_resumed(tmp_path, capsys, monkeypatch):
+    """4 tiny `zoo fit` runs (vit_digits, 3 steps): the first through submitit's local executor (the cluster
+    path), then a 'killed' study (a run folder without a row) rerun locally: the finished run is not retrained,
+    the unfinished folder is moved aside, not deleted."""
+    pytest.importorskip("submitit")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    path = write_study(tmp_path)
+    store = tmp_path / "store"
+    code, out, err = zoo_cli(["compare", "--config", str(path), "--executor", "submitit", "--cluster", "local",
+                              "--limit", "1"], capsys)
+    assert code == 0, out[-2000:] + err[-2000:]
+    assert "4 to run, this time at most 1" in out and "submitted base seed 0 as job" in out
+    rows = read_rows(store)
+    assert [(r["variant"], r["seed"]) for r in rows] == [("base", 0)]
+    r = rows[0]
+    assert 0 <= r["value"] <= 1 and r["metrics"]["test/acc"] == r["value"] and r["steps"] == 3
+    assert r["params"] > 100_000 and r["macs_per_sample"] > 1e6 and r["peak_rss_mb"] > 100
+    assert r["train_seconds"] > 0 and r["train_samples_per_s"] > 0 and r["samples"] == 3 * 64
+    assert r["versions"]["torch"] and r["versions"]["zoo"] and r["overrides"] == {} and r["budget"] == {"max_steps": 3}
+    assert (store / "submitit").is_dir() and (store / "table.md").is_file()
+    first = store / "runs" / "base" / "seed0"
+    cfg = (first / "version_0" / "config.yaml").read_text()
+    assert "seed_everything: 0" in cfg and "max_steps: 3" in cfg and "RunRecorder" in cfg
+    stamp = (first / "record.json").stat().st_mtime_ns
+
+    killed = store / "runs" / "base" / "seed1"  # a run killed mid-way: its folder, no row
+    (killed / "version_0").mkdir(parents=True)
+    (killed / "version_0" / "metrics.csv").write_text("epoch\n0\n")
+    code, out, err = zoo_cli(["compare", "--config", str(path)], capsys)
+    assert code == 0, out[-2000:] + err[-2000:]
+    assert "1 finished in" in out and "3 to run" in out and "moved aside" in out
+    rows = read_rows(store)
+    assert sorted((r["variant"], r["seed"]) for r in rows) == [("base", 0), ("base", 1), ("narrow", 0), ("narrow", 1)]
+    assert (first / "record.json").stat().st_mtime_ns == stamp and not (first / "version_1").exists()
+    aside = [p for p in (store / "runs" / "base").iterdir() if p.name.startswith("seed1.unfinished-")]
+    assert len(aside) == 1 and (aside[0] / "version_0" / "metrics.csv").read_text() == "epoch\n0\n"
+    narrow = [r for r in rows if r["variant"] == "narrow"]
+    assert narrow[0]["overrides"] == {"model.init_args.model_kwargs.dim": 32, "model.init_args.model_kwargs.num_heads": 2}
+    assert narrow[0]["params"] < rows[0]["params"]
+    md = (store / "table.md").read_text()
+    assert "| base | 2 |" in md and "| narrow | 2 |" in md and "(n=2)" in md
+
+    (store / "table.md").unlink()
+    code, out, _ = zoo_cli(["compare", "--config", str(path), "--report"], capsys)  # re-rendered, nothing trained
+    assert code == 0 and (store / "table.md").is_file() and len(read_rows(store)) == 4
+    code, out, _ = zoo_cli(["compare", "--config", str(path)], capsys)  # all finished: nothing to run
+    assert code == 0 and "4 finished in" in out and "0 to run" in out and len(read_rows(store)) == 4
+    assert sorted(os.listdir(store / "runs" / "narrow")) == ["seed0", "seed1"]
