@@ -322,3 +322,14 @@ def test_torch_export_and_onnx_of_all_switches(tmp_path):
     path = tmp_path / "vit_switches.onnx"
     export_file(model, path, "onnx", batch=2)
     assert check_onnx(model, path, example_inputs(model, 3, seed=3)) <= 1e-4
+
+
+def test_switches_that_peers_lack_are_refused_by_name(tmp_path):
+    from zoo.interop.hf_vit import to_hf
+
+    with pytest.raises(ValueError, match="transformers' ViT has no mlp=glu"):
+        to_hf(zoo.create_model("vit_small_patch16_224", mlp="glu", depth=1), tmp_path)
+    with pytest.raises(ValueError, match="norm_first=False"):
+        to_hf(zoo.create_model("vit_small_patch16_224", norm_first=False, depth=1), tmp_path)
+    with pytest.raises(ValueError, match="learned positions only.*pos_embed='learn'"):
+        zoo.create_model("vit_mnist_distilled", pos_embed="rope")

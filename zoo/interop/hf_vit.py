@@ -106,6 +106,8 @@ def to_hf(model: VisionTransformer, out_dir: Path) -> None:
         )
     lacking = {k: v for k, v in (("reg_tokens", c.reg_tokens), ("no_embed_class", c.no_embed_class), ("qk_norm", c.qk_norm),
                                  ("layer_scale", c.layer_scale)) if v}
+    lacking.update({k: v for k, v, default in (("pos_embed", c.pos_embed, "learn"), ("norm", c.norm, "layernorm"),
+                                               ("norm_first", c.norm_first, True), ("mlp", c.mlp, "mlp")) if v != default})
     if lacking:  # DeiT III, register and QK-norm ViTs: transformers' ViT has none of these
         raise ValueError(f"transformers' ViT has no {', '.join(f'{k}={v}' for k, v in lacking.items())}; "
                          "this model cannot be exported to it (use a plain ViT, e.g. vit_small_patch16_224)")
