@@ -99,10 +99,11 @@ def markdown(summaries: list[dict], study, n_rows: int) -> str:
     base = next((s for s in summaries if s["variant"] == b), None)
     lines.append("")
     if base is not None:
-        lines.append(f"Baseline `{b}`: {m} = {_f(base['mean'])}, 95% CI half-width ±{_f(base['half'])} (n={base['n']}).")
+        lines += [f"Baseline `{b}`: {m} = {_f(base['mean'])}, 95% CI half-width ±{_f(base['half'])} (n={base['n']}).", ""]
     lines += ["Intervals are two-sided Student-t intervals of the mean over seeds (n - 1 degrees of freedom); the difference "
-              "to the baseline is taken seed by seed and is **significant** when its interval excludes 0. "
-              "MACs per sample: one forward pass (FlopCounterMode). Train seconds exclude validation.",
+              "to the baseline is taken seed by seed and is **significant** when its interval excludes 0 (each variant "
+              "tested on its own, no correction for multiple comparisons). MACs per sample: one forward pass "
+              "(FlopCounterMode). Train seconds exclude validation.",
               "", f"Rendered {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by `zoo compare --config "
               f"{_rel(study.path)} --report`.", ""]
     descriptions = [(v, study.descriptions[v]) for v in study.variants if v in study.descriptions]
