@@ -7,7 +7,7 @@ Per model: the one-line architecture (registry description), parameters, MACs pe
 stated input size (FlopCounterMode on the meta device, or on CPU at batch 1 when the model needs
 real values; cached in results/bench/macs.json by config), the reference paper, the latest
 measured throughput (results/bench/speed*.json, with the machine), embedded-task results
-(results/training/*.json and results/bench/quality*.json) and the command behind each figure.
+(results/training/*.json) and the command behind each figure.
 The text between the HAND-WRITTEN markers is kept as it is on regeneration.
 """
 from __future__ import annotations
@@ -90,9 +90,9 @@ def load_macs(names: list[str], cache_path: Path, compute: bool = True) -> dict[
     return cache
 
 
-def load_results(root: Path) -> tuple[dict[str, list], dict[str, list], dict[str, list]]:
-    """speed rows (zoo side), training results and quality rows, each by model name."""
-    speed, training, quality = {}, {}, {}
+def load_results(root: Path) -> tuple[dict[str, list], dict[str, list]]:
+    """speed rows (zoo side) and training results, each by model name."""
+    speed, training = {}, {}
     for path in sorted((root / "results" / "bench").glob("speed*.json")):
         data = json.loads(path.read_text())
         for r in data.get("rows", []):
@@ -110,11 +110,7 @@ def load_results(root: Path) -> tuple[dict[str, list], dict[str, list], dict[str
                 training.setdefault(c["model"], []).append(
                     {**{k: r.get(k) for k in ("metric", "machine", "date")}, **c,
                      "recipe": f"{r.get('recipe')} (baseline in its comparison)"})
-    for path in sorted((root / "results" / "bench").glob("quality*.json")):
-        data = json.loads(path.read_text())
-        for r in data.get("rows", []):
-            quality.setdefault(r["model"], []).append({**r, "command": data.get("command"), "machine": data.get("machine", {})})
-    return speed, training, quality
+    return speed, training
 
 
 def _si(x: float) -> str:
@@ -171,7 +167,7 @@ def _minutes(seconds) -> str:
     return f"{seconds / 60:.1f} min" if seconds else "time not recorded"
 
 
-def card(name: str, macs: dict, speed: list, training: list, quality: list) -> str:
+def card(name: str, macs: dict, speed: list, training: list) -> str:
     e = _entry(name)
     info = zoo.model_info(name)
     lines = [f"### {name}", "", f"- Family: `{e.family}` - {e.description}", f"- Parameters: {info['params']:,}"]
@@ -189,10 +185,6 @@ def card(name: str, macs: dict, speed: list, training: list, quality: list) -> s
     for r in training:
         results.append(f"  - {r.get('recipe')}: {r.get('metric')} = {r.get('value')} after {r.get('epochs')} epochs, "
                        f"{_minutes(r.get('train_seconds'))} on {r.get('machine')} ({str(r.get('date'))[:10]}) - `{r.get('command')}`")
-    for r in quality:
-        variant = f" `{r['variant']}`" if r.get("variant", name) != name else ""
-        results.append(f"  - quality benchmark{variant}, task {r.get('task')} ({r.get('budget')}): {r.get('metric')} = {r.get('value'):.4g}, "
-                       f"{r.get('train_seconds', 0):.0f} s training - `{r.get('command')}`")
     lines += ["- Embedded-task results:"] + results if results else ["- Embedded-task results: none yet"]
     tags = [t for t in zoo.list_pretrained() if zoo.pretrained_cfg(t).model == name]
     if tags:
@@ -223,7 +215,7 @@ def pretrained_lines() -> list[str]:
 
 
 def render(preamble: str, names: list[str], macs: dict, results) -> str:
-    speed, training, quality = results
+    speed, training = results
     families: dict[str, list[str]] = {}
     for n in names:
         families.setdefault(_entry(n).family, []).append(n)
@@ -256,7 +248,7 @@ def render(preamble: str, names: list[str], macs: dict, results) -> str:
         parts.pop()
     for fam in sorted(families):
         parts += ["", f"## {fam}", ""]
-        parts += [card(n, macs, speed.get(n, []), training.get(n, []), quality.get(n, [])) for n in families[fam]]
+        parts += [card(n, macs, speed.get(n, []), training.get(n, [])) for n in families[fam]]
     return "\n".join(parts).rstrip("\n") + "\n"
 
 

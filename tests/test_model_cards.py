@@ -41,10 +41,10 @@ def test_regeneration_keeps_the_hand_written_section(tmp_path):
     mod = _script()
     out = tmp_path / "cards.md"
     names = ["vit_digits", "vit_mnist"]
-    first = mod.render(mod.read_preamble(out), names, {}, ({}, {}, {}))
+    first = mod.render(mod.read_preamble(out), names, {}, ({}, {}))
     assert mod.DEFAULT_PREAMBLE.strip() in first
     out.write_text(first.replace(mod.DEFAULT_PREAMBLE.strip(), "Lead's note: vit_mnist reached 97.1 % test accuracy."))
-    second = mod.render(mod.read_preamble(out), names, {}, ({}, {}, {}))
+    second = mod.render(mod.read_preamble(out), names, {}, ({}, {}))
     assert "Lead's note: vit_mnist reached 97.1 % test accuracy." in second
     assert mod.DEFAULT_PREAMBLE.strip() not in second
     assert second.count("### ") == 2
@@ -61,7 +61,7 @@ def test_cards_show_results_and_macs_with_their_commands():
                                 "train_seconds": 120, "epochs": 30, "command": "zoo fit --config configs/vit_digits.yaml",
                                 "machine": "TestCPU", "date": "2026-01-01"}]}
     macs = {"vit_digits": {"macs": 2380928.0, "input": "1x8x8 image"}}
-    text = mod.render("", ["vit_digits"], macs, (speed, training, {}))
+    text = mod.render("", ["vit_digits"], macs, (speed, training))
     assert "812.5 samples/s" in text and "1.07x timm.VisionTransformer" in text and "zoo bench speed vit_digits --vs-peers" in text
     assert "test/acc = 0.97" in text and "zoo fit --config configs/vit_digits.yaml" in text
     assert "2.38 MMACs at 1x8x8 image" in text
@@ -98,5 +98,5 @@ def test_a_recipe_comparison_is_a_table_that_names_the_winner():
     table = [line for line in lines if line.startswith("| ")][1:]
     assert [row.split(" | ")[0] for row in table] == ["| GPT", "| LSTM", "| unigram"]  # best first
     assert "Winner: GPT (test/ppl 100.0), below LSTM by 1.50x (150.0), unigram by 6.00x (600.0)." in lines
-    text = mod.render("", ["gpt2_tiny", "lstm_lm"], {}, ({}, {"gpt2_tiny": [result]}, {}))
+    text = mod.render("", ["gpt2_tiny", "lstm_lm"], {}, ({}, {"gpt2_tiny": [result]}))
     assert "**gpt_pydoc: GPT vs LSTM vs unigram**" in text
