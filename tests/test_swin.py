@@ -3,6 +3,7 @@ forward_intermediates, float32 and float64), the shifted-window mask, attention 
 import pytest
 import timm
 import torch
+import torch.nn.functional as F
 
 import zoo
 from zoo.core import WindowAttention, capture_attention, shift_mask, window_geometry
@@ -152,10 +153,9 @@ def test_window_attention_is_captured_and_masks_across_regions():
         logits = model(x)
     with torch.no_grad():
         torch.testing.assert_close(model(x), logits)  # recording does not change the output (math path vs SDPA)
-    assert sorted(maps) == [f"layers.{i}.blocks.{j}.attn" for i, depth in enumerate((2, 4, 2)) for j in range(depth)]
+    assert sorted(maps) == [f"layers.{i}.blocks.{j}.attn" for i, depth in enumerate((2, 4)) for j in range(depth)]
     assert maps["layers.0.blocks.1.attn"].shape == (2 * 4, 2, 49, 49)  # 14x14 grid: 4 windows of 7x7, shifted
     assert maps["layers.1.blocks.1.attn"].shape == (2 * 1, 4, 49, 49)  # 7x7 grid: one window, never shifted
-    assert maps["layers.2.blocks.0.attn"].shape == (2 * 1, 8, 16, 16)
     for w in maps.values():
         torch.testing.assert_close(w.sum(-1), torch.ones(w.shape[:-1]))
     assert model.layers[1].blocks[1].attn.attn_mask is None
@@ -170,19 +170,19 @@ def test_contract_features_head_and_checkpointing():
     x = torch.randn(2, 1, 28, 28)
     with torch.no_grad():
         feats = model.forward_features(x)
-        assert feats.shape == (2, 4, 4, 256)
-        assert model.forward_head(feats, pre_logits=True).shape == (2, 256)
+        assert feats.shape == (2, 7, 7, 128)
+        assert model.forward_head(feats, pre_logits=True).shape == (2, 128)
         torch.testing.assert_close(model.forward_head(feats), model(x))
         inter = model.forward_intermediates(x, output_fmt="NLC", intermediates_only=True)
-    assert [t.shape for t in inter] == [(2, 196, 64), (2, 49, 128), (2, 16, 256)]
-    assert [f["reduction"] for f in model.feature_info] == [2, 4, 8]
+    assert [t.shape for t in inter] == [(2, 196, 64), (2, 49, 128)]
+    assert [f["reduction"] for f in model.feature_info] == [2, 4]
     model.reset_classifier(3)
     assert model.get_classifier().out_features == 3 and model(x).shape == (2, 3)
 
     model.train()
     loss = model(x).square().sum()
     grads = torch.autograd.grad(loss, list(model.parameters()))
-    assert model.set_grad_checkpointing(True) == 3 and all(s.gradient_checkpointing for s in model.layers)
+    assert model.set_grad_checkpointing(True) == 2 and all(s.gradient_checkpointing for s in model.layers)
     grads_ckpt = torch.autograd.grad(model(x).square().sum(), list(model.parameters()))
     for a, b in zip(grads, grads_ckpt):
         torch.testing.assert_close(a, b)
@@ -198,10 +198,12 @@ def test_bad_inputs_name_the_fix():
         model(torch.randn(1, 3, 28, 28))
     with pytest.raises(ValueError, match="output_fmt must be 'NCHW'.*or 'NLC'"):
         model.forward_intermediates(torch.randn(1, 1, 28, 28), output_fmt="NHWC")
-    with pytest.raises(ValueError, match="feature index 3 is out of range for 3 features"):
+    with pytest.raises(ValueError, match="feature index 3 is out of range for 2 features"):
         model.forward_intermediates(torch.randn(1, 1, 28, 28), indices=[3])
     with pytest.raises(ValueError, match="one entry per stage"):
         zoo.create_model("swin_mnist", depths=(2, 2), num_heads=(2, 4, 8))
+    with pytest.raises(ValueError, match="stem='conv2'.*'patch'.*'conv'"):
+        zoo.create_model("swin_mnist", stem="conv2")
     with pytest.raises(ValueError, match="not divisible by patch_size"):
         zoo.create_model("swin_mnist", patch_size=3)
     attn = WindowAttention(8, 2, window=2, shift=1)
@@ -215,3 +217,22 @@ def test_bad_inputs_name_the_fix():
                             num_heads=(1, 2), window_size=4, global_pool="max")
     with pytest.raises(ValueError, match="global_pool='max'"):
         from_timm(ref)
+
+
+def test_conv_stem_feeds_the_shifted_windows_a_14x14_grid():
+    from zoo.models.swin import SwinConvStem
+    from zoo.models.vit import ConvStem
+
+    model = zoo.create_model("swin_mnist").eval()
+    stem = model.patch_embed
+    assert isinstance(stem, SwinConvStem) and isinstance(stem.down, ConvStem)  # ViT's stem, reused
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        grid = stem(x)
+        hand = F.layer_norm(stem.down.net(stem.conv(x)).permute(0, 2, 3, 1), (64,), stem.norm.weight, stem.norm.bias,
+                            stem.norm.eps)
+    assert grid.shape == (2, 14, 14, 64)
+    torch.testing.assert_close(grid, hand)
+    assert model.layers[0].blocks[1].attn.attn_mask is not None  # 4 windows of 7x7: the odd block is shifted
+    plain = zoo.create_model("swin_mnist", stem="patch")  # the paper's linear patch embedding
+    assert sum(p.numel() for p in plain.parameters()) < sum(p.numel() for p in model.parameters())
