@@ -87,7 +87,8 @@ def claim(root: str | os.PathLike) -> Path:
     return run
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process of this host has this pid (one we may not signal counts as alive)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -112,7 +113,7 @@ def lock(folder: str | os.PathLike) -> Path:
             same_host = len(owner) < 2 or owner[1] == host
             if pid == os.getpid():
                 return path
-            if pid > 0 and (not same_host or _alive(pid)):
+            if pid > 0 and (not same_host or process_alive(pid)):
                 raise RunFolderBusy(f"{folder} is in use by process {pid} on {owner[1] if len(owner) > 1 else host} "
                                     "(another zoo run writes there); wait for it to finish or choose another folder "
                                     "(--trainer.default_root_dir DIR)") from None

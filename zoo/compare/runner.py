@@ -13,6 +13,7 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..rundir import process_alive
 from .study import ROOT, Study, StudyError, fit_args
 
 ROWS = "runs.jsonl"
@@ -154,7 +155,7 @@ def move_aside(run_dir: Path) -> Path | None:
         return None
     for lock in run_dir.glob(".*.lock"):  # zoo.rundir's lock of a live `zoo fit`: "<pid> <host>"
         owner = lock.read_text().split() if lock.is_file() else []
-        if owner and owner[0].isdigit() and (len(owner) > 1 and owner[1] != platform.node() or _alive(int(owner[0]))):
+        if owner and owner[0].isdigit() and (len(owner) > 1 and owner[1] != platform.node() or process_alive(int(owner[0]))):
             raise StudyError(f"{run_dir} is in use by process {owner[0]} on {owner[1] if len(owner) > 1 else 'this host'} "
                              "(another zoo compare of this study?); wait for it, or use another store")
     target = run_dir.with_name(f"{run_dir.name}.unfinished-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}")
@@ -164,16 +165,6 @@ def move_aside(run_dir: Path) -> Path | None:
         n += 1
     run_dir.rename(target)
     return target
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def specs(study: Study, todo: list[tuple[str, int]], threads: int) -> list[RunSpec]:
