@@ -37,6 +37,16 @@ def metrics(folder: Path) -> dict:
     return {"test_acc": test[-1] if test else None, "best_val_acc": max(val) if val else None}
 
 
+def in_study(path, out: Path) -> str | None:
+    """A path of this study as "<study>/..." (relative to the study folder), not as this machine's path."""
+    if path is None:
+        return None
+    try:
+        return str(Path("<study>") / Path(path).resolve().relative_to(out.resolve()))
+    except ValueError:
+        return str(path)
+
+
 def settings(folder: Path) -> dict:
     cfg = yaml.safe_load((folder / "config.yaml").read_text())
     data, model = cfg["data"]["init_args"], cfg["model"]["init_args"]
@@ -99,7 +109,8 @@ def main(out: Path) -> None:
         if run is None or not (run / "metrics.csv").exists():
             continue
         arm, seed = folder.name.rsplit("_seed", 1)
-        row = {"seed": int(seed), **metrics(run), **settings(run), "seconds": times.get(folder.name), "run": str(run)}
+        row = {"seed": int(seed), **metrics(run), **settings(run), "seconds": times.get(folder.name), "run": in_study(run, out)}
+        row["init_from"] = in_study(row["init_from"], out)
         arms.setdefault(arm, []).append(row)
     result = {
         "study": "MAE pre-training on the 3,600 MNIST-5k training images (no labels), then vit_mnist_patch4 (mean pooling) "
@@ -114,7 +125,8 @@ def main(out: Path) -> None:
         "machine": f"{platform.machine()} 2-core CPU VM, torch {torch.__version__} CPU, OMP_NUM_THREADS=1; runs one "
                    "after another, another one-thread training on the other core",
         "date": time.strftime("%Y-%m-%d"),
-        "pretraining": {"run": str(mae), "seconds": times.get("mae"), "recipe": "configs/mae_mnist.yaml"},
+        "paths": "<study> is the study folder, the OUT of scripts/mae_mnist_study.sh (default runs/mae_study)",
+        "pretraining": {"run": in_study(mae, out), "seconds": times.get("mae"), "recipe": "configs/mae_mnist.yaml"},
         "arms": {arm: summarise(sorted(rows, key=lambda r: r["seed"])) for arm, rows in sorted(arms.items())},
     }
     if "ft10x4_scratch" in result["arms"]:
