@@ -5,6 +5,13 @@ encoder and decoder stacks from the shared core (ReLU feed-forward), and a linea
 that shares its weight with the embeddings. `norm_first`, `final_norm`, `scale_embedding` and
 `activation` switch to the variants of torch.nn.Transformer (final encoder/decoder LayerNorms),
 pre-norm models and MarianMT-style translation models.
+
+`pos_embed` picks how positions enter: "sinusoidal" (the paper; default), "learned" (an absolute table
+added like the sinusoids), "rope" (no additive positions; rotary positions, Su et al. 2021, on the
+queries and keys of the encoder's and the decoder's self-attention, not of the cross-attention, so
+self-attention scores depend only on offsets between positions), or "none" (no positions at all; the
+causal decoder can still infer some). With a KV cache the decoder rotates a new token by its position
+in the target (the cache length), as Llama does.
 """
 from __future__ import annotations
 
@@ -15,7 +22,8 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from ..core import BlockConfig, KVCache, SinusoidalPositionalEmbedding, TransformerStack, padding_mask
+from ..core import (BlockConfig, KVCache, LearnedPositionalEmbedding, RotaryEmbedding, SinusoidalPositionalEmbedding,
+                    TransformerStack, padding_mask)
 from ..generation import GenerationMixin
 from ..core.position import (
     check_attention_mask,
@@ -47,6 +55,8 @@ class TransformerConfig:
     norm_eps: float = 1e-5
     scale_embedding: bool = True  # multiply embeddings by sqrt(d_model)
     sinusoid_layout: str = "interleaved"  # sin/cos on even/odd features; "halves": sin first half, cos second (MarianMT, fairseq)
+    pos_embed: str = "sinusoidal"  # one of POS_EMBEDS: "sinusoidal", "learned", "rope" (self-attention only), "none"
+    rope_theta: float = 10000.0  # RoPE base, with pos_embed="rope"
     share_embeddings: bool = True  # one table for source, target and the output layer (shared vocabulary)
     tie_output: bool = True  # output layer = target embedding (when the tables are not all shared)
     max_len: int = 1024
@@ -59,6 +69,9 @@ class TransformerConfig:
     # (Marian: forced_eos_token_id), and these ids are never generated (Marian: bad_words_ids = [[pad]])
     forced_eos_token_id: int | None = None
     suppress_token_ids: tuple[int, ...] = ()
+
+
+POS_EMBEDS = ("sinusoidal", "learned", "rope", "none")
 
 
 def constrain_next_token(scores: torch.Tensor, cur_len: int, max_length: int, forced_eos_token_id: int | None = None,
@@ -93,15 +106,29 @@ class EncoderDecoderTransformer(ZooModel, GenerationMixin, nn.Module):
                 f"share_embeddings=True needs one vocabulary, got src_vocab_size={src_vocab} and vocab_size={cfg.vocab_size}; "
                 "set share_embeddings=False for separate source and target vocabularies"
             )
+        if cfg.pos_embed not in POS_EMBEDS:
+            raise ValueError(f"TransformerConfig.pos_embed must be one of {', '.join(map(repr, POS_EMBEDS))}, "
+                             f"got {cfg.pos_embed!r}")
         self.config = cfg
         self.embed_scale = math.sqrt(cfg.d_model) if cfg.scale_embedding else 1.0
         self.src_embed = nn.Embedding(src_vocab, cfg.d_model)
         self.tgt_embed = self.src_embed if cfg.share_embeddings else nn.Embedding(cfg.vocab_size, cfg.d_model)
-        self.pos = SinusoidalPositionalEmbedding(cfg.max_len, cfg.d_model)
-        if cfg.sinusoid_layout == "halves":  # the same frequencies, features regrouped
-            self.pos.table = rearrange(self.pos.table, "l (d two) -> l (two d)", two=2)
-        elif cfg.sinusoid_layout != "interleaved":
+        if cfg.sinusoid_layout not in ("interleaved", "halves"):
             raise ValueError(f"sinusoid_layout must be 'interleaved' or 'halves', got {cfg.sinusoid_layout!r}")
+        self.pos: nn.Module | None = None  # additive positions (sinusoidal / learned)
+        self.rope: RotaryEmbedding | None = None  # rotary positions, passed to the self-attention of both stacks
+        if cfg.pos_embed == "sinusoidal":
+            self.pos = SinusoidalPositionalEmbedding(cfg.max_len, cfg.d_model)
+            if cfg.sinusoid_layout == "halves":  # the same frequencies, features regrouped
+                self.pos.table = rearrange(self.pos.table, "l (d two) -> l (two d)", two=2)
+        elif cfg.pos_embed == "learned":
+            self.pos = LearnedPositionalEmbedding(cfg.max_len, cfg.d_model)
+        elif cfg.pos_embed == "rope":
+            head_dim = cfg.d_model // cfg.num_heads
+            if cfg.d_model % cfg.num_heads or head_dim % 2:
+                raise ValueError(f"pos_embed='rope' needs an even head size d_model / num_heads, got d_model={cfg.d_model}, "
+                                 f"num_heads={cfg.num_heads}; change num_heads")
+            self.rope = RotaryEmbedding(head_dim, base=cfg.rope_theta, max_len=cfg.max_len)
         self.drop = nn.Dropout(cfg.dropout)
         block = BlockConfig(
             dim=cfg.d_model, num_heads=cfg.num_heads, mlp_hidden=cfg.dim_feedforward, norm_first=cfg.norm_first,
@@ -128,7 +155,8 @@ class EncoderDecoderTransformer(ZooModel, GenerationMixin, nn.Module):
             nn.init.normal_(emb.weight, std=self.config.d_model ** -0.5)
 
     def _embed(self, table: nn.Embedding, ids: torch.Tensor, offset: int = 0) -> torch.Tensor:
-        return self.drop(table(ids) * self.embed_scale + self.pos(ids.shape[1], offset))
+        x = table(ids) * self.embed_scale
+        return self.drop(x if self.pos is None else x + self.pos(ids.shape[1], offset))
 
     def process_next_token_logits(self, scores: torch.Tensor, cur_len: int, max_length: int) -> torch.Tensor:
         """The config's generation rules (forced EOS at the length limit, suppressed ids) applied to the
@@ -144,7 +172,7 @@ class EncoderDecoderTransformer(ZooModel, GenerationMixin, nn.Module):
         check_token_ids(input_ids, cfg.src_vocab_size or cfg.vocab_size, "input_ids")
         check_attention_mask(attention_mask, input_ids)
         check_length(input_ids.shape[1], cfg.max_len, "max_len", "input_ids")
-        return self.encoder(self._embed(self.src_embed, input_ids), mask=padding_mask(attention_mask))
+        return self.encoder(self._embed(self.src_embed, input_ids), mask=padding_mask(attention_mask), rope=self.rope)
 
     def decode_features(self, decoder_input_ids, memory, memory_mask=None, decoder_attention_mask=None,
                         cache: KVCache | None = None) -> torch.Tensor:
@@ -155,7 +183,7 @@ class EncoderDecoderTransformer(ZooModel, GenerationMixin, nn.Module):
         check_length(past + decoder_input_ids.shape[1], self.config.max_len, "max_len", "decoder_input_ids")
         x = self._embed(self.tgt_embed, decoder_input_ids, offset=past)
         return self.decoder(x, mask=padding_mask(decoder_attention_mask), causal=True, context=memory,
-                            context_mask=padding_mask(memory_mask), cache=cache)
+                            context_mask=padding_mask(memory_mask), cache=cache, rope=self.rope)
 
     def decode(self, decoder_input_ids, memory, memory_mask=None, decoder_attention_mask=None,
                cache: KVCache | None = None) -> torch.Tensor:
