@@ -74,13 +74,21 @@ def test_full_size_timm_vit_small():
     check(ref, model, dtypes=((torch.float32, 1e-4),), size=224)
 
 
+@pytest.mark.parametrize("class_token", [True, False])
+def test_vit_without_positions(class_token):
+    """timm's pos_embed='none' maps to the zoo switch pos_embed='none' (no table in the state dict)."""
+    torch.manual_seed(0)
+    ref = timm.create_model("vit_tiny_patch16_224", pretrained=False, pos_embed="none", class_token=class_token,
+                            global_pool="token" if class_token else "avg", **TINY).eval()
+    model = from_timm(ref)
+    assert model.config.pos_embed == "none" and "pos_embed" not in model.state_dict()
+    check(ref, model)
+
+
 def test_unsupported_options_and_bad_files_are_named(tmp_path):
     pooled = timm.create_model("vit_tiny_patch16_224", pretrained=False, reg_tokens=4, global_pool="map", **TINY)
     with pytest.raises(ValueError, match="global_pool='map'"):
         from_timm(pooled)
-    no_pos = timm.create_model("vit_tiny_patch16_224", pretrained=False, pos_embed="none", **TINY)
-    with pytest.raises(ValueError, match="pos_embed='none'"):
-        from_timm(no_pos)
     with pytest.raises(ValueError, match="arch="):
         from_timm(tmp_path / "x.safetensors")
     with pytest.raises(FileNotFoundError):

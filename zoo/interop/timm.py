@@ -39,8 +39,6 @@ def _check_supported(m) -> None:
     problems = []
     if getattr(m, "global_pool", "token") not in ("token", "avg"):
         problems.append(f"global_pool={m.global_pool!r} (zoo supports 'token' and 'avg')")
-    if getattr(m, "pos_embed", None) is None:
-        problems.append("pos_embed='none' (no learned positions)")
     if getattr(m, "pool_include_prefix", False):
         problems.append("pool_include_prefix=True")
     if getattr(m.patch_embed, "dynamic_img_pad", False):
@@ -85,6 +83,7 @@ def zoo_config(m) -> ViTConfig:
         qk_norm=not _is_identity(getattr(blk.attn, "q_norm", None)), layer_scale=None if ls is None else float(ls),
         norm_eps=blk.norm1.eps, activation=_activation(blk.mlp.act), pre_norm=not _is_identity(m.norm_pre),
         pos_resize_antialias=bool(m.dynamic_img_size),
+        pos_embed="learn" if getattr(m, "pos_embed", None) is not None else "none",  # timm pos_embed='none'
     )
 
 
@@ -93,8 +92,8 @@ def convert_timm_vit(m) -> VisionTransformer:
     cfg = zoo_config(m)
     model = VisionTransformer(cfg)
     sd = m.state_dict()
-    out = {"pos_embed": sd["pos_embed"], "patch_embed.proj.weight": sd["patch_embed.proj.weight"].flatten(1)}
-    for name in ("patch_embed.proj.bias", "cls_token", "reg_token"):
+    out = {"patch_embed.proj.weight": sd["patch_embed.proj.weight"].flatten(1)}
+    for name in ("pos_embed", "patch_embed.proj.bias", "cls_token", "reg_token"):
         if name in sd:
             out[name] = sd[name]
     for src, dst in (("norm_pre", "norm_pre"), ("norm", "encoder.norm"), ("fc_norm", "fc_norm"), ("head", "head")):
