@@ -25,6 +25,17 @@ def test_unknown_override_names_accepted_ones():
         zoo.create_model("vit_mnist", colour=3)
 
 
+def test_string_overrides_from_the_command_line_are_typed_by_the_config():
+    """`--model.init_args.model_kwargs.dim 64` reaches create_model as the string '64'."""
+    cfg = zoo.get_config("vit_mnist", dim="64", qk_norm="true", layer_scale="1e-5", pos_embed="rope", drop_path_rate="0.1")
+    assert (cfg.dim, cfg.qk_norm, cfg.layer_scale, cfg.pos_embed, cfg.drop_path_rate) == (64, True, 1e-5, "rope", 0.1)
+    assert type(cfg.dim) is int
+    assert zoo.get_config("swin_mnist", depths="[1, 3]").depths == (1, 3)
+    for bad in ({"dim": "abc"}, {"dim": "true"}, {"qk_norm": "maybe"}):
+        with pytest.raises(TypeError, match=f"vit_mnist: {next(iter(bad))}='"):
+            zoo.get_config("vit_mnist", **bad)
+
+
 def test_model_info_counts_parameters_like_the_real_model():
     info = zoo.model_info("vit_mnist", depth=2)
     assert info["family"] == "vit" and info["config"]["depth"] == 2 and "Dosovitskiy" in info["paper"]

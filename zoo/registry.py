@@ -66,7 +66,48 @@ def get_config(name: str, **overrides) -> Any:
     unknown = sorted(set(overrides) - fields)
     if unknown:
         raise TypeError(f"{name} does not accept {', '.join(unknown)}; accepted overrides: {', '.join(sorted(fields))}")
-    return dataclasses.replace(entry.config, **overrides)
+    return dataclasses.replace(entry.config, **_typed(name, entry.config, overrides))
+
+
+def _typed(name: str, config: Any, overrides: dict) -> dict:
+    """Command-line overrides of a dict (`--model.init_args.model_kwargs.dim 64`) arrive as strings: a string
+    for a field that cannot hold one is read as YAML (64, 1e-3, true, [2, 2]) and must then fit the field."""
+    import typing
+
+    hints = typing.get_type_hints(type(config))
+    out = dict(overrides)
+    for key, value in overrides.items():
+        hint = hints.get(key)
+        if not isinstance(value, str) or hint is None or _accepts_str(hint):
+            continue
+        import yaml
+
+        try:
+            parsed = float(value) if _is_float(value) else yaml.safe_load(value)  # YAML 1.1 reads 1e-5 as a string
+        except yaml.YAMLError:
+            parsed = value
+        default = getattr(config, key)
+        if parsed is None and default is not None and type(None) not in typing.get_args(hint):
+            parsed = value
+        if isinstance(parsed, str) or (isinstance(parsed, bool) and not isinstance(default, bool) and default is not None):
+            raise TypeError(f"{name}: {key}={value!r} is not a {getattr(hint, '__name__', hint)} "
+                            f"(default {default!r}); give a value of that type")
+        out[key] = tuple(parsed) if isinstance(parsed, list) and isinstance(default, tuple) else parsed
+    return out
+
+
+def _is_float(value: str) -> bool:
+    try:
+        float(value)
+    except ValueError:
+        return False
+    return not value.strip().lstrip("+-").isdigit() and value.strip().lower() not in ("nan", "inf", "infinity")
+
+
+def _accepts_str(hint: Any) -> bool:
+    import typing
+
+    return hint is str or hint is Any or str in typing.get_args(hint) or typing.get_origin(hint) is typing.Literal
 
 
 def create_model(name: str, pretrained: str | bool | None = None, features_only: bool = False,
