@@ -22,6 +22,9 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--config", required=True, help="the study, e.g. configs/compare/quick_mnist.yaml")
     ap.add_argument("--report", action="store_true", help="only re-render table.md / table.csv / plot.png from the store")
     ap.add_argument("--validate", action="store_true", help="only check the study (every override, every model), train nothing")
+    ap.add_argument("--cost", action="store_true",
+                    help="only measure forward and training-step time versus sequence length (the study's `cost` block; "
+                         "random weights, one thread) into <store>/cost.csv and cost.png, train nothing")
     ap.add_argument("--jobs", type=int, help="runs at a time (default: the study's `jobs`); the cores are split between them")
     ap.add_argument("--limit", type=int, help="train at most this many of the missing runs, then report")
     ap.add_argument("--store", help="the store folder (default: the study's `store`, else results/compare/<name>)")
@@ -42,6 +45,17 @@ def main(argv: list[str]) -> int:
     from .study import load_study, validate_study
 
     study = load_study(a.config, a.store)
+    if a.cost:
+        from .cost import markdown as cost_markdown
+        from .cost import read_csv, run_cost
+
+        paths = run_cost(study)
+        print(cost_markdown(read_csv(paths[0])))
+        rows = read_rows(study.store)
+        if rows:  # table.md gains the cost section
+            paths += render(study, rows)[1]
+        print(f"zoo compare: wrote {', '.join(str(p) for p in paths)}")
+        return 0
     if a.report:
         rows = read_rows(study.store)
         if not rows:

@@ -109,6 +109,12 @@ def markdown(summaries: list[dict], study, n_rows: int) -> str:
     descriptions = [(v, study.descriptions[v]) for v in study.variants if v in study.descriptions]
     if descriptions:
         lines += ["Variants:", ""] + [f"- `{v}`: {text}" for v, text in descriptions] + [""]
+    cost = study.store / "cost.csv"
+    if cost.is_file():  # written by `zoo compare --cost`
+        from .cost import markdown as cost_markdown
+        from .cost import read_csv
+
+        lines += [cost_markdown(read_csv(cost))]
     return "\n".join(lines)
 
 

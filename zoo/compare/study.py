@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 import logging
@@ -15,7 +16,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository (configs/ lives here in a source checkout)
 BUDGET_KEYS = ("max_epochs", "max_steps", "max_minutes")
-STUDY_KEYS = ("name", "description", "recipe", "baseline", "variants", "seeds", "budget", "metric", "store", "jobs")
+STUDY_KEYS = ("name", "description", "recipe", "baseline", "variants", "seeds", "budget", "metric", "store", "jobs", "cost")
 VARIANT_KEYS = ("overrides", "description")
 MODEL_KWARGS = "model.init_args.model_kwargs"
 # set by the study itself (seed, budget, run folder): a variant may not override them
@@ -43,6 +44,7 @@ class Study:
     jobs: int = 1
     description: str = ""
     descriptions: dict[str, str] = field(default_factory=dict)
+    cost: Any = None  # zoo.compare.cost.CostSpec: lengths etc. of `zoo compare --cost`; None: no cost block
 
     def budget_text(self) -> str:
         (key, value), = self.budget.items()
@@ -142,9 +144,12 @@ def load_study(path: str | Path, store: str | Path | None = None) -> Study:
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise StudyError(f"{where}: jobs must be a positive integer, got {jobs!r}")
     store = Path(store or raw.get("store") or Path("results") / "compare" / name).resolve()
+    from .cost import parse_cost
+
+    cost = parse_cost(raw.get("cost"), where, list(variants))
     return Study(name=name, path=path, recipe=recipe, baseline=baseline, variants=variants, seeds=list(seeds),
                  budget={bkey: bval}, metric=metric, store=store, jobs=jobs, description=str(raw.get("description") or ""),
-                 descriptions=descriptions)
+                 descriptions=descriptions, cost=cost)
 
 
 # ---------------------------------------------------------------------------- the arguments of one run
@@ -156,6 +161,20 @@ def _recipe_model_kwargs(recipe: Path) -> dict:
     raw = yaml.safe_load(recipe.read_text(encoding="utf-8")) or {}
     init = ((raw.get("model") or {}).get("init_args") or {}) if isinstance(raw.get("model"), dict) else {}
     return dict(init.get("model_kwargs") or {})
+
+
+def data_overrides(study: Study, variant: str, fields: set[str]) -> dict:
+    """What the recipe's data module is expected to pass the model that can be read without building it: its
+    `vocab_size` (the variant's data.init_args.vocab_size override, else the recipe's), when the model takes one.
+    The tokenizer's real size can be a little smaller; pad/eos ids do not change sizes."""
+    if "vocab_size" not in fields:
+        return {}
+    vocab = study.variants[variant].get("data.init_args.vocab_size")
+    if vocab is None:
+        raw = yaml.safe_load(study.recipe.read_text(encoding="utf-8")) or {}
+        data = raw.get("data") if isinstance(raw.get("data"), dict) else {}
+        vocab = (data.get("init_args") or {}).get("vocab_size") if isinstance(data.get("init_args"), dict) else None
+    return {"vocab_size": vocab} if isinstance(vocab, int) and not isinstance(vocab, bool) else {}
 
 
 def override_args(study: Study, variant: str) -> list[str]:
@@ -252,7 +271,7 @@ def validate_study(study: Study, verbose: bool = False) -> dict[str, tuple[str, 
     """Parse every variant's `zoo fit` arguments with the recipe's own parser and build each model's config
     (zoo.registry.get_config), before any training. Returns variant -> (model name, model_kwargs); raises
     StudyError naming the study, the variant and the override."""
-    from ..registry import model_info
+    from ..registry import get_config, model_info
 
     where = f"study {study.name}"
     seed, tmp = study.seeds[0], Path("/nonexistent-zoo-compare-run")
@@ -279,14 +298,18 @@ def validate_study(study: Study, verbose: bool = False) -> dict[str, tuple[str, 
         init = ns.fit.model.init_args if ns.fit.get("model") and ns.fit.model.get("init_args") else None
         model = init.get("model") if init is not None else None
         kwargs = dict(init.get("model_kwargs") or {}) if init is not None else {}
-        params = None
+        params, data = None, {}
         if model:
             try:  # unknown kwargs name the accepted ones; the model is built on the meta device (no memory)
-                params = model_info(model, **kwargs)["params"]
+                model_info(model, **kwargs)
+                # the size the run will have: the data module's vocabulary (model_kwargs still win)
+                data = data_overrides(study, variant, set(dataclasses.asdict(get_config(model))))
+                params = model_info(model, **{**data, **kwargs})["params"]
             except (ValueError, TypeError) as e:
                 raise StudyError(f"{where}: variant {variant}: {e}") from None
         out[variant] = (model, kwargs)
         if verbose:
-            size = f"{params / 1e6:.3f}M params as registered" if params else "?"
+            at = f"at the recipe's vocab_size {data['vocab_size']}" if data else "as registered"
+            size = f"{params / 1e6:.3f}M params {at}" if params else "?"
             print(f"  {variant:24s} ok  {model} ({size}): {' '.join(override_args(study, variant)) or 'the recipe as is'}")
     return out
