@@ -48,11 +48,41 @@ def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def check_compile_backend(name: str) -> None:
+    import torch._dynamo
+
+    backends = torch._dynamo.list_backends(exclude_tags=())
+    if name not in backends:
+        raise ValueError(f"compile_backend must be one of torch.compile's backends ({', '.join(backends)}), "
+                         f"got {name!r}")
+
+
+def _shard(task) -> None:
+    """FSDP2 on the blocks of `task.model`, then on the model, when the strategy gave the task a device mesh."""
+    mesh = getattr(task, "device_mesh", None)
+    if mesh is None or getattr(task, "_zoo_sharded", False):
+        return
+    from torch.distributed.fsdp import fully_shard
+
+    from ..core.blocks import find_blocks
+
+    dp_mesh = mesh["data_parallel"] if mesh.mesh_dim_names and "data_parallel" in mesh.mesh_dim_names else mesh
+    for block in find_blocks(task.model):
+        fully_shard(block, mesh=dp_mesh)
+    fully_shard(task.model, mesh=dp_mesh)
+    task._zoo_sharded = True
+
+
 class ZooTask(L.LightningModule):
     """Base LightningModule: holds `self.model` (a registered zoo model) and the optimiser recipe.
 
     `data_overrides` is filled from the data module by the CLI (number of classes, channels,
     vocabulary size, ...); `model_kwargs` are the user's own overrides and win.
+
+    `compile=True` compiles the model's forward with torch.compile (`compile_backend`, e.g. "inductor",
+    "aot_eager"; `compile_dynamic` as torch.compile's `dynamic`) once the model is placed and sharded
+    (configure_model). The module is compiled in place (nn.Module.compile), so checkpoints keep the
+    plain state_dict keys and load into an uncompiled model.
     """
 
     def __init__(
@@ -67,9 +97,14 @@ class ZooTask(L.LightningModule):
         warmup_steps: int | float = 0.05,
         min_lr_ratio: float = 0.01,
         optimizer: str = "adamw",
+        compile: bool = False,
+        compile_backend: str = "inductor",
+        compile_dynamic: bool | None = None,
     ):
         super().__init__()
         check_optimizer(optimizer)
+        if compile:
+            check_compile_backend(compile_backend)
         self.save_hyperparameters()
         overrides = {**(data_overrides or {}), **(model_kwargs or {})}
         self.model = create_model(model, pretrained=pretrained, **overrides)
@@ -90,19 +125,19 @@ class ZooTask(L.LightningModule):
     def configure_model(self):
         """Sharded training (Lightning's ModelParallelStrategy sets `device_mesh`): FSDP2 `fully_shard`
         on every block the model declares (`no_split_modules`, see zoo.core.find_blocks), then on the
-        whole model. Without a mesh nothing changes."""
-        mesh = getattr(self, "device_mesh", None)
-        if mesh is None or getattr(self, "_zoo_sharded", False):
-            return
-        from torch.distributed.fsdp import fully_shard
+        whole model. Without a mesh nothing is sharded. Then, with `compile=True`, torch.compile."""
+        _shard(self)
+        hp = getattr(self, "hparams", None) or {}
+        if hp.get("compile") and not getattr(self, "_zoo_compiled", False):
+            for module in self.compile_targets():
+                module.compile(fullgraph=False, backend=hp.get("compile_backend", "inductor"),
+                               dynamic=hp.get("compile_dynamic"))
+            self._zoo_compiled = True
 
-        from ..core.blocks import find_blocks
-
-        dp_mesh = mesh["data_parallel"] if mesh.mesh_dim_names and "data_parallel" in mesh.mesh_dim_names else mesh
-        for block in find_blocks(self.model):
-            fully_shard(block, mesh=dp_mesh)
-        fully_shard(self.model, mesh=dp_mesh)
-        self._zoo_sharded = True
+    def compile_targets(self) -> list[nn.Module]:
+        """The modules whose forward `compile=True` compiles: the model; tasks that train through other
+        entry points (the towers of a dual encoder) name those."""
+        return [self.model]
 
     def on_train_batch_end(self, outputs, batch, batch_idx):
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs

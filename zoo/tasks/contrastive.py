@@ -38,6 +38,10 @@ class ContrastiveTask(ZooTask):
     def forward(self, images, input_ids, attention_mask=None):
         return self.model(images, input_ids, attention_mask)
 
+    def compile_targets(self):
+        """Training runs the towers through encode_image / encode_text, not the model's forward."""
+        return [m for m in (self.model.visual, self.model.text, self.model.attn_pool) if m is not None]
+
     def training_step(self, batch, batch_idx):
         img = self.model.encode_image(batch["images"])
         txt = self.model.encode_text(batch["input_ids"], batch["attention_mask"])
