@@ -29,7 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "viz": ("zoo.viz:main", "attention maps, cross-attention, position encodings, CLIP similarities as PNG"),
     "compress": ("zoo.compress:main", "quantize (int8) / prune a checkpoint; size, CPU latency and accuracy"),
     "compare": ("zoo.compare.cli:main", "variants of a recipe x seeds under one budget: mean, 95% CI, paired differences"),
-    "bench": ("zoo.bench.cli:bench_main", "speed / quality / generation benchmarks (zoo bench speed --help)"),
+    "bench": ("zoo.bench.cli:bench_main", "speed / quality / generation / serving / time-to-accuracy benchmarks (zoo bench speed --help)"),
     "convert": ("zoo.interop.cli:main", "convert transformers / timm checkpoints to zoo models and back"),
     "serve": ("zoo.serve.server:main", "serve a checkpoint over HTTP (LitServe, dynamic batching) with a demo page"),
 }

@@ -131,9 +131,15 @@ def serve_main(argv: list[str]) -> int:
     return main(argv)
 
 
+def tta_main(argv: list[str]) -> int:
+    from .tta import main
+
+    return main(argv)
+
+
 def bench_main(argv: list[str]) -> int:
-    subs = {"speed": speed_main, "quality": quality_main, "generate": generate_main, "serve": serve_main}
+    subs = {"speed": speed_main, "quality": quality_main, "generate": generate_main, "serve": serve_main, "tta": tta_main}
     if not argv or argv[0] not in subs:
-        print("usage: zoo bench {speed,quality,generate,serve} [options]   (zoo bench speed --help)")
+        print("usage: zoo bench {speed,quality,generate,serve,tta} [options]   (zoo bench speed --help)")
         return 2 if argv and argv[0] not in ("-h", "--help") else 0
     return subs[argv[0]](argv[1:])

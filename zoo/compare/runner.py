@@ -63,7 +63,7 @@ def run_one(spec: RunSpec) -> dict:
         tail = [ln for ln in (run_dir / "fit.log").read_text(errors="replace").splitlines() if ln.strip()][-1:] or [""]
         raise RunFailed(f"{spec.variant} seed {spec.seed}: zoo fit exited with {rc}"
                         f"{'' if record.is_file() else ' and wrote no record'}: {tail[0][:300]} (log: {run_dir / 'fit.log'})")
-    rec = json.loads(record.read_text())
+    rec = _relative_paths(json.loads(record.read_text()), Path(spec.store))
     metrics = rec.pop("metrics")
     if spec.metric not in metrics:
         raise RunFailed(f"{spec.variant} seed {spec.seed}: the test logged no {spec.metric}; it logged "
@@ -80,6 +80,20 @@ def run_one(spec: RunSpec) -> dict:
            "git_rev": spec.git_rev, "host": platform.node(), "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     append_row(Path(spec.store) / ROWS, row)
     return row
+
+
+def _relative_paths(rec: dict, store: Path) -> dict:
+    """The store is committed and moved between machines: paths inside it are written relative to it."""
+    def rel(p):
+        if not p:
+            return p
+        p = Path(p).resolve()
+        return str(p.relative_to(store.resolve())) if p.is_relative_to(store.resolve()) else str(p)
+
+    rec["run_dir"] = rel(rec.get("run_dir"))
+    if isinstance(rec.get("best_val"), dict):
+        rec["best_val"]["checkpoint"] = rel(rec["best_val"].get("checkpoint"))
+    return rec
 
 
 def _version(dist: str) -> str | None:
