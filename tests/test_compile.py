@@ -39,13 +39,17 @@ CASES = {
     "lstm_lm": ("lstm_lm", {"num_layers": 1, "vocab_size": 500}),
     "timm": ("timm_resnet18_mnist", {}),
 }
-# families that cannot compile as one graph yet, and why
+# dynamo settings a family needs: nn.LSTM is a graph break unless allow_rnn (off by default)
+DYNAMO_CONFIG = {"lstm_lm": {"allow_rnn": True}}
+# families that cannot compile as one graph yet, and why: {family: (inference reason, training reason)}
+RECURRENT = ("nn.GRU / nn.LSTM are graph breaks for dynamo by default (torch._dynamo.config.allow_rnn); the encoder "
+             "packs sequences by lengths it reads on the CPU and checks the padding with data-dependent branches, and "
+             "the attention decoder's Python loop over target positions unrolls at every length")
 NOT_YET = {
-    "recurrent": "nn.GRU / nn.LSTM are graph breaks for dynamo (torch._dynamo.config.allow_rnn is off by default); the "
-                 "encoder packs sequences by lengths it reads on the CPU and checks the padding with data-dependent "
-                 "branches, and the attention decoder's Python loop over target positions unrolls at every length",
-    "lstm_lm": "nn.LSTM is a graph break for dynamo (torch._dynamo.config.allow_rnn is off by default; with it on the "
-               "graph is whole but is recompiled for every new batch size and length)",
+    "recurrent": (RECURRENT, RECURRENT),
+    "lstm_lm": (None, "with allow_rnn the forward is one graph at any length and the training step one graph at fixed "
+                      "shapes, but AOTAutograd decomposes the LSTM for its backward into a loop over time steps, which "
+                      "specialises the sequence length (a recompilation at every new length)"),
 }
 # families whose training step is fast enough for every run (the others are marked slow)
 FAST_TRAINING = {"vit", "gpt", "bert"}
@@ -88,45 +92,57 @@ def test_every_registered_family_has_a_compile_case():
         assert _entry(name).family == family
 
 
-def cases(slow_training: bool = False) -> list:
+def cases(training: bool) -> list:
     out = []
     for f in sorted(CASES):
-        marks = [pytest.mark.xfail(reason=NOT_YET[f], strict=True)] if f in NOT_YET else []
-        if slow_training and f not in FAST_TRAINING:
+        reason = NOT_YET.get(f, (None, None))[training]
+        marks = [pytest.mark.xfail(reason=reason, strict=True)] if reason else []
+        if training and f not in FAST_TRAINING:
             marks.append(pytest.mark.slow)
         out.append(pytest.param(f, marks=marks))
     return out
 
 
-def compile_over_sizes(family: str, training: bool, backend: str, check) -> None:
+def compile_over_sizes(family: str, training: bool, backend: str, check, dynamic: bool | None = None) -> None:
     """Compile the family's model (fullgraph) and run `check(model, compiled, args, batch)` at each of SIZES;
-    the second size must reuse the first one's graph."""
+    the second size must reuse the first one's graph. dynamic=None marks the declared axes dynamic;
+    dynamic=True is torch.compile's (every dimension symbolic, image sizes included)."""
     model = build(family).train(training)
     counter = CompileCounterWithBackend(backend)
-    compiled = torch.compile(model, fullgraph=True, backend=counter)
+    compiled = torch.compile(model, fullgraph=True, backend=counter, dynamic=dynamic)
     frames = []
-    for batch, length in SIZES:
-        check(model, compiled, inputs(model, batch, length), batch)
-        frames.append(counter.frame_count)
+    with torch._dynamo.config.patch(**DYNAMO_CONFIG.get(family, {})):
+        for batch, length in SIZES:
+            args = inputs(model, batch, length) if dynamic is None else example_inputs(model, batch, length, seed=batch).args
+            check(model, compiled, args, batch)
+            frames.append(counter.frame_count)
     assert frames[0] >= 1 and frames[1] == frames[0], f"{family} recompiled for batch/length {SIZES[1]}: {frames}"
 
 
-@pytest.mark.parametrize("family", cases())
-def test_inference_compiles_as_one_graph_for_every_batch_and_length(family):
-    def check(model, compiled, args, batch):
-        with torch.no_grad():
-            out, ref = first(compiled(*args)), first(model(*args))
-        assert out.shape[0] == batch
-        torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+def check_inference(model, compiled, args, batch):
+    with torch.no_grad():
+        out, ref = first(compiled(*args)), first(model(*args))
+    assert out.shape[0] == batch
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
 
-    compile_over_sizes(family, False, "eager", check)
+
+@pytest.mark.parametrize("family", cases(training=False))
+def test_inference_compiles_as_one_graph_for_every_batch_and_length(family):
+    compile_over_sizes(family, False, "eager", check_inference)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["vit", "eva", "bert", "t5", "gpt", "llama", "clip"])
+def test_dynamic_true_compiles_once_for_every_batch_and_length(family):
+    """torch.compile(dynamic=True) makes every dimension symbolic from the first call; still one graph."""
+    compile_over_sizes(family, False, "eager", check_inference, dynamic=True)
 
 
 def _grads(model):
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.parametrize("family", cases(slow_training=True))
+@pytest.mark.parametrize("family", cases(training=True))
 def test_training_step_compiles_as_one_graph_with_the_eager_gradients(family):
     def check(model, compiled, args, batch):
         grads = []
