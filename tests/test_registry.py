@@ -90,3 +90,17 @@ def test_state_dict_mismatch_lists_every_problem():
     msg = str(e.value)
     assert "missing (1): pos_embed" in msg and "unexpected (1): bogus.weight" in msg
     assert "head.weight: checkpoint (3, 64) vs model (10, 64)" in msg
+
+
+def test_data_facts_reach_only_models_that_have_the_field():
+    """A data module passes every model the same facts (bos_token_id, ...); T5 has no bos_token_id field."""
+    from zoo.registry import accepted_overrides
+    from zoo.tasks.text import Seq2Seq
+
+    facts = {"vocab_size": 300, "pad_token_id": 0, "eos_token_id": 2, "bos_token_id": 1, "decoder_start_token_id": 1}
+    assert "bos_token_id" not in accepted_overrides("t5_tiny", facts)
+    assert accepted_overrides("transformer_numbers", facts) == facts
+    task = Seq2Seq(model="t5_tiny", data_overrides=facts)
+    assert task.model.config.vocab_size == 300 and task.model.config.decoder_start_token_id == 1
+    with pytest.raises(TypeError, match="t5_tiny does not accept bos_token_id"):  # the user's own kwargs are checked
+        Seq2Seq(model="t5_tiny", model_kwargs={"bos_token_id": 1})

@@ -69,6 +69,15 @@ def get_config(name: str, **overrides) -> Any:
     return dataclasses.replace(entry.config, **_typed(name, entry.config, overrides))
 
 
+def accepted_overrides(name: str, overrides: dict) -> dict:
+    """The overrides that the config of `name` (a registered name or name.tag) has fields for. Facts a data
+    module passes every model (e.g. bos_token_id) are dropped where the family has no such field."""
+    from .pretrained import split_tag
+
+    fields = {f.name for f in dataclasses.fields(_entry(split_tag(name)[0]).config)}
+    return {k: v for k, v in overrides.items() if k in fields}
+
+
 def _typed(name: str, config: Any, overrides: dict) -> dict:
     """Command-line overrides of a dict (`--model.init_args.model_kwargs.dim 64`) arrive as strings: a string
     for a field that cannot hold one is read as YAML (64, 1e-3, true, [2, 2]) and must then fit the field."""

@@ -7,7 +7,7 @@ import lightning as L
 import torch
 from torch import nn
 
-from ..registry import create_model
+from ..registry import accepted_overrides, create_model
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -106,7 +106,8 @@ class ZooTask(L.LightningModule):
         if compile:
             check_compile_backend(compile_backend)
         self.save_hyperparameters()
-        overrides = {**(data_overrides or {}), **(model_kwargs or {})}
+        # the data module's facts where the model's config has the field; the user's model_kwargs always apply
+        overrides = {**accepted_overrides(model, data_overrides or {}), **(model_kwargs or {})}
         self.model = create_model(model, pretrained=pretrained, **overrides)
 
     def configure_optimizers(self):

@@ -25,7 +25,6 @@ neither optimised nor saved in the student's checkpoint; only its name and path 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 from pathlib import Path
 
 import torch
@@ -33,7 +32,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from ..registry import _entry, create_model
+from ..registry import accepted_overrides, create_model
 from ..weights import load_state_dict_checked, read_state_dict
 from .image import ImageClassification
 from .text import Seq2Seq, SequenceClassification
@@ -120,11 +119,6 @@ def _module(model: nn.Module, name: str, side: str) -> nn.Module:
 
 # --- teachers ----------------------------------------------------------------------------------
 
-def _accepted(name: str, overrides: dict) -> dict:
-    fields = {f.name for f in dataclasses.fields(_entry(name).config)}
-    return {k: v for k, v in overrides.items() if k in fields}
-
-
 def load_teacher(teacher: str | None = None, teacher_ckpt: str | None = None, teacher_kwargs: dict | None = None,
                  data_overrides: dict | None = None, defaults: dict | None = None) -> nn.Module:
     """Build the frozen teacher in eval mode (see the module doc for the accepted forms).
@@ -149,7 +143,7 @@ def load_teacher(teacher: str | None = None, teacher_ckpt: str | None = None, te
         if teacher.startswith("timm:"):
             kwargs = {"timm_name": teacher[len("timm:"):], **kwargs}
             teacher = "timm_resnet18"  # the generic timm wrapper; timm_name picks the network
-        model = create_model(teacher, **{**_accepted(teacher, {**data, **(defaults or {})}), **kwargs})
+        model = create_model(teacher, **{**accepted_overrides(teacher, {**data, **(defaults or {})}), **kwargs})
         if teacher_ckpt is not None:
             sd = read_state_dict(teacher_ckpt)
             convert = getattr(model, "checkpoint_filter_fn", None)  # e.g. a plain timm state dict for a timm wrapper
