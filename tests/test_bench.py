@@ -85,7 +85,18 @@ def test_speed_cli_writes_a_table_with_peer_ratios(tmp_path, capsys):
         assert r["tokens_per_s"] == pytest.approx(r["samples_per_s"] * 17)  # 16 patches + class token
         assert r["macs_per_sample"] == 2380928
     assert data["machine"]["matmul_peak_gflops_fp32"] > 0
-    assert "vs peer" in capsys.readouterr().out
+    for r in data["rows"]:  # bf16 against fp32 of the same implementation, timed in the same interleaved rounds
+        fp32 = next(q for q in data["rows"] if (q["impl"], q["mode"], q["precision"]) == (r["impl"], r["mode"], "fp32"))
+        if r["precision"] == "bf16":
+            assert r["vs_fp32"] == pytest.approx(fp32["median_ms"] / r["median_ms"])
+        else:
+            assert "vs_fp32" not in r
+    m = data["machine"]  # which kernels ran bf16: the CPU's flags and oneDNN's own report
+    assert "cpu_bf16_flags" in m and m["onednn_bf16_matmul"]
+    if "avx512_bf16" in m["cpu_bf16_flags"] or "amx_bf16" in m["cpu_bf16_flags"]:
+        assert "bf16" in m["onednn_bf16_matmul"] and m["onednn_isa"]
+    out = capsys.readouterr().out
+    assert "vs peer" in out and "vs fp32" in out and "bf16: cpu_bf16_flags" in out
 
 
 def test_bad_options_name_the_fix():

@@ -58,6 +58,40 @@ def machine_info() -> dict:
             "load_avg_1m": os.getloadavg()[0]}
 
 
+_BF16_PROBE = """
+import torch
+a = torch.randn(64, 64, dtype=torch.bfloat16)
+with torch.backends.mkldnn.verbose(torch.backends.mkldnn.VERBOSE_ON):
+    torch.nn.functional.linear(a, a)
+"""
+
+
+def bf16_kernels(device: str = "cpu") -> dict:
+    """Which kernels run a bf16 matmul here: on CPU, oneDNN's own verbose report (its ISA line and the matmul
+    implementation, e.g. brg_matmul:avx512_core_amx_bf16 on AMX, avx512_core_bf16 on AVX-512-BF16) read from a
+    child process, and the CPU flags; on CUDA, the device's bf16 support."""
+    if device.startswith("cuda"):
+        return {"bf16_device": torch.cuda.get_device_name(), "bf16_supported": torch.cuda.is_bf16_supported()}
+    flags = set()
+    with contextlib.suppress(OSError):
+        m = re.search(r"^flags\s*:\s*(.+)$", open("/proc/cpuinfo").read(), re.M)
+        flags = set(m.group(1).split()) if m else set()
+    out = {"cpu_bf16_flags": " ".join(sorted(f for f in flags if "bf16" in f)) or "none"}
+    import subprocess
+    import sys
+
+    try:
+        text = subprocess.run([sys.executable, "-c", _BF16_PROBE], capture_output=True, text=True, timeout=120,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"}).stdout
+    except (OSError, subprocess.SubprocessError) as e:
+        return {**out, "onednn_bf16_matmul": f"probe failed: {e}"}
+    isa = re.search(r"onednn_verbose,[^\n]*,info,cpu,isa:([^\n]+)", text)
+    impl = re.search(r"primitive,exec,cpu,(?:matmul|inner_product),([^,]+),[^\n]*src:bf16", text)
+    out["onednn_isa"] = isa.group(1).strip() if isa else None
+    out["onednn_bf16_matmul"] = impl.group(1) if impl else "not oneDNN (reference kernels)"
+    return out
+
+
 def matmul_peak(n: int = 2048, repeats: int = 8, dtype: torch.dtype = torch.float32, device: str = "cpu") -> float:
     """Median FLOP/s of an n×n×n matmul (2n³ FLOPs)."""
     a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
@@ -314,38 +348,46 @@ def bench_model(name: str, opts: SpeedOptions, seq_len: int, peak_flops: float |
         print(f"  {name}: no peer ({why})")
     kind = zoo.kind
     rows = []
-    for precision in opts.precisions:
-        for mode in opts.modes:
-            wls = [zoo] + ([peer] if peer else [])
-            steps = {w.label: make_step(w, mode, precision, opts.device, opts.compile) for w in wls}
-            times = time_interleaved(steps, opts.warmup, opts.rounds, opts.steps, opts.device)
-            mem = {w.label: peak_memory_mb(steps[w.label], opts.device) if opts.memory else None for w in wls}
-            load = os.getloadavg()[0]
-            for w in wls:
-                med = statistics.median(times[w.label])
-                row = {
-                    "model": name, "impl": w.label, "side": "zoo" if w is zoo else "peer", "kind": kind, "mode": mode,
-                    "precision": precision, "compile": opts.compile, "grad_ckpt": opts.gradient_checkpointing,
-                    "batch": w.batch, "seq_len": zoo.inputs["input_ids"].shape[1] if "input_ids" in zoo.inputs else None,
-                    "tgt_len": zoo.inputs["decoder_input_ids"].shape[1] if "decoder_input_ids" in zoo.inputs else None,
-                    "img_size": zoo.inputs["images"].shape[-1] if "images" in zoo.inputs else None,
-                    "params": w.params, "macs_per_sample": w.macs_per_sample,
-                    "median_ms": med * 1e3, "min_ms": min(times[w.label]) * 1e3, "n_timed": len(times[w.label]),
-                    "samples_per_s": w.batch / med, "tokens_per_s": w.batch * w.tokens_per_sample / med,
-                    "peak_mem_mb": mem[w.label], "load_avg_1m": load,
-                }
-                row["matmul_peak_gflops"] = peak_flops / 1e9 if peak_flops else None
-                if mode == "forward" and w.macs_per_sample:
-                    row["achieved_gflops"] = 2 * w.macs_per_sample * w.batch / med / 1e9
-                    if peak_flops and precision == "fp32":
-                        row["utilisation"] = row["achieved_gflops"] * 1e9 / peak_flops
-                rows.append(row)
+    for mode in opts.modes:
+        wls = [zoo] + ([peer] if peer else [])
+        # every (implementation, precision) of this mode in one interleaved timing: bf16 ÷ fp32 compares like with like
+        keys = [(w, p) for p in opts.precisions for w in wls]
+        steps = {f"{w.label}|{p}": make_step(w, mode, p, opts.device, opts.compile) for w, p in keys}
+        times = time_interleaved(steps, opts.warmup, opts.rounds, opts.steps, opts.device)
+        load = os.getloadavg()[0]
+        by_key = {}
+        for w, precision in keys:
+            key = f"{w.label}|{precision}"
+            med = statistics.median(times[key])
+            row = {
+                "model": name, "impl": w.label, "side": "zoo" if w is zoo else "peer", "kind": kind, "mode": mode,
+                "precision": precision, "compile": opts.compile, "grad_ckpt": opts.gradient_checkpointing,
+                "batch": w.batch, "seq_len": zoo.inputs["input_ids"].shape[1] if "input_ids" in zoo.inputs else None,
+                "tgt_len": zoo.inputs["decoder_input_ids"].shape[1] if "decoder_input_ids" in zoo.inputs else None,
+                "img_size": zoo.inputs["images"].shape[-1] if "images" in zoo.inputs else None,
+                "params": w.params, "macs_per_sample": w.macs_per_sample,
+                "median_ms": med * 1e3, "min_ms": min(times[key]) * 1e3, "n_timed": len(times[key]),
+                "samples_per_s": w.batch / med, "tokens_per_s": w.batch * w.tokens_per_sample / med,
+                "peak_mem_mb": peak_memory_mb(steps[key], opts.device) if opts.memory else None, "load_avg_1m": load,
+            }
+            row["matmul_peak_gflops"] = peak_flops / 1e9 if peak_flops else None
+            if mode == "forward" and w.macs_per_sample:
+                row["achieved_gflops"] = 2 * w.macs_per_sample * w.batch / med / 1e9
+                if peak_flops and precision == "fp32":
+                    row["utilisation"] = row["achieved_gflops"] * 1e9 / peak_flops
+            fp32 = by_key.get((w.label, "fp32"))
+            if precision != "fp32" and fp32 is not None:
+                row["vs_fp32"] = fp32["median_ms"] / row["median_ms"]  # > 1: the low precision is faster
+            by_key[(w.label, precision)] = row
+            rows.append(row)
+        for precision in opts.precisions:
+            z = by_key[(zoo.label, precision)]
             if peer:
-                z, p = rows[-2], rows[-1]
+                p = by_key[(peer.label, precision)]
                 z["vs_peer"] = p["median_ms"] / z["median_ms"]
                 z["peer"] = p["impl"]
             elif why:
-                rows[-1]["no_peer"] = why
+                z["no_peer"] = why
     return rows
 
 
@@ -353,6 +395,9 @@ def run_speed(names: list[str], opts: SpeedOptions, log=print) -> dict:
     info = machine_info()
     peak = matmul_peak(opts.peak_size, device=opts.device)
     info["matmul_peak_gflops_fp32"] = peak / 1e9
+    if any(p != "fp32" for p in opts.precisions):
+        info.update(bf16_kernels(opts.device))
+        log(f"bf16: {', '.join(f'{k} = {v}' for k, v in info.items() if 'bf16' in k or k == 'onednn_isa')}")
     log(f"machine: {info['cpu']}, {info['torch_threads']} torch threads, torch {info['torch']}, "
         f"load avg {info['load_avg_1m']:.2f}; float32 matmul peak ({opts.peak_size}³ sgemm, median) = {peak / 1e9:.1f} GFLOP/s")
     rows = []
@@ -389,7 +434,7 @@ def check_goals(rows: list[dict]) -> list[dict]:
 
 def format_table(rows: list[dict]) -> str:
     head = (f"{'model':24s} {'impl':36s} {'mode':7s} {'prec':4s} {'batch':>5s} {'len':>8s} {'params':>8s} {'MACs/s.':>8s} "
-            f"{'ms':>8s} {'samples/s':>9s} {'tokens/s':>9s} {'mem MB':>7s} {'GFLOP/s':>7s} {'util':>5s} {'vs peer':>7s}")
+            f"{'ms':>8s} {'samples/s':>9s} {'tokens/s':>9s} {'mem MB':>7s} {'GFLOP/s':>7s} {'util':>5s} {'vs peer':>7s} {'vs fp32':>7s}")
     lines = [head, "-" * len(head)]
     for r in rows:
         length = f"{r['seq_len']}>{r['tgt_len']}" if r["seq_len"] and r["tgt_len"] else str(r["seq_len"] or f"{r['img_size']}px")
@@ -398,7 +443,8 @@ def format_table(rows: list[dict]) -> str:
             f"{r['model']:24s} {r['impl'][:36]:36s} {r['mode']:7s} {r['precision']:4s} {r['batch']:5d} {length:>8s} "
             f"{r['params'] / 1e6:7.1f}M {_si(r['macs_per_sample']):>8s} {r['median_ms']:8.1f} {r['samples_per_s']:9.2f} "
             f"{r['tokens_per_s']:9.0f} {fmt(r['peak_mem_mb'], '7.0f'):>7s} {fmt(r.get('achieved_gflops'), '7.1f'):>7s} "
-            f"{fmt(r.get('utilisation'), '5.0%'):>5s} {fmt(r.get('vs_peer'), '6.2f') + ('x' if 'vs_peer' in r else ''):>7s}")
+            f"{fmt(r.get('utilisation'), '5.0%'):>5s} {fmt(r.get('vs_peer'), '6.2f') + ('x' if 'vs_peer' in r else ''):>7s} "
+            f"{fmt(r.get('vs_fp32'), '6.2f') + ('x' if 'vs_fp32' in r else ''):>7s}")
     return "\n".join(lines)
 
 
