@@ -275,7 +275,7 @@ def test_rmsnorm_replaces_every_token_norm(pool):
     (dict(norm="batchnorm"), "norm must be one of 'layernorm', 'rmsnorm', got 'batchnorm'"),
     (dict(norm="rmsnorm_fp32"), "norm must be one of"),
     (dict(mlp="swiglu"), "mlp must be one of 'mlp', 'glu', got 'swiglu'"),
-    (dict(norm_first="post"), "norm_first must be True"),
+    (dict(norm_first="post"), "norm_first='post' is not a bool"),  # a string for a bool field: read as YAML, refused
     (dict(pos_embed="rope", dim=40, num_heads=4), "pos_embed='rope' needs a head_dim"),
     (dict(pos_embed="sincos", dim=66, num_heads=3), "pos_embed='sincos' needs a dim divisible by 4"),
     (dict(norm_first=False, layer_scale=1e-5), "layer_scale=1e-05 needs pre-norm blocks"),

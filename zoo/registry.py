@@ -99,7 +99,7 @@ def _typed(name: str, config: Any, overrides: dict) -> dict:
         if parsed is None and default is not None and type(None) not in typing.get_args(hint):
             parsed = value
         if isinstance(parsed, str) or (isinstance(parsed, bool) and not isinstance(default, bool) and default is not None):
-            raise TypeError(f"{name}: {key}={value!r} is not a {getattr(hint, '__name__', hint)} "
+            raise ValueError(f"{name}: {key}={value!r} is not a {getattr(hint, '__name__', hint)} "
                             f"(default {default!r}); give a value of that type")
         out[key] = tuple(parsed) if isinstance(parsed, list) and isinstance(default, tuple) else parsed
     return out
