@@ -1,7 +1,7 @@
 """torch.compile over the registry: every family compiles as one graph (fullgraph=True) for inference and
 for a training step, and with dynamic shapes a new batch size (and, for text, a new length) reuses the
-compiled graph instead of recompiling (the recurrent families cannot yet: NOT_YET says why). The `compile` switch of the tasks compiles in place, so checkpoints
-keep their plain keys.
+compiled graph instead of recompiling (the recurrent families cannot yet: NOT_YET says why). The
+`compile` switch of the tasks compiles in place, so checkpoints keep their plain keys.
 
 The cases use backend "eager" (dynamo only: graph breaks and guards) and "aot_eager" (dynamo plus
 AOTAutograd's forward and backward graphs) to stay fast; inductor's code generation is checked on two
