@@ -23,7 +23,8 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from ..core import AdditiveAttention, KVCache, check_pad_token
 from ..generation import GenerationMixin
-from ..core.position import check_attention_mask, check_batch_sizes, check_decoder_inputs, check_token_ids, require_decoder_input_ids
+from ..core.position import (can_inspect, check_attention_mask, check_batch_sizes, check_decoder_inputs, check_token_ids,
+                             require_decoder_input_ids)
 from ..contract import DecoderOnly, Inputs, ZooModel, seq2seq_inputs
 from ..registry import register_model
 
@@ -97,6 +98,8 @@ class RecurrentSeq2Seq(ZooModel, GenerationMixin, nn.Module):
             raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)} but input_ids has {tuple(shape)}")
         mask = attention_mask.bool()
         lengths = mask.sum(1)
+        if not can_inspect(mask):  # compiling or tracing: the values are not known
+            return lengths
         if (lengths == 0).any():
             raise ValueError("a source sequence is all padding; every row needs at least one token")
         if not torch.equal(mask, torch.arange(shape[1], device=mask.device)[None] < lengths[:, None]):
