@@ -42,9 +42,9 @@ CASES = {
 # dynamo settings a family needs: nn.LSTM is a graph break unless allow_rnn (off by default)
 DYNAMO_CONFIG = {"lstm_lm": {"allow_rnn": True}}
 # families that cannot compile as one graph yet, and why: {family: (inference reason, training reason)}
-RECURRENT = ("nn.GRU / nn.LSTM are graph breaks for dynamo by default (torch._dynamo.config.allow_rnn); the encoder "
-             "packs sequences by lengths it reads on the CPU and checks the padding with data-dependent branches, and "
-             "the attention decoder's Python loop over target positions unrolls at every length")
+RECURRENT = ("nn.GRU / nn.LSTM are graph breaks for dynamo by default (torch._dynamo.config.allow_rnn); with them "
+             "allowed, the encoder's pack_padded_sequence (lengths read on the CPU) is a function dynamo refuses to "
+             "trace, and the attention decoder's Python loop over target positions unrolls at every length")
 NOT_YET = {
     "recurrent": (RECURRENT, RECURRENT),
     "lstm_lm": (None, "with allow_rnn the forward is one graph at any length and the training step one graph at fixed "
