@@ -128,7 +128,7 @@ class PatchEmbed(nn.Module):
         p = self.patch_size
         if x.shape[-2] % p or x.shape[-1] % p:
             raise ValueError(f"image size {tuple(x.shape[-2:])} is not a multiple of the patch size {p}; resize or pad the images")
-        weight = rearrange(self.proj.weight, "d (c p1 p2) -> d c p1 p2", p1=p, p2=p)
+        weight = self.proj.weight.unflatten(1, (-1, p, p))  # (dim, c*p*p) -> (dim, c, p, p), a view
         return rearrange(F.conv2d(x, weight, self.proj.bias, stride=p), "b d gh gw -> b (gh gw) d")
 
 
