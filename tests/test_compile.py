@@ -135,7 +135,7 @@ def test_inference_compiles_as_one_graph_for_every_batch_and_length(family):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("family", ["vit", "eva", "bert", "t5", "gpt", "llama", "clip"])
+@pytest.mark.parametrize("family", ["vit", "t5", "gpt"])  # image, relative bias, causal cache: the rest are covered by declared dynamic axes above
 def test_dynamic_true_compiles_once_for_every_batch_and_length(family):
     """torch.compile(dynamic=True) makes every dimension symbolic from the first call; still one graph."""
     compile_over_sizes(family, False, "eager", check_inference, dynamic=True)
@@ -163,7 +163,7 @@ def test_training_step_compiles_as_one_graph_with_the_eager_gradients(family):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("family", ["vit", "gpt"])
+@pytest.mark.parametrize("family", ["vit"])  # inductor codegen is slow on CPU: one family in the suite, more by hand
 def test_inductor_matches_eager(family):
     model = build(family).eval()
     compiled = torch.compile(model, fullgraph=True, dynamic=True)
