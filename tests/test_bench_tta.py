@@ -76,11 +76,12 @@ def test_summary_matches_a_hand_computation(tmp_path):
 def test_tiny_tta_end_to_end(tmp_path, capsys):
     from zoo.bench.tta import main
 
-    path = write(tmp_path, seeds=[0])
+    path = write(tmp_path, seeds=[0], reference="fast", settings={"fast": {"budget": {"max_steps": 2}, "overrides": {
+        "model.init_args.model_kwargs.dim": 32, "model.init_args.model_kwargs.num_heads": 2}}})
     assert main(["--config", str(path)]) == 0
     out = capsys.readouterr().out
     table = (tmp_path / "store" / "table.md").read_text()
-    assert "| slow | 2 steps | 1 |" in table and "| fast | 2 steps | 1 |" in table and "tiny_tta" in out
+    assert "| fast | 2 steps | 1 |" in table and "| 1.00× |" in table and "tiny_tta" in out
     rows = read_rows(tmp_path / "store" / "fast")
     assert len(rows) == 1 and rows[0]["wall_seconds"] > rows[0]["train_seconds"] > 0
     assert rows[0]["run_dir"].startswith("runs/fast/seed0")  # relative to the store: the store is committed
