@@ -264,3 +264,35 @@ def test_decoder_padding_mask_hides_pads_and_never_empties_a_row():
     last = decoder_padding_mask(am, 1)  # one new query after a cached prefix
     assert last.shape == (2, 1, 1, 5) and last[0, 0, 0].tolist() == [False, False, True, True, True]
     assert decoder_padding_mask(None, 3) is None
+
+
+def test_stack_folds_mask_into_bias_once_with_the_per_layer_result():
+    """TransformerStack folds padding + causal masks into the additive bias once; each block then gets one
+    attn_mask. The result equals running the blocks with the mask, causal flag and bias unfolded."""
+    from zoo.core import BlockConfig, TransformerStack, fold_mask_into_bias
+
+    torch.manual_seed(0)
+    stack = TransformerStack(BlockConfig(dim=16, num_heads=2, mlp_hidden=32), depth=2).eval()
+    x, bias = torch.randn(3, 5, 16), torch.randn(1, 2, 5, 5)
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0], [1, 1, 1, 1, 0]]).bool()[:, None, None, :]
+    for causal in (False, True):
+        ref = x
+        for block in stack.blocks:
+            ref = block(ref, mask=mask, causal=causal, bias=bias)
+        out = stack(x, mask=mask, causal=causal, bias=bias)
+        torch.testing.assert_close(out, stack.norm(ref), rtol=1e-5, atol=1e-6)
+    folded = fold_mask_into_bias(bias, mask, causal=True)
+    assert folded.shape == (3, 2, 5, 5) and folded[1, :, 4, 3:].eq(torch.finfo(torch.float32).min).all()
+    assert folded[0, :, 0, 1].eq(torch.finfo(torch.float32).min).all() and folded[0, :, 1, 0].eq(bias[0, :, 1, 0]).all()
+
+
+def test_fp32_bias_under_bf16_stays_finite_on_a_fully_masked_row():
+    from zoo.core.attention import attention
+
+    q = k = v = torch.randn(1, 1, 3, 4, dtype=torch.bfloat16)
+    bias = torch.zeros(1, 1, 3, 3)
+    bias[..., 0, :] = torch.finfo(torch.float32).min  # a query that may attend to nothing (all keys padded)
+    out, _ = attention(q, k, v, bias=bias)
+    # clamped to bf16's lowest finite value: the row's scores are all equal, so it averages v (as a boolean mask
+    # folded per layer did); an -inf row would give SDPA's empty-row result (0 on CPU, NaN elsewhere)
+    torch.testing.assert_close(out[0, 0, 0], v[0, 0].float().mean(0).to(v.dtype), rtol=2e-2, atol=2e-2)

@@ -59,6 +59,8 @@ def attention(
     if bias is not None:
         # SDPA takes one mask: fold the boolean mask into the additive bias.
         attn_mask = bias.to(q.dtype)
+        if bias.dtype != q.dtype and bias.is_floating_point():  # e.g. fp32 bias under bf16 autocast: fp32's lowest
+            attn_mask = attn_mask.clamp_min(torch.finfo(q.dtype).min)  # would become -inf (NaN on a fully masked row)
         if mask is not None:
             attn_mask = attn_mask.masked_fill(~mask, torch.finfo(q.dtype).min)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, scale=scale)

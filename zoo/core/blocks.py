@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from .attention import KVCache, MultiHeadAttention
+from .masks import fold_mask_into_bias
 from .layers import DropPath, FeedForward, LayerScale, make_norm
 from .position import RotaryEmbedding
 
@@ -135,6 +136,10 @@ class TransformerStack(nn.Module):
         self.gradient_checkpointing = False
 
     def forward(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
+        if kwargs.get("bias") is not None and (kwargs.get("mask") is not None or kwargs.get("causal")):
+            # one additive mask for every layer's self-attention, built once here rather than in each layer
+            kwargs = {**kwargs, "bias": fold_mask_into_bias(kwargs["bias"], kwargs.get("mask"), kwargs.get("causal", False)),
+                      "mask": None, "causal": False}
         for block in self.blocks:
             if self.gradient_checkpointing and self.training and kwargs.get("cache") is None:
                 x = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False, **kwargs)

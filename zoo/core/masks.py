@@ -38,6 +38,15 @@ def combine_masks(*masks: torch.Tensor | None) -> torch.Tensor | None:
     return out
 
 
+def fold_mask_into_bias(bias: torch.Tensor, mask: torch.Tensor | None, causal: bool) -> torch.Tensor:
+    """An additive bias (B|1, H, Lq, Lk) with the boolean mask (and the causal mask) folded in: what SDPA takes as
+    its one attn_mask. A stack does this once for all its layers (T5: the relative bias of every layer is the
+    same) instead of once per layer; masked entries hold the dtype's lowest finite value."""
+    if causal:
+        mask = combine_masks(mask, causal_mask(bias.shape[-2], bias.shape[-1], bias.device))
+    return bias if mask is None else bias.masked_fill(~mask, torch.finfo(bias.dtype).min)
+
+
 def decoder_padding_mask(attention_mask: torch.Tensor | None, q_len: int) -> torch.Tensor | None:
     """Padding mask for a (left-)padded decoder-only batch: (B, Lk) 1/0 keep-mask over past + new
     tokens -> (B, 1, q_len, Lk) boolean for the last q_len positions (AND it with the causal mask).
