@@ -87,3 +87,13 @@ def test_tiny_tta_end_to_end(tmp_path, capsys):
     assert rows[0]["run_dir"].startswith("runs/fast/seed0")  # relative to the store: the store is committed
     assert main(["--config", str(path)]) == 0  # resumed: nothing left to train
     assert "0 to run" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs" / "bench").glob("tta_*.yaml")), ids=lambda p: p.stem)
+def test_shipped_tta_files_validate_without_training(path):
+    from zoo.compare import validate_study
+
+    tta = load_tta(path)
+    assert tta.reference in tta.studies and 0 < tta.target <= 1
+    for study in tta.studies.values():
+        validate_study(study)  # every override through the recipe's parser, every model config built on meta
