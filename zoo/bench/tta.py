@@ -59,15 +59,10 @@ def _recipe_budget(recipe: Path) -> dict:
 
 def load_tta(path: str | Path, store: str | Path | None = None) -> TTA:
     """Read a time-to-accuracy file; each setting becomes a one-variant `zoo compare` study (checked the same way)."""
-    from ..compare.study import find_study
+    from ..compare.study import find_study, read_mapping
 
     path = find_study(str(path))
-    raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    if not isinstance(raw, dict):
-        raise StudyError(f"{path} must be a mapping with keys {', '.join(KEYS)}")
-    unknown = sorted(set(raw) - set(KEYS))
-    if unknown:
-        raise StudyError(f"{path}: unknown key(s) {', '.join(unknown)}; accepted: {', '.join(KEYS)}")
+    raw = read_mapping(path, KEYS, "time-to-accuracy file")
     name = str(raw.get("name") or path.stem)
     target = raw.get("target")
     if isinstance(target, bool) or not isinstance(target, (int, float)):

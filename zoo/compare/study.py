@@ -74,18 +74,24 @@ def find_study(path: str) -> Path:
     return p
 
 
-def load_study(path: str | Path, store: str | Path | None = None) -> Study:
-    """Read and check a study file (its structure; `validate_study` checks the overrides against the recipe)."""
-    path = find_study(str(path))
+def read_mapping(path: Path, keys: tuple[str, ...], kind: str) -> dict:
+    """A YAML file that must be a mapping with only these keys; errors name the file and the accepted keys."""
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:
-        raise StudyError(f"study file {path} is not valid YAML: {' '.join(str(e).split())}") from None
+        raise StudyError(f"{kind} {path} is not valid YAML: {' '.join(str(e).split())}") from None
     if not isinstance(raw, dict):
-        raise StudyError(f"study file {path} must be a mapping with keys {', '.join(STUDY_KEYS)}")
-    unknown = sorted(set(raw) - set(STUDY_KEYS))
+        raise StudyError(f"{kind} {path} must be a mapping with keys {', '.join(keys)}")
+    unknown = sorted(set(raw) - set(keys))
     if unknown:
-        raise StudyError(f"study file {path}: unknown key(s) {', '.join(unknown)}; accepted: {', '.join(STUDY_KEYS)}")
+        raise StudyError(f"{kind} {path}: unknown key(s) {', '.join(unknown)}; accepted: {', '.join(keys)}")
+    return raw
+
+
+def load_study(path: str | Path, store: str | Path | None = None) -> Study:
+    """Read and check a study file (its structure; `validate_study` checks the overrides against the recipe)."""
+    path = find_study(str(path))
+    raw = read_mapping(path, STUDY_KEYS, "study file")
     name = str(raw.get("name") or path.stem)
     if not _NAME.match(name):
         raise StudyError(f"study name {name!r} must be letters, digits, '_', '-', '.' or '+' (it names the store folder)")
