@@ -246,10 +246,52 @@ def render(preamble: str, names: list[str], macs: dict, results) -> str:
         for r in sorted(comparisons, key=lambda r: str(r.get("recipe"))):
             parts += comparison_lines(r) + [""]
         parts.pop()
+    parts += study_lines(ROOT / "results" / "compare")
     for fam in sorted(families):
         parts += ["", f"## {fam}", ""]
         parts += [card(n, macs, speed.get(n, []), training.get(n, [])) for n in families[fam]]
     return "\n".join(parts).rstrip("\n") + "\n"
+
+
+def study_lines(root: Path) -> list[str]:
+    """## Studies: every `zoo compare` store with a table.csv (mean, 95% CI, paired difference to the baseline)."""
+    import csv
+
+    import yaml
+
+    def f(v: str) -> str:
+        return "–" if v in ("", None) or v.lower() == "nan" else f"{float(v):.4f}"
+
+    def fs(v: str) -> str:
+        return "–" if v in ("", None) or v.lower() == "nan" else f"{float(v):+.4f}"
+
+    stores = sorted(p.parent for p in root.glob("*/table.csv"))
+    if not stores:
+        return []
+    out = ["", "## Studies (`zoo compare`)", "",
+           "Every run is a `zoo fit` of the study's recipe at one budget for all variants; intervals are 95% Student-t "
+           "intervals over seeds, differences are paired by seed (**yes**: the interval excludes 0). Full tables, plots "
+           "and every run's row: the study's folder."]
+    for store in stores:
+        study = yaml.safe_load((store / "study.yaml").read_text()) if (store / "study.yaml").is_file() else {}
+        rows = list(csv.DictReader((store / "table.csv").open()))
+        base = next((r for r in rows if not r["diff_mean"]), rows[0])
+        n_runs = sum(int(r["n"]) for r in rows)
+        budget = ", ".join(f"{k} {v}" for k, v in (study.get("budget") or {}).items())
+        out += ["", f"### {store.name}", "",
+                f"`zoo compare --config configs/compare/{store.name}.yaml` — recipe `{study.get('recipe', '?')}`, {budget}, "
+                f"{n_runs} runs of {len(study.get('variants') or rows) * len(study.get('seeds') or [0])} planned "
+                f"([table]({store.relative_to(ROOT)}/table.md)). Baseline `{base['variant']}`: "
+                f"{f(base['mean'])}, 95% CI half-width ±{f(base['ci_half'])} (n={base['n']}).", "",
+                f"| variant | n | {rows[0]['metric']} mean | 95% CI | Δ vs baseline [95% CI] | significant | params |",
+                "|---|---:|---:|---:|---:|:---:|---:|"]
+        for r in rows:
+            ci = f"[{f(r['ci_low'])}, {f(r['ci_high'])}]"
+            diff = "baseline" if r is base else f"{fs(r['diff_mean'])} [{f(r['diff_low'])}, {f(r['diff_high'])}]"
+            sig = "" if r is base else ("**yes**" if r["significant"] == "True" else "no")
+            out.append(f"| {r['variant']} | {r['n']} | {f(r['mean'])} | {ci} | {diff} | {sig} | "
+                       f"{_si(float(r['params'])) if r['params'] else '-'} |")
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
