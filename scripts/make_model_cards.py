@@ -214,7 +214,7 @@ def pretrained_lines() -> list[str]:
     return lines
 
 
-def render(preamble: str, names: list[str], macs: dict, results) -> str:
+def render(preamble: str, names: list[str], macs: dict, results, studies: Path | None = None) -> str:
     speed, training = results
     families: dict[str, list[str]] = {}
     for n in names:
@@ -246,7 +246,7 @@ def render(preamble: str, names: list[str], macs: dict, results) -> str:
         for r in sorted(comparisons, key=lambda r: str(r.get("recipe"))):
             parts += comparison_lines(r) + [""]
         parts.pop()
-    parts += study_lines(ROOT / "results" / "compare")
+    parts += study_lines(studies) if studies is not None else []
     for fam in sorted(families):
         parts += ["", f"## {fam}", ""]
         parts += [card(n, macs, speed.get(n, []), training.get(n, [])) for n in families[fam]]
@@ -281,7 +281,7 @@ def study_lines(root: Path) -> list[str]:
         out += ["", f"### {store.name}", "",
                 f"`zoo compare --config configs/compare/{store.name}.yaml` — recipe `{study.get('recipe', '?')}`, {budget}, "
                 f"{n_runs} runs of {len(study.get('variants') or rows) * len(study.get('seeds') or [0])} planned "
-                f"([table]({store.relative_to(ROOT)}/table.md)). Baseline `{base['variant']}`: "
+                f"(table and plot: `{store.relative_to(ROOT)}/`). Baseline `{base['variant']}`: "
                 f"{f(base['mean'])}, 95% CI half-width ±{f(base['ci_half'])} (n={base['n']}).", "",
                 f"| variant | n | {rows[0]['metric']} mean | 95% CI | Δ vs baseline [95% CI] | significant | params |",
                 "|---|---:|---:|---:|---:|:---:|---:|"]
@@ -302,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(a.out)
     names = zoo.list_models()
     macs = load_macs(names, ROOT / "results" / "bench" / "macs.json")
-    text = render(read_preamble(out), names, macs, load_results(ROOT))
+    text = render(read_preamble(out), names, macs, load_results(ROOT), ROOT / "results" / "compare")
     if a.check:
         ok = out.exists() and out.read_text() == text
         print("MODEL_CARDS.md is up to date" if ok else "MODEL_CARDS.md is out of date: run python scripts/make_model_cards.py")

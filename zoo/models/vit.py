@@ -128,7 +128,11 @@ class PatchEmbed(nn.Module):
         p = self.patch_size
         if x.shape[-2] % p or x.shape[-1] % p:
             raise ValueError(f"image size {tuple(x.shape[-2:])} is not a multiple of the patch size {p}; resize or pad the images")
-        weight = self.proj.weight.unflatten(1, (-1, p, p))  # (dim, c*p*p) -> (dim, c, p, p), a view
+        weight = getattr(self.proj, "weight", None)
+        if type(self.proj) is not nn.Linear or type(weight) not in (torch.Tensor, nn.Parameter):
+            # a quantized / wrapped projection (int8, torchao): it reads the patches through its own forward
+            return self.proj(rearrange(x, "b c (gh p1) (gw p2) -> b (gh gw) (c p1 p2)", p1=p, p2=p))
+        weight = weight.unflatten(1, (-1, p, p))  # (dim, c*p*p) -> (dim, c, p, p), a view
         return rearrange(F.conv2d(x, weight, self.proj.bias, stride=p), "b d gh gw -> b (gh gw) d")
 
 
