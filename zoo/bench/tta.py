@@ -31,7 +31,7 @@ from typing import Any
 import yaml
 
 from ..compare.report import t_interval
-from ..compare.study import BUDGET_KEYS, ROOT, Study, StudyError, load_study
+from ..compare.study import BUDGET_KEYS, ROOT, Study, StudyError, _find, load_study
 
 KEYS = ("name", "description", "recipe", "metric", "target", "reference", "seeds", "settings", "store")
 SETTING_KEYS = ("description", "overrides", "budget")
@@ -109,10 +109,10 @@ def _study_from(raw: dict, path: Path, store: Path) -> Study:
 
 
 def _abs_recipe(recipe: Any, path: Path) -> Path:
-    for cand in (Path(str(recipe)), path.parent / str(recipe), ROOT / str(recipe)):
-        if cand.is_file():
-            return cand.resolve()
-    raise StudyError(f"{path}: recipe {recipe!r} does not exist (looked in the working directory, {path.parent} and {ROOT})")
+    found = _find(str(recipe), path)  # the working directory, next to the file, the repository: as study files
+    if found is None:
+        raise StudyError(f"{path}: recipe {recipe!r} does not exist (looked in the working directory, {path.parent} and {ROOT})")
+    return found
 
 
 def summarise(tta: TTA, rows_by_setting: dict[str, list[dict]]) -> list[dict]:
