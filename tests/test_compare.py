@@ -120,7 +120,7 @@ def test_unknown_study_file_names_the_shipped_ones(capsys):
     assert code == 1 and "study file configs/compare/nope.yaml does not exist" in err and "quick_mnist.yaml" in err
 
 
-@pytest.mark.parametrize("name", ["vit_mnist_ablation", "seq2seq_numbers", "quick_mnist"])
+@pytest.mark.parametrize("name", ["vit_mnist_ablation", "vit_mnist_ablation_more", "seq2seq_numbers", "quick_mnist"])
 def test_shipped_studies_validate_without_training(name):
     study = load_study(ROOT / "configs" / "compare" / f"{name}.yaml")
     models = validate_study(study)  # every override through the recipe's parser, every model config built
