@@ -7,7 +7,7 @@ import torch
 import zoo
 from zoo.bench.cli import speed_main
 from zoo.bench.peers import PeerUnavailable, build_peer
-from zoo.bench.speed import (check_goals, count_macs, example_inputs, peak_memory_mb, time_interleaved, zoo_call)
+from zoo.bench.speed import (check_goals, count_macs, format_goals, example_inputs, peak_memory_mb, time_interleaved, zoo_call)
 from zoo.registry import count_parameters
 
 PEER_CASES = {  # tiny versions of each family; the peer must have the same parameters and MACs
@@ -71,6 +71,34 @@ def test_goals_compare_ratios_and_utilisation():
     goals = {g["goal"]: g["met"] for g in check_goals(rows)}
     assert goals == {"vit_small_patch16_224 forward ≥ 1.0× timm": True, "vit_small_patch16_224 train ≥ 1.0× timm": False,
                      "vit_small_patch16_224 forward ≥ 80% of sgemm peak": False}
+
+
+def test_goals_of_compile_and_bf16_use_the_right_rows():
+    base = dict(model="bert_base", side="zoo", batch=8, grad_ckpt=False, seq_len=128, tgt_len=None,
+                peer="transformers.BertModel", mode="train")
+    rows = [dict(base, precision="fp32", compile=False, vs_peer=1.01),
+            dict(base, precision="fp32", compile=True, vs_peer=0.98, vs_peer_eager=1.12, vs_eager=1.11),
+            dict(base, precision="bf16", compile=False, vs_peer=1.0, vs_fp32=1.79),
+            dict(base, precision="bf16", compile=True, vs_peer=2.0, vs_fp32=2.5)]  # not a goal setting: ignored
+    goals = {g["goal"]: (g["met"], g["value"]) for g in check_goals(rows)}
+    assert goals == {"bert_base train ≥ 1.0× transformers.BertModel": (True, 1.01),
+                     "bert_base compiled train ≥ 1.10× transformers.BertModel eager": (True, 1.12),
+                     "bert_base compiled train ≥ 1.0× transformers.BertModel compiled": (False, 0.98),
+                     "bert_base bf16 train ≥ 1.8× float32": (False, 1.79)}
+    assert "[MISSED] bert_base bf16 train ≥ 1.8× float32: 1.79x" in format_goals(check_goals(rows))
+
+
+@pytest.mark.slow
+def test_speed_compile_both_times_eager_and_compiled_in_one_run(tmp_path):
+    speed_main(["vit_digits", "--vs-peers", "--batch-size", "4", "--warmup", "1", "--rounds", "2", "--steps", "1",
+                "--modes", "train", "--compile", "both", "--no-memory", "--peak-size", "128", "--out", str(tmp_path)])
+    rows = json.loads((tmp_path / "speed.json").read_text())["rows"]
+    assert {(r["side"], r["compile"]) for r in rows} == {(s, c) for s in ("zoo", "peer") for c in (False, True)}
+    med = {(r["side"], r["compile"]): r["median_ms"] for r in rows}
+    z = next(r for r in rows if r["side"] == "zoo" and r["compile"])
+    assert z["vs_eager"] == pytest.approx(med[("zoo", False)] / med[("zoo", True)])
+    assert z["vs_peer"] == pytest.approx(med[("peer", True)] / med[("zoo", True)])
+    assert z["vs_peer_eager"] == pytest.approx(med[("peer", False)] / med[("zoo", True)])
 
 
 def test_speed_cli_writes_a_table_with_peer_ratios(tmp_path, capsys):

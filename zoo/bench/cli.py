@@ -49,11 +49,13 @@ def resolve_models(patterns: list[str], default: list[str]) -> list[str]:
 
 
 def speed_main(argv: list[str]) -> int:
-    from .speed import GOALS, SpeedOptions, format_goals, format_table, run_speed
+    from .speed import GOAL_SETTINGS, GOALS, SpeedOptions, format_goals, format_table, run_speed
 
     ap = argparse.ArgumentParser(prog="zoo bench speed", description="Throughput, MACs and memory of zoo models (and their peers).")
     ap.add_argument("patterns", nargs="*", help="model names or wildcards; default: the goal models of issue 7")
-    ap.add_argument("--goals", action="store_true", help="run exactly the goal configurations (implies --vs-peers)")
+    ap.add_argument("--goals", action="store_true",
+                    help="run exactly the goal configurations (implies --vs-peers): float32 eager, bf16 autocast and "
+                         "float32 compiled, timed in the same interleaved rounds")
     ap.add_argument("--batch-size", type=int, help="default: 16 images / 8 sequences")
     ap.add_argument("--seq-lens", type=_ints, default=(128,), help="source lengths, e.g. 64,128,256,512")
     ap.add_argument("--tgt-len", type=int, default=32, help="decoder length of encoder-decoders")
@@ -61,7 +63,8 @@ def speed_main(argv: list[str]) -> int:
     ap.add_argument("--precision", type=_choices(("fp32", "bf16")), default=("fp32",), help="fp32,bf16 (bf16 = autocast)")
     ap.add_argument("--modes", type=_choices(("forward", "train")), default=("forward", "train"))
     ap.add_argument("--vs-peers", action="store_true", help="also time the reference implementation, interleaved")
-    ap.add_argument("--compile", action="store_true", help="torch.compile both sides")
+    ap.add_argument("--compile", nargs="?", const="on", default="off", choices=("off", "on", "both"),
+                    help="torch.compile both sides; `--compile both` times eager and compiled in the same rounds")
     ap.add_argument("--gradient-checkpointing", action="store_true")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=5, help="timed rounds (alternating zoo / peer)")
@@ -77,7 +80,8 @@ def speed_main(argv: list[str]) -> int:
 
         torch.set_num_threads(a.threads)
     opts = SpeedOptions(batch_size=a.batch_size, seq_lens=a.seq_lens, tgt_len=a.tgt_len, img_size=a.img_size,
-                        precisions=a.precision, modes=a.modes, vs_peers=a.vs_peers or a.goals, compile=a.compile,
+                        precisions=a.precision, modes=a.modes, vs_peers=a.vs_peers or a.goals,
+                        compile={'off': False, 'on': True, 'both': 'both'}[a.compile],
                         gradient_checkpointing=a.gradient_checkpointing, warmup=a.warmup, rounds=a.rounds, steps=a.steps,
                         memory=not a.no_memory, peak_size=a.peak_size)
     if a.goals:
@@ -89,6 +93,7 @@ def speed_main(argv: list[str]) -> int:
                 print(f"- {model}: not registered yet, skipped")
                 continue
             opts.batch_size, opts.seq_lens, opts.tgt_len = batch, (seq or 128,), tgt or 32
+            opts.settings = GOAL_SETTINGS
             part = run_speed([model], opts)
             result = {**part, "rows": result["rows"] + part["rows"]}
             print(format_table(part["rows"]))
