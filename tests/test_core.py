@@ -77,6 +77,18 @@ def test_padding_mask_rejects_wrong_rank():
         padding_mask(torch.ones(2, 1, 5))
 
 
+def test_padding_mask_drops_a_mask_that_keeps_everything_only_in_eager_mode():
+    full, padded = torch.ones(2, 5, dtype=torch.long), torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    assert padding_mask(full) is None and decoder_padding_mask(full, 3) is None  # SDPA's unmasked kernel
+    assert padding_mask(padded)[:, 0, 0].tolist() == padded.bool().tolist()
+    # while a graph is captured the mask stays, so the same graph is right for a padded batch later
+    fn = torch.compile(lambda am: padding_mask(am), backend="eager", fullgraph=True)
+    kept = fn(full)
+    assert kept is not None and kept.shape == (2, 1, 1, 5) and bool(kept.all())
+    traced = torch.jit.trace(lambda am: padding_mask(am).float(), (full,), check_trace=False)
+    assert traced(padded)[:, 0, 0].tolist() == padded.float().tolist()
+
+
 def test_mha_fused_and_separate_projections_agree():
     torch.manual_seed(0)
     fused = MultiHeadAttention(16, 4, fused_qkv=True).eval()
