@@ -142,6 +142,22 @@ def test_bench_quality_is_an_alias_of_compare(capsys):
     assert "study quick_mnist is valid: 12 runs" in out
 
 
+def test_rows_of_another_recipe_text_are_not_mixed_into_a_study(tmp_path):
+    from zoo.compare.runner import plan, recipe_sha256
+
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(Path(DIGITS).read_text())
+    study = load_study(write_study(tmp_path, recipe=str(recipe)))
+    row = {"variant": "base", "seed": 0, "overrides": {}, "budget": {"max_steps": 3}, "recipe": "recipe.yaml"}
+    append_row(study.store / ROWS, dict(row, recipe_sha256=recipe_sha256(study)))
+    append_row(study.store / ROWS, dict(row, seed=1))  # a store written before rows carried the fingerprint
+    todo, done = plan(study)
+    assert len(done) == 2 and ("base", 0) not in todo and ("narrow", 0) in todo
+    recipe.write_text(recipe.read_text() + "\n# edited\n")
+    with pytest.raises(StudyError, match=r"variant base seed 0 trained from another text of the recipe recipe.yaml"):
+        plan(study)
+
+
 def test_a_run_folder_in_use_is_not_moved_aside(tmp_path):
     from zoo.compare.runner import move_aside
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import platform
@@ -40,6 +41,7 @@ class RunSpec:
     recipe: str
     git_rev: str | None = None
     cwd: str = "."
+    recipe_sha256: str | None = None
     env: dict = field(default_factory=dict)
 
 
@@ -74,7 +76,8 @@ def run_one(spec: RunSpec) -> dict:
 
     row = {"study": spec.study, "variant": spec.variant, "seed": spec.seed, "metric": spec.metric,
            "value": metrics[spec.metric], "metrics": metrics, **rec, "wall_seconds": time.time() - t0,
-           "budget": spec.budget, "overrides": spec.overrides, "recipe": spec.recipe, "threads": spec.threads,
+           "budget": spec.budget, "overrides": spec.overrides, "recipe": spec.recipe,
+           "recipe_sha256": spec.recipe_sha256, "threads": spec.threads,
            "versions": {"zoo": __version__, "torch": torch.__version__, "python": platform.python_version(),
                         "lightning": _version("lightning")},
            "git_rev": spec.git_rev, "host": platform.node(), "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
@@ -145,15 +148,26 @@ def threads_per_job(jobs: int) -> int:
     return max(1, total // jobs)
 
 
+def recipe_sha256(study: Study) -> str:
+    """The recipe file's fingerprint: a row trained from another recipe text is not mixed into the study."""
+    return hashlib.sha256(study.recipe.read_bytes()).hexdigest()
+
+
 def plan(study: Study) -> tuple[list[tuple[str, int]], list[dict]]:
     """The runs still to do, and the store's rows of this study's runs. A finished row whose overrides or
-    budget differ from the study's is an error: the study changed under its store."""
+    budget differ from the study's, or that was trained from another text of the recipe file, is an error: the
+    study changed under its store."""
     rows = read_rows(study.store)
     done = {}
+    sha = recipe_sha256(study)
     for r in rows:
         if r.get("variant") not in study.variants or r.get("seed") not in study.seeds:
             continue
         v = r["variant"]
+        if r.get("recipe_sha256") not in (None, sha):  # rows of stores written before the fingerprint carry none
+            raise StudyError(f"study {study.name}: the store {study.store} holds variant {v} seed {r['seed']} trained "
+                             f"from another text of the recipe {study.recipe.name} (sha256 {r['recipe_sha256'][:12]}, "
+                             f"now {sha[:12]}); restore the recipe (git log -p {r.get('recipe')}) or use another store")
         if r.get("overrides") != study.variants[v] or r.get("budget") != study.budget:
             raise StudyError(f"study {study.name}: the store {study.store} holds variant {v} seed {r['seed']} with "
                              f"overrides {r.get('overrides')} and budget {r.get('budget')}, but the study now says "
@@ -182,7 +196,7 @@ def move_aside(run_dir: Path) -> Path | None:
 
 
 def specs(study: Study, todo: list[tuple[str, int]], threads: int) -> list[RunSpec]:
-    rev = git_rev()
+    rev, sha = git_rev(), recipe_sha256(study)
     out = []
     for variant, seed in todo:
         run_dir = study.run_dir(variant, seed)
@@ -193,7 +207,7 @@ def specs(study: Study, todo: list[tuple[str, int]], threads: int) -> list[RunSp
                            args=fit_args(study, variant, seed, run_dir), run_dir=str(run_dir), threads=threads,
                            metric=study.metric, overrides=study.variants[variant], budget=study.budget,
                            recipe=str(study.recipe.relative_to(ROOT) if study.recipe.is_relative_to(ROOT) else study.recipe),
-                           git_rev=rev, cwd=os.getcwd()))
+                           git_rev=rev, cwd=os.getcwd(), recipe_sha256=sha))
     return out
 
 
