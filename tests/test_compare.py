@@ -76,6 +76,14 @@ def test_aggregation_matches_a_hand_computation(tmp_path):
     table = (study.store / "table.csv").read_text().splitlines()
     assert table[0].startswith("variant,n,seeds,metric,mean,sd,ci_low,ci_high,ci_half,diff_mean") and len(table) == 5
     assert (study.store / "plot.png").stat().st_size > 10_000
+    assert "Every run on one machine: unknown host, CPU not recorded, ? thread(s)." in md
+
+    for r in rows:  # a study resumed on another machine: its training times are not comparable across the two
+        r.update(host="vm", threads=1, cpu="AMD EPYC" if r["seed"] < 2 else "Intel(R) Xeon(R) Platinum")
+    render(study, rows)
+    md = (study.store / "table.md").read_text()
+    assert ("**Training times come from 2 machines**; compare them only within one machine (each row of runs.jsonl "
+            "names its host): vm, AMD EPYC, 1 thread(s) (7 runs); vm, Intel(R) Xeon(R) Platinum, 1 thread(s) (4 runs).") in md
 
 
 def test_store_appends_whole_lines_and_skips_a_torn_one(tmp_path):
@@ -192,6 +200,7 @@ def test_tiny_study_through_submitit_then_killed_and_resumed(tmp_path, capsys, m
     assert r["params"] > 100_000 and r["macs_per_sample"] > 1e6 and r["peak_rss_mb"] > 100
     assert r["train_seconds"] > 0 and r["train_samples_per_s"] > 0 and r["samples"] == 3 * 64
     assert r["versions"]["torch"] and r["versions"]["zoo"] and r["overrides"] == {} and r["budget"] == {"max_steps": 3}
+    assert r["cpu"] and len(r["recipe_sha256"]) == 64  # what its time was measured on; which recipe text it trained
     assert (store / "submitit").is_dir() and (store / "table.md").is_file()
     first = store / "runs" / "base" / "seed0"
     cfg = (first / "version_0" / "config.yaml").read_text()

@@ -78,8 +78,18 @@ def _si(x) -> str:
     return f"{x:.0f}"
 
 
-def markdown(summaries: list[dict], study, n_rows: int) -> str:
+def machines(rows: list[dict]) -> list[tuple[str, int]]:
+    """The machines the rows were trained on ("host, cpu, N threads"), most runs first."""
+    from collections import Counter
+
+    seen = Counter(f"{r.get('host') or 'unknown host'}, {r.get('cpu') or 'CPU not recorded'}, "
+                   f"{r.get('threads') or '?'} thread(s)" for r in rows)
+    return seen.most_common()
+
+
+def markdown(summaries: list[dict], study, rows: list[dict]) -> str:
     m, b = study.metric, study.baseline
+    n_rows = len(rows)
     lines = [f"# Study `{study.name}`", ""]
     if study.description:
         lines += [study.description.strip(), ""]
@@ -103,8 +113,14 @@ def markdown(summaries: list[dict], study, n_rows: int) -> str:
     lines += ["Intervals are two-sided Student-t intervals of the mean over seeds (n - 1 degrees of freedom); the difference "
               "to the baseline is taken seed by seed and is **significant** when its interval excludes 0 (each variant "
               "tested on its own, no correction for multiple comparisons). MACs per sample: one forward pass "
-              "(FlopCounterMode). Train seconds exclude validation.",
-              "", f"Rendered {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by `zoo compare --config "
+              "(FlopCounterMode). Train seconds exclude validation.", ""]
+    where = machines(rows)
+    if len(where) > 1:
+        lines += [f"**Training times come from {len(where)} machines**; compare them only within one machine "
+                  "(each row of runs.jsonl names its host): " + "; ".join(f"{k} ({n} runs)" for k, n in where) + "."]
+    elif where:
+        lines += [f"Every run on one machine: {where[0][0]}."]
+    lines += ["", f"Rendered {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by `zoo compare --config "
               f"{_rel(study.path)} --report`.", ""]
     descriptions = [(v, study.descriptions[v]) for v in study.variants if v in study.descriptions]
     if descriptions:
@@ -179,7 +195,7 @@ def render(study, rows: list[dict]) -> tuple[list[dict], list[Path]]:
     summaries = aggregate(rows, list(study.variants), study.baseline)
     study.store.mkdir(parents=True, exist_ok=True)
     md, table, png = study.store / "table.md", study.store / "table.csv", study.store / "plot.png"
-    md.write_text(markdown(summaries, study, len(rows)))
+    md.write_text(markdown(summaries, study, rows))
     crows = csv_rows(summaries, study.metric)
     keys = list(dict.fromkeys(k for r in crows for k in r))
     with open(table, "w", newline="") as fh:

@@ -80,7 +80,7 @@ def run_one(spec: RunSpec) -> dict:
            "recipe_sha256": spec.recipe_sha256, "threads": spec.threads,
            "versions": {"zoo": __version__, "torch": torch.__version__, "python": platform.python_version(),
                         "lightning": _version("lightning")},
-           "git_rev": spec.git_rev, "host": platform.node(), "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+           "git_rev": spec.git_rev, "host": platform.node(), "cpu": cpu_name(), "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     append_row(Path(spec.store) / ROWS, row)
     return row
 
@@ -141,6 +141,15 @@ def git_rev() -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def cpu_name() -> str:
+    """The CPU model (what a row's training time was measured on)."""
+    with contextlib.suppress(OSError):
+        for line in open("/proc/cpuinfo", encoding="utf-8"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
 
 
 def threads_per_job(jobs: int) -> int:
