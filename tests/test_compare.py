@@ -111,6 +111,8 @@ def test_store_appends_whole_lines_and_skips_a_torn_one(tmp_path):
      "variant bad: vit_digits does not accept no_such_kwarg; accepted overrides:"),
     ({"variants": {"base": {}, "bad": {"overrides": {"model.init_args.model": "vit_nope"}}}},
      "variant bad: unknown model 'vit_nope'"),
+    ({"metric": "test/accuracy"},  # a typo would otherwise train every run to the end, then fail
+     "variant base: metric test/accuracy is not logged by ImageClassification at test; it logs test/acc"),
 ])
 def test_bad_study_files_name_the_problem(over, message, tmp_path, capsys):
     path = write_study(tmp_path, **over)

@@ -7,6 +7,7 @@ Which command applies is read from the model's declared kind, never from a recip
 only the user inputs (image files, texts) are chosen per data format."""
 from __future__ import annotations
 
+import fnmatch
 import os
 
 import numpy as np
@@ -79,6 +80,12 @@ def test_recipe_checkpoint_works_with_every_command(name, tmp_path, capsys):
 
     # zoo test: no --config, the checkpoint carries its recipe
     run_cli(["test", "--ckpt_path", ckpt, "--trainer.limit_test_batches", "1", "--trainer.enable_progress_bar", "false"], capsys)
+
+    # what the test logs is what the task declares (zoo compare checks a study's metric against it before training)
+    cli.trainer.limit_test_batches = 1
+    logged = cli.trainer.test(cli.model, datamodule=cli.datamodule, verbose=False)[0]
+    declared = type(cli.model).test_metrics
+    assert declared and logged and all(any(fnmatch.fnmatchcase(k, p) for p in declared) for k in logged), (logged, declared)
 
     # zoo predict on the user's own inputs
     if run.image:

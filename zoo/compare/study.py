@@ -273,6 +273,26 @@ def _parse(parser, args: list[str]):
             return None, _parser_error(err.getvalue())
 
 
+def check_metric(study: Study, variant: str, ns) -> None:
+    """The study's metric must be one the recipe's task logs at test (its `test_metrics`), or every run would
+    train to the end and then fail."""
+    import fnmatch
+    import importlib
+
+    path = ns.fit.model.get("class_path") if ns.fit.get("model") else None
+    if not path or "." not in path:
+        return
+    module, _, name = path.rpartition(".")
+    try:
+        task = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError):
+        return  # the parser has accepted it; nothing declared to check against
+    declared = getattr(task, "test_metrics", ())
+    if declared and not any(fnmatch.fnmatchcase(study.metric, p) for p in declared):
+        raise StudyError(f"study {study.name}: variant {variant}: metric {study.metric} is not logged by {name} at test; "
+                         f"it logs {', '.join(declared)} (e.g. metric: {declared[0]})")
+
+
 def validate_study(study: Study, verbose: bool = False) -> dict[str, tuple[str, dict]]:
     """Parse every variant's `zoo fit` arguments with the recipe's own parser and build each model's config
     (zoo.registry.get_config), before any training. Returns variant -> (model name, model_kwargs); raises
@@ -301,6 +321,7 @@ def validate_study(study: Study, verbose: bool = False) -> dict[str, tuple[str, 
             what = f"override {culprit} is not accepted by recipe {study.recipe.name}" if culprit else \
                 f"the study's own arguments ({' '.join(args[3:])}) fail on recipe {study.recipe.name}"
             raise StudyError(f"{where}: variant {variant}: {what}: {error}")
+        check_metric(study, variant, ns)
         init = ns.fit.model.init_args if ns.fit.get("model") and ns.fit.model.get("init_args") else None
         model = init.get("model") if init is not None else None
         kwargs = dict(init.get("model_kwargs") or {}) if init is not None else {}

@@ -85,6 +85,10 @@ class ZooTask(L.LightningModule):
     plain state_dict keys and load into an uncompiled model.
     """
 
+    # What `zoo test` logs (fnmatch patterns): `zoo compare` / `zoo bench tta` check a study's metric against it
+    # before training; the recipe matrix test checks every recipe's logged names against it.
+    test_metrics: tuple[str, ...] = ()
+
     def __init__(
         self,
         model: str,

@@ -12,6 +12,8 @@ class CaptioningTask(ZooTask):
     """Logs train/loss, val/loss and val|test/exact_match: the fraction of (image, language) pairs
     whose greedy caption, decoded to text, equals the reference caption exactly."""
 
+    test_metrics = ("test/exact_match",)
+
     def __init__(self, model: str = "vit_captioner_mnist", label_smoothing: float = 0.0, max_new_tokens: int = 20, **kwargs):
         super().__init__(model, **kwargs)
         self.val_em = MeanMetric()

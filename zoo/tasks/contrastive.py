@@ -21,6 +21,8 @@ class ContrastiveTask(ZooTask):
     """Symmetric InfoNCE on image–caption batches; logs val/zero_shot_acc and test/zero_shot_acc
     from the data module's held-out prompts (`zero_shot_prompts()`), ensembled over templates."""
 
+    test_metrics = ("test/zero_shot_acc",)
+
     def __init__(self, model: str = "clip_mnist", num_classes: int = 10, label_targets: bool = False, loss: str = "clip",
                  **kwargs):
         """label_targets: treat every pair of the same class as a positive (UniCL) instead of

@@ -15,6 +15,8 @@ class ImageClassification(ZooTask):
     of the two per batch when both are set); the loss then takes its soft targets, label smoothing included.
     """
 
+    test_metrics = ("test/acc",)
+
     def __init__(self, model: str = "vit_mnist", label_smoothing: float = 0.1, mixup: float = 0.0, cutmix: float = 0.0,
                  init_from: str | None = None, **kwargs):
         """init_from: a checkpoint or run folder whose tensors of matching name and shape are copied in (e.g. the

@@ -21,6 +21,8 @@ def _images(batch) -> torch.Tensor:
 class MaskedImagePretraining(ZooTask):
     """Trains a `masked_image_model` (e.g. mae_mnist); logs train/loss, val/loss, test/loss. No labels are used."""
 
+    test_metrics = ("test/loss",)
+
     def __init__(self, model: str = "mae_mnist", data_overrides: dict | None = None, **kwargs):
         fields = set(get_config(model).__dataclass_fields__)
         # the data says what the images are (channels, size); class counts do not concern a pre-training model

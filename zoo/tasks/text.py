@@ -99,6 +99,8 @@ class _TextTask(ZooTask):
 class MaskedLM(_TextTask):
     """Masked-language-model pre-training (BERT): 15% of non-special tokens, 80/10/10; logs loss and masked-token accuracy."""
 
+    test_metrics = ("test/loss", "test/acc")
+
     task_keys = ("mask_token_id", "special_token_ids")
 
     def __init__(self, model: str = "bert_tiny", mlm_probability: float = 0.15, mask_token_id: int | None = None,
@@ -156,6 +158,8 @@ class MaskedLM(_TextTask):
 class SequenceClassification(_TextTask):
     """One label per text or text pair (BERT head "cls"); cross-entropy, accuracy."""
 
+    test_metrics = ("test/loss", "test/acc")
+
     head = "cls"
 
     def __init__(self, model: str = "bert_tiny", label_smoothing: float = 0.0, model_kwargs: dict | None = None, **kwargs):
@@ -208,6 +212,8 @@ class Seq2Seq(_TextTask):
 
     Logs train/loss, val/loss, val/exact_match, val/bleu, val/chrf, val/exact_match/<task> (and test/*).
     """
+
+    test_metrics = ("test/loss", "test/exact_match", "test/bleu", "test/chrf", "test/exact_match/*")
 
     def __init__(self, model: str = "transformer_tiny", label_smoothing: float = 0.1, num_beams: int = 1,
                  max_new_tokens: int = 32, **kwargs):
@@ -282,6 +288,8 @@ class CausalLM(_TextTask):
     token given the ones before it, padding ignored (labels -100, or the attention mask's zeros);
     logs train/loss, val/loss, val/ppl (perplexity = exp(mean token loss over the whole split)) and
     test/*. predict_step continues each prompt with `generate` and returns the texts."""
+
+    test_metrics = ("test/loss", "test/ppl")
 
     def __init__(self, model: str = "gpt2_tiny", max_new_tokens: int = 32, do_sample: bool = False,
                  temperature: float | None = None, top_k: int | None = None, top_p: float | None = None, **kwargs):
