@@ -85,6 +85,7 @@ def test_padding_mask_drops_a_mask_that_keeps_everything_only_in_eager_mode():
     fn = torch.compile(lambda am: padding_mask(am), backend="eager", fullgraph=True)
     kept = fn(full)
     assert kept is not None and kept.shape == (2, 1, 1, 5) and bool(kept.all())
+    assert padding_mask(full.to("meta")).shape == (2, 1, 1, 5)  # no values to look at: kept
     traced = torch.jit.trace(lambda am: padding_mask(am).float(), (full,), check_trace=False)
     assert traced(padded)[:, 0, 0].tolist() == padded.float().tolist()
 

@@ -27,7 +27,7 @@ def padding_mask(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
     if attention_mask.dim() != 2:
         raise ValueError(f"attention_mask must be (batch, length) with 1 = keep, 0 = pad; got shape {tuple(attention_mask.shape)}")
     keep = attention_mask.bool()
-    if not _traced() and bool(keep.all()):
+    if not _traced() and keep.device.type != "meta" and bool(keep.all()):
         return None
     return rearrange(keep, "b k -> b 1 1 k")
 
