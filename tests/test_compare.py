@@ -77,6 +77,8 @@ def test_aggregation_matches_a_hand_computation(tmp_path):
     assert table[0].startswith("variant,n,seeds,metric,mean,sd,ci_low,ci_high,ci_half,diff_mean") and len(table) == 5
     assert (study.store / "plot.png").stat().st_size > 10_000
     assert "Every run on one machine: unknown host, CPU not recorded, ? thread(s)." in md
+    render(study, [r for r in rows if r["variant"] != "better" or r["seed"] == 0])  # one seed: no test possible
+    assert "| +0.0500 [–, –] (n=1) | – (n<2) |" in (study.store / "table.md").read_text()
 
     for r in rows:  # a study resumed on another machine: its training times are not comparable across the two
         r.update(host="vm", threads=1, cpu="AMD EPYC" if r["seed"] < 2 else "Intel(R) Xeon(R) Platinum")

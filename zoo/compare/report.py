@@ -102,7 +102,7 @@ def markdown(summaries: list[dict], study, rows: list[dict]) -> str:
         d = s["diff"]
         diff = "baseline" if s["variant"] == b else "–" if d is None else \
             f"{d['mean']:+.4f} [{_f(d['low'])}, {_f(d['high'])}] (n={d['n']})"
-        sig = "" if d is None else ("**yes**" if d["significant"] else "no")
+        sig = "" if d is None else "– (n<2)" if d["n"] < 2 else ("**yes**" if d["significant"] else "no")
         lines.append(f"| {s['variant']} | {s['n']} | {_f(s['mean'])} ± {_f(s['sd'])} | [{_f(s['low'])}, {_f(s['high'])}] | "
                      f"{diff} | {sig} | {_si(s['params'])} | {_si(s['macs_per_sample'])} | {_f(s['train_seconds'], 0)} | "
                      f"{_f(s['train_samples_per_s'], 0)} |")
