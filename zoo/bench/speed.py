@@ -23,7 +23,6 @@ import contextlib
 import ctypes
 import gc
 import os
-import platform
 import re
 import statistics
 import time
@@ -49,11 +48,9 @@ UTILISATION_GOAL = {"vit_small_patch16_224": 0.8, "bert_base": 0.8}
 
 # ---------------------------------------------------------------------------- machine
 def machine_info() -> dict:
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        m = re.search(r"model name\s*:\s*(.+)", open("/proc/cpuinfo").read())
-        cpu = m.group(1).strip() if m else cpu
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+    from ..compare.runner import cpu_name  # the one reader of the CPU model (study rows record it too)
+
+    return {"cpu": cpu_name(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
             "device": "cuda:" + torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
             "load_avg_1m": os.getloadavg()[0]}
 
