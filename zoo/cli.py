@@ -173,6 +173,22 @@ def _with_model_source(argv: list[str]) -> tuple[list[str], str | None]:
     return [argv[0], "--config", path, *options, *extra], path
 
 
+def _config_files(argv: list[str]) -> list[str]:
+    """The files given as `--config X`, `--config=X` or `-c X` (a value that is not a file, e.g. inline YAML, is
+    left to the parser)."""
+    files = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a in ("--config", "-c")]
+    files += [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
+    return [f for f in files if Path(f).is_file()]
+
+
+def _check_config_files(argv: list[str]) -> None:
+    """Refuse a config file that gives a key twice in one mapping (the parser would keep the last one silently)."""
+    from .yamlfile import load
+
+    for path in _config_files(argv):
+        load(path)
+
+
 def _one_line(e: BaseException) -> str:
     """The innermost useful message of an exception chain (jsonargparse wraps the cause in its own errors)."""
     seen = e
@@ -212,6 +228,7 @@ def main(argv: list[str] | None = None) -> None:
             argv, tmp = _with_model_source(argv)
             if tmp is None:
                 argv, tmp = _with_stored_config(argv)
+            _check_config_files(argv)
             saved, sys.argv = sys.argv, [sys.argv[0], *argv]  # LightningCLI reads sys.argv (and warns if given both)
             try:
                 lightning_main(None)

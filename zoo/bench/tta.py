@@ -31,7 +31,7 @@ from typing import Any
 import yaml
 
 from ..compare.report import t_interval
-from ..compare.study import BUDGET_KEYS, ROOT, Study, StudyError, _find, load_study
+from ..compare.study import BUDGET_KEYS, ROOT, Study, StudyError, _find, load_study, read_recipe
 
 KEYS = ("name", "description", "recipe", "metric", "target", "reference", "seeds", "settings", "store")
 SETTING_KEYS = ("description", "overrides", "budget")
@@ -49,8 +49,8 @@ class TTA:
     description: str = ""
 
 
-def _recipe_budget(recipe: Path) -> dict:
-    raw = yaml.safe_load(recipe.read_text(encoding="utf-8")) or {}
+def _recipe_budget(recipe: Path, path: Path) -> dict:
+    raw = read_recipe(recipe, str(path))
     epochs = (raw.get("trainer") or {}).get("max_epochs")
     if not isinstance(epochs, int) or epochs <= 0:
         raise StudyError(f"recipe {recipe.name} sets no trainer.max_epochs; give the setting a budget: {{max_epochs: N}}")
@@ -89,7 +89,7 @@ def load_tta(path: str | Path, store: str | Path | None = None) -> TTA:
         if not raw.get("recipe"):
             raise StudyError(f"{path} names no recipe; add `recipe: configs/<recipe>.yaml`")
         if budget is None:
-            budget = _recipe_budget(_abs_recipe(raw["recipe"], path))
+            budget = _recipe_budget(_abs_recipe(raw["recipe"], path), path)
         study_raw["budget"] = budget
         studies[str(sname)] = _study_from(study_raw, path, root / str(sname))
     return TTA(name=name, path=path, metric=studies[reference].metric, target=float(target), reference=reference,

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
+from ..yamlfile import YAMLFileError
+from ..yamlfile import load as load_yaml
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository (configs/ lives here in a source checkout)
 BUDGET_KEYS = ("max_epochs", "max_steps", "max_minutes")
@@ -77,9 +78,9 @@ def find_study(path: str) -> Path:
 def read_mapping(path: Path, keys: tuple[str, ...], kind: str) -> dict:
     """A YAML file that must be a mapping with only these keys; errors name the file and the accepted keys."""
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        raise StudyError(f"{kind} {path} is not valid YAML: {' '.join(str(e).split())}") from None
+        raw = load_yaml(path)
+    except YAMLFileError as e:
+        raise StudyError(f"{kind} {e}") from None
     if not isinstance(raw, dict):
         raise StudyError(f"{kind} {path} must be a mapping with keys {', '.join(keys)}")
     unknown = sorted(set(raw) - set(keys))
@@ -102,6 +103,7 @@ def load_study(path: str | Path, store: str | Path | None = None) -> Study:
     if recipe is None:
         raise StudyError(f"{where}: recipe {raw['recipe']} does not exist (looked in the working directory, "
                          f"{path.parent} and {ROOT})")
+    read_recipe(recipe, where)  # a key given twice in the recipe is refused here, before any run
     variants_raw = raw.get("variants")
     if not variants_raw:
         raise StudyError(f"{where} has no variants; list at least one under `variants:` (name: {{overrides: {{key: value}}}})")
@@ -163,8 +165,17 @@ def _cli_value(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
 
+def read_recipe(recipe: Path, where: str = "") -> dict:
+    """A recipe file as a mapping ({} when empty); a key given twice or invalid YAML is a StudyError."""
+    try:
+        raw = load_yaml(recipe)
+    except YAMLFileError as e:
+        raise StudyError(f"{where + ': ' if where else ''}recipe {e}") from None
+    return raw if isinstance(raw, dict) else {}
+
+
 def _recipe_model_kwargs(recipe: Path) -> dict:
-    raw = yaml.safe_load(recipe.read_text(encoding="utf-8")) or {}
+    raw = read_recipe(recipe)
     init = ((raw.get("model") or {}).get("init_args") or {}) if isinstance(raw.get("model"), dict) else {}
     return dict(init.get("model_kwargs") or {})
 
@@ -177,7 +188,7 @@ def data_overrides(study: Study, variant: str, fields: set[str]) -> dict:
         return {}
     vocab = study.variants[variant].get("data.init_args.vocab_size")
     if vocab is None:
-        raw = yaml.safe_load(study.recipe.read_text(encoding="utf-8")) or {}
+        raw = read_recipe(study.recipe, f"study {study.name}")
         data = raw.get("data") if isinstance(raw.get("data"), dict) else {}
         vocab = (data.get("init_args") or {}).get("vocab_size") if isinstance(data.get("init_args"), dict) else None
     return {"vocab_size": vocab} if isinstance(vocab, int) and not isinstance(vocab, bool) else {}
