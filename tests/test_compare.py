@@ -170,6 +170,37 @@ def test_rows_of_another_recipe_text_are_not_mixed_into_a_study(tmp_path):
         plan(study)
 
 
+@pytest.mark.parametrize("flags, name", [
+    ("fpu sse2 avx avx2 fma avx512f avx512bw avx512_bf16 amx_bf16 amx_tile", "Intel(R) Xeon(R) Processor (amx_bf16)"),
+    ("fpu sse2 avx avx2 avx512f avx512_bf16 avx512_vnni", "Intel(R) Xeon(R) Processor (avx512_bf16)"),
+    ("fpu sse2 avx avx2 avx512f avx512cd", "Intel(R) Xeon(R) Processor (avx512f)"),
+    ("fpu sse2 avx avx2 fma", "Intel(R) Xeon(R) Processor (avx2)"),
+    ("fpu sse2 avx", "Intel(R) Xeon(R) Processor (avx)"),
+    ("fpu sse2 sse4_2", "Intel(R) Xeon(R) Processor"),  # no unit known: the model alone
+])
+def test_cpu_name_names_the_widest_vector_unit(flags, name):
+    from zoo.compare.runner import ISA_FLAGS, describe_cpu
+
+    text = "".join(f"processor\t: {i}\nvendor_id\t: GenuineIntel\nmodel name\t: Intel(R) Xeon(R) Processor\n"
+                   f"flags\t\t: {flags}\n\n" for i in range(2))
+    assert describe_cpu(text) == name
+    assert ISA_FLAGS[0] == "amx_bf16" and ISA_FLAGS.index("avx512_bf16") < ISA_FLAGS.index("avx512f") < ISA_FLAGS.index("avx2")
+
+
+def test_cpu_name_of_other_cpuinfo_layouts():
+    from zoo.compare.runner import cpu_name, describe_cpu
+
+    zen3 = "processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse2 avx avx2 fma sha_ni\n"
+    zen4 = "processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu avx avx2 avx512f avx512_bf16 avx512_vnni\n"
+    assert (describe_cpu(zen3), describe_cpu(zen4)) == ("AMD EPYC (avx2)", "AMD EPYC (avx512_bf16)")  # one name, two machines
+    arm = "processor\t: 0\nBogoMIPS\t: 50.00\nFeatures\t: fp asimd evtstrm aes crc32\nCPU part\t: 0xd0c\n"
+    assert describe_cpu(arm, fallback="aarch64") == "aarch64 (asimd)"  # ARM lists no model name
+    assert describe_cpu("", fallback="x86_64") == "x86_64"
+    assert describe_cpu("model name\t: Intel(R) Xeon(R) Processor\nflags\t\t: avx2 avx512f\n") == \
+        "Intel(R) Xeon(R) Processor (avx512f)"
+    assert cpu_name()  # this machine, through /proc/cpuinfo where there is one
+
+
 def test_a_run_folder_in_use_is_not_moved_aside(tmp_path):
     from zoo.compare.runner import move_aside
 

@@ -69,10 +69,9 @@ def bf16_kernels(device: str = "cpu") -> dict:
     child process, and the CPU flags; on CUDA, the device's bf16 support."""
     if device.startswith("cuda"):
         return {"bf16_device": torch.cuda.get_device_name(), "bf16_supported": torch.cuda.is_bf16_supported()}
-    flags = set()
-    with contextlib.suppress(OSError):
-        m = re.search(r"^flags\s*:\s*(.+)$", open("/proc/cpuinfo").read(), re.M)
-        flags = set(m.group(1).split()) if m else set()
+    from ..compare.runner import cpuinfo_fields, read_cpuinfo
+
+    flags = cpuinfo_fields(read_cpuinfo())[1]
     out = {"cpu_bf16_flags": " ".join(sorted(f for f in flags if "bf16" in f)) or "none"}
     import subprocess
     import sys

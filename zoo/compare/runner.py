@@ -18,6 +18,8 @@ from ..rundir import process_alive
 from .study import ROOT, Study, StudyError, fit_args
 
 ROWS = "runs.jsonl"
+# vector/matrix units, widest first: cpu_name names the first one the CPU flags list
+ISA_FLAGS = ("amx_bf16", "avx512_bf16", "avx512f", "avx2", "avx", "asimd", "neon")
 
 
 class RunFailed(RuntimeError):
@@ -143,13 +145,40 @@ def git_rev() -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
-def cpu_name() -> str:
-    """The CPU model (what a row's training time was measured on)."""
+def read_cpuinfo() -> str:
+    """The text of /proc/cpuinfo ("" where there is none)."""
     with contextlib.suppress(OSError):
-        for line in open("/proc/cpuinfo", encoding="utf-8"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
+        return Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    return ""
+
+
+def cpuinfo_fields(text: str) -> tuple[str | None, set[str]]:
+    """The model name and the flags of the first processor listed in /proc/cpuinfo text (x86 names its flags
+    `flags`, ARM `Features`)."""
+    model, flags = None, None
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        key = key.strip()
+        if sep and key == "model name" and model is None:
+            model = value.strip()
+        elif sep and key in ("flags", "Features") and flags is None:
+            flags = set(value.split())
+    return model, flags or set()
+
+
+def describe_cpu(text: str, fallback: str = "") -> str:
+    """The model name and, in brackets, the widest vector/matrix unit among the flags (the first of ISA_FLAGS
+    present): "AMD EPYC (avx2)". Without a known flag, the model alone; without a model name, `fallback`."""
+    model, flags = cpuinfo_fields(text)
+    model = model or fallback
+    widest = next((f for f in ISA_FLAGS if f in flags), None)
+    return f"{model} ({widest})" if widest else model
+
+
+def cpu_name() -> str:
+    """The CPU model and its widest vector unit (what a row's training time was measured on): one model name
+    has covered machines of other generations (Zen 3 with AVX2, Zen 4 with AVX-512 BF16) and ~1.8x the speed."""
+    return describe_cpu(read_cpuinfo(), platform.processor() or platform.machine())
 
 
 def threads_per_job(jobs: int) -> int:
