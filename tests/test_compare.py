@@ -170,6 +170,34 @@ def test_rows_of_another_recipe_text_are_not_mixed_into_a_study(tmp_path):
         plan(study)
 
 
+def test_report_refuses_a_changed_study_and_names_the_rows_it_leaves_out(tmp_path, capsys):
+    path = write_study(tmp_path)
+    study = load_study(path)
+    narrow = study.variants["narrow"]
+    rows = [dict(r, overrides={}, budget=study.budget) for r in _rows("base", [0.90, 0.92, 0.93], seeds=(0, 1, 5))]
+    rows += [dict(r, overrides=narrow, budget=study.budget) for r in _rows("narrow", [0.80, 0.82])]
+    rows += [dict(r, overrides={}, budget=study.budget) for r in _rows("depth4_dim160", [0.95])]  # no longer listed
+    for r in rows:
+        append_row(study.store / ROWS, r)
+    code, out, err = zoo_cli(["compare", "--config", str(path), "--report"], capsys)
+    assert code == 0, err
+    md = (study.store / "table.md").read_text()
+    assert ("4 finished runs in the store.\n\nThe store also holds 2 run(s) of variants or seeds the study file no longer "
+            "lists (base seed 5; depth4_dim160 seed 0); they are left out of this table.") in md
+    assert "| base | 2 |" in md and "| narrow | 2 |" in md and "depth4_dim160 |" not in md
+    assert not [p.name for p in study.store.iterdir() if p.name.endswith(".tmp")]  # written through atomic_write
+    render(study, [r for r in rows if r["variant"] != "depth4_dim160" and r["seed"] != 5])
+    assert "no longer lists" not in (study.store / "table.md").read_text()
+
+    before = (study.store / "table.md").read_text()
+    write_study(tmp_path, budget={"max_steps": 4})  # the study changed under its store
+    code, out, err = zoo_cli(["compare", "--config", str(path), "--report"], capsys)
+    assert code == 1 and "Traceback" not in err
+    assert ("holds variant base seed 0 with overrides {} and budget {'max_steps': 3}, but the study now says {} and "
+            "{'max_steps': 4}; rename the variant or use another store") in err.splitlines()[0]
+    assert (study.store / "table.md").read_text() == before  # nothing re-rendered
+
+
 @pytest.mark.parametrize("flags, name", [
     ("fpu sse2 avx avx2 fma avx512f avx512bw avx512_bf16 amx_bf16 amx_tile", "Intel(R) Xeon(R) Processor (amx_bf16)"),
     ("fpu sse2 avx avx2 avx512f avx512_bf16 avx512_vnni", "Intel(R) Xeon(R) Processor (avx512_bf16)"),

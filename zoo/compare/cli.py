@@ -20,7 +20,8 @@ def main(argv: list[str]) -> int:
                                  epilog="A study file " + doc.split("A study file ", 1)[1],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", required=True, help="the study, e.g. configs/compare/quick_mnist.yaml")
-    ap.add_argument("--report", action="store_true", help="only re-render table.md / table.csv / plot.png from the store")
+    ap.add_argument("--report", action="store_true", help="only re-render table.md / table.csv / plot.png from the store "
+                                                          "(refused where its rows no longer match the study)")
     ap.add_argument("--validate", action="store_true", help="only check the study (every override, every model), train nothing")
     ap.add_argument("--cost", action="store_true",
                     help="only measure forward and training-step time versus sequence length (the study's `cost` block; "
@@ -41,7 +42,7 @@ def main(argv: list[str]) -> int:
         ap.error("--limit must be at least 0")
 
     from .report import render
-    from .runner import read_rows, run_study
+    from .runner import plan, read_rows, run_study
     from .study import load_study, validate_study
 
     study = load_study(a.config, a.store)
@@ -57,6 +58,7 @@ def main(argv: list[str]) -> int:
         print(f"zoo compare: wrote {', '.join(str(p) for p in paths)}")
         return 0
     if a.report:
+        plan(study)  # a store whose finished rows the study no longer describes is refused, as a training run refuses it
         rows = read_rows(study.store)
         if not rows:
             raise FileNotFoundError(f"the store {study.store} holds no finished runs yet; run `zoo compare --config {a.config}` first")

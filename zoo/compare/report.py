@@ -87,15 +87,27 @@ def machines(rows: list[dict]) -> list[tuple[str, int]]:
     return seen.most_common()
 
 
-def markdown(summaries: list[dict], study, rows: list[dict]) -> str:
+def left_out_sentence(left_out: list[dict]) -> str:
+    """One sentence naming the store's rows of variants or seeds the study no longer lists."""
+    seeds: dict[str, list] = {}
+    for r in left_out:
+        seeds.setdefault(str(r.get("variant")), []).append(r.get("seed"))
+    runs = "; ".join(f"{v} seed{'s' if len(s) > 1 else ''} {', '.join(map(str, s))}" for v, s in seeds.items())
+    return (f"The store also holds {len(left_out)} run(s) of variants or seeds the study file no longer lists ({runs}); "
+            "they are left out of this table.")
+
+
+def markdown(summaries: list[dict], study, rows: list[dict], left_out: list[dict] | None = None) -> str:
     m, b = study.metric, study.baseline
     n_rows = len(rows)
     lines = [f"# Study `{study.name}`", ""]
     if study.description:
         lines += [study.description.strip(), ""]
     lines += [f"Recipe `{study.recipe.name}`, budget {study.budget_text()} for every run, seeds {study.seeds}; "
-              f"metric `{m}` on the test split (best checkpoint by validation). {n_rows} finished runs in the store.", "",
-              f"| variant | n | {m} mean ± sd | 95% CI | Δ vs {b} (paired) [95% CI] | significant | params | MACs/sample | "
+              f"metric `{m}` on the test split (best checkpoint by validation). {n_rows} finished runs in the store.", ""]
+    if left_out:
+        lines += [left_out_sentence(left_out), ""]
+    lines += [f"| variant | n | {m} mean ± sd | 95% CI | Δ vs {b} (paired) [95% CI] | significant | params | MACs/sample | "
               "train s | samples/s |",
               "|---|---:|---:|---:|---:|:---:|---:|---:|---:|---:|"]
     for s in summaries:
@@ -161,6 +173,8 @@ def csv_rows(summaries: list[dict], metric: str) -> list[dict]:
 def plot(summaries: list[dict], study, path: Path) -> None:
     import matplotlib
 
+    from ..weights import atomic_write
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -185,22 +199,32 @@ def plot(summaries: list[dict], study, path: Path) -> None:
     fig.suptitle(f"zoo compare: {study.name} ({study.recipe.name}, {study.budget_text()}, seeds {study.seeds}); "
                  f"black square = baseline {study.baseline}", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     plt.close(fig)
 
 
 def render(study, rows: list[dict]) -> tuple[list[dict], list[Path]]:
-    """Write <store>/table.md, table.csv and plot.png from the store's rows. Returns the summaries and paths."""
-    rows = [r for r in rows if r.get("variant") in study.variants and r.get("seed") in study.seeds]
+    """Write <store>/table.md, table.csv and plot.png from the store's rows (each atomically); rows of variants
+    or seeds the study no longer lists are left out, and table.md says so. Returns the summaries and paths."""
+    from ..weights import atomic_write
+
+    listed = [r.get("variant") in study.variants and r.get("seed") in study.seeds for r in rows]
+    left_out = [r for r, keep in zip(rows, listed) if not keep]
+    rows = [r for r, keep in zip(rows, listed) if keep]
     summaries = aggregate(rows, list(study.variants), study.baseline)
     study.store.mkdir(parents=True, exist_ok=True)
     md, table, png = study.store / "table.md", study.store / "table.csv", study.store / "plot.png"
-    md.write_text(markdown(summaries, study, rows))
+    text = markdown(summaries, study, rows, left_out)
+    atomic_write(md, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
     crows = csv_rows(summaries, study.metric)
     keys = list(dict.fromkeys(k for r in crows for k in r))
-    with open(table, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=keys)
-        w.writeheader()
-        w.writerows(crows)
+
+    def write_csv(tmp: str) -> None:
+        with open(tmp, "w", newline="", encoding="utf-8") as fh:
+            w = csv.DictWriter(fh, fieldnames=keys)
+            w.writeheader()
+            w.writerows(crows)
+
+    atomic_write(table, write_csv)
     plot(summaries, study, png)
     return summaries, [md, table, png]
