@@ -292,6 +292,8 @@ def study_lines(root: Path) -> list[str]:
             sig = "" if r is base else "– (n<2)" if one else ("**yes**" if r["significant"] == "True" else "no")
             out.append(f"| {r['variant']} | {r['n']} | {f(r['mean'])} | {ci} | {diff} | {sig} | "
                        f"{_si(float(r['params'])) if r['params'] else '-'} |")
+        if (store / "findings.md").is_file():  # the reading of the table, written by whoever ran the study
+            out += ["", (store / "findings.md").read_text(encoding="utf-8").strip()]
     return out
 
 
