@@ -19,6 +19,7 @@ def _in_tmp(tmp_path, monkeypatch):
 # smaller data so that each run takes seconds; the recipe itself is unchanged
 SHRINK = {
     "vit_mnist": [],
+    "vit_mnist_fast": ["--model.init_args.compile", "false"],  # compiling is covered by tests/test_compile.py
     "vit_digits": [],
     "swin_mnist": [],
     "cait_mnist": [],

@@ -309,3 +309,26 @@ def test_fp32_bias_under_bf16_stays_finite_on_a_fully_masked_row():
     # clamped to bf16's lowest finite value: the row's scores are all equal, so it averages v (as a boolean mask
     # folded per layer did); an -inf row would give SDPA's empty-row result (0 on CPU, NaN elsewhere)
     torch.testing.assert_close(out[0, 0, 0], v[0, 0].float().mean(0).to(v.dtype), rtol=2e-2, atol=2e-2)
+
+
+def test_cpu_bf16_training_attention_runs_in_float32_and_inference_stays_bf16():
+    """On the CPU, SDPA's bf16 backward is several times slower than float32's: with gradients, attention under
+    autocast computes in float32 and casts back (bit for bit the float32 result); without, it stays in bf16."""
+    import torch.nn.functional as F
+
+    from zoo.core.attention import attention
+
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 7, 8).bfloat16().requires_grad_() for _ in range(3))
+    bias = torch.randn(1, 3, 7, 7)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, _ = attention(q, k, v, bias=bias)
+        with torch.no_grad():
+            infer, _ = attention(q, k, v, bias=bias)
+    assert out.dtype == infer.dtype == torch.bfloat16
+    ref = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=bias).bfloat16()
+    assert torch.equal(out, ref)
+    low = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.bfloat16())
+    assert torch.equal(infer, low) and not torch.equal(out, low)  # the two paths really differ
+    out.float().sum().backward()
+    assert q.grad.dtype == torch.bfloat16 and q.grad.abs().sum() > 0

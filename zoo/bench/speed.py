@@ -65,7 +65,7 @@ with torch.backends.mkldnn.verbose(torch.backends.mkldnn.VERBOSE_ON):
 
 def bf16_kernels(device: str = "cpu") -> dict:
     """Which kernels run a bf16 matmul here: on CPU, oneDNN's own verbose report (its ISA line and the matmul
-    implementation, e.g. brg_matmul:avx512_core_amx_bf16 on AMX, avx512_core_bf16 on AVX-512-BF16) read from a
+    implementation, e.g. brg_matmul:avx10_1_512_amx on AMX, avx512_core_bf16 on AVX-512-BF16) read from a
     child process, and the CPU flags; on CUDA, the device's bf16 support."""
     if device.startswith("cuda"):
         return {"bf16_device": torch.cuda.get_device_name(), "bf16_supported": torch.cuda.is_bf16_supported()}

@@ -150,10 +150,11 @@ def markdown(tta: TTA, summary: list[dict]) -> str:
                      f"({s['wall_min_s']:.0f}–{s['wall_max_s']:.0f}) | {s['train_median_s']:.0f} | {s['mean']:.4f}{ci} | "
                      f"{s['min']:.4f} | {s['reached']}/{len(s['seeds'])} | "
                      f"{speedup} |")
+    measured = {s["setting"] for s in summary}
     for sname, study in tta.studies.items():
         desc = study.descriptions.get(sname)
         if desc:
-            lines.append(f"\n- `{sname}`: {desc}")
+            lines.append(f"\n- `{sname}`: {desc}" + ("" if sname in measured else " (not run yet)"))
     return "\n".join(lines).replace("\n\n\n", "\n\n") + "\n"
 
 
