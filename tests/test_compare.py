@@ -293,3 +293,11 @@ def test_tiny_study_through_submitit_then_killed_and_resumed(tmp_path, capsys, m
     code, out, _ = zoo_cli(["compare", "--config", str(path), "--limit", "0"], capsys)  # plans, trains nothing
     assert code == 0 and "3 finished in" in out and "1 to run, this time at most 0" in out and len(read_rows(store)) == 3
     assert sorted(os.listdir(store / "runs" / "narrow")) == ["seed0"]
+
+
+def test_table_names_the_weights_the_runs_tested():
+    from zoo.compare.report import tested_text
+
+    assert tested_text([{}, {"tested": "best"}]) == "best checkpoint by validation"  # rows before the field: best
+    assert tested_text([{"tested": "last"}] * 3) == "final weights"
+    assert "mixed" in tested_text([{"tested": "last"}, {}])

@@ -18,8 +18,7 @@ def _in_tmp(tmp_path, monkeypatch):
 
 # smaller data so that each run takes seconds; the recipe itself is unchanged
 SHRINK = {
-    "vit_mnist": [],
-    "vit_mnist_fast": ["--model.init_args.compile", "false"],  # compiling is covered by tests/test_compile.py
+    "vit_mnist": ["--model.init_args.compile", "false"],  # compiling is covered by tests/test_compile.py
     "vit_digits": [],
     "swin_mnist": [],
     "cait_mnist": [],
@@ -83,3 +82,55 @@ def test_predict_prints_texts(tmp_path, capsys):
     preds = [text for batch in cli.trainer.predict_loop.predictions for text in batch]
     assert len(preds) == 2 and all(isinstance(p, str) for p in preds)  # decoded texts (untrained: arbitrary words)
     assert capsys.readouterr().out.splitlines()[-2:] == preds
+
+
+def _checkpoint_callbacks(path: str) -> list[dict]:
+    import yaml
+
+    with open(path) as f:
+        raw = yaml.safe_load(f)
+    return [c.get("init_args") or {} for c in (raw.get("trainer") or {}).get("callbacks") or []
+            if c.get("class_path", "").endswith("ModelCheckpoint")]
+
+
+@pytest.mark.parametrize("name", sorted(os.path.splitext(f)[0] for f in os.listdir(CONFIGS) if f.endswith(".yaml")))
+def test_recipe_writes_last_ckpt_every_epoch(name):
+    """`--ckpt_path last` resumes from last.ckpt, so it must be the newest epoch. Lightning's ModelCheckpoint(save_last=True)
+    writes last.ckpt only when that callback writes a best checkpoint, so a recipe keeps a callback of its own for it."""
+    callbacks = _checkpoint_callbacks(os.path.join(CONFIGS, f"{name}.yaml"))
+    if not callbacks:
+        pytest.skip(f"{name} writes no checkpoints")
+    assert not any(c.get("save_last") is True for c in callbacks), f"{name}: save_last: true (last.ckpt = the last best epoch)"
+    assert any(c.get("filename") == "last" and c.get("monitor") is None for c in callbacks), f"{name}: no last.ckpt callback"
+
+
+def test_last_ckpt_is_the_final_epoch_when_the_best_is_earlier(tmp_path):
+    """With lr 0 (and no BatchNorm, whose statistics would still move: the patch-embedding model) the validation accuracy
+    never improves after epoch 0, so the best checkpoint stays at epoch 0, and last.ckpt must still be the third epoch
+    (with save_last: true it was the epoch-0 state)."""
+    fit("vit_mnist", tmp_path, "--trainer.max_epochs", "3", "--trainer.precision", "32-true", "--trainer.limit_train_batches", "2",
+        "--trainer.limit_val_batches", "1", "--trainer.limit_test_batches", "1", "--model.init_args.lr", "0",
+        "--model.init_args.model", "vit_mnist_patch4", fast_dev_run=False)
+    ckpts = tmp_path / "runs" / "vit_mnist" / "version_0" / "checkpoints"
+    assert sorted(p.name for p in ckpts.iterdir()) == ["best-epoch=00.ckpt", "last.ckpt"]
+    last = torch.load(ckpts / "last.ckpt", weights_only=True, map_location="cpu")
+    assert (last["epoch"], last["global_step"]) == (2, 6)
+
+
+@pytest.mark.parametrize("which", ["best", "last"])
+def test_test_ckpt_picks_the_weights_the_final_test_evaluates(which, tmp_path):
+    """`--test_ckpt best` tests the best-validation checkpoint (Lightning restores it); `last` the final weights in memory."""
+    cli = fit("vit_digits", tmp_path, "--trainer.max_epochs", "2", "--trainer.limit_train_batches", "2",
+              "--trainer.limit_val_batches", "1", "--trainer.limit_test_batches", "1", "--test_ckpt", which,
+              fast_dev_run=False)
+    assert cli.model._zoo_tested == which
+    if which == "best":
+        assert os.path.basename(cli.trainer.ckpt_path).startswith("best-epoch=")
+    else:
+        assert cli.trainer.ckpt_path is None
+
+
+def test_test_ckpt_refuses_other_values(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        fit("vit_digits", tmp_path, "--test_ckpt", "newest")
+    assert "test_ckpt" in capsys.readouterr().err

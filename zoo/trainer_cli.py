@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import lightning as L
 import yaml
@@ -25,7 +26,10 @@ def _class_name(ns) -> str | None:
 class ZooCLI(LightningCLI):
     def add_arguments_to_parser(self, parser):
         parser.add_argument("--test_after_fit", type=bool, default=True,
-                            help="after `fit`, evaluate the best checkpoint on the test split and print the metrics")
+                            help="after `fit`, evaluate a checkpoint (--test_ckpt) on the test split and print the metrics")
+        parser.add_argument("--test_ckpt", type=Literal["best", "last"], default="best",
+                            help="the weights that test evaluates: 'best' (the checkpoint of the best validation metric) or "
+                                 "'last' (the final weights, as in last.ckpt; steadier when the validation split is small)")
         parser.link_arguments("data", "model.init_args.data_overrides", compute_fn=lambda dm: dm.model_overrides,
                               apply_on="instantiate")
 
@@ -132,7 +136,10 @@ class ZooCLI(LightningCLI):
 
     def after_fit(self):
         if self.config[self.subcommand].get("test_after_fit") and not self.trainer.fast_dev_run:
-            ckpt = "best" if self.trainer.checkpoint_callback and self.trainer.checkpoint_callback.best_model_path else None
+            which = self.config[self.subcommand].get("test_ckpt") or "best"
+            has_best = self.trainer.checkpoint_callback and self.trainer.checkpoint_callback.best_model_path
+            ckpt = "best" if which == "best" and has_best else None  # None: the weights in memory, the final ones
+            self.model._zoo_tested = "best" if ckpt else "last"  # recorded with the test metrics (zoo.compare)
             self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt)
         if self.trainer.is_global_zero:
             print(f"zoo fit: this run's files are in {self.trainer.default_root_dir}")

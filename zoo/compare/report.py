@@ -97,6 +97,13 @@ def left_out_sentence(left_out: list[dict]) -> str:
             "they are left out of this table.")
 
 
+def tested_text(rows: list[dict]) -> str:
+    """Which weights the runs tested (`zoo fit --test_ckpt`); rows written before the field tested the best checkpoint."""
+    kinds = {r.get("tested", "best") for r in rows} or {"best"}
+    names = {"best": "best checkpoint by validation", "last": "final weights"}
+    return " / ".join(names.get(k, k) for k in sorted(kinds)) + (" (mixed: compare with care)" if len(kinds) > 1 else "")
+
+
 def markdown(summaries: list[dict], study, rows: list[dict], left_out: list[dict] | None = None) -> str:
     m, b = study.metric, study.baseline
     n_rows = len(rows)
@@ -104,7 +111,7 @@ def markdown(summaries: list[dict], study, rows: list[dict], left_out: list[dict
     if study.description:
         lines += [study.description.strip(), ""]
     lines += [f"Recipe `{study.recipe.name}`, budget {study.budget_text()} for every run, seeds {study.seeds}; "
-              f"metric `{m}` on the test split (best checkpoint by validation). {n_rows} finished runs in the store.", ""]
+              f"metric `{m}` on the test split ({tested_text(rows)}). {n_rows} finished runs in the store.", ""]
     if left_out:
         lines += [left_out_sentence(left_out), ""]
     lines += [f"| variant | n | {m} mean ± sd | 95% CI | Δ vs {b} (paired) [95% CI] | significant | params | MACs/sample | "
