@@ -134,3 +134,37 @@ def test_test_ckpt_refuses_other_values(tmp_path, capsys):
     with pytest.raises(SystemExit):
         fit("vit_digits", tmp_path, "--test_ckpt", "newest")
     assert "test_ckpt" in capsys.readouterr().err
+
+
+def test_cpu_has_bf16_reads_the_flags():
+    from zoo.compare.runner import cpu_has_bf16
+
+    x86 = "processor\t: 0\nmodel name\t: {}\nflags\t\t: fpu sse2 avx2 {}\n"
+    assert cpu_has_bf16(x86.format("Intel Xeon", "avx512f avx512_bf16 amx_bf16")) is True
+    assert cpu_has_bf16(x86.format("AMD EPYC", "avx512f avx512_bf16")) is True
+    assert cpu_has_bf16(x86.format("AMD EPYC", "fma")) is False  # Zen 3: AVX2 only
+    assert cpu_has_bf16("processor\t: 0\nFeatures\t: fp asimd sve bf16 i8mm\n") is True  # ARM (Graviton 3)
+    assert cpu_has_bf16("processor\t: 0\nFeatures\t: fp asimd\n") is False
+    assert cpu_has_bf16("") is None  # no /proc/cpuinfo: leave the precision alone
+
+
+@pytest.mark.parametrize("fallback", [True, False])
+def test_bf16_recipe_runs_in_float32_on_a_cpu_without_bf16_units(fallback, tmp_path, monkeypatch, capsys):
+    import zoo.compare.runner as runner
+
+    monkeypatch.setattr(runner, "cpu_has_bf16", lambda text=None: False)
+    cli = fit("vit_digits", tmp_path, "--trainer.precision", "bf16-mixed", "--bf16_fallback", str(fallback).lower())
+    err = capsys.readouterr().err
+    if fallback:
+        assert cli.trainer.precision == "32-true" and "has no bf16 units" in err and "--bf16_fallback false" in err
+        assert "precision: 32-true" in cli.model._zoo_recipe  # the stored recipe says what ran
+    else:
+        assert cli.trainer.precision == "bf16-mixed" and "no bf16 units" not in err
+
+
+def test_bf16_recipe_keeps_bf16_where_the_cpu_has_bf16_units(tmp_path, monkeypatch, capsys):
+    import zoo.compare.runner as runner
+
+    monkeypatch.setattr(runner, "cpu_has_bf16", lambda text=None: True)
+    cli = fit("vit_digits", tmp_path, "--trainer.precision", "bf16-mixed")
+    assert cli.trainer.precision == "bf16-mixed" and "no bf16 units" not in capsys.readouterr().err

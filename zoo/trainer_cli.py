@@ -30,6 +30,9 @@ class ZooCLI(LightningCLI):
         parser.add_argument("--test_ckpt", type=Literal["best", "last"], default="best",
                             help="the weights that test evaluates: 'best' (the checkpoint of the best validation metric) or "
                                  "'last' (the final weights, as in last.ckpt; steadier when the validation split is small)")
+        parser.add_argument("--bf16_fallback", type=bool, default=True,
+                            help="on a CPU without bf16 units (AVX512-BF16, AMX, ARM bf16), run a bf16 trainer.precision in "
+                                 "float32 (32-true) instead, with a notice: there bf16 is emulated and several times slower")
         parser.link_arguments("data", "model.init_args.data_overrides", compute_fn=lambda dm: dm.model_overrides,
                               apply_on="instantiate")
 
@@ -64,6 +67,7 @@ class ZooCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         sub = self.subcommand
         c = self.config[sub]
+        self._bf16_fallback(c)
         self._recipe = self._recipe_yaml()
         source = c.get("ckpt_path") or (c.model.init_args.get("init_from") if sub == "fit" else None)
         pretrained = c.model.init_args.get("pretrained") if c.get("model") and c.model.get("init_args") else None
@@ -81,6 +85,25 @@ class ZooCLI(LightningCLI):
             self._run_folder(c)
         elif c.trainer.get("logger") is not None:
             c.trainer.logger = False  # evaluating or predicting writes nothing into the run folders
+
+    def _bf16_fallback(self, c) -> None:
+        """A bf16 precision on a CPU that has no bf16 units becomes 32-true (the stored recipe says what ran)."""
+        import sys
+
+        import torch
+
+        from .compare.runner import cpu_has_bf16, cpu_name
+
+        precision = str(c.trainer.get("precision") or "")
+        accelerator = str(c.trainer.get("accelerator") or "auto")
+        on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available()
+                                          and not torch.backends.mps.is_available())
+        if not precision.startswith("bf16") or not c.get("bf16_fallback", True) or not on_cpu or cpu_has_bf16() is not False:
+            return
+        c.trainer.precision = "32-true"
+        print(f"zoo {self.subcommand}: this CPU ({cpu_name()}) has no bf16 units (AVX512-BF16, AMX or ARM bf16), so bf16 would "
+              f"run emulated and several times slower: running in float32 (trainer.precision 32-true) instead of {precision}; "
+              "--bf16_fallback false keeps bf16", file=sys.stderr)
 
     def _recipe_yaml(self) -> str:
         self._dump_config()

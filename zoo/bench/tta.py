@@ -13,7 +13,7 @@ budget: precision, compile, batch size, schedule, model size), the seeds, the me
       recipe: {description: the recipe as committed}                   # budget: the recipe's own
       fp32_eager_40ep: {overrides: {...}, budget: {max_epochs: 40}}
 
-Every run is a real `zoo fit` of the recipe (it tests its best checkpoint at the end), run one at a time with
+Every run is a real `zoo fit` of the recipe (at the end it tests the weights its `test_ckpt` names: best or last), run one at a time with
 all the machine's threads, through `zoo compare`'s runner: one store per setting under
 results/bench/<name>/<setting>/, resumable. The time of a run is the wall time of the whole `zoo fit`
 process (start-up, data, training, validation and the final test), as a user waits for it. A setting

@@ -1,7 +1,7 @@
 """The callback `zoo compare` adds to each `zoo fit` (`--trainer.callbacks+=zoo.compare.recorder.RunRecorder`).
 
 It only observes: training time (validation excluded), samples seen, steps, the best validation score, and,
-after the test that `zoo fit` runs on the best checkpoint, the test metrics, parameters, MACs per sample
+after the test that `zoo fit` runs (on the weights --test_ckpt names), the test metrics, parameters, MACs per sample
 and the peak resident memory of the process. It writes them as JSON to the file named by
 $ZOO_COMPARE_RECORD (atomically: a temporary file, then a rename); without that variable it does nothing.
 """
@@ -65,6 +65,7 @@ class RunRecorder(Callback):
         self.fit = {
             "train_seconds": train_s, "val_seconds": self.val_seconds, "samples": self.samples,
             "train_samples_per_s": self.samples / train_s, "steps": int(trainer.global_step), "epochs": int(trainer.current_epoch),
+            "precision": str(trainer.precision),  # what ran (zoo fit runs bf16 as 32-true on a CPU without bf16 units)
             "best_val": {"monitor": best.monitor, "value": float(score) if score is not None else None,
                          "checkpoint": best.best_model_path or None} if best is not None else None,
         }
