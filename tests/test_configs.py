@@ -97,11 +97,19 @@ def _checkpoint_callbacks(path: str) -> list[dict]:
 def test_recipe_writes_last_ckpt_every_epoch(name):
     """`--ckpt_path last` resumes from last.ckpt, so it must be the newest epoch. Lightning's ModelCheckpoint(save_last=True)
     writes last.ckpt only when that callback writes a best checkpoint, so a recipe keeps a callback of its own for it."""
-    callbacks = _checkpoint_callbacks(os.path.join(CONFIGS, f"{name}.yaml"))
+    import yaml
+
+    path = os.path.join(CONFIGS, f"{name}.yaml")
+    callbacks = _checkpoint_callbacks(path)
     if not callbacks:
         pytest.skip(f"{name} writes no checkpoints")
     assert not any(c.get("save_last") is True for c in callbacks), f"{name}: save_last: true (last.ckpt = the last best epoch)"
-    assert any(c.get("filename") == "last" and c.get("monitor") is None for c in callbacks), f"{name}: no last.ckpt callback"
+    last = [c for c in callbacks if c.get("filename") == "last" and c.get("monitor") is None]
+    assert last, f"{name}: no last.ckpt callback"
+    with open(path) as f:
+        every = (yaml.safe_load(f).get("trainer") or {}).get("check_val_every_n_epoch", 1)
+    if every != 1:  # it would write only when validation runs, every `every` epochs
+        assert last[0].get("save_on_train_epoch_end") is True, f"{name}: validates every {every} epochs; last.ckpt needs save_on_train_epoch_end"
 
 
 def test_last_ckpt_is_the_final_epoch_when_the_best_is_earlier(tmp_path):
