@@ -21,8 +21,8 @@ the seeds, one budget for every run and the metric:
     store: results/compare/vit_mnist_ablation   # the default: results/compare/<name>
     jobs: 1
 
-Every run is a real `zoo fit` of the recipe in a subprocess (which at the end tests the weights its `test_ckpt` names, best or last), in
-`<store>/runs/<variant>/seed<S>/`. Finished runs are appended to `<store>/runs.jsonl`, one row each; a rerun
+Every run is a real `zoo fit` of the recipe in a subprocess (which at the end tests the weights its `test_ckpt`
+names, best or last), in `<store>/runs/<variant>/seed<S>/`. Finished runs are appended to `<store>/runs.jsonl`, one row each; a rerun
 skips them and moves unfinished run folders aside (`seed<S>.unfinished-<time>`, never deleted). The report
 (`table.md`, `table.csv`, `plot.png`) gives per variant the mean, sd and 95% t-interval over seeds and the
 difference to the baseline paired by seed, with its interval and whether it excludes 0.

@@ -75,8 +75,8 @@ class RunRecorder(Callback):
         if not path or not self.fit or not trainer.is_global_zero:
             return
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
-        record = {**self.fit, "tested": getattr(pl_module, "_zoo_tested", "best"), "metrics": metrics, **_model_cost(pl_module), "peak_rss_mb": _peak_rss_mb(),
-                  "run_dir": str(trainer.default_root_dir)}
+        record = {**self.fit, "tested": getattr(pl_module, "_zoo_tested", "best"), "metrics": metrics,
+                  **_model_cost(pl_module), "peak_rss_mb": _peak_rss_mb(), "run_dir": str(trainer.default_root_dir)}
         if torch.cuda.is_available():
             record["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2 ** 20
         tmp = Path(path).with_name(f".{Path(path).name}.tmp")
