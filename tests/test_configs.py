@@ -84,30 +84,29 @@ def test_predict_prints_texts(tmp_path, capsys):
     assert capsys.readouterr().out.splitlines()[-2:] == preds
 
 
-def _checkpoint_callbacks(path: str) -> list[dict]:
+def _trainer_section(path: str) -> dict:
     import yaml
 
     with open(path) as f:
-        raw = yaml.safe_load(f)
-    return [c.get("init_args") or {} for c in (raw.get("trainer") or {}).get("callbacks") or []
-            if c.get("class_path", "").endswith("ModelCheckpoint")]
+        return yaml.safe_load(f).get("trainer") or {}
+
+
+def _checkpoint_callbacks(trainer: dict) -> list[dict]:
+    return [c.get("init_args") or {} for c in trainer.get("callbacks") or [] if c.get("class_path", "").endswith("ModelCheckpoint")]
 
 
 @pytest.mark.parametrize("name", sorted(os.path.splitext(f)[0] for f in os.listdir(CONFIGS) if f.endswith(".yaml")))
 def test_recipe_writes_last_ckpt_every_epoch(name):
     """`--ckpt_path last` resumes from last.ckpt, so it must be the newest epoch. Lightning's ModelCheckpoint(save_last=True)
     writes last.ckpt only when that callback writes a best checkpoint, so a recipe keeps a callback of its own for it."""
-    import yaml
-
-    path = os.path.join(CONFIGS, f"{name}.yaml")
-    callbacks = _checkpoint_callbacks(path)
+    trainer = _trainer_section(os.path.join(CONFIGS, f"{name}.yaml"))
+    callbacks = _checkpoint_callbacks(trainer)
     if not callbacks:
         pytest.skip(f"{name} writes no checkpoints")
     assert not any(c.get("save_last") is True for c in callbacks), f"{name}: save_last: true (last.ckpt = the last best epoch)"
     last = [c for c in callbacks if c.get("filename") == "last" and c.get("monitor") is None]
     assert last, f"{name}: no last.ckpt callback"
-    with open(path) as f:
-        every = (yaml.safe_load(f).get("trainer") or {}).get("check_val_every_n_epoch", 1)
+    every = trainer.get("check_val_every_n_epoch", 1)
     if every != 1:  # it would write only when validation runs, every `every` epochs
         assert last[0].get("save_on_train_epoch_end") is True, f"{name}: validates every {every} epochs; last.ckpt needs save_on_train_epoch_end"
 
