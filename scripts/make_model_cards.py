@@ -124,13 +124,15 @@ def speed_lines(rows: list[dict]) -> list[str]:
     # the latest measurement per (mode, precision): the last file wins (dates sort by name order)
     latest = {}
     for r in sorted(rows, key=lambda r: r.get("date") or ""):
-        if r.get("compile") or r.get("grad_ckpt"):
-            continue
+        if r.get("compile") or r.get("grad_ckpt") or r.get("optimizer") not in (None, "adamw"):
+            continue  # the card shows what `zoo fit` runs: eager, no checkpointing, its AdamW (rows before 2026-12-06 say none)
         latest[(r["mode"], r["precision"], r.get("batch"), r.get("seq_len"), r.get("tgt_len"))] = r
     out = []
     for (mode, prec, batch, seq, tgt), r in sorted(latest.items(), key=lambda kv: str(kv[0])):
         m = r["machine"]
         size = f"batch {batch}" + (f" x {seq}" if seq else "") + (f" -> {tgt}" if tgt else "")
+        if r.get("optimizer"):
+            size += f", {r['optimizer']}"
         peer = f"; {r['vs_peer']:.2f}x {r['peer']}" if "vs_peer" in r else ""
         out.append(f"  - {mode} {prec}, {size} ({r.get('params', 0) / 1e6:.1f}M params as benchmarked): {r['samples_per_s']:.1f} samples/s, {r['tokens_per_s']:.0f} tokens/s{peer} "
                    f"({m.get('cpu', '?')}, {m.get('torch_threads', '?')} threads, load {m.get('load_avg_1m', 0):.1f}, "

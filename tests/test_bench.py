@@ -128,6 +128,24 @@ def test_speed_cli_writes_a_table_with_peer_ratios(tmp_path, capsys):
     assert "vs peer" in out and "vs fp32" in out and "bf16: cpu_bf16_flags" in out
 
 
+def test_speed_times_optimisers_interleaved_and_goals_read_the_zoo_fit_one(tmp_path):
+    speed_main(["vit_digits", "--vs-peers", "--batch-size", "4", "--warmup", "1", "--rounds", "2", "--steps", "1",
+                "--modes", "train", "--optimizer", "adamw,adamw_foreach", "--no-memory", "--peak-size", "128",
+                "--out", str(tmp_path)])
+    rows = json.loads((tmp_path / "speed.json").read_text())["rows"]
+    assert {(r["side"], r["optimizer"]) for r in rows} == {(s, o) for s in ("zoo", "peer") for o in ("adamw", "adamw_foreach")}
+    med = {(r["side"], r["optimizer"]): r["median_ms"] for r in rows}
+    for r in rows:
+        if r["optimizer"] == "adamw_foreach":  # against the first optimiser named, same implementation
+            assert r["vs_optimizer"] == pytest.approx(med[(r["side"], "adamw")] / r["median_ms"])
+            assert r["optimizer_baseline"] == "adamw"
+        if r["side"] == "zoo":  # against the peer with the same optimiser
+            assert r["vs_peer"] == pytest.approx(med[("peer", r["optimizer"])] / r["median_ms"])
+    goal_rows = [dict(r, model="vit_small_patch16_224", batch=16) for r in rows]  # as if the goal configuration
+    (goal,) = check_goals(goal_rows)
+    assert goal["value"] == pytest.approx(next(r["vs_peer"] for r in rows if r["side"] == "zoo" and r["optimizer"] == "adamw"))
+
+
 def test_bad_options_name_the_fix():
     with pytest.raises(SystemExit):
         speed_main(["vit_digits", "--precision", "fp16"])

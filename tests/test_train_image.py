@@ -68,6 +68,44 @@ def test_adafactor_steps_scale_with_the_parameter_rms():
         ZooTask("vit_digits", optimizer="lion")
 
 
+def test_adamw_is_fused_where_torch_has_the_kernel_and_steps_as_adamw():
+    """"adamw" is torch's fused kernel on the CPU (one pass per parameter), "adamw_foreach" the multi-tensor default;
+    both take AdamW's step: on the first step m/sqrt(v) = g/|g|, so p1 = p0 (1 - lr wd) - lr g / (|g| + eps)."""
+    torch.manual_seed(0)
+    lr, wd = 1e-2, 0.1
+    for name, fused in (("adamw", True), ("adamw_foreach", False)):
+        w = torch.nn.Parameter(torch.randn(64, 32))
+        p0, g = w.detach().clone(), torch.randn(64, 32)
+        opt = make_optimizer(name, [{"params": [w], "weight_decay": wd}], lr=lr, betas=(0.9, 0.999))
+        assert bool(opt.param_groups[0]["fused"]) is fused, name
+        w.grad = g.clone()
+        opt.step()
+        torch.testing.assert_close(w.detach(), p0 * (1 - lr * wd) - lr * g / (g.abs() + 1e-8), rtol=1e-5, atol=1e-6)
+    w = torch.nn.Parameter(torch.randn(4))
+    assert not make_optimizer("adamw", [{"params": [w]}], lr=lr, betas=(0.9, 0.999), allow_fused=False).param_groups[0]["fused"]
+
+
+@pytest.mark.parametrize("setting, fused", [({"precision": "bf16-mixed"}, True), ({"precision": "32-true"}, True),
+                                            ({"precision": "32-true", "gradient_clip_val": 1.0}, True),
+                                            ({"precision": "bf16-mixed", "gradient_clip_val": 1.0}, False), ("fp16", False)])
+def test_the_task_optimiser_is_fused_where_lightning_can_step_and_clip_it(tmp_path, setting, fused):
+    """Lightning's mixed-precision plugins refuse to clip a fused optimiser's gradients (and a float16 GradScaler
+    has it unscale): those trainings keep the multi-tensor AdamW. Two steps of each setting run."""
+    import lightning as L
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
+    if setting == "fp16":  # a GPU's float16 AMP with its GradScaler, on the CPU
+        setting = {"plugins": [MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu"))]}
+    from zoo.data.images import Digits
+    from zoo.tasks.image import ImageClassification
+
+    task = ImageClassification("vit_digits")
+    trainer = L.Trainer(accelerator="cpu", max_steps=2, logger=False, enable_checkpointing=False, limit_val_batches=0,
+                        enable_progress_bar=False, default_root_dir=tmp_path, **setting)
+    trainer.fit(task, datamodule=Digits(batch_size=16))
+    assert bool(trainer.optimizers[0].param_groups[0]["fused"]) is fused
+
+
 def test_short_training_run_learns(tmp_path):
     """Three epochs of a 2-layer ViT on MNIST-5k: far above the 10% of chance."""
     cli = lightning_main(

@@ -50,6 +50,7 @@ def resolve_models(patterns: list[str], default: list[str]) -> list[str]:
 
 def speed_main(argv: list[str]) -> int:
     from .speed import GOAL_SETTINGS, GOALS, SpeedOptions, format_goals, format_table, run_speed
+    from ..tasks.base import OPTIMIZERS
 
     ap = argparse.ArgumentParser(prog="zoo bench speed", description="Throughput, MACs and memory of zoo models (and their peers).")
     ap.add_argument("patterns", nargs="*", help="model names or wildcards; default: the goal models of issue 7")
@@ -62,6 +63,9 @@ def speed_main(argv: list[str]) -> int:
     ap.add_argument("--img-size", type=int, help="image side (default: the model's)")
     ap.add_argument("--precision", type=_choices(("fp32", "bf16")), default=("fp32",), help="fp32,bf16 (bf16 = autocast)")
     ap.add_argument("--modes", type=_choices(("forward", "train")), default=("forward", "train"))
+    ap.add_argument("--optimizer", type=_choices(OPTIMIZERS), default=("adamw",),
+                    help="optimiser(s) of the training step, built as `zoo fit` builds them (adamw: fused where torch "
+                         "has the kernel; adamw_foreach: torch's multi-tensor default); several are timed interleaved")
     ap.add_argument("--vs-peers", action="store_true", help="also time the reference implementation, interleaved")
     ap.add_argument("--compile", nargs="?", const="on", default="off", choices=("off", "on", "both"),
                     help="torch.compile both sides; `--compile both` times eager and compiled in the same rounds")
@@ -83,7 +87,7 @@ def speed_main(argv: list[str]) -> int:
                         precisions=a.precision, modes=a.modes, vs_peers=a.vs_peers or a.goals,
                         compile={'off': False, 'on': True, 'both': 'both'}[a.compile],
                         gradient_checkpointing=a.gradient_checkpointing, warmup=a.warmup, rounds=a.rounds, steps=a.steps,
-                        memory=not a.no_memory, peak_size=a.peak_size)
+                        memory=not a.no_memory, peak_size=a.peak_size, optimizers=a.optimizer)
     if a.goals:
         from .. import list_models
 

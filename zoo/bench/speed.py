@@ -219,7 +219,11 @@ def autocast(precision: str, device: str = "cpu"):
     raise ValueError(f"unknown precision {precision!r}; choose fp32 or bf16")
 
 
-def make_step(wl: Workload, mode: str, precision: str, device: str = "cpu", compile: bool = False) -> Callable[[], None]:
+def make_step(wl: Workload, mode: str, precision: str, device: str = "cpu", compile: bool = False,
+              optimizer: str = "adamw") -> Callable[[], None]:
+    """One forward (inference) or one training step (forward, backward, optimiser step) of the workload.
+    optimizer: a name `zoo fit` takes (zoo.tasks.base.OPTIMIZERS), built the way `zoo fit` builds it
+    ("adamw": torch's fused kernel where it takes every parameter), the same for the zoo and the peer."""
     model = wl.model
     fn = torch.compile(model) if compile else model
     if mode == "forward":
@@ -229,7 +233,10 @@ def make_step(wl: Workload, mode: str, precision: str, device: str = "cpu", comp
                 wl.call(fn, wl.inputs)
         return step
     if mode == "train":
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
+        from ..tasks.base import make_optimizer
+
+        opt = make_optimizer(optimizer, [{"params": list(model.parameters()), "weight_decay": 0.01}], lr=1e-5,
+                             betas=(0.9, 0.999))
 
         def step():
             model.train()
@@ -308,6 +315,7 @@ class SpeedOptions:
     device: str = "cpu"
     model_overrides: dict = field(default_factory=dict)
     settings: tuple[tuple[str, bool], ...] = ()  # explicit (precision, compiled) pairs; default: precisions x compile
+    optimizers: tuple[str, ...] = ("adamw",)  # of the training step; several are timed in the same interleaved rounds
 
     def setting_list(self) -> list[tuple[str, bool]]:
         if self.settings:
@@ -316,8 +324,8 @@ class SpeedOptions:
         return [(p, c) for c in compiled for p in self.precisions]
 
 
-def _setting(precision: str, compiled: bool) -> str:
-    return f"{precision}|{'compiled' if compiled else 'eager'}"
+def _setting(precision: str, compiled: bool, optimizer: str | None = None) -> str:
+    return f"{precision}|{'compiled' if compiled else 'eager'}" + (f"|{optimizer}" if optimizer else "")
 
 
 def build_workloads(name: str, opts: SpeedOptions, seq_len: int) -> tuple[Workload, Workload | None, str | None]:
@@ -357,29 +365,32 @@ def bench_model(name: str, opts: SpeedOptions, seq_len: int, peak_flops: float |
     rows = []
     for mode in opts.modes:
         wls = [zoo] + ([peer] if peer else [])
-        # every (implementation, precision, eager/compiled) of this mode in one interleaved timing, so that
-        # bf16 / fp32 and compiled / eager compare like with like
-        keys = [(w, p, c) for p, c in opts.setting_list() for w in wls]
-        steps = {f"{w.label}|{_setting(p, c)}": make_step(w, mode, p, opts.device, c) for w, p, c in keys}
+        # every (implementation, precision, eager/compiled, optimiser) of this mode in one interleaved timing, so that
+        # bf16 / fp32, compiled / eager and one optimiser / another compare like with like
+        optims = opts.optimizers if mode == "train" else (None,)
+        settings = [(p, c, o) for p, c in opts.setting_list() for o in optims]
+        keys = [(w, p, c, o) for p, c, o in settings for w in wls]
+        label = lambda w, p, c, o: f"{w.label}|{_setting(p, c, o)}"  # noqa: E731
+        steps = {label(*k): make_step(k[0], mode, k[1], opts.device, k[2], k[3] or "adamw") for k in keys}
         failed = {}  # a peer that cannot run a setting (torch.nn.Transformer's fast path under bf16) is left out, named
-        for w, p, c in [k for k in keys if k[0] is not zoo]:
+        for w, p, c, o in [k for k in keys if k[0] is not zoo]:
             try:
-                steps[f"{w.label}|{_setting(p, c)}"]()
+                steps[label(w, p, c, o)]()
             except Exception as e:  # noqa: BLE001 - the peer's own failure, reported in the zoo row
-                failed[(p, c)] = (f"{w.label} fails in {p}{' compiled' if c else ''} {mode}: "
-                                  f"{type(e).__name__}: {str(e).splitlines()[0][:120]}")
-                print(f"  {failed[(p, c)]}")
-                keys.remove((w, p, c))
-                del steps[f"{w.label}|{_setting(p, c)}"]
+                failed[(p, c, o)] = (f"{w.label} fails in {p}{' compiled' if c else ''} {mode}: "
+                                     f"{type(e).__name__}: {str(e).splitlines()[0][:120]}")
+                print(f"  {failed[(p, c, o)]}")
+                keys.remove((w, p, c, o))
+                del steps[label(w, p, c, o)]
         times = time_interleaved(steps, opts.warmup, opts.rounds, opts.steps, opts.device)
         load = os.getloadavg()[0]
         by_key = {}
-        for w, precision, compiled in keys:
-            key = f"{w.label}|{_setting(precision, compiled)}"
+        for w, precision, compiled, optim in keys:
+            key = label(w, precision, compiled, optim)
             med = statistics.median(times[key])
             row = {
                 "model": name, "impl": w.label, "side": "zoo" if w is zoo else "peer", "kind": kind, "mode": mode,
-                "precision": precision, "compile": compiled, "grad_ckpt": opts.gradient_checkpointing,
+                "precision": precision, "compile": compiled, "optimizer": optim, "grad_ckpt": opts.gradient_checkpointing,
                 "batch": w.batch, "seq_len": zoo.inputs["input_ids"].shape[1] if "input_ids" in zoo.inputs else None,
                 "tgt_len": zoo.inputs["decoder_input_ids"].shape[1] if "decoder_input_ids" in zoo.inputs else None,
                 "img_size": zoo.inputs["images"].shape[-1] if "images" in zoo.inputs else None,
@@ -393,24 +404,28 @@ def bench_model(name: str, opts: SpeedOptions, seq_len: int, peak_flops: float |
                 row["achieved_gflops"] = 2 * w.macs_per_sample * w.batch / med / 1e9
                 if peak_flops and precision == "fp32":
                     row["utilisation"] = row["achieved_gflops"] * 1e9 / peak_flops
-            fp32 = by_key.get((w.label, "fp32", compiled))
+            fp32 = by_key.get((w.label, "fp32", compiled, optim))
             if precision != "fp32" and fp32 is not None:
                 row["vs_fp32"] = fp32["median_ms"] / row["median_ms"]  # > 1: the low precision is faster
-            eager = by_key.get((w.label, precision, False))
+            eager = by_key.get((w.label, precision, False, optim))
             if compiled and eager is not None:
                 row["vs_eager"] = eager["median_ms"] / row["median_ms"]  # > 1: compiling pays
-            by_key[(w.label, precision, compiled)] = row
+            first = by_key.get((w.label, precision, compiled, optims[0]))
+            if optim is not None and optim != optims[0] and first is not None:
+                row["vs_optimizer"] = first["median_ms"] / row["median_ms"]  # > 1: faster than the first optimiser
+                row["optimizer_baseline"] = optims[0]
+            by_key[(w.label, precision, compiled, optim)] = row
             rows.append(row)
-        for precision, compiled in opts.setting_list():
-            z = by_key[(zoo.label, precision, compiled)]
-            if (precision, compiled) in failed:
-                z["no_peer"] = failed[(precision, compiled)]
+        for precision, compiled, optim in settings:
+            z = by_key[(zoo.label, precision, compiled, optim)]
+            if (precision, compiled, optim) in failed:
+                z["no_peer"] = failed[(precision, compiled, optim)]
             elif peer:
-                p = by_key[(peer.label, precision, compiled)]
+                p = by_key[(peer.label, precision, compiled, optim)]
                 z["vs_peer"] = p["median_ms"] / z["median_ms"]
                 z["peer"] = p["impl"]
-                if compiled and (peer.label, precision, False) in by_key:  # the compiled zoo against the peer as users run it
-                    z["vs_peer_eager"] = by_key[(peer.label, precision, False)]["median_ms"] / z["median_ms"]
+                if compiled and (peer.label, precision, False, optim) in by_key:  # the compiled zoo against the peer as users run it
+                    z["vs_peer_eager"] = by_key[(peer.label, precision, False, optim)]["median_ms"] / z["median_ms"]
             elif why:
                 z["no_peer"] = why
     return rows
@@ -456,6 +471,8 @@ def check_goals(rows: list[dict]) -> list[dict]:
                 continue
             if seq is not None and (r["seq_len"], r["tgt_len"]) != (seq, tgt):
                 continue
+            if r["mode"] == "train" and r.get("optimizer", "adamw") != "adamw":
+                continue  # goals are about the training step `zoo fit` runs
             setting = (r["precision"], bool(r["compile"]))
             if setting == ("fp32", False):
                 if "vs_peer" in r:
@@ -479,19 +496,20 @@ def check_goals(rows: list[dict]) -> list[dict]:
 
 
 def format_table(rows: list[dict]) -> str:
-    head = (f"{'model':24s} {'impl':36s} {'mode':7s} {'prec':6s} {'batch':>5s} {'len':>8s} {'params':>8s} {'MACs/s.':>8s} "
-            f"{'ms':>8s} {'samples/s':>9s} {'tokens/s':>9s} {'mem MB':>7s} {'GFLOP/s':>7s} {'util':>5s} {'vs peer':>7s} {'vs fp32':>7s} {'vs eager':>8s}")
+    head = (f"{'model':24s} {'impl':36s} {'mode':7s} {'prec':6s} {'optimizer':13s} {'batch':>5s} {'len':>8s} {'params':>8s} {'MACs/s.':>8s} "
+            f"{'ms':>8s} {'samples/s':>9s} {'tokens/s':>9s} {'mem MB':>7s} {'GFLOP/s':>7s} {'util':>5s} {'vs peer':>7s} {'vs fp32':>7s} {'vs eager':>8s} {'vs optim':>8s}")
     lines = [head, "-" * len(head)]
     for r in rows:
         length = f"{r['seq_len']}>{r['tgt_len']}" if r["seq_len"] and r["tgt_len"] else str(r["seq_len"] or f"{r['img_size']}px")
         fmt = lambda v, spec: format(v, spec) if isinstance(v, (int, float)) and v is not None else "-"  # noqa: E731
         lines.append(
-            f"{r['model']:24s} {r['impl'][:36]:36s} {r['mode']:7s} {r['precision'] + ('+c' if r['compile'] else ''):6s} {r['batch']:5d} {length:>8s} "
+            f"{r['model']:24s} {r['impl'][:36]:36s} {r['mode']:7s} {r['precision'] + ('+c' if r['compile'] else ''):6s} {r.get('optimizer') or '-':13s} {r['batch']:5d} {length:>8s} "
             f"{r['params'] / 1e6:7.1f}M {_si(r['macs_per_sample']):>8s} {r['median_ms']:8.1f} {r['samples_per_s']:9.2f} "
             f"{r['tokens_per_s']:9.0f} {fmt(r['peak_mem_mb'], '7.0f'):>7s} {fmt(r.get('achieved_gflops'), '7.1f'):>7s} "
             f"{fmt(r.get('utilisation'), '5.0%'):>5s} {fmt(r.get('vs_peer'), '6.2f') + ('x' if 'vs_peer' in r else ''):>7s} "
             f"{fmt(r.get('vs_fp32'), '6.2f') + ('x' if 'vs_fp32' in r else ''):>7s} "
-            f"{fmt(r.get('vs_eager'), '6.2f') + ('x' if 'vs_eager' in r else ''):>8s}")
+            f"{fmt(r.get('vs_eager'), '6.2f') + ('x' if 'vs_eager' in r else ''):>8s} "
+            f"{fmt(r.get('vs_optimizer'), '6.2f') + ('x' if 'vs_optimizer' in r else ''):>8s}")
     return "\n".join(lines)
 
 
