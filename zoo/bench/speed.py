@@ -371,7 +371,7 @@ def bench_model(name: str, opts: SpeedOptions, seq_len: int, peak_flops: float |
         settings = [(p, c, o) for p, c in opts.setting_list() for o in optims]
         keys = [(w, p, c, o) for p, c, o in settings for w in wls]
         label = lambda w, p, c, o: f"{w.label}|{_setting(p, c, o)}"  # noqa: E731
-        steps = {label(*k): make_step(k[0], mode, k[1], opts.device, k[2], k[3] or "adamw") for k in keys}
+        steps = {label(w, p, c, o): make_step(w, mode, p, opts.device, c, o or "adamw") for w, p, c, o in keys}
         failed = {}  # a peer that cannot run a setting (torch.nn.Transformer's fast path under bf16) is left out, named
         for w, p, c, o in [k for k in keys if k[0] is not zoo]:
             try:

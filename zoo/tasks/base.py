@@ -55,13 +55,15 @@ def make_optimizer(name: str, groups: list[dict], lr: float, betas: tuple[float,
 
 
 def fused_allowed(trainer) -> bool:
-    """Whether the trainer can step a fused optimiser. A fused optimiser unscales a float16 GradScaler's gradients
-    inside its step, so Lightning's mixed-precision plugins (bf16 too) refuse to clip its gradients; under a
-    GradScaler, or under mixed precision with gradient clipping on, "adamw" stays multi-tensor."""
+    """Whether the trainer can step a fused optimiser. Under a GradScaler (float16) a fused step would unscale the
+    gradients itself, and Lightning's MixedPrecision plugin (bf16 too) refuses to clip a fused optimiser's
+    gradients: there "adamw" stays multi-tensor."""
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
     plugin = getattr(trainer, "precision_plugin", None)
     if getattr(plugin, "scaler", None) is not None:
         return False
-    return not (hasattr(plugin, "scaler") and getattr(trainer, "gradient_clip_val", None))
+    return not (isinstance(plugin, MixedPrecision) and getattr(trainer, "gradient_clip_val", None))
 
 
 def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float:
