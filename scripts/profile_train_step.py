@@ -7,16 +7,25 @@ optimiser `zoo fit` builds, 2 threads), profiled once after two warm-up steps. S
 - matrix kernels: mm / addmm / bmm / baddbmm, the fused attention forward and backward, convolutions;
 - the optimiser step (everything under `Optimizer.step`);
 - dropout's random masks (bernoulli_);
-- the rest: elementwise, norms, softmax, copies, reductions: what inductor's fusion works on.
+- copies (copy_ / _to_copy: contiguous copies; under autocast also the casts);
+- the rest: elementwise, norms, softmax, reductions.
 Compiling leaves the first three as they are on the CPU (inductor calls the same matrix kernels and does not
-compile the optimiser here), so 1 / (1 - rest) bounds its speed-up even if the rest vanished. The same step
+compile the optimiser here), so 1 / (1 - copies - rest) bounds its speed-up even if its fusion removed all of
+the copies and the rest. The same step
 compiled (torch.compile, inductor, its C++ kernels profiled by name) is split the same way and timed against
 eager (median of 5 interleaved steps).
+
+    python scripts/profile_train_step.py --bf16 [MODEL ...]
+
+The same eager step in float32 and under bf16 autocast, side by side, split as above with the copies (autocast's
+casts of weights and activations, and their gradients' casts back) taken out of the rest: what bf16's matrix units
+cannot speed up bounds bf16's gain, 1 / (share of the float32 step outside the matrix kernels) even if the
+matrix kernels took no time at all.
 """
 from __future__ import annotations
 
+import argparse
 import statistics
-import sys
 
 import torch
 import torch._inductor.config
@@ -35,7 +44,7 @@ def split(prof) -> dict[str, float]:
     for e in events:  # ops under the optimiser's step
         if e.name.startswith("Optimizer.step#"):
             in_opt |= {c.id for c in _descendants(e)}
-    parts = {"matrix kernels": 0.0, "optimiser step": 0.0, "dropout masks": 0.0, "rest": 0.0}
+    parts = {"matrix kernels": 0.0, "optimiser step": 0.0, "dropout masks": 0.0, "copies": 0.0, "rest": 0.0}
     for e in events:
         if e.name.startswith("Optimizer.step#") or e.name.startswith("ProfilerStep"):
             continue
@@ -46,6 +55,8 @@ def split(prof) -> dict[str, float]:
             parts["matrix kernels"] += t
         elif e.name == "aten::bernoulli_":
             parts["dropout masks"] += t
+        elif e.name in ("aten::copy_", "aten::_to_copy"):
+            parts["copies"] += t
         else:
             parts["rest"] += t
     return parts
@@ -57,14 +68,44 @@ def _descendants(e):
         yield from _descendants(c)
 
 
+def goal_workload(name: str):
+    goal = {g[0]: g for g in GOALS}
+    _, batch, seq, tgt = goal.get(name, (name, None, None, None))
+    zoo, _, _ = build_workloads(name, SpeedOptions(batch_size=batch, tgt_len=tgt or 32), seq or 128)
+    return zoo, seq, tgt
+
+
+def main_bf16(names: list[str]) -> None:
+    """Eager float32 against eager bf16 autocast, split by kind of work."""
+    torch.set_num_threads(2)
+    for name in names:
+        zoo, seq, tgt = goal_workload(name)
+        steps = {p: make_step(zoo, "train", p) for p in ("fp32", "bf16")}
+        times = time_interleaved(steps, warmup=2, rounds=5, per_round=1)
+        split_of = {}
+        for p, step in steps.items():
+            with profile() as prof:
+                step()
+            split_of[p] = split(prof)
+        med = {p: 1e3 * statistics.median(t) for p, t in times.items()}
+        print(f"{name} (batch {zoo.batch}{f' x {seq}' if seq else ''}{f' -> {tgt}' if tgt else ''}), eager training "
+              f"step: median float32 {med['fp32']:.0f} ms, bf16 {med['bf16']:.0f} ms: {med['fp32'] / med['bf16']:.2f}x")
+        print(f"  {'self CPU time':16s} {'float32 ms':>11s} {'bf16 ms':>9s} {'float32/bf16':>13s}")
+        for k in split_of["fp32"]:
+            a, b = split_of["fp32"][k], split_of["bf16"][k]
+            print(f"  {k:16s} {a:11.1f} {b:9.1f} {a / b if b else float('nan'):12.2f}x")
+        fa, fb = sum(split_of["fp32"].values()), sum(split_of["bf16"].values())
+        outside = fa - split_of["fp32"]["matrix kernels"]
+        print(f"  {'total':16s} {fa:11.1f} {fb:9.1f} {fa / fb:12.2f}x")
+        print(f"  bf16's bound (matrix kernels free, all else as in float32): {fa / outside:.2f}x; with bf16's own "
+              f"non-matrix time: {fa / (fb - split_of['bf16']['matrix kernels']):.2f}x\n", flush=True)
+
+
 def main(names: list[str]) -> None:
     torch.set_num_threads(2)
     torch._inductor.config.cpp.enable_kernel_profile = True  # inductor's kernels by name, not one opaque region
-    goal = {g[0]: g for g in GOALS}
     for name in names:
-        _, batch, seq, tgt = goal.get(name, (name, None, None, None))
-        opts = SpeedOptions(batch_size=batch, tgt_len=tgt or 32)
-        zoo, _, _ = build_workloads(name, opts, seq or 128)
+        zoo, seq, tgt = goal_workload(name)
         steps = {"eager": make_step(zoo, "train", "fp32"), "compiled": make_step(zoo, "train", "fp32", compile=True)}
         times = time_interleaved(steps, warmup=2, rounds=5, per_round=1)
         for setting, step in steps.items():
@@ -78,9 +119,14 @@ def main(names: list[str]) -> None:
             for k, v in parts.items():
                 print(f"  {k:16s} {v:8.1f} ms  {v / total:6.1%}")
             if setting == "eager":
-                print(f"  compile's bound (the rest fused away entirely): {total / (total - parts['rest']):.2f}x")
+                fusable = parts["rest"] + parts["copies"]
+                print(f"  compile's bound (the copies and the rest fused away entirely): {total / (total - fusable):.2f}x")
             print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=10))
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:] or [g[0] for g in GOALS])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("models", nargs="*", help="default: the goal models of `zoo bench speed --goals`")
+    ap.add_argument("--bf16", action="store_true", help="eager float32 against eager bf16 instead of eager against compiled")
+    a = ap.parse_args()
+    (main_bf16 if a.bf16 else main)(a.models or [g[0] for g in GOALS])

@@ -220,6 +220,40 @@ def test_task_compile_switch_keeps_plain_checkpoint_keys(tmp_path):
         torch.testing.assert_close(plain(x), task.model(x))
 
 
+@pytest.mark.slow
+def test_task_compile_draws_the_dropout_masks_of_an_eager_run():
+    """compile=True with inductor: a training-mode forward under a seed equals the eager one (same dropout masks,
+    INDUCTOR_OPTIONS' fallback_random); with inductor's own generator (the option off) the masks differ."""
+    from zoo.tasks.image import ImageClassification
+
+    kwargs = {"depth": 1, "drop_rate": 0.2, "attn_drop_rate": 0.2}
+    plain = ImageClassification("vit_digits", model_kwargs=kwargs).model.train()
+    x = example_inputs(plain, batch=4).args[0]
+    outs = {}
+    for name, options in (("same masks", None), ("inductor's masks", {"fallback_random": False})):
+        torch._dynamo.reset()
+        task = ImageClassification("vit_digits", model_kwargs=kwargs, compile=True, compile_options=options)
+        task.model.load_state_dict(plain.state_dict())
+        task.configure_model()
+        task.model.train()
+        torch.manual_seed(7)
+        outs[name] = task.model(x).detach()
+    torch.manual_seed(7)
+    eager = plain(x).detach()
+    torch.manual_seed(8)
+    assert not torch.allclose(plain(x), eager, atol=1e-3)  # the masks matter at this size
+    torch.testing.assert_close(outs["same masks"], eager, atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(outs["inductor's masks"], eager, atol=1e-3)
+
+
+def test_task_refuses_compile_options_a_backend_does_not_take():
+    from zoo.tasks.image import ImageClassification
+
+    with pytest.raises(ValueError, match="compile_options are inductor's settings; backend 'aot_eager' takes none"):
+        ImageClassification("vit_digits", compile=True, compile_backend="aot_eager",
+                            compile_options={"fallback_random": True})
+
+
 def test_task_refuses_an_unknown_compile_backend():
     from zoo.tasks.image import ImageClassification
 

@@ -68,7 +68,8 @@ def speed_main(argv: list[str]) -> int:
                          "has the kernel; adamw_foreach: torch's multi-tensor default); several are timed interleaved")
     ap.add_argument("--vs-peers", action="store_true", help="also time the reference implementation, interleaved")
     ap.add_argument("--compile", nargs="?", const="on", default="off", choices=("off", "on", "both"),
-                    help="torch.compile both sides; `--compile both` times eager and compiled in the same rounds")
+                    help="torch.compile both sides, as `zoo fit` compiles (zoo.tasks.base.INDUCTOR_OPTIONS); "
+                         "`--compile both` times eager and compiled in the same rounds")
     ap.add_argument("--gradient-checkpointing", action="store_true")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=5, help="timed rounds (alternating zoo / peer)")

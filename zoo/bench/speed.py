@@ -224,8 +224,10 @@ def make_step(wl: Workload, mode: str, precision: str, device: str = "cpu", comp
     """One forward (inference) or one training step (forward, backward, optimiser step) of the workload.
     optimizer: a name `zoo fit` takes (zoo.tasks.base.OPTIMIZERS), built the way `zoo fit` builds it
     ("adamw": torch's fused kernel where it takes every parameter), the same for the zoo and the peer."""
+    from ..tasks.base import compile_kwargs, make_optimizer
+
     model = wl.model
-    fn = torch.compile(model) if compile else model
+    fn = torch.compile(model, **compile_kwargs()) if compile else model  # as `zoo fit` compiles
     if mode == "forward":
         def step():
             model.eval()
@@ -233,8 +235,6 @@ def make_step(wl: Workload, mode: str, precision: str, device: str = "cpu", comp
                 wl.call(fn, wl.inputs)
         return step
     if mode == "train":
-        from ..tasks.base import make_optimizer
-
         opt = make_optimizer(optimizer, [{"params": list(model.parameters()), "weight_decay": 0.01}], lr=1e-5,
                              betas=(0.9, 0.999))
 

@@ -74,6 +74,24 @@ def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+# What `compile=True` (and `zoo bench speed --compile`) hands inductor. fallback_random: dropout draws its masks
+# with ATen's generator, in eager's order, instead of inductor's in-kernel generator; so a compiled training step
+# sees the same masks as an eager one of the same seed (compiling changes only rounding), and on the CPU it is also
+# faster: inductor stores its masks as bool, a kernel up to 10x slower than ATen's there
+# (scripts/profile_inductor_ops.py).
+INDUCTOR_OPTIONS = {"fallback_random": True}
+
+
+def compile_kwargs(backend: str = "inductor", options: dict | None = None) -> dict:
+    """Keyword arguments of torch.compile / nn.Module.compile for `backend`: inductor gets INDUCTOR_OPTIONS
+    updated with the user's `options` (inductor config names); other backends take no options."""
+    if backend != "inductor":
+        if options:
+            raise ValueError(f"compile_options are inductor's settings; backend {backend!r} takes none (got {options})")
+        return {"backend": backend}
+    return {"backend": backend, "options": {**INDUCTOR_OPTIONS, **(options or {})}}
+
+
 def check_compile_backend(name: str) -> None:
     import torch._dynamo
 
@@ -106,7 +124,8 @@ class ZooTask(L.LightningModule):
     vocabulary size, ...); `model_kwargs` are the user's own overrides and win.
 
     `compile=True` compiles the model's forward with torch.compile (`compile_backend`, e.g. "inductor",
-    "aot_eager"; `compile_dynamic` as torch.compile's `dynamic`) once the model is placed and sharded
+    "aot_eager"; `compile_dynamic` as torch.compile's `dynamic`; `compile_options`: inductor's settings over
+    INDUCTOR_OPTIONS, which keep dropout's masks those of an eager run) once the model is placed and sharded
     (configure_model). The module is compiled in place (nn.Module.compile), so checkpoints keep the
     plain state_dict keys and load into an uncompiled model.
     """
@@ -130,11 +149,13 @@ class ZooTask(L.LightningModule):
         compile: bool = False,
         compile_backend: str = "inductor",
         compile_dynamic: bool | None = None,
+        compile_options: dict | None = None,
     ):
         super().__init__()
         check_optimizer(optimizer)
         if compile:
             check_compile_backend(compile_backend)
+            compile_kwargs(compile_backend, compile_options)  # refuses options a backend does not take
         self.save_hyperparameters()
         # the data module's facts where the model's config has the field; the user's model_kwargs always apply
         overrides = {**accepted_overrides(model, data_overrides or {}), **(model_kwargs or {})}
@@ -161,8 +182,8 @@ class ZooTask(L.LightningModule):
         hp = getattr(self, "hparams", None) or {}
         if hp.get("compile") and not getattr(self, "_zoo_compiled", False):
             for module in self.compile_targets():
-                module.compile(fullgraph=False, backend=hp.get("compile_backend", "inductor"),
-                               dynamic=hp.get("compile_dynamic"))
+                module.compile(fullgraph=False, dynamic=hp.get("compile_dynamic"),
+                               **compile_kwargs(hp.get("compile_backend", "inductor"), hp.get("compile_options")))
             self._zoo_compiled = True
 
     def compile_targets(self) -> list[nn.Module]:
