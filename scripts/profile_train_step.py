@@ -21,6 +21,12 @@ The same eager step in float32 and under bf16 autocast, side by side, split as a
 casts of weights and activations, and their gradients' casts back) taken out of the rest: what bf16's matrix units
 cannot speed up bounds bf16's gain, 1 / (share of the float32 step outside the matrix kernels) even if the
 matrix kernels took no time at all.
+
+    python scripts/profile_train_step.py --forward [MODEL ...]   # default: ViT-S/16 and BERT-base
+
+The float32 inference forward of the zoo model and of its peer, profiled with shapes: time and FLOPs of the
+linear layers (mm / addmm), the fused attention (4 b h n^2 d FLOPs), the convolutions, and the time of the
+rest, each against the sgemm peak that `zoo bench speed` measures: what the forward's utilisation is made of.
 """
 from __future__ import annotations
 
@@ -101,6 +107,63 @@ def main_bf16(names: list[str]) -> None:
               f"non-matrix time: {fa / (fb - split_of['bf16']['matrix kernels']):.2f}x\n", flush=True)
 
 
+ATTENTION = ("aten::_scaled_dot_product_flash_attention_for_cpu", "aten::_scaled_dot_product_flash_attention",
+             "aten::_scaled_dot_product_efficient_attention", "aten::_scaled_dot_product_attention_math")
+
+
+def forward_split(prof) -> dict[str, list[float]]:
+    """Self time (ms) and FLOPs of the linear layers, the fused attention, the convolutions and the rest."""
+    parts = {"linear (mm, addmm)": [0.0, 0.0], "fused attention": [0.0, 0.0], "convolution": [0.0, 0.0],
+             "rest": [0.0, 0.0]}
+    for e in prof.events():
+        if e.name.startswith("ProfilerStep"):
+            continue
+        t = e.self_cpu_time_total / 1e3
+        if e.name in ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm"):
+            parts["linear (mm, addmm)"][0] += t
+            parts["linear (mm, addmm)"][1] += e.flops or 0
+        elif e.name in ATTENTION:
+            b, h, n, d = e.input_shapes[0]
+            parts["fused attention"][0] += t
+            parts["fused attention"][1] += 4 * b * h * n * e.input_shapes[1][2] * d
+        elif e.name in ("aten::mkldnn_convolution", "aten::convolution", "aten::_convolution"):
+            parts["convolution"][0] += t
+            parts["convolution"][1] += e.flops or 0
+        else:
+            parts["rest"][0] += t
+    return parts
+
+
+def main_forward(names: list[str]) -> None:
+    """Where the float32 forward's time goes, zoo and peer, against the sgemm peak."""
+    from zoo.bench.speed import matmul_peak
+
+    torch.set_num_threads(2)
+    for name in names:
+        goal = {g[0]: g for g in GOALS}
+        _, batch, seq, tgt = goal.get(name, (name, None, None, None))
+        zoo, peer, _ = build_workloads(name, SpeedOptions(batch_size=batch, tgt_len=tgt or 32, vs_peers=True), seq or 128)
+        sides = [w for w in (zoo, peer) if w is not None]
+        steps = {w.label: make_step(w, "forward", "fp32") for w in sides}
+        times = time_interleaved(steps, warmup=2, rounds=5, per_round=1)
+        peak = matmul_peak()
+        print(f"{name} (batch {zoo.batch}{f' x {seq}' if seq else ''}), float32 forward; sgemm peak "
+              f"{peak / 1e9:.0f} GFLOP/s")
+        for w in sides:
+            with profile(record_shapes=True, with_flops=True) as prof:
+                steps[w.label]()
+            parts = forward_split(prof)
+            total_t = sum(v[0] for v in parts.values())
+            total_f = 2 * w.macs_per_sample * w.batch
+            med = 1e3 * statistics.median(times[w.label])
+            print(f"  {w.label}: median {med:.0f} ms, {total_f / 1e9:.0f} GFLOP, {total_f / med / 1e6 / (peak / 1e9):.0%}"
+                  f" of the peak; profiled self CPU time {total_t:.0f} ms:")
+            for k, (t, f) in parts.items():
+                rate = f"{f / t / 1e6:6.0f} GFLOP/s, {f / t / 1e6 / (peak / 1e9):4.0%} of the peak" if f else ""
+                print(f"    {k:20s} {t:7.1f} ms {t / total_t:6.1%}  {rate}")
+        print(flush=True)
+
+
 def main(names: list[str]) -> None:
     torch.set_num_threads(2)
     torch._inductor.config.cpp.enable_kernel_profile = True  # inductor's kernels by name, not one opaque region
@@ -128,5 +191,9 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("models", nargs="*", help="default: the goal models of `zoo bench speed --goals`")
     ap.add_argument("--bf16", action="store_true", help="eager float32 against eager bf16 instead of eager against compiled")
+    ap.add_argument("--forward", action="store_true", help="the float32 forward, zoo and peer, against the sgemm peak")
     a = ap.parse_args()
-    (main_bf16 if a.bf16 else main)(a.models or [g[0] for g in GOALS])
+    if a.forward:
+        main_forward(a.models or ["vit_small_patch16_224", "bert_base"])
+    else:
+        (main_bf16 if a.bf16 else main)(a.models or [g[0] for g in GOALS])

@@ -21,7 +21,7 @@ from zoo.core import (
     relative_position_bucket,
     sinusoidal_table,
 )
-from zoo.core.layers import DropPath, FeedForward
+from zoo.core.layers import DropPath, Dropout, FeedForward, dropout
 
 
 def naive_attention(q, k, v, keep=None, bias=None, scale=None):
@@ -219,6 +219,48 @@ def test_drop_path_is_identity_in_eval_and_unbiased_in_train():
     y = dp.train()(x)
     assert set(y.unique().tolist()) <= {0.0, 2.0}
     assert y.mean().item() == pytest.approx(1.0, abs=0.05)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_dropout_keeps_a_bernoulli_share_scaled_and_its_gradient_is_the_mask(dtype):
+    p, n = 0.1, 1_000_000
+    x = torch.full((n,), 2.0, dtype=dtype, requires_grad=True)
+    torch.manual_seed(0)
+    y = dropout(x, p, training=True)
+    kept = y != 0
+    # Bernoulli(1 - p): the kept share within 5 standard deviations (3e-4) of 0.9
+    assert abs(kept.float().mean().item() - (1 - p)) < 5 * math.sqrt(p * (1 - p) / n)
+    scale = torch.tensor(1 / (1 - p), dtype=dtype)  # in x's dtype, as F.dropout scales
+    assert torch.equal(y[kept], (2 * scale).expand(int(kept.sum())))
+    y.backward(torch.ones_like(y))
+    assert torch.equal(x.grad, torch.where(kept, scale, torch.zeros((), dtype=dtype)))
+    torch.manual_seed(0)
+    assert torch.equal(dropout(x, p, training=True), y)  # the generator's seed repeats it
+    assert torch.equal(dropout(x, p, training=False), x) and torch.equal(dropout(x, 0.0), x)
+    assert torch.equal(dropout(x, 1.0), torch.zeros_like(x))
+
+
+def test_dropout_module_is_a_drop_in_nn_dropout():
+    d = Dropout(0.25)
+    assert isinstance(d, torch.nn.Dropout) and repr(d) == repr(torch.nn.Dropout(0.25))
+    x = torch.ones(10_000)
+    assert torch.equal(d.eval()(x), x)
+    assert torch.equal(d.train()(x).unique(), torch.tensor([0.0, 1 / 0.75]))
+
+
+def test_attention_dropout_on_the_cpu_is_the_naive_formula_with_the_core_mask(qkv):
+    """With dropout_p on the CPU: softmax(q k^T s + bias) with its probabilities dropped by zoo.core.dropout's mask."""
+    q, k, v = (t.float() for t in qkv)
+    bias = torch.randn(1, 3, 5, 5)
+    torch.manual_seed(3)
+    out, _ = attention(q, k, v, bias=bias, dropout_p=0.3)
+    torch.manual_seed(3)
+    probs = (torch.einsum("bhqd,bhkd->bhqk", q, k) / math.sqrt(8) + bias).softmax(-1)
+    keep = torch.rand(probs.shape) >= 0.3
+    ref = torch.einsum("bhqk,bhkd->bhqd", probs * keep / 0.7, v)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    torch.manual_seed(4)
+    assert not torch.allclose(attention(q, k, v, bias=bias, dropout_p=0.3)[0], out, atol=1e-3)
 
 
 def test_post_norm_block_matches_torch_encoder_layer():

@@ -9,7 +9,7 @@ from .blocks import (
     multi_head_attention,
     set_grad_checkpointing,
 )
-from .layers import DropPath, FeedForward, LayerScale, QuickGELU, RMSNorm, make_activation, make_norm, trunc_normal_init
+from .layers import DropPath, Dropout, FeedForward, LayerScale, QuickGELU, RMSNorm, dropout, make_activation, make_norm, trunc_normal_init
 from .masks import causal_mask, combine_masks, decoder_padding_mask, fold_mask_into_bias, padding_mask
 from .position import (
     LearnedPositionalEmbedding,
@@ -27,7 +27,8 @@ from .position import (
 __all__ = [
     "AdditiveAttention", "KVCache", "MultiHeadAttention", "attention", "capture_attention", "BlockConfig",
     "TransformerBlock", "TransformerStack", "feed_forward", "find_blocks", "multi_head_attention", "set_grad_checkpointing",
-    "DropPath", "FeedForward", "LayerScale", "QuickGELU", "RMSNorm", "make_activation", "make_norm", "trunc_normal_init",
+    "DropPath", "Dropout", "FeedForward", "LayerScale", "QuickGELU", "RMSNorm", "dropout", "make_activation", "make_norm",
+    "trunc_normal_init",
     "causal_mask", "combine_masks", "decoder_padding_mask", "fold_mask_into_bias", "padding_mask", "LearnedPositionalEmbedding", "RelativePositionBias",
     "RotaryEmbedding", "SinusoidalPositionalEmbedding", "check_length", "check_pad_token", "relative_position_bucket",
     "resize_pos_grid", "sinusoidal_table",

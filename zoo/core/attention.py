@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from .layers import make_norm
+from .layers import Dropout, dropout, make_norm
 from .masks import causal_mask, combine_masks
 from .position import RotaryEmbedding
 
@@ -47,29 +47,43 @@ def attention(
     if scale is None:
         scale = 1.0 / math.sqrt(q.shape[-1])
     if need_weights:
-        scores = torch.matmul(q, k.transpose(-2, -1)) * scale
-        if bias is not None:
-            scores = scores + bias
-        if mask is not None:
-            scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
-        weights = scores.softmax(dim=-1)
-        dropped = F.dropout(weights, p=dropout_p) if dropout_p > 0 else weights
-        return torch.matmul(dropped, v), weights
+        return _math_attention(q, k, v, mask, bias, scale, dropout_p)
     out_dtype, upcast = q.dtype, _upcast_for_backward(q, k, v)
     if upcast:
         q, k, v = q.float(), k.float(), v.float()
-    attn_mask = mask
-    if bias is not None:
-        # SDPA takes one mask: fold the boolean mask into the additive bias.
-        attn_mask = bias.to(q.dtype)
-        if bias.dtype != q.dtype and bias.is_floating_point():  # e.g. fp32 bias under bf16 autocast: fp32's lowest
-            attn_mask = attn_mask.clamp_min(torch.finfo(q.dtype).min)  # would become -inf (NaN on a fully masked row)
-        if mask is not None:
-            attn_mask = attn_mask.masked_fill(~mask, torch.finfo(q.dtype).min)
     # autocast would cast float32 inputs back down
     with torch.autocast("cpu", enabled=False) if upcast else contextlib.nullcontext():
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, scale=scale)
+        if dropout_p > 0 and q.device.type == "cpu":
+            # SDPA's CPU kernels have no dropout: it runs its math path, whose dropout is ATen's slow CPU mask;
+            # the same math with the core's faster one (zoo.core.layers.dropout)
+            out = _math_attention(q, k, v, mask, bias, scale, dropout_p)[0]
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=_sdpa_mask(mask, bias, q.dtype),
+                                                 dropout_p=dropout_p, scale=scale)
     return out.to(out_dtype), None
+
+
+def _math_attention(q, k, v, mask, bias, scale: float, dropout_p: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The attention and its (B, H, Lq, Lk) probabilities, computed step by step."""
+    scores = torch.matmul(q, k.transpose(-2, -1)) * scale
+    if bias is not None:
+        scores = scores + bias
+    if mask is not None:
+        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+    weights = scores.softmax(dim=-1)
+    return torch.matmul(dropout(weights, dropout_p) if dropout_p > 0 else weights, v), weights
+
+
+def _sdpa_mask(mask: torch.Tensor | None, bias: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    """SDPA takes one mask: the boolean mask folded into the additive bias."""
+    if bias is None:
+        return mask
+    attn_mask = bias.to(dtype)
+    if bias.dtype != dtype and bias.is_floating_point():  # e.g. fp32 bias under bf16 autocast: fp32's lowest
+        attn_mask = attn_mask.clamp_min(torch.finfo(dtype).min)  # would become -inf (NaN on a fully masked row)
+    if mask is not None:
+        attn_mask = attn_mask.masked_fill(~mask, torch.finfo(dtype).min)
+    return attn_mask
 
 
 def _upcast_for_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
@@ -156,7 +170,7 @@ class MultiHeadAttention(nn.Module):
         self.k_norm = make_norm(qk_norm, head_dim, qk_norm_eps) if qk_norm else nn.Identity()
         self.proj = nn.Linear(inner, dim, bias=out_bias)
         self.attn_drop = attn_drop
-        self.proj_drop = nn.Dropout(proj_drop)
+        self.proj_drop = Dropout(proj_drop)
         self.layer_id = id(self)  # key into a shared KVCache
         self.record_weights = False
         self.last_weights: torch.Tensor | None = None

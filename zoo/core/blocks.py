@@ -21,7 +21,7 @@ from torch import nn
 
 from .attention import KVCache, MultiHeadAttention
 from .masks import fold_mask_into_bias
-from .layers import DropPath, FeedForward, LayerScale, make_norm
+from .layers import DropPath, Dropout, FeedForward, LayerScale, make_norm
 from .position import RotaryEmbedding
 
 
@@ -88,7 +88,7 @@ class TransformerBlock(nn.Module):
             self.cross_attn = multi_head_attention(cfg, cross=True)
         self.norm2 = make_norm(cfg.norm, cfg.dim, cfg.norm_eps, cfg.norm_bias)
         self.mlp = (mlp_layer or feed_forward)(cfg)
-        self.mlp_drop = nn.Dropout(cfg.dropout)
+        self.mlp_drop = Dropout(cfg.dropout)
         self.drop_path = DropPath(drop_path)
         if cfg.layer_scale is not None and not cfg.norm_first:
             raise ValueError("layer_scale needs a pre-norm block (norm_first=True)")

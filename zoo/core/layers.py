@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -55,6 +56,28 @@ def make_activation(name: str) -> nn.Module:
     return ACTIVATIONS[name]()
 
 
+def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
+    """F.dropout(x, p, training), with a faster mask on the CPU.
+
+    ATen's CPU dropout draws every element's mask with `bernoulli_`, serially: about 7 ns an element on a 2-core
+    Xeon, 2x slower than drawing float32 uniforms (`torch.rand`); a BERT-base training step spent 9% of its time
+    there (scripts/profile_train_step.py). On the CPU this keeps the elements whose float32 uniform is >= p and
+    scales them by 1 / (1 - p): the same Bernoulli(1 - p) mask (to 2^-24) and scaling, drawn from another stream
+    of the same generator (torch.manual_seed makes it repeatable). Elsewhere (CUDA's fused kernel), outside
+    training, and at p = 0 or 1: F.dropout itself."""
+    if not training or p <= 0.0 or p >= 1.0 or x.device.type != "cpu":
+        return F.dropout(x, p, training)
+    mask = torch.rand(x.shape, device=x.device).ge_(p).mul_(1.0 / (1.0 - p))  # float32 draws whatever x's dtype
+    return x * mask.to(x.dtype)
+
+
+class Dropout(nn.Dropout):
+    """nn.Dropout through `dropout` (its faster CPU mask); a drop-in subclass for every family."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x) if self.inplace else dropout(x, self.p, self.training)
+
+
 class FeedForward(nn.Module):
     """fc2(drop(act(fc1 x))) or, gated (GEGLU / SwiGLU / T5 v1.1), fc2(drop(act(fc1 x) * gate x)).
 
@@ -67,7 +90,7 @@ class FeedForward(nn.Module):
         self.fc1 = nn.Linear(dim, hidden, bias=bias)
         self.gate = nn.Linear(dim, hidden, bias=bias) if gated else None
         self.act = make_activation(activation)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
         self.norm = make_norm(norm, hidden, norm_eps) if norm else None
         self.fc2 = nn.Linear(hidden, dim, bias=bias)
 

@@ -21,11 +21,11 @@ attention of the core; the map that multiplies the values is `proj_w` applied to
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
 from .attention import MultiHeadAttention
+from .layers import dropout
 from .masks import causal_mask, combine_masks
 from .position import RotaryEmbedding
 
@@ -99,7 +99,7 @@ class TalkingHeadsAttention(MultiHeadAttention):
         self.last_weights = probs if (need_weights or self.record_weights) else None
         mixed = self.proj_w(probs)
         if self.training and self.attn_drop > 0:
-            mixed = F.dropout(mixed, p=self.attn_drop)
+            mixed = dropout(mixed, self.attn_drop)
         out = torch.matmul(mixed, v)
         return self.proj_drop(self.proj(rearrange(out, "b h l d -> b l (h d)")))
 

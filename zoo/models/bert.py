@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..core.layers import Dropout
 from ..core import BlockConfig, LearnedPositionalEmbedding, check_pad_token, TransformerStack, make_activation, make_norm, padding_mask, trunc_normal_init
 from ..core.position import check_attention_mask, check_length, check_token_ids
 from ..contract import TEXT_AXES, Inputs, ZooModel, token_batch
@@ -55,7 +56,7 @@ class BertEmbeddings(nn.Module):
         self.position_embeddings = LearnedPositionalEmbedding(cfg.max_positions, cfg.dim)
         self.token_type_embeddings = nn.Embedding(cfg.type_vocab_size, cfg.dim)
         self.norm = make_norm("layernorm", cfg.dim, cfg.norm_eps)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
 
     def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
         pos = self.position_embeddings(input_ids.shape[1])  # raises a clear error past max_positions
@@ -122,7 +123,7 @@ class Bert(ZooModel, nn.Module):
         elif cfg.head == "cls":
             self.pooler = BertPooler(cfg.dim)
         if cfg.head in ("cls", "token"):
-            self.head_drop = nn.Dropout(head_drop)
+            self.head_drop = Dropout(head_drop)
             self.classifier = self._make_classifier(self.num_classes)
         self.init_weights()
 

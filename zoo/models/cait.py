@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from ..contract import ZooModel
+from ..core.layers import Dropout
 from ..core import (
     BlockConfig,
     DropPath,
@@ -82,7 +83,7 @@ class ClassAttentionBlock(nn.Module):
         self.ls1 = LayerScale(cfg.dim, init_values)
         self.norm2 = make_norm(cfg.norm, cfg.dim, cfg.norm_eps, cfg.norm_bias)
         self.mlp = FeedForward(cfg.dim, cfg.mlp_hidden, cfg.activation, cfg.gated, cfg.mlp_bias, cfg.mlp_dropout)
-        self.mlp_drop = nn.Dropout(cfg.dropout)
+        self.mlp_drop = Dropout(cfg.dropout)
         self.ls2 = LayerScale(cfg.dim, init_values)
         self.drop_path = DropPath(drop_path)
 
@@ -125,7 +126,7 @@ class CaiT(ZooModel, nn.Module):
         stem = ConvStem if cfg.stem == "conv" else PatchEmbed
         self.patch_embed = stem(cfg.patch_size, cfg.in_chans, cfg.dim)
         self.pos_embed = nn.Parameter(torch.zeros(1, self.grid[0] * self.grid[1], cfg.dim))
-        self.pos_drop = nn.Dropout(cfg.pos_drop_rate)
+        self.pos_drop = Dropout(cfg.pos_drop_rate)
         common = dict(dim=cfg.dim, num_heads=cfg.num_heads, norm_eps=cfg.norm_eps, activation=cfg.activation,
                       qkv_bias=cfg.qkv_bias, layer_scale=cfg.init_values)
         trunk = BlockConfig(mlp_hidden=int(cfg.dim * cfg.mlp_ratio), dropout=cfg.proj_drop_rate,
@@ -139,7 +140,7 @@ class CaiT(ZooModel, nn.Module):
         head_cfg = BlockConfig(mlp_hidden=int(cfg.dim * cfg.class_mlp_ratio), **common)
         self.class_blocks = nn.ModuleList(ClassAttentionBlock(head_cfg, cfg.init_values) for _ in range(cfg.class_depth))
         self.norm = make_norm("layernorm", cfg.dim, cfg.norm_eps)
-        self.head_drop = nn.Dropout(cfg.drop_rate)
+        self.head_drop = Dropout(cfg.drop_rate)
         self.head = nn.Linear(cfg.dim, cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
         self.feature_info = block_feature_info(cfg.depth, cfg.dim, cfg.patch_size)
         self.init_weights()

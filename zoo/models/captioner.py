@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..core.layers import Dropout
 from ..core import BlockConfig, KVCache, LearnedPositionalEmbedding, TransformerStack, padding_mask, trunc_normal_init
 from ..generation import GenerationMixin
 from ..core.position import check_batch_sizes, check_decoder_inputs, check_length, require_decoder_input_ids
@@ -75,7 +76,7 @@ class ViTCaptioner(ZooModel, GenerationMixin, nn.Module):
         self.bridge = nn.Linear(cfg.encoder_dim, cfg.dim) if cfg.encoder_dim != cfg.dim else nn.Identity()
         self.token_embedding = nn.Embedding(cfg.vocab_size, cfg.dim)
         self.positional_embedding = LearnedPositionalEmbedding(cfg.max_len, cfg.dim)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
         block = BlockConfig(dim=cfg.dim, num_heads=cfg.num_heads, mlp_hidden=int(cfg.dim * cfg.mlp_ratio), norm_eps=cfg.norm_eps,
                             activation=cfg.activation, dropout=cfg.dropout)
         self.decoder = TransformerStack(block, cfg.depth, cross_attention=True, drop_path=cfg.drop_path_rate, final_norm=True)

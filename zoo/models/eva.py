@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from ..contract import IMAGE_AXES, Inputs, ZooModel
+from ..core.layers import Dropout
 from ..core import (
     BlockConfig,
     FeedForward,
@@ -110,7 +111,7 @@ class Eva(ZooModel, nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.dim)) if cfg.class_token else None
         num_pos = self.num_prefix + self.grid[0] * self.grid[1]
         self.pos_embed = nn.Parameter(torch.zeros(1, num_pos, cfg.dim)) if cfg.abs_pos else None
-        self.pos_drop = nn.Dropout(cfg.drop_rate)
+        self.pos_drop = Dropout(cfg.drop_rate)
         self.rope = None
         if cfg.rope:
             self.rope = RotaryEmbedding2D(cfg.dim // cfg.num_heads, self.grid, cfg.rope_temperature, cfg.rope_indexing,
@@ -125,7 +126,7 @@ class Eva(ZooModel, nn.Module):
                                         attn_layer=multi_head_attention if cfg.key_bias else self._qv_bias_attention,
                                         mlp_layer=self._mlp if cfg.mlp_norm else None)
         self.fc_norm = make_norm("layernorm", cfg.dim, cfg.norm_eps) if use_fc_norm else nn.Identity()
-        self.head_drop = nn.Dropout(cfg.drop_rate)
+        self.head_drop = Dropout(cfg.drop_rate)
         self.head = nn.Linear(cfg.dim, cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
         self.feature_info = block_feature_info(cfg.depth, cfg.dim, p)
         self.init_weights()

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..contract import DecoderOnly
+from ..core.layers import Dropout
 from ..core import BlockConfig, KVCache, LearnedPositionalEmbedding, TransformerStack, check_length, check_pad_token, decoder_padding_mask
 from ..core.position import check_attention_mask, check_token_ids
 from ..generation import GenerationMixin
@@ -94,7 +95,7 @@ class GPT(DecoderLM):
         self.num_features = cfg.dim
         self.wte = nn.Embedding(cfg.vocab_size, cfg.dim)
         self.wpe = LearnedPositionalEmbedding(cfg.max_positions, cfg.dim)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
         block = BlockConfig(dim=cfg.dim, num_heads=cfg.num_heads, mlp_hidden=cfg.mlp_hidden or 4 * cfg.dim, norm_first=True,
                             norm_eps=cfg.norm_eps, activation=cfg.activation, fused_qkv=True, dropout=cfg.dropout,
                             attn_dropout=cfg.attn_dropout)

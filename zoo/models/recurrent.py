@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from ..core.layers import Dropout
 from ..core import AdditiveAttention, KVCache, check_pad_token
 from ..generation import GenerationMixin
 from ..core.position import (can_inspect, check_attention_mask, check_batch_sizes, check_decoder_inputs, check_token_ids,
@@ -65,7 +66,7 @@ class RecurrentSeq2Seq(ZooModel, GenerationMixin, nn.Module):
         rnn = CELLS[cfg.cell]
         h = cfg.hidden_size
         self.embed = nn.Embedding(cfg.vocab_size, cfg.embed_dim, padding_idx=cfg.pad_token_id)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
         self.encoder = rnn(cfg.embed_dim, h, cfg.num_encoder_layers, batch_first=True, bidirectional=True,
                            dropout=cfg.dropout if cfg.num_encoder_layers > 1 else 0.0)
         self.init_state = nn.Linear(h, h)  # s_0 = tanh(W_init h_1^backward)
@@ -221,7 +222,7 @@ class LSTMLM(DecoderOnly, GenerationMixin, nn.Module):
         self.config = cfg
         self.num_features = cfg.embed_dim
         self.embed = nn.Embedding(cfg.vocab_size, cfg.embed_dim)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
         self.lstm = nn.LSTM(cfg.embed_dim, cfg.hidden_size, cfg.num_layers, batch_first=True,
                             dropout=cfg.dropout if cfg.num_layers > 1 else 0.0)
         self.proj = nn.Linear(cfg.hidden_size, cfg.embed_dim)  # to the (tied) output embedding's width

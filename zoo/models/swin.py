@@ -19,6 +19,7 @@ from einops import rearrange
 from torch import nn
 
 from ..contract import IMAGE_AXES, Inputs, ZooModel, image_batch
+from ..core.layers import Dropout
 from ..core import BlockConfig, TransformerBlock, make_norm, trunc_normal_init
 from ..core.position import check_images
 from ..core.window import window_attention, window_geometry
@@ -152,7 +153,7 @@ class SwinTransformer(ZooModel, nn.Module):
             self.feature_info.append({"num_chs": dims[i], "reduction": cfg.patch_size * 2 ** i, "module": f"layers.{i}"})
         self.layers = nn.ModuleList(layers)
         self.norm = make_norm("layernorm", dims[-1], cfg.norm_eps)
-        self.head_drop = nn.Dropout(cfg.drop_rate)
+        self.head_drop = Dropout(cfg.drop_rate)
         self.head = nn.Linear(dims[-1], cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
         trunc_normal_init(self)
 

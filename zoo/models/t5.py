@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..core.layers import Dropout
 from ..core import BlockConfig, KVCache, RelativePositionBias, TransformerStack, check_length, padding_mask
 from ..generation import GenerationMixin, shift_right  # noqa: F401  (shift_right re-exported for T5 users)
 from ..core.position import check_attention_mask, check_batch_sizes, check_decoder_inputs, check_token_ids, require_decoder_input_ids
@@ -78,7 +79,7 @@ class T5(ZooModel, GenerationMixin, nn.Module):
             attn_dropout=cfg.dropout_rate, mlp_dropout=cfg.dropout_rate,
         )
         self.shared = nn.Embedding(cfg.vocab_size, cfg.d_model)
-        self.drop = nn.Dropout(cfg.dropout_rate)
+        self.drop = Dropout(cfg.dropout_rate)
         self.encoder = TransformerStack(block, cfg.num_layers)
         # one bias table per stack, shared by all its layers (HF keeps it in block 0)
         nb, md = cfg.relative_attention_num_buckets, cfg.relative_attention_max_distance

@@ -22,6 +22,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
+from ..core.layers import Dropout
 from ..core import (BlockConfig, KVCache, LearnedPositionalEmbedding, RotaryEmbedding, SinusoidalPositionalEmbedding,
                     TransformerStack, padding_mask)
 from ..generation import GenerationMixin
@@ -129,7 +130,7 @@ class EncoderDecoderTransformer(ZooModel, GenerationMixin, nn.Module):
                 raise ValueError(f"pos_embed='rope' needs an even head size d_model / num_heads, got d_model={cfg.d_model}, "
                                  f"num_heads={cfg.num_heads}; change num_heads")
             self.rope = RotaryEmbedding(head_dim, base=cfg.rope_theta, max_len=cfg.max_len)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
         block = BlockConfig(
             dim=cfg.d_model, num_heads=cfg.num_heads, mlp_hidden=cfg.dim_feedforward, norm_first=cfg.norm_first,
             norm_eps=cfg.norm_eps, activation=cfg.activation, dropout=cfg.dropout, attn_dropout=cfg.attn_dropout,

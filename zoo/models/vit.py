@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from ..core.layers import Dropout
 from ..core import (
     AxialRotaryTable,
     BlockConfig,
@@ -202,7 +203,7 @@ class VisionTransformer(ZooModel, nn.Module):
         # 2-D rotary positions: no parameters, a table per forward for the input's grid
         self.rope = RotaryEmbedding2D(cfg.dim // cfg.num_heads, self.grid, num_prefix=self.num_prefix) \
             if cfg.pos_embed == "rope" else None
-        self.pos_drop = nn.Dropout(cfg.drop_rate)
+        self.pos_drop = Dropout(cfg.drop_rate)
         self.norm_pre = make_norm(cfg.norm, cfg.dim, cfg.norm_eps) if cfg.pre_norm else nn.Identity()
         mlp_hidden = int(cfg.dim * cfg.mlp_ratio)
         block = BlockConfig(
@@ -215,7 +216,7 @@ class VisionTransformer(ZooModel, nn.Module):
         self.encoder = TransformerStack(block, cfg.depth, drop_path=cfg.drop_path_rate,
                                         final_norm=not use_fc_norm and cfg.norm_first)
         self.fc_norm = make_norm(cfg.norm, cfg.dim, cfg.norm_eps) if use_fc_norm else nn.Identity()
-        self.head_drop = nn.Dropout(cfg.drop_rate)
+        self.head_drop = Dropout(cfg.drop_rate)
         self.head = nn.Linear(cfg.dim, cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
         # one entry per block: its output is a (dim, H/p, W/p) map (zoo/features.py)
         self.feature_info = block_feature_info(cfg.depth, cfg.dim, cfg.patch_size, "encoder.blocks")
