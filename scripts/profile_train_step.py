@@ -6,7 +6,7 @@ For each model: the zoo's training step as `zoo bench speed --goals` times it (t
 optimiser `zoo fit` builds, 2 threads), profiled once after two warm-up steps. Self CPU time is split into
 - matrix kernels: mm / addmm / bmm / baddbmm, the fused attention forward and backward, convolutions;
 - the optimiser step (everything under `Optimizer.step`);
-- dropout's random masks (bernoulli_);
+- dropout's random draws (bernoulli_ in ATen's dropout, uniform_ in the core's, zoo.core.layers.dropout);
 - copies (copy_ / _to_copy: contiguous copies; under autocast also the casts);
 - the rest: elementwise, norms, softmax, reductions.
 Compiling leaves the first three as they are on the CPU (inductor calls the same matrix kernels and does not
@@ -59,7 +59,7 @@ def split(prof) -> dict[str, float]:
             parts["optimiser step"] += t
         elif e.name in MATRIX:
             parts["matrix kernels"] += t
-        elif e.name == "aten::bernoulli_":
+        elif e.name in ("aten::bernoulli_", "aten::uniform_"):  # ATen's dropout; the core's (torch.rand)
             parts["dropout masks"] += t
         elif e.name in ("aten::copy_", "aten::_to_copy"):
             parts["copies"] += t
