@@ -52,7 +52,7 @@ def operations(batch: int, n: int, width: int, heads: int) -> dict[str, tuple]:
     }
 
 
-def median_ms(fn, args, rounds: int) -> list[float]:
+def timed_ms(fn, args, rounds: int) -> list[float]:
     out = []
     for _ in range(rounds):
         t0 = time.perf_counter()
@@ -84,7 +84,7 @@ def main() -> None:
             for r in range(args.rounds):  # interleaved: E C / C E / ...
                 pair = [(fn, eager_t), (compiled, comp_t)]
                 for f, acc in (pair if r % 2 == 0 else pair[::-1]):
-                    acc += median_ms(f, inputs, 1)
+                    acc += timed_ms(f, inputs, 1)
             e, c = statistics.median(eager_t), statistics.median(comp_t)
             n = max(t.numel() for t in inputs)
             print(f"  {name:32s} {n:10d} {e:9.2f} {c:12.2f} {e / c:22.2f}x", flush=True)

@@ -74,18 +74,19 @@ def _descendants(e):
         yield from _descendants(c)
 
 
-def goal_workload(name: str):
+def goal_workload(name: str, vs_peers: bool = False):
+    """The zoo workload (and the peer's, or None) at the goal batch and lengths of `zoo bench speed --goals`."""
     goal = {g[0]: g for g in GOALS}
     _, batch, seq, tgt = goal.get(name, (name, None, None, None))
-    zoo, _, _ = build_workloads(name, SpeedOptions(batch_size=batch, tgt_len=tgt or 32), seq or 128)
-    return zoo, seq, tgt
+    zoo, peer, _ = build_workloads(name, SpeedOptions(batch_size=batch, tgt_len=tgt or 32, vs_peers=vs_peers), seq or 128)
+    return zoo, peer, seq, tgt
 
 
 def main_bf16(names: list[str]) -> None:
     """Eager float32 against eager bf16 autocast, split by kind of work."""
     torch.set_num_threads(2)
     for name in names:
-        zoo, seq, tgt = goal_workload(name)
+        zoo, _, seq, tgt = goal_workload(name)
         steps = {p: make_step(zoo, "train", p) for p in ("fp32", "bf16")}
         times = time_interleaved(steps, warmup=2, rounds=5, per_round=1)
         split_of = {}
@@ -108,7 +109,7 @@ def main_bf16(names: list[str]) -> None:
 
 
 ATTENTION = ("aten::_scaled_dot_product_flash_attention_for_cpu", "aten::_scaled_dot_product_flash_attention",
-             "aten::_scaled_dot_product_efficient_attention", "aten::_scaled_dot_product_attention_math")
+             "aten::_scaled_dot_product_efficient_attention")  # fused kernels (the math path's matmuls count as linear)
 
 
 def forward_split(prof) -> dict[str, list[float]]:
@@ -140,9 +141,7 @@ def main_forward(names: list[str]) -> None:
 
     torch.set_num_threads(2)
     for name in names:
-        goal = {g[0]: g for g in GOALS}
-        _, batch, seq, tgt = goal.get(name, (name, None, None, None))
-        zoo, peer, _ = build_workloads(name, SpeedOptions(batch_size=batch, tgt_len=tgt or 32, vs_peers=True), seq or 128)
+        zoo, peer, seq, _ = goal_workload(name, vs_peers=True)
         sides = [w for w in (zoo, peer) if w is not None]
         steps = {w.label: make_step(w, "forward", "fp32") for w in sides}
         times = time_interleaved(steps, warmup=2, rounds=5, per_round=1)
@@ -168,7 +167,7 @@ def main(names: list[str]) -> None:
     torch.set_num_threads(2)
     torch._inductor.config.cpp.enable_kernel_profile = True  # inductor's kernels by name, not one opaque region
     for name in names:
-        zoo, seq, tgt = goal_workload(name)
+        zoo, _, seq, tgt = goal_workload(name)
         steps = {"eager": make_step(zoo, "train", "fp32"), "compiled": make_step(zoo, "train", "fp32", compile=True)}
         times = time_interleaved(steps, warmup=2, rounds=5, per_round=1)
         for setting, step in steps.items():

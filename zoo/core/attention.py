@@ -71,7 +71,7 @@ def _math_attention(q, k, v, mask, bias, scale: float, dropout_p: float) -> tupl
     if mask is not None:
         scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
     weights = scores.softmax(dim=-1)
-    return torch.matmul(dropout(weights, dropout_p) if dropout_p > 0 else weights, v), weights
+    return torch.matmul(dropout(weights, dropout_p), v), weights
 
 
 def _sdpa_mask(mask: torch.Tensor | None, bias: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:

@@ -63,9 +63,11 @@ def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
     Xeon, 2x slower than drawing float32 uniforms (`torch.rand`); a BERT-base training step spent 9% of its time
     there (scripts/profile_train_step.py). On the CPU this keeps the elements whose float32 uniform is >= p and
     scales them by 1 / (1 - p): the same Bernoulli(1 - p) mask (to 2^-24) and scaling, drawn from another stream
-    of the same generator (torch.manual_seed makes it repeatable). Elsewhere (CUDA's fused kernel), outside
-    training, and at p = 0 or 1: F.dropout itself."""
-    if not training or p <= 0.0 or p >= 1.0 or x.device.type != "cpu":
+    of the same generator (torch.manual_seed makes it repeatable). Outside training or at p = 0: x itself;
+    elsewhere (CUDA's fused kernel), at p = 1 or an invalid p: F.dropout."""
+    if not training or p == 0.0:
+        return x
+    if p >= 1.0 or x.device.type != "cpu":
         return F.dropout(x, p, training)
     mask = torch.rand(x.shape, device=x.device).ge_(p).mul_(1.0 / (1.0 - p))  # float32 draws whatever x's dtype
     return x * mask.to(x.dtype)

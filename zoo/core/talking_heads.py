@@ -97,9 +97,7 @@ class TalkingHeadsAttention(MultiHeadAttention):
             scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
         probs = scores.softmax(dim=-1)
         self.last_weights = probs if (need_weights or self.record_weights) else None
-        mixed = self.proj_w(probs)
-        if self.training and self.attn_drop > 0:
-            mixed = dropout(mixed, self.attn_drop)
+        mixed = dropout(self.proj_w(probs), self.attn_drop, self.training)
         out = torch.matmul(mixed, v)
         return self.proj_drop(self.proj(rearrange(out, "b h l d -> b l (h d)")))
 

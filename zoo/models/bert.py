@@ -20,8 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..core.layers import Dropout
-from ..core import BlockConfig, LearnedPositionalEmbedding, check_pad_token, TransformerStack, make_activation, make_norm, padding_mask, trunc_normal_init
+from ..core import Dropout, BlockConfig, LearnedPositionalEmbedding, check_pad_token, TransformerStack, make_activation, make_norm, padding_mask, trunc_normal_init
 from ..core.position import check_attention_mask, check_length, check_token_ids
 from ..contract import TEXT_AXES, Inputs, ZooModel, token_batch
 from ..registry import register_model

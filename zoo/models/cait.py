@@ -24,10 +24,10 @@ import torch
 from torch import nn
 
 from ..contract import ZooModel
-from ..core.layers import Dropout
 from ..core import (
     BlockConfig,
     DropPath,
+    Dropout,
     FeedForward,
     LayerScale,
     MultiHeadAttention,

@@ -16,8 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..core.layers import Dropout
-from ..core import BlockConfig, KVCache, LearnedPositionalEmbedding, TransformerStack, padding_mask, trunc_normal_init
+from ..core import Dropout, BlockConfig, KVCache, LearnedPositionalEmbedding, TransformerStack, padding_mask, trunc_normal_init
 from ..generation import GenerationMixin
 from ..core.position import check_batch_sizes, check_decoder_inputs, check_length, require_decoder_input_ids
 from ..contract import IMAGE_AXES, Inputs, ZooModel, image_batch, token_batch

@@ -23,9 +23,9 @@ import torch
 from torch import nn
 
 from ..contract import IMAGE_AXES, Inputs, ZooModel
-from ..core.layers import Dropout
 from ..core import (
     BlockConfig,
+    Dropout,
     FeedForward,
     QVBiasAttention,
     QVBiasLinear,

@@ -26,8 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..contract import DecoderOnly
-from ..core.layers import Dropout
-from ..core import BlockConfig, KVCache, LearnedPositionalEmbedding, TransformerStack, check_length, check_pad_token, decoder_padding_mask
+from ..core import Dropout, BlockConfig, KVCache, LearnedPositionalEmbedding, TransformerStack, check_length, check_pad_token, decoder_padding_mask
 from ..core.position import check_attention_mask, check_token_ids
 from ..generation import GenerationMixin
 from ..registry import register_model

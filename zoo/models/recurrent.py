@@ -21,8 +21,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from ..core.layers import Dropout
-from ..core import AdditiveAttention, KVCache, check_pad_token
+from ..core import Dropout, AdditiveAttention, KVCache, check_pad_token
 from ..generation import GenerationMixin
 from ..core.position import (can_inspect, check_attention_mask, check_batch_sizes, check_decoder_inputs, check_token_ids,
                              require_decoder_input_ids)

@@ -19,8 +19,7 @@ from einops import rearrange
 from torch import nn
 
 from ..contract import IMAGE_AXES, Inputs, ZooModel, image_batch
-from ..core.layers import Dropout
-from ..core import BlockConfig, TransformerBlock, make_norm, trunc_normal_init
+from ..core import Dropout, BlockConfig, TransformerBlock, make_norm, trunc_normal_init
 from ..core.position import check_images
 from ..core.window import window_attention, window_geometry
 from ..features import check_output_fmt, feature_take_indices, run_blocks

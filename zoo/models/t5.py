@@ -19,8 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..core.layers import Dropout
-from ..core import BlockConfig, KVCache, RelativePositionBias, TransformerStack, check_length, padding_mask
+from ..core import Dropout, BlockConfig, KVCache, RelativePositionBias, TransformerStack, check_length, padding_mask
 from ..generation import GenerationMixin, shift_right  # noqa: F401  (shift_right re-exported for T5 users)
 from ..core.position import check_attention_mask, check_batch_sizes, check_decoder_inputs, check_token_ids, require_decoder_input_ids
 from ..contract import TEXT_AXES, Inputs, ZooModel, seq2seq_inputs

@@ -22,8 +22,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from ..core.layers import Dropout
-from ..core import (BlockConfig, KVCache, LearnedPositionalEmbedding, RotaryEmbedding, SinusoidalPositionalEmbedding,
+from ..core import (BlockConfig, Dropout, KVCache, LearnedPositionalEmbedding, RotaryEmbedding, SinusoidalPositionalEmbedding,
                     TransformerStack, padding_mask)
 from ..generation import GenerationMixin
 from ..core.position import (

@@ -38,10 +38,10 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from ..core.layers import Dropout
 from ..core import (
     AxialRotaryTable,
     BlockConfig,
+    Dropout,
     RotaryEmbedding2D,
     TransformerStack,
     glu_hidden,
