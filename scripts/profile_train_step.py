@@ -6,7 +6,8 @@ For each model: the zoo's training step as `zoo bench speed --goals` times it (t
 optimiser `zoo fit` builds, 2 threads), profiled once after two warm-up steps. Self CPU time is split into
 - matrix kernels: mm / addmm / bmm / baddbmm, the fused attention forward and backward, convolutions;
 - the optimiser step (everything under `Optimizer.step`);
-- dropout's random draws (bernoulli_ in ATen's dropout, uniform_ in the core's, zoo.core.layers.dropout);
+- dropout's random draws (bernoulli_ in ATen's dropout; random_, the 64-bit draws of `randint`, in the core's,
+  zoo.core.layers.dropout);
 - copies (copy_ / _to_copy: contiguous copies; under autocast also the casts);
 - the rest: elementwise, norms, softmax, reductions.
 Compiling leaves the first three as they are on the CPU (inductor calls the same matrix kernels and does not
@@ -37,6 +38,7 @@ import torch
 import torch._inductor.config
 from torch.profiler import profile
 
+from zoo.allocator import keep_freed_memory
 from zoo.bench.speed import GOALS, SpeedOptions, build_workloads, make_step, time_interleaved
 
 MATRIX = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::_addmm_activation", "aten::mkldnn_convolution",
@@ -59,7 +61,7 @@ def split(prof) -> dict[str, float]:
             parts["optimiser step"] += t
         elif e.name in MATRIX:
             parts["matrix kernels"] += t
-        elif e.name in ("aten::bernoulli_", "aten::uniform_"):  # ATen's dropout; the core's (torch.rand)
+        elif e.name in ("aten::bernoulli_", "aten::random_"):  # ATen's dropout; the core's (randint's 64-bit draws)
             parts["dropout masks"] += t
         elif e.name in ("aten::copy_", "aten::_to_copy"):
             parts["copies"] += t
@@ -192,6 +194,7 @@ if __name__ == "__main__":
     ap.add_argument("--bf16", action="store_true", help="eager float32 against eager bf16 instead of eager against compiled")
     ap.add_argument("--forward", action="store_true", help="the float32 forward, zoo and peer, against the sgemm peak")
     a = ap.parse_args()
+    print(keep_freed_memory())  # the heap policy `zoo bench` runs under (zoo/allocator.py)
     if a.forward:
         main_forward(a.models or ["vit_small_patch16_224", "bert_base"])
     else:

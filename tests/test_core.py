@@ -21,7 +21,7 @@ from zoo.core import (
     relative_position_bucket,
     sinusoidal_table,
 )
-from zoo.core.layers import DropPath, Dropout, FeedForward, dropout
+from zoo.core.layers import DropPath, Dropout, FeedForward, dropout, keep_mask
 
 
 def naive_attention(q, k, v, keep=None, bias=None, scale=None):
@@ -240,6 +240,25 @@ def test_dropout_keeps_a_bernoulli_share_scaled_and_its_gradient_is_the_mask(dty
     assert torch.equal(dropout(x, 1.0), torch.zeros_like(x))
 
 
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.9])
+def test_keep_mask_is_bernoulli_in_every_lane_and_independent_of_its_neighbour(p):
+    n = 4_000_000
+    torch.manual_seed(1)
+    keep = keep_mask((n // 4, 4), p).float()  # column j: the j-th 16-bit lane of each 64-bit draw
+    tol = 5 * math.sqrt(p * (1 - p) / (n // 4))
+    assert (keep.mean(0) - (1 - p)).abs().max().item() < tol
+    both = (keep[:, 0] * keep[:, 3]).mean().item()  # lanes of one draw: P(keep, keep) = (1 - p)^2
+    assert abs(both - (1 - p) ** 2) < 5 * math.sqrt((1 - p) ** 2 / (n // 4))
+    assert keep_mask((3, 5), p).shape == (3, 5) and keep_mask((0,), p).shape == (0,)
+    torch.manual_seed(1)
+    assert torch.equal(keep_mask((n // 4, 4), p).float(), keep)
+
+
+def test_keep_mask_rounds_p_to_16_bits():
+    assert not keep_mask((100_000,), 1 - 2**-20).any()  # p within 2^-16 of 1: nothing kept
+    assert keep_mask((100_000,), 2**-20).all()  # p below 2^-17: nothing dropped
+
+
 def test_dropout_module_is_a_drop_in_nn_dropout():
     d = Dropout(0.25)
     assert isinstance(d, torch.nn.Dropout) and repr(d) == repr(torch.nn.Dropout(0.25))
@@ -256,7 +275,9 @@ def test_attention_dropout_on_the_cpu_is_the_naive_formula_with_the_core_mask(qk
     out, _ = attention(q, k, v, bias=bias, dropout_p=0.3)
     torch.manual_seed(3)
     probs = (torch.einsum("bhqd,bhkd->bhqk", q, k) / math.sqrt(8) + bias).softmax(-1)
-    keep = torch.rand(probs.shape) >= 0.3
+    n = probs.numel()  # four 16-bit lanes of each 64-bit draw, kept where >= 0.3 of their range
+    keep = torch.randint(-2**63, 2**63 - 1, ((n + 3) // 4,)).view(torch.int16)[:n].view(probs.shape)
+    keep = (keep.float() + 32768) / 65536 >= 0.3
     ref = torch.einsum("bhqk,bhkd->bhqd", probs * keep / 0.7, v)
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
     torch.manual_seed(4)

@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+KEEP_FREED_MEMORY = ("bench", "compare", *LIGHTNING_COMMANDS)  # zoo/allocator.py: steps reuse freed activations
 
 # name -> ("module:function", help). Imported only when the command runs; library modules never import zoo.cli.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -222,6 +223,10 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(2)
     tmp = None
     try:
+        if name in KEEP_FREED_MEMORY:
+            from .allocator import keep_freed_memory
+
+            keep_freed_memory()
         if name in COMMANDS:
             rc = _command(name)(argv[1:])
         else:

@@ -119,7 +119,8 @@ assert abs(shipped_acc - card["value"]) < 1e-3
 # ## 3. `save_pretrained`, and back
 
 # %%
-workdir = Path(tempfile.mkdtemp(prefix="zoo-lesson8-"))
+scratch = tempfile.TemporaryDirectory(prefix="zoo-lesson8-")  # removed at the end of the lesson
+workdir = Path(scratch.name)
 model.save_pretrained(workdir / "vit_digits_mine")
 print(sorted(p.name for p in (workdir / "vit_digits_mine").iterdir()))
 reloaded = zoo.from_pretrained(workdir / "vit_digits_mine")
@@ -159,6 +160,8 @@ for i in range(12):
     ax.axis("off")
 fig.text(0.68, 0.2, f"predictions of the exported ONNX graph\n(test accuracy {onnx_acc:.3f})", ha="center")
 _lesson.save(fig, "lesson_08_end_to_end.png")
+del session  # ONNX Runtime holds the file open until its session goes
+scratch.cleanup()
 
 # %% [markdown]
 # ![Training curve and ONNX predictions](../figures/lesson_08_end_to_end.png)

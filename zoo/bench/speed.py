@@ -48,11 +48,12 @@ UTILISATION_GOAL = {"vit_small_patch16_224": 0.8, "bert_base": 0.8}
 
 # ---------------------------------------------------------------------------- machine
 def machine_info() -> dict:
+    from ..allocator import policy
     from ..compare.runner import cpu_name  # the one reader of the CPU model (study rows record it too)
 
     return {"cpu": cpu_name(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
             "device": "cuda:" + torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
-            "load_avg_1m": os.getloadavg()[0]}
+            "load_avg_1m": os.getloadavg()[0], "heap": policy()}
 
 
 _BF16_PROBE = """
@@ -439,7 +440,7 @@ def run_speed(names: list[str], opts: SpeedOptions, log=print) -> dict:
         info.update(bf16_kernels(opts.device))
         log(f"bf16: {', '.join(f'{k} = {v}' for k, v in info.items() if 'bf16' in k or k == 'onednn_isa')}")
     log(f"machine: {info['cpu']}, {info['torch_threads']} torch threads, torch {info['torch']}, "
-        f"load avg {info['load_avg_1m']:.2f}; float32 matmul peak ({opts.peak_size}³ sgemm, median) = {peak / 1e9:.1f} GFLOP/s")
+        f"load avg {info['load_avg_1m']:.2f}, {info['heap']}; float32 matmul peak ({opts.peak_size}³ sgemm, median) = {peak / 1e9:.1f} GFLOP/s")
     rows = []
     for name in names:
         for seq_len in opts.seq_lens:
