@@ -99,3 +99,23 @@ def test_freed_blocks_stay_in_the_heap():
     mapped, arena_held, arena_after, free_after = _one_block("keep")
     assert mapped == 0 and arena_held >= block  # the policy: from the heap ...
     assert arena_after >= block and free_after >= block  # ... and kept there, free, after it is freed
+
+
+_POLICY_AFTER = """
+import sys
+from zoo import allocator, cli
+try:
+    cli.main(sys.argv[1:])
+except SystemExit:
+    pass
+print(allocator.policy())
+"""
+
+
+@pytest.mark.parametrize("argv, kept", [(["bench", "--help"], True), (["fit", "--help"], True), (["models", "vit_tiny*"], False)])
+def test_training_and_bench_commands_apply_the_policy(argv, kept):
+    out = subprocess.run([sys.executable, "-c", _POLICY_AFTER, *argv], capture_output=True, text=True, check=True,
+                         env={"PATH": "/usr/bin:/bin"})
+    last = out.stdout.strip().splitlines()[-1]
+    expected = "freed memory kept" if kept and platform.libc_ver()[0] == "glibc" else "system policy"
+    assert expected in last, (argv, last)
