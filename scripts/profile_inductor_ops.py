@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
 import torch.nn.functional as F
+
+from zoo.bench.speed import time_interleaved
 
 
 def shapes() -> dict[str, tuple[int, int, int, int]]:
@@ -52,15 +53,6 @@ def operations(batch: int, n: int, width: int, heads: int) -> dict[str, tuple]:
     }
 
 
-def timed_ms(fn, args, rounds: int) -> list[float]:
-    out = []
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        fn(*args)
-        out.append(1e3 * (time.perf_counter() - t0))
-    return out
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--threads", type=int, default=2)
@@ -77,15 +69,9 @@ def main() -> None:
         for name, (fn, inputs) in operations(*shape).items():
             torch._dynamo.reset()
             compiled = torch.compile(fn, fullgraph=True)
-            for _ in range(3):
-                fn(*inputs)
-                compiled(*inputs)
-            eager_t, comp_t = [], []
-            for r in range(args.rounds):  # interleaved: E C / C E / ...
-                pair = [(fn, eager_t), (compiled, comp_t)]
-                for f, acc in (pair if r % 2 == 0 else pair[::-1]):
-                    acc += timed_ms(f, inputs, 1)
-            e, c = statistics.median(eager_t), statistics.median(comp_t)
+            times = time_interleaved({"eager": lambda: fn(*inputs), "compiled": lambda: compiled(*inputs)},
+                                     warmup=3, rounds=args.rounds, per_round=1)  # interleaved: E C / C E / ...
+            e, c = (1e3 * statistics.median(times[k]) for k in ("eager", "compiled"))
             n = max(t.numel() for t in inputs)
             print(f"  {name:32s} {n:10d} {e:9.2f} {c:12.2f} {e / c:22.2f}x", flush=True)
 

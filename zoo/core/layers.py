@@ -61,15 +61,15 @@ def make_activation(name: str) -> nn.Module:
 def keep_mask(shape: torch.Size | tuple[int, ...], p: float, device: torch.device | str = "cpu") -> torch.Tensor:
     """A bool mask of Bernoulli(1 - p) draws, four to each 64-bit draw of the generator.
 
-    Each element is one 16-bit lane of a 64-bit random integer (`randint` over the int64 range; out of place, so torch.compile traces it), kept where
-    the lane, read as int16, is >= round(p * 2^16) - 2^15: keep probability 1 - p with p rounded to a multiple of
-    2^-16 (at most 7.6e-6 off; FlashAttention's CUDA dropout rounds it to 1/255). On a 2-core Xeon the 64-bit
-    draws are 2.9x faster per element than float32 uniforms (`torch.rand`), themselves 2x faster than ATen's
-    serial `bernoulli_`. torch.manual_seed repeats the mask."""
+    Each element is one 16-bit lane of a 64-bit random integer (`randint` over the int64 range: out of place, so
+    torch.compile traces it), kept where the lane, read as int16, is >= round(p * 2^16) - 2^15: keep probability
+    1 - p with p rounded to a multiple of 2^-16 (at most 7.6e-6 off; FlashAttention's CUDA dropout rounds it to
+    1/255). On a 2-core Xeon the 64-bit draws are 2.9x faster per element than float32 uniforms (`torch.rand`),
+    themselves 2x faster than ATen's serial `bernoulli_`. torch.manual_seed repeats the mask."""
     n, dropped = math.prod(shape), round(p * 65536)  # lanes below this many of 2^16 values are dropped
-    bits = torch.randint(-2**63, 2**63 - 1, ((n + 3) // 4,), dtype=torch.int64, device=device)  # 64 bits (to 2^-64)
     if dropped >= 65536:
         return torch.zeros(shape, dtype=torch.bool, device=device)
+    bits = torch.randint(-2**63, 2**63 - 1, ((n + 3) // 4,), dtype=torch.int64, device=device)  # 64 bits (to 2^-64)
     return bits.view(torch.int16)[:n].view(shape) >= dropped - 32768
 
 
@@ -84,7 +84,7 @@ def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
     kernel), at p = 1 or an invalid p: F.dropout."""
     if not training or p == 0.0:
         return x
-    if p >= 1.0 or x.device.type != "cpu":
+    if not 0.0 < p < 1.0 or x.device.type != "cpu":  # F.dropout zeroes at p = 1 and refuses p outside [0, 1]
         return F.dropout(x, p, training)
     return x * keep_mask(x.shape, p, x.device).to(x.dtype).mul_(1.0 / (1.0 - p))
 
