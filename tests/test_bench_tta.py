@@ -45,6 +45,7 @@ def test_settings_become_one_variant_studies_with_their_own_budget(tmp_path):
     ({"settings": {"a": {"epochs": 3}}, "reference": "a"}, "unknown: ['epochs']"),
     ({"recipe": "configs/nope.yaml"}, "recipe 'configs/nope.yaml' does not exist"),
     ({"colour": 1}, "unknown key(s) colour"),
+    ({"mode": "lower"}, "mode must be 'max'"),
     ({"settings": {"a": {"overrides": {"trainer.max_epochs": 3}}}, "reference": "a"}, "set by the study"),
 ])
 def test_bad_files_name_the_problem(over, message, tmp_path):
@@ -66,10 +67,21 @@ def test_summary_matches_a_hand_computation(tmp_path):
     assert s["slow"]["wall_median_s"] == 480 and s["fast"]["wall_median_s"] == 170
     assert s["fast"]["speedup"] == pytest.approx(480 / 170) and s["slow"]["speedup"] == 1.0
     assert s["fast"]["reached"] == 2 and s["slow"]["reached"] == 3  # 0.968 misses 0.97
-    assert s["fast"]["mean"] == pytest.approx(statistics.mean([0.972, 0.968, 0.975])) and s["fast"]["min"] == 0.968
+    assert s["fast"]["mean"] == pytest.approx(statistics.mean([0.972, 0.968, 0.975])) and s["fast"]["worst"] == 0.968
     assert s["fast"]["train_median_s"] == 160 and (s["fast"]["wall_min_s"], s["fast"]["wall_max_s"]) == (160, 200)
     text = markdown(tta, list(s.values()))
     assert "| fast | 2 steps | 3 | 170 (160–200) |" in text and "| 2/3 | 2.82× |" in text and "`fast`: narrow" in text
+
+
+def test_lower_is_better_metrics_reach_their_target_from_above(tmp_path):
+    tta = load_tta(write(tmp_path, metric="test/ppl", target=120, mode="min"))
+    rows = {"slow": [dict(_row("slow", i, w, 0), metrics={"test/ppl": p}) for i, (w, p) in enumerate([(300, 118.0), (310, 119.5)])],
+            "fast": [dict(_row("fast", i, w, 0), metrics={"test/ppl": p}) for i, (w, p) in enumerate([(150, 117.0), (160, 121.0)])]}
+    s = {r["setting"]: r for r in summarise(tta, rows)}
+    assert s["slow"]["reached"] == 2 and s["fast"]["reached"] == 1  # 121 is above the target
+    assert s["fast"]["worst"] == 121.0 and s["slow"]["worst"] == 119.5  # the highest perplexity is the worst seed
+    assert "Target: test/ppl ≤ 120." in markdown(tta, list(s.values()))
+    assert load_tta(write(tmp_path)).mode == "max" and not load_tta(write(tmp_path, target=0.97)).reaches(0.968)
 
 
 @pytest.mark.slow
@@ -94,6 +106,6 @@ def test_shipped_tta_files_validate_without_training(path):
     from zoo.compare import validate_study
 
     tta = load_tta(path)
-    assert tta.reference in tta.studies and 0 < tta.target <= 1
+    assert tta.reference in tta.studies and tta.target > 0 and tta.mode in ("max", "min")
     for study in tta.studies.values():
         validate_study(study)  # every override through the recipe's parser, every model config built on meta

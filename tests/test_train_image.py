@@ -87,10 +87,10 @@ def test_adamw_is_fused_where_torch_has_the_kernel_and_steps_as_adamw():
 
 @pytest.mark.parametrize("setting, fused", [({"precision": "bf16-mixed"}, True), ({"precision": "32-true"}, True),
                                             ({"precision": "32-true", "gradient_clip_val": 1.0}, True),
-                                            ({"precision": "bf16-mixed", "gradient_clip_val": 1.0}, False), ("fp16", False)])
+                                            ({"precision": "bf16-mixed", "gradient_clip_val": 1.0}, True), ("fp16", False)])
 def test_the_task_optimiser_is_fused_where_lightning_can_step_and_clip_it(tmp_path, setting, fused):
-    """Lightning's mixed-precision plugins refuse to clip a fused optimiser's gradients (and a float16 GradScaler
-    has it unscale): those trainings keep the multi-tensor AdamW. Two steps of each setting run."""
+    """A float16 GradScaler would have a fused optimiser unscale: that training keeps the multi-tensor AdamW. bf16 with
+    clipping steps the fused one (the task clips where Lightning's plugin refuses to). Two steps of each setting run."""
     import lightning as L
     from lightning.pytorch.plugins.precision import MixedPrecision
 
@@ -104,6 +104,40 @@ def test_the_task_optimiser_is_fused_where_lightning_can_step_and_clip_it(tmp_pa
                         enable_progress_bar=False, default_root_dir=tmp_path, **setting)
     trainer.fit(task, datamodule=Digits(batch_size=16))
     assert bool(trainer.optimizers[0].param_groups[0]["fused"]) is fused
+
+
+@pytest.mark.parametrize("algorithm", ["norm", "value"])
+def test_bf16_clips_a_fused_optimisers_gradients_as_float32_does(algorithm):
+    """Lightning's MixedPrecision plugin refuses to clip a fused optimiser's gradients; under bf16 (no GradScaler)
+    the task clips them itself, to exactly what torch's clip_grad_norm_ / clip_grad_value_ give."""
+    import lightning as L
+
+    from zoo.tasks.base import clip_unscaled, make_optimizer
+
+    torch.manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(8, 4)), torch.nn.Parameter(torch.randn(4))]
+    grads = [torch.randn(8, 4) * 3, torch.randn(4) * 3]
+    expected = [g.clone() for g in grads]
+    clip = torch.nn.utils.clip_grad_norm_ if algorithm == "norm" else torch.nn.utils.clip_grad_value_
+    refs = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    for r, g in zip(refs, expected):
+        r.grad = g.clone()
+    clip(refs, 1.0)
+    opt = make_optimizer("adamw", [{"params": params}], lr=1e-3, betas=(0.9, 0.999))
+    assert opt.param_groups[0]["fused"]
+    for p, g in zip(params, grads):
+        p.grad = g.clone()
+    bf16 = L.Trainer(accelerator="cpu", precision="bf16-mixed", logger=False, enable_checkpointing=False)
+    assert clip_unscaled(bf16, opt, 1.0, algorithm)
+    for p, r in zip(params, refs):
+        torch.testing.assert_close(p.grad, r.grad)
+    if algorithm == "norm":
+        assert torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in params])) == pytest.approx(1.0, rel=1e-5)
+    # float32 (Lightning clips itself), no clipping asked, or a multi-tensor optimiser: left to Lightning
+    fp32 = L.Trainer(accelerator="cpu", precision="32-true", logger=False, enable_checkpointing=False)
+    assert not clip_unscaled(fp32, opt, 1.0, algorithm) and not clip_unscaled(bf16, opt, None, algorithm)
+    foreach = make_optimizer("adamw_foreach", [{"params": params}], lr=1e-3, betas=(0.9, 0.999))
+    assert not clip_unscaled(bf16, foreach, 1.0, algorithm)
 
 
 def test_short_training_run_learns(tmp_path):

@@ -7,6 +7,7 @@ budget: precision, compile, batch size, schedule, model size), the seeds, the me
     recipe: configs/vit_mnist.yaml
     metric: test/acc
     target: 0.97
+    mode: max                           # max: reach target from below (accuracy); min: from above (perplexity, loss)
     reference: fp32_eager_40ep          # the row every speed-up is measured against
     seeds: [0, 1, 2]
     settings:
@@ -17,7 +18,7 @@ Every run is a real `zoo fit` of the recipe (at the end it tests the weights its
 all the machine's threads, through `zoo compare`'s runner: one store per setting under
 results/bench/<name>/<setting>/, resumable. The time of a run is the wall time of the whole `zoo fit`
 process (start-up, data, training, validation and the final test), as a user waits for it. A setting
-reaches the target when every seed's test metric does; the table gives the median time, the metric's
+reaches the target when every seed's test metric does (≥ target; with `mode: min`, ≤ target); the table gives the median time, the metric's
 mean and 95% t-interval, and the speed-up of the median time over the reference setting.
 """
 from __future__ import annotations
@@ -33,7 +34,8 @@ import yaml
 from ..compare.report import t_interval
 from ..compare.study import BUDGET_KEYS, ROOT, Study, StudyError, _find, load_study, read_recipe
 
-KEYS = ("name", "description", "recipe", "metric", "target", "reference", "seeds", "settings", "store")
+KEYS = ("name", "description", "recipe", "metric", "target", "mode", "reference", "seeds", "settings", "store")
+MODES = ("max", "min")
 SETTING_KEYS = ("description", "overrides", "budget")
 
 
@@ -47,6 +49,13 @@ class TTA:
     store: Path
     studies: dict[str, Study]  # setting -> a one-variant study with the setting's budget
     description: str = ""
+    mode: str = "max"  # "max": higher is better (accuracy); "min": lower is better (perplexity, loss)
+
+    def reaches(self, value: float) -> bool:
+        return value >= self.target if self.mode == "max" else value <= self.target
+
+    def worst(self, values: list[float]) -> float:
+        return min(values) if self.mode == "max" else max(values)
 
 
 def _recipe_budget(recipe: Path, path: Path) -> dict:
@@ -67,6 +76,10 @@ def load_tta(path: str | Path, store: str | Path | None = None) -> TTA:
     target = raw.get("target")
     if isinstance(target, bool) or not isinstance(target, (int, float)):
         raise StudyError(f"{path}: target must be a number (the test metric to reach, e.g. target: 0.97), got {target!r}")
+    mode = raw.get("mode", "max")
+    if mode not in MODES:
+        raise StudyError(f"{path}: mode must be 'max' (the metric reaches the target from below, e.g. accuracy) or 'min' "
+                         f"(from above, e.g. perplexity), got {mode!r}")
     settings = raw.get("settings")
     if not isinstance(settings, dict) or not settings:
         raise StudyError(f"{path}: settings must be a non-empty mapping name -> {{overrides: ..., budget: ...}}")
@@ -93,7 +106,7 @@ def load_tta(path: str | Path, store: str | Path | None = None) -> TTA:
         study_raw["budget"] = budget
         studies[str(sname)] = _study_from(study_raw, path, root / str(sname))
     return TTA(name=name, path=path, metric=studies[reference].metric, target=float(target), reference=reference,
-               store=root, studies=studies, description=str(raw.get("description") or ""))
+               store=root, studies=studies, description=str(raw.get("description") or ""), mode=mode)
 
 
 def _study_from(raw: dict, path: Path, store: Path) -> Study:
@@ -128,8 +141,8 @@ def summarise(tta: TTA, rows_by_setting: dict[str, list[dict]]) -> list[dict]:
         out.append({"setting": sname, "budget": tta.studies[sname].budget_text(), "seeds": sorted(r["seed"] for r in rows),
                     "wall_median_s": statistics.median(walls), "wall_min_s": min(walls), "wall_max_s": max(walls),
                     "train_median_s": statistics.median(r["train_seconds"] for r in rows),
-                    "mean": ci["mean"], "low": ci["low"], "high": ci["high"], "min": min(values),
-                    "reached": sum(v >= tta.target for v in values), "threads": rows[0].get("threads")})
+                    "mean": ci["mean"], "low": ci["low"], "high": ci["high"], "worst": tta.worst(values),
+                    "reached": sum(tta.reaches(v) for v in values), "threads": rows[0].get("threads")})
     ref = next((s for s in out if s["setting"] == tta.reference), None)
     for s in out:
         s["speedup"] = ref["wall_median_s"] / s["wall_median_s"] if ref else None
@@ -138,7 +151,7 @@ def summarise(tta: TTA, rows_by_setting: dict[str, list[dict]]) -> list[dict]:
 
 def markdown(tta: TTA, summary: list[dict]) -> str:
     lines = [f"# Time to accuracy: {tta.name}", "", tta.description.strip(), "",
-             f"Target: {tta.metric} ≥ {tta.target:g}. Time = wall time of the whole `zoo fit` (start-up, training, "
+             f"Target: {tta.metric} {'≥' if tta.mode == 'max' else '≤'} {tta.target:g}. Time = wall time of the whole `zoo fit` (start-up, training, "
              f"validation, final test), one run at a time. Speed-up: median time of `{tta.reference}` ÷ median time.", "",
              "| setting | budget | seeds | median time s (min–max) | train s | "
              f"{tta.metric} mean (95% CI) | worst seed | seeds ≥ target | speed-up |",
@@ -148,7 +161,7 @@ def markdown(tta: TTA, summary: list[dict]) -> str:
         speedup = "" if s["speedup"] is None else f"{s['speedup']:.2f}×"
         lines.append(f"| {s['setting']} | {s['budget']} | {len(s['seeds'])} | {s['wall_median_s']:.0f} "
                      f"({s['wall_min_s']:.0f}–{s['wall_max_s']:.0f}) | {s['train_median_s']:.0f} | {s['mean']:.4f}{ci} | "
-                     f"{s['min']:.4f} | {s['reached']}/{len(s['seeds'])} | "
+                     f"{s['worst']:.4f} | {s['reached']}/{len(s['seeds'])} | "
                      f"{speedup} |")
     measured = {s["setting"] for s in summary}
     for sname, study in tta.studies.items():

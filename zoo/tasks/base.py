@@ -56,14 +56,25 @@ def make_optimizer(name: str, groups: list[dict], lr: float, betas: tuple[float,
 
 def fused_allowed(trainer) -> bool:
     """Whether the trainer can step a fused optimiser. Under a GradScaler (float16) a fused step would unscale the
-    gradients itself, and Lightning's MixedPrecision plugin (bf16 too) refuses to clip a fused optimiser's
-    gradients: there "adamw" stays multi-tensor."""
-    from lightning.pytorch.plugins.precision import MixedPrecision
+    gradients itself: there "adamw" stays multi-tensor. bf16 autocast scales nothing, so a fused optimiser's
+    gradients clip as in float32 (`ZooTask.configure_gradient_clipping`)."""
+    return getattr(getattr(trainer, "precision_plugin", None), "scaler", None) is None
+
+
+def clip_unscaled(trainer, optimizer, clip_val, algorithm) -> bool:
+    """Clip `optimizer`'s gradients where Lightning's MixedPrecision plugin would refuse to: a fused optimiser (it
+    "unscales gradients internally", which only matters under a GradScaler) with no scaler, i.e. bf16 autocast;
+    there the gradients are plain float32 and clip exactly as in a float32 run (Lightning's own Precision clipping).
+    Returns whether it clipped."""
+    from lightning.pytorch.plugins.precision import MixedPrecision, Precision
+    from lightning.pytorch.utilities import GradClipAlgorithmType
 
     plugin = getattr(trainer, "precision_plugin", None)
-    if getattr(plugin, "scaler", None) is not None:
+    if not (clip_val and isinstance(plugin, MixedPrecision) and plugin.scaler is None
+            and getattr(optimizer, "_step_supports_amp_scaling", False)):
         return False
-    return not (isinstance(plugin, MixedPrecision) and getattr(trainer, "gradient_clip_val", None))
+    Precision.clip_gradients(plugin, optimizer, clip_val, GradClipAlgorithmType(algorithm or "norm"))
+    return True
 
 
 def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float:
@@ -169,6 +180,10 @@ class ZooTask(L.LightningModule):
         warmup = max(1, min(warmup, total))
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, warmup, total, hp.min_lr_ratio))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+        if not clip_unscaled(self.trainer, optimizer, gradient_clip_val, gradient_clip_algorithm):
+            super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def param_groups(self) -> list[dict]:
         """What the optimiser trains; tasks with modules of their own besides the model add them here."""
