@@ -80,7 +80,8 @@ def test_lower_is_better_metrics_reach_their_target_from_above(tmp_path):
     s = {r["setting"]: r for r in summarise(tta, rows)}
     assert s["slow"]["reached"] == 2 and s["fast"]["reached"] == 1  # 121 is above the target
     assert s["fast"]["worst"] == 121.0 and s["slow"]["worst"] == 119.5  # the highest perplexity is the worst seed
-    assert "Target: test/ppl ≤ 120." in markdown(tta, list(s.values()))
+    text = markdown(tta, list(s.values()))
+    assert "Target: test/ppl ≤ 120." in text and "| seeds ≤ target |" in text and "| 1/2 |" in text
     assert load_tta(write(tmp_path)).mode == "max" and not load_tta(write(tmp_path, target=0.97)).reaches(0.968)
 
 

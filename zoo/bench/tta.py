@@ -150,11 +150,12 @@ def summarise(tta: TTA, rows_by_setting: dict[str, list[dict]]) -> list[dict]:
 
 
 def markdown(tta: TTA, summary: list[dict]) -> str:
+    at = "≥" if tta.mode == "max" else "≤"
     lines = [f"# Time to accuracy: {tta.name}", "", tta.description.strip(), "",
-             f"Target: {tta.metric} {'≥' if tta.mode == 'max' else '≤'} {tta.target:g}. Time = wall time of the whole `zoo fit` (start-up, training, "
+             f"Target: {tta.metric} {at} {tta.target:g}. Time = wall time of the whole `zoo fit` (start-up, training, "
              f"validation, final test), one run at a time. Speed-up: median time of `{tta.reference}` ÷ median time.", "",
              "| setting | budget | seeds | median time s (min–max) | train s | "
-             f"{tta.metric} mean (95% CI) | worst seed | seeds ≥ target | speed-up |",
+             f"{tta.metric} mean (95% CI) | worst seed | seeds {at} target | speed-up |",
              "|---|---|---|---|---|---|---|---|---|"]
     for s in summary:
         ci = "" if s["low"] is None else f" ({s['low']:.4f}–{s['high']:.4f})"
