@@ -3,12 +3,13 @@
     python scripts/recipe_step_precision.py [RECIPE ...]     # default: every configs/*.yaml that trains in float32
 
 For each recipe: its model, optimiser and data module as `zoo fit --config configs/<recipe>.yaml` builds them,
-one training batch of the recipe's size, and the task's own training step (the data module's and the task's batch
-hooks as Lightning's loop calls them, e.g. batched augmentation; forward, loss, backward, the optimiser's step) timed in float32 and under bf16 autocast in the same interleaved rounds (zoo.bench.speed's
-time_interleaved; median of 6 rounds x 3 steps, 2 threads, under zoo fit's heap policy). Only the step: start-up,
-data loading, validation and testing are not in it; `zoo bench tta` measures whole runs. A recipe whose step is
-not faster in bf16 has no reason to switch; one that is must still keep its accuracy (a `zoo bench tta` file
-with a float32 setting: configs/bench/tta_*.yaml).
+one training batch of the recipe's size, and the task's own training step (the data module's and the task's
+batch hooks as Lightning's loop calls them, e.g. batched augmentation; forward, loss, backward, the optimiser's
+step) timed in float32 and under bf16 autocast in the same interleaved rounds (zoo.bench.speed's time_interleaved;
+median of 6 rounds x 3 steps, 2 threads, under zoo fit's heap policy). Only the step: start-up, data loading,
+validation and testing are not in it; `zoo bench tta` measures whole runs. A recipe whose step is not faster in
+bf16 has no reason to switch; one that is must still keep its accuracy (a `zoo bench tta` file with a float32
+setting: configs/bench/tta_*.yaml).
 """
 from __future__ import annotations
 
@@ -24,10 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def build(recipe: Path):
     """The task (model) and data module of a recipe, as LightningCLI instantiates them, without a run folder."""
-    import lightning as L
-
-    from zoo.tasks.base import ZooTask
-    from zoo.trainer_cli import ZooCLI, _has_omegaconf
+    from zoo.trainer_cli import ZooCLI, build_cli
 
     class Builder(ZooCLI):  # no subcommand: instantiate only, claim no run folder, store no recipe
         def before_instantiate_classes(self):
@@ -36,10 +34,8 @@ def build(recipe: Path):
         def after_instantiate_classes(self):
             pass
 
-    cli = Builder(ZooTask, L.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True, run=False,
-                  args=["--config", str(recipe), "--trainer.logger", "false",
-                        "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"],
-                  seed_everything_default=0, parser_kwargs={"parser_mode": "omegaconf"} if _has_omegaconf() else None)
+    cli = build_cli(["--config", str(recipe), "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
+                     "--trainer.enable_model_summary", "false"], run=False, cli_class=Builder)
     return cli.model, cli.datamodule
 
 

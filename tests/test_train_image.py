@@ -117,10 +117,9 @@ def test_bf16_clips_a_fused_optimisers_gradients_as_float32_does(algorithm):
     torch.manual_seed(0)
     params = [torch.nn.Parameter(torch.randn(8, 4)), torch.nn.Parameter(torch.randn(4))]
     grads = [torch.randn(8, 4) * 3, torch.randn(4) * 3]
-    expected = [g.clone() for g in grads]
     clip = torch.nn.utils.clip_grad_norm_ if algorithm == "norm" else torch.nn.utils.clip_grad_value_
     refs = [torch.nn.Parameter(p.detach().clone()) for p in params]
-    for r, g in zip(refs, expected):
+    for r, g in zip(refs, grads):
         r.grad = g.clone()
     clip(refs, 1.0)
     opt = make_optimizer("adamw", [{"params": params}], lr=1e-3, betas=(0.9, 0.999))

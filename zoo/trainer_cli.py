@@ -202,10 +202,11 @@ def prediction_lines(batch) -> list[str]:
     return [str(batch)]
 
 
-def build_cli(args: list[str] | None = None, run: bool = True) -> ZooCLI:
+def build_cli(args: list[str] | None = None, run: bool = True, cli_class: type[ZooCLI] = ZooCLI) -> ZooCLI:
+    """zoo's LightningCLI over `args`; `cli_class` a subclass of ZooCLI (scripts that only instantiate a recipe)."""
     from .tasks.base import ZooTask
 
-    return ZooCLI(
+    return cli_class(
         ZooTask,
         L.LightningDataModule,
         subclass_mode_model=True,
