@@ -202,11 +202,11 @@ def prediction_lines(batch) -> list[str]:
     return [str(batch)]
 
 
-def build_cli(args: list[str] | None = None, run: bool = True, cli_class: type[ZooCLI] = ZooCLI) -> ZooCLI:
-    """zoo's LightningCLI over `args`; `cli_class` a subclass of ZooCLI (scripts that only instantiate a recipe)."""
+def build_cli(args: list[str] | None = None, run: bool = True, cli_class: type[ZooCLI] | None = None) -> ZooCLI:
+    """zoo's LightningCLI over `args`; `cli_class`: a subclass of ZooCLI (one that only parses or instantiates)."""
     from .tasks.base import ZooTask
 
-    return cli_class(
+    return (cli_class or ZooCLI)(
         ZooTask,
         L.LightningDataModule,
         subclass_mode_model=True,

@@ -252,10 +252,9 @@ def recipe_parser(args: list[str]):
     seed_log = logging.getLogger("lightning.fabric.utilities.seed")  # "Seed set to 0": nothing is trained here
     level = seed_log.level
     seed_log.setLevel(logging.WARNING)
-    with mock.patch.object(trainer_cli, "ZooCLI", ParseOnly), mock.patch.object(sys, "argv", sys.argv[:1]), \
-            contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+    with mock.patch.object(sys, "argv", sys.argv[:1]), contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
         try:
-            trainer_cli.build_cli(args, run=True)
+            trainer_cli.build_cli(args, run=True, cli_class=ParseOnly)
         except _Parsed as done:
             return done.args[0].parser
         except SystemExit:
