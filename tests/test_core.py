@@ -395,3 +395,39 @@ def test_cpu_bf16_training_attention_runs_in_float32_and_inference_stays_bf16():
     assert torch.equal(infer, low) and not torch.equal(out, low)  # the two paths really differ
     out.float().sum().backward()
     assert q.grad.dtype == torch.bfloat16 and q.grad.abs().sum() > 0
+
+
+def test_cpu_attention_with_dropout_under_autocast_multiplies_in_bf16_and_normalises_in_float32():
+    """With attention dropout the CPU runs the math path (SDPA's CPU kernels have none). Under autocast its two
+    matmuls take bf16 inputs and its softmax runs in float32 (autocast's lists), as transformers' eager attention
+    does, rather than upcasting q, k, v and computing all of it in float32: BERT-base's bf16 training step
+    spent its attention in float32 matmuls and casts. The result equals the float32 computation with the same
+    dropout draws within bf16's rounding."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from zoo.core.attention import attention
+
+    class Dtypes(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.seen = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.overloadpacket in (torch.ops.aten.bmm, torch.ops.aten._softmax):
+                self.seen.append((func.overloadpacket.__name__, args[0].dtype))
+            return func(*args, **(kwargs or {}))
+
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 7, 8).bfloat16().requires_grad_() for _ in range(3))  # as autocast's linears give
+    bias = torch.randn(1, 3, 7, 7)
+    torch.manual_seed(1)
+    ref, _ = attention(q.float(), k.float(), v.float(), bias=bias, dropout_p=0.2)
+    torch.manual_seed(1)
+    with torch.autocast("cpu", dtype=torch.bfloat16), Dtypes() as mode:
+        out, _ = attention(q, k, v, bias=bias, dropout_p=0.2)
+    assert sorted(set(mode.seen)) == [("_softmax", torch.float32), ("bmm", torch.bfloat16)]
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), ref, rtol=3e-2, atol=3e-2)
+    assert not torch.equal(out.float(), ref.bfloat16().float())  # not the float32 result rounded: bf16 matmuls
+    out.float().sum().backward()
+    assert q.grad.dtype == torch.bfloat16 and q.grad.abs().sum() > 0

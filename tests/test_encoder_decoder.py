@@ -180,6 +180,37 @@ def test_t5_head_tying_and_rescale():
         tiny("t5", feed_forward_proj="swish")
 
 
+def test_t5_training_looks_both_stacks_ids_up_at_once_with_the_same_gradients():
+    """A training forward embeds encoder and decoder ids in one lookup (one dense table gradient instead of two
+    summed); outputs and every gradient equal those of one lookup per stack, and inference keeps one per stack."""
+    from zoo.models.t5 import T5
+
+    model = tiny("t5")
+    calls = []
+    model.shared.register_forward_hook(lambda mod, args, out: calls.append(args[0].shape))
+    src, tgt = torch.randint(3, V, (2, 5)), torch.randint(3, V, (2, 4))
+    out = model(src, tgt)
+    assert calls == [torch.Size([18])]  # 2 x 5 + 2 x 4 ids, one call
+    out.square().mean().backward()
+    joint = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    calls.clear()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(T5, "_embed_both", lambda self, a, b: (None, None))
+        separate = model(src, tgt)
+        separate.square().mean().backward()
+    assert calls == [src.shape, tgt.shape]
+    torch.testing.assert_close(out, separate, rtol=0, atol=0)
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(joint[n], p.grad, rtol=1e-6, atol=1e-7, msg=n)
+    calls.clear()
+    with torch.no_grad():
+        model(src, tgt)
+    assert calls == [src.shape, tgt.shape]
+    with pytest.raises(ValueError, match="decoder_input_ids"):
+        model(src, torch.full((2, 4), V))  # an id out of range is named before the lookup
+
+
 def _ranges(spec):
     out = {}
     for rng, bucket in spec:

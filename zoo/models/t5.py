@@ -123,18 +123,20 @@ class T5(ZooModel, GenerationMixin, nn.Module):
         if self.config.max_len is not None:
             check_length(length, self.config.max_len, "max_len", name)
 
-    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Ids (B, S) -> memory (B, S, d_model), after the final norm (and dropout)."""
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
+               embeds: torch.Tensor | None = None) -> torch.Tensor:
+        """Ids (B, S) -> memory (B, S, d_model), after the final norm (and dropout). `embeds`: the ids' rows of
+        the embedding table when the caller looked them up already."""
         check_token_ids(input_ids, self.config.vocab_size, "input_ids")
         check_attention_mask(attention_mask, input_ids)
         self._check(input_ids.shape[1], "input_ids")
         length = input_ids.shape[1]
-        x = self.encoder(self.drop(self.shared(input_ids)), mask=padding_mask(attention_mask),
+        x = self.encoder(self.drop(self.shared(input_ids) if embeds is None else embeds), mask=padding_mask(attention_mask),
                          bias=self.encoder_rel_bias(length, length))
         return self.drop(x)
 
     def decode_features(self, decoder_input_ids, memory, memory_mask=None, decoder_attention_mask=None,
-                        cache: KVCache | None = None) -> torch.Tensor:
+                        cache: KVCache | None = None, *, embeds: torch.Tensor | None = None) -> torch.Tensor:
         if self.decoder is None:
             raise TypeError("this T5 is encoder-only (T5Encoder, from a T5EncoderModel): it has no decoder; use "
                             "model(input_ids, attention_mask) or model.encode(...) for the hidden states")
@@ -144,7 +146,8 @@ class T5(ZooModel, GenerationMixin, nn.Module):
         check_decoder_inputs(decoder_input_ids, memory, self.config.vocab_size, memory_mask, decoder_attention_mask, past)
         length = decoder_input_ids.shape[1]
         self._check(past + length, "decoder_input_ids")
-        x = self.decoder(self.drop(self.shared(decoder_input_ids)), mask=padding_mask(decoder_attention_mask),
+        x = self.decoder(self.drop(self.shared(decoder_input_ids) if embeds is None else embeds),
+                         mask=padding_mask(decoder_attention_mask),
                          causal=True, bias=self.decoder_rel_bias(length, past + length, offset=past), context=memory,
                          context_mask=padding_mask(memory_mask), cache=cache)
         return self.drop(x)
@@ -160,8 +163,22 @@ class T5(ZooModel, GenerationMixin, nn.Module):
                                   self.config.pad_token_id)
         if isinstance(input_ids, torch.Tensor) and isinstance(decoder_input_ids, torch.Tensor) and input_ids.dim() == 2:
             check_batch_sizes(input_ids=input_ids.shape[0], decoder_input_ids=decoder_input_ids.shape[0])
-        memory = self.encode(input_ids, attention_mask)
-        return self.decode_features(decoder_input_ids, memory, attention_mask, decoder_attention_mask)
+        src, tgt = self._embed_both(input_ids, decoder_input_ids)
+        memory = self.encode(input_ids, attention_mask, embeds=src)
+        return self.decode_features(decoder_input_ids, memory, attention_mask, decoder_attention_mask, embeds=tgt)
+
+    def _embed_both(self, input_ids, decoder_input_ids) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The encoder's and the decoder's ids looked up in one call when training: the shared table's gradient
+        is then one dense (vocab, d_model) tensor instead of two zeroed and summed (T5-small: 16M floats each,
+        3% of a bf16 training step on the 2-core Xeon). (None, None): each stack looks its ids up itself."""
+        if not (torch.is_grad_enabled() and self.shared.weight.requires_grad and isinstance(input_ids, torch.Tensor)
+                and isinstance(decoder_input_ids, torch.Tensor)):
+            return None, None
+        check_token_ids(input_ids, self.config.vocab_size, "input_ids")  # before the lookup: a readable error
+        check_token_ids(decoder_input_ids, self.config.vocab_size, "decoder_input_ids")
+        rows = self.shared(torch.cat([input_ids.reshape(-1), decoder_input_ids.reshape(-1)]))
+        n = input_ids.numel()
+        return rows[:n].view(*input_ids.shape, -1), rows[n:].view(*decoder_input_ids.shape, -1)
 
     def forward(self, input_ids, decoder_input_ids=None, attention_mask=None, decoder_attention_mask=None):
         features = self.forward_features(input_ids, decoder_input_ids, attention_mask, decoder_attention_mask)
