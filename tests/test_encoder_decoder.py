@@ -1,5 +1,6 @@
 """The vanilla Transformer and T5: contract, masking, causality, parameter counts, T5 specifics."""
 import math
+import sys
 import time
 
 import pytest
@@ -180,14 +181,17 @@ def test_t5_head_tying_and_rescale():
         tiny("t5", feed_forward_proj="swish")
 
 
-def test_t5_training_looks_both_stacks_ids_up_at_once_with_the_same_gradients():
-    """A training forward embeds encoder and decoder ids in one lookup (one dense table gradient instead of two
-    summed); outputs and every gradient equal those of one lookup per stack, and inference keeps one per stack."""
-    from zoo.models.t5 import T5
+@pytest.mark.parametrize("kind, table", [("t5", "shared"), ("post", "src_embed")])
+def test_training_looks_both_stacks_ids_up_at_once_with_the_same_gradients(kind, table):
+    """A training forward embeds encoder and decoder ids in one lookup of the shared table (one dense gradient
+    instead of two summed); outputs and every gradient equal those of one lookup per stack, and inference keeps
+    one per stack."""
+    import zoo.core.position as position
 
-    model = tiny("t5")
+    model = tiny(kind)
+    module = sys.modules[type(model).__module__]
     calls = []
-    model.shared.register_forward_hook(lambda mod, args, out: calls.append(args[0].shape))
+    getattr(model, table).register_forward_hook(lambda mod, args, out: calls.append(args[0].shape))
     src, tgt = torch.randint(3, V, (2, 5)), torch.randint(3, V, (2, 4))
     out = model(src, tgt)
     assert calls == [torch.Size([18])]  # 2 x 5 + 2 x 4 ids, one call
@@ -196,7 +200,7 @@ def test_t5_training_looks_both_stacks_ids_up_at_once_with_the_same_gradients():
     model.zero_grad()
     calls.clear()
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(T5, "_embed_both", lambda self, a, b: (None, None))
+        mp.setattr(module, "embed_both", lambda table, a, b: (None, None))
         separate = model(src, tgt)
         separate.square().mean().backward()
     assert calls == [src.shape, tgt.shape]
@@ -209,6 +213,7 @@ def test_t5_training_looks_both_stacks_ids_up_at_once_with_the_same_gradients():
     assert calls == [src.shape, tgt.shape]
     with pytest.raises(ValueError, match="decoder_input_ids"):
         model(src, torch.full((2, 4), V))  # an id out of range is named before the lookup
+    assert position.embed_both(getattr(model, table).requires_grad_(False), src, tgt) == (None, None)  # frozen table
 
 
 def _ranges(spec):

@@ -129,6 +129,22 @@ def check_token_ids(ids, vocab_size: int, name: str = "input_ids") -> None:
                      f"{vocab_size}); {fix}")
 
 
+def embed_both(table: nn.Embedding, input_ids, decoder_input_ids) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """An encoder-decoder's source and target ids looked up in one call of their shared table when training: the
+    table's gradient is then one dense (vocab, dim) tensor instead of one per lookup, each zeroed and summed
+    (T5-small's 32128 x 512: 64 MB each, 3% of a bf16 training step on a 2-core Xeon). The ids are checked first,
+    so a bad id gets the readable error. (None, None) when nothing would train the table, or the ids are not
+    tensors: each stack then looks its ids up itself."""
+    if not (torch.is_grad_enabled() and table.weight.requires_grad and isinstance(input_ids, torch.Tensor)
+            and isinstance(decoder_input_ids, torch.Tensor)):
+        return None, None
+    check_token_ids(input_ids, table.num_embeddings, "input_ids")
+    check_token_ids(decoder_input_ids, table.num_embeddings, "decoder_input_ids")
+    rows = table(torch.cat([input_ids.reshape(-1), decoder_input_ids.reshape(-1)]))
+    n = input_ids.numel()
+    return rows[:n].view(*input_ids.shape, -1), rows[n:].view(*decoder_input_ids.shape, -1)
+
+
 def check_attention_mask(mask, ids, name: str = "attention_mask", ids_name: str = "input_ids",
                          length: int | None = None) -> None:
     """A (batch, length) 1 = token / 0 = padding mask matching `ids` (or (batch, `length`) when it

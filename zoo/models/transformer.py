@@ -31,6 +31,7 @@ from ..core.position import (
     check_decoder_inputs,
     check_length,
     check_token_ids,
+    embed_both,
     require_decoder_input_ids,
 )
 from ..contract import Inputs, ZooModel, seq2seq_inputs
@@ -154,8 +155,8 @@ class EncoderDecoderTransformer(ZooModel, GenerationMixin, nn.Module):
         for emb in (self.src_embed, self.tgt_embed):
             nn.init.normal_(emb.weight, std=self.config.d_model ** -0.5)
 
-    def _embed(self, table: nn.Embedding, ids: torch.Tensor, offset: int = 0) -> torch.Tensor:
-        x = table(ids) * self.embed_scale
+    def _embed(self, table: nn.Embedding, ids: torch.Tensor, offset: int = 0, rows: torch.Tensor | None = None) -> torch.Tensor:
+        x = (table(ids) if rows is None else rows) * self.embed_scale
         return self.drop(x if self.pos is None else x + self.pos(ids.shape[1], offset))
 
     def process_next_token_logits(self, scores: torch.Tensor, cur_len: int, max_length: int) -> torch.Tensor:
@@ -166,22 +167,25 @@ class EncoderDecoderTransformer(ZooModel, GenerationMixin, nn.Module):
             return scores
         return constrain_next_token(scores, cur_len, max_length, cfg.forced_eos_token_id, cfg.suppress_token_ids)
 
-    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Source ids (B, S) -> memory (B, S, d_model)."""
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
+               embeds: torch.Tensor | None = None) -> torch.Tensor:
+        """Source ids (B, S) -> memory (B, S, d_model). `embeds`: the ids' rows of the source table when the
+        caller looked them up already."""
         cfg = self.config
         check_token_ids(input_ids, cfg.src_vocab_size or cfg.vocab_size, "input_ids")
         check_attention_mask(attention_mask, input_ids)
         check_length(input_ids.shape[1], cfg.max_len, "max_len", "input_ids")
-        return self.encoder(self._embed(self.src_embed, input_ids), mask=padding_mask(attention_mask), rope=self.rope)
+        return self.encoder(self._embed(self.src_embed, input_ids, rows=embeds), mask=padding_mask(attention_mask),
+                            rope=self.rope)
 
     def decode_features(self, decoder_input_ids, memory, memory_mask=None, decoder_attention_mask=None,
-                        cache: KVCache | None = None) -> torch.Tensor:
+                        cache: KVCache | None = None, *, embeds: torch.Tensor | None = None) -> torch.Tensor:
         require_decoder_input_ids(decoder_input_ids, type(self).__name__, self.config.decoder_start_token_id,
                                   self.config.pad_token_id)
         past = 0 if cache is None else cache.length(self.decoder.blocks[0].attn.layer_id)
         check_decoder_inputs(decoder_input_ids, memory, self.config.vocab_size, memory_mask, decoder_attention_mask, past)
         check_length(past + decoder_input_ids.shape[1], self.config.max_len, "max_len", "decoder_input_ids")
-        x = self._embed(self.tgt_embed, decoder_input_ids, offset=past)
+        x = self._embed(self.tgt_embed, decoder_input_ids, offset=past, rows=embeds)
         return self.decoder(x, mask=padding_mask(decoder_attention_mask), causal=True, context=memory,
                             context_mask=padding_mask(memory_mask), cache=cache, rope=self.rope)
 
@@ -196,8 +200,9 @@ class EncoderDecoderTransformer(ZooModel, GenerationMixin, nn.Module):
                                   self.config.pad_token_id)
         if isinstance(input_ids, torch.Tensor) and isinstance(decoder_input_ids, torch.Tensor) and input_ids.dim() == 2:
             check_batch_sizes(input_ids=input_ids.shape[0], decoder_input_ids=decoder_input_ids.shape[0])
-        memory = self.encode(input_ids, attention_mask)
-        return self.decode_features(decoder_input_ids, memory, attention_mask, decoder_attention_mask)
+        src, tgt = embed_both(self.src_embed, input_ids, decoder_input_ids) if self.config.share_embeddings else (None, None)
+        memory = self.encode(input_ids, attention_mask, embeds=src)
+        return self.decode_features(decoder_input_ids, memory, attention_mask, decoder_attention_mask, embeds=tgt)
 
     def forward(self, input_ids, decoder_input_ids=None, attention_mask=None, decoder_attention_mask=None):
         return self.lm_head(self.forward_features(input_ids, decoder_input_ids, attention_mask, decoder_attention_mask))
