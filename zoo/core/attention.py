@@ -48,17 +48,17 @@ def attention(
         scale = 1.0 / math.sqrt(q.shape[-1])
     if need_weights:
         return _math_attention(q, k, v, mask, bias, scale, dropout_p)
-    if dropout_p > 0 and q.device.type == "cpu" and (q.dtype == torch.float32 or torch.is_autocast_enabled("cpu")):
-        # SDPA's CPU kernels have no dropout: it runs its math path, whose dropout is ATen's slow CPU mask;
-        # the same math with the core's faster one (zoo.core.layers.dropout). Under autocast its matmuls run in
-        # bf16 and its softmax in float32 (autocast's lists), so it needs no upcast below
-        return _math_attention(q, k, v, mask, bias, scale, dropout_p)[0], None
-    out_dtype, upcast = q.dtype, _upcast_for_backward(q, k, v)
+    # SDPA's CPU kernels have no dropout: it runs its math path, whose dropout is ATen's slow CPU mask; the same
+    # math with the core's faster one (zoo.core.layers.dropout). Under autocast that path's matmuls run in bf16
+    # and its softmax in float32 (autocast's lists), so only the fused kernel is upcast there
+    math_path = dropout_p > 0 and q.device.type == "cpu"
+    out_dtype = q.dtype
+    upcast = _upcast_for_backward(q, k, v) and not (math_path and torch.is_autocast_enabled("cpu"))
     if upcast:
         q, k, v = q.float(), k.float(), v.float()
     # autocast would cast float32 inputs back down
     with torch.autocast("cpu", enabled=False) if upcast else contextlib.nullcontext():
-        if dropout_p > 0 and q.device.type == "cpu":  # a bf16 / fp16 model outside autocast: in float32
+        if math_path:
             out = _math_attention(q, k, v, mask, bias, scale, dropout_p)[0]
         else:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=_sdpa_mask(mask, bias, q.dtype),
