@@ -3,6 +3,8 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from zoo.core import (
     BlockConfig,
@@ -431,3 +433,73 @@ def test_cpu_attention_with_dropout_under_autocast_multiplies_in_bf16_and_normal
     assert not torch.equal(out.float(), ref.bfloat16().float())  # not the float32 result rounded: bf16 matmuls
     out.float().sum().backward()
     assert q.grad.dtype == torch.bfloat16 and q.grad.abs().sum() > 0
+
+
+def _table_sized_ops(fn, shape):
+    """(op name, dtype) of every op that writes a tensor of `shape` while `fn` runs (forward and backward)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Ops(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.seen = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if isinstance(out, torch.Tensor) and tuple(out.shape) == shape:
+                self.seen.append((func.overloadpacket.__name__, out.dtype))
+            return out
+
+    with Ops() as mode:
+        fn()
+    return mode.seen
+
+
+@pytest.mark.parametrize("padding_idx, bias", [(None, False), (0, True)])
+@pytest.mark.parametrize("bf16", [False, True])
+def test_tied_lookup_gives_the_two_uses_gradient_without_a_table_sized_zero_fill_or_sum(padding_idx, bias, bf16):
+    """An embedding table that the output layer shares, trained: `lookup` returns the rows and the weight for the
+    output layer from one autograd node, whose backward adds the rows' gradients into the output layer's gradient
+    in place. Output and gradients equal the plain path (table(ids), then head(x)); the plain path zero-fills a
+    table-sized gradient for the lookup and sums two, this one does neither, and under autocast it casts the
+    table once each way."""
+    from zoo.core.position import lookup
+
+    torch.manual_seed(0)
+    table = nn.Embedding(40, 8, padding_idx=padding_idx)
+    head = nn.Linear(8, 40, bias=bias)
+    head.weight = table.weight
+    ids = torch.randint(0, 40, (3, 6))
+    ids[0, :3] = 0  # repeated ids (and the padding row when there is one)
+    mix = torch.randn(8, 8)
+
+    def run(tied: bool):
+        table.zero_grad()
+        head.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            rows, weight = lookup(table, ids, head if tied else None)
+            x = torch.tanh(rows @ mix)
+            out = head(x) if weight is None else F.linear(x, weight, head.bias)
+        out.float().square().mean().backward()
+        return out, {n: p.grad.clone() for n, p in [("weight", table.weight), ("bias", head.bias)] if p is not None}
+
+    seen = {}
+    for tied in (True, False):
+        seen[tied] = _table_sized_ops(lambda: seen.setdefault(f"run{tied}", run(tied)), (40, 8))
+    (out, grads), (ref, ref_grads) = seen["runTrue"], seen["runFalse"]
+    assert out.dtype == (torch.bfloat16 if bf16 else torch.float32)
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)
+    for n in ref_grads:
+        torch.testing.assert_close(grads[n], ref_grads[n], rtol=1e-6, atol=1e-7, msg=n)
+    if padding_idx is not None:  # the padding row learns only from the output layer, as with nn.Embedding
+        assert not torch.equal(grads["weight"][0], torch.zeros(8))
+    zero_or_sum = {"zeros", "new_zeros", "zero_", "fill_", "add", "add_", "embedding_dense_backward"}
+    assert {op for op, _ in seen[False]} & zero_or_sum  # the plain path does both
+    assert not {op for op, _ in seen[True]} & zero_or_sum, seen[True]
+    casts = [dtype for op, dtype in seen[True] if op == "_to_copy"]
+    assert casts == ([torch.bfloat16, torch.float32] if bf16 else [torch.float32])  # down once; the gradient up / copied
+    with torch.no_grad():
+        assert lookup(table, ids, head)[1] is None  # inference: the plain lookup
+    assert lookup(table, ids, nn.Linear(8, 40))[1] is None  # an untied output layer
+    table.requires_grad_(False)
+    assert lookup(table, ids, head)[1] is None  # a frozen table

@@ -129,20 +129,72 @@ def check_token_ids(ids, vocab_size: int, name: str = "input_ids") -> None:
                      f"{vocab_size}); {fix}")
 
 
-def embed_both(table: nn.Embedding, input_ids, decoder_input_ids) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+class _TiedLookup(torch.autograd.Function):
+    """Rows of a table that the output layer shares, and the table as that layer multiplies with it (cast once to
+    autocast's dtype), in one autograd node. Its backward starts the table's gradient from the output layer's
+    (cast back) and adds the rows' gradients into it in place: no table-sized zero-filled gradient for the lookup,
+    and no sum of two table-sized gradients (T5-small: 32128 x 512, 64 MB each)."""
+
+    @staticmethod
+    def forward(ctx, weight: torch.Tensor, ids: torch.Tensor, dtype: torch.dtype, padding_idx: int | None):
+        ctx.save_for_backward(ids)
+        ctx.weight_dtype, ctx.padding_idx = weight.dtype, padding_idx
+        return F.embedding(ids, weight), weight.to(dtype)  # the weight itself when no cast: autograd views it
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_rows: torch.Tensor, grad_head: torch.Tensor):
+        (ids,) = ctx.saved_tensors
+        grad = grad_head.to(ctx.weight_dtype, copy=True)  # a fresh tensor: the table's gradient, summed into in place
+        if ctx.padding_idx is not None:  # nn.Embedding's rule: the padding row gets no gradient from the lookup
+            grad_rows = grad_rows.masked_fill((ids == ctx.padding_idx)[:, None], 0)
+        grad.index_add_(0, ids, grad_rows.to(grad.dtype))
+        return grad, None, None, None
+
+
+def _tied_weight(table: nn.Embedding, head: nn.Module | None) -> bool:
+    """The output layer is a plain nn.Linear holding the table's own parameter (not quantized, pruned or
+    re-parametrised), and the table is a plain lookup."""
+    return (type(head) is nn.Linear and head.weight is table.weight and table.max_norm is None and not table.sparse
+            and not table.scale_grad_by_freq)
+
+
+def lookup(table: nn.Embedding, ids: torch.Tensor, head: nn.Module | None = None
+           ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The rows of `ids` in `table`, and the weight the output layer `head` should multiply with (`F.linear(x,
+    weight, head.bias)`) when it is tied to the table and the table trains, else None (call `head(x)`).
+
+    Tied and training, both come from one autograd node (_TiedLookup): the weight cast once to autocast's dtype
+    under autocast, and the table's gradient the output layer's one with the rows' gradients added in place
+    instead of a table-sized zero-filled gradient for the lookup plus a sum of two table-sized gradients. Check
+    the ids first (check_token_ids): the lookup itself raises an unreadable IndexError."""
+    if head is None or not (torch.is_grad_enabled() and table.weight.requires_grad and _tied_weight(table, head)):
+        return table(ids), None
+    device, dtype = table.weight.device.type, table.weight.dtype
+    if torch.is_autocast_enabled(device) and dtype == torch.float32:  # the only dtype autocast casts down
+        dtype = torch.get_autocast_dtype(device)
+    rows, weight = _TiedLookup.apply(table.weight, ids.reshape(-1), dtype, table.padding_idx)
+    return rows.view(*ids.shape, -1), weight
+
+
+def embed_both(table: nn.Embedding, input_ids, decoder_input_ids, head: nn.Module | None = None
+               ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
     """An encoder-decoder's source and target ids looked up in one call of their shared table when training: the
     table's gradient is then one dense (vocab, dim) tensor instead of one per lookup, each zeroed and summed
     (T5-small's 32128 x 512: 64 MB each, 3% of a bf16 training step on a 2-core Xeon). The ids are checked first,
-    so a bad id gets the readable error. (None, None) when nothing would train the table, or the ids are not
-    tensors: each stack then looks its ids up itself."""
+    so a bad id gets the readable error. `head`: the output layer, when the caller multiplies with it; the third
+    value is then the weight to use when it is tied to the table (see `lookup`), else None (call `head(x)`).
+
+    (None, None, None) when nothing would train the table, or the ids are not tensors: each stack then looks its
+    ids up itself."""
     if not (torch.is_grad_enabled() and table.weight.requires_grad and isinstance(input_ids, torch.Tensor)
             and isinstance(decoder_input_ids, torch.Tensor)):
-        return None, None
+        return None, None, None
     check_token_ids(input_ids, table.num_embeddings, "input_ids")
     check_token_ids(decoder_input_ids, table.num_embeddings, "decoder_input_ids")
-    rows = table(torch.cat([input_ids.reshape(-1), decoder_input_ids.reshape(-1)]))
+    rows, weight = lookup(table, torch.cat([input_ids.reshape(-1), decoder_input_ids.reshape(-1)]), head)
     n = input_ids.numel()
-    return rows[:n].view(*input_ids.shape, -1), rows[n:].view(*decoder_input_ids.shape, -1)
+    return rows[:n].view(*input_ids.shape, -1), rows[n:].view(*decoder_input_ids.shape, -1), weight
 
 
 def check_attention_mask(mask, ids, name: str = "attention_mask", ids_name: str = "input_ids",

@@ -18,10 +18,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..core import Dropout, BlockConfig, LearnedPositionalEmbedding, check_pad_token, TransformerStack, make_activation, make_norm, padding_mask, trunc_normal_init
-from ..core.position import check_attention_mask, check_length, check_token_ids
+from ..core.position import check_attention_mask, check_length, check_token_ids, lookup
 from ..contract import TEXT_AXES, Inputs, ZooModel, token_batch
 from ..registry import register_model
 
@@ -57,14 +58,17 @@ class BertEmbeddings(nn.Module):
         self.norm = make_norm("layernorm", cfg.dim, cfg.norm_eps)
         self.drop = Dropout(cfg.dropout)
 
-    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None,
+                rows: torch.Tensor | None = None) -> torch.Tensor:
+        """`rows`: the ids' rows of the word embeddings when the caller looked them up already."""
         pos = self.position_embeddings(input_ids.shape[1])  # raises a clear error past max_positions
         if token_type_ids is None:
             types = self.token_type_embeddings.weight[0]  # HF's default: every token type is 0
         else:
             types = self.token_type_embeddings(token_type_ids)
         # Summed in HF's order (word + type, then position) so float rounding matches too.
-        return self.drop(self.norm(self.word_embeddings(input_ids) + types + pos))
+        words = self.word_embeddings(input_ids) if rows is None else rows
+        return self.drop(self.norm(words + types + pos))
 
 
 class BertMLMHead(nn.Module):
@@ -77,8 +81,10 @@ class BertMLMHead(nn.Module):
         self.norm = make_norm("layernorm", cfg.dim, cfg.norm_eps)
         self.decoder = nn.Linear(cfg.dim, cfg.vocab_size)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.norm(self.act(self.dense(x))))
+    def forward(self, x: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+        """`weight`: the decoder's weight as zoo.core.position.lookup returned it with the embeddings' rows."""
+        x = self.norm(self.act(self.dense(x)))
+        return self.decoder(x) if weight is None else F.linear(x, weight, self.decoder.bias)
 
 
 class BertPooler(nn.Module):
@@ -183,7 +189,13 @@ class Bert(ZooModel, nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
         """mlm: (B, L, vocab); cls: (B, num_classes); token: (B, L, num_classes); none: (B, L, dim)."""
-        return self.forward_head(self.forward_features(input_ids, attention_mask, token_type_ids))
+        if self.config.head != "mlm":
+            return self.forward_head(self.forward_features(input_ids, attention_mask, token_type_ids))
+        # The tied MLM decoder trains through one lookup node with the word embeddings (zoo.core.position.lookup).
+        self._check_inputs(input_ids, attention_mask, token_type_ids)
+        rows, weight = lookup(self.embeddings.word_embeddings, input_ids, self.mlm_head.decoder)
+        x = self.encoder(self.embeddings(input_ids, token_type_ids, rows), mask=padding_mask(attention_mask))
+        return self.mlm_head(x, weight)
 
     def get_classifier(self) -> nn.Module:
         if self.config.head not in ("cls", "token"):

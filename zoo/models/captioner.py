@@ -14,11 +14,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..core import Dropout, BlockConfig, KVCache, LearnedPositionalEmbedding, TransformerStack, padding_mask, trunc_normal_init
 from ..generation import GenerationMixin
-from ..core.position import check_batch_sizes, check_decoder_inputs, check_length, require_decoder_input_ids
+from ..core.position import (check_batch_sizes, check_decoder_inputs, check_length, check_token_ids, lookup,
+                             require_decoder_input_ids)
 from ..contract import IMAGE_AXES, Inputs, ZooModel, image_batch, token_batch
 from ..registry import register_model
 from .vit import ViTConfig, VisionTransformer
@@ -93,13 +95,16 @@ class ViTCaptioner(ZooModel, GenerationMixin, nn.Module):
         return self.bridge(self.encoder.forward_features(images))
 
     def decode_features(self, decoder_input_ids, memory, memory_mask=None, decoder_attention_mask=None,
-                        cache: KVCache | None = None) -> torch.Tensor:
+                        cache: KVCache | None = None, *, embeds: torch.Tensor | None = None) -> torch.Tensor:
+        """Decoder hidden states (B, T, dim); `embeds`: the ids' rows of the token table when the caller looked
+        them up already."""
         require_decoder_input_ids(decoder_input_ids, type(self).__name__, self.config.decoder_start_token_id,
                                   self.config.pad_token_id)
         past = 0 if cache is None else cache.length(self.decoder.blocks[0].attn.layer_id)
         check_decoder_inputs(decoder_input_ids, memory, self.config.vocab_size, memory_mask, decoder_attention_mask, past)
         check_length(past + decoder_input_ids.shape[1], self.config.max_len, "max_len", "decoder_input_ids")
-        x = self.drop(self.token_embedding(decoder_input_ids) + self.positional_embedding(decoder_input_ids.shape[1], past))
+        rows = self.token_embedding(decoder_input_ids) if embeds is None else embeds
+        x = self.drop(rows + self.positional_embedding(decoder_input_ids.shape[1], past))
         return self.decoder(x, mask=padding_mask(decoder_attention_mask), causal=True, context=memory,
                             context_mask=padding_mask(memory_mask), cache=cache)
 
@@ -108,17 +113,28 @@ class ViTCaptioner(ZooModel, GenerationMixin, nn.Module):
         """Decoder ids (B, T) + memory -> logits (B, T, vocab). With a cache, pass only the new tokens."""
         return self.lm_head(self.decode_features(decoder_input_ids, memory, memory_mask, decoder_attention_mask, cache))
 
-    def forward_features(self, images, decoder_input_ids=None, decoder_attention_mask=None) -> torch.Tensor:
+    def _features(self, images, decoder_input_ids, decoder_attention_mask, head=None):
+        """Decoder features, and the tied output layer's weight from the lookup when `head` is given (lookup)."""
         require_decoder_input_ids(decoder_input_ids, type(self).__name__, self.config.decoder_start_token_id,
                                   self.config.pad_token_id)
         if isinstance(images, torch.Tensor) and isinstance(decoder_input_ids, torch.Tensor) and images.dim() == 4:
             check_batch_sizes(images=images.shape[0], decoder_input_ids=decoder_input_ids.shape[0])
-        return self.decode_features(decoder_input_ids, self.encode(images), decoder_attention_mask=decoder_attention_mask)
+        rows = head_weight = None
+        if head is not None:
+            check_token_ids(decoder_input_ids, self.config.vocab_size, "decoder_input_ids")
+            rows, head_weight = lookup(self.token_embedding, decoder_input_ids, head)
+        memory = self.encode(images)
+        return self.decode_features(decoder_input_ids, memory, decoder_attention_mask=decoder_attention_mask,
+                                    embeds=rows), head_weight
+
+    def forward_features(self, images, decoder_input_ids=None, decoder_attention_mask=None) -> torch.Tensor:
+        return self._features(images, decoder_input_ids, decoder_attention_mask)[0]
 
     def forward(self, images: torch.Tensor, decoder_input_ids: torch.Tensor | None = None,
                 decoder_attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Teacher forcing: (B, T, vocab) logits of the next token at every decoder position."""
-        return self.lm_head(self.forward_features(images, decoder_input_ids, decoder_attention_mask))
+        x, head_weight = self._features(images, decoder_input_ids, decoder_attention_mask, self.lm_head)
+        return self.lm_head(x) if head_weight is None else F.linear(x, head_weight, self.lm_head.bias)
 
 
 _PAPER = ("Dosovitskiy et al. 2020 (ViT encoder) + Vaswani et al. 2017 (transformer decoder); image captioning as in "

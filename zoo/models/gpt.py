@@ -27,7 +27,7 @@ from torch import nn
 
 from ..contract import DecoderOnly
 from ..core import Dropout, BlockConfig, KVCache, LearnedPositionalEmbedding, TransformerStack, check_length, check_pad_token, decoder_padding_mask
-from ..core.position import check_attention_mask, check_token_ids
+from ..core.position import check_attention_mask, check_token_ids, lookup
 from ..generation import GenerationMixin
 from ..registry import register_model
 
@@ -41,7 +41,8 @@ class DecoderLM(DecoderOnly, GenerationMixin, nn.Module):
     def _past(self, cache: KVCache | None) -> int:
         return 0 if cache is None else cache.length(self.blocks.blocks[0].attn.layer_id)
 
-    def _embed(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    def _embed(self, input_ids: torch.Tensor, positions: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """The stack's input; `rows`: the ids' rows of `wte` when the caller looked them up already."""
         raise NotImplementedError
 
     def tie_weights(self) -> None:
@@ -49,9 +50,10 @@ class DecoderLM(DecoderOnly, GenerationMixin, nn.Module):
             self.lm_head.weight = self.wte.weight
 
     def decode_features(self, input_ids: torch.Tensor, cache: KVCache | None = None,
-                        attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+                        attention_mask: torch.Tensor | None = None, *, embeds: torch.Tensor | None = None) -> torch.Tensor:
         """Hidden states after the final norm (B, L, dim) of the new tokens `input_ids`; `attention_mask`
-        (B, past + L) covers the cached positions too (1 = token, 0 = padding)."""
+        (B, past + L) covers the cached positions too (1 = token, 0 = padding). `embeds`: the ids' rows of `wte`
+        when the caller looked them up already."""
         cfg = self.config
         check_token_ids(input_ids, cfg.vocab_size, "input_ids")
         past, length = self._past(cache), input_ids.shape[1]
@@ -61,10 +63,17 @@ class DecoderLM(DecoderOnly, GenerationMixin, nn.Module):
             positions = torch.arange(past, past + length, device=input_ids.device)[None]
         else:  # each row counts from its first real token (transformers' generate); pads get 0
             positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -length:]
-        x = self._embed(input_ids, positions)
+        x = self._embed(input_ids, positions, embeds)
         return self.blocks(x, mask=decoder_padding_mask(attention_mask, length), causal=True, rope=getattr(self, "rope", None),
                            cache=cache)
 
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Token ids (B, L) [+ 1/0 mask] -> next-token logits (B, L, vocab). A tied output layer trains through one
+        lookup node with the embeddings (zoo.core.position.lookup)."""
+        check_token_ids(input_ids, self.config.vocab_size, "input_ids")
+        rows, head_weight = lookup(self.wte, input_ids, self.lm_head)
+        x = self.decode_features(input_ids, attention_mask=attention_mask, embeds=rows)
+        return self.lm_head(x) if head_weight is None else F.linear(x, head_weight, self.lm_head.bias)
 
 
 @dataclass
@@ -120,8 +129,8 @@ class GPT(DecoderLM):
     def no_weight_decay(self) -> set[str]:
         return {"wpe.weight"}
 
-    def _embed(self, input_ids, positions):
-        return self.drop(self.wte(input_ids) + F.embedding(positions, self.wpe.weight))
+    def _embed(self, input_ids, positions, rows=None):
+        return self.drop((self.wte(input_ids) if rows is None else rows) + F.embedding(positions, self.wpe.weight))
 
 
 _PAPER = "Radford et al. 2019, Language Models are Unsupervised Multitask Learners (OpenAI GPT-2)"

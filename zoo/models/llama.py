@@ -66,8 +66,8 @@ class Llama(DecoderLM):
             if isinstance(m, (nn.Linear, nn.Embedding)):
                 nn.init.normal_(m.weight, std=self.config.init_std)
 
-    def _embed(self, input_ids, positions):
-        return self.wte(input_ids)  # RoPE inside attention carries the positions
+    def _embed(self, input_ids, positions, rows=None):
+        return self.wte(input_ids) if rows is None else rows  # RoPE inside attention carries the positions
 
 
 _PAPER = ("Touvron et al. 2023, LLaMA: Open and Efficient Foundation Language Models (arXiv:2302.13971); "

@@ -17,6 +17,7 @@ import dataclasses
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..core import Dropout, BlockConfig, KVCache, RelativePositionBias, TransformerStack, check_length, padding_mask
@@ -159,18 +160,25 @@ class T5(ZooModel, GenerationMixin, nn.Module):
         return self.lm_head(self.decode_features(decoder_input_ids, memory, memory_mask, decoder_attention_mask, cache)
                             * self.output_scale)
 
-    def forward_features(self, input_ids, decoder_input_ids=None, attention_mask=None, decoder_attention_mask=None):
+    def _features(self, input_ids, decoder_input_ids, attention_mask, decoder_attention_mask, head=None):
+        """Decoder features, and the tied output layer's weight from the lookup when `head` is given (embed_both)."""
         require_decoder_input_ids(decoder_input_ids, type(self).__name__, self.config.decoder_start_token_id,
                                   self.config.pad_token_id)
         if isinstance(input_ids, torch.Tensor) and isinstance(decoder_input_ids, torch.Tensor) and input_ids.dim() == 2:
             check_batch_sizes(input_ids=input_ids.shape[0], decoder_input_ids=decoder_input_ids.shape[0])
-        src, tgt = embed_both(self.shared, input_ids, decoder_input_ids)
+        src, tgt, head_weight = embed_both(self.shared, input_ids, decoder_input_ids, head)
         memory = self.encode(input_ids, attention_mask, embeds=src)
-        return self.decode_features(decoder_input_ids, memory, attention_mask, decoder_attention_mask, embeds=tgt)
+        return self.decode_features(decoder_input_ids, memory, attention_mask, decoder_attention_mask,
+                                    embeds=tgt), head_weight
+
+    def forward_features(self, input_ids, decoder_input_ids=None, attention_mask=None, decoder_attention_mask=None):
+        return self._features(input_ids, decoder_input_ids, attention_mask, decoder_attention_mask)[0]
 
     def forward(self, input_ids, decoder_input_ids=None, attention_mask=None, decoder_attention_mask=None):
-        features = self.forward_features(input_ids, decoder_input_ids, attention_mask, decoder_attention_mask)
-        return self.lm_head(features * self.output_scale)
+        features, head_weight = self._features(input_ids, decoder_input_ids, attention_mask, decoder_attention_mask,
+                                               self.lm_head)
+        x = features * self.output_scale
+        return self.lm_head(x) if head_weight is None else F.linear(x, head_weight, self.lm_head.bias)
 
 
 class T5Encoder(T5):

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import torch
 from einops import rearrange
+import torch.nn.functional as F
 from torch import nn
 
 from ..core import (BlockConfig, Dropout, KVCache, LearnedPositionalEmbedding, RotaryEmbedding, SinusoidalPositionalEmbedding,
@@ -195,17 +196,26 @@ class EncoderDecoderTransformer(ZooModel, GenerationMixin, nn.Module):
         tokens; decoder_attention_mask then covers past and new positions."""
         return self.lm_head(self.decode_features(decoder_input_ids, memory, memory_mask, decoder_attention_mask, cache))
 
-    def forward_features(self, input_ids, decoder_input_ids=None, attention_mask=None, decoder_attention_mask=None):
+    def _features(self, input_ids, decoder_input_ids, attention_mask, decoder_attention_mask, head=None):
+        """Decoder features, and the tied output layer's weight from the lookup when `head` is given (embed_both)."""
         require_decoder_input_ids(decoder_input_ids, type(self).__name__, self.config.decoder_start_token_id,
                                   self.config.pad_token_id)
         if isinstance(input_ids, torch.Tensor) and isinstance(decoder_input_ids, torch.Tensor) and input_ids.dim() == 2:
             check_batch_sizes(input_ids=input_ids.shape[0], decoder_input_ids=decoder_input_ids.shape[0])
-        src, tgt = embed_both(self.src_embed, input_ids, decoder_input_ids) if self.config.share_embeddings else (None, None)
+        src = tgt = head_weight = None
+        if self.config.share_embeddings:
+            src, tgt, head_weight = embed_both(self.src_embed, input_ids, decoder_input_ids, head)
         memory = self.encode(input_ids, attention_mask, embeds=src)
-        return self.decode_features(decoder_input_ids, memory, attention_mask, decoder_attention_mask, embeds=tgt)
+        return self.decode_features(decoder_input_ids, memory, attention_mask, decoder_attention_mask,
+                                    embeds=tgt), head_weight
+
+    def forward_features(self, input_ids, decoder_input_ids=None, attention_mask=None, decoder_attention_mask=None):
+        return self._features(input_ids, decoder_input_ids, attention_mask, decoder_attention_mask)[0]
 
     def forward(self, input_ids, decoder_input_ids=None, attention_mask=None, decoder_attention_mask=None):
-        return self.lm_head(self.forward_features(input_ids, decoder_input_ids, attention_mask, decoder_attention_mask))
+        features, head_weight = self._features(input_ids, decoder_input_ids, attention_mask, decoder_attention_mask,
+                                               self.lm_head)
+        return self.lm_head(features) if head_weight is None else F.linear(features, head_weight, self.lm_head.bias)
 
 
 _PAPER = "Vaswani et al. 2017, Attention Is All You Need (arXiv:1706.03762)"
