@@ -503,3 +503,45 @@ def test_tied_lookup_gives_the_two_uses_gradient_without_a_table_sized_zero_fill
     assert lookup(table, ids, nn.Linear(8, 40))[1] is None  # an untied output layer
     table.requires_grad_(False)
     assert lookup(table, ids, head)[1] is None  # a frozen table
+
+
+@pytest.mark.parametrize("activation, op", [("gelu", "gelu_"), ("gelu_tanh", "gelu_"), ("relu", "relu_"), ("silu", "silu_"),
+                                            ("quick_gelu", "sigmoid")])
+@pytest.mark.parametrize("gated", [False, True])
+def test_feedforward_activates_in_place_in_inference_with_the_same_result(activation, op, gated):
+    """In inference (no autograd graph, no tracer) the feed-forward activates fc1's fresh output in place instead
+    of allocating a second (tokens, hidden) tensor; the result is bit for bit the one with gradients on, and an
+    fc1 that hands back its input (nn.Identity) leaves the input untouched."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from zoo.core.layers import FeedForward
+
+    class Names(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.seen = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.seen.append(func.overloadpacket.__name__)
+            return func(*args, **(kwargs or {}))
+
+    torch.manual_seed(0)
+    ff = FeedForward(16, 32, activation, gated=gated).eval()
+    x = torch.randn(2, 5, 16)
+    with Names() as graded:
+        ref = ff(x)
+    with torch.no_grad(), Names() as inference:
+        out = ff(x)
+    assert torch.equal(out, ref)
+    assert op in inference.seen
+    if op.endswith("_"):  # the core's activations run in place; anything else as it is
+        assert op not in graded.seen and op[:-1] in graded.seen and op[:-1] not in inference.seen
+        assert ("mul_" in inference.seen) == gated
+    with torch.inference_mode():
+        assert torch.equal(ff(x), ref)
+    ff.fc1, ff.gate = nn.Identity(), None
+    ff.fc2 = nn.Linear(16, 16)
+    before = x.clone()
+    with torch.no_grad():
+        ff(x)
+    assert torch.equal(x, before)
