@@ -42,6 +42,17 @@ def test_errors_end_in_one_readable_line(argv, message, capsys, tmp_path, monkey
     code, out, err = zoo_cli(argv, capsys)
     assert code not in (0, None) and message in err, err[-1500:]
     assert "Traceback" not in err and len([line for line in err.splitlines() if line.startswith("zoo")]) == 1
+    assert not list(tmp_path.rglob("version_*")) and not list(tmp_path.rglob(".version_*"))  # no empty run, no lock
+
+
+def test_a_failed_start_releases_only_an_empty_run_folder(tmp_path):
+    """A start that fails before anything is written gives its version folder back (and its lock); a folder
+    that holds a file is never removed."""
+    empty, used = rundir.claim(tmp_path), rundir.claim(tmp_path)
+    (used / "config.yaml").write_text("seed_everything: 0\n")
+    assert rundir.release_unused(empty) and not empty.exists() and not rundir.lock_path(empty).exists()
+    assert not rundir.release_unused(used) and (used / "config.yaml").exists()
+    assert rundir.claim(tmp_path).name == "version_2"  # numbering goes on from the newest folder left
 
 
 def test_verbose_shows_the_traceback(capsys):

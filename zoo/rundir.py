@@ -87,6 +87,22 @@ def claim(root: str | os.PathLike) -> Path:
     return run
 
 
+def release_unused(run: str | os.PathLike) -> bool:
+    """Remove a version folder this process claimed but wrote nothing into (its start failed), and its lock, so
+    that failed starts leave no empty version_N behind. True if it was removed; a folder with any file is kept."""
+    run = Path(run)
+    if _rank() != 0 or not run.is_dir() or any(run.iterdir()):
+        return False
+    unlock(run)
+    try:
+        run.rmdir()
+    except OSError:  # something appeared in it meanwhile
+        return False
+    if os.environ.get(ENV) == str(run):
+        del os.environ[ENV]
+    return True
+
+
 def process_alive(pid: int) -> bool:
     """Whether a process of this host has this pid (one we may not signal counts as alive)."""
     try:

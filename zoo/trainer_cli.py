@@ -118,7 +118,7 @@ class ZooCLI(LightningCLI):
 
     def _run_folder(self, c) -> None:
         root = Path(c.trainer.default_root_dir or "runs")
-        run = rundir.claim(root)
+        run = self._claimed = rundir.claim(root)
         c.trainer.default_root_dir = str(run)
         loggers = c.trainer.get("logger")
         if loggers is None or loggers is True:
@@ -134,6 +134,15 @@ class ZooCLI(LightningCLI):
                     rundir.lock(cb.init_args.dirpath)  # a folder the user named: no other live run may share it
                 else:
                     cb.init_args.dirpath = str(run / "checkpoints")
+
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except BaseException:  # a recipe that cannot be built (a bad value, a missing teacher) trained nothing
+            claimed = getattr(self, "_claimed", None)
+            if claimed is not None:
+                rundir.release_unused(claimed)
+            raise
 
     def after_instantiate_classes(self) -> None:
         super().after_instantiate_classes()
