@@ -545,3 +545,26 @@ def test_feedforward_activates_in_place_in_inference_with_the_same_result(activa
     with torch.no_grad():
         ff(x)
     assert torch.equal(x, before)
+
+
+def test_tied_lookup_takes_the_plain_path_in_a_torchscript_trace():
+    """torch.jit.trace records with gradients on by default; a trace cannot hold the Python autograd node, so
+    tracing takes the plain lookup and the traced module saves (it failed to save before)."""
+    import io
+
+    from zoo.core.position import lookup
+
+    class Tied(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.table, self.head = nn.Embedding(20, 4), nn.Linear(4, 20, bias=False)
+            self.head.weight = self.table.weight
+
+        def forward(self, ids):
+            rows, weight = lookup(self.table, ids, self.head)
+            return self.head(rows) if weight is None else F.linear(rows, weight)
+
+    model, ids = Tied(), torch.randint(0, 20, (2, 3))
+    traced = torch.jit.trace(model, (ids,))
+    torch.jit.save(traced, io.BytesIO())
+    torch.testing.assert_close(traced(ids), model(ids))

@@ -168,8 +168,9 @@ def lookup(table: nn.Embedding, ids: torch.Tensor, head: nn.Module | None = None
     under autocast, and the table's gradient the output layer's one with the rows' gradients added in place
     instead of a table-sized zero-filled gradient for the lookup plus a sum of two table-sized gradients. Check
     the ids first (check_token_ids): the lookup itself raises an unreadable IndexError."""
-    if head is None or not (torch.is_grad_enabled() and table.weight.requires_grad and _tied_weight(table, head)):
-        return table(ids), None
+    if head is None or torch.jit.is_tracing() or not (torch.is_grad_enabled() and table.weight.requires_grad
+                                                       and _tied_weight(table, head)):
+        return table(ids), None  # (a TorchScript trace cannot hold the Python autograd node)
     device, dtype = table.weight.device.type, table.weight.dtype
     if torch.is_autocast_enabled(device) and dtype == torch.float32:  # the only dtype autocast casts down
         dtype = torch.get_autocast_dtype(device)
