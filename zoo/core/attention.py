@@ -228,7 +228,14 @@ class MultiHeadAttention(nn.Module):
             dropout_p=self.attn_drop if self.training else 0.0, need_weights=need_weights or self.record_weights,
         )
         self.last_weights = weights
-        return self.proj_drop(self.proj(rearrange(out, "b h l d -> b l (h d)")))
+        if torch.compiler.is_exporting():
+            # The CPU's fused kernel lays its output out as (b, l, h, d), so export would record the merge of the
+            # heads as a view; ONNX's decomposition of attention with a bias (T5) gives another layout and that
+            # view fails. An explicit copy holds in both.
+            merged = out.transpose(1, 2).clone(memory_format=torch.contiguous_format).flatten(2)
+        else:
+            merged = rearrange(out, "b h l d -> b l (h d)")
+        return self.proj_drop(self.proj(merged))
 
 
 class AdditiveAttention(nn.Module):
