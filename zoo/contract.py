@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 # kind -> what forward takes (in order) and returns
@@ -160,3 +161,41 @@ class DecoderOnly(ZooModel):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Token ids (B, L) [+ 1/0 mask] -> next-token logits (B, L, vocab)."""
         return self.lm_head(self.forward_features(input_ids, attention_mask))
+
+
+class EncoderDecoder(ZooModel):
+    """The encoder-decoder contract, written once: a family provides `encode(input_ids, attention_mask, *, embeds)`,
+    `decode_features(decoder_input_ids, memory, memory_mask, decoder_attention_mask, *, embeds)`, `lm_head`,
+    `shared_table` (the nn.Embedding both stacks look their ids up in, or None) and `output_scale` (the factor on
+    the decoder's output before lm_head); forward_features / forward follow. With a shared table, a training
+    forward looks both stacks' ids up in one call (zoo.core.position.embed_both), and a tied lm_head trains through
+    the same node."""
+
+    kind = "encoder_decoder"
+    shared_table: nn.Embedding | None = None
+    output_scale: float = 1.0
+
+    def _features(self, input_ids, decoder_input_ids, attention_mask, decoder_attention_mask, head=None):
+        """Decoder features, and the tied output layer's weight from the lookup when `head` is given (embed_both)."""
+        from .core.position import check_batch_sizes, embed_both, require_decoder_input_ids
+
+        require_decoder_input_ids(decoder_input_ids, type(self).__name__, self.config.decoder_start_token_id,
+                                  self.config.pad_token_id)
+        if isinstance(input_ids, torch.Tensor) and isinstance(decoder_input_ids, torch.Tensor) and input_ids.dim() == 2:
+            check_batch_sizes(input_ids=input_ids.shape[0], decoder_input_ids=decoder_input_ids.shape[0])
+        src = tgt = head_weight = None
+        if self.shared_table is not None:
+            src, tgt, head_weight = embed_both(self.shared_table, input_ids, decoder_input_ids, head)
+        memory = self.encode(input_ids, attention_mask, embeds=src)
+        return self.decode_features(decoder_input_ids, memory, attention_mask, decoder_attention_mask,
+                                    embeds=tgt), head_weight
+
+    def forward_features(self, input_ids, decoder_input_ids=None, attention_mask=None, decoder_attention_mask=None):
+        return self._features(input_ids, decoder_input_ids, attention_mask, decoder_attention_mask)[0]
+
+    def forward(self, input_ids, decoder_input_ids=None, attention_mask=None, decoder_attention_mask=None):
+        """Teacher forcing: source ids (B, S) + decoder ids (B, T) -> (B, T, vocab) logits."""
+        features, head_weight = self._features(input_ids, decoder_input_ids, attention_mask, decoder_attention_mask,
+                                               self.lm_head)
+        x = features * self.output_scale if self.output_scale != 1.0 else features
+        return self.lm_head(x) if head_weight is None else F.linear(x, head_weight, self.lm_head.bias)

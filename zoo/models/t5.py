@@ -17,14 +17,12 @@ import dataclasses
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..core import Dropout, BlockConfig, KVCache, RelativePositionBias, TransformerStack, check_length, padding_mask
 from ..generation import GenerationMixin, shift_right  # noqa: F401  (shift_right re-exported for T5 users)
-from ..core.position import (check_attention_mask, check_batch_sizes, check_decoder_inputs, check_token_ids, embed_both,
-                             require_decoder_input_ids)
-from ..contract import TEXT_AXES, Inputs, ZooModel, seq2seq_inputs
+from ..core.position import check_attention_mask, check_decoder_inputs, check_token_ids, require_decoder_input_ids
+from ..contract import TEXT_AXES, EncoderDecoder, Inputs, seq2seq_inputs
 from ..registry import register_model
 
 
@@ -59,8 +57,7 @@ def _ffn_kind(proj: str) -> tuple[str, bool]:
     raise ValueError(f"feed_forward_proj must be 'relu' (v1.0) or 'gated-gelu' (v1.1), got {proj!r}")
 
 
-class T5(ZooModel, GenerationMixin, nn.Module):
-    kind = "encoder_decoder"
+class T5(EncoderDecoder, GenerationMixin, nn.Module):
 
     def example_inputs(self, batch: int = 2, length: int = 16, generator: torch.Generator | None = None) -> Inputs:
         cfg = self.config
@@ -160,25 +157,9 @@ class T5(ZooModel, GenerationMixin, nn.Module):
         return self.lm_head(self.decode_features(decoder_input_ids, memory, memory_mask, decoder_attention_mask, cache)
                             * self.output_scale)
 
-    def _features(self, input_ids, decoder_input_ids, attention_mask, decoder_attention_mask, head=None):
-        """Decoder features, and the tied output layer's weight from the lookup when `head` is given (embed_both)."""
-        require_decoder_input_ids(decoder_input_ids, type(self).__name__, self.config.decoder_start_token_id,
-                                  self.config.pad_token_id)
-        if isinstance(input_ids, torch.Tensor) and isinstance(decoder_input_ids, torch.Tensor) and input_ids.dim() == 2:
-            check_batch_sizes(input_ids=input_ids.shape[0], decoder_input_ids=decoder_input_ids.shape[0])
-        src, tgt, head_weight = embed_both(self.shared, input_ids, decoder_input_ids, head)
-        memory = self.encode(input_ids, attention_mask, embeds=src)
-        return self.decode_features(decoder_input_ids, memory, attention_mask, decoder_attention_mask,
-                                    embeds=tgt), head_weight
-
-    def forward_features(self, input_ids, decoder_input_ids=None, attention_mask=None, decoder_attention_mask=None):
-        return self._features(input_ids, decoder_input_ids, attention_mask, decoder_attention_mask)[0]
-
-    def forward(self, input_ids, decoder_input_ids=None, attention_mask=None, decoder_attention_mask=None):
-        features, head_weight = self._features(input_ids, decoder_input_ids, attention_mask, decoder_attention_mask,
-                                               self.lm_head)
-        x = features * self.output_scale
-        return self.lm_head(x) if head_weight is None else F.linear(x, head_weight, self.lm_head.bias)
+    @property
+    def shared_table(self) -> nn.Embedding:
+        return self.shared
 
 
 class T5Encoder(T5):

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 
 import torch
 from einops import rearrange
-import torch.nn.functional as F
 from torch import nn
 
 from ..core import (BlockConfig, Dropout, KVCache, LearnedPositionalEmbedding, RotaryEmbedding, SinusoidalPositionalEmbedding,
@@ -28,14 +27,12 @@ from ..core import (BlockConfig, Dropout, KVCache, LearnedPositionalEmbedding, R
 from ..generation import GenerationMixin
 from ..core.position import (
     check_attention_mask,
-    check_batch_sizes,
     check_decoder_inputs,
     check_length,
     check_token_ids,
-    embed_both,
     require_decoder_input_ids,
 )
-from ..contract import Inputs, ZooModel, seq2seq_inputs
+from ..contract import EncoderDecoder, Inputs, seq2seq_inputs
 from ..registry import register_model
 
 
@@ -93,8 +90,7 @@ def constrain_next_token(scores: torch.Tensor, cur_len: int, max_length: int, fo
     return scores
 
 
-class EncoderDecoderTransformer(ZooModel, GenerationMixin, nn.Module):
-    kind = "encoder_decoder"
+class EncoderDecoderTransformer(EncoderDecoder, GenerationMixin, nn.Module):
 
     def example_inputs(self, batch: int = 2, length: int = 16, generator: torch.Generator | None = None) -> Inputs:
         cfg = self.config
@@ -196,26 +192,9 @@ class EncoderDecoderTransformer(ZooModel, GenerationMixin, nn.Module):
         tokens; decoder_attention_mask then covers past and new positions."""
         return self.lm_head(self.decode_features(decoder_input_ids, memory, memory_mask, decoder_attention_mask, cache))
 
-    def _features(self, input_ids, decoder_input_ids, attention_mask, decoder_attention_mask, head=None):
-        """Decoder features, and the tied output layer's weight from the lookup when `head` is given (embed_both)."""
-        require_decoder_input_ids(decoder_input_ids, type(self).__name__, self.config.decoder_start_token_id,
-                                  self.config.pad_token_id)
-        if isinstance(input_ids, torch.Tensor) and isinstance(decoder_input_ids, torch.Tensor) and input_ids.dim() == 2:
-            check_batch_sizes(input_ids=input_ids.shape[0], decoder_input_ids=decoder_input_ids.shape[0])
-        src = tgt = head_weight = None
-        if self.config.share_embeddings:
-            src, tgt, head_weight = embed_both(self.src_embed, input_ids, decoder_input_ids, head)
-        memory = self.encode(input_ids, attention_mask, embeds=src)
-        return self.decode_features(decoder_input_ids, memory, attention_mask, decoder_attention_mask,
-                                    embeds=tgt), head_weight
-
-    def forward_features(self, input_ids, decoder_input_ids=None, attention_mask=None, decoder_attention_mask=None):
-        return self._features(input_ids, decoder_input_ids, attention_mask, decoder_attention_mask)[0]
-
-    def forward(self, input_ids, decoder_input_ids=None, attention_mask=None, decoder_attention_mask=None):
-        features, head_weight = self._features(input_ids, decoder_input_ids, attention_mask, decoder_attention_mask,
-                                               self.lm_head)
-        return self.lm_head(features) if head_weight is None else F.linear(features, head_weight, self.lm_head.bias)
+    @property
+    def shared_table(self) -> nn.Embedding | None:
+        return self.src_embed if self.config.share_embeddings else None
 
 
 _PAPER = "Vaswani et al. 2017, Attention Is All You Need (arXiv:1706.03762)"
