@@ -16,7 +16,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 # kind -> what forward takes (in order) and returns
@@ -197,5 +196,7 @@ class EncoderDecoder(ZooModel):
         """Teacher forcing: source ids (B, S) + decoder ids (B, T) -> (B, T, vocab) logits."""
         features, head_weight = self._features(input_ids, decoder_input_ids, attention_mask, decoder_attention_mask,
                                                self.lm_head)
+        from .core.position import apply_head
+
         x = features * self.output_scale if self.output_scale != 1.0 else features
-        return self.lm_head(x) if head_weight is None else F.linear(x, head_weight, self.lm_head.bias)
+        return apply_head(self.lm_head, x, head_weight)

@@ -178,6 +178,11 @@ def lookup(table: nn.Embedding, ids: torch.Tensor, head: nn.Module | None = None
     return rows.view(*ids.shape, -1), weight
 
 
+def apply_head(head: nn.Module, x: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+    """The output layer on x: `head(x)`, or with the tied weight that `lookup` returned."""
+    return head(x) if weight is None else F.linear(x, weight, head.bias)
+
+
 def embed_both(table: nn.Embedding, input_ids, decoder_input_ids, head: nn.Module | None = None
                ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
     """An encoder-decoder's source and target ids looked up in one call of their shared table when training: the

@@ -18,11 +18,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..core import Dropout, BlockConfig, LearnedPositionalEmbedding, check_pad_token, TransformerStack, make_activation, make_norm, padding_mask, trunc_normal_init
-from ..core.position import check_attention_mask, check_length, check_token_ids, lookup
+from ..core.position import apply_head, check_attention_mask, check_length, check_token_ids, lookup
 from ..contract import TEXT_AXES, Inputs, ZooModel, token_batch
 from ..registry import register_model
 
@@ -84,7 +83,7 @@ class BertMLMHead(nn.Module):
     def forward(self, x: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
         """`weight`: the decoder's weight as zoo.core.position.lookup returned it with the embeddings' rows."""
         x = self.norm(self.act(self.dense(x)))
-        return self.decoder(x) if weight is None else F.linear(x, weight, self.decoder.bias)
+        return apply_head(self.decoder, x, weight)
 
 
 class BertPooler(nn.Module):

@@ -14,12 +14,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..core import Dropout, BlockConfig, KVCache, LearnedPositionalEmbedding, TransformerStack, padding_mask, trunc_normal_init
 from ..generation import GenerationMixin
-from ..core.position import (check_batch_sizes, check_decoder_inputs, check_length, check_token_ids, lookup,
+from ..core.position import (apply_head, check_batch_sizes, check_decoder_inputs, check_length, check_token_ids, lookup,
                              require_decoder_input_ids)
 from ..contract import IMAGE_AXES, Inputs, ZooModel, image_batch, token_batch
 from ..registry import register_model
@@ -134,7 +133,7 @@ class ViTCaptioner(ZooModel, GenerationMixin, nn.Module):
                 decoder_attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Teacher forcing: (B, T, vocab) logits of the next token at every decoder position."""
         x, head_weight = self._features(images, decoder_input_ids, decoder_attention_mask, self.lm_head)
-        return self.lm_head(x) if head_weight is None else F.linear(x, head_weight, self.lm_head.bias)
+        return apply_head(self.lm_head, x, head_weight)
 
 
 _PAPER = ("Dosovitskiy et al. 2020 (ViT encoder) + Vaswani et al. 2017 (transformer decoder); image captioning as in "

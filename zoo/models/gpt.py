@@ -27,7 +27,7 @@ from torch import nn
 
 from ..contract import DecoderOnly
 from ..core import Dropout, BlockConfig, KVCache, LearnedPositionalEmbedding, TransformerStack, check_length, check_pad_token, decoder_padding_mask
-from ..core.position import check_attention_mask, check_token_ids, lookup
+from ..core.position import apply_head, check_attention_mask, check_token_ids, lookup
 from ..generation import GenerationMixin
 from ..registry import register_model
 
@@ -73,7 +73,7 @@ class DecoderLM(DecoderOnly, GenerationMixin, nn.Module):
         check_token_ids(input_ids, self.config.vocab_size, "input_ids")
         rows, head_weight = lookup(self.wte, input_ids, self.lm_head)
         x = self.decode_features(input_ids, attention_mask=attention_mask, embeds=rows)
-        return self.lm_head(x) if head_weight is None else F.linear(x, head_weight, self.lm_head.bias)
+        return apply_head(self.lm_head, x, head_weight)
 
 
 @dataclass
