@@ -204,6 +204,29 @@ def _one_line(e: BaseException) -> str:
     return f"{type(seen).__name__}: {text}" if isinstance(seen, KeyError) else text
 
 
+class _DropTips:
+    """A logging filter that drops Lightning's advertisements ("💡 Tip: ... try installing litlogger")."""
+
+    def filter(self, record) -> bool:
+        return not str(record.msg).startswith("💡 Tip")
+
+
+def _quiet_lightning() -> None:
+    """What Lightning prints about itself, not about the run: its advertisement, its own deprecated use of torch's
+    pytree API (lightning/pytorch/utilities/_pytree.py under torch >= 2.10) and, at `zoo fit`'s final test, that
+    the recipes' second ModelCheckpoint (last.ckpt, unmonitored) is not the one "best" means: by design, the
+    first one tracks the monitored metric."""
+    import logging
+    import warnings
+
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logging.getLogger(name).addFilter(_DropTips())
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+                            module=r"lightning\.pytorch\.utilities\._pytree")
+    warnings.filterwarnings("ignore", message=r"`\.test\(ckpt_path=\"best\"\)` is called with Trainer configured with "
+                            r"multiple `ModelCheckpoint` callbacks")
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     verbose = os.environ.get("ZOO_VERBOSE") == "1"
@@ -222,6 +245,7 @@ def main(argv: list[str] | None = None) -> None:
               "(`zoo --help` lists the commands)", file=sys.stderr)
         raise SystemExit(2)
     tmp = None
+    _quiet_lightning()
     try:
         if name in KEEP_FREED_MEMORY:
             from .allocator import keep_freed_memory
