@@ -3,19 +3,13 @@
 # with 100% (seeds 0, 1, 2), each from the MAE encoder and from scratch with the same recipe; then the linear probes.
 #   bash scripts/mae_mnist_study.sh [OUT=runs/mae_study]
 # Runs one after another; writes $OUT/log.tsv (variant, seed, run folder, seconds) and results/studies/mae_mnist.json.
+# Every run in float32 as measured there (PRECISION=bf16-mixed for the recipes' own precision since they train in
+# bf16; scripts/mae_precision_study.sh compares the two).
 set -euo pipefail
-OUT=${1:-runs/mae_study}
-ZOO=${ZOO:-zoo}
-PY=${PY:-python}
-mkdir -p "$OUT"
-run() {  # run <name> <zoo fit args...>
-  local name=$1; shift
-  local start=$SECONDS
-  $ZOO fit "$@" --trainer.default_root_dir "$OUT/$name" --trainer.enable_progress_bar false --trainer.enable_model_summary false
-  printf '%s\t%s\n' "$name" "$((SECONDS - start))" >> "$OUT/log.tsv"
-}
-[ -d "$OUT/mae" ] || run mae --config configs/mae_mnist.yaml
-FT=(--config configs/mae_mnist_finetune.yaml)
+DEFAULT_OUT=runs/mae_study
+source "$(dirname "$0")/study_lib.sh"
+[ -d "$OUT/mae" ] || run mae --config configs/mae_mnist.yaml --trainer.precision "${PRECISION:-32-true}"
+FT=(--config configs/mae_mnist_finetune.yaml --trainer.precision "${PRECISION:-32-true}")
 for seed in 0 1 2; do
   L=(--seed_everything "$seed" --data.init_args.label_seed "$seed")
   run "ft10_mae_seed$seed" "${FT[@]}" "${L[@]}" --model.init_args.init_from "$OUT/mae"
