@@ -90,3 +90,28 @@ def test_run_folders_are_claimed_once_and_locked(tmp_path):
     assert not rundir.lock_path(tmp_path / "shared").exists()
     with pytest.raises(FileNotFoundError, match="no run under"):
         rundir.latest_checkpoint(tmp_path)
+
+
+def test_quiet_lightning_drops_only_lightnings_own_chatter(caplog):
+    import logging
+    import warnings
+
+    from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
+
+    from zoo.cli import _quiet_lightning
+
+    with warnings.catch_warnings(record=True) as seen:
+        _quiet_lightning()
+        _quiet_lightning()  # idempotent: main() runs many times in one process
+        rank_zero_warn("Precision bf16-mixed is not supported by the model summary.  Estimated model size in MB will "
+                       "not be accurate. Using 32 bits instead.", category=UserWarning)
+        rank_zero_warn('`.test(ckpt_path="best")` is called with Trainer configured with multiple `ModelCheckpoint` '
+                       "callbacks. It will use the best checkpoint path from first checkpoint callback.")
+        rank_zero_warn("Precision 16-true is something a user should read")
+    assert [str(w.message) for w in seen] == ["Precision 16-true is something a user should read"]
+    log = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    assert sum(type(f).__name__ == "_DropTips" for f in log.filters) == 1
+    with caplog.at_level(logging.INFO, logger="lightning.pytorch.utilities.rank_zero"):
+        rank_zero_info("💡 Tip: For seamless cloud logging, try installing litlogger")
+        rank_zero_info("GPU available: False, used: False")
+    assert [r.getMessage() for r in caplog.records] == ["GPU available: False, used: False"]
