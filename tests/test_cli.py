@@ -105,8 +105,6 @@ def test_quiet_lightning_drops_only_lightnings_own_chatter(caplog):
         _quiet_lightning()  # idempotent: main() runs many times in one process
         rank_zero_warn("Precision bf16-mixed is not supported by the model summary.  Estimated model size in MB will "
                        "not be accurate. Using 32 bits instead.", category=UserWarning)
-        rank_zero_warn('`.test(ckpt_path="best")` is called with Trainer configured with multiple `ModelCheckpoint` '
-                       "callbacks. It will use the best checkpoint path from first checkpoint callback.")
         rank_zero_warn("Precision 16-true is something a user should read")
     assert [str(w.message) for w in seen] == ["Precision 16-true is something a user should read"]
     log = logging.getLogger("lightning.pytorch.utilities.rank_zero")

@@ -137,6 +137,24 @@ def test_test_ckpt_picks_the_weights_the_final_test_evaluates(which, tmp_path):
         assert cli.trainer.ckpt_path is None
 
 
+def test_final_test_takes_the_monitored_checkpoint_wherever_it_is_listed(tmp_path):
+    """Lightning's ckpt_path="best" is the first ModelCheckpoint's best; with the unmonitored last.ckpt callback
+    listed first that would be last.ckpt. zoo fit tests the monitored callback's best checkpoint."""
+    swapped = tmp_path / "swapped.yaml"
+    swapped.write_text("""trainer:
+  callbacks:
+    - class_path: lightning.pytorch.callbacks.ModelCheckpoint
+      init_args: {filename: last, enable_version_counter: false}
+    - class_path: lightning.pytorch.callbacks.ModelCheckpoint
+      init_args: {monitor: val/acc, mode: max, filename: "best-{epoch:02d}"}
+""")
+    cli = fit("vit_digits", tmp_path, "--config", str(swapped), "--trainer.max_epochs", "2", "--trainer.limit_train_batches", "2",
+              "--trainer.limit_val_batches", "1", "--trainer.limit_test_batches", "1", fast_dev_run=False)
+    assert cli.model._zoo_tested == "best"
+    assert cli.trainer.ckpt_path == cli.trainer.checkpoint_callbacks[1].best_model_path
+    assert os.path.basename(cli.trainer.ckpt_path).startswith("best-epoch=")
+
+
 def test_test_ckpt_refuses_other_values(tmp_path, capsys):
     with pytest.raises(SystemExit):
         fit("vit_digits", tmp_path, "--test_ckpt", "newest")

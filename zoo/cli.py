@@ -213,10 +213,8 @@ class _DropTips:
 
 def _quiet_lightning() -> None:
     """What Lightning prints about itself, not about the run: its advertisement, its own deprecated use of torch's
-    pytree API (lightning/pytorch/utilities/_pytree.py under torch >= 2.10) and, at `zoo fit`'s final test, that
-    the recipes' second ModelCheckpoint (last.ckpt, unmonitored) is not the one "best" means: by design, the
-    first one tracks the monitored metric; and that the model summary sizes a mixed-precision model at 32 bits
-    a parameter, which is what autocast keeps them in."""
+    pytree API (lightning/pytorch/utilities/_pytree.py under torch >= 2.10), and that the model summary sizes a
+    mixed-precision model at 32 bits a parameter, which is what autocast keeps them in."""
     import logging
     import warnings
 
@@ -226,8 +224,6 @@ def _quiet_lightning() -> None:
             log.addFilter(_DropTips())
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
                             module=r"lightning\.pytorch\.utilities\._pytree")
-    warnings.filterwarnings("ignore", message=r"`\.test\(ckpt_path=\"best\"\)` is called with Trainer configured with "
-                            r"multiple `ModelCheckpoint` callbacks")
     warnings.filterwarnings("ignore", message=r"Precision (bf16|16)-mixed is not supported by the model summary")
 
 

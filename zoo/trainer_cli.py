@@ -169,12 +169,19 @@ class ZooCLI(LightningCLI):
     def after_fit(self):
         if self.config[self.subcommand].get("test_after_fit") and not self.trainer.fast_dev_run:
             which = self.config[self.subcommand].get("test_ckpt") or "best"
-            has_best = self.trainer.checkpoint_callback and self.trainer.checkpoint_callback.best_model_path
-            ckpt = "best" if which == "best" and has_best else None  # None: the weights in memory, the final ones
+            ckpt = self._best_checkpoint() if which == "best" else None  # None: the weights in memory, the final ones
             self.model._zoo_tested = "best" if ckpt else "last"  # recorded with the test metrics (zoo.compare)
             self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt)
         if self.trainer.is_global_zero:
             print(f"zoo fit: this run's files are in {self.trainer.default_root_dir}")
+
+    def _best_checkpoint(self) -> str | None:
+        """The best checkpoint of the ModelCheckpoint that monitors a metric, wherever it is in the callbacks (the
+        recipes add an unmonitored one for last.ckpt; Lightning's ckpt_path="best" takes the first callback's);
+        without a monitored one, the first callback's."""
+        callbacks = self.trainer.checkpoint_callbacks
+        monitored = [c for c in callbacks if getattr(c, "monitor", None)]
+        return next((c.best_model_path for c in monitored or callbacks[:1] if c.best_model_path), None)
 
     def after_predict(self):
         """Print one line per prediction."""
