@@ -74,9 +74,17 @@ def interval(diffs: list[float], level: float = 0.95) -> dict:
     return {f"ci{int(level * 100)}": [round(100 * (mean - half), 2), round(100 * (mean + half), 2)]}
 
 
+def probe_splits(fraction: float) -> tuple:
+    """The (train, test) tensors of MNIST-5k with `fraction` of the training labels (label_seed 0)."""
+    from zoo.data import MNIST5k
+
+    dm = MNIST5k(label_fraction=fraction, label_seed=0)
+    dm.setup()
+    return dm.splits["train"].tensors, dm.splits["test"].tensors
+
+
 def probes(mae_ckpt: Path) -> dict:
     import zoo
-    from zoo.data import MNIST5k
     from zoo.runs import load_run
     from zoo.tasks.mae import linear_probe
 
@@ -86,9 +94,7 @@ def probes(mae_ckpt: Path) -> dict:
     untrained = zoo.create_model("mae_mnist").eval()
     out = {}
     for fraction in (0.1, 1.0):
-        dm = MNIST5k(label_fraction=fraction, label_seed=0)
-        dm.setup()
-        train, test = dm.splits["train"].tensors, dm.splits["test"].tensors
+        train, test = probe_splits(fraction)
         for label, model in (("mae", trained), ("random_init", untrained)):
             start = time.time()
             out[f"{label}_{int(fraction * 100)}pct"] = {"test_acc": round(linear_probe(model, train, test), 4),

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from mae_mnist_summary import in_study, interval, metrics, run_folder, settings, summarise  # noqa: E402
+from mae_mnist_summary import in_study, interval, metrics, probe_splits, run_folder, settings, summarise  # noqa: E402
 
 PRECISIONS = ("fp32", "bf16")
 # arm -> run-name prefix: float32 fine-tunes from each pre-training, and bf16 throughout
@@ -38,18 +38,11 @@ def test_loss(folder: Path) -> float | None:
 
 
 def probe(ckpt: Path) -> dict:
-    from zoo.data import MNIST5k
     from zoo.runs import load_run
     from zoo.tasks.mae import linear_probe
 
     model = load_run(str(ckpt)).model.eval()
-    out = {}
-    for fraction in (0.1, 1.0):
-        dm = MNIST5k(label_fraction=fraction, label_seed=0)
-        dm.setup()
-        train, test = dm.splits["train"].tensors, dm.splits["test"].tensors
-        out[f"{int(fraction * 100)}pct"] = round(linear_probe(model, train, test), 4)
-    return out
+    return {f"{int(fraction * 100)}pct": round(linear_probe(model, *probe_splits(fraction)), 4) for fraction in (0.1, 1.0)}
 
 
 def main(out: Path) -> None:

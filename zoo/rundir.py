@@ -38,6 +38,13 @@ def versions(root: str | os.PathLike) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
+def monitored_checkpoint(trainer):
+    """The trainer's ModelCheckpoint that monitors a metric (the first such), wherever it is listed: the recipes
+    also keep an unmonitored one for last.ckpt, and Lightning's `trainer.checkpoint_callback` / ckpt_path="best"
+    mean the first one listed. None without a monitored one."""
+    return next((cb for cb in trainer.checkpoint_callbacks if getattr(cb, "monitor", None)), None)
+
+
 def latest_checkpoint(root: str | os.PathLike, name: str = "last.ckpt") -> Path:
     """`name` in the newest version folder that has one (what `--ckpt_path last` resumes)."""
     for run in reversed(versions(root)):

@@ -176,12 +176,9 @@ class ZooCLI(LightningCLI):
             print(f"zoo fit: this run's files are in {self.trainer.default_root_dir}")
 
     def _best_checkpoint(self) -> str | None:
-        """The best checkpoint of the ModelCheckpoint that monitors a metric, wherever it is in the callbacks (the
-        recipes add an unmonitored one for last.ckpt; Lightning's ckpt_path="best" takes the first callback's);
-        without a monitored one, the first callback's."""
-        callbacks = self.trainer.checkpoint_callbacks
-        monitored = [c for c in callbacks if getattr(c, "monitor", None)]
-        return next((c.best_model_path for c in monitored or callbacks[:1] if c.best_model_path), None)
+        """The best checkpoint of the monitored ModelCheckpoint (rundir.monitored_checkpoint), else the first one's."""
+        cb = rundir.monitored_checkpoint(self.trainer) or self.trainer.checkpoint_callback
+        return (cb.best_model_path or None) if cb is not None else None
 
     def after_predict(self):
         """Print one line per prediction."""

@@ -16,6 +16,8 @@ from pathlib import Path
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from ..rundir import monitored_checkpoint
+
 ENV = "ZOO_COMPARE_RECORD"
 MACS_INPUT = {"seq_len": 16, "tgt_len": 16}  # sequence models: MACs per sample at 16 source / 16 target tokens
 
@@ -60,7 +62,7 @@ class RunRecorder(Callback):
     def on_train_end(self, trainer, pl_module):
         fit_s = time.perf_counter() - self.t_train
         train_s = max(fit_s - self.val_seconds, 1e-9)
-        best = next((cb for cb in trainer.checkpoint_callbacks if getattr(cb, "monitor", None)), None)
+        best = monitored_checkpoint(trainer)
         score = best.best_model_score if best is not None else None
         self.fit = {
             "train_seconds": train_s, "val_seconds": self.val_seconds, "samples": self.samples,
