@@ -88,6 +88,32 @@ def test_goals_of_compile_and_bf16_use_the_right_rows():
     assert "[MISSED] bert_base bf16 train ≥ 1.8× float32: 1.79x" in format_goals(check_goals(rows))
 
 
+def test_median_interval_is_the_binomial_order_statistics():
+    from zoo.bench.speed import median_ci
+
+    # n = 9: P(Bin(9, 1/2) <= 1) = 10 / 512, so x(2)..x(8) covers the median with 1 - 20/512; x(3)..x(7) would
+    # cover it with only 1 - 2 * 46 / 512 = 82 %
+    assert median_ci([9, 1, 8, 2, 7, 3, 6, 4, 5]) == (2, 8, pytest.approx(1 - 20 / 512))
+    assert median_ci([3.0, 1.0, 2.0, 5.0, 4.0]) == (1.0, 5.0, pytest.approx(1 - 2 / 32))  # too few for 95 %: extremes
+    with pytest.raises(ValueError, match="at least one value"):
+        median_ci([])
+
+
+def test_goals_say_when_the_rounds_straddle_the_bar():
+    from zoo.bench.speed import ratio_ci
+
+    base = dict(model="bert_base", side="zoo", batch=8, grad_ckpt=False, seq_len=128, tgt_len=None,
+                peer="transformers.BertModel", mode="train", precision="fp32", compile=False)
+    zoo_rounds, peer_rounds = [100.0, 100.0, 100.0, 100.0, 100.0], [97.0, 99.0, 101.0, 98.0, 104.0]
+    ci = ratio_ci(peer_rounds, zoo_rounds)
+    assert ci[:2] == [pytest.approx(0.97), pytest.approx(1.04)]
+    (noisy,) = check_goals([dict(base, vs_peer=0.99, vs_peer_ci=ci)])
+    (clear,) = check_goals([dict(base, vs_peer=0.95, vs_peer_ci=[0.93, 0.97, 0.94])])
+    assert (noisy["met"], noisy["clear"], clear["met"], clear["clear"]) == (False, False, False, True)
+    text = format_goals([noisy, clear])
+    assert "0.99x (0.97-1.04, 94%; within the noise of this run)" in text and "0.95x (0.93-0.97, 94%)" in text
+
+
 @pytest.mark.slow
 def test_speed_compile_both_times_eager_and_compiled_in_one_run(tmp_path):
     speed_main(["vit_digits", "--vs-peers", "--batch-size", "4", "--warmup", "1", "--rounds", "2", "--steps", "1",
@@ -112,6 +138,9 @@ def test_speed_cli_writes_a_table_with_peer_ratios(tmp_path, capsys):
         assert r["vs_peer"] > 0 and r["n_timed"] == 2 and r["peer"].startswith("timm")
         assert r["tokens_per_s"] == pytest.approx(r["samples_per_s"] * 17)  # 16 patches + class token
         assert r["macs_per_sample"] == 2380928
+        peer = next(q for q in data["rows"] if q["side"] == "peer" and (q["mode"], q["precision"]) == (r["mode"], r["precision"]))
+        per_round = sorted(a / b for a, b in zip(peer["round_ms"], r["round_ms"]))  # 2 rounds of 1 step: the extremes
+        assert r["vs_peer_ci"] == [pytest.approx(per_round[0]), pytest.approx(per_round[1]), pytest.approx(0.5)]
     assert data["machine"]["matmul_peak_gflops_fp32"] > 0
     for r in data["rows"]:  # bf16 against fp32 of the same implementation, timed in the same interleaved rounds
         fp32 = next(q for q in data["rows"] if (q["impl"], q["mode"], q["precision"]) == (r["impl"], r["mode"], "fp32"))
@@ -151,6 +180,16 @@ def test_bad_options_name_the_fix():
         speed_main(["vit_digits", "--precision", "fp16"])
     with pytest.raises(SystemExit, match="no registered model matches"):
         speed_main(["no_such_model*"])
+    with pytest.raises(SystemExit, match=r"--goals: 'vit_digits' names none of the goal models \(vit_small_patch16_224, "):
+        speed_main(["--goals", "vit_digits"])
+
+
+def test_goals_patterns_pick_among_the_goal_models():
+    from zoo.bench.cli import _goal_models
+
+    goal_models = ["vit_small_patch16_224", "bert_base", "t5_small", "transformer_base"]
+    assert _goal_models([], goal_models) == goal_models
+    assert _goal_models(["t*", "bert_base", "t5_small"], goal_models) == ["t5_small", "transformer_base", "bert_base"]
 
 
 def test_generation_bench_cache_gives_the_same_tokens():

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import fnmatch
 import json
 from pathlib import Path
 
@@ -48,6 +49,17 @@ def resolve_models(patterns: list[str], default: list[str]) -> list[str]:
     return names
 
 
+def _goal_models(patterns: list[str], goal_models: list[str]) -> list[str]:
+    """The goal models the patterns name (all of them without patterns); a pattern naming none is an error."""
+    picked = []
+    for p in patterns or ["*"]:
+        found = fnmatch.filter(goal_models, p)
+        if not found:
+            raise SystemExit(f"--goals: {p!r} names none of the goal models ({', '.join(goal_models)})")
+        picked += [n for n in found if n not in picked]
+    return picked
+
+
 def speed_main(argv: list[str]) -> int:
     from .speed import GOAL_SETTINGS, GOALS, SpeedOptions, format_goals, format_table, run_speed
     from ..tasks.base import OPTIMIZERS
@@ -56,7 +68,7 @@ def speed_main(argv: list[str]) -> int:
     ap.add_argument("patterns", nargs="*", help="model names or wildcards; default: the goal models of issue 7")
     ap.add_argument("--goals", action="store_true",
                     help="run exactly the goal configurations (implies --vs-peers): float32 eager, bf16 autocast and "
-                         "float32 compiled, timed in the same interleaved rounds")
+                         "float32 compiled, timed in the same interleaved rounds; patterns pick among the goal models")
     ap.add_argument("--batch-size", type=int, help="default: 16 images / 8 sequences")
     ap.add_argument("--seq-lens", type=_ints, default=(128,), help="source lengths, e.g. 64,128,256,512")
     ap.add_argument("--tgt-len", type=int, default=32, help="decoder length of encoder-decoders")
@@ -93,7 +105,10 @@ def speed_main(argv: list[str]) -> int:
         from .. import list_models
 
         result = {"rows": [], "goals": []}
+        picked = _goal_models(a.patterns, [g[0] for g in GOALS])
         for model, batch, seq, tgt in GOALS:
+            if model not in picked:
+                continue
             if model not in list_models():
                 print(f"- {model}: not registered yet, skipped")
                 continue

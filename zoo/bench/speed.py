@@ -4,7 +4,11 @@ Method (as timm's benchmark.py): build, warm up `warmup` steps, then time `round
 `steps` steps each and report the MEDIAN step time. With `vs_peers`, the reference
 implementation is timed in the same process and the rounds ALTERNATE zoo / peer (order
 reversed every round), so that load from other processes hits both alike; the ratio column is
-zoo throughput ÷ peer throughput (= peer median time ÷ zoo median time).
+zoo throughput ÷ peer throughput (= peer median time ÷ zoo median time). Every ratio (vs peer, vs fp32, vs eager,
+utilisation) also gets a distribution-free confidence interval: the same ratio taken within each round (the
+round's median step of one side over the other's, timed next to each other), and the order statistics of those
+per-round ratios that bound their median at >= 95 % (binomial; with 5 rounds the extremes, 94 %). A goal whose
+interval straddles its bar is reported as within the noise of the run.
 
 * forward: `torch.inference_mode()`, eval mode.
 * train: forward + loss (mean square of the output, the same for both sides) + backward +
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import math
 import gc
 import os
 import re
@@ -397,6 +402,7 @@ def bench_model(name: str, opts: SpeedOptions, seq_len: int, peak_flops: float |
                 "img_size": zoo.inputs["images"].shape[-1] if "images" in zoo.inputs else None,
                 "params": w.params, "macs_per_sample": w.macs_per_sample,
                 "median_ms": med * 1e3, "min_ms": min(times[key]) * 1e3, "n_timed": len(times[key]),
+                "round_ms": [m * 1e3 for m in round_medians(times[key], opts.steps)],
                 "samples_per_s": w.batch / med, "tokens_per_s": w.batch * w.tokens_per_sample / med,
                 "peak_mem_mb": peak_memory_mb(steps[key], opts.device) if opts.memory else None, "load_avg_1m": load,
             }
@@ -405,9 +411,12 @@ def bench_model(name: str, opts: SpeedOptions, seq_len: int, peak_flops: float |
                 row["achieved_gflops"] = 2 * w.macs_per_sample * w.batch / med / 1e9
                 if peak_flops and precision == "fp32":
                     row["utilisation"] = row["achieved_gflops"] * 1e9 / peak_flops
+                    flop = 2 * w.macs_per_sample * w.batch / peak_flops * 1e3  # ms at the peak
+                    row["utilisation_ci"] = ratio_ci([flop] * len(row["round_ms"]), row["round_ms"])
             fp32 = by_key.get((w.label, "fp32", compiled, optim))
             if precision != "fp32" and fp32 is not None:
                 row["vs_fp32"] = fp32["median_ms"] / row["median_ms"]  # > 1: the low precision is faster
+                row["vs_fp32_ci"] = ratio_ci(fp32["round_ms"], row["round_ms"])
             eager = by_key.get((w.label, precision, False, optim))
             if compiled and eager is not None:
                 row["vs_eager"] = eager["median_ms"] / row["median_ms"]  # > 1: compiling pays
@@ -424,12 +433,41 @@ def bench_model(name: str, opts: SpeedOptions, seq_len: int, peak_flops: float |
             elif peer:
                 p = by_key[(peer.label, precision, compiled, optim)]
                 z["vs_peer"] = p["median_ms"] / z["median_ms"]
+                z["vs_peer_ci"] = ratio_ci(p["round_ms"], z["round_ms"])
                 z["peer"] = p["impl"]
                 if compiled and (peer.label, precision, False, optim) in by_key:  # the compiled zoo against the peer as users run it
-                    z["vs_peer_eager"] = by_key[(peer.label, precision, False, optim)]["median_ms"] / z["median_ms"]
+                    pe = by_key[(peer.label, precision, False, optim)]
+                    z["vs_peer_eager"] = pe["median_ms"] / z["median_ms"]
+                    z["vs_peer_eager_ci"] = ratio_ci(pe["round_ms"], z["round_ms"])
             elif why:
                 z["no_peer"] = why
     return rows
+
+
+def round_medians(samples: list[float], per_round: int) -> list[float]:
+    """The median step of each round (time_interleaved appends `per_round` steps of a key per round)."""
+    return [statistics.median(samples[i:i + per_round]) for i in range(0, len(samples), per_round)]
+
+
+def median_ci(values: list[float], level: float = 0.95) -> tuple[float, float, float]:
+    """A distribution-free confidence interval for the median of `values`: the order statistics x(k) and
+    x(n+1-k) with the largest k whose coverage 1 - 2 P(Binomial(n, 1/2) < k) is at least `level` (k = 1, the
+    extremes, when n is too small for the level). Returns (low, high, coverage)."""
+    x, n = sorted(values), len(values)
+    if n == 0:
+        raise ValueError("median_ci needs at least one value")
+    coverage = lambda k: 1 - 2 * sum(math.comb(n, i) for i in range(k)) / 2**n  # noqa: E731
+    k = 1
+    while k + 1 <= (n + 1) // 2 and coverage(k + 1) >= level:
+        k += 1
+    return x[k - 1], x[n - k], coverage(k)
+
+
+def ratio_ci(num_rounds: list[float], den_rounds: list[float]) -> list[float] | None:
+    """[low, high, coverage] of the median per-round ratio num / den (rounds paired), or None without rounds."""
+    if not num_rounds or len(num_rounds) != len(den_rounds):
+        return None
+    return list(median_ci([a / b for a, b in zip(num_rounds, den_rounds)]))
 
 
 def run_speed(names: list[str], opts: SpeedOptions, log=print) -> dict:
@@ -477,22 +515,31 @@ def check_goals(rows: list[dict]) -> list[dict]:
             setting = (r["precision"], bool(r["compile"]))
             if setting == ("fp32", False):
                 if "vs_peer" in r:
-                    out.append({"goal": f"{model} {r['mode']} ≥ 1.0× {r['peer']}", "value": r["vs_peer"],
-                                "met": r["vs_peer"] >= 1.0})
+                    out.append(_goal(f"{model} {r['mode']} ≥ 1.0× {r['peer']}", r["vs_peer"], 1.0, r.get("vs_peer_ci")))
                 if r["mode"] == "forward" and model in UTILISATION_GOAL and "utilisation" in r:
                     bar = UTILISATION_GOAL[model]
-                    out.append({"goal": f"{model} forward ≥ {bar:.0%} of sgemm peak", "value": r["utilisation"],
-                                "met": r["utilisation"] >= bar})
+                    out.append(_goal(f"{model} forward ≥ {bar:.0%} of sgemm peak", r["utilisation"], bar,
+                                     r.get("utilisation_ci")))
             elif setting == ("fp32", True) and r["mode"] == "train":
                 if "vs_peer_eager" in r:
-                    out.append({"goal": f"{model} compiled train ≥ {COMPILED_GOAL:.2f}× {r['peer']} eager",
-                                "value": r["vs_peer_eager"], "met": r["vs_peer_eager"] >= COMPILED_GOAL})
+                    out.append(_goal(f"{model} compiled train ≥ {COMPILED_GOAL:.2f}× {r['peer']} eager",
+                                     r["vs_peer_eager"], COMPILED_GOAL, r.get("vs_peer_eager_ci")))
                 if "vs_peer" in r:
-                    out.append({"goal": f"{model} compiled train ≥ 1.0× {r['peer']} compiled", "value": r["vs_peer"],
-                                "met": r["vs_peer"] >= 1.0})
+                    out.append(_goal(f"{model} compiled train ≥ 1.0× {r['peer']} compiled", r["vs_peer"], 1.0,
+                                     r.get("vs_peer_ci")))
             elif setting == ("bf16", False) and r["mode"] == "train" and "vs_fp32" in r:
-                out.append({"goal": f"{model} bf16 train ≥ {BF16_GOAL:.1f}× float32", "value": r["vs_fp32"],
-                            "met": r["vs_fp32"] >= BF16_GOAL})
+                out.append(_goal(f"{model} bf16 train ≥ {BF16_GOAL:.1f}× float32", r["vs_fp32"], BF16_GOAL,
+                                 r.get("vs_fp32_ci")))
+    return out
+
+
+def _goal(goal: str, value: float, bar: float, ci: list[float] | None) -> dict:
+    """A goal met or missed by its value (the ratio of medians); `clear` says whether the per-round interval
+    lies on the same side of the bar (None without one)."""
+    out = {"goal": goal, "value": value, "met": value >= bar}
+    if ci:
+        out["ci"] = ci
+        out["clear"] = (ci[0] >= bar) if out["met"] else (ci[1] < bar)
     return out
 
 
@@ -517,9 +564,15 @@ def format_table(rows: list[dict]) -> str:
 def format_goals(goals: list[dict]) -> str:
     if not goals:
         return "goals: none of the goal configurations was measured (run `zoo bench speed --goals --vs-peers`)"
-    lines = ["goals (same process, interleaved, ratio of medians):"]
+    lines = ["goals (same process, interleaved, ratio of medians; in brackets the per-round ratios' interval "
+             "for their median):"]
     for g in goals:
-        val = f"{g['value']:.0%}" if "peak" in g["goal"] else f"{g['value']:.2f}x"
+        pct = "peak" in g["goal"]
+        val = f"{g['value']:.0%}" if pct else f"{g['value']:.2f}x"
+        if g.get("ci"):
+            lo, hi, cov = g["ci"]
+            val += f" ({lo:.0%}-{hi:.0%}" if pct else f" ({lo:.2f}-{hi:.2f}"
+            val += f", {cov:.0%}{'' if g['clear'] else '; within the noise of this run'})"
         lines.append(f"  [{'met' if g['met'] else 'MISSED'}] {g['goal']}: {val}")
     return "\n".join(lines)
 
