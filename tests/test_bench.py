@@ -85,7 +85,7 @@ def test_goals_of_compile_and_bf16_use_the_right_rows():
                      "bert_base compiled train ≥ 1.10× transformers.BertModel eager": (True, 1.12),
                      "bert_base compiled train ≥ 1.0× transformers.BertModel compiled": (False, 0.98),
                      "bert_base bf16 train ≥ 1.8× float32": (False, 1.79)}
-    assert "[MISSED] bert_base bf16 train ≥ 1.8× float32: 1.79x" in format_goals(check_goals(rows))
+    assert "[MISSED] bert_base bf16 train ≥ 1.8× float32: 1.790x" in format_goals(check_goals(rows))
 
 
 def test_median_interval_is_the_binomial_order_statistics():
@@ -111,7 +111,7 @@ def test_goals_say_when_the_rounds_straddle_the_bar():
     (clear,) = check_goals([dict(base, vs_peer=0.95, vs_peer_ci=[0.93, 0.97, 0.94])])
     assert (noisy["met"], noisy["clear"], clear["met"], clear["clear"]) == (False, False, False, True)
     text = format_goals([noisy, clear])
-    assert "0.99x (0.97-1.04, 94%; within the noise of this run)" in text and "0.95x (0.93-0.97, 94%)" in text
+    assert "0.990x (0.970-1.040, 94%; within the noise of this run)" in text and "0.950x (0.930-0.970, 94%)" in text
 
 
 @pytest.mark.slow
@@ -197,3 +197,14 @@ def test_generation_bench_cache_gives_the_same_tokens():
 
     r = bench_generation("transformer_tiny", batch=1, src_len=6, new_tokens=4, rounds=1, warmup=0)
     assert r["same_tokens"] and r["speedup"] > 0 and r["n_timed"] == 1
+
+
+def test_rounds_hit_by_outside_load_are_named():
+    from zoo.bench.speed import disturbed_rounds
+
+    quiet = {"zoo|fp32": [550.0, 560.0, 540.0, 545.0, 600.0], "peer|fp32": [570.0, 565.0, 580.0, 560.0, 575.0]}
+    assert disturbed_rounds(quiet) == []
+    # the goal run of 2026-12-07 while a test suite ran beside it: ViT-S forward, rounds 2-4
+    hit = {"zoo|fp32": [558.0, 1534.0, 1410.0, 533.0, 547.0], "peer|fp32": [577.0, 957.0, 1612.0, 542.0, 559.0],
+           "zoo|fp32+c": [585.0, 699.0, 1649.0, 1269.0, 546.0]}
+    assert disturbed_rounds(hit) == [1, 2, 3]

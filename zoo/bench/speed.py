@@ -390,6 +390,11 @@ def bench_model(name: str, opts: SpeedOptions, seq_len: int, peak_flops: float |
                 del steps[label(w, p, c, o)]
         times = time_interleaved(steps, opts.warmup, opts.rounds, opts.steps, opts.device)
         load = os.getloadavg()[0]
+        slow = disturbed_rounds({k: round_medians(v, opts.steps) for k, v in times.items()})
+        if slow:
+            print(f"  note: {name} {mode}: round(s) {', '.join(str(r + 1) for r in slow)} of {opts.rounds} ran at least "
+                  f"{DISTURBED:.1f}x a setting's median round; something else probably used the machine (rerun "
+                  f"for clean figures)")
         by_key = {}
         for w, precision, compiled, optim in keys:
             key = label(w, precision, compiled, optim)
@@ -402,7 +407,7 @@ def bench_model(name: str, opts: SpeedOptions, seq_len: int, peak_flops: float |
                 "img_size": zoo.inputs["images"].shape[-1] if "images" in zoo.inputs else None,
                 "params": w.params, "macs_per_sample": w.macs_per_sample,
                 "median_ms": med * 1e3, "min_ms": min(times[key]) * 1e3, "n_timed": len(times[key]),
-                "round_ms": [m * 1e3 for m in round_medians(times[key], opts.steps)],
+                "round_ms": [m * 1e3 for m in round_medians(times[key], opts.steps)], "disturbed_rounds": slow,
                 "samples_per_s": w.batch / med, "tokens_per_s": w.batch * w.tokens_per_sample / med,
                 "peak_mem_mb": peak_memory_mb(steps[key], opts.device) if opts.memory else None, "load_avg_1m": load,
             }
@@ -447,6 +452,16 @@ def bench_model(name: str, opts: SpeedOptions, seq_len: int, peak_flops: float |
 def round_medians(samples: list[float], per_round: int) -> list[float]:
     """The median step of each round (time_interleaved appends `per_round` steps of a key per round)."""
     return [statistics.median(samples[i:i + per_round]) for i in range(0, len(samples), per_round)]
+
+
+DISTURBED = 1.5  # a round this much slower than a setting's median round was hit by something outside the benchmark
+
+
+def disturbed_rounds(round_times: dict[str, list[float]]) -> list[int]:
+    """Rounds (0-based) in which any timed setting ran at least DISTURBED x its own median round (in a quiet run
+    the rounds of a setting stay within about 20 % of each other)."""
+    n = min(len(v) for v in round_times.values())
+    return [r for r in range(n) if any(v[r] >= DISTURBED * statistics.median(v) for v in round_times.values())]
 
 
 def median_ci(values: list[float], level: float = 0.95) -> tuple[float, float, float]:
@@ -568,10 +583,10 @@ def format_goals(goals: list[dict]) -> str:
              "for their median):"]
     for g in goals:
         pct = "peak" in g["goal"]
-        val = f"{g['value']:.0%}" if pct else f"{g['value']:.2f}x"
+        val = f"{g['value']:.1%}" if pct else f"{g['value']:.3f}x"  # enough digits to see which side of the bar
         if g.get("ci"):
             lo, hi, cov = g["ci"]
-            val += f" ({lo:.0%}-{hi:.0%}" if pct else f" ({lo:.2f}-{hi:.2f}"
+            val += f" ({lo:.1%}-{hi:.1%}" if pct else f" ({lo:.3f}-{hi:.3f}"
             val += f", {cov:.0%}{'' if g['clear'] else '; within the noise of this run'})"
         lines.append(f"  [{'met' if g['met'] else 'MISSED'}] {g['goal']}: {val}")
     return "\n".join(lines)
