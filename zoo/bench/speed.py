@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import math
 import gc
+import math
 import os
 import re
 import statistics
@@ -390,7 +390,8 @@ def bench_model(name: str, opts: SpeedOptions, seq_len: int, peak_flops: float |
                 del steps[label(w, p, c, o)]
         times = time_interleaved(steps, opts.warmup, opts.rounds, opts.steps, opts.device)
         load = os.getloadavg()[0]
-        slow = disturbed_rounds({k: round_medians(v, opts.steps) for k, v in times.items()})
+        per_round = {k: [m * 1e3 for m in round_medians(v, opts.steps)] for k, v in times.items()}  # ms
+        slow = disturbed_rounds(per_round)
         if slow:
             print(f"  note: {name} {mode}: round(s) {', '.join(str(r + 1) for r in slow)} of {opts.rounds} ran at least "
                   f"{DISTURBED:.1f}x a setting's median round; something else probably used the machine (rerun "
@@ -407,7 +408,7 @@ def bench_model(name: str, opts: SpeedOptions, seq_len: int, peak_flops: float |
                 "img_size": zoo.inputs["images"].shape[-1] if "images" in zoo.inputs else None,
                 "params": w.params, "macs_per_sample": w.macs_per_sample,
                 "median_ms": med * 1e3, "min_ms": min(times[key]) * 1e3, "n_timed": len(times[key]),
-                "round_ms": [m * 1e3 for m in round_medians(times[key], opts.steps)], "disturbed_rounds": slow,
+                "round_ms": per_round[key], "disturbed_rounds": slow,
                 "samples_per_s": w.batch / med, "tokens_per_s": w.batch * w.tokens_per_sample / med,
                 "peak_mem_mb": peak_memory_mb(steps[key], opts.device) if opts.memory else None, "load_avg_1m": load,
             }
@@ -416,8 +417,8 @@ def bench_model(name: str, opts: SpeedOptions, seq_len: int, peak_flops: float |
                 row["achieved_gflops"] = 2 * w.macs_per_sample * w.batch / med / 1e9
                 if peak_flops and precision == "fp32":
                     row["utilisation"] = row["achieved_gflops"] * 1e9 / peak_flops
-                    flop = 2 * w.macs_per_sample * w.batch / peak_flops * 1e3  # ms at the peak
-                    row["utilisation_ci"] = ratio_ci([flop] * len(row["round_ms"]), row["round_ms"])
+                    at_peak = 2 * w.macs_per_sample * w.batch / peak_flops * 1e3  # ms the forward takes at the peak
+                    row["utilisation_ci"] = list(median_ci([at_peak / t for t in row["round_ms"]]))
             fp32 = by_key.get((w.label, "fp32", compiled, optim))
             if precision != "fp32" and fp32 is not None:
                 row["vs_fp32"] = fp32["median_ms"] / row["median_ms"]  # > 1: the low precision is faster
@@ -478,11 +479,9 @@ def median_ci(values: list[float], level: float = 0.95) -> tuple[float, float, f
     return x[k - 1], x[n - k], coverage(k)
 
 
-def ratio_ci(num_rounds: list[float], den_rounds: list[float]) -> list[float] | None:
-    """[low, high, coverage] of the median per-round ratio num / den (rounds paired), or None without rounds."""
-    if not num_rounds or len(num_rounds) != len(den_rounds):
-        return None
-    return list(median_ci([a / b for a, b in zip(num_rounds, den_rounds)]))
+def ratio_ci(num_rounds: list[float], den_rounds: list[float]) -> list[float]:
+    """[low, high, coverage] of the median per-round ratio num / den (the rounds of two settings, paired)."""
+    return list(median_ci([a / b for a, b in zip(num_rounds, den_rounds, strict=True)]))
 
 
 def run_speed(names: list[str], opts: SpeedOptions, log=print) -> dict:
