@@ -8,7 +8,7 @@ import torch
 import zoo
 from zoo.compress import (
     accuracy, head_importance, classification_loss, load_compressed, make_pruning_permanent, num_heads, prune_heads,
-    prune_heads_global, prune_linear, quantize_int8, set_gradient_checkpointing, size_on_disk, sparsity,
+    prune_heads_global, prunable_linears, prune_linear, quantize_int8, set_gradient_checkpointing, size_on_disk, sparsity,
 )
 from zoo.core import MultiHeadAttention
 
@@ -100,6 +100,21 @@ def test_int8_quantization_is_close_and_smaller(vit):
     assert isinstance(vit.head, torch.nn.Linear)  # the original is untouched
     with pytest.raises(ValueError, match="unknown quantization backend"):
         quantize_int8(vit, "int4")
+
+
+def test_sparsity_of_an_int8_model_counts_its_int8_weights(vit):
+    pruned = make_pruning_permanent(prune_linear(copy.deepcopy(vit), 0.5))
+    q = quantize_int8(pruned, "torch.ao")
+    # the float zeros stay zeros in int8, and small weights that round to the zero point are zeros too
+    want_zeros = want_total = 0
+    for name, lin in prunable_linears(pruned):
+        scale = q.get_submodule(name).weight().q_scale()  # symmetric int8: |w| < scale / 2 rounds to 0
+        want_zeros += int((lin.weight.abs() < scale / 2).sum())
+        want_total += lin.weight.numel()
+    assert sparsity(q) == pytest.approx(want_zeros / want_total, abs=2e-4)
+    assert 0.5 <= sparsity(q) < 0.6
+    assert sparsity(quantize_int8(vit, "torch.ao")) < 0.1  # not NaN, and the head is not counted:
+    assert sparsity(q, include_heads=True) != sparsity(q)
 
 
 def test_gradient_checkpointing_same_outputs_and_grads():

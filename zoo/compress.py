@@ -82,19 +82,36 @@ def quantize_int8(model: nn.Module, backend: str = "auto") -> nn.Module:
 
 # --- magnitude pruning ------------------------------------------------------------------------
 
+def _is_linear(m: nn.Module) -> bool:
+    """A Linear layer, plain (torchao's int8 keeps nn.Linear with a quantized weight) or torch.ao's dynamic int8 one."""
+    return isinstance(m, (nn.Linear, torch.ao.nn.quantized.dynamic.Linear))
+
+
+def _float_weight(m: nn.Module) -> torch.Tensor:
+    """The weight of a Linear layer as float values: an int8 weight dequantized (a weight that was exactly zero
+    stays zero: symmetric int8 maps 0 to the zero point)."""
+    w = m.weight() if callable(m.weight) else m.weight  # torch.ao's dynamic Linear packs it: weight() unpacks
+    return w if type(w) in (torch.Tensor, nn.Parameter) and not w.is_quantized else w.dequantize()
+
+
 def _classifier_ids(model: nn.Module) -> set[int]:
     heads = set()
     for name in ("head", "head_dist", "lm_head", "classifier"):
         m = getattr(model, name, None)
-        if isinstance(m, nn.Linear):
+        if m is not None and _is_linear(m):
             heads.add(id(m))
     return heads
 
 
-def prunable_linears(model: nn.Module, include_heads: bool = False) -> list[tuple[str, nn.Linear]]:
-    """Linear layers to prune: all but the classifier / LM head (few weights, large effect)."""
+def _linear_layers(model: nn.Module, include_heads: bool = False) -> list[tuple[str, nn.Module]]:
+    """Linear layers, plain or int8, but the classifier / LM head (few weights, large effect)."""
     skip = set() if include_heads else _classifier_ids(model)
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear) and id(m) not in skip]
+    return [(n, m) for n, m in model.named_modules() if _is_linear(m) and id(m) not in skip]
+
+
+def prunable_linears(model: nn.Module, include_heads: bool = False) -> list[tuple[str, nn.Linear]]:
+    """Linear layers to prune: all but the classifier / LM head."""
+    return [(n, m) for n, m in _linear_layers(model, include_heads) if isinstance(m, nn.Linear)]
 
 
 def prune_linear(model: nn.Module, amount: float, structured: bool = False, include_heads: bool = False) -> nn.Module:
@@ -119,10 +136,11 @@ def make_pruning_permanent(model: nn.Module) -> nn.Module:
 
 
 def sparsity(model: nn.Module, include_heads: bool = False) -> float:
-    """Fraction of exactly-zero weights over the prunable Linear layers."""
+    """Fraction of exactly-zero weights over the prunable Linear layers (of an int8 model: of its stored int8
+    weights, where a small weight can round to zero too)."""
     zeros = total = 0
-    for _, lin in prunable_linears(model, include_heads):
-        w = lin.weight
+    for _, lin in _linear_layers(model, include_heads):
+        w = _float_weight(lin)
         zeros += int((w == 0).sum())
         total += w.numel()
     return zeros / max(total, 1)
@@ -478,7 +496,7 @@ def apply_main(argv: list[str]) -> int:
     lat = cpu_latency(variants, ex.args, rounds=10, threads=a.threads)
     for label, m in variants.items():
         row = {"variant": label, "size_MB": size_on_disk(m) / 1e6, f"cpu_ms_b1_{a.threads}thr": lat[label],
-               "linear_sparsity": sparsity(m) if not getattr(m, "quantization_backend", None) else float("nan"),
+               "linear_sparsity": sparsity(m),
                "heads": f"{num_heads(m)}/{original_heads}"}
         if dm is not None:
             row["test_acc"] = accuracy(m, dm.test_dataloader())
