@@ -87,7 +87,9 @@ def main(argv: list[str]) -> int:
     warnings.filterwarnings("ignore")
     from zoo.allocator import keep_freed_memory
     from zoo.bench.speed import machine_info
+    from zoo.cli import _quiet_lightning
 
+    _quiet_lightning()  # as the zoo commands do: no Lightning advertisement between the rows
     keep_freed_memory()
     torch.set_num_threads(2)
     recipes = [ROOT / "configs" / f"{Path(r).stem}.yaml" for r in argv] or float32_recipes()
