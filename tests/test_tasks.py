@@ -119,6 +119,32 @@ def test_number_splits_are_disjoint_and_translations_exact():
         NumberTranslation(tasks=["english"])
 
 
+def test_number_translation_tokenizer_reads_capitals_as_the_words_it_learned():
+    from zoo.data.tokenizers import train_tokenizer
+
+    dm = NumberTranslation(tasks=["en-fr"], max_number=999, n_test=100, n_val=50, vocab_size=300)
+    tok = dm.tokenizer
+    assert tok("Forty-Two THOUSAND")["input_ids"] == tok("forty-two thousand")["input_ids"]
+    # num2words writes lowercase, so lowercasing changes no id of the training texts: the same vocabulary and merges
+    cased = train_tokenizer("bpe", dm.tokenizer_texts(dm.examples["train"]), 300, model_max_length=dm.max_length)
+    assert cased("Forty")["input_ids"] != tok("Forty")["input_ids"]
+    assert cased.get_vocab() == tok.get_vocab()
+    texts = [e["source"] for e in dm.examples["test"]] + [e["target"] for e in dm.examples["test"]]
+    assert cased(texts)["input_ids"] == tok(texts)["input_ids"]
+    # with the capitalised T5 instructions in the texts the tokenizer keeps case (as before)
+    assert NumberTranslation(tasks=["en-fr"], prefix=True).tokenizer_lowercase is None
+
+
+def test_an_empty_text_to_predict_is_refused_by_position():
+    dm = NumberTranslation(tasks=["en-fr"], max_number=999, n_test=100, n_val=50, vocab_size=300,
+                           predict_texts=["twelve", "  "])
+    with pytest.raises(ValueError, match="predict text 2 of 2 is empty"):
+        dm.setup("predict")
+    dm.predict_texts = ["twelve"]
+    dm.setup("predict")
+    assert len(dm.splits["predict"]) == 1
+
+
 def test_number_comparison_labels_and_held_out_numbers():
     dm = NumberComparison(languages=["digits"], max_number=999, n_test=100, n_val=50, pairs_per_split=(300, 50, 100),
                           with_corpus=False)

@@ -92,6 +92,13 @@ class NumberTranslation(_NumbersBase):
         self.prefix = prefix
         self.tokenizer_kind = tokenizer_kind
 
+    @property
+    def tokenizer_lowercase(self) -> bool | None:
+        """num2words writes lowercase words, so without the (capitalised) T5 instructions the texts have no capitals:
+        the tokenizer lowercases, and "Forty-Two" reads as "forty-two" instead of as bytes it never saw in training.
+        The same ids as without it for every training text."""
+        return None if self.prefix else True
+
     def source_text(self, n: int, src: str, tgt: str) -> str:
         text = render(n, src)
         return task_prefix(src, tgt) + text if self.prefix else text

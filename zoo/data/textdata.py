@@ -61,6 +61,7 @@ class TextDataModule(SplitDataModule):
     """Base class: subclasses implement `make_examples()` and `encode(examples)`/`collate(rows)`."""
 
     tokenizer_kind = "bpe"
+    tokenizer_lowercase: bool | None = None  # whether the trained tokenizer lowercases; None: the kind's default
     predict_split = "predict"
 
     def __init__(self, batch_size: int = 64, vocab_size: int = 1000, max_length: int = 128, tokenizer: str | None = None,
@@ -107,7 +108,8 @@ class TextDataModule(SplitDataModule):
                 self._adopt(load_tokenizer_from(self.tokenizer_path), str(self.tokenizer_path))
             else:
                 texts = self.tokenizer_texts(self.examples["train"])
-                self._tokenizer = train_tokenizer(self.tokenizer_kind, texts, self.vocab_size, model_max_length=self.max_length)
+                self._tokenizer = train_tokenizer(self.tokenizer_kind, texts, self.vocab_size, model_max_length=self.max_length,
+                                                  lowercase=self.tokenizer_lowercase)
                 self._tokenizer_source = "training on this data"
         return self._tokenizer
 
@@ -132,6 +134,10 @@ class TextDataModule(SplitDataModule):
 
     def setup(self, stage: str | None = None):
         if stage == "predict":
+            empty = [i for i, t in enumerate(self.predict_texts or []) if not str(t).strip()]
+            if empty:
+                raise ValueError(f"predict text {empty[0] + 1} of {len(self.predict_texts)} is empty; pass the text itself "
+                                 "(--data.predict_texts '[\"...\"]'), or a file with one input per line (--data.predict_files)")
             texts = list(self.predict_texts or []) + read_text_files(list(self.predict_files or []))
             if not texts:
                 raise ValueError("nothing to predict: pass --data.predict_texts '[\"...\"]' or --data.predict_files FILE")
