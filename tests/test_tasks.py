@@ -145,6 +145,15 @@ def test_an_empty_text_to_predict_is_refused_by_position():
     assert len(dm.splits["predict"]) == 1
 
 
+def test_pair_inputs_to_predict_need_one_separator_and_two_texts():
+    dm = NumberComparison(languages=["digits"], max_number=999, n_test=100, n_val=50, pairs_per_split=(300, 50, 100),
+                          with_corpus=False)
+    assert dm.predict_examples(["forty-two ||| 7"]) == [{"text": "forty-two", "text_pair": "7", "label": -1}]
+    for bad in ("no separator", "||| 5", "5 |||", "1 ||| 2 ||| 3"):
+        with pytest.raises(ValueError, match="first \\|\\|\\| second"):
+            dm.predict_examples([bad])
+
+
 def test_number_comparison_labels_and_held_out_numbers():
     dm = NumberComparison(languages=["digits"], max_number=999, n_test=100, n_val=50, pairs_per_split=(300, 50, 100),
                           with_corpus=False)

@@ -199,13 +199,13 @@ class NumberComparison(_NumbersBase):
         return collate_classification(rows, self.tokenizer.pad_token_id)
 
     def predict_examples(self, texts):
-        """Each predict text is 'first ||| second'."""
+        """Each predict text is 'first ||| second', both halves non-empty."""
         out = []
         for t in texts:
-            if "|||" not in t:
-                raise ValueError(f"pair inputs are written 'first ||| second', got {t!r}")
-            a, b = (s.strip() for s in t.split("|||", 1))
-            out.append({"text": a, "text_pair": b, "label": -1})
+            parts = [s.strip() for s in t.split("|||")]
+            if len(parts) != 2 or not all(parts):
+                raise ValueError(f"pair inputs are written 'first ||| second' (one separator, text on both sides), got {t!r}")
+            out.append({"text": parts[0], "text_pair": parts[1], "label": -1})
         return out
 
 
