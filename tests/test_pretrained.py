@@ -123,6 +123,20 @@ def test_zoo_predict_on_a_png_with_a_shipped_tag(tmp_path):
     assert "litlogger" not in out.stderr and "LeafSpec" not in out.stderr, out.stderr
 
 
+def test_a_mistyped_tag_or_a_missing_folder_is_one_line_naming_the_tags(tmp_path, capsys):
+    from zoo.cli import main
+
+    for source, what in (("vit_mnist.mnist6k", "is no shipped tag; did you mean vit_mnist.mnist5k"),
+                         (str(tmp_path / "runs" / "nothing"), "does not exist"),
+                         (str(tmp_path), "holds no zoo model")):
+        with pytest.raises(SystemExit) as e:
+            main(["predict", "--model", source, "digit.png"])
+        err = capsys.readouterr().err
+        assert e.value.code == 1 and f"--model {source} {what}" in err, err
+        assert "vit_mnist.mnist5k, " in err or "vit_mnist.mnist5k)" in err  # the shipped tags are named
+        assert len(err.strip().splitlines()) == 2  # the error and the --verbose hint, not a usage dump
+
+
 def test_user_images_through_resolve_data_config_and_create_transform(tmp_path):
     from PIL import Image
 

@@ -59,3 +59,10 @@ def test_bare_weights_need_a_name_and_a_run_folder_stands_for_its_newest_checkpo
     assert load_run(tmp_path / "runs").source.endswith("version_3/checkpoints/last.ckpt")
     with pytest.raises(ValueError, match="unknown model 'vit_digts'"):
         load_run("vit_digts")
+
+
+def test_a_missing_path_is_named_as_a_path_and_a_mistyped_name_as_a_name(tmp_path):
+    with pytest.raises(FileNotFoundError, match="runs/vit_mnist does not exist"):
+        load_run(str(tmp_path / "runs" / "vit_mnist"))
+    with pytest.raises(ValueError, match="unknown model 'vit_mnsit'. Did you mean: vit_mnist"):
+        load_run("vit_mnsit")

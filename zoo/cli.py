@@ -129,6 +129,27 @@ def _init_params(class_path: str) -> set[str]:
     return {p for klass in cls.__mro__ if "__init__" in vars(klass) for p in inspect.signature(klass.__init__).parameters}
 
 
+def _refuse_unknown_source(command: str, source: str) -> None:
+    """`--model X` that is no model source: Lightning's meaning (a task class path, `zoo.tasks.ImageClassification`,
+    or a config) goes on; anything else, a mistyped tag or a path that is not there, is one readable error."""
+    import difflib
+
+    from .pretrained import list_pretrained
+
+    last = source.rsplit(".", 1)[-1]
+    if source.lstrip().startswith(("{", "[")) or last[:1].isupper() or source.endswith((".yaml", ".yml", ".json")):
+        return
+    close = difflib.get_close_matches(source, list_pretrained(), n=3, cutoff=0.6)
+    hint = f"did you mean {' or '.join(close)}? " if close else ""
+    if Path(source).exists():
+        what = "holds no zoo model (no checkpoint of `zoo fit`, save_pretrained files or zoo safetensors)"
+    else:
+        what = "does not exist" if ("/" in source or Path(source).suffix in (".ckpt", ".safetensors")) else "is no shipped tag"
+    raise ValueError(f"--model {source} {what}; {hint}`zoo {command} --model` takes a shipped tag "
+                     f"({', '.join(list_pretrained())}), a run folder or checkpoint of `zoo fit`, a save_pretrained "
+                     "directory or hf-hub:org/name")
+
+
 def _with_model_source(argv: list[str]) -> tuple[list[str], str | None]:
     """`zoo test|validate|predict --model SOURCE [inputs ...]`, where SOURCE is a shipped tag (`vit_mnist.mnist5k`),
     a save_pretrained directory, `hf-hub:org/name`, a checkpoint or a run folder: its stored recipe builds the
@@ -143,6 +164,7 @@ def _with_model_source(argv: list[str]) -> tuple[list[str], str | None]:
     from .runs import describes_model, load_run
 
     if not describes_model(source):
+        _refuse_unknown_source(argv[0], source)
         return argv, None
     options, inputs = _split_positionals(argv[1:idx] + argv[idx + 2:])
     run = load_run(source)

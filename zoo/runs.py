@@ -195,7 +195,7 @@ def load_run(source: str | Path, model_kwargs: dict | None = None, strict_config
         load_state_dict_checked(model, read_state_dict(path))
         return Run(model.eval(), name, path)
     path = Path(src)
-    if path.suffix not in WEIGHT_SUFFIXES and not path.exists():
+    if path.suffix not in WEIGHT_SUFFIXES and not path.exists() and "/" not in src:  # names have no "/": a path
         _entry(src)  # a registered name, or an error listing close names
         return Run(create_model(src, **kwargs).eval(), src, src)
     if not path.exists():
