@@ -66,3 +66,29 @@ def test_a_missing_path_is_named_as_a_path_and_a_mistyped_name_as_a_name(tmp_pat
         load_run(str(tmp_path / "runs" / "vit_mnist"))
     with pytest.raises(ValueError, match="unknown model 'vit_mnsit'. Did you mean: vit_mnist"):
         load_run("vit_mnsit")
+
+
+def test_a_run_folder_without_checkpoints_is_named_so(tmp_path):
+    folder = tmp_path / "runs" / "vit_mnist" / "version_0"
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text("trainer: {}\n")  # what a run that failed at once leaves
+    with pytest.raises(RunError, match="holds no checkpoint"):
+        load_run(str(folder))
+
+
+def test_model_kwargs_given_on_the_command_line_load_as_the_model_they_built(tmp_path):
+    """`--model.init_args.model_kwargs.dim 64` reaches the task as the string '64' (the model is built with 64):
+    the checkpoint is the run's own, not an edited one. A stored value that disagrees is still refused."""
+    model = zoo.create_model("vit_digits", dim=64, depth=2)
+    record = {"model": "vit_digits", "config": {"dim": 64, "depth": 2}}
+    hp = {"model": "vit_digits", "model_kwargs": {"dim": "64", "depth": "2"}}
+    run = load_run(_ckpt(tmp_path / "cli.ckpt", model, hp, record))
+    assert (run.model.config.dim, run.model.config.depth) == (64, 2)
+    # the same strings as overrides of the stored config (zoo predict|serve|export --model <that run>)
+    for path in (tmp_path / "cli.ckpt", save_run(model, tmp_path / "cli.safetensors")):
+        assert load_run(path, model_kwargs={"dim": "64", "depth": "2"}).model.config.dim == 64
+    saved = tmp_path / "pretrained"
+    zoo.hub.save_pretrained(model, saved)
+    assert zoo.create_model("vit_digits", pretrained=str(saved), dim="64").config.dim == 64
+    with pytest.raises(RunError, match=r"dim=48 \(stored config: 64\)"):
+        load_run(_ckpt(tmp_path / "mixed.ckpt", model, {"model": "vit_digits", "model_kwargs": {"dim": "48"}}, record))

@@ -90,10 +90,20 @@ def _with_stored_config(argv: list[str]) -> tuple[list[str], str | None]:
     """`zoo test|validate|predict --ckpt_path X` without --config: use the recipe stored in the checkpoint."""
     if argv[0] not in ("test", "validate", "predict") or any(a == "--config" or a.startswith("--config=") for a in argv):
         return argv, None
-    ckpt = next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--ckpt_path"), None)
-    ckpt = ckpt or next((a.split("=", 1)[1] for a in argv if a.startswith("--ckpt_path=")), None)
-    if not ckpt or not Path(ckpt).is_file():
+    at = next((i for i, a in enumerate(argv) if a == "--ckpt_path" and i + 1 < len(argv) or a.startswith("--ckpt_path=")), None)
+    if at is None:
         return argv, None
+    given = argv[at + 1] if argv[at] == "--ckpt_path" else argv[at].split("=", 1)[1]
+    if given in ("best", "last", "hpc") or given.startswith("registry"):  # Lightning's own names
+        return argv, None
+    from .rundir import resolve_checkpoint
+
+    ckpt = resolve_checkpoint(given)  # a run folder stands for its newest last.ckpt
+    if not Path(ckpt).is_file():
+        what = "holds no checkpoints/last.ckpt" if Path(given).is_dir() else "does not exist"
+        raise ValueError(f"--ckpt_path {given} {what}; pass a checkpoint written by `zoo fit` "
+                         "(runs/<recipe>/version_N/checkpoints/last.ckpt) or its run folder")
+    argv = [*argv[:at], "--ckpt_path", ckpt, *argv[at + (2 if argv[at] == "--ckpt_path" else 1):]]
     from .runs import read_checkpoint
 
     stored = (read_checkpoint(ckpt).get("zoo") or {}).get("cli_config")

@@ -135,8 +135,7 @@ def model_card(record: dict, text: str | None = None):
 
 def load_pretrained_dir(path: str | os.PathLike, model_kwargs: dict | None = None):
     """A `save_pretrained` directory -> `zoo.runs.Run` (model in eval mode, float32, with its tokenizer)."""
-    import dataclasses
-
+    from .registry import with_overrides
     from .runs import Run, RunError, _build, config_from_record
     from .weights import load_state_dict_checked, read_state_dict
 
@@ -148,9 +147,7 @@ def load_pretrained_dir(path: str | os.PathLike, model_kwargs: dict | None = Non
     except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
         raise HubError(f"{str(path / CONFIG_NAME)!r} is not a zoo config ({type(e).__name__}: {e}); "
                        "pass a directory written by save_pretrained") from None
-    cfg = config_from_record(name, record["config"])
-    if model_kwargs:
-        cfg = dataclasses.replace(cfg, **model_kwargs)
+    cfg = with_overrides(name, config_from_record(name, record["config"]), model_kwargs or {})
     model = _build(name, cfg)
     weights = path / WEIGHTS_NAME
     state = {k: (v.float() if v.is_floating_point() else v) for k, v in read_state_dict(weights).items()}

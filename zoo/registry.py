@@ -66,7 +66,13 @@ def get_config(name: str, **overrides) -> Any:
     unknown = sorted(set(overrides) - fields)
     if unknown:
         raise TypeError(f"{name} does not accept {', '.join(unknown)}; accepted overrides: {', '.join(sorted(fields))}")
-    return dataclasses.replace(entry.config, **_typed(name, entry.config, overrides))
+    return with_overrides(name, entry.config, overrides)
+
+
+def with_overrides(name: str, config: Any, overrides: dict) -> Any:
+    """`config` with `overrides` applied, command-line strings read as the fields' types (see `_typed`): every path
+    that builds a model from a stored config and a user's model_kwargs goes through here."""
+    return dataclasses.replace(config, **_typed(name, config, overrides)) if overrides else config
 
 
 def accepted_overrides(name: str, overrides: dict) -> dict:
@@ -158,7 +164,7 @@ def create_model(name: str, pretrained: str | bool | None = None, features_only:
         from .runs import config_from_record
 
         stored = json.loads((tag_cfg.path / CONFIG_NAME).read_text(encoding="utf-8"))["zoo"]
-        config = dataclasses.replace(config_from_record(base, stored["config"]), **overrides)
+        config = with_overrides(base, config_from_record(base, stored["config"]), overrides)
     model = entry.model_cls(config)
     model.model_name = base
     if tag_cfg is not None:

@@ -169,8 +169,15 @@ def _check_hparams_agree(path, name: str, config: Any, hp: dict) -> None:
     if hp.get("model") not in (None, name):
         raise RunError(f"{path}: the task's hyper-parameters name model {hp['model']!r} but the stored model is {name!r}; "
                        "the file was edited or mixes two runs")
+    from .registry import _typed
+
+    claimed = {k: v for k, v in claimed.items() if hasattr(config, k)}
+    try:  # command-line overrides of model_kwargs are stored as the strings they arrived as ('100' for dim=100)
+        claimed = _typed(name, config, claimed)
+    except ValueError:
+        pass  # a value the config cannot hold: reported below as it is
     differ = [f"{k}={v!r} (stored config: {getattr(config, k)!r})" for k, v in claimed.items()
-              if hasattr(config, k) and _plain(getattr(config, k)) != _plain(v)]
+              if _plain(getattr(config, k)) != _plain(v)]
     if differ:
         raise RunError(f"{path}: hyper-parameters disagree with the stored model config: {', '.join(differ)}; "
                        "the file was edited or mixes two runs - retrain, or load the weights with NAME@FILE")
@@ -179,7 +186,7 @@ def _check_hparams_agree(path, name: str, config: Any, hp: dict) -> None:
 def load_run(source: str | Path, model_kwargs: dict | None = None, strict_config: bool = True, name: str | None = None) -> Run:
     """Turn `source` (see the module docstring) into a `Run` with the model in eval mode. `name` is the model
     to build for a checkpoint that names none (a state dict saved by hand in a checkpoint's layout)."""
-    from .registry import _entry, create_model
+    from .registry import _entry, create_model, with_overrides
     from .weights import load_state_dict_checked, read_state_dict
 
     from .rundir import resolve_checkpoint
@@ -203,6 +210,9 @@ def load_run(source: str | Path, model_kwargs: dict | None = None, strict_config
                                 "written by zoo, NAME@FILE, or a registered model name")
     if path.suffix == ".safetensors":
         return _load_safetensors(path, kwargs)
+    if path.is_dir():
+        raise RunError(f"{src} holds no checkpoint (no checkpoints/last.ckpt under it or its version_N folders; a run "
+                       "that failed before its first checkpoint has none); pass another run folder or a checkpoint file")
     if path.suffix != ".ckpt":
         raise RunError(f"{src} holds weights without a model name; pass NAME@{src} (e.g. vit_mnist@{src})")
     ckpt = read_checkpoint(path)
@@ -213,8 +223,7 @@ def load_run(source: str | Path, model_kwargs: dict | None = None, strict_config
         config = config_from_record(name, meta["config"])
         if strict_config:
             _check_hparams_agree(path, name, config, hp)
-        if kwargs:
-            config = dataclasses.replace(config, **kwargs)
+        config = with_overrides(name, config, kwargs)
         model = _build(name, config)
     elif "model" in hp:  # an older checkpoint: the hyper-parameters name the model
         name = hp["model"]
@@ -300,6 +309,7 @@ def _build(name: str, config: Any) -> nn.Module:
 def _load_safetensors(path: Path, kwargs: dict) -> Run:
     from safetensors import safe_open
 
+    from .registry import with_overrides
     from .weights import load_state_dict_checked, read_state_dict
 
     state = read_state_dict(path)
@@ -308,9 +318,7 @@ def _load_safetensors(path: Path, kwargs: dict) -> Run:
     if "zoo" not in meta:
         raise RunError(f"{path} has no zoo metadata naming its model; pass NAME@{path} (e.g. vit_mnist@{path})")
     record = json.loads(meta["zoo"])
-    config = config_from_record(record["model"], record["config"])
-    if kwargs:
-        config = dataclasses.replace(config, **kwargs)
+    config = with_overrides(record["model"], config_from_record(record["model"], record["config"]), kwargs)
     model = _build(record["model"], config)
     load_state_dict_checked(model, state)
     tokenizer = None
