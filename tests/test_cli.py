@@ -113,3 +113,12 @@ def test_quiet_lightning_drops_only_lightnings_own_chatter(caplog):
         rank_zero_info("💡 Tip: For seamless cloud logging, try installing litlogger")
         rank_zero_info("GPU available: False, used: False")
     assert [r.getMessage() for r in caplog.records] == ["GPU available: False, used: False"]
+
+
+def test_a_config_file_that_is_not_there_names_the_recipe_meant(capsys, monkeypatch, tmp_path):
+    monkeypatch.chdir(ROOT)
+    code, _, err = zoo_cli(["fit", "--config", "vit_mnist.yaml"], capsys)
+    assert code == 1 and "config file vit_mnist.yaml does not exist; did you mean configs/vit_mnist.yaml?" in err, err
+    monkeypatch.chdir(tmp_path)  # elsewhere: the checkout's recipe, by its full path
+    code, _, err = zoo_cli(["test", "--config=configs/vit_mnst.yaml"], capsys)
+    assert code == 1 and f"did you mean {os.path.join(ROOT, 'configs', 'vit_mnist.yaml')}?" in err, err

@@ -215,11 +215,37 @@ def _config_files(argv: list[str]) -> list[str]:
 
 
 def _check_config_files(argv: list[str]) -> None:
-    """Refuse a config file that gives a key twice in one mapping (the parser would keep the last one silently)."""
+    """Refuse a config file that is not there, naming the recipe meant (`--config vit_mnist` from anywhere ->
+    configs/vit_mnist.yaml of this checkout), or that gives a key twice in one mapping (the parser would keep the
+    last one silently)."""
     from .yamlfile import load
 
+    given = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a in ("--config", "-c")]
+    given += [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
+    for value in given:
+        if Path(value).is_file() or any(c in value for c in ":{\n"):  # a file, or inline YAML for the parser
+            continue
+        raise FileNotFoundError(f"config file {value} does not exist{_recipe_hint(value)}")
     for path in _config_files(argv):
         load(path)
+
+
+def _recipe_hint(value: str) -> str:
+    """"; did you mean configs/x.yaml?" for the recipes of this checkout (and of the working directory) closest to
+    `value`, as paths from the working directory."""
+    import difflib
+
+    roots = [Path("configs"), Path(__file__).resolve().parents[1] / "configs"]
+    recipes = {}
+    for root in roots:
+        for f in sorted(root.glob("**/*.yaml")) if root.is_dir() else []:
+            recipes.setdefault(str(f.relative_to(root).with_suffix("")), f)
+    stem = str(Path(value).with_suffix("")).removeprefix("configs/")
+    close = difflib.get_close_matches(stem, list(recipes), n=1, cutoff=0.7)
+    if not close:
+        return "; the recipes are the YAML files in configs/ of the zoo checkout"
+    rel = os.path.relpath(recipes[close[0]])
+    return f"; did you mean {rel if not rel.startswith('..') else recipes[close[0]]}?"
 
 
 def _one_line(e: BaseException) -> str:
