@@ -354,3 +354,17 @@ def test_encoder_decoder_generate_refuses_bad_arguments(kwargs, message):
     kwargs = {"inputs": _IDS, **kwargs}
     with pytest.raises(ValueError, match=re.escape(message)):
         model.generate(**kwargs)
+
+
+@pytest.mark.parametrize("name, field, start", [("gpt2_tiny", "max_positions", 5), ("transformer_tiny", "max_len", 1),
+                                                ("vit_captioner_mnist", "max_len", 1)])
+def test_generation_stops_at_the_decoders_positions_with_a_warning(name, field, start):
+    import zoo
+
+    model = zoo.create_model(name, **{field: 12}).eval()
+    prompt = torch.randn(1, 1, 28, 28) if name.startswith("vit") else torch.randint(5, 50, (1, 5))
+    with pytest.warns(UserWarning, match=rf"max_new_tokens=100 would take the decoder to {start + 100} positions, "
+                                         rf"beyond the 12 that \w+ holds \({field}\); generating at most {12 - start}"):
+        out = model.generate(prompt, max_new_tokens=100, ignore_eos=True)
+    assert out.shape == (1, 12)
+    torch.testing.assert_close(out, model.generate(prompt, max_new_tokens=12 - start, ignore_eos=True))  # same tokens

@@ -1,6 +1,7 @@
 """The weights that ship with zoo: tags, checksums, accuracy re-measured on the held-out splits, and use with no training."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import signal
@@ -135,6 +136,18 @@ def test_a_mistyped_tag_or_a_missing_folder_is_one_line_naming_the_tags(tmp_path
         assert e.value.code == 1 and f"--model {source} {what}" in err, err
         assert "vit_mnist.mnist5k, " in err or "vit_mnist.mnist5k)" in err  # the shipped tags are named
         assert len(err.strip().splitlines()) == 2  # the error and the --verbose hint, not a usage dump
+
+
+def test_model_info_of_a_tag_is_the_architecture_of_its_weights_and_what_they_measured():
+    for tag in zoo.list_pretrained():
+        info = zoo.model_info(tag)
+        model = zoo.create_model(tag, pretrained=True)
+        assert info["params"] == sum(p.numel() for p in model.parameters()), tag
+        assert info["config"] == dataclasses.asdict(model.config), tag
+        assert info["pretrained"]["metric"] == zoo.pretrained_cfg(tag).metric and "files" not in info["pretrained"]
+    assert "pretrained" not in zoo.model_info("vit_mnist")
+    with pytest.raises(ValueError, match="vit_mnist has: vit_mnist.mnist5k"):
+        zoo.model_info("vit_mnist.mnist9k")
 
 
 def test_user_images_through_resolve_data_config_and_create_transform(tmp_path):

@@ -272,7 +272,15 @@ def check_generate_arguments(inputs, attention_mask, max_new_tokens, num_beams, 
 
 
 class GenerationMixin:
-    """Adds `generate` to a model with `encode` / `decode`, or `decode` only (see the module docstring)."""
+    """Adds `generate` to a model with `encode` / `decode`, or `decode` only (see the module docstring).
+
+    A family whose decoder has a position table declares its size in `max_decode_positions` (the prompt or the
+    start token plus the generated tokens must fit): generate stops there, with a warning, instead of failing
+    part-way."""
+
+    def max_decode_positions(self) -> tuple[int, str] | None:
+        """(how many positions the decoder side holds, the config field that sets it); None: no limit."""
+        return None
 
     @torch.no_grad()
     def generate(
@@ -301,6 +309,7 @@ class GenerationMixin:
         decoder_only = not _is_encoder_decoder(self)
         check_generate_arguments(inputs, attention_mask, max_new_tokens, num_beams, do_sample, temperature, top_k,
                                  top_p, generator, decoder_start_token_id, decoder_only)
+        max_new_tokens = self._fit_decode_positions(inputs if decoder_only else None, max_new_tokens)
         cfg = self.config
         eos = None if ignore_eos else getattr(cfg, "eos_token_id", None) if eos_token_id is None else eos_token_id
         pad = getattr(cfg, "pad_token_id", None) if pad_token_id is None else pad_token_id
@@ -322,3 +331,22 @@ class GenerationMixin:
                                  1.0 if temperature is None else temperature, top_k, top_p, generator)
         finally:
             self.train(was_training)
+
+    def _fit_decode_positions(self, prompt: torch.Tensor | None, max_new_tokens: int) -> int:
+        """max_new_tokens, or fewer where the prompt (decoder-only) or the start token (encoder-decoders) and
+        max_new_tokens would not fit the decoder's positions; a prompt that fills them all is left to the forward's
+        own error."""
+        declared = self.max_decode_positions()
+        if declared is None:
+            return max_new_tokens
+        limit, field = declared
+        start = prompt.shape[1] if prompt is not None else 1
+        room = limit - start
+        if max_new_tokens > room > 0:
+            import warnings
+
+            warnings.warn(f"max_new_tokens={max_new_tokens} would take the decoder to {start + max_new_tokens} positions, "
+                          f"beyond the {limit} that {type(self).__name__} holds ({field}); generating at most {room}",
+                          stacklevel=4)  # the caller of generate (through no_grad's wrapper)
+            return room
+        return max_new_tokens

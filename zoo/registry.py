@@ -105,7 +105,8 @@ def _typed(name: str, config: Any, overrides: dict) -> dict:
         if parsed is None and default is not None and type(None) not in typing.get_args(hint):
             parsed = value
         if isinstance(parsed, str) or (isinstance(parsed, bool) and not isinstance(default, bool) and default is not None):
-            raise ValueError(f"{name}: {key}={value!r} is not a {getattr(hint, '__name__', hint)} "
+            kind = getattr(hint, "__name__", str(hint))
+            raise ValueError(f"{name}: {key}={value!r} is not {'an' if kind[:1] in 'aeiou' else 'a'} {kind} "
                             f"(default {default!r}); give a value of that type")
         out[key] = tuple(parsed) if isinstance(parsed, list) and isinstance(default, tuple) else parsed
     return out
@@ -158,13 +159,8 @@ def create_model(name: str, pretrained: str | bool | None = None, features_only:
             run.model.pretrained_cfg = _pretrained_info(run.meta, tag_cfg)
             run.model.zoo_record = run.meta
             return run.model.train()
-    config = get_config(base, **overrides)
-    if tag_cfg is not None:  # the tag's architecture (its sizes) with random weights, as timm does
-        from .hub import CONFIG_NAME
-        from .runs import config_from_record
-
-        stored = json.loads((tag_cfg.path / CONFIG_NAME).read_text(encoding="utf-8"))["zoo"]
-        config = with_overrides(base, config_from_record(base, stored["config"]), overrides)
+    # a tag's architecture (its sizes) with random weights, as timm does
+    config = _tag_config(base, tag_cfg, overrides) if tag_cfg is not None else get_config(base, **overrides)
     model = entry.model_cls(config)
     model.model_name = base
     if tag_cfg is not None:
@@ -201,13 +197,28 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
 
 
+def _tag_config(base: str, tag_cfg: Any, overrides: dict) -> Any:
+    """The config a shipped tag's weights were trained with (its config.json), with `overrides` applied."""
+    from .hub import CONFIG_NAME
+    from .runs import config_from_record
+
+    stored = json.loads((tag_cfg.path / CONFIG_NAME).read_text(encoding="utf-8"))["zoo"]
+    return with_overrides(base, config_from_record(base, stored["config"]), overrides)
+
+
 def model_info(name: str, **overrides) -> dict[str, Any]:
-    """Family, hyper-parameters, parameter count and reference paper of a registered model."""
-    entry = _entry(name)
-    cfg = get_config(name, **overrides)
+    """Family, hyper-parameters, parameter count and reference paper of a registered model; for a shipped tag
+    (`vit_mnist.mnist5k`) the architecture its weights have and, under "pretrained", what they measured, their
+    recipe, license and inputs (`zoo.pretrained_cfg`)."""
+    from .pretrained import pretrained_cfg, split_tag
+
+    base, tag = split_tag(name)
+    entry = _entry(base)
+    tag_cfg = pretrained_cfg(name) if tag else None  # an unknown tag is an error naming the known ones
+    cfg = _tag_config(base, tag_cfg, overrides) if tag_cfg is not None else get_config(base, **overrides)
     with torch.device("meta"):  # count parameters without allocating them
         model = entry.model_cls(cfg)
-    return {
+    info = {
         "name": name,
         "family": entry.family,
         "paper": entry.paper,
@@ -215,6 +226,9 @@ def model_info(name: str, **overrides) -> dict[str, Any]:
         "params": count_parameters(model),
         "config": dataclasses.asdict(cfg),
     }
+    if tag_cfg is not None:
+        info["pretrained"] = {k: v for k, v in tag_cfg.as_dict().items() if k != "files"}
+    return info
 
 
 def _ensure_loaded() -> None:

@@ -56,6 +56,9 @@ class CaptionerConfig:
 class ViTCaptioner(ZooModel, GenerationMixin, nn.Module):
     kind = "image_to_text"
 
+    def max_decode_positions(self) -> tuple[int, str] | None:
+        return self.config.max_len, "max_len"
+
     def image_tower(self) -> nn.Module:
         return self.encoder
 

@@ -38,6 +38,9 @@ class DecoderLM(DecoderOnly, GenerationMixin, nn.Module):
     Subclasses build `self.wte`, `self.blocks`, `self.lm_head` and implement `_embed(ids, positions)`;
     a `rope` sub-module (a RotaryEmbedding), where present, goes to every attention layer."""
 
+    def max_decode_positions(self) -> tuple[int, str] | None:
+        return self.config.max_positions, "max_positions"
+
     def _past(self, cache: KVCache | None) -> int:
         return 0 if cache is None else cache.length(self.blocks.blocks[0].attn.layer_id)
 

@@ -59,6 +59,9 @@ def _ffn_kind(proj: str) -> tuple[str, bool]:
 
 class T5(EncoderDecoder, GenerationMixin, nn.Module):
 
+    def max_decode_positions(self) -> tuple[int, str] | None:
+        return None if self.config.max_len is None else (self.config.max_len, "max_len")
+
     def example_inputs(self, batch: int = 2, length: int = 16, generator: torch.Generator | None = None) -> Inputs:
         cfg = self.config
         return seq2seq_inputs(batch, length if cfg.max_len is None else min(length, cfg.max_len), cfg.vocab_size, cfg.vocab_size, generator)

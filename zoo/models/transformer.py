@@ -92,6 +92,9 @@ def constrain_next_token(scores: torch.Tensor, cur_len: int, max_length: int, fo
 
 class EncoderDecoderTransformer(EncoderDecoder, GenerationMixin, nn.Module):
 
+    def max_decode_positions(self) -> tuple[int, str] | None:
+        return self.config.max_len, "max_len"
+
     def example_inputs(self, batch: int = 2, length: int = 16, generator: torch.Generator | None = None) -> Inputs:
         cfg = self.config
         return seq2seq_inputs(batch, min(length, cfg.max_len), cfg.src_vocab_size or cfg.vocab_size, cfg.vocab_size, generator)
