@@ -254,6 +254,7 @@ BAD = [  # (what, request kwargs, status, words the error must contain)
     ("missing field", {"json": {"top_k": 2}}, 422, "missing field 'image'"),
     ("unknown field", {"json": {"image": "AAAA", "colour": "red"}}, 422, "unknown field"),
     ("wrong type", {"json": {"image": 5}}, 422, "must be a str"),
+    ("empty field", {"json": {"image": "  "}}, 422, "field 'image' is empty"),
     ("not base64", {"json": {"image": "###"}}, 400, "base64"),
     ("not an image", {"json": {"image": base64.b64encode(b"hello world, no image").decode()}}, 400, "not an image"),
     ("text file upload", {"files": {"image": ("a.txt", b"plain text", "text/plain")}}, 400, "not an image"),
@@ -292,6 +293,8 @@ def test_bad_requests_get_4xx_and_server_keeps_serving(servers):
 
 def test_text_limits_and_model_failure_500(servers):
     server, _ = servers["text"]
+    r = post(server, {"text": " "})
+    assert r.status_code == 422 and "field 'text' is empty" in r.json()["error"]
     long = " ".join(["three hundred"] * 30)
     r = post(server, {"text": long})
     assert r.status_code == 413 and "too many tokens" in r.json()["error"]

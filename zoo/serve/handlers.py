@@ -299,6 +299,8 @@ class Handler:
             if not _type_ok(f.type, value):
                 kind = {"strs": "list of strings"}.get(f.type, f.type)
                 raise RequestError(422, f"field {name!r}{where} must be a {kind}, got {type(value).__name__}")
+            if f.required and f.type == "str" and not value.strip():
+                raise RequestError(422, f"field {name!r}{where} is empty: {f.help}")
             out[name] = value
         return self.check_values(out, where)
 
