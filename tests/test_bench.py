@@ -208,3 +208,11 @@ def test_rounds_hit_by_outside_load_are_named():
     hit = {"zoo|fp32": [558.0, 1534.0, 1410.0, 533.0, 547.0], "peer|fp32": [577.0, 957.0, 1612.0, 542.0, 559.0],
            "zoo|fp32+c": [585.0, 699.0, 1649.0, 1269.0, 546.0]}
     assert disturbed_rounds(hit) == [1, 2, 3]
+
+
+@pytest.mark.parametrize("option, value", [("--rounds", "0"), ("--steps", "0"), ("--warmup", "-1"), ("--threads", "0"),
+                                           ("--batch-size", "0")])
+def test_speed_cli_refuses_counts_that_time_nothing(option, value, capsys):
+    with pytest.raises(SystemExit) as e:
+        speed_main(["vit_digits", option, value])
+    assert e.value.code == 2 and f"argument {option}: must be an integer >= " in capsys.readouterr().err

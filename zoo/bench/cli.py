@@ -8,6 +8,16 @@ import json
 from pathlib import Path
 
 
+def _at_least(low: int):
+    """argparse type: an int >= low (argparse names the option and the value in its one-line error)."""
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {value}")
+        return value
+    parse.__name__ = f"int >= {low}"
+    return parse
+
 
 def _ints(text: str) -> tuple[int, ...]:
     try:
@@ -69,10 +79,10 @@ def speed_main(argv: list[str]) -> int:
     ap.add_argument("--goals", action="store_true",
                     help="run exactly the goal configurations (implies --vs-peers): float32 eager, bf16 autocast and "
                          "float32 compiled, timed in the same interleaved rounds; patterns pick among the goal models")
-    ap.add_argument("--batch-size", type=int, help="default: 16 images / 8 sequences")
+    ap.add_argument("--batch-size", type=_at_least(1), help="default: 16 images / 8 sequences")
     ap.add_argument("--seq-lens", type=_ints, default=(128,), help="source lengths, e.g. 64,128,256,512")
-    ap.add_argument("--tgt-len", type=int, default=32, help="decoder length of encoder-decoders")
-    ap.add_argument("--img-size", type=int, help="image side (default: the model's)")
+    ap.add_argument("--tgt-len", type=_at_least(1), default=32, help="decoder length of encoder-decoders")
+    ap.add_argument("--img-size", type=_at_least(1), help="image side (default: the model's)")
     ap.add_argument("--precision", type=_choices(("fp32", "bf16")), default=("fp32",), help="fp32,bf16 (bf16 = autocast)")
     ap.add_argument("--modes", type=_choices(("forward", "train")), default=("forward", "train"))
     ap.add_argument("--optimizer", type=_choices(OPTIMIZERS), default=("adamw",),
@@ -83,12 +93,12 @@ def speed_main(argv: list[str]) -> int:
                     help="torch.compile both sides, as `zoo fit` compiles (zoo.tasks.base.INDUCTOR_OPTIONS); "
                          "`--compile both` times eager and compiled in the same rounds")
     ap.add_argument("--gradient-checkpointing", action="store_true")
-    ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--rounds", type=int, default=5, help="timed rounds (alternating zoo / peer)")
-    ap.add_argument("--steps", type=int, default=2, help="steps per round")
+    ap.add_argument("--warmup", type=_at_least(0), default=2)
+    ap.add_argument("--rounds", type=_at_least(1), default=5, help="timed rounds (alternating zoo / peer)")
+    ap.add_argument("--steps", type=_at_least(1), default=2, help="steps per round")
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory step")
-    ap.add_argument("--peak-size", type=int, default=2048, help="side of the square sgemm that measures the matmul peak")
-    ap.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's, i.e. OMP_NUM_THREADS or the cores)")
+    ap.add_argument("--peak-size", type=_at_least(1), default=2048, help="side of the square sgemm that measures the matmul peak")
+    ap.add_argument("--threads", type=_at_least(1), help="torch intra-op threads (default: torch's, i.e. OMP_NUM_THREADS or the cores)")
     ap.add_argument("--out", default="results/bench", help="directory for speed[_TAG].csv / .json")
     ap.add_argument("--tag", default="", help="file name suffix, e.g. seqlen")
     a = ap.parse_args(argv)

@@ -48,15 +48,15 @@ def bench_generation(name: str, batch: int = 8, src_len: int = 32, new_tokens: i
 
 
 def main(argv: list[str]) -> int:
-    from .cli import resolve_models, write_rows
+    from .cli import _at_least, resolve_models, write_rows
     from .speed import machine_info
 
     ap = argparse.ArgumentParser(prog="zoo bench generate", description=__doc__.split("\n\n")[0])
     ap.add_argument("patterns", nargs="*", help="encoder-decoder names (default: transformer_tiny t5_small lstm_seq2seq)")
-    ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--src-len", type=int, default=32)
-    ap.add_argument("--new-tokens", type=int, default=64)
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--batch-size", type=_at_least(1), default=8)
+    ap.add_argument("--src-len", type=_at_least(1), default=32)
+    ap.add_argument("--new-tokens", type=_at_least(1), default=64)
+    ap.add_argument("--rounds", type=_at_least(1), default=3)
     ap.add_argument("--out", default="results/bench")
     a = ap.parse_args(argv)
     names = resolve_models(a.patterns, ["transformer_tiny", "t5_small", "lstm_seq2seq"])

@@ -198,12 +198,13 @@ def main(argv: list[str]) -> int:
 
     from ..compare.runner import run_study
     from ..compare.study import validate_study
+    from .cli import _at_least
 
     ap = argparse.ArgumentParser(prog="zoo bench tta", description=__doc__.split("\n\n")[0],
                                  epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", required=True, help="the time-to-accuracy file, e.g. configs/bench/tta_vit_mnist.yaml")
     ap.add_argument("--settings", nargs="*", help="run only these settings (default: all)")
-    ap.add_argument("--limit", type=int, help="train at most this many missing runs per setting")
+    ap.add_argument("--limit", type=_at_least(0), help="train at most this many missing runs per setting (0: none)")
     ap.add_argument("--report", action="store_true", help="only re-render table.md / table.csv from the stores")
     ap.add_argument("--validate", action="store_true", help="only check every setting against the recipe, train nothing")
     ap.add_argument("--store", help="default: the file's `store`, else results/bench/<name>")
