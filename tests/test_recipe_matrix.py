@@ -97,8 +97,10 @@ def test_recipe_checkpoint_works_with_every_command(name, tmp_path, capsys):
     out = run_cli(["predict", "--ckpt_path", ckpt, *inputs, "--trainer.enable_progress_bar", "false"], capsys)
     lines = out.splitlines()  # one line per input (an untrained seq2seq may print an empty text)
     assert len(lines) >= 2, out
-    if kind == "dual_encoder":
-        assert all(line.split("\t")[-1] in ("a three", "a seven") for line in lines[-2:]), lines
+    if run.image:  # each line ends with its file, in the order of the folder
+        assert [line.split("\t")[-1] for line in lines[-2:]] == [str(tmp_path / "mine" / f"mine_{i}.png") for i in (0, 1)], lines
+    if kind == "dual_encoder":  # class, probability, the candidate text, the file
+        assert all(line.split("\t")[2] in ("a three", "a seven") for line in lines[-2:]), lines
 
     # zoo export (ONNX, verified in onnxruntime at another batch/length) and zoo compress (int8)
     onnx = tmp_path / "model.onnx"

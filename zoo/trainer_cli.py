@@ -181,10 +181,13 @@ class ZooCLI(LightningCLI):
         return (cb.best_model_path or None) if cb is not None else None
 
     def after_predict(self):
-        """Print one line per prediction."""
-        for batch in self.trainer.predict_loop.predictions or []:
-            for line in prediction_lines(batch):
-                print(line)
+        """Print one line per prediction, ending with the input's file name where the inputs were files."""
+        lines = [line for batch in self.trainer.predict_loop.predictions or [] for line in prediction_lines(batch)]
+        names = getattr(self.datamodule, "predict_names", None)
+        if names and len(names) == len(lines):
+            lines = [f"{line}\t{name}" for line, name in zip(lines, names)]
+        for line in lines:
+            print(line)
 
 
 def recipe_file(recipe: str) -> str:

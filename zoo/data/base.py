@@ -12,6 +12,8 @@ class SplitDataModule(L.LightningDataModule):
     predict_split = "test"
     batch_size: int
     num_workers: int = 0
+    # the user's inputs in prediction order (image files), where they have names: `zoo predict` ends each line with one
+    predict_names: list[str] | None = None
 
     def _loader(self, split: str, shuffle: bool = False) -> DataLoader:
         ds = self.splits[split]

@@ -145,6 +145,7 @@ class ImageDataModule(SplitDataModule):
     def predict_dataloader(self):
         if not self.hparams.predict_images:
             return super().predict_dataloader()
+        self.predict_names = [str(f) for f in image_files(self.hparams.predict_images)]  # read_images' order
         x = read_images(self.hparams.predict_images, self.img_size, self.in_chans, self.mean, self.std)
         return DataLoader(TensorDataset(x), batch_size=self.batch_size)
 
