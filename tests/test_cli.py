@@ -122,3 +122,26 @@ def test_a_config_file_that_is_not_there_names_the_recipe_meant(capsys, monkeypa
     monkeypatch.chdir(tmp_path)  # elsewhere: the checkout's recipe, by its full path
     code, _, err = zoo_cli(["test", "--config=configs/vit_mnst.yaml"], capsys)
     assert code == 1 and f"did you mean {os.path.join(ROOT, 'configs', 'vit_mnist.yaml')}?" in err, err
+
+
+def test_a_stored_recipe_is_evaluated_on_the_whole_split(capsys):
+    """`zoo test|predict --ckpt_path X` rebuild the run from its stored recipe, but not its shortcuts through the data."""
+    import yaml
+
+    from zoo.trainer_cli import recipe_file
+
+    stored = "trainer:\n  max_epochs: 3\n  limit_test_batches: 1\n  fast_dev_run: false\nmodel:\n  init_args: {model: vit_digits}\n"
+    path = recipe_file(stored)
+    try:
+        config = yaml.safe_load(open(path).read())
+    finally:
+        os.remove(path)
+    assert config["trainer"] == {"max_epochs": 3, "limit_test_batches": None, "fast_dev_run": False}
+    assert config["model"] == {"init_args": {"model": "vit_digits"}}
+    assert "trainer.limit_test_batches=1; this command does not repeat them" in capsys.readouterr().err
+    plain = "trainer:\n  max_epochs: 3\n"
+    path = recipe_file(plain)
+    try:
+        assert open(path).read() == plain and capsys.readouterr().err == ""
+    finally:
+        os.remove(path)

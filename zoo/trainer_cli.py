@@ -190,11 +190,32 @@ class ZooCLI(LightningCLI):
             print(line)
 
 
+# A run's own shortcuts through its data (`zoo fit ... --trainer.limit_test_batches 1`), which `zoo test|validate|
+# predict` on its checkpoint do not repeat: they evaluate the whole split unless told otherwise on their command line.
+EVALUATION_SHORTCUTS = {"limit_val_batches": None, "limit_test_batches": None, "limit_predict_batches": None,
+                        "fast_dev_run": False, "overfit_batches": 0.0}
+
+
 def recipe_file(recipe: str) -> str:
-    """A stored recipe (YAML text) as a temporary file to pass as --config; the caller removes it."""
+    """A stored recipe (YAML text) as a temporary file to pass as --config, for evaluating or predicting with the
+    run's checkpoint: the run's shortcuts through the data (EVALUATION_SHORTCUTS) are dropped, with a notice.
+    The caller removes the file."""
     import os
+    import sys
     import tempfile
 
+    import yaml
+
+    config = yaml.safe_load(recipe) or {}
+    trainer = config.get("trainer") if isinstance(config, dict) else None
+    if isinstance(trainer, dict):
+        dropped = {k: trainer[k] for k, default in EVALUATION_SHORTCUTS.items() if trainer.get(k, default) != default}
+        if dropped:
+            trainer.update({k: EVALUATION_SHORTCUTS[k] for k in dropped})
+            recipe = yaml.safe_dump(config, sort_keys=False)
+            print(f"zoo: the run was trained with {', '.join(f'trainer.{k}={v}' for k, v in dropped.items())}; this "
+                  "command does not repeat them: it evaluates the whole split unless its own command line limits it",
+                  file=sys.stderr)
     fd, path = tempfile.mkstemp(prefix="zoo-recipe-", suffix=".yaml")
     with os.fdopen(fd, "w") as fh:
         fh.write(recipe)
