@@ -168,3 +168,19 @@ def test_accuracy_on_text_batches_ignores_minus_100():
     batch = {"input_ids": torch.tensor([[0, 1, 2]]), "labels": torch.tensor([[0, 3, -100]])}
     assert accuracy(Echo(), [batch]) == 0.5
     assert classification_loss(Echo(), batch) > 0
+
+
+def test_compress_data_defaults_to_the_runs_own_settings(capsys):
+    """`--data X` for the data module the run trained on takes the run's stored arguments (then --data-args):
+    built with its class defaults, a text module would have another vocabulary, numbers and test split."""
+    from types import SimpleNamespace
+
+    from zoo.compress import _data
+
+    recipe = "data:\n  class_path: zoo.data.images.MNIST5k\n  init_args: {batch_size: 32, label_fraction: 0.5, predict_images: null}\n"
+    run = SimpleNamespace(cli_config=recipe, tokenizer=None, source="unused.ckpt")
+    dm = _data("zoo.data.MNIST5k", {"batch_size": 16}, run)  # another path to the same class
+    assert dm.batch_size == 16 and dm.hparams.label_fraction == 0.5 and len(dm.splits["train"]) == 1800
+    assert "with the run's own settings" in capsys.readouterr().err
+    other = _data("zoo.data.images.Digits", {}, run)  # another data module: its own defaults, no notice
+    assert other.hparams.label_fraction == 1.0 and capsys.readouterr().err == ""

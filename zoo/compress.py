@@ -26,7 +26,7 @@ import statistics
 import time
 import warnings
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -402,8 +402,8 @@ def load_compressed(path: str | Path) -> nn.Module:
 
 # --- CLI --------------------------------------------------------------------------------------
 
-def _load_ckpt_model(ckpt: str | None, model: str | None, model_kwargs: dict) -> tuple[nn.Module, str, dict]:
-    """(model, name, its full config as overrides) through the one run loader (zoo.runs.load_run)."""
+def _load_ckpt_model(ckpt: str | None, model: str | None, model_kwargs: dict) -> tuple[nn.Module, str, dict, Any]:
+    """(model, name, its full config as overrides, the zoo.runs.Run) through the one run loader (zoo.runs.load_run)."""
     import dataclasses
 
     from .runs import _plain, load_run
@@ -419,7 +419,7 @@ def _load_ckpt_model(ckpt: str | None, model: str | None, model_kwargs: dict) ->
     run = load_run(source, model_kwargs or None)
     if model is not None and run.name != model:
         raise ValueError(f"zoo compress: {ckpt} holds a {run.name}, not a {model}; drop --model or pass the matching checkpoint")
-    return run.model, run.name, _plain(dataclasses.asdict(run.model.config))
+    return run.model, run.name, _plain(dataclasses.asdict(run.model.config)), run
 
 
 def _check_out(out: str, ckpt: str | None) -> None:
@@ -431,13 +431,31 @@ def _check_out(out: str, ckpt: str | None) -> None:
         raise ValueError(f"zoo compress: --out {out} holds the checkpoint being compressed; choose a new folder")
 
 
-def _data(spec: str | None, args: dict):
+def _data(spec: str | None, args: dict, run: Any = None):
+    """The data module `spec` with init arguments `args`. When it is the data module the run trained on (its stored
+    recipe), the run's own arguments and tokenizer are the defaults that `args` override: the same splits,
+    vocabulary and token ids as in training (a module built with its class defaults can have other ones)."""
     if not spec:
         return None
     import importlib
+    import sys
 
-    mod, _, cls = spec.rpartition(".")
-    dm = getattr(importlib.import_module(mod), cls)(**args)
+    import yaml
+
+    def load(path: str):
+        mod, _, cls = path.rpartition(".")
+        return getattr(importlib.import_module(mod), cls)
+
+    klass = load(spec)
+    stored = ((yaml.safe_load(run.cli_config) or {}).get("data") or {}) if run is not None and run.cli_config else {}
+    if stored.get("class_path") and load(stored["class_path"]) is klass:
+        own = {k: v for k, v in (stored.get("init_args") or {}).items() if not k.startswith("predict_")}
+        if run.tokenizer is not None and "tokenizer" in own:
+            own["tokenizer"] = run.source  # the checkpoint's own tokenizer (the data modules read it from there)
+        print(f"zoo compress: {spec} with the run's own settings{' and tokenizer' if own.get('tokenizer') else ''} "
+              "(--data-args override them)", file=sys.stderr)
+        args = {**own, **args}
+    dm = klass(**args)
     dm.setup("fit")
     return dm
 
@@ -470,9 +488,9 @@ def apply_main(argv: list[str]) -> int:
     a = p.parse_args(argv)
     torch.manual_seed(0)
     _check_out(a.out, a.ckpt)
-    model, name, overrides = _load_ckpt_model(a.ckpt, a.model, json.loads(a.model_kwargs))
+    model, name, overrides, run = _load_ckpt_model(a.ckpt, a.model, json.loads(a.model_kwargs))
     model.eval()
-    dm = _data(a.data, json.loads(a.data_args))
+    dm = _data(a.data, json.loads(a.data_args), run)
     if a.finetune_epochs and dm is None:
         raise ValueError("zoo compress: --finetune-epochs needs --data")
     ex = example_inputs(model, batch=1, length=128)
@@ -568,8 +586,8 @@ def sweep_main(argv: list[str]) -> int:
     p.add_argument("--out", required=True, help="CSV file")
     a = p.parse_args(argv)
     torch.manual_seed(0)
-    base, _, _ = _load_ckpt_model(a.ckpt, a.model, json.loads(a.model_kwargs))
-    dm = _data(a.data, json.loads(a.data_args))
+    base, _, _, run = _load_ckpt_model(a.ckpt, a.model, json.loads(a.model_kwargs))
+    dm = _data(a.data, json.loads(a.data_args), run)
     # the unpruned model gets the same fine-tune: the baseline that pruned rows are compared with
     tuned = finetune(copy.deepcopy(base), dm.train_dataloader(), a.finetune_epochs, a.lr) if a.finetune_epochs else base
     rows = [{"kind": "none", "amount": 0.0, "linear_sparsity": sparsity(base), "heads": num_heads(base),
