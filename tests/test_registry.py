@@ -104,3 +104,11 @@ def test_data_facts_reach_only_models_that_have_the_field():
     assert task.model.config.vocab_size == 300 and task.model.config.decoder_start_token_id == 1
     with pytest.raises(TypeError, match="t5_tiny does not accept bos_token_id"):  # the user's own kwargs are checked
         Seq2Seq(model="t5_tiny", model_kwargs={"bos_token_id": 1})
+
+
+def test_an_unknown_override_of_a_shipped_tag_names_the_accepted_ones():
+    import zoo
+
+    with pytest.raises(TypeError, match="vit_mnist does not accept num_clases; accepted overrides: .*num_classes"):
+        zoo.create_model("vit_mnist.mnist5k", num_clases=3)
+    assert zoo.create_model("vit_mnist.mnist5k", num_classes="5").config.num_classes == 5  # a command-line string

@@ -94,7 +94,7 @@ def _with_stored_config(argv: list[str]) -> tuple[list[str], str | None]:
     if at is None:
         return argv, None
     given = argv[at + 1] if argv[at] == "--ckpt_path" else argv[at].split("=", 1)[1]
-    if given in ("best", "last", "hpc") or given.startswith("registry"):  # Lightning's own names
+    if given in ("best", "last", "hpc") or given.startswith("registry") or "://" in given:  # Lightning's own names, URLs
         return argv, None
     from .rundir import resolve_checkpoint
 

@@ -61,18 +61,20 @@ def list_models(pattern: str | None = None, family: str | None = None) -> list[s
 
 def get_config(name: str, **overrides) -> Any:
     """The variant's config with overrides applied; unknown keys raise naming the accepted ones."""
-    entry = _entry(name)
-    fields = {f.name for f in dataclasses.fields(entry.config)}
-    unknown = sorted(set(overrides) - fields)
-    if unknown:
-        raise TypeError(f"{name} does not accept {', '.join(unknown)}; accepted overrides: {', '.join(sorted(fields))}")
-    return with_overrides(name, entry.config, overrides)
+    return with_overrides(name, _entry(name).config, overrides)
 
 
 def with_overrides(name: str, config: Any, overrides: dict) -> Any:
-    """`config` with `overrides` applied, command-line strings read as the fields' types (see `_typed`): every path
-    that builds a model from a stored config and a user's model_kwargs goes through here."""
-    return dataclasses.replace(config, **_typed(name, config, overrides)) if overrides else config
+    """`config` with `overrides` applied, command-line strings read as the fields' types (see `_typed`); unknown keys
+    raise naming the accepted ones. Every path that builds a model from a registered or stored config and a user's
+    overrides goes through here."""
+    if not overrides:
+        return config
+    fields = {f.name for f in dataclasses.fields(config)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise TypeError(f"{name} does not accept {', '.join(unknown)}; accepted overrides: {', '.join(sorted(fields))}")
+    return dataclasses.replace(config, **_typed(name, config, overrides))
 
 
 def accepted_overrides(name: str, overrides: dict) -> dict:
