@@ -31,8 +31,9 @@ def find_vit(model: nn.Module) -> nn.Module:
     """The model's image tower, as it declares it (`image_tower()`: itself, CLIP's `.visual`, a captioner's encoder)."""
     tower = model.image_tower() if hasattr(model, "image_tower") else None
     if tower is None:
-        raise TypeError(f"{type(model).__name__} declares no image tower; `zoo viz attention` shows image models "
-                        "(image classifiers, CLIP, captioners)")
+        raise TypeError(f"{type(model).__name__} declares no image tower with one attention map per image (its "
+                        "image_tower() is None: a text model, or windowed attention as Swin's); `zoo viz attention` "
+                        "draws the maps of ViT-style towers (ViT classifiers, CLIP's image tower, captioners' encoders)")
     return tower
 
 
