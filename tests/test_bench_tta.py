@@ -85,6 +85,14 @@ def test_lower_is_better_metrics_reach_their_target_from_above(tmp_path):
     assert load_tta(write(tmp_path)).mode == "max" and not load_tta(write(tmp_path, target=0.97)).reaches(0.968)
 
 
+def test_a_report_before_any_run_says_so(tmp_path, capsys):
+    from zoo.bench.tta import main
+
+    path = write(tmp_path)
+    assert main(["--config", str(path), "--report"]) == 0
+    assert "tiny_tta: no finished run in" in capsys.readouterr().out and not (tmp_path / "store" / "table.md").exists()
+
+
 @pytest.mark.slow
 def test_tiny_tta_end_to_end(tmp_path, capsys):
     from zoo.bench.tta import main

@@ -224,6 +224,9 @@ def main(argv: list[str]) -> int:
     if paths:
         print(paths[0].read_text(encoding="utf-8"))
         print(f"zoo bench tta: wrote {', '.join(str(p) for p in paths)}")
+    elif not failures:
+        print(f"zoo bench tta: {tta.name}: no finished run in {tta.store} yet, so no table; `zoo bench tta --config "
+              f"{a.config}` trains the runs")
     for f in failures:
         print(f"zoo bench tta: FAILED {f}")
     return 1 if failures else 0
