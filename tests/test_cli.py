@@ -36,6 +36,8 @@ def test_every_command_has_help(command, capsys):
     (["fit", "--config", os.path.join(ROOT, "configs", "vit_digits.yaml"), "--model.init_args.model", "vit_nope"],
      "unknown model 'vit_nope'"),
     (["test", "--ckpt_path", "last", "--config", os.path.join(ROOT, "configs", "vit_digits.yaml")], "no run under"),
+    (["test", "--ckpt_path", "runs/nothing.ckpt"], "--ckpt_path runs/nothing.ckpt does not exist"),
+    (["predict", "--ckpt_path=."], "--ckpt_path . holds no checkpoints/last.ckpt"),
 ])
 def test_errors_end_in_one_readable_line(argv, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

@@ -67,6 +67,14 @@ def test_clip_similarity_is_scaled_cosine(tmp_path):
     assert out.read_bytes()[:4] == b"\x89PNG"
 
 
+def test_windowed_attention_has_no_per_image_map_to_draw():
+    import zoo
+
+    with pytest.raises(TypeError, match="SwinTransformer declares no image tower .* windowed attention as Swin's"):
+        viz.find_vit(zoo.create_model("swin_mnist"))
+    assert viz.find_vit(zoo.create_model("vit_digits")) is not None
+
+
 def test_cli_listed_and_errors():
     from zoo.cli import COMMANDS
 
