@@ -132,6 +132,33 @@ def test_mha_cache_equals_full_recompute():
     assert cache.length(mha.layer_id) == 6
 
 
+@pytest.mark.parametrize("norm_first", [True, False])
+def test_last_queries_give_the_first_rows_of_the_full_stack(norm_first):
+    """TransformerStack(last_queries=n) = the first n rows of the full stack's output, with a padding mask, a
+    per-query bias and rotary positions; the last block's feed-forward sees those n rows only."""
+    torch.manual_seed(0)
+    cfg = BlockConfig(dim=16, num_heads=4, mlp_hidden=32, norm_first=norm_first, qk_norm=True)
+    stack = TransformerStack(cfg, depth=3).double().eval()
+    x = torch.randn(2, 7, 16, dtype=torch.float64)
+    mask = padding_mask(torch.tensor([[1] * 7, [1] * 5 + [0] * 2]))
+    bias = torch.randn(1, 4, 7, 7, dtype=torch.float64)
+    rope = RotaryEmbedding(4)
+    seen = []
+    stack.blocks[-1].mlp.register_forward_hook(lambda m, args, out: seen.append(args[0].shape[1]))
+    full = stack(x, mask=mask, bias=bias, rope=rope)
+    first = stack(x, mask=mask, bias=bias, rope=rope, last_queries=2)
+    assert first.shape == (2, 2, 16) and seen == [7, 2]
+    torch.testing.assert_close(first, full[:, :2], atol=1e-12, rtol=1e-12)
+
+
+def test_queries_refuse_causal_attention_and_caches():
+    mha = MultiHeadAttention(16, 4)
+    with pytest.raises(ValueError, match="bidirectional self-attention"):
+        mha(torch.randn(1, 5, 16), causal=True, queries=1)
+    with pytest.raises(ValueError, match="KVCache"):
+        mha(torch.randn(1, 5, 16), cache=KVCache(), queries=1)
+
+
 def test_cross_attention_needs_context():
     with pytest.raises(ValueError, match="context"):
         MultiHeadAttention(16, 4, cross=True)(torch.randn(1, 2, 16))

@@ -182,3 +182,42 @@ def test_to_hf_refuses_what_transformers_vit_lacks(tmp_path):
             model = zoo.create_model(name)
         with pytest.raises(ValueError, match=f"transformers' ViT has no {needle}"):
             to_hf(model, tmp_path)
+
+
+@pytest.mark.parametrize("name, options", [
+    ("vit_mnist_patch4", {"reg_tokens": 2, "qk_norm": True, "pos_embed": "rope"}),
+    ("vit_mnist_patch4", {"norm_first": False}),
+    ("deit3_mnist", {}),
+    ("vit_tiny_patch16_224_distilled", {"img_size": 32, "depth": 2}),
+    ("eva02_mnist", {"pool": "token", "class_token": True, "num_classes": 10}),
+])
+def test_class_token_forward_computes_the_last_block_for_the_head_tokens_only(name, options):
+    """With a class-token head, forward's last block runs its output projection and feed-forward on the
+    tokens the head reads only: the same logits and gradients as forward_head(forward_features(x)) (float64),
+    while capture_attention still records every layer's full map."""
+    torch.manual_seed(0)
+    model = zoo.create_model(name, **options).double()
+    x = model.example_inputs(batch=3).args[0].double()
+    rows = []
+    model.encoder.blocks[-1].mlp.register_forward_hook(lambda m, args, out: rows.append(args[0].shape[1]))
+    head = model.head_queries()
+    assert head == (2 if "distilled" in name else 1)
+    out = model.eval()(x)
+    torch.testing.assert_close(out, model.forward_head(model.forward_features(x)), atol=1e-12, rtol=1e-10)
+    assert rows == [head, model.num_prefix + model.grid[0] * model.grid[1]]
+
+    model.train()
+    losses = [model(x).square().sum(), model.forward_head(model.forward_features(x)).square().sum()]
+    grads = [torch.autograd.grad(loss, list(model.parameters())) for loss in losses]
+    for short, full in zip(*grads):
+        torch.testing.assert_close(short, full, atol=1e-10, rtol=1e-8)
+
+    with zoo.core.capture_attention(model.eval()) as maps:
+        model(x)
+    tokens = x.shape[0], model.encoder.blocks[-1].attn.num_heads, rows[-1], rows[-1]
+    assert maps[f"encoder.blocks.{len(model.encoder.blocks) - 1}.attn"].shape == tokens
+
+
+def test_mean_pooling_reads_every_token():
+    model = zoo.create_model("vit_mnist")
+    assert model.head_queries() is None

@@ -98,6 +98,11 @@ def _upcast_for_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> b
             and (q.requires_grad or k.requires_grad or v.requires_grad))
 
 
+def _first_rows(t: torch.Tensor | None, n: int) -> torch.Tensor | None:
+    """A (…, Lq, Lk) mask or bias for the first n queries (one that broadcasts over the queries stays as it is)."""
+    return t if t is None or t.dim() < 2 or t.shape[-2] == 1 else t[..., :n, :]
+
+
 class KVCache:
     """Keys and values of past positions, per layer, for incremental decoding.
 
@@ -205,9 +210,15 @@ class MultiHeadAttention(nn.Module):
         rope: RotaryEmbedding | None = None,
         cache: KVCache | None = None,
         need_weights: bool = False,
+        queries: int | None = None,
     ) -> torch.Tensor:
+        """queries: compute the outputs of the first `queries` tokens of x only (B, queries, dim), attending to all
+        of them: what a head that reads the class token needs from the last block (`TransformerStack(last_queries=)`)."""
         if self.cross and context is None:
             raise ValueError("cross-attention needs `context` (the encoder output)")
+        if queries is not None and (causal or cache is not None):
+            raise ValueError("queries= (the outputs of the first tokens only) is for bidirectional self-attention; "
+                             "it cannot be combined with causal=True or a KVCache")
         if self.cross and cache is not None and self.layer_id in cache.store:
             # Encoder keys/values do not change while decoding: project them once.
             q = self.q_norm(rearrange(self.q(x), "b l (h d) -> b h l d", h=self.num_heads))
@@ -223,6 +234,8 @@ class MultiHeadAttention(nn.Module):
                     pk, pv = cache.store[self.layer_id]
                     k, v = torch.cat([pk, k], dim=-2), torch.cat([pv, v], dim=-2)
                 cache.store[self.layer_id] = (k, v)
+        if queries is not None:
+            q, mask, bias = q[:, :, :queries], _first_rows(mask, queries), _first_rows(bias, queries)
         out, weights = attention(
             q, self._expand_kv(k), self._expand_kv(v), mask=mask, bias=bias, causal=causal and not self.cross, scale=self.scale,
             dropout_p=self.attn_drop if self.training else 0.0, need_weights=need_weights or self.record_weights,
@@ -267,6 +280,12 @@ class AdditiveAttention(nn.Module):
         weights = scores.softmax(dim=-1)
         self.last_weights = rearrange(weights, "b s -> b 1 1 s") if self.record_weights else None
         return torch.einsum("bs,bsd->bd", weights, memory), weights
+
+
+def is_recording(model: nn.Module) -> bool:
+    """Whether `capture_attention` (or a user) has any attention module of `model` recording its maps: then
+    every layer must compute every query, and shortcuts such as `TransformerStack(last_queries=)` are off."""
+    return any(getattr(m, "record_weights", False) for m in model.modules())
 
 
 @contextlib.contextmanager

@@ -96,10 +96,12 @@ class TransformerBlock(nn.Module):
         self.ls1, self.ls2 = scale(), scale()
         self.ls_cross = scale() if cross_attention else None
 
-    def _residual(self, x, norm, fn, ls):
+    def _residual(self, x, norm, fn, ls, rows: int | None = None):
+        """x + sub-layer; with `rows`, the sub-layer returns the first `rows` tokens only, and so does the sum."""
+        res = x if rows is None else x[:, :rows]
         if self.norm_first:
-            return x + self.drop_path(ls(fn(norm(x))))
-        return norm(x + self.drop_path(fn(x)))
+            return res + self.drop_path(ls(fn(norm(x))))
+        return norm(res + self.drop_path(fn(x)))
 
     def forward(
         self,
@@ -112,9 +114,14 @@ class TransformerBlock(nn.Module):
         context_mask: torch.Tensor | None = None,
         cache: KVCache | None = None,
         need_weights: bool = False,
+        queries: int | None = None,
     ) -> torch.Tensor:
+        """queries: return the first `queries` tokens only (B, queries, dim), which still attend to every token; the
+        rest of the block (output projection, feed-forward) runs on those rows alone. The token mixer must take
+        `queries=` (the core's attention does)."""
+        extra = {} if queries is None else {"queries": queries}
         x = self._residual(x, self.norm1, lambda h: self.attn(h, mask=mask, causal=causal, bias=bias, rope=rope, cache=cache,
-                                                              need_weights=need_weights), self.ls1)
+                                                              need_weights=need_weights, **extra), self.ls1, queries)
         if self.cross_attn is not None:
             x = self._residual(x, self.norm_cross, lambda h: self.cross_attn(h, context=context, mask=context_mask, cache=cache,
                                                                              need_weights=need_weights), self.ls_cross)
@@ -135,16 +142,20 @@ class TransformerStack(nn.Module):
         self.norm = make_norm(cfg.norm, cfg.dim, cfg.norm_eps, cfg.norm_bias) if final_norm else nn.Identity()
         self.gradient_checkpointing = False
 
-    def forward(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, last_queries: int | None = None, **kwargs) -> torch.Tensor:
+        """last_queries: the last block computes the first `last_queries` tokens only, and the output is
+        (B, last_queries, dim): for a head that reads the class token(s), the same numbers for less work."""
         if kwargs.get("bias") is not None and (kwargs.get("mask") is not None or kwargs.get("causal")):
             # one additive mask for every layer's self-attention, built once here rather than in each layer
             kwargs = {**kwargs, "bias": fold_mask_into_bias(kwargs["bias"], kwargs.get("mask"), kwargs.get("causal", False)),
                       "mask": None, "causal": False}
-        for block in self.blocks:
+        last = len(self.blocks) - 1
+        for i, block in enumerate(self.blocks):
+            kw = kwargs if i < last or last_queries is None else {**kwargs, "queries": last_queries}
             if self.gradient_checkpointing and self.training and kwargs.get("cache") is None:
-                x = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False, **kwargs)
+                x = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False, **kw)
             else:
-                x = block(x, **kwargs)
+                x = block(x, **kw)
         return self.norm(x)
 
 

@@ -65,6 +65,11 @@ class DistilledVisionTransformer(VisionTransformer):
         """[cls, dist] (timm's order)."""
         return super()._prefix_tokens(batch) + [self.dist_token.expand(batch, -1, -1)]
 
+    def head_queries(self) -> int | None:
+        """The class branch's tokens and the distillation token (None with mean pooling: every token)."""
+        queries = super().head_queries()
+        return None if queries is None else max(queries, self.dist_index + 1)
+
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False):
         # The class branch pools as the base ViT does (class token or mean of the patch tokens);
         # the distillation branch reads the distillation token through the same norm.

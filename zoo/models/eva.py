@@ -185,12 +185,17 @@ class Eva(ZooModel, nn.Module):
         rope = self.rope.at(self.grid, x.device) if self.rope is not None else None
         return self.pos_drop(x), rope
 
+    def _encode(self, x: torch.Tensor, last_queries: int | None = None) -> torch.Tensor:
+        x, rope = self.embed(x)
+        return self.encoder(x, rope=rope, last_queries=last_queries)
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Images (B, C, H, W) -> tokens (B, prefix + patches, dim) (final norm applied unless fc_norm)."""
-        x, rope = self.embed(x)
-        return self.encoder(x, rope=rope)
+        return self._encode(x)
 
-    # The classifier end is the ViT's: pool (class token or mean of patches) -> fc_norm -> dropout -> head.
+    # The classifier end is the ViT's: pool (class token or mean of patches) -> fc_norm -> dropout -> head
+    # (with a class-token head, forward's last block computes the class token only).
+    head_queries = VisionTransformer.head_queries
     forward_head = VisionTransformer.forward_head
     forward = VisionTransformer.forward
     get_classifier = VisionTransformer.get_classifier

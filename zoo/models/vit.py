@@ -45,6 +45,7 @@ from ..core import (
     RotaryEmbedding2D,
     TransformerStack,
     glu_hidden,
+    is_recording,
     make_norm,
     resize_pos_grid,
     sincos_table_2d,
@@ -282,10 +283,13 @@ class VisionTransformer(ZooModel, nn.Module):
         grid = (h // self.config.patch_size, w // self.config.patch_size)
         return self.norm_pre(self.pos_drop(self._pos_embed(self.patch_embed(x), grid))), grid
 
+    def _encode(self, x: torch.Tensor, last_queries: int | None = None) -> torch.Tensor:
+        tokens, grid = self._embed(x)
+        return self.encoder(tokens, last_queries=last_queries, **self._block_kwargs(grid, tokens.device))
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Images (B, C, H, W) -> tokens (B, prefix + patches, dim)."""
-        tokens, grid = self._embed(x)
-        return self.encoder(tokens, **self._block_kwargs(grid, tokens.device))
+        return self._encode(x)
 
     def forward_intermediates(self, x: torch.Tensor, indices: int | list[int] | None = None, return_prefix_tokens: bool = False,
                               norm: bool = False, stop_early: bool = False, output_fmt: str = "NCHW",
@@ -310,8 +314,19 @@ class VisionTransformer(ZooModel, nn.Module):
         x = self.head_drop(self.fc_norm(x))
         return x if pre_logits else self.head(x)
 
+    def head_queries(self) -> int | None:
+        """How many leading tokens `forward_head` reads: 1 (the class token) with pool='token', None (every
+        token) with 'avg'. Subclasses whose head reads more prefix tokens say so."""
+        return 1 if self.config.pool == "token" else None
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
+        """forward_head(forward_features(x)), but with a class-token head the last block computes the rows the
+        head reads only (output projection and feed-forward on 1 token instead of 1 + patches): the same logits,
+        about 1/depth less work. forward_features and forward_intermediates keep every token."""
+        queries = self.head_queries()
+        if queries is None or is_recording(self):  # attention maps: every layer's full map
+            return self.forward_head(self.forward_features(x))
+        return self.forward_head(self._encode(x, last_queries=queries))
 
     def get_classifier(self) -> nn.Module:
         return self.head
