@@ -27,6 +27,13 @@ ViT above, whose timm/HF parity and shipped weights they keep):
                       equal the plain MLP's 2·dim·hidden (the biases differ by hidden/3: under 1% of the FFN)
 
 `forward_intermediates` returns the output of chosen blocks as maps (zoo/features.py).
+
+With class-token pooling, `forward` lets the last block compute the rows the head reads only (`head_queries()`:
+the class token; DeiT's distilled model adds its distillation token): that block's keys and values still come from
+every token, but its queries, output projection and feed-forward run on one row instead of 1 + patches. The logits
+and gradients are those of forward_head(forward_features(x)) (equal in float64; float32 differs by rounding);
+ViT-S/16's forward and training step do about 1/12 less work. `forward_features`, `forward_intermediates` and
+`capture_attention` still see every token of every block.
 """
 from __future__ import annotations
 
