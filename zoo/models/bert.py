@@ -12,6 +12,10 @@ The layout follows Hugging Face's `BertModel` / `BertFor*` so that weights map o
       "none"   the last hidden states
 The registered default head is "mlm" (the pre-training objective); pick another with
 `create_model("bert_base", head="cls", num_classes=2)`.
+
+With the "cls" head, `forward` has the last block compute the first token only (`head_queries()`; it still
+attends to every token): the same logits as forward_head(forward_features(...)), for a 2-layer BERT-Tiny about a
+third less work. forward_features and capture_attention keep every token.
 """
 from __future__ import annotations
 
@@ -20,7 +24,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..core import Dropout, BlockConfig, LearnedPositionalEmbedding, check_pad_token, TransformerStack, make_activation, make_norm, padding_mask, trunc_normal_init
+from ..core import (Dropout, BlockConfig, LearnedPositionalEmbedding, check_pad_token, TransformerStack, is_recording, make_activation,
+                   make_norm, padding_mask, trunc_normal_init)
 from ..core.position import apply_head, check_attention_mask, check_length, check_token_ids, lookup
 from ..contract import TEXT_AXES, Inputs, ZooModel, token_batch
 from ..registry import register_model
@@ -185,9 +190,18 @@ class Bert(ZooModel, nn.Module):
         x = self.head_drop(x)
         return x if pre_logits else self.classifier(x)
 
+    def head_queries(self) -> int | None:
+        """The leading tokens forward_head reads: the first token for the "cls" head, else every token (None)."""
+        return 1 if self.config.head == "cls" else None
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
         """mlm: (B, L, vocab); cls: (B, num_classes); token: (B, L, num_classes); none: (B, L, dim)."""
+        queries = self.head_queries()
+        if queries is not None and not is_recording(self):  # the last block computes the pooled token only
+            self._check_inputs(input_ids, attention_mask, token_type_ids)
+            x = self.embeddings(input_ids, token_type_ids)
+            return self.forward_head(self.encoder(x, mask=padding_mask(attention_mask), last_queries=queries))
         if self.config.head != "mlm":
             return self.forward_head(self.forward_features(input_ids, attention_mask, token_type_ids))
         # The tied MLM decoder trains through one lookup node with the word embeddings (zoo.core.position.lookup).
