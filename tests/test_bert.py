@@ -156,3 +156,29 @@ def test_tiny_bert_overfits_a_handful_of_sequences(one_thread):
     m.eval()
     final = F.cross_entropy(m(ids, mask), labels).item()
     assert final < 0.02, final
+
+
+def test_cls_head_forward_computes_the_last_block_for_the_first_token_only():
+    """The "cls" head reads the first token: forward's last block computes that row only, with the same logits and
+    gradients as forward_head(forward_features(...)) (float64, padded batch, dropout off); capture_attention still
+    records full maps; the other heads read every token."""
+    torch.manual_seed(0)
+    model = zoo.create_model("bert_tiny", head="cls", num_classes=3, **TINY).double()
+    ids = torch.randint(5, 50, (3, 9))
+    mask = torch.ones_like(ids)
+    mask[1, 6:] = 0
+    rows = []
+    model.encoder.blocks[-1].mlp.register_forward_hook(lambda m, args, out: rows.append(args[0].shape[1]))
+    model.train()  # dropout is 0 in TINY: training mode only switches the path, not the numbers
+    losses = [model(ids, mask).square().sum(), model.forward_head(model.forward_features(ids, mask)).square().sum()]
+    assert rows == [1, 9]
+    torch.testing.assert_close(losses[0], losses[1], atol=1e-12, rtol=1e-12)
+    grads = [torch.autograd.grad(loss, list(model.parameters()), allow_unused=True) for loss in losses]
+    for short, full in zip(*grads):
+        if full is not None:
+            torch.testing.assert_close(short, full, atol=1e-10, rtol=1e-8)
+    with zoo.core.capture_attention(model.eval()) as maps:
+        model(ids, mask)
+    assert maps["encoder.blocks.1.attn"].shape == (3, 2, 9, 9)
+    for head in ("mlm", "token", "none"):
+        assert zoo.create_model("bert_tiny", head=head, **TINY).head_queries() is None
