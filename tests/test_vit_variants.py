@@ -3,6 +3,7 @@ forward_intermediates and features_only, each against timm (random weights, noth
 import pytest
 import timm
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 import zoo
 from zoo.features import FeatureExtractor, feature_take_indices, tokens_to_nchw
@@ -198,13 +199,13 @@ def test_class_token_forward_computes_the_last_block_for_the_head_tokens_only(na
     torch.manual_seed(0)
     model = zoo.create_model(name, **options).double()
     x = model.example_inputs(batch=3).args[0].double()
-    rows = []
-    model.encoder.blocks[-1].mlp.register_forward_hook(lambda m, args, out: rows.append(args[0].shape[1]))
-    head = model.head_queries()
-    assert head == (2 if "distilled" in name else 1)
-    out = model.eval()(x)
-    torch.testing.assert_close(out, model.forward_head(model.forward_features(x)), atol=1e-12, rtol=1e-10)
-    assert rows == [head, model.num_prefix + model.grid[0] * model.grid[1]]
+    assert model.head_queries() == (2 if "distilled" in name else 1)
+    with FlopCounterMode(display=False) as short:
+        out = model.eval()(x)
+    with FlopCounterMode(display=False) as full:
+        expected = model.forward_head(model.forward_features(x))
+    torch.testing.assert_close(out, expected, atol=1e-12, rtol=1e-10)
+    assert short.get_total_flops() < full.get_total_flops()
 
     model.train()
     losses = [model(x).square().sum(), model.forward_head(model.forward_features(x)).square().sum()]
@@ -214,8 +215,25 @@ def test_class_token_forward_computes_the_last_block_for_the_head_tokens_only(na
 
     with zoo.core.capture_attention(model.eval()) as maps:
         model(x)
-    tokens = x.shape[0], model.encoder.blocks[-1].attn.num_heads, rows[-1], rows[-1]
-    assert maps[f"encoder.blocks.{len(model.encoder.blocks) - 1}.attn"].shape == tokens
+    tokens = model.num_prefix + model.grid[0] * model.grid[1]
+    last = maps[f"encoder.blocks.{len(model.encoder.blocks) - 1}.attn"]
+    assert last.shape == (x.shape[0], model.encoder.blocks[-1].attn.num_heads, tokens, tokens)
+
+
+def test_a_hook_on_the_last_block_or_the_final_norm_sees_every_row():
+    """The shortcut is a hint to the stack: anything that watches the last block (a forward hook on it or inside
+    it, or on the final norm) gets every row, and the logits stay the same."""
+    torch.manual_seed(0)
+    model = zoo.create_model("vit_mnist_patch4").double().eval()
+    x = model.example_inputs(batch=2).args[0].double()
+    plain = model(x)
+    full = model.num_prefix + model.grid[0] * model.grid[1]
+    for module in (model.encoder.blocks[-1], model.encoder.blocks[-1].attn.proj, model.encoder.norm):
+        seen = []
+        handle = module.register_forward_hook(lambda m, args, out: seen.append(out.shape[1]))
+        torch.testing.assert_close(model(x), plain, atol=1e-12, rtol=1e-10)
+        handle.remove()
+        assert seen == [full]
 
 
 def test_mean_pooling_reads_every_token():

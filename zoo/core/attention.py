@@ -282,12 +282,6 @@ class AdditiveAttention(nn.Module):
         return torch.einsum("bs,bsd->bd", weights, memory), weights
 
 
-def is_recording(model: nn.Module) -> bool:
-    """Whether `capture_attention` (or a user) has any attention module of `model` recording its maps: then
-    every layer must compute every query, and shortcuts such as `TransformerStack(last_queries=)` are off."""
-    return any(getattr(m, "record_weights", False) for m in model.modules())
-
-
 @contextlib.contextmanager
 def capture_attention(model: nn.Module) -> Iterator[dict[str, torch.Tensor]]:
     """Record the attention probabilities of every module of `model` that has `record_weights`.

@@ -142,9 +142,19 @@ class TransformerStack(nn.Module):
         self.norm = make_norm(cfg.norm, cfg.dim, cfg.norm_eps, cfg.norm_bias) if final_norm else nn.Identity()
         self.gradient_checkpointing = False
 
+    def _last_block_observed(self) -> bool:
+        """Whether something expects every row of the last block: a forward hook on it, on a module inside it or on
+        the final norm, or an attention module in it recording its maps (`capture_attention`)."""
+        watched = [*self.blocks[-1].modules(), *self.norm.modules()] if len(self.blocks) else []
+        return any(m._forward_hooks or m._forward_pre_hooks or getattr(m, "record_weights", False) for m in watched)
+
     def forward(self, x: torch.Tensor, last_queries: int | None = None, **kwargs) -> torch.Tensor:
-        """last_queries: the last block computes the first `last_queries` tokens only, and the output is
-        (B, last_queries, dim): for a head that reads the class token(s), the same numbers for less work."""
+        """last_queries: the last block may compute the first `last_queries` tokens only, and then the output is
+        (B, last_queries, dim): for a head that reads the class token(s), the same numbers for less work. A hint,
+        not a promise: when the last block is observed (a hook, recorded attention maps) every row is computed and
+        returned, so a head indexes the rows it reads (x[:, 0]) rather than relying on the shape."""
+        if last_queries is not None and self._last_block_observed():
+            last_queries = None
         if kwargs.get("bias") is not None and (kwargs.get("mask") is not None or kwargs.get("causal")):
             # one additive mask for every layer's self-attention, built once here rather than in each layer
             kwargs = {**kwargs, "bias": fold_mask_into_bias(kwargs["bias"], kwargs.get("mask"), kwargs.get("causal", False)),

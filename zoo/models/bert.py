@@ -15,7 +15,7 @@ The registered default head is "mlm" (the pre-training objective); pick another 
 
 With the "cls" head, `forward` has the last block compute the first token only (`head_queries()`; it still
 attends to every token): the same logits as forward_head(forward_features(...)), for a 2-layer BERT-Tiny about a
-third less work. forward_features and capture_attention keep every token.
+third less work. forward_features, capture_attention and hooks on the last block keep every token.
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..core import (Dropout, BlockConfig, LearnedPositionalEmbedding, check_pad_token, TransformerStack, is_recording, make_activation,
+from ..core import (Dropout, BlockConfig, LearnedPositionalEmbedding, check_pad_token, TransformerStack, make_activation,
                    make_norm, padding_mask, trunc_normal_init)
 from ..core.position import apply_head, check_attention_mask, check_length, check_token_ids, lookup
 from ..contract import TEXT_AXES, Inputs, ZooModel, token_batch
@@ -174,9 +174,12 @@ class Bert(ZooModel, nn.Module):
     def forward_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                          token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
         """Token ids (B, L) -> last hidden states (B, L, dim); post-LN, so already normalised."""
+        return self._encode(input_ids, attention_mask, token_type_ids)
+
+    def _encode(self, input_ids, attention_mask, token_type_ids, last_queries: int | None = None) -> torch.Tensor:
         self._check_inputs(input_ids, attention_mask, token_type_ids)
         x = self.embeddings(input_ids, token_type_ids)
-        return self.encoder(x, mask=padding_mask(attention_mask))
+        return self.encoder(x, mask=padding_mask(attention_mask), last_queries=last_queries)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """Hidden states -> the head's output. pre_logits: the pooled ("cls") or per-token features before the Linear."""
@@ -197,13 +200,8 @@ class Bert(ZooModel, nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
         """mlm: (B, L, vocab); cls: (B, num_classes); token: (B, L, num_classes); none: (B, L, dim)."""
-        queries = self.head_queries()
-        if queries is not None and not is_recording(self):  # the last block computes the pooled token only
-            self._check_inputs(input_ids, attention_mask, token_type_ids)
-            x = self.embeddings(input_ids, token_type_ids)
-            return self.forward_head(self.encoder(x, mask=padding_mask(attention_mask), last_queries=queries))
-        if self.config.head != "mlm":
-            return self.forward_head(self.forward_features(input_ids, attention_mask, token_type_ids))
+        if self.config.head != "mlm":  # the cls head: the last block may compute the pooled token only
+            return self.forward_head(self._encode(input_ids, attention_mask, token_type_ids, self.head_queries()))
         # The tied MLM decoder trains through one lookup node with the word embeddings (zoo.core.position.lookup).
         self._check_inputs(input_ids, attention_mask, token_type_ids)
         rows, weight = lookup(self.embeddings.word_embeddings, input_ids, self.mlm_head.decoder)

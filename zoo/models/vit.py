@@ -32,8 +32,8 @@ With class-token pooling, `forward` lets the last block compute the rows the hea
 the class token; DeiT's distilled model adds its distillation token): that block's keys and values still come from
 every token, but its queries, output projection and feed-forward run on one row instead of 1 + patches. The logits
 and gradients are those of forward_head(forward_features(x)) (equal in float64; float32 differs by rounding);
-ViT-S/16's forward and training step do about 1/12 less work. `forward_features`, `forward_intermediates` and
-`capture_attention` still see every token of every block.
+ViT-S/16's forward and training step do about 1/12 less work. `forward_features`, `forward_intermediates`,
+`capture_attention` and forward hooks on the last block (or inside it) still see every token of every block.
 """
 from __future__ import annotations
 
@@ -52,7 +52,6 @@ from ..core import (
     RotaryEmbedding2D,
     TransformerStack,
     glu_hidden,
-    is_recording,
     make_norm,
     resize_pos_grid,
     sincos_table_2d,
@@ -329,11 +328,9 @@ class VisionTransformer(ZooModel, nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """forward_head(forward_features(x)), but with a class-token head the last block computes the rows the
         head reads only (output projection and feed-forward on 1 token instead of 1 + patches): the same logits,
-        about 1/depth less work. forward_features and forward_intermediates keep every token."""
-        queries = self.head_queries()
-        if queries is None or is_recording(self):  # attention maps: every layer's full map
-            return self.forward_head(self.forward_features(x))
-        return self.forward_head(self._encode(x, last_queries=queries))
+        about 1/depth less work, unless a hook or capture_attention watches that block (zoo.core.TransformerStack).
+        forward_features and forward_intermediates keep every token."""
+        return self.forward_head(self._encode(x, last_queries=self.head_queries()))
 
     def get_classifier(self) -> nn.Module:
         return self.head
