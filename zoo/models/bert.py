@@ -200,7 +200,7 @@ class Bert(ZooModel, nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
         """mlm: (B, L, vocab); cls: (B, num_classes); token: (B, L, num_classes); none: (B, L, dim)."""
-        if self.config.head != "mlm":  # the cls head: the last block may compute the pooled token only
+        if self.config.head != "mlm":  # with the cls head the last block may compute the pooled token only (head_queries)
             return self.forward_head(self._encode(input_ids, attention_mask, token_type_ids, self.head_queries()))
         # The tied MLM decoder trains through one lookup node with the word embeddings (zoo.core.position.lookup).
         self._check_inputs(input_ids, attention_mask, token_type_ids)
