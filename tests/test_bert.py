@@ -176,9 +176,9 @@ def test_cls_head_forward_computes_the_last_block_for_the_first_token_only():
     assert short.get_total_flops() < full.get_total_flops()
     torch.testing.assert_close(losses[0], losses[1], atol=1e-12, rtol=1e-12)
     grads = [torch.autograd.grad(loss, list(model.parameters()), allow_unused=True) for loss in losses]
-    for short, full in zip(*grads):
-        if full is not None:
-            torch.testing.assert_close(short, full, atol=1e-10, rtol=1e-8)
+    for with_shortcut, every_row in zip(*grads):
+        if every_row is not None:
+            torch.testing.assert_close(with_shortcut, every_row, atol=1e-10, rtol=1e-8)
     with zoo.core.capture_attention(model.eval()) as maps:
         model(ids, mask)
     assert maps["encoder.blocks.1.attn"].shape == (3, 2, 9, 9)

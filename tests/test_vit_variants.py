@@ -210,8 +210,8 @@ def test_class_token_forward_computes_the_last_block_for_the_head_tokens_only(na
     model.train()
     losses = [model(x).square().sum(), model.forward_head(model.forward_features(x)).square().sum()]
     grads = [torch.autograd.grad(loss, list(model.parameters())) for loss in losses]
-    for short, full in zip(*grads):
-        torch.testing.assert_close(short, full, atol=1e-10, rtol=1e-8)
+    for with_shortcut, every_row in zip(*grads):
+        torch.testing.assert_close(with_shortcut, every_row, atol=1e-10, rtol=1e-8)
 
     with zoo.core.capture_attention(model.eval()) as maps:
         model(x)
