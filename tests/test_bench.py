@@ -142,6 +142,14 @@ def test_speed_cli_writes_a_table_with_peer_ratios(tmp_path, capsys):
         per_round = sorted(a / b for a, b in zip(peer["round_ms"], r["round_ms"]))  # 2 rounds of 1 step: the extremes
         assert r["vs_peer_ci"] == [pytest.approx(per_round[0]), pytest.approx(per_round[1]), pytest.approx(0.5)]
     assert data["machine"]["matmul_peak_gflops_fp32"] > 0
+    for r in data["rows"]:  # float32 forward: utilisation against the sgemm timed in the same rounds, round by round
+        if (r["mode"], r["precision"]) == ("forward", "fp32"):
+            assert r["matmul_peak_interleaved"] and r["matmul_peak_gflops"] > 0
+            assert r["utilisation"] == pytest.approx(r["achieved_gflops"] / r["matmul_peak_gflops"])
+            low, high, _ = r["utilisation_ci"]
+            assert low <= high and low > 0
+        else:
+            assert "utilisation" not in r and "matmul_peak_interleaved" not in r
     for r in data["rows"]:  # bf16 against fp32 of the same implementation, timed in the same interleaved rounds
         fp32 = next(q for q in data["rows"] if (q["impl"], q["mode"], q["precision"]) == (r["impl"], r["mode"], "fp32"))
         if r["precision"] == "bf16":

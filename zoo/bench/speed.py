@@ -19,7 +19,10 @@ interval straddles its bar is reported as within the noise of the run.
   /proc/self/clear_refs) during one step after warm-up, i.e. activations + gradients + temporaries
   (weights and optimiser state already exist); on CUDA, torch.cuda.max_memory_allocated.
 * matmul peak: median FLOP/s of a large square float32 matmul (sgemm), the yardstick for
-  "achieved FLOP/s" = 2 × MACs × batch / forward time.
+  "achieved FLOP/s" = 2 × MACs × batch / forward time. The forward rounds time the sgemm as one more step of the
+  same interleaved rounds, so utilisation compares the forward with the peak the machine had in those rounds (a
+  peak measured once, before, moved by 290-383 GFLOP/s within an hour on a shared 2-core VM); its interval comes
+  from the per-round ratio of the two.
 """
 from __future__ import annotations
 
@@ -92,6 +95,15 @@ def bf16_kernels(device: str = "cpu") -> dict:
     out["onednn_isa"] = isa.group(1).strip() if isa else None
     out["onednn_bf16_matmul"] = impl.group(1) if impl else "not oneDNN (reference kernels)"
     return out
+
+
+SGEMM = "sgemm (the matmul peak)"
+
+
+def sgemm_step(n: int, device: str = "cpu") -> Callable[[], None]:
+    """One n×n×n float32 matmul, the yardstick of `matmul_peak`, as a step for `time_interleaved`."""
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    return lambda: torch.mm(a, b)
 
 
 def matmul_peak(n: int = 2048, repeats: int = 8, dtype: torch.dtype = torch.float32, device: str = "cpu") -> float:
@@ -378,6 +390,8 @@ def bench_model(name: str, opts: SpeedOptions, seq_len: int, peak_flops: float |
         keys = [(w, p, c, o) for p, c, o in settings for w in wls]
         label = lambda w, p, c, o: f"{w.label}|{_setting(p, c, o)}"  # noqa: E731
         steps = {label(w, p, c, o): make_step(w, mode, p, opts.device, c, o or "adamw") for w, p, c, o in keys}
+        if mode == "forward" and peak_flops and any(p == "fp32" for p, _, _ in settings):
+            steps[SGEMM] = sgemm_step(opts.peak_size, opts.device)  # the yardstick, timed in the same rounds
         failed = {}  # a peer that cannot run a setting (torch.nn.Transformer's fast path under bf16) is left out, named
         for w, p, c, o in [k for k in keys if k[0] is not zoo]:
             try:
@@ -392,6 +406,9 @@ def bench_model(name: str, opts: SpeedOptions, seq_len: int, peak_flops: float |
         load = os.getloadavg()[0]
         per_round = {k: [m * 1e3 for m in round_medians(v, opts.steps)] for k, v in times.items()}  # ms
         slow = disturbed_rounds(per_round)
+        sgemm_flops = 2 * opts.peak_size ** 3
+        round_peak = [sgemm_flops / (ms / 1e3) for ms in per_round[SGEMM]] if SGEMM in per_round else None
+        model_peak = sgemm_flops / statistics.median(times[SGEMM]) if round_peak else peak_flops
         if slow:
             print(f"  note: {name} {mode}: round(s) {', '.join(str(r + 1) for r in slow)} of {opts.rounds} ran at least "
                   f"{DISTURBED:.1f}x a setting's median round; something else probably used the machine (rerun "
@@ -412,13 +429,14 @@ def bench_model(name: str, opts: SpeedOptions, seq_len: int, peak_flops: float |
                 "samples_per_s": w.batch / med, "tokens_per_s": w.batch * w.tokens_per_sample / med,
                 "peak_mem_mb": peak_memory_mb(steps[key], opts.device) if opts.memory else None, "load_avg_1m": load,
             }
-            row["matmul_peak_gflops"] = peak_flops / 1e9 if peak_flops else None
+            row["matmul_peak_gflops"] = model_peak / 1e9 if model_peak else None
             if mode == "forward" and w.macs_per_sample:
-                row["achieved_gflops"] = 2 * w.macs_per_sample * w.batch / med / 1e9
-                if peak_flops and precision == "fp32":
-                    row["utilisation"] = row["achieved_gflops"] * 1e9 / peak_flops
-                    at_peak = 2 * w.macs_per_sample * w.batch / peak_flops * 1e3  # ms the forward takes at the peak
-                    row["utilisation_ci"] = list(median_ci([at_peak / t for t in row["round_ms"]]))
+                flops = 2 * w.macs_per_sample * w.batch
+                row["achieved_gflops"] = flops / med / 1e9
+                if round_peak and precision == "fp32":
+                    row["matmul_peak_interleaved"] = True
+                    row["utilisation"] = row["achieved_gflops"] * 1e9 / model_peak
+                    row["utilisation_ci"] = list(median_ci([flops / (t / 1e3) / pk for t, pk in zip(row["round_ms"], round_peak)]))
             fp32 = by_key.get((w.label, "fp32", compiled, optim))
             if precision != "fp32" and fp32 is not None:
                 row["vs_fp32"] = fp32["median_ms"] / row["median_ms"]  # > 1: the low precision is faster
