@@ -5,7 +5,7 @@ forward_head(forward_features(x)) (every token), the same model and batch, inter
 
 ViT-S/16 (batch 16, 224px) and bert_tiny with the cls head (64 pairs of 40 tokens, 10 of them padding: the shape of
 configs/bert_pairs.yaml's batches), each as a float32 training step (AdamW) and a forward in inference mode, 2
-threads, the heap policy of `zoo bench`. Prints the median times and their ratio; both paths give the same logits
+threads, the heap policy of `zoo bench`, timed by `zoo bench speed`'s interleaved rounds (time_interleaved). Prints the median times and their ratio; both paths give the same logits
 (tests/test_vit_variants.py, tests/test_bert.py).
 """
 from __future__ import annotations
@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +21,7 @@ import torch.nn.functional as F
 def main(argv: list[str]) -> int:
     import zoo
     from zoo.allocator import keep_freed_memory
+    from zoo.bench.speed import time_interleaved
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=9)
@@ -54,15 +54,8 @@ def main(argv: list[str]) -> int:
                 path()
 
         for mode, step in (("train", train), ("forward", forward)):
-            times = {k: [] for k in paths}
-            for _ in range(2):  # warm-up
-                for path in paths.values():
-                    step(path)
-            for _ in range(a.rounds):
-                for k, path in paths.items():
-                    t0 = time.perf_counter()
-                    step(path)
-                    times[k].append(time.perf_counter() - t0)
+            times = time_interleaved({k: (lambda p=path: step(p)) for k, path in paths.items()}, warmup=2,
+                                     rounds=a.rounds, per_round=1)
             short, full = (statistics.median(times[k]) for k in paths)
             print(f"{name:22s} {mode:8s} shortcut {short * 1e3:8.1f} ms   every token {full * 1e3:8.1f} ms   "
                   f"{full / short:.3f}x")

@@ -100,20 +100,20 @@ def bf16_kernels(device: str = "cpu") -> dict:
 SGEMM = "sgemm (the matmul peak)"
 
 
-def sgemm_step(n: int, device: str = "cpu") -> Callable[[], None]:
-    """One n×n×n float32 matmul, the yardstick of `matmul_peak`, as a step for `time_interleaved`."""
-    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+def sgemm_step(n: int, device: str = "cpu", dtype: torch.dtype = torch.float32) -> Callable[[], None]:
+    """One n×n×n matmul, the yardstick of `matmul_peak`, as a step for `time_interleaved`."""
+    a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
     return lambda: torch.mm(a, b)
 
 
 def matmul_peak(n: int = 2048, repeats: int = 8, dtype: torch.dtype = torch.float32, device: str = "cpu") -> float:
     """Median FLOP/s of an n×n×n matmul (2n³ FLOPs)."""
-    a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
+    step = sgemm_step(n, device, dtype)
     times = []
     for i in range(repeats + 2):
         _sync(device)
         t0 = time.perf_counter()
-        torch.mm(a, b)
+        step()
         _sync(device)
         if i >= 2:  # two warm-up products
             times.append(time.perf_counter() - t0)
@@ -515,9 +515,7 @@ def run_speed(names: list[str], opts: SpeedOptions, log=print) -> dict:
     for name in names:
         for seq_len in opts.seq_lens:
             log(f"- {name} (seq_len {seq_len})" if not hasattr(_entry(name).config, "img_size") else f"- {name}")
-            rows += bench_model(name, opts, seq_len, peak)
-            # the machine is shared: re-measure the peak next to every model so utilisation compares like with like
-            peak = matmul_peak(opts.peak_size, device=opts.device)
+            rows += bench_model(name, opts, seq_len, peak)  # its forward times the sgemm again, in its own rounds
             if hasattr(_entry(name).config, "img_size"):
                 break  # sequence length does not apply to images
             gc.collect()
