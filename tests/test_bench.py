@@ -1,5 +1,6 @@
 """zoo bench: like-for-like peers, MAC counting, interleaved timing, memory, goals, CLI output."""
 import json
+import re
 
 import pytest
 import torch
@@ -224,3 +225,15 @@ def test_speed_cli_refuses_counts_that_time_nothing(option, value, capsys):
     with pytest.raises(SystemExit) as e:
         speed_main(["vit_digits", option, value])
     assert e.value.code == 2 and f"argument {option}: must be an integer >= " in capsys.readouterr().err
+
+
+def test_machine_info_records_the_code_revision():
+    """Every bench result names the commit it measured (`git describe --dirty`), so a figure can be traced back."""
+    import subprocess
+
+    from zoo.bench.speed import machine_info
+
+    rev = machine_info()["git"]
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    assert rev is not None and re.fullmatch(r"[0-9a-f]{12}(-dirty)?", rev), rev
+    assert head.startswith(rev.removesuffix("-dirty"))

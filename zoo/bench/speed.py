@@ -57,11 +57,11 @@ UTILISATION_GOAL = {"vit_small_patch16_224": 0.8, "bert_base": 0.8}
 # ---------------------------------------------------------------------------- machine
 def machine_info() -> dict:
     from ..allocator import policy
-    from ..compare.runner import cpu_name  # the one reader of the CPU model (study rows record it too)
+    from ..compare.runner import cpu_name, git_rev  # the readers that study rows use too
 
     return {"cpu": cpu_name(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
             "device": "cuda:" + torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
-            "load_avg_1m": os.getloadavg()[0], "heap": policy()}
+            "load_avg_1m": os.getloadavg()[0], "heap": policy(), "git": git_rev()}
 
 
 _BF16_PROBE = """
