@@ -233,7 +233,25 @@ def test_machine_info_records_the_code_revision():
 
     from zoo.bench.speed import machine_info
 
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True)
+    if head.returncode:
+        pytest.skip("not a git checkout")
     rev = machine_info()["git"]
-    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-    assert rev is not None and re.fullmatch(r"[0-9a-f]{12}(-dirty)?", rev), rev
-    assert head.startswith(rev.removesuffix("-dirty"))
+    found = re.fullmatch(r"(?:.+-g)?([0-9a-f]{12,40})(-dirty)?", rev or "")  # a bare hash, or tag-N-gHASH
+    assert found, rev
+    assert head.stdout.strip().startswith(found.group(1))
+
+
+def test_git_rev_reports_nothing_for_a_package_inside_another_repository(tmp_path, monkeypatch):
+    """zoo installed into a folder of some other git repository must not report that repository's commit."""
+    import subprocess
+
+    import zoo.compare.runner as runner
+
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    pkg = tmp_path / "venv" / "site-packages"
+    pkg.mkdir(parents=True)
+    monkeypatch.setattr(runner, "ROOT", pkg)
+    assert runner.git_rev() is None
+    monkeypatch.setattr(runner, "ROOT", tmp_path / "not-a-folder")
+    assert runner.git_rev() is None

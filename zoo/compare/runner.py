@@ -137,12 +137,19 @@ def read_rows(store: Path) -> list[dict]:
 
 
 def git_rev() -> str | None:
-    try:
-        out = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=12"], cwd=ROOT, capture_output=True,
-                             text=True, timeout=20)
-    except (OSError, subprocess.SubprocessError):
+    """The checkout's revision (`git describe --always --dirty`), or None where zoo is not run from a git checkout
+    of its own (an installed package inside some other repository reports nothing rather than that repository's)."""
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=20)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return out.stdout.strip() or None if out.returncode == 0 else None
+
+    top = git("rev-parse", "--show-toplevel")
+    if top is None or Path(top).resolve() != ROOT.resolve():
         return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
+    return git("describe", "--always", "--dirty", "--abbrev=12")
 
 
 def read_cpuinfo() -> str:
