@@ -15,6 +15,10 @@ TINY = {
     # attention with a bias: the merge of the heads is an explicit copy under export (it fell back to TorchScript)
     "t5_small": {"vocab_size": 100, "d_model": 32, "d_kv": 8, "d_ff": 48, "num_layers": 2, "num_heads": 4,
                  "relative_attention_num_buckets": 8, "relative_attention_max_distance": 20},
+    # window attention with its bias and shift mask: the same merge of the heads (it fell back to TorchScript)
+    "swin_mnist": {"embed_dim": 16, "depths": (2, 2), "num_heads": (2, 2)},  # the second block of a stage is shifted
+    # a text length bounded by the model's declaration (context_length), not by a guess at its config's keys
+    "clip_mnist": {},
 }
 
 

@@ -35,10 +35,12 @@ GENERATIVE = ("encoder_decoder", "recurrent", "decoder_only", "image_to_text")
 
 @dataclass
 class Inputs:
-    """Example inputs of a model: `tensors` in forward's order; `dynamic` names the axes that may vary."""
+    """Example inputs of a model: `tensors` in forward's order; `dynamic` names the axes that may vary;
+    `max_sizes` bounds a named axis where the model has a limit (a learned position table's length)."""
 
     tensors: dict[str, torch.Tensor]
     dynamic: dict[str, dict[int, str]] = field(default_factory=dict)
+    max_sizes: dict[str, int] = field(default_factory=dict)
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -49,7 +51,7 @@ class Inputs:
         return tuple(self.tensors.values())
 
     def to(self, device) -> "Inputs":
-        return Inputs({k: v.to(device) for k, v in self.tensors.items()}, self.dynamic)
+        return Inputs({k: v.to(device) for k, v in self.tensors.items()}, self.dynamic, self.max_sizes)
 
 
 def kind_of(model: nn.Module) -> str:
@@ -130,13 +132,18 @@ def _default_blocks() -> None:
 _default_blocks()
 
 
-def seq2seq_inputs(batch: int, length: int, src_vocab: int, tgt_vocab: int, generator: torch.Generator | None = None) -> Inputs:
-    """Source ids, decoder ids (half the source length) and the source mask of an encoder–decoder."""
+def seq2seq_inputs(batch: int, length: int, src_vocab: int, tgt_vocab: int, generator: torch.Generator | None = None,
+                   max_len: int | None = None) -> Inputs:
+    """Source ids, decoder ids (half the source length) and the source mask of an encoder–decoder; max_len: the
+    longest source and target the model takes (its position tables), None: no limit."""
+    if max_len is not None:
+        length = min(length, max_len)
     ids, mask = token_batch(batch, length, src_vocab, generator)
     dec, _ = token_batch(batch, max(2, length // 2), tgt_vocab, generator)
     return Inputs({"input_ids": ids, "decoder_input_ids": dec, "attention_mask": mask},
                   {"input_ids": {0: "batch", 1: "source"}, "decoder_input_ids": {0: "batch", 1: "target"},
-                   "attention_mask": {0: "batch", 1: "source"}})
+                   "attention_mask": {0: "batch", 1: "source"}},
+                  {} if max_len is None else {"source": max_len, "target": max_len})
 
 
 class DecoderOnly(ZooModel):
@@ -148,7 +155,8 @@ class DecoderOnly(ZooModel):
     def example_inputs(self, batch: int = 2, length: int = 16, generator: torch.Generator | None = None) -> Inputs:
         limit = getattr(self.config, "max_positions", None)
         ids, mask = token_batch(batch, min(length, limit) if limit else length, self.config.vocab_size, generator)
-        return Inputs({"input_ids": ids, "attention_mask": mask}, {"input_ids": TEXT_AXES, "attention_mask": TEXT_AXES})
+        return Inputs({"input_ids": ids, "attention_mask": mask}, {"input_ids": TEXT_AXES, "attention_mask": TEXT_AXES},
+                      {"sequence": limit} if limit else {})
 
     def decode(self, input_ids: torch.Tensor, cache=None, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Next-token logits (B, L, vocab); with a cache pass only the new tokens (generate does)."""

@@ -48,25 +48,20 @@ class _Positional(nn.Module):
         return out[0] if isinstance(out, tuple) else out
 
 
-def _max_length(model: nn.Module) -> int:
-    cfg = model.config
-    for key in ("max_positions", "max_len", "max_position_embeddings"):
-        if getattr(cfg, key, None):
-            return int(getattr(cfg, key))
-    return 4096
+UNBOUNDED = 4096  # the top of a dynamic length the model declares no limit for (T5's relative positions)
 
 
 def _dynamic_shapes(model: nn.Module, ex: Inputs):
     from torch.export import Dim
 
-    # lengths start at 2: export specialises sizes 0 and 1; the top is the model's position table
+    # lengths start at 2: export specialises sizes 0 and 1; the top is the model's declared limit (its position table)
     dims: dict[str, Dim] = {"batch": Dim("batch", min=1, max=4096)}
     shapes = []
     for name in ex.names:
         spec = {}
         for axis, sym in ex.dynamic[name].items():
             if sym not in dims:
-                dims[sym] = Dim(sym, min=2, max=_max_length(model))
+                dims[sym] = Dim(sym, min=2, max=ex.max_sizes.get(sym, UNBOUNDED))
             spec[axis] = dims[sym]
         shapes.append(spec)
     return (tuple(shapes),)
@@ -124,7 +119,7 @@ def export_file(model: nn.Module, out: str | Path, fmt: str = "onnx", batch: int
         raise ExportError(f"--out {out} is the model file being exported; choose another output path")
     ex = example_inputs(model, batch, length)
     if static:
-        ex = Inputs(ex.tensors, {})
+        ex = Inputs(ex.tensors, {}, {})
     if fmt == "torch-export":
         program = export_torch(model, ex)
         atomic_write(out, lambda tmp: torch.export.save(program, tmp))

@@ -1,5 +1,5 @@
 """The shared core: attention, masks, positions, feed-forwards, norms and blocks."""
-from .attention import AdditiveAttention, KVCache, MultiHeadAttention, attention, capture_attention
+from .attention import AdditiveAttention, KVCache, MultiHeadAttention, attention, capture_attention, merge_heads
 from .blocks import (
     BlockConfig,
     TransformerBlock,
@@ -25,7 +25,7 @@ from .position import (
 )
 
 __all__ = [
-    "AdditiveAttention", "KVCache", "MultiHeadAttention", "attention", "capture_attention", "BlockConfig",
+    "AdditiveAttention", "KVCache", "MultiHeadAttention", "attention", "capture_attention", "merge_heads", "BlockConfig",
     "TransformerBlock", "TransformerStack", "feed_forward", "find_blocks", "multi_head_attention", "set_grad_checkpointing",
     "DropPath", "Dropout", "FeedForward", "LayerScale", "QuickGELU", "RMSNorm", "dropout", "make_activation", "make_norm",
     "trunc_normal_init",

@@ -24,6 +24,18 @@ from .masks import causal_mask, combine_masks
 from .position import RotaryEmbedding
 
 
+def merge_heads(out: torch.Tensor) -> torch.Tensor:
+    """(B, H, L, D) -> (B, L, H·D), the heads side by side for the output projection.
+
+    Under torch.export an explicit copy: the CPU's fused kernel lays its output out as (b, l, h, d), so export
+    would record the merge as a view, and ONNX's decomposition of attention with a bias (T5's relative bias,
+    Swin's window bias and shift mask) gives another layout, where that view fails. Eager and compiled
+    runs keep the view."""
+    if torch.compiler.is_exporting():
+        return out.transpose(1, 2).clone(memory_format=torch.contiguous_format).flatten(2)
+    return rearrange(out, "b h l d -> b l (h d)")
+
+
 def attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -241,14 +253,7 @@ class MultiHeadAttention(nn.Module):
             dropout_p=self.attn_drop if self.training else 0.0, need_weights=need_weights or self.record_weights,
         )
         self.last_weights = weights
-        if torch.compiler.is_exporting():
-            # The CPU's fused kernel lays its output out as (b, l, h, d), so export would record the merge of the
-            # heads as a view; ONNX's decomposition of attention with a bias (T5) gives another layout and that
-            # view fails. An explicit copy holds in both.
-            merged = out.transpose(1, 2).clone(memory_format=torch.contiguous_format).flatten(2)
-        else:
-            merged = rearrange(out, "b h l d -> b l (h d)")
-        return self.proj_drop(self.proj(merged))
+        return self.proj_drop(self.proj(merge_heads(out)))
 
 
 class AdditiveAttention(nn.Module):

@@ -21,10 +21,9 @@ attention of the core; the map that multiplies the values is `proj_w` applied to
 from __future__ import annotations
 
 import torch
-from einops import rearrange
 from torch import nn
 
-from .attention import MultiHeadAttention
+from .attention import MultiHeadAttention, merge_heads
 from .layers import dropout
 from .masks import causal_mask, combine_masks
 from .position import RotaryEmbedding
@@ -99,7 +98,7 @@ class TalkingHeadsAttention(MultiHeadAttention):
         self.last_weights = probs if (need_weights or self.record_weights) else None
         mixed = dropout(self.proj_w(probs), self.attn_drop, self.training)
         out = torch.matmul(mixed, v)
-        return self.proj_drop(self.proj(rearrange(out, "b h l d -> b l (h d)")))
+        return self.proj_drop(self.proj(merge_heads(out)))
 
 
 def talking_heads_attention(cfg) -> TalkingHeadsAttention:

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from .attention import MultiHeadAttention, attention
+from .attention import MultiHeadAttention, attention, merge_heads
 
 MASKED = -100.0  # the paper's (and timm's) additive mask value between regions of a shifted window
 
@@ -154,7 +154,7 @@ class WindowAttention(MultiHeadAttention):
         out, weights = attention(q, k, v, bias=attn_bias, scale=self.scale, dropout_p=self.attn_drop if self.training else 0.0,
                                  need_weights=need_weights or self.record_weights)
         self.last_weights = weights
-        out = self.proj_drop(self.proj(rearrange(out, "(b n) h l d -> b n l (h d)", b=b)))
+        out = self.proj_drop(self.proj(merge_heads(out).unflatten(0, (b, -1))))  # (B, nW, N, C)
         out = window_reverse(out, self.window, (hp, wp))[:, :h, :w]
         if sh or sw:
             out = torch.roll(out, shifts=(sh, sw), dims=(1, 2))

@@ -107,7 +107,8 @@ class Bert(ZooModel, nn.Module):
 
     def example_inputs(self, batch: int = 2, length: int = 16, generator: torch.Generator | None = None) -> Inputs:
         ids, mask = token_batch(batch, min(length, self.config.max_positions), self.config.vocab_size, generator)
-        return Inputs({"input_ids": ids, "attention_mask": mask}, {"input_ids": TEXT_AXES, "attention_mask": TEXT_AXES})
+        return Inputs({"input_ids": ids, "attention_mask": mask}, {"input_ids": TEXT_AXES, "attention_mask": TEXT_AXES},
+                      {"sequence": self.config.max_positions})
 
     def __init__(self, cfg: BertConfig):
         super().__init__()

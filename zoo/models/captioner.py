@@ -66,7 +66,7 @@ class ViTCaptioner(ZooModel, GenerationMixin, nn.Module):
         cfg = self.config
         dec, _ = token_batch(batch, min(length, cfg.max_len), cfg.vocab_size, generator)
         return Inputs({"images": image_batch(batch, cfg.in_chans, cfg.img_size, generator), "decoder_input_ids": dec},
-                      {"images": IMAGE_AXES, "decoder_input_ids": {0: "batch", 1: "target"}})
+                      {"images": IMAGE_AXES, "decoder_input_ids": {0: "batch", 1: "target"}}, {"target": cfg.max_len})
 
     def __init__(self, cfg: CaptionerConfig):
         super().__init__()

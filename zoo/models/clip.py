@@ -176,7 +176,7 @@ class CLIP(ZooModel, nn.Module):
             ids[torch.arange(batch), mask.sum(1) - 1] = cfg.eos_token_id
         images = image_batch(batch, cfg.in_chans, cfg.img_size, generator)
         return Inputs({"images": images, "input_ids": ids, "attention_mask": mask},
-                      {"images": IMAGE_AXES, "input_ids": TEXT_AXES, "attention_mask": TEXT_AXES})
+                      {"images": IMAGE_AXES, "input_ids": TEXT_AXES, "attention_mask": TEXT_AXES}, {"sequence": cfg.context_length})
 
     def __init__(self, cfg: CLIPConfig):
         super().__init__()

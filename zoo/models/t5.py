@@ -64,7 +64,7 @@ class T5(EncoderDecoder, GenerationMixin, nn.Module):
 
     def example_inputs(self, batch: int = 2, length: int = 16, generator: torch.Generator | None = None) -> Inputs:
         cfg = self.config
-        return seq2seq_inputs(batch, length if cfg.max_len is None else min(length, cfg.max_len), cfg.vocab_size, cfg.vocab_size, generator)
+        return seq2seq_inputs(batch, length, cfg.vocab_size, cfg.vocab_size, generator, max_len=cfg.max_len)
 
     def __init__(self, cfg: T5Config):
         super().__init__()
@@ -176,9 +176,9 @@ class T5Encoder(T5):
 
     def example_inputs(self, batch: int = 2, length: int = 16, generator: torch.Generator | None = None) -> Inputs:
         cfg = self.config
-        ex = seq2seq_inputs(batch, length if cfg.max_len is None else min(length, cfg.max_len), cfg.vocab_size, cfg.vocab_size, generator)
+        ex = seq2seq_inputs(batch, length, cfg.vocab_size, cfg.vocab_size, generator, max_len=cfg.max_len)
         return Inputs({k: ex.tensors[k] for k in ("input_ids", "attention_mask")},
-                      {"input_ids": TEXT_AXES, "attention_mask": TEXT_AXES})
+                      {"input_ids": TEXT_AXES, "attention_mask": TEXT_AXES}, {"sequence": cfg.max_len} if cfg.max_len else {})
 
     def forward_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         return self.encode(input_ids, attention_mask)

@@ -97,7 +97,7 @@ class EncoderDecoderTransformer(EncoderDecoder, GenerationMixin, nn.Module):
 
     def example_inputs(self, batch: int = 2, length: int = 16, generator: torch.Generator | None = None) -> Inputs:
         cfg = self.config
-        return seq2seq_inputs(batch, min(length, cfg.max_len), cfg.src_vocab_size or cfg.vocab_size, cfg.vocab_size, generator)
+        return seq2seq_inputs(batch, length, cfg.src_vocab_size or cfg.vocab_size, cfg.vocab_size, generator, max_len=cfg.max_len)
 
     def __init__(self, cfg: TransformerConfig):
         super().__init__()
