@@ -474,3 +474,21 @@ def test_fill_mask_handler_and_refused_token_task():
         handler.check({"text": "three twelve"})
     with pytest.raises(ValueError, match="no handler for text encoders trained as TokenClassification"):
         handler_for(Run(model, "bert_tiny", "test", {"task": "zoo.tasks.text.TokenClassification"}, tok), Limits())
+
+
+def test_attention_asked_of_a_model_without_maps_is_refused():
+    """Swin's windowed attention gives no one map per image: metadata says so, and a request that asks for the
+    map gets a 422 that says why instead of an answer without it."""
+    from zoo.runs import Run
+    from zoo.serve.handlers import RequestError, handler_for
+    from zoo.serve.limits import Limits
+
+    model = zoo.create_model("swin_mnist", embed_dim=16, depths=(1, 1), num_heads=(2, 2)).eval()
+    handler = handler_for(Run(model, "swin_mnist", "test", {"task": "zoo.tasks.image.ImageClassification"}, None), Limits())
+    handler.probe_attention()
+    assert handler.describe()["attention"] is False
+    png = b64(digit_png(0))
+    assert handler.check({"image": png, "attention": False})["items"][0]["attention"] is False
+    with pytest.raises(RequestError, match=r"field 'attention': this model gives no attention map.*image tower") as e:
+        handler.check({"image": png, "attention": True})
+    assert e.value.status == 422

@@ -216,6 +216,7 @@ class Handler:
         self.tokenizer = run.tokenizer
         self.forward = TorchForward(self.model)
         self.attention = False  # set by `probe_attention`
+        self.no_attention_reason = ""  # why not, when the probe failed
         limit = _max_positions(self.model) or 512
         if self.tokenizer is not None and getattr(self.tokenizer, "model_max_length", 0) < 10 ** 6:
             limit = min(limit, self.tokenizer.model_max_length)
@@ -238,8 +239,9 @@ class Handler:
         try:
             self._probe()
             self.attention = True
-        except Exception:  # noqa: BLE001 - a model whose attention cannot be captured: no maps, nothing else changes
+        except Exception as e:  # noqa: BLE001 - a model whose attention cannot be captured: no maps, nothing else changes
             self.attention = False
+            self.no_attention_reason = str(e).split("\n")[0][:300]
 
     def _probe(self) -> None:
         raise NotImplementedError
@@ -302,6 +304,10 @@ class Handler:
             if f.required and f.type == "str" and not value.strip():
                 raise RequestError(422, f"field {name!r}{where} is empty: {f.help}")
             out[name] = value
+        if out.get("attention") and not self.attention:
+            raise RequestError(422, f"field 'attention'{where}: this model gives no attention map (GET /metadata answers "
+                                    f"\"attention\": false{': ' + self.no_attention_reason if self.no_attention_reason else ''}); "
+                                    "leave the field out or set it false")
         return self.check_values(out, where)
 
     def check_values(self, item: dict, where: str) -> dict:
@@ -346,11 +352,11 @@ class _ImageInput:
 
     def image_settings(self) -> dict:
         image = self.run.image
-        if not image:
-            from ..viz import find_vit
+        if not image:  # a registered name or a weights file: the images the model declares (zoo.contract), mean/std 0.5
+            from ..contract import example_inputs
 
-            cfg = find_vit(self.model).config
-            image = {"size": cfg.img_size, "in_chans": cfg.in_chans, "mean": 0.5, "std": 0.5}
+            images = next(t for t in example_inputs(self.model, 1).tensors.values() if t.dim() == 4)
+            image = {"size": images.shape[-1], "in_chans": images.shape[1], "mean": 0.5, "std": 0.5}
         return image
 
     def images(self, items) -> torch.Tensor:
