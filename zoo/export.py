@@ -51,7 +51,7 @@ class _Positional(nn.Module):
 UNBOUNDED = 4096  # the top of a dynamic length the model declares no limit for (T5's relative positions)
 
 
-def _dynamic_shapes(model: nn.Module, ex: Inputs):
+def _dynamic_shapes(ex: Inputs):
     from torch.export import Dim
 
     # lengths start at 2: export specialises sizes 0 and 1; the top is the model's declared limit (its position table)
@@ -71,7 +71,7 @@ def export_torch(model: nn.Module, ex: Inputs) -> torch.export.ExportedProgram:
     """torch.export with the declared dynamic axes (batch, lengths; image sides stay fixed: the position
     table is resized in Python, which export specialises to the example's size)."""
     wrapped = _Positional(model.eval()).eval()
-    shapes = _dynamic_shapes(model, ex)
+    shapes = _dynamic_shapes(ex)
     # _Positional takes *args: dynamic_shapes is a 1-tuple holding the per-argument specs
     return torch.export.export(wrapped, ex.args, dynamic_shapes=shapes, strict=False)
 

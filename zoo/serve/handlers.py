@@ -80,11 +80,11 @@ def _from_form(kind: str, name: str, values: list[str]):
 
 
 def _max_positions(model) -> int | None:
-    cfg = getattr(model, "config", None)
-    for key in ("max_positions", "max_len", "max_position_embeddings", "context_length"):
-        if getattr(cfg, key, None):
-            return int(getattr(cfg, key))
-    return None
+    """The longest text the model takes, as its inputs declare it (zoo.contract, `Inputs.max_sizes`); None: no limit."""
+    from ..contract import example_inputs
+
+    sizes = example_inputs(model, 1, 2).max_sizes
+    return min(sizes.values()) if sizes else None
 
 
 def normalise(text: str) -> str:
