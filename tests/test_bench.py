@@ -20,6 +20,7 @@ PEER_CASES = {  # tiny versions of each family; the peer must have the same para
     "gpt2_tiny": dict(vocab_size=100, depth=2, max_positions=64),
     "llama_tiny": dict(vocab_size=100, depth=2, max_positions=64),
     "tinyllama_1_1b": dict(vocab_size=100, dim=64, depth=2, num_heads=8, num_kv_heads=2, mlp_hidden=96),  # untied
+    "eva02_mnist": dict(depth=2),  # timm's Eva built from the zoo config (2-D RoPE, SwiGLU, mean pooling)
 }
 
 
@@ -41,6 +42,13 @@ def test_peer_is_the_same_configuration(name):
 def test_conv_stem_has_no_peer():
     with pytest.raises(PeerUnavailable, match="conv"):
         build_peer(zoo.create_model("vit_mnist"), "vit_mnist", "vit")
+
+
+def test_eva_peer_is_refused_when_timm_cannot_build_the_same_model():
+    """timm's Eva has no ReLU MLP: the peer, read back through zoo's timm converter, would be another model."""
+    model = zoo.create_model("eva02_mnist", depth=2, swiglu=False, activation="relu")
+    with pytest.raises(PeerUnavailable, match="cannot be built with the same settings"):
+        build_peer(model, "eva02_mnist", "eva")
 
 
 def test_macs_of_attention_follow_the_formula():

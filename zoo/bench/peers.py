@@ -226,6 +226,50 @@ def swin_peer(model: nn.Module, name: str) -> Peer:
     return Peer(f"timm.{name}" if published else "timm.SwinTransformer", peer, _images_only)
 
 
+# ---------------------------------------------------------------------------- EVA-02, RoPE-ViT -> timm
+def eva_peer(model: nn.Module, name: str) -> Peer:
+    """timm's Eva: the published name as users build it, else Eva with every setting of the zoo config. Either way
+    read back through zoo's timm converter (zoo.interop.timm_eva.zoo_config) and refused unless it describes the
+    same model."""
+    import dataclasses
+    from functools import partial
+
+    import timm
+    from timm.layers import LayerNorm
+    from timm.models.eva import Eva
+
+    from ..interop.timm_eva import zoo_config
+
+    c = model.config
+    size = {"num_classes": c.num_classes, "img_size": c.img_size, "in_chans": c.in_chans}
+    if _timm_published(name):
+        peer, label = timm.create_model(name, pretrained=False, **size), f"timm.{name}"
+    else:
+        peer, label = Eva(
+            **size, patch_size=c.patch_size, embed_dim=c.dim, depth=c.depth, num_heads=c.num_heads,
+            mlp_ratio=c.mlp_ratio, swiglu_mlp=c.swiglu, scale_mlp=c.mlp_norm, qkv_bias=c.qkv_bias, qkv_fused=c.fused_qkv,
+            qk_norm=c.qk_norm, attn_type="rope" if c.key_bias else "eva", class_token=c.class_token,
+            use_abs_pos_emb=c.abs_pos, use_rot_pos_emb=c.rope, rope_temperature=c.rope_temperature,
+            rope_grid_indexing=c.rope_indexing, ref_feat_shape=c.rope_ref_grid, init_values=c.layer_scale,
+            global_pool=c.pool, use_fc_norm=c.fc_norm, norm_layer=partial(LayerNorm, eps=c.norm_eps),
+            drop_rate=c.drop_rate, proj_drop_rate=c.proj_drop_rate, attn_drop_rate=c.attn_drop_rate,
+            drop_path_rate=c.drop_path_rate), "timm.Eva"
+
+    def shape(cfg) -> dict:  # what the computation depends on: the sizes, not the float that gave the hidden width
+        d = dataclasses.asdict(cfg)
+        d["hidden"] = int(cfg.dim * cfg.mlp_ratio)
+        d["fc_norm"] = cfg.pool == "avg" if cfg.fc_norm is None else cfg.fc_norm
+        return {k: v for k, v in d.items() if k != "mlp_ratio" and k != "head_init_scale" and not k.endswith("drop_rate")}
+
+    try:
+        same = shape(zoo_config(peer)) == shape(c)
+    except ValueError as e:  # timm options zoo's Eva lacks
+        raise PeerUnavailable(f"{name}: {e}") from None
+    if not same:
+        raise PeerUnavailable(f"{name}: timm's Eva cannot be built with the same settings as the zoo config")
+    return Peer(label, peer, _images_only)
+
+
 PEERS: dict[str, Callable[[nn.Module, str], Peer]] = {
     "vit": vit_peer,
     "bert": bert_peer,
@@ -235,6 +279,7 @@ PEERS: dict[str, Callable[[nn.Module, str], Peer]] = {
     "llama": llama_peer,
     "cait": cait_peer,
     "swin": swin_peer,
+    "eva": eva_peer,
 }
 
 
