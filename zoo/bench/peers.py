@@ -259,14 +259,17 @@ def eva_peer(model: nn.Module, name: str) -> Peer:
         d = dataclasses.asdict(cfg)
         d["hidden"] = int(cfg.dim * cfg.mlp_ratio)
         d["fc_norm"] = cfg.pool == "avg" if cfg.fc_norm is None else cfg.fc_norm
+        d["img_size"] = (cfg.img_size,) * 2 if isinstance(cfg.img_size, int) else tuple(cfg.img_size)
         return {k: v for k, v in d.items() if k != "mlp_ratio" and k != "head_init_scale" and not k.endswith("drop_rate")}
 
     try:
-        same = shape(zoo_config(peer)) == shape(c)
+        theirs, ours = shape(zoo_config(peer)), shape(c)
     except ValueError as e:  # timm options zoo's Eva lacks
         raise PeerUnavailable(f"{name}: {e}") from None
-    if not same:
-        raise PeerUnavailable(f"{name}: timm's Eva cannot be built with the same settings as the zoo config")
+    differ = [f"{k} {ours[k]!r} (timm: {theirs.get(k)!r})" for k in ours if theirs.get(k) != ours[k]]
+    if differ:
+        raise PeerUnavailable(f"{name}: timm's Eva cannot be built with the same settings as the zoo config: "
+                              + ", ".join(differ))
     return Peer(label, peer, _images_only)
 
 
