@@ -115,6 +115,17 @@ def test_quiet_lightning_drops_only_lightnings_own_chatter(caplog):
         rank_zero_info("💡 Tip: For seamless cloud logging, try installing litlogger")
         rank_zero_info("GPU available: False, used: False")
     assert [r.getMessage() for r in caplog.records] == ["GPU available: False, used: False"]
+    caplog.clear()
+    _quiet_lightning("predict")  # its output is the answers: Lightning's set-up lines go too, the rest stays
+    with caplog.at_level(logging.INFO):
+        rank_zero_info("GPU available: False, used: False")
+        rank_zero_info("Restoring states from the checkpoint path at runs/x/last.ckpt")
+        logging.getLogger("lightning.fabric.utilities.seed").info("Seed set to 0")
+    assert [r.getMessage() for r in caplog.records] == ["Restoring states from the checkpoint path at runs/x/last.ckpt"]
+    _quiet_lightning("fit")
+    with caplog.at_level(logging.INFO, logger="lightning.pytorch.utilities.rank_zero"):
+        rank_zero_info("GPU available: False, used: False")
+    assert caplog.records[-1].getMessage() == "GPU available: False, used: False"
 
 
 def test_a_config_file_that_is_not_there_names_the_recipe_meant(capsys, monkeypatch, tmp_path):

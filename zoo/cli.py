@@ -263,23 +263,35 @@ def _one_line(e: BaseException) -> str:
 
 
 class _DropTips:
-    """A logging filter that drops Lightning's advertisements ("💡 Tip: ... try installing litlogger")."""
+    """A logging filter that drops Lightning's advertisements ("💡 Tip: ... try installing litlogger") and, for
+    commands whose output is the answer (`zoo predict`), its lines about the set-up ("Seed set to 0", "GPU available:
+    False, used: False", "TPU available: ...")."""
+
+    SETUP = ("Seed set to", "GPU available:", "TPU available:", "HPU available:")
+
+    def __init__(self, setup: bool = False):
+        self.setup = setup
 
     def filter(self, record) -> bool:
-        return not str(record.msg).startswith("💡 Tip")
+        msg = str(record.msg)
+        return not (msg.startswith("💡 Tip") or (self.setup and msg.startswith(self.SETUP)))
 
 
-def _quiet_lightning() -> None:
+def _quiet_lightning(command: str = "") -> None:
     """What Lightning prints about itself, not about the run: its advertisement, its own deprecated use of torch's
     pytree API (lightning/pytorch/utilities/_pytree.py under torch >= 2.10), and that the model summary sizes a
-    mixed-precision model at 32 bits a parameter, which is what autocast keeps them in."""
+    mixed-precision model at 32 bits a parameter, which is what autocast keeps them in. `zoo predict` prints answers,
+    so Lightning's set-up lines go too (a training run keeps them: they say which devices it used)."""
     import logging
     import warnings
 
-    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+    setup = command == "predict"
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero",
+                 "lightning.fabric.utilities.seed"):
         log = logging.getLogger(name)
-        if not any(isinstance(f, _DropTips) for f in log.filters):
-            log.addFilter(_DropTips())
+        for f in [f for f in log.filters if isinstance(f, _DropTips)]:
+            log.removeFilter(f)
+        log.addFilter(_DropTips(setup))
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
                             module=r"lightning\.pytorch\.utilities\._pytree")
     warnings.filterwarnings("ignore", message=r"Precision (bf16|16)-mixed is not supported by the model summary")
@@ -303,7 +315,7 @@ def main(argv: list[str] | None = None) -> None:
               "(`zoo --help` lists the commands)", file=sys.stderr)
         raise SystemExit(2)
     tmp = None
-    _quiet_lightning()
+    _quiet_lightning(name)
     try:
         if name in KEEP_FREED_MEMORY:
             from .allocator import keep_freed_memory
