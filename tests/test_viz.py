@@ -95,3 +95,37 @@ def test_attention_figure_of_a_digits_model_uses_its_own_8x8_images(tmp_path):
     assert images.shape == (10, 1, 8, 8) and names[3] == "test image of class 3"
     out = viz.plot_vit_attention(m, images[3], tmp_path / "a.png")
     assert out.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_cli_never_writes_over_its_input_and_checks_its_arguments(tmp_path):
+    """`--out` equal to an input image is refused (the digit would become its figure), as is a suffix matplotlib
+    cannot write; an --index outside the images is named, not wrapped around."""
+    from PIL import Image
+
+    digit = tmp_path / "digit.png"
+    Image.new("L", (8, 8), 200).save(digit)
+    before = digit.read_bytes()
+    with pytest.raises(ValueError, match="is one of the inputs; commands never write over their input"):
+        viz.main(["attention", "--model", "vit_digits", "--image", str(digit), "--out", str(digit)])
+    assert digit.read_bytes() == before
+    with pytest.raises(ValueError, match=r"--out .*\.ckpt is no figure format; end it in one of .*\.png"):
+        viz.main(["attention", "--model", "vit_digits", "--image", str(digit), "--out", str(tmp_path / "x.ckpt")])
+    with pytest.raises(ValueError, match=r"--index 3: there are 1 images \(0..0\)"):
+        viz.main(["attention", "--model", "vit_digits", "--image", str(digit), "--index", "3", "--out", str(tmp_path / "a.png")])
+    assert viz.main(["attention", "--model", "vit_digits", "--image", str(digit), "--out", str(tmp_path / "a.png")]) == 0
+    assert (tmp_path / "a.png").read_bytes()[:4] == b"\x89PNG"  # one image: --index defaults to it
+    with pytest.raises(ValueError, match="--length 0 --dim 128"):
+        viz.main(["positions", "--length", "0", "--out", str(tmp_path / "p.png")])
+
+
+@pytest.mark.parametrize("kind, model, match", [
+    ("attention", "bert_tiny", "declares no image tower"),
+    ("reconstruction", "vit_digits", "holds vit_digits, no masked image model"),
+    ("clip-similarity", "vit_digits", "holds vit_digits, which has no image and text towers"),
+    ("cross-attention", "vit_digits", "holds vit_digits, which has no encoder-decoder cross-attention"),
+    ("cross-attention", "transformer_tiny", "a text encoder-decoder: pass --text"),
+])
+def test_cli_says_which_models_a_figure_is_for(kind, model, match, tmp_path):
+    with pytest.raises((TypeError, ValueError), match=match):
+        viz.main([kind, "--model", model, "--out", str(tmp_path / "f.png")])
+    assert not (tmp_path / "f.png").exists()

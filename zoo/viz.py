@@ -330,38 +330,85 @@ def _default_out(args, run=None) -> Path:
     return Path(f"{args.kind}.png")
 
 
+def _check_out(out: Path, args) -> None:
+    """A figure is written only where no input lies and in a format matplotlib writes (commands never write over
+    their input: `--out my_digit.png --image my_digit.png` would replace the digit with its figure)."""
+    fmt = out.suffix.lower().lstrip(".")
+    formats = _plt().figure().canvas.get_supported_filetypes()
+    _plt().close("all")
+    if fmt not in formats:
+        raise ValueError(f"--out {out}: {out.suffix or 'no suffix'} is no figure format; end it in one of "
+                         f"{', '.join('.' + f for f in sorted(formats))} (e.g. .png)")
+    inputs = [*(args.image or []), *([args.ckpt] if args.ckpt else []), *([args.tokenizer] if args.tokenizer else [])]
+    for given in inputs:
+        if Path(given).exists() and out.resolve() == Path(given).resolve():
+            raise ValueError(f"--out {out} is one of the inputs; commands never write over their input: "
+                             "choose another --out")
+
+
+def _pick(images: torch.Tensor, index: int | None, what: str) -> int:
+    i = 0 if index is None else index
+    if not 0 <= i < len(images):
+        raise ValueError(f"--index {index}: there are {len(images)} {what} (0..{len(images) - 1})")
+    return i
+
+
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="zoo viz", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("kind", choices=["attention", "cross-attention", "positions", "clip-similarity",
                                       "reconstruction"])
     p.add_argument("--ckpt", help="checkpoint written by `zoo fit` (or its run folder)")
     p.add_argument("--model", help="registered model name (random weights) when no --ckpt")
-    p.add_argument("--out", help="PNG path (default: <run folder>/figures/<kind>.png, or ./<kind>.png)")
+    p.add_argument("--out", help="figure path, .png/.jpg/.pdf/.svg (default: <run folder>/figures/<kind>.png, or ./<kind>.png)")
     p.add_argument("--image", nargs="+", help="image file(s) to show (default: the run's own test images)")
-    p.add_argument("--index", type=int, default=7, help="which test image (attention, captions)")
+    p.add_argument("--index", type=int, default=None,
+                   help="which image (attention, captions): of the --image files (default 0), else of the run's test "
+                        "images, one per class in class order (default 7)")
     p.add_argument("--text", help="cross-attention: source text for a text encoder-decoder")
     p.add_argument("--target", help="cross-attention: target text to teacher-force (default: the model's greedy output)")
     p.add_argument("--labels", nargs="+", help="clip-similarity: candidate texts (default: the run's class prompts)")
     p.add_argument("--tokenizer", help="folder with tokenizer.json (default: the one stored in the checkpoint)")
-    p.add_argument("--length", type=int, default=64)
-    p.add_argument("--dim", type=int, default=128)
+    p.add_argument("--length", type=int, default=64, help="positions: number of positions (rows)")
+    p.add_argument("--dim", type=int, default=128, help="positions: model width (columns)")
     args = p.parse_args(argv)
+    if args.index is None and not args.image:
+        args.index = 7
 
     if args.kind == "positions":
-        print(plot_positions(args.length, args.dim, _default_out(args)))
+        if args.length < 1 or args.dim < 2:
+            raise ValueError(f"--length {args.length} --dim {args.dim}: draw at least one position of width 2")
+        out = _default_out(args)
+        _check_out(out, args)
+        print(plot_positions(args.length, args.dim, out))
         return 0
     run = _run_from_args(args)
     model, out = run.model, _default_out(args, run)
+    _check_out(out, args)
+    name = run.name
     if args.kind == "attention":
+        find_vit(model)  # says which models have maps before any data is loaded
         images, names = run_images(run, args.image)
-        i = args.index % len(images)
+        i = _pick(images, args.index, "images")
         print(plot_vit_attention(model, images[i], out, f"{run.name}: {names[i]}"))
         return 0
     if args.kind == "reconstruction":
+        if not hasattr(model, "reconstruct"):
+            raise TypeError(f"{run.source} holds {name}, no masked image model; `zoo viz reconstruction` shows MAE "
+                            "runs (e.g. configs/mae_mnist.yaml)")
         images, _ = run_images(run, args.image)
         print(plot_reconstructions(model, images, out, f"{run.name}: {model.config.mask_ratio:.0%} of the patches removed, "
                                                        "test images"))
         return 0
+    if args.kind == "clip-similarity" and not (hasattr(model, "encode_image") and hasattr(model, "encode_text")):
+        raise TypeError(f"{run.source} holds {name}, which has no image and text towers; `zoo viz clip-similarity` "
+                        "shows CLIP/SigLIP runs (e.g. configs/clip_mnist.yaml)")
+    if args.kind == "cross-attention":
+        if not hasattr(model, "encode") or not hasattr(model, "decode"):
+            raise TypeError(f"{run.source} holds {name}, which has no encoder-decoder cross-attention; "
+                            "`zoo viz cross-attention` shows captioners and translation models (e.g. "
+                            "configs/caption_mnist.yaml, configs/transformer_numbers.yaml)")
+        if args.text is None and (not hasattr(model, "image_tower") or model.image_tower() is None):
+            raise ValueError(f"{run.source} holds {name}, a text encoder-decoder: pass --text \"SOURCE TEXT\"")
     tok = run.tokenizer
     if tok is None:
         raise ValueError(f"{run.source} stores no tokenizer; pass --tokenizer DIR (a folder written by save_tokenizer)")
@@ -377,7 +424,7 @@ def main(argv: list[str]) -> int:
     cfg = model.config  # cross-attention
     if args.text is None:  # image-to-text: one of the run's images
         images, _ = run_images(run, args.image)
-        inputs, mask, src_labels = images[args.index % len(images)][None], None, None
+        inputs, mask, src_labels = images[_pick(images, args.index, 'images')][None], None, None
     else:
         from .data.tokenizers import encode_batch
 
