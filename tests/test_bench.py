@@ -263,3 +263,20 @@ def test_git_rev_reports_nothing_for_a_package_inside_another_repository(tmp_pat
     assert runner.git_rev() is None
     monkeypatch.setattr(runner, "ROOT", tmp_path / "not-a-folder")
     assert runner.git_rev() is None
+
+
+def test_a_bench_never_writes_over_earlier_results(tmp_path, capsys, monkeypatch):
+    """The default folder is the scratch runs/bench (not the published results/bench), and a second run with the
+    same name takes the next free one: the first run's table is still there, byte for byte."""
+    monkeypatch.chdir(tmp_path)
+    args = ["vit_digits", "--batch-size", "2", "--warmup", "1", "--rounds", "1", "--steps", "1", "--modes", "forward",
+            "--no-memory", "--peak-size", "64"]
+    speed_main(args)
+    first = (tmp_path / "runs" / "bench" / "speed.json").read_bytes()
+    (tmp_path / "runs" / "bench" / "speed_2.csv").write_text("mine")  # a name taken by one file of the pair
+    speed_main(args)
+    assert (tmp_path / "runs" / "bench" / "speed.json").read_bytes() == first
+    assert (tmp_path / "runs" / "bench" / "speed_2.csv").read_text() == "mine"
+    assert json.loads((tmp_path / "runs" / "bench" / "speed_3.json").read_text())["rows"][0]["model"] == "vit_digits"
+    assert "wrote runs/bench/speed_3.csv and .json" in capsys.readouterr().out
+    assert not (tmp_path / "results").exists()

@@ -36,13 +36,39 @@ def _choices(allowed: tuple[str, ...]):
     return parse
 
 
+DEFAULT_OUT = "runs/bench"  # a scratch folder (git ignores runs/); the project's published tables take --out results/bench
+
+
+def fresh_stem(folder: str | Path, stem: str, suffixes: tuple[str, ...]) -> str:
+    """`stem`, or `stem_2`, `stem_3`, ... : the first name under which none of the files `folder/<name><suffix>`
+    exists. A benchmark never writes over an earlier one's results (a published table in results/bench, or the
+    user's own), it says where it wrote."""
+    folder = Path(folder)
+    name, n = stem, 1
+    while any((folder / f"{name}{sfx}").exists() for sfx in suffixes):
+        n += 1
+        name = f"{stem}_{n}"
+    return name
+
+
 def write_rows(rows: list[dict], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    from ..weights import atomic_write
+
     keys = list(dict.fromkeys(k for r in rows for k in r))
-    with open(path, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=keys)
-        w.writeheader()
-        w.writerows(rows)
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=keys)
+            w.writeheader()
+            w.writerows(rows)
+
+    atomic_write(path, write)
+
+
+def write_text(path: Path, text: str) -> None:
+    from ..weights import atomic_write
+
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def resolve_models(patterns: list[str], default: list[str]) -> list[str]:
@@ -99,7 +125,8 @@ def speed_main(argv: list[str]) -> int:
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory step")
     ap.add_argument("--peak-size", type=_at_least(1), default=2048, help="side of the square sgemm that measures the matmul peak")
     ap.add_argument("--threads", type=_at_least(1), help="torch intra-op threads (default: torch's, i.e. OMP_NUM_THREADS or the cores)")
-    ap.add_argument("--out", default="results/bench", help="directory for speed[_TAG].csv / .json")
+    ap.add_argument("--out", default=DEFAULT_OUT, help="directory for speed[_TAG].csv / .json (default: runs/bench; an "
+                    "existing file is never replaced: the next free name speed[_TAG]_2 ... is taken)")
     ap.add_argument("--tag", default="", help="file name suffix, e.g. seqlen")
     a = ap.parse_args(argv)
     if a.threads:
@@ -139,10 +166,10 @@ def speed_main(argv: list[str]) -> int:
     m = result["machine"]
     print(f"load average at the end: {m['load_avg_1m_end']:.2f} (1 min) on {m['cores']} cores")
     out = Path(a.out)
-    stem = "speed" + (f"_{a.tag}" if a.tag else "")
+    stem = fresh_stem(out, "speed" + (f"_{a.tag}" if a.tag else ""), (".csv", ".json"))
     write_rows(result["rows"], out / f"{stem}.csv")
     result["command"] = ("zoo bench speed " + " ".join(argv)).strip()
-    (out / f"{stem}.json").write_text(json.dumps(result, indent=1, default=str))
+    write_text(out / f"{stem}.json", json.dumps(result, indent=1, default=str))
     print(f"wrote {out / stem}.csv and .json")
     return 0
 

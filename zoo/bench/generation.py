@@ -48,7 +48,7 @@ def bench_generation(name: str, batch: int = 8, src_len: int = 32, new_tokens: i
 
 
 def main(argv: list[str]) -> int:
-    from .cli import _at_least, resolve_models, write_rows
+    from .cli import DEFAULT_OUT, _at_least, fresh_stem, resolve_models, write_rows, write_text
     from .speed import machine_info
 
     ap = argparse.ArgumentParser(prog="zoo bench generate", description=__doc__.split("\n\n")[0])
@@ -57,7 +57,8 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--src-len", type=_at_least(1), default=32)
     ap.add_argument("--new-tokens", type=_at_least(1), default=64)
     ap.add_argument("--rounds", type=_at_least(1), default=3)
-    ap.add_argument("--out", default="results/bench")
+    ap.add_argument("--out", default=DEFAULT_OUT, help="directory for generation.csv / .json (default: runs/bench; an "
+                    "existing file is never replaced: the next free name generation_2 ... is taken)")
     a = ap.parse_args(argv)
     names = resolve_models(a.patterns, ["transformer_tiny", "t5_small", "lstm_seq2seq"])
     info = machine_info()
@@ -69,9 +70,10 @@ def main(argv: list[str]) -> int:
               f"({r['cache_tokens_per_s']:.0f} tok/s), no cache {r['no_cache_ms']:.0f} ms ({r['no_cache_tokens_per_s']:.0f} tok/s): "
               f"{r['speedup']:.2f}x faster with the cache; same tokens: {r['same_tokens']}", flush=True)
     out = Path(a.out)
-    write_rows(rows, out / "generation.csv")
+    stem = fresh_stem(out, "generation", (".csv", ".json"))
+    write_rows(rows, out / f"{stem}.csv")
     info["load_avg_1m_end"] = __import__("os").getloadavg()[0]
-    (out / "generation.json").write_text(json.dumps({"machine": info, "rows": rows, "command": ("zoo bench generate " + " ".join(argv)).strip(),
+    write_text(out / f"{stem}.json", json.dumps({"machine": info, "rows": rows, "command": ("zoo bench generate " + " ".join(argv)).strip(),
                                                      "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, indent=1))
-    print(f"wrote {out}/generation.csv and .json (load avg {info['load_avg_1m']:.1f} -> {info['load_avg_1m_end']:.1f})")
+    print(f"wrote {out}/{stem}.csv and .json (load avg {info['load_avg_1m']:.1f} -> {info['load_avg_1m_end']:.1f})")
     return 0

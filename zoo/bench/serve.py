@@ -12,7 +12,7 @@ at concurrency 1, 8 and 32 (direct: 1). Latency is measured per request by the c
 throughput is answered requests / wall time. Both servers run for the whole bench and the settings are
 interleaved over --rounds rounds (the servers' order alternates), so load changes fall on both alike; the
 table is the median over rounds. The server binds to 127.0.0.1 only. Model workers and the
-direct loop use the same number of torch threads (--threads). Results: results/bench/serve_<model>.csv (medians)
+direct loop use the same number of torch threads (--threads). Results: runs/bench/serve_<model>.csv (medians)
 and serve_<model>_rounds.csv (every round).
 """
 from __future__ import annotations
@@ -174,7 +174,7 @@ def _line(r: dict) -> str:
 
 
 def main(argv: list[str]) -> int:
-    from .cli import _ints, write_rows
+    from .cli import DEFAULT_OUT, _ints, fresh_stem, write_rows
 
     p = argparse.ArgumentParser(prog="zoo bench serve", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="vit_mnist", help="what zoo serve --model takes (default: vit_mnist, random weights)")
@@ -185,13 +185,15 @@ def main(argv: list[str]) -> int:
     p.add_argument("--batch-timeout", type=float, default=0.01)
     p.add_argument("--threads", type=int, default=1, help="torch threads of the model workers and of the direct loop")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds over all settings; the table shows medians")
-    p.add_argument("--out", help="CSV path (default: results/bench/serve_<model name>.csv)")
+    p.add_argument("--out", help="CSV path (default: runs/bench/serve_<model name>.csv); an existing file is never "
+                                 "replaced: the next free name <name>_2.csv ... is taken")
     a = p.parse_args(argv)
     if a.requests < 1 or a.max_seconds <= 0 or a.rounds < 1 or min(a.concurrency, default=0) < 1:
         raise ValueError("--requests, --max-seconds, --rounds and every --concurrency must be positive")
     rows = run_bench(a.model, a.concurrency, a.requests, a.max_seconds, a.max_batch_size, a.batch_timeout, a.threads,
                      a.rounds)
-    out = Path(a.out or f"results/bench/serve_{rows[0]['model']}.csv")
+    out = Path(a.out or f"{DEFAULT_OUT}/serve_{rows[0]['model']}.csv")
+    out = out.with_name(fresh_stem(out.parent, out.stem, (out.suffix, "_rounds" + out.suffix)) + out.suffix)
     load_avg = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     for r in rows:
         r["load_avg_1m_end"] = round(load_avg, 2)
