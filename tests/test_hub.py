@@ -174,3 +174,56 @@ def test_push_to_hub_uploads_a_loadable_folder(tmp_path, offline_cache):
     loaded = zoo.from_pretrained("hf-hub:me/pushed")
     ex = example_inputs(model, batch=2)
     torch.testing.assert_close(_outputs(loaded, ex), _outputs(model.half().float(), ex), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("code", ["import zoo; zoo.from_pretrained", "import zoo; zoo.hub.save_pretrained",
+                                  "from zoo import from_pretrained"])
+def test_the_lazy_hub_names_work_in_a_fresh_process(code):
+    """`zoo.hub` / `zoo.from_pretrained` are loaded on first use; that use must not recurse into itself."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-1500:]
+
+
+def test_from_pretrained_keeps_what_the_weights_expect_and_the_tokenizer(tmp_path):
+    """A model from from_pretrained reads images as its weights were trained (MNIST's mean/std, not 0.5), and
+    saving a text model made from a tag writes its tokenizer beside the weights."""
+    tag = zoo.from_pretrained("vit_mnist.mnist5k")
+    assert zoo.resolve_data_config(tag)["mean"] == (0.1307,) and zoo.resolve_data_config(tag)["std"] == (0.3081,)
+    again = zoo.from_pretrained(tag.save_pretrained(tmp_path / "vit"))
+    assert zoo.resolve_data_config(again) == zoo.resolve_data_config(tag)
+    text = zoo.create_model("transformer_numbers.en_fr", pretrained=True)
+    folder = text.save_pretrained(tmp_path / "tn")
+    assert (folder / "tokenizer.json").is_file()
+    assert load_run(str(folder)).tokenizer("trois cent douze")["input_ids"] == \
+        zoo.get_tokenizer("transformer_numbers.en_fr")("trois cent douze")["input_ids"]
+
+
+def test_a_reshaped_tag_model_does_not_carry_the_tags_card(tmp_path):
+    """After reset_classifier the saved folder no longer names the tag, its measured metric or its 10 labels."""
+    model = zoo.create_model("vit_mnist.mnist5k", pretrained=True)
+    model.reset_classifier(3)
+    folder = model.save_pretrained(tmp_path / "three")
+    record = json.loads((folder / "config.json").read_text())["zoo"]
+    assert record["config"]["num_classes"] == 3
+    assert not {"tag", "metric", "labels", "cli_config"} & set(record), sorted(record)
+    assert "vit_mnist.mnist5k" not in (folder / "README.md").read_text()
+    same = zoo.create_model("vit_mnist.mnist5k", pretrained=True).save_pretrained(tmp_path / "same")
+    assert json.loads((same / "config.json").read_text())["zoo"]["tag"] == "vit_mnist.mnist5k"
+
+
+def test_overwrite_replaces_only_a_save_pretrained_folder(tmp_path, monkeypatch):
+    model = zoo.create_model("vit_digits")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("user data")
+    with pytest.raises(FileExistsError, match="holds files that save_pretrained did not write"):
+        save_pretrained(model, mine, overwrite=True)
+    monkeypatch.chdir(mine)
+    with pytest.raises(FileExistsError, match="is the current folder"):
+        save_pretrained(model, ".", overwrite=True)
+    assert (mine / "notes.txt").read_text() == "user data"
+    first = save_pretrained(model, tmp_path / "m")
+    assert save_pretrained(model, first, overwrite=True) == first and (first / "model.safetensors").is_file()

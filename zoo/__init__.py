@@ -13,8 +13,9 @@ def __getattr__(name):  # lazy: importing zoo does not import transformers / tim
 
         return getattr(pretrained, name)
     if name in ("from_pretrained", "hub"):
-        from . import hub
+        import importlib
 
+        hub = importlib.import_module(f"{__name__}.hub")  # not `from . import hub`: that asks this function for "hub" again
         return hub.from_pretrained if name == "from_pretrained" else hub
     if name == "get_tokenizer":  # open_clip-style: the tokenizer of a tag, a directory or a checkpoint
         from .data.tokenizers import load_tokenizer_from

@@ -63,14 +63,32 @@ def save_pretrained(source: Any, directory: str | os.PathLike, tokenizer: Any = 
     model = source.model if isinstance(source, Run) else source
     if not isinstance(model, nn.Module):
         raise TypeError(f"save_pretrained takes a zoo model or a zoo.runs.Run, got {type(source).__name__}")
-    record = {**(source.meta if isinstance(source, Run) else getattr(model, "zoo_record", {}) or {}), **(meta or {}),
-              **model_record(model)}
-    tokenizer = tokenizer if tokenizer is not None else getattr(source, "tokenizer", None)
+    loaded = dict(source.meta if isinstance(source, Run) else getattr(model, "zoo_record", {}) or {})
+    now = model_record(model)
+    if loaded.get("config") is not None and not _same_config(now["model"], loaded["config"], now["config"]):
+        # the model changed shape since it was loaded (reset_classifier, new sizes): what was measured of the
+        # loaded weights (a tag's metric, its labels, its card) no longer describes it
+        for key in ("tag", "metric", "pretrained_cfg", "command", "source", "sha256", "cli_config"):
+            loaded.pop(key, None)
+        classes = now["config"].get("num_classes")
+        if loaded.get("labels") is not None and classes is not None and len(loaded["labels"]) != classes:
+            loaded.pop("labels")
+    record = {**loaded, **(meta or {}), **now}
+    if tokenizer is None:  # a Run's, else the one a model loaded from a tag / directory / run came with
+        tokenizer = getattr(source, "tokenizer", None) if isinstance(source, Run) else getattr(model, "zoo_tokenizer", None)
     record.pop("tokenizer", None)  # kept as transformers' tokenizer files instead
     dtype_name = _dtype_name(dtype)
     out = Path(directory)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise FileExistsError(f"{str(out)!r} exists and is not empty; pick a new directory or pass overwrite=True")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        if not overwrite:
+            raise FileExistsError(f"{str(out)!r} exists and is not empty; pick a new directory or pass overwrite=True")
+        cwd = Path.cwd().resolve()
+        if out.resolve() == cwd or out.resolve() in cwd.parents:
+            raise FileExistsError(f"{str(out)!r} is the current folder (or holds it); overwrite=True replaces a whole "
+                                  "folder: pick a new directory")
+        if not is_pretrained_dir(out):
+            raise FileExistsError(f"{str(out)!r} holds files that save_pretrained did not write (no zoo config.json); "
+                                  "overwrite=True replaces only a folder written by save_pretrained: pick a new directory")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
@@ -95,6 +113,18 @@ def save_pretrained(source: Any, directory: str | os.PathLike, tokenizer: Any = 
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def _same_config(name: str, recorded: dict, now: dict) -> bool:
+    """Whether a stored config (perhaps written before some fields existed: they take their defaults) is `now`."""
+    import dataclasses
+
+    from .runs import _plain, config_from_record
+
+    try:
+        return _plain(dataclasses.asdict(config_from_record(name, recorded))) == now
+    except Exception:  # noqa: BLE001 - a record this zoo cannot read describes another model
+        return False
 
 
 def _dtype_name(dtype: str | torch.dtype | None) -> str:
@@ -197,7 +227,13 @@ def from_pretrained(source: str | os.PathLike, **model_kwargs) -> nn.Module:
     text = str(source)
     if not Path(text).exists() and not is_tag(text) and text.count("/") == 1 and not text.startswith((".", "/", HF_HUB_PREFIX)):
         source = HF_HUB_PREFIX + text  # "org/name": a Hub repository id, as transformers reads it
-    return load_run(source, model_kwargs or None).model
+    run = load_run(source, model_kwargs or None)
+    from .registry import _pretrained_info
+
+    run.model.pretrained_cfg = _pretrained_info(run.meta)  # what the weights expect: resolve_data_config reads it
+    run.model.zoo_record = run.meta
+    run.model.zoo_tokenizer = run.tokenizer  # save_pretrained writes it beside the weights again
+    return run.model
 
 
 def push_to_hub(source: Any, repo_id: str, tokenizer: Any = None, private: bool | None = None, token: str | None = None,

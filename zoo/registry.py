@@ -160,6 +160,7 @@ def create_model(name: str, pretrained: str | bool | None = None, features_only:
                                  "or zoo.runs.load_run(path)")
             run.model.pretrained_cfg = _pretrained_info(run.meta, tag_cfg)
             run.model.zoo_record = run.meta
+            run.model.zoo_tokenizer = run.tokenizer  # save_pretrained writes it beside the weights again
             return run.model.train()
     # a tag's architecture (its sizes) with random weights, as timm does
     config = _tag_config(base, tag_cfg, overrides) if tag_cfg is not None else get_config(base, **overrides)
