@@ -78,3 +78,38 @@ def test_export_refuses_to_write_over_its_input_and_removes_a_broken_file(tmp_pa
     assert not out.exists() and not list(tmp_path.glob(".fixed.onnx*"))
     export_file(Fixed(), out, "onnx", static=True)
     assert out.exists()
+
+
+def test_export_and_convert_never_write_into_their_input(tmp_path):
+    """--out inside the folder being read (a save_pretrained folder, a shipped tag's folder) or holding the input
+    is refused before anything is written; an ONNX file must end in .onnx."""
+    from zoo.export import main as export_main
+    from zoo.interop.cli import main as convert_main
+    from zoo.pretrained import verified_path
+
+    folder = zoo.create_model("vit_digits").save_pretrained(tmp_path / "vit")
+    weights = (folder / "model.safetensors").read_bytes()
+    with pytest.raises(ValueError, match="lies inside the input"):
+        export_main(["--model", str(folder), "--out", str(folder / "model.onnx")])
+    tag_dir = verified_path("vit_mnist.mnist5k")
+    tag_dir = tag_dir if tag_dir.is_dir() else tag_dir.parent
+    with pytest.raises(ValueError, match="lies inside the input vit_mnist.mnist5k"):
+        export_main(["--model", "vit_mnist.mnist5k", "--out", str(tag_dir / "model.onnx")])
+    with pytest.raises(ValueError, match=r"an ONNX file ends in \.onnx"):
+        export_main(["--model", str(folder), "--out", str(tmp_path / "model.safetensors")])
+    with pytest.raises(ValueError, match="lies inside the input"):
+        convert_main(["--from-hf", str(folder), "--out", str(folder / "model.safetensors")])
+    with pytest.raises(ValueError, match="holds the input"):
+        convert_main(["--to-hf", str(folder / "model.safetensors"), "--out", str(folder)])
+    assert (folder / "model.safetensors").read_bytes() == weights and not (folder / "model.onnx").exists()
+    assert not (tag_dir / "model.onnx").exists()
+
+
+def test_static_export_uses_the_dynamo_exporter_and_checks_at_its_fixed_shapes(tmp_path, capsys):
+    from zoo.export import main as export_main
+
+    out = tmp_path / "static.onnx"
+    assert export_main(["--model", "vit_digits", "--static", "--check", "--batch", "3", "--out", str(out)]) == 0
+    printed = capsys.readouterr()
+    assert "dynamo exporter, dynamic axes none" in printed.out and "falling back" not in printed.err, printed.err
+    assert "at batch 3 (the fixed shapes of --static)" in printed.out

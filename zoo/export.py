@@ -59,7 +59,7 @@ def _dynamic_shapes(ex: Inputs):
     shapes = []
     for name in ex.names:
         spec = {}
-        for axis, sym in ex.dynamic[name].items():
+        for axis, sym in ex.dynamic.get(name, {}).items():  # --static: none
             if sym not in dims:
                 dims[sym] = Dim(sym, min=2, max=ex.max_sizes.get(sym, UNBOUNDED))
             spec[axis] = dims[sym]
@@ -176,11 +176,19 @@ def main(argv: list[str]) -> int:
     source = resolve_checkpoint(a.model)
     if Path(source).exists() and _same_file(source, a.out):
         raise ExportError(f"--out {a.out} is the model file being exported; choose another output path")
+    from .weights import refuse_overwriting_input
+
+    refuse_overwriting_input(a.out, a.model, source)
+    what, suffix = {"onnx": ("an ONNX file", ".onnx"), "torch-export": ("a torch.export program", ".pt2")}[a.format]
+    if Path(a.out).suffix.lower() != suffix:
+        raise ValueError(f"--out {a.out}: {what} ends in {suffix} (e.g. --out model{suffix})")
     model = load_model(a.model, kwargs).eval()
     print(f"wrote {a.out} ({export_file(model, a.out, a.format, a.batch, a.length, a.opset, a.static, source)})")
-    if a.check and a.format == "onnx":
-        err = check_onnx(model, a.out, example_inputs(model, a.batch + 1, a.length + 3, seed=1))
-        print(f"onnxruntime vs PyTorch at batch {a.batch + 1}: max|delta| = {err:.2e}")
+    if a.check and a.format == "onnx":  # another batch and length, or other values at the fixed shapes of --static
+        batch, length = (a.batch, a.length) if a.static else (a.batch + 1, a.length + 3)
+        err = check_onnx(model, a.out, example_inputs(model, batch, length, seed=1))
+        print(f"onnxruntime vs PyTorch at batch {batch}{' (the fixed shapes of --static)' if a.static else ''}: "
+              f"max|delta| = {err:.2e}")
     return 0
 
 

@@ -232,6 +232,36 @@ def load_pretrained(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     return model
 
 
+def refuse_overwriting_input(out: str | os.PathLike, *inputs: str | os.PathLike | None, flag: str = "--out") -> None:
+    """Commands never write over their input: `out` may be none of `inputs` (files or folders; a shipped tag
+    stands for its folder of weights) nor lie inside an input folder (`--out DIR/model.safetensors` of the model
+    being read from DIR)."""
+    from .pretrained import is_tag, verified_path
+
+    target = Path(out).resolve()
+    for given in inputs:
+        if given is None:
+            continue
+        text = str(given)
+        if is_tag(text):
+            path = Path(verified_path(text))
+            path = path if path.is_dir() else path.parent
+        else:
+            path = Path(text.split("@", 1)[1] if "@" in text and not Path(text).exists() else text)
+        if not path.exists():
+            continue
+        path = path.resolve()
+        if target == path:
+            raise ValueError(f"{flag} {out} is the input {given}; commands never write over their input: choose "
+                             "another output path")
+        if path.is_dir() and path in target.parents:
+            raise ValueError(f"{flag} {out} lies inside the input {given}; commands never write into the folder they "
+                             "read: choose an output path outside it")
+        if target.is_dir() and target in path.parents:
+            raise ValueError(f"{flag} {out} holds the input {given}; commands never write over their input: choose "
+                             "a new output folder")
+
+
 def atomic_write(path: str | os.PathLike, write_fn) -> None:
     """Write through a temporary file in the same folder, then rename: a crash never leaves half a file.
 

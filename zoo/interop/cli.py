@@ -45,6 +45,9 @@ def _kv(items: list[str]) -> dict:
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     from ..registry import count_parameters
+    from ..weights import refuse_overwriting_input
+
+    refuse_overwriting_input(args.out, args.to_hf, args.from_hf, args.from_timm)
     from .files import load_converted, read_metadata, registered_name, save_converted
 
     if args.to_hf:
