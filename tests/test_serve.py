@@ -233,6 +233,9 @@ def test_clip_zero_shot(servers):
     assert len(out["attention"]["map"]) == 49
     form = post(server, files={"image": ("d.png", png, "image/png")}, data={"labels": "\n".join(labels)}).json()
     assert form["label"] == out["label"]
+    for bad, words in ((["the digit one", " "], "label 1 is empty"), (["the digit one", 7], "item 1 is a int (7)")):
+        r = post(server, {"image": b64(png), "labels": bad})
+        assert r.status_code == 422 and words in r.json()["error"], r.text
 
 
 def test_captioning(servers):
@@ -257,7 +260,9 @@ BAD = [  # (what, request kwargs, status, words the error must contain)
     ("JSON but not an object", {"json": [1, 2]}, 400, "JSON object"),
     ("missing field", {"json": {"top_k": 2}}, 422, "missing field 'image'"),
     ("unknown field", {"json": {"image": "AAAA", "colour": "red"}}, 422, "unknown field"),
-    ("wrong type", {"json": {"image": 5}}, 422, "must be a str"),
+    ("wrong type", {"json": {"image": 5}}, 422, "must be a string, got int"),
+    ("wrong int", {"json": {"image": "GOOD", "top_k": "2"}}, 422, "field 'top_k' must be an integer, got str"),
+    ("lone surrogate", {"json": {"image": "\ud800AAAA"}}, 422, "is not valid Unicode text: '\\ud800' at character 0"),
     ("empty field", {"json": {"image": "  "}}, 422, "field 'image' is empty"),
     ("not base64", {"json": {"image": "###"}}, 400, "base64"),
     ("not an image", {"json": {"image": base64.b64encode(b"hello world, no image").decode()}}, 400, "not an image"),
@@ -297,6 +302,8 @@ def test_bad_requests_get_4xx_and_server_keeps_serving(servers):
 
 def test_text_limits_and_model_failure_500(servers):
     server, _ = servers["text"]
+    r = post(server, {"text": "seven \udc00 hi"})  # JSON allows half a surrogate pair; no tokenizer takes it
+    assert r.status_code == 422 and "field 'text' is not valid Unicode text" in r.json()["error"], r.text
     r = post(server, {"text": " "})
     assert r.status_code == 422 and "field 'text' is empty" in r.json()["error"]
     long = " ".join(["three hundred"] * 30)
@@ -496,3 +503,18 @@ def test_attention_asked_of_a_model_without_maps_is_refused():
     with pytest.raises(RequestError, match=r"field 'attention': this model gives no attention map.*image tower") as e:
         handler.check({"image": png, "attention": True})
     assert e.value.status == 422
+
+
+def test_a_port_in_use_or_out_of_range_is_one_line_and_exit_status_1(capsys):
+    import socket
+
+    from zoo.cli import main
+
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        for p, words in ((port, f"--port {port} on 127.0.0.1: cannot listen there"), (99999, "--port 99999 is no TCP port")):
+            with pytest.raises(SystemExit) as e:
+                main(["serve", "--model", "vit_digits", "--port", str(p)])
+            assert e.value.code == 1 and words in capsys.readouterr().err

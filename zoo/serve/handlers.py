@@ -71,7 +71,7 @@ def _from_form(kind: str, name: str, values: list[str]):
         if kind == "float":
             return float(text)
     except ValueError:
-        raise RequestError(422, f"field {name!r} must be a {kind}, got {text!r}") from None
+        raise RequestError(422, f"field {name!r} must be {'an integer' if kind == 'int' else 'a number'}, got {text!r}") from None
     if kind == "bool":
         if text.lower() not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
             raise RequestError(422, f"field {name!r} must be true or false, got {text!r}")
@@ -299,8 +299,22 @@ class Handler:
                 out[name] = f.default
                 continue
             if not _type_ok(f.type, value):
-                kind = {"strs": "list of strings"}.get(f.type, f.type)
-                raise RequestError(422, f"field {name!r}{where} must be a {kind}, got {type(value).__name__}")
+                kind = {"strs": "list of strings", "int": "an integer", "float": "a number", "bool": "true or false",
+                        "str": "a string"}.get(f.type, f.type)
+                if f.type == "strs" and isinstance(value, list):
+                    i = next(i for i, v in enumerate(value) if not isinstance(v, str))
+                    raise RequestError(422, f"field {name!r}{where} must be a list of strings; item {i} is a "
+                                            f"{type(value[i]).__name__} ({value[i]!r})")
+                raise RequestError(422, f"field {name!r}{where} must be {'a ' if f.type == 'strs' else ''}{kind}, "
+                                        f"got {type(value).__name__}")
+            for i, text in enumerate([value] if isinstance(value, str) else value if f.type == "strs" else []):
+                try:
+                    text.encode("utf-8")
+                except UnicodeEncodeError as e:  # a lone surrogate ("\ud800") that JSON allows and no tokenizer takes
+                    item_at = f" item {i}" if f.type == "strs" else ""
+                    raise RequestError(422, f"field {name!r}{item_at}{where} is not valid Unicode text: "
+                                            f"{text[e.start]!r} at character {e.start} is half of a UTF-16 surrogate "
+                                            "pair; send the whole character") from None
             if f.required and f.type == "str" and not value.strip():
                 raise RequestError(422, f"field {name!r}{where} is empty: {f.help}")
             out[name] = value
@@ -619,7 +633,9 @@ class ZeroShot(_ImageInput, Handler):
             raise RequestError(422, f"field 'labels'{where} is empty; pass at least one candidate text")
         if len(labels) > self.limits.max_labels:
             raise RequestError(413, f"too many labels{where}: {len(labels)}, the limit is {self.limits.max_labels}")
-        for text in labels:
+        for i, text in enumerate(labels):
+            if not text.strip():
+                raise RequestError(422, f"field 'labels'{where}: label {i} is empty; every candidate text needs words")
             self._tokens(where, text)
         self._range(item, "top_k", 1, self.limits.max_top_k, where, "--max-top-k")
         self._image(item, where)

@@ -254,6 +254,23 @@ def build_server(source: str, limits: Limits | None = None, backend: str = "torc
     return server, meta
 
 
+def _check_port(host: str, port: int) -> None:
+    """The port is a TCP port this process may listen on now (uvicorn would print the banner, fail to bind in its
+    thread and leave the command to exit 0)."""
+    import socket
+
+    if not 1 <= port <= 65535:
+        raise ValueError(f"--port {port} is no TCP port; pick one in 1..65535 (e.g. --port 8000)")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: a closed server's port is free
+        try:
+            sock.bind((host, port))
+        except OSError as e:
+            raise OSError(f"--port {port} on {host}: cannot listen there ({e.strerror or e}; another server may hold "
+                          "it); pick another --port") from None
+
+
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="zoo serve", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="a `zoo fit` checkpoint or run folder, zoo safetensors, NAME@WEIGHTS, "
@@ -273,6 +290,7 @@ def main(argv: list[str]) -> int:
                        help=f"limit (default {f.default if f.default is not None else 'the model maximum'})")
     p.add_argument("--log-level", default="warning")
     a = p.parse_args(argv)
+    _check_port(a.host, a.port)  # before the model loads: a port in use is one line and exit status 1
     limits = Limits(**{f.name: getattr(a, f.name) for f in dc_fields(Limits)})
     server, meta = build_server(a.model, limits, a.backend, a.max_batch_size, a.batch_timeout, a.workers, a.timeout,
                                 a.threads)
