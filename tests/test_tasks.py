@@ -254,3 +254,26 @@ def test_atomic_checkpoint_io_never_leaves_half_a_file(tmp_path):
         io.save_checkpoint({"step": 2, "w": torch.ones(3), "bad": Boom()}, path)
     assert torch.load(path, weights_only=True)["step"] == 1  # the previous checkpoint is intact
     assert os.listdir(path.parent) == ["last.ckpt"]  # and no temporary file is left behind
+
+
+def test_mnist5k_evaluation_splits_hold_every_class_in_their_first_batch():
+    """The bundled files are sorted by class: a limited validation (limit_val_batches, fast_dev_run) must not see
+    digit 0 alone. The splits hold the same images as the class-balanced split, in a seeded mixed order."""
+    import numpy as np
+
+    from zoo.data import MNIST5k
+    from zoo.data.images import load_mnist5k, stratified_split
+
+    dm = MNIST5k(batch_size=64)
+    dm.setup("fit")
+    for split in ("val", "test"):
+        first = next(iter(getattr(dm, f"{split}_dataloader")()))[1]
+        assert len(first.unique()) == 10, (split, first.tolist())
+    _, labels = load_mnist5k()
+    test, val, _ = stratified_split(labels, (0.2, 0.08, 0.72), 0)
+    for split, idx in (("val", val), ("test", test)):
+        assert sorted(dm.splits[split].tensors[1].tolist()) == sorted(labels[idx].tolist())
+    again = MNIST5k(batch_size=64)
+    again.setup("fit")
+    assert torch.equal(again.splits["test"].tensors[0], dm.splits["test"].tensors[0])  # the same order every time
+    assert np.bincount(dm.splits["test"].tensors[1].numpy()).tolist() == [100] * 10

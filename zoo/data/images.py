@@ -159,6 +159,10 @@ class ImageDataModule(SplitDataModule):
         test, val, train = stratified_split(labels, (test_frac, val_frac, 1 - test_frac - val_frac), self.hparams.split_seed)
         if self.hparams.label_fraction < 1.0:  # a stratified, seeded subset of the training split
             train = train[stratified_split(labels[train], (self.hparams.label_fraction,), self.hparams.label_seed)[0]]
+        # the files are sorted by class: mix the evaluation splits once (seeded), so that a part of one
+        # (limit_val_batches, fast_dev_run) holds every class; the metric of a whole split is unchanged
+        mix = np.random.default_rng(self.hparams.split_seed)
+        val, test = mix.permutation(val), mix.permutation(test)
         self.splits = {name: TensorDataset(x[idx], y[idx]) for name, idx in (("train", train), ("val", val), ("test", test))}
 
     def on_after_batch_transfer(self, batch, dataloader_idx):
