@@ -20,7 +20,7 @@ from zoo.cli import main
 from zoo.contract import example_inputs, kind_of
 from zoo.runs import load_run
 
-from test_configs import SHRINK, fit
+from test_configs import CONFIGS, SHRINK, fit
 
 pytestmark = pytest.mark.slow
 
@@ -78,8 +78,11 @@ def test_recipe_checkpoint_works_with_every_command(name, tmp_path, capsys):
         assert same_tokenizer(run.tokenizer, tok)
     kind = kind_of(run.model)
 
-    # zoo test: no --config, the checkpoint carries its recipe
+    # zoo test: no --config, the checkpoint carries its recipe; with --config, the recipe's root folder stands for
+    # its newest checkpoint as --ckpt_path
     run_cli(["test", "--ckpt_path", ckpt, "--trainer.limit_test_batches", "1", "--trainer.enable_progress_bar", "false"], capsys)
+    run_cli(["test", "--config", os.path.join(CONFIGS, f"{name}.yaml"), *SHRINK[name], "--ckpt_path", os.path.join("runs", name),
+             "--trainer.limit_test_batches", "1", "--trainer.enable_progress_bar", "false"], capsys)
 
     # what the test logs is what the task declares (zoo compare checks a study's metric against it before training)
     cli.trainer.limit_test_batches = 1
@@ -101,6 +104,10 @@ def test_recipe_checkpoint_works_with_every_command(name, tmp_path, capsys):
         assert [line.split("\t")[-1] for line in lines[-2:]] == [str(tmp_path / "mine" / f"mine_{i}.png") for i in (0, 1)], lines
     if kind == "dual_encoder":  # class, probability, the candidate text, the file
         assert all(line.split("\t")[2] in ("a three", "a seven") for line in lines[-2:]), lines
+    if not run.image:  # zoo predict --model <the recipe's root folder> TEXT ...: its newest checkpoint and tokenizer
+        out = run_cli(["predict", "--model", os.path.join("runs", name), *TEXTS[run.meta["data"]],
+                       "--trainer.enable_progress_bar", "false"], capsys)
+        assert len(out.splitlines()) >= 2, out
 
     # zoo export (ONNX, verified in onnxruntime at another batch/length) and zoo compress (int8)
     onnx = tmp_path / "model.onnx"

@@ -185,9 +185,12 @@ def _with_model_source(argv: list[str]) -> tuple[list[str], str | None]:
 
     data_class = ((yaml.safe_load(stored) or {}).get("data") or {}).get("class_path")
     params = _init_params(data_class) if data_class else set()
-    extra = ["--model.init_args.pretrained", source]
+    # a recipe's root folder (runs/t5_numbers) stands for its newest checkpoint: weights and tokenizer are read
+    # from that one file
+    resolved = run.source if Path(str(run.source)).is_file() else source
+    extra = ["--model.init_args.pretrained", resolved]
     if run.tokenizer is not None and "tokenizer" in params:
-        extra += ["--data.init_args.tokenizer", source]
+        extra += ["--data.init_args.tokenizer", resolved]
     if inputs and argv[0] != "predict":
         raise ValueError(f"zoo {argv[0]} takes no inputs ({' '.join(inputs)}); it evaluates the recipe's test split")
     if inputs:

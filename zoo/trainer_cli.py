@@ -42,6 +42,8 @@ class ZooCLI(LightningCLI):
         c = self.config[sub] if sub else None
         if c is not None and c.get("ckpt_path") == "last":
             c.ckpt_path = str(rundir.latest_checkpoint(c.trainer.default_root_dir or "runs"))
+        elif c is not None and c.get("ckpt_path") and Path(c.ckpt_path).is_dir():
+            c.ckpt_path = rundir.resolve_checkpoint(c.ckpt_path)  # a run folder stands for its newest last.ckpt
         if c is not None and c.get("ckpt_path"):
             self._check_recipe(c)
         super()._parse_ckpt_path()
@@ -51,7 +53,9 @@ class ZooCLI(LightningCLI):
 
         path = c.ckpt_path
         if not Path(path).is_file():
-            raise FileNotFoundError(f"--ckpt_path {path} does not exist; `zoo fit` writes <default_root_dir>/version_N/checkpoints/")
+            what = "holds no checkpoints/last.ckpt" if Path(path).is_dir() else "does not exist"
+            raise FileNotFoundError(f"--ckpt_path {path} {what}; `zoo fit` writes <default_root_dir>/version_N/checkpoints/ "
+                                    "(pass a checkpoint, a run folder or `last`)")
         ckpt = read_checkpoint(path)
         hp = ckpt.get("hyper_parameters") or {}
         meta = ckpt.get("zoo") or {}
