@@ -158,3 +158,20 @@ def test_a_stored_recipe_is_evaluated_on_the_whole_split(capsys):
         assert open(path).read() == plain and capsys.readouterr().err == ""
     finally:
         os.remove(path)
+
+
+@pytest.mark.parametrize("flag, value, words", [
+    ("--model.init_args.lrr", "0.1", "--model.init_args.lrr: zoo.tasks.image.ImageClassification has no argument 'lrr'; "
+                                     "did you mean --model.init_args.lr?"),
+    ("--data.batch_sise", "8", "zoo.data.images.Digits has no argument 'batch_sise'; did you mean --data.init_args.batch_size?"),
+    ("--data.batch_size", "abc", "--data.init_args.batch_size: Expected a <class 'int'>. Got value: abc"),
+    ("--trainer.precision", "bf17", "--trainer.precision bf17 is not one of 64, 32, 16,"),
+    ("--trainer.max_epochss", "3", "unrecognized arguments: --trainer.max_epochss 3; did you mean --trainer.max_epochs?"),
+])
+def test_a_mistyped_option_is_one_line_naming_it_and_the_fix(flag, value, words, capsys, tmp_path, monkeypatch):
+    """jsonargparse's report (usage and a nested union dump, about 60 lines) becomes one line and exit status 2."""
+    monkeypatch.chdir(tmp_path)
+    code, _, err = zoo_cli(["fit", "--config", os.path.join(ROOT, "configs", "vit_digits.yaml"), flag, value], capsys)
+    assert code == 2 and words in err, err
+    assert err.startswith("zoo fit: error: ") and len(err.strip().splitlines()) == 2, err
+    assert not (tmp_path / "runs").exists()

@@ -14,9 +14,74 @@ from typing import Literal
 
 import lightning as L
 import yaml
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from . import rundir
+
+
+def condense_parser_error(message: str) -> str:
+    """jsonargparse's report of a bad option (about 60 lines with the usage) as one line that names the flag, the
+    value and the fix: a misspelled init argument of the task or data class (with the closest names), a value of
+    the wrong type, a value outside a choice (with the choices)."""
+    import difflib
+    import re
+
+    outer = re.search(r'Parser key "([^"]+)"', message)
+    key = outer.group(1) if outer else None
+    given = re.search(r"Given value: (.*)", message)
+    cls = re.search(r"Problem with given class_path '([^']+)'", message)
+    unknown = re.search(r"Option '([^']+)' is not accepted", message)
+    if cls and unknown and key:
+        from .cli import _init_params
+
+        name = unknown.group(1)
+        close = difflib.get_close_matches(name, sorted(_init_params(cls.group(1))), n=3)
+        hint = f"; did you mean {' or '.join(f'--{key}.init_args.{c}' for c in close)}?" if close else ""
+        return f"--{key}.init_args.{name}: {cls.group(1)} has no argument {name!r}{hint}"
+    inner = re.search(r"Problem with given class_path '[^']+':\s*Parser key \"([^\"]+)\":\s*(.+)", message)
+    if cls and inner and key:
+        return f"--{key}.init_args.{inner.group(1)}: {inner.group(2).strip()} ({cls.group(1)})"
+    literals = re.findall(r"Literal\[([^\]]*)\]", message)
+    given = given or re.search(r"Got value: (.*)", message)
+    if key and literals and given:
+        choices = list(dict.fromkeys(c.strip() for lit in literals for c in lit.split(",")))
+        value = given.group(1).strip()
+        close = difflib.get_close_matches(repr(value), choices, n=2)
+        hint = f"; did you mean {' or '.join(close)}?" if close else ""
+        return f"--{key} {value} is not one of {', '.join(choices)}{hint}"
+    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
+    return " ".join(lines)[:400]
+
+
+class ZooArgumentParser(LightningArgumentParser):
+    """Lightning's parser, whose errors are one readable line (`condense_parser_error`) and exit status 2."""
+
+    def error(self, message: str, ex: Exception | None = None):
+        import sys
+
+        if not self.exit_on_error or _jsonargparse_debug():  # a nested parser inside a check: jsonargparse catches it
+            return super().error(message, ex)
+        parser = getattr(ex, "subcommand_parser", None) or self
+        words = (parser.prog or "").split()
+        prog = "zoo " + words[-1] if words and words[-1] in ("fit", "validate", "test", "predict") else "zoo"
+        line = condense_parser_error(message)
+        if message.startswith("unrecognized arguments:"):
+            import difflib
+
+            flags = [f for a in parser._actions for f in a.option_strings if f.startswith("--")]
+            wrong = [w.split("=")[0] for w in message.split(":", 1)[1].split() if w.startswith("--")]
+            close = [c for w in wrong for c in difflib.get_close_matches(w, flags, n=1)]
+            line += f"; did you mean {' or '.join(close)}?" if close else ""
+        sys.stderr.write(f"{prog}: error: {line}\n(`{prog} --help` lists the options)\n")
+        self.exit(2)
+
+
+def _jsonargparse_debug() -> bool:
+    try:
+        from jsonargparse._common import debug_mode_active
+    except ImportError:  # another jsonargparse layout: its own default
+        return False
+    return debug_mode_active()
 
 
 def _class_name(ns) -> str | None:
@@ -63,9 +128,10 @@ class ZooCLI(LightningCLI):
         theirs = (meta.get("model") or hp.get("model"), short(meta.get("task") or hp.get("_class_path")))
         ours = (c.model.init_args.get("model") if c.model and c.model.get("init_args") else None, short(_class_name(c.model)))
         if None not in theirs and None not in ours and theirs != ours:
+            fix = ("pass that run's recipe (configs/<recipe>.yaml)" if self.config.get("subcommand") == "fit" else
+                   "pass that run's recipe, or omit --config to use the one stored in the checkpoint")
             raise RunError(f"{path} is a checkpoint of model {theirs[0]} ({theirs[1]}), but this recipe "
-                           f"builds {ours[0]} ({ours[1]}); pass that run's recipe, or omit --config "
-                           "to use the one stored in the checkpoint")
+                           f"builds {ours[0]} ({ours[1]}); {fix}")
 
     # -- run folder, tokenizer, stored recipe -------------------------------------------------
     def before_instantiate_classes(self) -> None:
@@ -257,6 +323,7 @@ def build_cli(args: list[str] | None = None, run: bool = True, cli_class: type[Z
         seed_everything_default=0,
         save_config_kwargs={"overwrite": True},
         parser_kwargs={"parser_mode": "omegaconf"} if _has_omegaconf() else None,
+        parser_class=ZooArgumentParser,
     )
 
 
