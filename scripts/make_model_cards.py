@@ -291,7 +291,8 @@ def study_lines(root: Path) -> list[str]:
             ci = f"[{f(r['ci_low'])}, {f(r['ci_high'])}]"
             diff = "baseline" if r is base else f"{fs(r['diff_mean'])} [{f(r['diff_low'])}, {f(r['diff_high'])}]"
             one = r["diff_n"] in ("", None) or int(float(r["diff_n"])) < 2  # one paired seed: nothing to test
-            sig = "" if r is base else "– (n<2)" if one else ("**yes**" if r["significant"] == "True" else "no")
+            sig = "" if r is base else "– (n<2)" if one else "– (no spread over seeds)" if r["significant"] in ("", "None") \
+                else ("**yes**" if r["significant"] == "True" else "no")
             out.append(f"| {r['variant']} | {r['n']} | {f(r['mean'])} | {ci} | {diff} | {sig} | "
                        f"{_si(float(r['params'])) if r['params'] else '-'} |")
         if (store / "findings.md").is_file():  # the reading of the table, written by whoever ran the study

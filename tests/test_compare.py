@@ -59,8 +59,9 @@ def test_aggregation_matches_a_hand_computation(tmp_path):
     assert d["low"] == pytest.approx(0.015159, abs=1e-6) and d["significant"] is True
     d = s["same"]["diff"]  # 0.02, -0.01, 0.02 -> mean 0.01, sd sqrt(0.0003): the interval holds 0
     assert d["mean"] == pytest.approx(0.01) and d["sd"] == pytest.approx(math.sqrt(0.0003)) and d["significant"] is False
-    d = s["two_seeds"]["diff"]  # paired on seeds 0 and 2 only: 0.03, 0.03 -> sd 0, an interval of width 0 excluding 0
-    assert d["n"] == 2 and d["mean"] == pytest.approx(0.03) and d["half"] == pytest.approx(0) and d["significant"] is True
+    d = s["two_seeds"]["diff"]  # paired on seeds 0 and 2 only: 0.03, 0.03 -> sd 0: an interval of width 0 measures
+    # no spread, so no call is made (neither "yes" nor "no")
+    assert d["n"] == 2 and d["mean"] == pytest.approx(0.03) and d["half"] == pytest.approx(0) and d["significant"] is None
     assert s["two_seeds"]["half"] == pytest.approx(T975[1] * math.sqrt(0.0008) / math.sqrt(2))
     assert s["better"]["other"]["test/loss"]["mean"] == pytest.approx(0.04)
     assert s["base"]["train_seconds"] == pytest.approx(11.0)
@@ -72,6 +73,7 @@ def test_aggregation_matches_a_hand_computation(tmp_path):
     md = (study.store / "table.md").read_text()
     assert "| better | 3 | 0.9600 ± 0.0100 |" in md and "+0.0400 [0.0152, 0.0648] (n=3) | **yes** |" in md
     assert "| same | 3 |" in md and "+0.0100" in md and "| no |" in md
+    assert "+0.0300 [0.0300, 0.0300] (n=2) | – (no spread over seeds) |" in md
     assert "95% CI half-width ±0.0497 (n=3)" in md
     table = (study.store / "table.csv").read_text().splitlines()
     assert table[0].startswith("variant,n,seeds,metric,mean,sd,ci_low,ci_high,ci_half,diff_mean") and len(table) == 5
@@ -113,13 +115,20 @@ def test_store_appends_whole_lines_and_skips_a_torn_one(tmp_path):
      "variant bad: vit_digits does not accept no_such_kwarg; accepted overrides:"),
     ({"variants": {"base": {}, "bad": {"overrides": {"model.init_args.model": "vit_nope"}}}},
      "variant bad: unknown model 'vit_nope'"),
+    ({"cost": {"lengths": [4, 8], "batch_size": 2, "rounds": 1}},
+     "the `cost` block times encoder-decoders over sequence lengths, but variant base is vit_digits (image_classifier)"),
     ({"metric": "test/accuracy"},  # a typo would otherwise train every run to the end, then fail
      "variant base: metric test/accuracy is not logged by ImageClassification at test; it logs test/acc"),
 ])
 def test_bad_study_files_name_the_problem(over, message, tmp_path, capsys):
     path = write_study(tmp_path, **over)
     with pytest.raises(StudyError) as e:
-        validate_study(load_study(path))
+        study = load_study(path)
+        specs = validate_study(study)
+        if study.cost is not None:
+            from zoo.compare.cost import check_cost_models
+
+            check_cost_models(study, specs)
     assert message in str(e.value) and "\n" not in str(e.value)
     code, out, err = zoo_cli(["compare", "--config", str(path)], capsys)  # at the CLI: one line, nothing trained
     assert code == 1 and message in err and "Traceback" not in err

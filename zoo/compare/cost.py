@@ -83,6 +83,21 @@ def parse_cost(raw: Any, where: str, variants: list[str]) -> CostSpec | None:
 
 
 # ---------------------------------------------------------------------------- building the models
+def check_cost_models(study, specs: dict[str, tuple[str, dict]]) -> None:
+    """The cost block times source and target sequences: every cost variant must be an encoder-decoder (the
+    model's declared kind), else a StudyError naming the variant and its kind."""
+    from ..registry import _entry
+    from .study import StudyError
+
+    for variant in study.cost.variants or list(study.variants):
+        name = specs[variant][0]
+        kind = getattr(_entry(name).model_cls, "kind", None) if name else None
+        if name and kind != "encoder_decoder":
+            raise StudyError(f"study {study.name}: the `cost` block times encoder-decoders over sequence lengths, but "
+                             f"variant {variant} is {name} ({kind}); drop the cost block, or list only "
+                             "encoder-decoder variants in cost.variants")
+
+
 def build_models(study, specs: dict[str, tuple[str, dict]], max_length: int, log=print) -> dict[str, Any]:
     """variant -> (model, effective max_len or None), random weights, float32 on the CPU. `specs` is
     `validate_study`'s answer. A model whose `max_len` is below `max_length` gets max_len=max_length, said in `log`."""
@@ -301,11 +316,12 @@ def run_cost(study, log=print) -> list[Path]:
 
     if study.cost is None:
         raise StudyError(f"study {study.name} has no `cost` block; add e.g. cost: {{lengths: [16, 32, 64, 128], "
-                         "batch_size: 8, rounds: 3}} to its file")
+                         "batch_size: 8, rounds: 3} to its file")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         specs = validate_study(study)
+        check_cost_models(study, specs)
         spec = study.cost
         models = build_models(study, specs, max(spec.lengths), log)
         log(f"zoo compare --cost: {len(models)} variants x lengths {spec.lengths}, batch {spec.batch_size}, "

@@ -50,7 +50,9 @@ def aggregate(rows: list[dict], variants: list[str], baseline: str, metric: str 
             summary["diff"] = None
         else:
             d = t_interval([value(runs[s]) - base[s] for s in paired])
-            d["significant"] = bool(d["n"] > 1 and (d["low"] > 0 or d["high"] < 0))
+            # every seed's difference the same (sd 0): a t-interval of width 0 says nothing about the spread, so no
+            # call is made (a deterministic difference, or too few seeds to see the noise)
+            d["significant"] = None if d["n"] > 1 and d["sd"] == 0 else bool(d["n"] > 1 and (d["low"] > 0 or d["high"] < 0))
             summary["diff"] = d
         rs = list(runs.values())
         summary.update(
@@ -121,7 +123,8 @@ def markdown(summaries: list[dict], study, rows: list[dict], left_out: list[dict
         d = s["diff"]
         diff = "baseline" if s["variant"] == b else "–" if d is None else \
             f"{d['mean']:+.4f} [{_f(d['low'])}, {_f(d['high'])}] (n={d['n']})"
-        sig = "" if d is None else "– (n<2)" if d["n"] < 2 else ("**yes**" if d["significant"] else "no")
+        sig = "" if d is None else "– (n<2)" if d["n"] < 2 else "– (no spread over seeds)" if d["significant"] is None \
+            else ("**yes**" if d["significant"] else "no")
         lines.append(f"| {s['variant']} | {s['n']} | {_f(s['mean'])} ± {_f(s['sd'])} | [{_f(s['low'])}, {_f(s['high'])}] | "
                      f"{diff} | {sig} | {_si(s['params'])} | {_si(s['macs_per_sample'])} | {_f(s['train_seconds'], 0)} | "
                      f"{_f(s['train_samples_per_s'], 0)} |")
