@@ -167,3 +167,17 @@ def test_user_images_through_resolve_data_config_and_create_transform(tmp_path):
     torch.testing.assert_close(x, read_images(paths[:1], image["size"], image["in_chans"], image["mean"], image["std"]))
     with torch.no_grad():
         assert model(x).argmax(-1).item() == labels[0]
+
+
+def test_pretrained_with_other_num_classes_gets_a_new_head_as_in_timm():
+    """create_model(name, pretrained=True, num_classes=5): every pretrained tensor but the head's, and a zeroed head
+    of 5 classes (timm's fine-tuning call); the tag's 10 labels do not travel with it."""
+    ref = zoo.create_model("vit_mnist", pretrained=True)
+    model = zoo.create_model("vit_mnist", pretrained=True, num_classes=5)
+    new, old = model.state_dict(), ref.state_dict()
+    assert model.num_classes == 5 and model.get_classifier().weight.shape == (5, ref.num_features)
+    assert all(torch.equal(new[k], old[k]) for k in new if not k.startswith("head."))
+    assert float(model.get_classifier().weight.abs().sum()) == 0.0
+    assert "labels" not in model.pretrained_cfg and model(torch.randn(2, 1, 28, 28)).shape == (2, 5)
+    same = zoo.create_model("vit_mnist", pretrained=True, num_classes=10)  # the weights' own head: loaded
+    assert torch.equal(same.get_classifier().weight, ref.get_classifier().weight)

@@ -154,10 +154,16 @@ def create_model(name: str, pretrained: str | bool | None = None, features_only:
         from .runs import describes_model, load_run
 
         if describes_model(pretrained):  # a zoo checkpoint, directory or safetensors file: its own config decides the sizes
+            # timm's fine-tuning call: num_classes other than the weights' builds the pretrained model with a new,
+            # freshly initialised head (reset_classifier); everything else is loaded
+            new_head = overrides.pop("num_classes", None) if hasattr(entry.model_cls, "reset_classifier") else None
             run = load_run(pretrained, overrides or None, name=base)
             if run.name != base:
                 raise ValueError(f"{pretrained} holds a {run.name}, not a {base}; call create_model({run.name!r}, pretrained=...) "
                                  "or zoo.runs.load_run(path)")
+            if new_head is not None and new_head != getattr(run.model, "num_classes", new_head):
+                run.model.reset_classifier(new_head)
+                run.meta = {k: v for k, v in run.meta.items() if k not in ("labels", "cli_config")}
             run.model.pretrained_cfg = _pretrained_info(run.meta, tag_cfg)
             run.model.zoo_record = run.meta
             run.model.zoo_tokenizer = run.tokenizer  # save_pretrained writes it beside the weights again
