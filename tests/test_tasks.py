@@ -65,6 +65,10 @@ def test_init_from_rejects_an_unrelated_checkpoint(tmp_path):
     model = create_model("bert_tiny", vocab_size=300, head="cls")
     with pytest.raises(ValueError, match="no tensor of the checkpoint fits"):
         load_matching(model, str(tmp_path / "vit.ckpt"))
+    t5 = create_model("t5_tiny", vocab_size=300)  # a few norms fit by chance: refused, not 3% of a BERT loaded
+    _save_task_ckpt(t5, tmp_path / "t5.ckpt")
+    with pytest.raises(ValueError, match=r"only \d+% of the model's weights .* fit the checkpoint, which holds another"):
+        load_matching(create_model("bert_tiny", vocab_size=300, head="cls"), str(tmp_path / "t5.ckpt"))
 
 
 def test_token_classification_loss_ignores_unlabelled_tokens():
