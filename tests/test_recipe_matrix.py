@@ -166,3 +166,20 @@ def test_fine_tuning_from_mlm_keeps_its_token_ids(tmp_path):
     report = pairs.model.init_report
     assert "embeddings.word.weight" in report["loaded"] or any("word" in k for k in report["loaded"]), report["loaded"][:5]
     assert not [k for k in report["new"] if not k.startswith(("classifier", "pooler", "head"))], report["new"]
+
+
+def test_a_resumed_run_keeps_the_best_score_of_the_run_it_continues(tmp_path):
+    """The resumed run writes into version_1; its best checkpoint is still version_0's until it validates better
+    (Lightning's ModelCheckpoint forgot the best score when the folder changed: the first validation after a resume
+    became "best" however bad), and version_0's files stay."""
+    first = fit("vit_digits", tmp_path, *ONE_BATCH, fast_dev_run=False)
+    best = first.trainer.checkpoint_callbacks[0]
+    assert best.monitor and best.best_model_score is not None
+    before = sorted(p.name for p in (tmp_path / "runs" / "vit_digits" / "version_0" / "checkpoints").iterdir())
+    again = fit("vit_digits", tmp_path, "--ckpt_path", "last", "--trainer.max_epochs", "1", "--test_after_fit", "false",
+                fast_dev_run=False)  # nothing left to train: only what was restored
+    cb = again.trainer.checkpoint_callbacks[0]
+    assert again.trainer.default_root_dir.endswith("version_1")
+    assert cb.best_model_score == best.best_model_score and cb.best_model_path == best.best_model_path
+    assert os.path.abspath(cb.best_model_path).startswith(str(tmp_path / "runs" / "vit_digits" / "version_0"))
+    assert sorted(p.name for p in (tmp_path / "runs" / "vit_digits" / "version_0" / "checkpoints").iterdir()) == before

@@ -240,3 +240,17 @@ class ZooTask(L.LightningModule):
         if differ:
             raise RunError(f"the checkpoint's {name} differs from the one this recipe builds ({'; '.join(differ[:5])}); "
                            "pass the checkpoint's own recipe, or the same model overrides and data settings")
+        self._continue_best_checkpoints(checkpoint)
+
+    def _continue_best_checkpoints(self, checkpoint: dict) -> None:
+        """A resumed run writes into a version folder of its own; Lightning's ModelCheckpoint then forgets the best
+        score of the run it continues (it restores its state only into the same folder), so the first validation
+        after a resume became "best" however bad. The stored folder is renamed to this run's before the callbacks
+        are restored: the best score, path and top-k carry over, and the files of the earlier run stay where they
+        are (ModelCheckpoint deletes only files inside its own folder)."""
+        trainer = getattr(self, "_trainer", None)
+        states = checkpoint.get("callbacks") or {}
+        for cb in (trainer.checkpoint_callbacks if trainer is not None else []):
+            state = states.get(cb.state_key)
+            if state and cb.dirpath and state.get("dirpath") and state["dirpath"] != cb.dirpath:
+                state["dirpath"] = cb.dirpath
