@@ -183,3 +183,19 @@ def test_a_resumed_run_keeps_the_best_score_of_the_run_it_continues(tmp_path):
     assert cb.best_model_score == best.best_model_score and cb.best_model_path == best.best_model_path
     assert os.path.abspath(cb.best_model_path).startswith(str(tmp_path / "runs" / "vit_digits" / "version_0"))
     assert sorted(p.name for p in (tmp_path / "runs" / "vit_digits" / "version_0" / "checkpoints").iterdir()) == before
+
+
+def test_evaluating_a_fine_tuned_run_needs_not_the_run_it_started_from(tmp_path, capsys):
+    """A fine-tuned checkpoint holds every weight: `zoo test` / `predict` of it work with the pre-trained run moved
+    away (the stored recipe names it by a relative path; the task declares init_from a training source)."""
+    import shutil
+
+    fit("mae_mnist", tmp_path, *ONE_BATCH, fast_dev_run=False)
+    fit("mae_mnist_finetune", tmp_path, *ONE_BATCH, "--model.init_args.init_from", "runs/mae_mnist", fast_dev_run=False)
+    shutil.move(tmp_path / "runs" / "mae_mnist", tmp_path / "moved")
+    run_cli(["test", "--ckpt_path", os.path.join("runs", "mae_mnist_finetune"), "--trainer.limit_test_batches", "1",
+             "--trainer.enable_progress_bar", "false"], capsys)
+    digits = user_images(tmp_path / "mine", 1)
+    out = run_cli(["predict", "--model", os.path.join("runs", "mae_mnist_finetune"), digits,
+                   "--trainer.enable_progress_bar", "false"], capsys)
+    assert len(out.splitlines()) == 2, out

@@ -147,6 +147,8 @@ class ZooCLI(LightningCLI):
             source = pretrained if describes_model(pretrained) else None  # shipped tag, directory or checkpoint
         data_args = c.data.get("init_args") if c.get("data") else None
         source = rundir.resolve_checkpoint(source) if source else None
+        if sub != "fit" and source:
+            self._drop_training_sources(c)
         if sub == "fit" and c.model.init_args.get("init_from"):
             c.model.init_args.init_from = source
         if source and data_args is not None and "tokenizer" in data_args and not data_args.tokenizer:
@@ -155,6 +157,25 @@ class ZooCLI(LightningCLI):
             self._run_folder(c)
         elif c.trainer.get("logger") is not None:
             c.trainer.logger = False  # evaluating or predicting writes nothing into the run folders
+
+    @staticmethod
+    def _drop_training_sources(c) -> None:
+        """Evaluating a checkpoint (which holds every weight) needs neither a pre-trained start nor a teacher: the
+        task's declared `training_sources` are set to None (a stored recipe names them by relative path)."""
+        import importlib
+
+        task_path = _class_name(c.get("model"))
+        args = c.model.get("init_args") if task_path else None
+        if not task_path or args is None:
+            return
+        module, _, name = task_path.rpartition(".")
+        try:
+            task = getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError):
+            return  # the parser names a class it cannot import
+        for arg in getattr(task, "training_sources", ()):
+            if args.get(arg) is not None:
+                args[arg] = None
 
     def _bf16_fallback(self, c) -> None:
         """A bf16 precision on a CPU that has no bf16 units becomes 32-true (the stored recipe says what ran)."""

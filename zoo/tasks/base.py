@@ -144,6 +144,10 @@ class ZooTask(L.LightningModule):
     # What `zoo test` logs (fnmatch patterns): `zoo compare` / `zoo bench tta` check a study's metric against it
     # before training; the recipe matrix test checks every recipe's logged names against it.
     test_metrics: tuple[str, ...] = ()
+    # Init arguments that read other runs' weights for training only (a pre-trained start, a teacher): `zoo test` /
+    # `validate` / `predict` from a checkpoint, which holds every weight, set them to None, so evaluating a run
+    # needs neither the runs it started from nor the folder they were in.
+    training_sources: tuple[str, ...] = ("init_from",)
 
     def __init__(
         self,

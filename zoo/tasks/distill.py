@@ -155,6 +155,9 @@ def load_teacher(teacher: str | None = None, teacher_ckpt: str | None = None, te
 class DistillationMixin:
     """Holds the teacher outside the module tree and computes the distillation loss."""
 
+    # the teacher stays a source at evaluation: the feature hints' projections (weights of the checkpoint) are
+    # shaped by its channels, so the task is built with it
+
     def _setup_distillation(self, teacher, teacher_ckpt, teacher_kwargs, distillation, alpha, tau, data_overrides, defaults=None):
         distillation_loss(torch.zeros(1, 2), torch.zeros(1, 2), torch.zeros(1, dtype=torch.long), distillation, alpha, tau)  # validate
         self._teacher = [None]
