@@ -253,6 +253,20 @@ class ZooCLI(LightningCLI):
     def _run_subcommand(self, subcommand: str) -> None:
         try:
             super()._run_subcommand(subcommand)
+        except SystemExit as e:  # Lightning ends a run stopped by Ctrl-C / SIGTERM with exit(1): say so, exit 130
+            if e.code != 1 or not getattr(self.trainer, "interrupted", False):
+                raise
+            import sys
+
+            folder = self.trainer.default_root_dir
+            if subcommand != "fit":
+                kept = "nothing was written"
+            elif any(Path(folder, "checkpoints").glob("*.ckpt")):
+                kept = f"{folder} keeps the checkpoints written so far (`--ckpt_path {folder}` resumes from its last.ckpt)"
+            else:
+                kept = f"{folder} holds no checkpoint yet (they are written at the end of each epoch)"
+            print(f"zoo {subcommand}: interrupted; {kept}", file=sys.stderr, flush=True)
+            raise SystemExit(130) from None
         finally:
             if subcommand == "fit":
                 rundir.unlock(self.trainer.default_root_dir)
