@@ -181,3 +181,15 @@ def test_pretrained_with_other_num_classes_gets_a_new_head_as_in_timm():
     assert "labels" not in model.pretrained_cfg and model(torch.randn(2, 1, 28, 28)).shape == (2, 5)
     same = zoo.create_model("vit_mnist", pretrained=True, num_classes=10)  # the weights' own head: loaded
     assert torch.equal(same.get_classifier().weight, ref.get_classifier().weight)
+
+
+def test_zoo_predict_answers_texts_and_text_files_in_the_order_given(tmp_path, capsys, monkeypatch):
+    from zoo.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "two.txt").write_text("three hundred and twelve\n\nninety-nine\n")
+    with pytest.raises(SystemExit) as e:
+        main(["predict", "--model", "transformer_numbers.en_fr", "forty-two", "two.txt", "seven",
+              "--trainer.enable_progress_bar", "false"])
+    out = capsys.readouterr().out.splitlines()
+    assert e.value.code == 0 and out == ["quarante-deux", "trois cent douze", "quatre-vingt-dix-neuf", "sept"], out

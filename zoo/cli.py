@@ -197,10 +197,11 @@ def _with_model_source(argv: list[str]) -> tuple[list[str], str | None]:
         if "predict_images" in params:
             extra += ["--data.init_args.predict_images", json.dumps(inputs)]
         elif "predict_texts" in params:
-            files = [x for x in inputs if Path(x).is_file()]
-            texts = [x for x in inputs if x not in files]
-            extra += (["--data.init_args.predict_files", json.dumps(files)] if files else []) + \
-                     (["--data.init_args.predict_texts", json.dumps(texts)] if texts else [])
+            from .data.textdata import read_text_files
+
+            # texts and text files (one input per line) in the order given: the answers come in that order
+            texts = [t for x in inputs for t in (read_text_files([x]) if Path(x).is_file() else [x])]
+            extra += ["--data.init_args.predict_texts", json.dumps(texts)]
         else:
             raise ValueError(f"the data module of {source} ({data_class}) takes no predict inputs")
     from .trainer_cli import recipe_file
