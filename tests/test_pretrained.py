@@ -167,6 +167,17 @@ def test_user_images_through_resolve_data_config_and_create_transform(tmp_path):
     torch.testing.assert_close(x, read_images(paths[:1], image["size"], image["in_chans"], image["mean"], image["std"]))
     with torch.no_grad():
         assert model(x).argmax(-1).item() == labels[0]
+    # the same digit saved as a 16-bit PNG reads as the 8-bit one (Pillow's convert("L") clipped it to black and white)
+    import numpy as np
+
+    with Image.open(paths[0]) as im:
+        grey = np.asarray(im.convert("L"), dtype=np.uint16)
+    deep = tmp_path / "deep.png"
+    Image.fromarray(grey * 257).save(deep)  # 0..255 -> 0..65535
+    with Image.open(deep) as im:
+        assert im.mode.startswith("I") and float(np.asarray(im).max()) > 255
+        torch.testing.assert_close(transform(im)[None], x)
+    torch.testing.assert_close(read_images([str(deep)], image["size"], image["in_chans"], image["mean"], image["std"]), x)
 
 
 def test_pretrained_with_other_num_classes_gets_a_new_head_as_in_timm():

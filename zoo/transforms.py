@@ -60,6 +60,20 @@ def resolve_data_config(source: Any = None, **overrides) -> dict[str, Any]:
     return config
 
 
+def to_mode(image, mode: str):
+    """`image.convert(mode)` ("L" or "RGB"), reading 16-bit and 32-bit grey images on their own scale: Pillow's
+    convert clips their values at 255, so a 16-bit PNG became black and white."""
+    if image.mode.startswith("I;16") or image.mode in ("I", "F"):
+        import numpy as np
+        from PIL import Image
+
+        values = np.asarray(image, dtype=np.float64)
+        top = values.max() if values.size else 0.0
+        scale = 1.0 if image.mode == "F" and top <= 1.0 else 255.0 if top <= 255 else 65535.0 if top <= 65535 else top
+        image = Image.fromarray(np.clip(values / scale * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    return image.convert(mode)
+
+
 class ImageTransform(nn.Module):
     """PIL image -> (C, H, W) float tensor: grey or RGB by the channels, resized, scaled to [0, 1], normalised."""
 
@@ -76,7 +90,7 @@ class ImageTransform(nn.Module):
         ])
 
     def forward(self, image) -> torch.Tensor:
-        return self.ops(image.convert(self.mode))
+        return self.ops(to_mode(image, self.mode))
 
 
 def create_transform(config: dict[str, Any]) -> ImageTransform:

@@ -132,7 +132,9 @@ def image_tensor(im, size: int, in_chans: int, mean, std) -> torch.Tensor:
     import numpy as np
     from PIL import Image
 
-    im = im.convert("L" if in_chans == 1 else "RGB").resize((size, size), Image.BILINEAR)
+    from ..transforms import to_mode
+
+    im = to_mode(im, "L" if in_chans == 1 else "RGB").resize((size, size), Image.BILINEAR)
     x = torch.from_numpy(np.asarray(im, dtype=np.float32).copy()).div(255.0)
     x = x[None] if x.ndim == 2 else x.permute(2, 0, 1)
     mean_t = torch.tensor(mean, dtype=torch.float32).reshape(-1, 1, 1)
