@@ -184,3 +184,21 @@ def test_compress_data_defaults_to_the_runs_own_settings(capsys):
     assert "with the run's own settings" in capsys.readouterr().err
     other = _data("zoo.data.images.Digits", {}, run)  # another data module: its own defaults, no notice
     assert other.hparams.label_fraction == 1.0 and capsys.readouterr().err == ""
+
+
+def test_cli_arguments_are_checked_and_named(tmp_path, capsys):
+    from zoo.cli import main
+
+    for argv, words in ((["latency", "--model", "vit_digits", "--batch", "0"], "argument --batch: must be an integer >= 1"),
+                        (["--model", "vit_digits", "--prune", "-0.1", "--out", str(tmp_path / "a")],
+                         "argument --prune: is the fraction to remove and must lie in [0, 1), got -0.1"),
+                        (["--model", "vit_digits", "--data", "zoo.data.images.Digits", "--data-args", "{bad",
+                          "--out", str(tmp_path / "b")], "--data-args is not JSON")):
+        with pytest.raises(SystemExit) as e:
+            main(["compress", *argv])
+        err = capsys.readouterr().err
+        assert e.value.code in (1, 2) and words in err and "zoo compress: error: zoo compress" not in err, err
+    # --model alone: the registered model with random weights (it crashed on the missing --ckpt)
+    with pytest.raises(SystemExit) as e:
+        main(["compress", "--model", "vit_digits", "--quantize", "int8", "--out", str(tmp_path / "c")])
+    assert e.value.code == 0 and (tmp_path / "c" / "compress.json").is_file()

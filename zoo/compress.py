@@ -1,6 +1,6 @@
 """Making models smaller and faster: int8 quantization, pruning, gradient checkpointing.
 
-    zoo compress --ckpt runs/vit_mnist/checkpoints/best.ckpt --quantize int8 --prune 0.5 \\
+    zoo compress --ckpt runs/vit_mnist --quantize int8 --prune 0.5 \\
         --data zoo.data.images.MNIST5k --finetune-epochs 1 --out runs/vit_mnist_compressed
     zoo compress latency --model bert_base --model-kwargs '{"head": "cls"}' --batch 1 --length 128
     zoo compress sweep --ckpt CKPT --data zoo.data.images.MNIST5k --amounts 0.25,0.5,0.75 --out sweep.csv
@@ -409,8 +409,8 @@ def _load_ckpt_model(ckpt: str | None, model: str | None, model_kwargs: dict) ->
     from .runs import _plain, load_run
 
     if ckpt is None and model is None:
-        raise ValueError("zoo compress: pass --ckpt PATH (a `zoo fit` checkpoint or run folder) and/or --model NAME")
-    source = ckpt if model is None or ckpt is None else f"{model}@{ckpt}"
+        raise ValueError("pass --ckpt PATH (a `zoo fit` checkpoint or run folder) and/or --model NAME")
+    source = ckpt if model is None else model if ckpt is None else f"{model}@{ckpt}"  # --model alone: random weights
     if ckpt is not None and model is not None:
         from .runs import describes_model
 
@@ -418,17 +418,42 @@ def _load_ckpt_model(ckpt: str | None, model: str | None, model_kwargs: dict) ->
             source = ckpt
     run = load_run(source, model_kwargs or None)
     if model is not None and run.name != model:
-        raise ValueError(f"zoo compress: {ckpt} holds a {run.name}, not a {model}; drop --model or pass the matching checkpoint")
+        raise ValueError(f"{ckpt} holds a {run.name}, not a {model}; drop --model or pass the matching checkpoint")
     return run.model, run.name, _plain(dataclasses.asdict(run.model.config)), run
+
+
+def _json_option(flag: str, text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{flag} is not JSON ({e.msg}): {text!r}; e.g. {flag} '{{\"batch_size\": 64}}'") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{flag} must be a JSON object of keyword arguments, got {text!r}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    import argparse
+
+    value = float(text)
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"is the fraction to remove and must lie in [0, 1), got {value}")
+    return value
+
+
+def _at_least(low: int):
+    from .bench.cli import _at_least as at_least
+
+    return at_least(low)
 
 
 def _check_out(out: str, ckpt: str | None) -> None:
     """Compression writes a new folder; it never replaces the checkpoint it read."""
     o = Path(out)
     if o.exists() and not o.is_dir():
-        raise ValueError(f"zoo compress: --out {out} is an existing file; --out names a new folder for the compressed model")
+        raise ValueError(f"--out {out} is an existing file; --out names a new folder for the compressed model")
     if ckpt is not None and Path(ckpt).exists() and o.resolve() in Path(ckpt).resolve().parents:
-        raise ValueError(f"zoo compress: --out {out} holds the checkpoint being compressed; choose a new folder")
+        raise ValueError(f"--out {out} holds the checkpoint being compressed; choose a new folder")
 
 
 def _data(spec: str | None, args: dict, run: Any = None):
@@ -477,22 +502,22 @@ def apply_main(argv: list[str]) -> int:
     p.add_argument("--model-kwargs", default="{}", help="JSON overrides")
     p.add_argument("--quantize", choices=["none", "int8"], default="none")
     p.add_argument("--backend", choices=["auto", "torchao", "torch.ao"], default="auto")
-    p.add_argument("--prune", type=float, default=0.0, help="fraction of Linear weights (or of heads) to remove")
+    p.add_argument("--prune", type=_fraction, default=0.0, help="fraction of Linear weights (or of heads) to remove, in [0, 1)")
     p.add_argument("--prune-kind", choices=["unstructured", "structured", "heads"], default="unstructured")
     p.add_argument("--data", help="data module class path for accuracy and fine-tuning, e.g. zoo.data.images.MNIST5k")
     p.add_argument("--data-args", default="{}", help="JSON init arguments of the data module")
-    p.add_argument("--finetune-epochs", type=int, default=0, help="fine-tune after pruning (needs --data)")
+    p.add_argument("--finetune-epochs", type=_at_least(0), default=0, help="fine-tune after pruning (needs --data)")
     p.add_argument("--lr", type=float, default=2e-4)
-    p.add_argument("--threads", type=int, default=1, help="CPU threads for the latency measurement")
+    p.add_argument("--threads", type=_at_least(1), default=1, help="CPU threads for the latency measurement")
     p.add_argument("--out", required=True)
     a = p.parse_args(argv)
     torch.manual_seed(0)
     _check_out(a.out, a.ckpt)
-    model, name, overrides, run = _load_ckpt_model(a.ckpt, a.model, json.loads(a.model_kwargs))
+    model, name, overrides, run = _load_ckpt_model(a.ckpt, a.model, _json_option('--model-kwargs', a.model_kwargs))
     model.eval()
-    dm = _data(a.data, json.loads(a.data_args), run)
+    dm = _data(a.data, _json_option('--data-args', a.data_args), run)
     if a.finetune_epochs and dm is None:
-        raise ValueError("zoo compress: --finetune-epochs needs --data")
+        raise ValueError("--finetune-epochs needs --data")
     ex = example_inputs(model, batch=1, length=128)
     rows, variants = [], {"original": model}
     original_heads = num_heads(model)
@@ -535,15 +560,15 @@ def latency_main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="zoo compress latency", description="fp32 vs int8 CPU latency of a model (random weights)")
     p.add_argument("--model", required=True)
     p.add_argument("--model-kwargs", default="{}")
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--length", type=int, default=128)
-    p.add_argument("--rounds", type=int, default=15)
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--batch", type=_at_least(1), default=1)
+    p.add_argument("--length", type=_at_least(1), default=128, help="sequence length of text models")
+    p.add_argument("--rounds", type=_at_least(1), default=15)
+    p.add_argument("--threads", type=_at_least(1), default=1)
     p.add_argument("--backends", default="torchao,torch.ao" if torchao_available() else "torch.ao")
     p.add_argument("--out", help="append the rows to this CSV")
     a = p.parse_args(argv)
     torch.manual_seed(0)
-    model = create_model(a.model, **json.loads(a.model_kwargs)).eval()
+    model = create_model(a.model, **_json_option('--model-kwargs', a.model_kwargs)).eval()
     variants = {"fp32": model}
     for b in a.backends.split(","):
         variants[f"int8 {b}"] = quantize_int8(model, b)
@@ -586,8 +611,8 @@ def sweep_main(argv: list[str]) -> int:
     p.add_argument("--out", required=True, help="CSV file")
     a = p.parse_args(argv)
     torch.manual_seed(0)
-    base, _, _, run = _load_ckpt_model(a.ckpt, a.model, json.loads(a.model_kwargs))
-    dm = _data(a.data, json.loads(a.data_args), run)
+    base, _, _, run = _load_ckpt_model(a.ckpt, a.model, _json_option('--model-kwargs', a.model_kwargs))
+    dm = _data(a.data, _json_option('--data-args', a.data_args), run)
     # the unpruned model gets the same fine-tune: the baseline that pruned rows are compared with
     tuned = finetune(copy.deepcopy(base), dm.train_dataloader(), a.finetune_epochs, a.lr) if a.finetune_epochs else base
     rows = [{"kind": "none", "amount": 0.0, "linear_sparsity": sparsity(base), "heads": num_heads(base),
