@@ -110,7 +110,8 @@ def speed_main(argv: list[str]) -> int:
     ap.add_argument("--tgt-len", type=_at_least(1), default=32, help="decoder length of encoder-decoders")
     ap.add_argument("--img-size", type=_at_least(1), help="image side (default: the model's)")
     ap.add_argument("--precision", type=_choices(("fp32", "bf16")), default=("fp32",), help="fp32,bf16 (bf16 = autocast)")
-    ap.add_argument("--modes", type=_choices(("forward", "train")), default=("forward", "train"))
+    ap.add_argument("--modes", type=_choices(("forward", "train")), default=("forward", "train"),
+                    help="comma-separated: forward (inference), train (forward, backward and optimiser step); default both")
     ap.add_argument("--optimizer", type=_choices(OPTIMIZERS), default=("adamw",),
                     help="optimiser(s) of the training step, built as `zoo fit` builds them (adamw: fused where torch "
                          "has the kernel; adamw_foreach: torch's multi-tensor default); several are timed interleaved")

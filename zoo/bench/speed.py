@@ -33,6 +33,7 @@ import math
 import os
 import re
 import statistics
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable
@@ -141,13 +142,6 @@ class Workload:
     macs_per_sample: float | None = None
 
 
-def _max_len(cfg, default: int = 1 << 30) -> int:
-    for name in ("max_positions", "max_len", "context_length"):
-        if getattr(cfg, name, None):
-            return getattr(cfg, name)
-    return default
-
-
 def example_inputs(model: nn.Module, batch: int, seq_len: int = 128, tgt_len: int = 32, img_size: int | None = None,
                    device: str = "cpu") -> tuple[dict, int, str]:
     """The model's declared example inputs (zoo.contract) at this batch and length, the decoder side
@@ -155,7 +149,13 @@ def example_inputs(model: nn.Module, batch: int, seq_len: int = 128, tgt_len: in
     from ..contract import example_inputs as declared
     from ..contract import kind_of
 
-    inputs = dict(declared(model, batch, seq_len).tensors)
+    ex = declared(model, batch, seq_len)
+    too_long = {axis: top for axis, top in ex.max_sizes.items() if seq_len > top}
+    if too_long and "input_ids" in ex.tensors:  # the declared inputs are capped at the model's limit: say so
+        axis, top = next(iter(too_long.items()))
+        print(f"zoo bench: {getattr(model, 'model_name', type(model).__name__)} reads at most {top} positions ({axis}): "
+              f"timed at length {min(seq_len, top)}, not {seq_len}", file=sys.stderr, flush=True)
+    inputs = dict(ex.tensors)
     if "decoder_input_ids" in inputs:
         inputs["decoder_input_ids"] = declared(model, batch, 2 * tgt_len).tensors["decoder_input_ids"]
     if "attention_mask" in inputs:
@@ -574,7 +574,7 @@ def _goal(goal: str, value: float, bar: float, ci: list[float] | None) -> dict:
 
 
 def format_table(rows: list[dict]) -> str:
-    head = (f"{'model':24s} {'impl':36s} {'mode':7s} {'prec':6s} {'optimizer':13s} {'batch':>5s} {'len':>8s} {'params':>8s} {'MACs/s.':>8s} "
+    head = (f"{'model':24s} {'impl':36s} {'mode':7s} {'prec':6s} {'optimizer':13s} {'batch':>5s} {'len':>8s} {'params':>8s} {'MACs/smp':>8s} "
             f"{'ms':>8s} {'samples/s':>9s} {'tokens/s':>9s} {'mem MB':>7s} {'GFLOP/s':>7s} {'util':>5s} {'vs peer':>7s} {'vs fp32':>7s} {'vs eager':>8s} {'vs optim':>8s}")
     lines = [head, "-" * len(head)]
     for r in rows:
