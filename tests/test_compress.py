@@ -202,3 +202,29 @@ def test_cli_arguments_are_checked_and_named(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["compress", "--model", "vit_digits", "--quantize", "int8", "--out", str(tmp_path / "c")])
     assert e.value.code == 0 and (tmp_path / "c" / "compress.json").is_file()
+
+
+def test_a_compressed_folder_works_with_predict_export_and_serve(tmp_path, capsys, monkeypatch):
+    """`zoo compress --out DIR` writes what every command takes as a model: zoo predict / export / serve --model DIR."""
+    from PIL import Image
+    from test_configs import fit
+
+    from zoo.cli import main
+    from zoo.serve.limits import Limits
+    from zoo.serve.server import build_server
+
+    monkeypatch.chdir(tmp_path)
+    fit("vit_digits", tmp_path, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "1",
+        "--trainer.limit_val_batches", "1", "--test_after_fit", "false", fast_dev_run=False)
+    for argv in (["compress", "--ckpt", "runs/vit_digits", "--prune", "0.5", "--prune-kind", "heads", "--out", "heads"],
+                 ["predict", "--model", "heads", "digit.png", "--trainer.enable_progress_bar", "false"],
+                 ["export", "--model", "heads", "--out", "heads.onnx"]):
+        if argv[0] == "predict":
+            Image.new("L", (8, 8), 120).save("digit.png")
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        out = capsys.readouterr()
+        assert e.value.code == 0, out.err[-1500:]
+    assert out.out and (tmp_path / "heads.onnx").is_file()
+    _, meta = build_server("heads", Limits())
+    assert meta["model"] == "vit_digits" and meta["use"] == "image-classification"

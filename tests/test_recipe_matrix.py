@@ -115,6 +115,9 @@ def test_recipe_checkpoint_works_with_every_command(name, tmp_path, capsys):
     assert onnx.stat().st_size > 0
     run_cli(["compress", "--ckpt", ckpt, "--quantize", "int8", "--out", str(tmp_path / "int8")], capsys)
     assert (tmp_path / "int8" / "compress.json").is_file()
+    small = load_run(str(tmp_path / "int8"))  # the folder is a run: its model, labels, image settings, tokenizer
+    assert small.name == run.name and small.labels == run.labels and small.image == run.image
+    assert (small.tokenizer is None) == (run.tokenizer is None)
 
     # zoo viz, where it applies (images: attention; encoder-decoders: cross-attention; dual encoders: similarity)
     figures = []

@@ -360,8 +360,10 @@ def finetune(model: nn.Module, loader, epochs: int = 1, lr: float = 2e-4, weight
 # --- saving / loading compressed models ------------------------------------------------------
 
 def save_compressed(model: nn.Module, out: str | Path, name: str, overrides: dict, pruned_heads: dict[str, list[int]],
-                    quantized: str | None) -> Path:
-    """Write the weights and `compress.json` (model name, overrides, removed heads, quantization).
+                    quantized: str | None, record: dict | None = None) -> Path:
+    """Write the weights and `compress.json` (model name, overrides, removed heads, quantization, and the record of
+    the run it came from: labels, image settings, tokenizer, recipe), so that `zoo.load_run`, `zoo predict`,
+    `zoo serve` and `zoo export` take the folder as they take a run.
 
     Float models: model.safetensors. Quantized ones: model_int8.pt, a plain torch.save state dict
     (quantized tensors cannot go in safetensors); it loads with weights_only=True after re-quantizing."""
@@ -369,13 +371,18 @@ def save_compressed(model: nn.Module, out: str | Path, name: str, overrides: dic
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    meta = {"model": name, "overrides": overrides, "pruned_heads": pruned_heads, "quantized": quantized}
+    meta = {"model": name, "overrides": overrides, "pruned_heads": pruned_heads, "quantized": quantized,
+            "record": {k: v for k, v in (record or {}).items() if k != "config"}}
     if quantized:
         torch.save(model.state_dict(), out / "model_int8.pt")
     else:
         save_safetensors(make_pruning_permanent(model), out / "model.safetensors")
     (out / "compress.json").write_text(json.dumps(meta, indent=2))
     return out
+
+
+def is_compressed_dir(path: str | Path) -> bool:
+    return Path(path).is_dir() and (Path(path) / "compress.json").is_file()
 
 
 def load_compressed(path: str | Path) -> nn.Module:
@@ -544,7 +551,8 @@ def apply_main(argv: list[str]) -> int:
         if dm is not None:
             row["test_acc"] = accuracy(m, dm.test_dataloader())
         rows.append(row)
-    out = save_compressed(work, a.out, name, overrides, removed, getattr(work, "quantization_backend", None))
+    out = save_compressed(work, a.out, name, overrides, removed, getattr(work, "quantization_backend", None),
+                          run.meta if run is not None else None)
     table = _table(rows)
     (out / "report.md").write_text(f"`zoo compress {' '.join(argv)}`\n\n{table}\n")
     (out / "report.json").write_text(json.dumps(rows, indent=2))

@@ -210,6 +210,10 @@ def load_run(source: str | Path, model_kwargs: dict | None = None, strict_config
                                 "written by zoo, NAME@FILE, or a registered model name")
     if path.suffix == ".safetensors":
         return _load_safetensors(path, kwargs)
+    from .compress import is_compressed_dir
+
+    if is_compressed_dir(path):  # a folder written by `zoo compress`
+        return _load_compressed_run(path, kwargs)
     if path.is_dir():
         raise RunError(f"{src} holds no checkpoint (no checkpoints/last.ckpt under it or its version_N folders; a run "
                        "that failed before its first checkpoint has none); pass another run folder or a checkpoint file")
@@ -252,6 +256,29 @@ def load_run(source: str | Path, model_kwargs: dict | None = None, strict_config
     return Run(model.eval(), name, src, meta, tokenizer, hp)
 
 
+def _load_compressed_run(path: Path, kwargs: dict) -> Run:
+    """A `zoo compress` folder as a Run: the compressed model (heads removed, re-quantized if it was) with the
+    record of the run it came from (labels, image settings, tokenizer, recipe)."""
+    import json
+
+    from .compress import load_compressed
+
+    meta = json.loads((path / "compress.json").read_text())
+    record = {**(meta.get("record") or {}), "model": meta["model"]}
+    tokenizer = None
+    if record.get("tokenizer"):
+        from .data.tokenizers import tokenizer_from_state
+
+        tokenizer = tokenizer_from_state(record["tokenizer"])
+    model = load_compressed(path)
+    model.model_name = meta["model"]
+    differ = sorted(k for k, v in kwargs.items() if getattr(model.config, k, v) != v)
+    if differ:  # the data's sizes (classes, channels, image size) are welcome when they are the model's own
+        raise RunError(f"{path} holds a compressed {meta['model']}, whose sizes are fixed; it cannot take "
+                       + ", ".join(f"{k}={kwargs[k]!r} (it has {getattr(model.config, k)!r})" for k in differ))
+    return Run(model.eval(), meta["model"], str(path), record, tokenizer)
+
+
 def _pretrained_source(source: str | Path, kwargs: dict) -> Run | None:
     """A shipped tag (`vit_mnist.mnist5k`, checksummed), a Hub repo (`hf-hub:org/name`) or a save_pretrained
     directory, as a Run; None for every other source."""
@@ -282,7 +309,10 @@ def describes_model(source: str | Path) -> bool:
         return True
     if is_pretrained_dir(source):
         return True
+    from .compress import is_compressed_dir
 
+    if is_compressed_dir(source):
+        return True
     path = Path(resolve_checkpoint(source))
     if path.suffix == ".ckpt":
         return True
