@@ -116,7 +116,8 @@ def test_store_appends_whole_lines_and_skips_a_torn_one(tmp_path):
     ({"variants": {"base": {}, "bad": {"overrides": {"model.init_args.model": "vit_nope"}}}},
      "variant bad: unknown model 'vit_nope'"),
     ({"cost": {"lengths": [4, 8], "batch_size": 2, "rounds": 1}},
-     "the `cost` block times encoder-decoders over sequence lengths, but variant base is vit_digits (image_classifier)"),
+     "the `cost` block times sequence-to-sequence models over source and target lengths, but variant base is "
+     "vit_digits (image_classifier)"),
     ({"metric": "test/accuracy"},  # a typo would otherwise train every run to the end, then fail
      "variant base: metric test/accuracy is not logged by ImageClassification at test; it logs test/acc"),
 ])

@@ -171,7 +171,7 @@ def test_fine_tuning_from_mlm_keeps_its_token_ids(tmp_path):
     assert not [k for k in report["new"] if not k.startswith(("classifier", "pooler", "head"))], report["new"]
 
 
-def test_a_resumed_run_keeps_the_best_score_of_the_run_it_continues(tmp_path):
+def test_a_resumed_run_keeps_the_best_score_of_the_run_it_continues(tmp_path, capsys):
     """The resumed run writes into version_1; its best checkpoint is still version_0's until it validates better
     (Lightning's ModelCheckpoint forgot the best score when the folder changed: the first validation after a resume
     became "best" however bad), and version_0's files stay."""
@@ -179,8 +179,13 @@ def test_a_resumed_run_keeps_the_best_score_of_the_run_it_continues(tmp_path):
     best = first.trainer.checkpoint_callbacks[0]
     assert best.monitor and best.best_model_score is not None
     before = sorted(p.name for p in (tmp_path / "runs" / "vit_digits" / "version_0" / "checkpoints").iterdir())
+    capsys.readouterr()
     again = fit("vit_digits", tmp_path, "--ckpt_path", "last", "--trainer.max_epochs", "1", "--test_after_fit", "false",
-                fast_dev_run=False)  # nothing left to train: only what was restored
+                "--model.init_args.lr", "0.5", fast_dev_run=False)  # nothing left to train: only what was restored
+    # Lightning puts the checkpoint's hyper-parameters over the command line: said, not silent
+    assert again.model.hparams.lr == first.model.hparams.lr != 0.5
+    assert f"zoo fit: the checkpoint's settings are used, as it was trained: lr: {first.model.hparams.lr!r} (asked: 0.5)" \
+        in capsys.readouterr().err
     cb = again.trainer.checkpoint_callbacks[0]
     assert again.trainer.default_root_dir.endswith("version_1")
     assert cb.best_model_score == best.best_model_score and cb.best_model_path == best.best_model_path
@@ -202,3 +207,29 @@ def test_evaluating_a_fine_tuned_run_needs_not_the_run_it_started_from(tmp_path,
     out = run_cli(["predict", "--model", os.path.join("runs", "mae_mnist_finetune"), digits,
                    "--trainer.enable_progress_bar", "false"], capsys)
     assert len(out.splitlines()) == 2, out
+
+
+def test_evaluating_keeps_the_users_runtime_options_over_the_checkpoints(tmp_path, capsys):
+    """`zoo validate --ckpt_path X --model.init_args.compile_backend aot_eager`: how the model runs (the task's
+    runtime_args) is the user's choice at evaluation, though Lightning puts the checkpoint's hyper-parameters first."""
+    fit("vit_digits", tmp_path, *ONE_BATCH, "--model.init_args.compile_backend", "eager", fast_dev_run=False)
+    with pytest.raises(SystemExit) as e:
+        main(["validate", "--ckpt_path", os.path.join("runs", "vit_digits"), "--model.init_args.compile_backend", "aot_eager",
+              "--trainer.limit_val_batches", "1", "--trainer.enable_progress_bar", "false"])
+    err = capsys.readouterr().err
+    assert e.value.code == 0 and "the checkpoint's settings are used" not in err, err
+    from zoo.trainer_cli import ZooCLI
+
+    seen = {}
+
+    class Probe(ZooCLI):  # the same parsing, then look at what the task is given
+        def before_instantiate_classes(self):
+            seen.update(self.config[self.subcommand].model.init_args.as_dict())
+            raise SystemExit(0)
+
+    from zoo.trainer_cli import build_cli
+
+    with pytest.raises(SystemExit):
+        build_cli(["validate", "--config", os.path.join(CONFIGS, "vit_digits.yaml"), "--ckpt_path", os.path.join("runs", "vit_digits"),
+                   "--model.init_args.compile_backend", "aot_eager"], cli_class=Probe)
+    assert seen["compile_backend"] == "aot_eager"

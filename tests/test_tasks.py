@@ -249,6 +249,9 @@ def test_atomic_checkpoint_io_never_leaves_half_a_file(tmp_path):
     path = tmp_path / "ckpt" / "last.ckpt"
     io.save_checkpoint({"step": 1, "w": torch.ones(3)}, path)
     assert torch.load(path, weights_only=True)["step"] == 1
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # as readable as any file, not mkstemp's private 0600
 
     class Boom:
         def __reduce__(self):

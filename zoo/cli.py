@@ -130,15 +130,6 @@ def _split_positionals(args: list[str]) -> tuple[list[str], list[str]]:
     return options, positionals
 
 
-def _init_params(class_path: str) -> set[str]:
-    """Constructor parameter names of a class and its bases (data modules pass **kwargs up)."""
-    import inspect
-
-    module, _, name = class_path.rpartition(".")
-    cls = getattr(importlib.import_module(module), name)
-    return {p for klass in cls.__mro__ if "__init__" in vars(klass) for p in inspect.signature(klass.__init__).parameters}
-
-
 def _refuse_unknown_source(command: str, source: str) -> None:
     """`--model X` that is no model source: Lightning's meaning (a task class path, `zoo.tasks.ImageClassification`,
     or a config) goes on; anything else, a mistyped tag or a path that is not there, is one readable error."""
@@ -184,7 +175,9 @@ def _with_model_source(argv: list[str]) -> tuple[list[str], str | None]:
     import yaml
 
     data_class = ((yaml.safe_load(stored) or {}).get("data") or {}).get("class_path")
-    params = _init_params(data_class) if data_class else set()
+    from .trainer_cli import init_params
+
+    params = init_params(data_class) if data_class else set()
     # a recipe's root folder (runs/t5_numbers) stands for its newest checkpoint: weights and tokenizer are read
     # from that one file
     resolved = run.source if Path(str(run.source)).is_file() else source
@@ -343,6 +336,10 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         print(f"zoo {name}: interrupted", file=sys.stderr)
         raise SystemExit(130) from None
+    except BrokenPipeError:  # `zoo models | head`: the reader left; as other commands, end quietly (128 + SIGPIPE)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # Python's final flush of stdout would fail again
+        raise SystemExit(141) from None
     except Exception as e:  # noqa: BLE001 - the CLI's one readable line
         if verbose:
             raise

@@ -19,6 +19,16 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from . import rundir
 
 
+def init_params(class_path: str) -> set[str]:
+    """Constructor parameter names of a class and its bases (data modules pass **kwargs up)."""
+    import importlib
+    import inspect
+
+    module, _, name = class_path.rpartition(".")
+    cls = getattr(importlib.import_module(module), name)
+    return {p for klass in cls.__mro__ if "__init__" in vars(klass) for p in inspect.signature(klass.__init__).parameters}
+
+
 def condense_parser_error(message: str) -> str:
     """jsonargparse's report of a bad option (about 60 lines with the usage) as one line that names the flag, the
     value and the fix: a misspelled init argument of the task or data class (with the closest names), a value of
@@ -32,10 +42,8 @@ def condense_parser_error(message: str) -> str:
     cls = re.search(r"Problem with given class_path '([^']+)'", message)
     unknown = re.search(r"Option '([^']+)' is not accepted", message)
     if cls and unknown and key:
-        from .cli import _init_params
-
         name = unknown.group(1)
-        close = difflib.get_close_matches(name, sorted(_init_params(cls.group(1))), n=3)
+        close = difflib.get_close_matches(name, sorted(init_params(cls.group(1))), n=3)
         hint = f"; did you mean {' or '.join(f'--{key}.init_args.{c}' for c in close)}?" if close else ""
         return f"--{key}.init_args.{name}: {cls.group(1)} has no argument {name!r}{hint}"
     inner = re.search(r"Problem with given class_path '[^']+':\s*Parser key \"([^\"]+)\":\s*(.+)", message)
@@ -84,6 +92,15 @@ def _jsonargparse_debug() -> bool:
     return debug_mode_active()
 
 
+def _init_args(c) -> dict:
+    """The task's init arguments of a subcommand's config as plain values ({} when there are none)."""
+    model = c.get("model") if c is not None else None
+    args = model.get("init_args") if model is not None and _class_name(model) else None
+    if args is None:
+        return {}
+    return {k: (v.as_dict() if hasattr(v, "as_dict") else v) for k, v in dict(args.items()).items()}
+
+
 def _class_name(ns) -> str | None:
     return getattr(ns, "class_path", None) if ns is not None and not isinstance(ns, (str, bool)) else None
 
@@ -111,7 +128,37 @@ class ZooCLI(LightningCLI):
             c.ckpt_path = rundir.resolve_checkpoint(c.ckpt_path)  # a run folder stands for its newest last.ckpt
         if c is not None and c.get("ckpt_path"):
             self._check_recipe(c)
+        asked = _init_args(c)
         super()._parse_ckpt_path()
+        if asked and sub:
+            self._say_checkpoint_settings(sub, asked)
+
+    def _say_checkpoint_settings(self, sub: str, asked: dict) -> None:
+        """LightningCLI puts a checkpoint's hyper-parameters over the recipe and the command line. A run continues
+        with the settings it was trained with, said in one line; evaluating keeps the user's choice of what only
+        changes how it runs (the task's `runtime_args`: compile, generation lengths)."""
+        import importlib
+        import sys
+
+        c = self.config[sub]
+        now = _init_args(c)
+        changed = {k: (v, now[k]) for k, v in asked.items() if k in now and k != "data_overrides" and v != now[k]}
+        if not changed:
+            return
+        module, _, name = (_class_name(c.model) or "").rpartition(".")
+        try:
+            runtime = getattr(getattr(importlib.import_module(module), name), "runtime_args", ()) if module else ()
+        except (ImportError, AttributeError):
+            runtime = ()
+        if sub != "fit":
+            for k in [k for k in changed if k in runtime]:
+                c.model.init_args[k] = asked[k]
+                del changed[k]
+        if changed:
+            said = "; ".join(f"{k}: {theirs!r} (asked: {mine!r})" for k, (mine, theirs) in sorted(changed.items()))
+            print(f"zoo {sub}: the checkpoint's settings are used, as it was trained: {said}"
+                  + ("; to train with other settings, start a new run from it (--model.init_args.init_from CKPT)"
+                     if sub == "fit" else ""), file=sys.stderr, flush=True)
 
     def _check_recipe(self, c) -> None:
         from .runs import RunError, read_checkpoint

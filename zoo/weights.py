@@ -274,6 +274,9 @@ def atomic_write(path: str | os.PathLike, write_fn) -> None:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         os.close(fd)
         write_fn(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's file is private (0600); what we write is as readable as any file
         os.replace(tmp, path)
     except (OSError, RuntimeError) as e:
         full = isinstance(e, OSError) and e.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))

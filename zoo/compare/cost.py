@@ -84,18 +84,18 @@ def parse_cost(raw: Any, where: str, variants: list[str]) -> CostSpec | None:
 
 # ---------------------------------------------------------------------------- building the models
 def check_cost_models(study, specs: dict[str, tuple[str, dict]]) -> None:
-    """The cost block times source and target sequences: every cost variant must be an encoder-decoder (the
-    model's declared kind), else a StudyError naming the variant and its kind."""
+    """The cost block times source and target sequences: every cost variant must be a sequence-to-sequence model
+    (declared kind encoder_decoder, or the recurrent baselines'), else a StudyError naming the variant and its kind."""
     from ..registry import _entry
     from .study import StudyError
 
     for variant in study.cost.variants or list(study.variants):
         name = specs[variant][0]
         kind = getattr(_entry(name).model_cls, "kind", None) if name else None
-        if name and kind != "encoder_decoder":
-            raise StudyError(f"study {study.name}: the `cost` block times encoder-decoders over sequence lengths, but "
-                             f"variant {variant} is {name} ({kind}); drop the cost block, or list only "
-                             "encoder-decoder variants in cost.variants")
+        if name and kind not in ("encoder_decoder", "recurrent"):
+            raise StudyError(f"study {study.name}: the `cost` block times sequence-to-sequence models over source and "
+                             f"target lengths, but variant {variant} is {name} ({kind}); drop the cost block, or list only "
+                             "sequence-to-sequence variants in cost.variants")
 
 
 def build_models(study, specs: dict[str, tuple[str, dict]], max_length: int, log=print) -> dict[str, Any]:

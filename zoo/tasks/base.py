@@ -148,6 +148,10 @@ class ZooTask(L.LightningModule):
     # `validate` / `predict` from a checkpoint, which holds every weight, set them to None, so evaluating a run
     # needs neither the runs it started from nor the folder they were in.
     training_sources: tuple[str, ...] = ("init_from",)
+    # Init arguments that change how a model runs, not what it learned: `zoo test|validate|predict --ckpt_path X`
+    # keep the user's values of these over the checkpoint's (Lightning puts the checkpoint's over all others).
+    runtime_args: tuple[str, ...] = ("compile", "compile_backend", "compile_dynamic", "compile_options", "max_new_tokens",
+                                     "num_beams", "do_sample", "temperature", "top_k", "top_p")
 
     def __init__(
         self,
