@@ -18,4 +18,4 @@ train: venv
 	$(BIN)/zoo fit --config configs/vit_mnist.yaml
 
 test: venv
-	$(BIN)/python -m pytest -q -n 2 --dist loadgroup --durations=25 tests
+	$(BIN)/python -m pytest -q -n 2 --durations=25 tests

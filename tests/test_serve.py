@@ -17,10 +17,6 @@ import zoo
 from zoo.runs import load_run, save_run
 from zoo.serve.launch import ServerProcess, stop_all
 
-# One xdist worker runs this module (`--dist loadgroup` in the Makefile), so the seven servers start once, not once
-# per worker.
-pytestmark = pytest.mark.xdist_group("serve")
-
 NUMBERS = [f"{a} {b}" for a in ("one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
            for b in ("hundred", "thousand", "and", "twelve", "twenty", "thirty", "forty")]
 
