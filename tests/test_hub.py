@@ -82,7 +82,17 @@ def test_existing_directory_is_never_overwritten_and_failed_writes_leave_nothing
     (target / "mine.txt").write_text("user data")
     with pytest.raises(FileExistsError, match="not empty"):
         save_pretrained(model, target)
+    # overwrite=True replaces only a folder save_pretrained wrote, and never the current folder
+    with pytest.raises(FileExistsError, match="holds files that save_pretrained did not write"):
+        save_pretrained(model, target, overwrite=True)
+    monkeypatch.chdir(target)
+    with pytest.raises(FileExistsError, match="is the current folder"):
+        save_pretrained(model, ".", overwrite=True)
+    monkeypatch.chdir(tmp_path)
     assert (target / "mine.txt").read_text() == "user data"
+    first = save_pretrained(model, tmp_path / "saved")
+    assert save_pretrained(model, first, overwrite=True) == first and (first / "model.safetensors").is_file()
+    shutil.rmtree(first)
 
     from zoo import weights
 
@@ -212,18 +222,3 @@ def test_a_reshaped_tag_model_does_not_carry_the_tags_card(tmp_path):
     assert "vit_mnist.mnist5k" not in (folder / "README.md").read_text()
     same = zoo.create_model("vit_mnist.mnist5k", pretrained=True).save_pretrained(tmp_path / "same")
     assert json.loads((same / "config.json").read_text())["zoo"]["tag"] == "vit_mnist.mnist5k"
-
-
-def test_overwrite_replaces_only_a_save_pretrained_folder(tmp_path, monkeypatch):
-    model = zoo.create_model("vit_digits")
-    mine = tmp_path / "mine"
-    mine.mkdir()
-    (mine / "notes.txt").write_text("user data")
-    with pytest.raises(FileExistsError, match="holds files that save_pretrained did not write"):
-        save_pretrained(model, mine, overwrite=True)
-    monkeypatch.chdir(mine)
-    with pytest.raises(FileExistsError, match="is the current folder"):
-        save_pretrained(model, ".", overwrite=True)
-    assert (mine / "notes.txt").read_text() == "user data"
-    first = save_pretrained(model, tmp_path / "m")
-    assert save_pretrained(model, first, overwrite=True) == first and (first / "model.safetensors").is_file()
