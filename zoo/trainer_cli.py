@@ -105,6 +105,17 @@ def _class_name(ns) -> str | None:
     return getattr(ns, "class_path", None) if ns is not None and not isinstance(ns, (str, bool)) else None
 
 
+def _task_class(c) -> type | None:
+    """The task class a subcommand's config names (its declarations: training_sources, runtime_args), or None."""
+    import importlib
+
+    module, _, name = (_class_name(c.get("model")) or "").rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name) if module else None
+    except (ImportError, AttributeError):
+        return None  # the parser names a class it cannot import: it says so itself
+
+
 class ZooCLI(LightningCLI):
     def add_arguments_to_parser(self, parser):
         parser.add_argument("--test_after_fit", type=bool, default=True,
@@ -137,7 +148,6 @@ class ZooCLI(LightningCLI):
         """LightningCLI puts a checkpoint's hyper-parameters over the recipe and the command line. A run continues
         with the settings it was trained with, said in one line; evaluating keeps the user's choice of what only
         changes how it runs (the task's `runtime_args`: compile, generation lengths)."""
-        import importlib
         import sys
 
         c = self.config[sub]
@@ -145,11 +155,7 @@ class ZooCLI(LightningCLI):
         changed = {k: (v, now[k]) for k, v in asked.items() if k in now and k != "data_overrides" and v != now[k]}
         if not changed:
             return
-        module, _, name = (_class_name(c.model) or "").rpartition(".")
-        try:
-            runtime = getattr(getattr(importlib.import_module(module), name), "runtime_args", ()) if module else ()
-        except (ImportError, AttributeError):
-            runtime = ()
+        runtime = getattr(_task_class(c), "runtime_args", ())
         if sub != "fit":
             for k in [k for k in changed if k in runtime]:
                 c.model.init_args[k] = asked[k]
@@ -209,17 +215,10 @@ class ZooCLI(LightningCLI):
     def _drop_training_sources(c) -> None:
         """Evaluating a checkpoint (which holds every weight) needs neither a pre-trained start nor a teacher: the
         task's declared `training_sources` are set to None (a stored recipe names them by relative path)."""
-        import importlib
-
-        task_path = _class_name(c.get("model"))
-        args = c.model.get("init_args") if task_path else None
-        if not task_path or args is None:
+        task = _task_class(c)
+        args = c.model.get("init_args") if task is not None else None
+        if args is None:
             return
-        module, _, name = task_path.rpartition(".")
-        try:
-            task = getattr(importlib.import_module(module), name)
-        except (ImportError, AttributeError):
-            return  # the parser names a class it cannot import
         for arg in getattr(task, "training_sources", ()):
             if args.get(arg) is not None:
                 args[arg] = None
