@@ -179,15 +179,19 @@ def test_a_resumed_run_keeps_the_best_score_of_the_run_it_continues(tmp_path, ca
     best = first.trainer.checkpoint_callbacks[0]
     assert best.monitor and best.best_model_score is not None
     before = sorted(p.name for p in (tmp_path / "runs" / "vit_digits" / "version_0" / "checkpoints").iterdir())
+    (tmp_path / "runs" / "vit_digits" / "version_1").mkdir()  # a run stopped before its first checkpoint
     capsys.readouterr()
     again = fit("vit_digits", tmp_path, "--ckpt_path", "last", "--trainer.max_epochs", "1", "--test_after_fit", "false",
                 "--model.init_args.lr", "0.5", fast_dev_run=False)  # nothing left to train: only what was restored
+    err = capsys.readouterr().err
+    assert ("zoo fit: --ckpt_path last continues runs/vit_digits/version_0 (version_1 has no checkpoint: it stopped "
+            "before the end of its first epoch)") in err, err
     # Lightning puts the checkpoint's hyper-parameters over the command line: said, not silent
     assert again.model.hparams.lr == first.model.hparams.lr != 0.5
     assert f"zoo fit: the checkpoint's settings are used, as it was trained: lr: {first.model.hparams.lr!r} (asked: 0.5)" \
-        in capsys.readouterr().err
+        in err
     cb = again.trainer.checkpoint_callbacks[0]
-    assert again.trainer.default_root_dir.endswith("version_1")
+    assert again.trainer.default_root_dir.endswith("version_2")
     assert cb.best_model_score == best.best_model_score and cb.best_model_path == best.best_model_path
     assert os.path.abspath(cb.best_model_path).startswith(str(tmp_path / "runs" / "vit_digits" / "version_0"))
     assert sorted(p.name for p in (tmp_path / "runs" / "vit_digits" / "version_0" / "checkpoints").iterdir()) == before

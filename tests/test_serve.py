@@ -337,6 +337,9 @@ def test_pages_and_metadata(servers):
     assert "/predict" in requests.get(server.url + "/openapi.json", timeout=10).json()["paths"]
     meta = server.metadata()
     assert meta["limits"]["max_items"] == 3 and meta["use"] == "image-classification" and meta["attention"] is True
+    for name, limit in (("text", 40), ("lm", 64)):  # set by --max-text-tokens, and left to the model (its 64 positions)
+        meta = servers[name][0].metadata()
+        assert meta["limits"]["max_text_tokens"] == meta["max_text_tokens"] == limit, meta
 
 
 def test_refuses_what_it_cannot_serve(tmp_path):

@@ -134,7 +134,16 @@ class ZooCLI(LightningCLI):
         sub = self.config.get("subcommand")
         c = self.config[sub] if sub else None
         if c is not None and c.get("ckpt_path") == "last":
-            c.ckpt_path = str(rundir.latest_checkpoint(c.trainer.default_root_dir or "runs"))
+            root = c.trainer.default_root_dir or "runs"
+            chosen = rundir.latest_checkpoint(root)
+            c.ckpt_path = str(chosen)
+            runs, run = rundir.versions(root), chosen.parent.parent
+            newer = [v.name for v in runs[runs.index(run) + 1:]] if run in runs else []
+            if newer:  # a run stopped before its first checkpoint: say which run `last` continues instead
+                import sys
+
+                print(f"zoo {sub}: --ckpt_path last continues {run} ({', '.join(newer)} has no checkpoint: it "
+                      "stopped before the end of its first epoch)", file=sys.stderr, flush=True)
         elif c is not None and c.get("ckpt_path") and Path(c.ckpt_path).is_dir():
             c.ckpt_path = rundir.resolve_checkpoint(c.ckpt_path)  # a run folder stands for its newest last.ckpt
         if c is not None and c.get("ckpt_path"):

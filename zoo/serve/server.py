@@ -203,8 +203,16 @@ def describe(run, handler, backend: str, options: dict, source: str) -> dict:
 
     return {"model": run.name, "source": str(run.source), "tag": str(source) if "pretrained_cfg" in run.meta else None, "kind": kind_of(run.model),
             "task": run.task_class, "backend": backend, "endpoint": PREDICT, **handler.describe(),
-            "limits": handler.limits.as_dict(), "server": options,
+            "limits": _limits_in_force(handler), "server": options,
             "parameters": sum(p.numel() for p in run.model.parameters())}
+
+
+def _limits_in_force(handler) -> dict:
+    """The server's limits as they apply: a text limit left to the model reads as the model's own (not null)."""
+    limits = handler.limits.as_dict()
+    if getattr(handler, "max_tokens", None) is not None:
+        limits["max_text_tokens"] = handler.max_tokens
+    return limits
 
 
 def build_server(source: str, limits: Limits | None = None, backend: str = "torch", max_batch_size: int = 1,
