@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import prune
 
+from .bench.cli import _at_least  # argparse type: an int >= low, named in argparse's one-line error
 from .core import MultiHeadAttention, TransformerStack
 
 
@@ -446,12 +447,6 @@ def _fraction(text: str) -> float:
     if not 0.0 <= value < 1.0:
         raise argparse.ArgumentTypeError(f"is the fraction to remove and must lie in [0, 1), got {value}")
     return value
-
-
-def _at_least(low: int):
-    from .bench.cli import _at_least as at_least
-
-    return at_least(low)
 
 
 def _check_out(out: str, ckpt: str | None) -> None:

@@ -58,7 +58,7 @@ def save_pretrained(source: Any, directory: str | os.PathLike, tokenizer: Any = 
     An existing non-empty directory is refused unless overwrite=True; the files are written to a
     temporary folder beside it and moved into place, so a failed write leaves nothing half-written."""
     from .runs import Run, model_record
-    from .weights import save_safetensors
+    from .weights import current_umask, save_safetensors
 
     model = source.model if isinstance(source, Run) else source
     if not isinstance(model, nn.Module):
@@ -101,8 +101,7 @@ def save_pretrained(source: Any, directory: str | os.PathLike, tokenizer: Any = 
 
             save_tokenizer(tokenizer, tmp)
         model_card(record, card).save(tmp / "README.md")
-        umask = os.umask(0)
-        os.umask(umask)
+        umask = current_umask()
         os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; a saved model is as readable as any file
         for f in tmp.iterdir():
             os.chmod(f, 0o666 & ~umask)
@@ -227,13 +226,9 @@ def from_pretrained(source: str | os.PathLike, **model_kwargs) -> nn.Module:
     text = str(source)
     if not Path(text).exists() and not is_tag(text) and text.count("/") == 1 and not text.startswith((".", "/", HF_HUB_PREFIX)):
         source = HF_HUB_PREFIX + text  # "org/name": a Hub repository id, as transformers reads it
-    run = load_run(source, model_kwargs or None)
-    from .registry import _pretrained_info
+    from .registry import with_run_info
 
-    run.model.pretrained_cfg = _pretrained_info(run.meta)  # what the weights expect: resolve_data_config reads it
-    run.model.zoo_record = run.meta
-    run.model.zoo_tokenizer = run.tokenizer  # save_pretrained writes it beside the weights again
-    return run.model
+    return with_run_info(load_run(source, model_kwargs or None))
 
 
 def push_to_hub(source: Any, repo_id: str, tokenizer: Any = None, private: bool | None = None, token: str | None = None,

@@ -164,10 +164,7 @@ def create_model(name: str, pretrained: str | bool | None = None, features_only:
             if new_head is not None and new_head != getattr(run.model, "num_classes", new_head):
                 run.model.reset_classifier(new_head)
                 run.meta = {k: v for k, v in run.meta.items() if k not in ("labels", "cli_config")}
-            run.model.pretrained_cfg = _pretrained_info(run.meta, tag_cfg)
-            run.model.zoo_record = run.meta
-            run.model.zoo_tokenizer = run.tokenizer  # save_pretrained writes it beside the weights again
-            return run.model.train()
+            return with_run_info(run, tag_cfg).train()
     # a tag's architecture (its sizes) with random weights, as timm does
     config = _tag_config(base, tag_cfg, overrides) if tag_cfg is not None else get_config(base, **overrides)
     model = entry.model_cls(config)
@@ -179,6 +176,15 @@ def create_model(name: str, pretrained: str | bool | None = None, features_only:
 
         load_pretrained(model, pretrained)
     return model
+
+
+def with_run_info(run: Any, tag_cfg: Any = None) -> nn.Module:
+    """The run's model carrying what its weights came with: `pretrained_cfg` (input size, normalisation: what
+    resolve_data_config reads), the run's record and its tokenizer (save_pretrained writes both again)."""
+    run.model.pretrained_cfg = _pretrained_info(run.meta, tag_cfg)
+    run.model.zoo_record = run.meta
+    run.model.zoo_tokenizer = run.tokenizer
+    return run.model
 
 
 def _pretrained_info(meta: dict, tag_cfg: Any = None) -> dict[str, Any]:

@@ -332,10 +332,12 @@ def _default_out(args, run=None) -> Path:
 
 def _check_out(out: Path, args) -> None:
     """A figure is written only where no input lies and in a format matplotlib writes (commands never write over
-    their input: `--out my_digit.png --image my_digit.png` would replace the digit with its figure)."""
+    their input: `--out my_digit.png --image my_digit.png` would replace the digit with its figure). Figures may
+    go inside a run folder they read (<run>/figures/), so this is not `zoo.weights.refuse_overwriting_input`."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
     fmt = out.suffix.lower().lstrip(".")
-    formats = _plt().figure().canvas.get_supported_filetypes()
-    _plt().close("all")
+    formats = FigureCanvasBase.get_supported_filetypes()
     if fmt not in formats:
         raise ValueError(f"--out {out}: {out.suffix or 'no suffix'} is no figure format; end it in one of "
                          f"{', '.join('.' + f for f in sorted(formats))} (e.g. .png)")

@@ -262,6 +262,13 @@ def refuse_overwriting_input(out: str | os.PathLike, *inputs: str | os.PathLike 
                              "a new output folder")
 
 
+def current_umask() -> int:
+    """The process's umask (read by setting it, then setting it back): the permissions a plain open() would give."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
 def atomic_write(path: str | os.PathLike, write_fn) -> None:
     """Write through a temporary file in the same folder, then rename: a crash never leaves half a file.
 
@@ -274,9 +281,7 @@ def atomic_write(path: str | os.PathLike, write_fn) -> None:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         os.close(fd)
         write_fn(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's file is private (0600); what we write is as readable as any file
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp's file is private (0600); ours is as readable as any file
         os.replace(tmp, path)
     except (OSError, RuntimeError) as e:
         full = isinstance(e, OSError) and e.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))

@@ -320,8 +320,7 @@ def run_cost(study, log=print) -> list[Path]:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        specs = validate_study(study)
-        check_cost_models(study, specs)
+        specs = validate_study(study)  # checks the cost variants too (check_cost_models)
         spec = study.cost
         models = build_models(study, specs, max(spec.lengths), log)
         log(f"zoo compare --cost: {len(models)} variants x lengths {spec.lengths}, batch {spec.batch_size}, "

@@ -349,4 +349,8 @@ def validate_study(study: Study, verbose: bool = False) -> dict[str, tuple[str, 
             at = f"at the recipe's vocab_size {data['vocab_size']}" if data else "as registered"
             size = f"{params / 1e6:.3f}M params {at}" if params else "?"
             print(f"  {variant:24s} ok  {model} ({size}): {' '.join(override_args(study, variant)) or 'the recipe as is'}")
+    if study.cost is not None:  # the cost block's variants must be sequence-to-sequence models
+        from .cost import check_cost_models
+
+        check_cost_models(study, out)
     return out
