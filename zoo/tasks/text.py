@@ -44,7 +44,7 @@ def load_matching(model: torch.nn.Module, path: str) -> dict[str, list[str]]:
     if total and fits < 0.5 * total:  # a few layer norms of another architecture fit by chance (T5 into BERT: 3%)
         raise ValueError(f"init_from={path!r}: only {fits / total:.0%} of the model's weights ({len(loaded)} of {len(own)} "
                          "tensors) fit the checkpoint, which holds another architecture; init_from continues a run of the "
-                         "same one (bert_mlm into bert_pairs: 99%, mae_mnist into mae_mnist_finetune: 96%): pass such a run")
+                         "same one (bert_mlm into bert_pairs, mae_mnist into mae_mnist_finetune: over 99%): pass such a run")
     rank_zero_info(f"init_from {path}: loaded {len(loaded)} tensors; skipped {len(skipped)} "
                    f"({', '.join(skipped[:8])}{' ...' if len(skipped) > 8 else ''}); newly initialised {len(report['new'])} "
                    f"({', '.join(report['new'][:8])}{' ...' if len(report['new']) > 8 else ''})")
