@@ -113,3 +113,15 @@ def test_static_export_uses_the_dynamo_exporter_and_checks_at_its_fixed_shapes(t
     printed = capsys.readouterr()
     assert "dynamo exporter, dynamic axes none" in printed.out and "falling back" not in printed.err, printed.err
     assert "at batch 3 (the fixed shapes of --static)" in printed.out
+
+
+def test_an_example_batch_or_length_of_one_still_exports_dynamic_axes(tmp_path):
+    # torch.export specialises sizes 0 and 1: `--batch 1` fell back to TorchScript ("Constraints violated (batch)")
+    from zoo.export import export_file
+
+    model = zoo.create_model("bert_tiny", **TINY["bert_tiny"]).eval()
+    out = tmp_path / "b1.onnx"
+    said = export_file(model, out, batch=1, length=1)
+    assert said.startswith("dynamo exporter") and "batch" in said, said
+    for batch, length in ((1, 1), (5, 9)):
+        assert check_onnx(model, out, example_inputs(model, batch, length, seed=batch)) <= 1e-4

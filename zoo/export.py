@@ -117,9 +117,11 @@ def export_file(model: nn.Module, out: str | Path, fmt: str = "onnx", batch: int
 
     if source is not None and Path(source).exists() and _same_file(source, out):
         raise ExportError(f"--out {out} is the model file being exported; choose another output path")
-    ex = example_inputs(model, batch, length)
     if static:
+        ex = example_inputs(model, batch, length)
         ex = Inputs(ex.tensors, {}, {})
+    else:  # torch.export specialises sizes 0 and 1: a dynamic axis is traced at 2 or more (the file is the same)
+        ex = example_inputs(model, max(batch, 2), max(length, 2))
     if fmt == "torch-export":
         program = export_torch(model, ex)
         atomic_write(out, lambda tmp: torch.export.save(program, tmp))
