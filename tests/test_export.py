@@ -125,3 +125,14 @@ def test_an_example_batch_or_length_of_one_still_exports_dynamic_axes(tmp_path):
     assert said.startswith("dynamo exporter") and "batch" in said, said
     for batch, length in ((1, 1), (5, 9)):
         assert check_onnx(model, out, example_inputs(model, batch, length, seed=batch)) <= 1e-4
+
+
+def test_torch_export_file_loads_and_torch_says_nothing_of_its_temporary_name(tmp_path, capfd):
+    from zoo.export import export_file
+
+    model = zoo.create_model("bert_tiny", **TINY["bert_tiny"]).eval()
+    export_file(model, tmp_path / "m.pt2", fmt="torch-export")
+    assert "Expect archive file" not in capfd.readouterr().err  # it was written under a .tmp name, then renamed
+    ex = example_inputs(model, 3, 7, seed=1)
+    with torch.no_grad():
+        torch.testing.assert_close(torch.export.load(tmp_path / "m.pt2").module()(*ex.args), model(*ex.args))

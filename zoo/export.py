@@ -124,7 +124,10 @@ def export_file(model: nn.Module, out: str | Path, fmt: str = "onnx", batch: int
         ex = example_inputs(model, max(batch, 2), max(length, 2))
     if fmt == "torch-export":
         program = export_torch(model, ex)
-        atomic_write(out, lambda tmp: torch.export.save(program, tmp))
+        def save(tmp: str) -> None:
+            with open(tmp, "wb") as f:  # a buffer: torch warns about a file name that does not end in .pt2
+                torch.export.save(program, f)
+        atomic_write(out, save)
         return f"torch.export, dynamic axes {ex.dynamic or 'none'}"
     used = {}
 
