@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import functools
 import io
+import json
 
 import pytest
 import torch
@@ -294,6 +295,44 @@ def test_bad_requests_get_4xx_and_server_keeps_serving(servers):
     r = post(server, good)
     assert r.status_code == 200 and "class_id" in r.json()
     assert requests.get(server.url + "/health", timeout=10).text == "ok"
+
+
+def test_guard_checks_requests_off_the_event_loop():
+    """Checking a request can take seconds (tokenizing megabytes of text, decoding a large image): the guard checks
+    it in a thread, and the event loop goes on answering /health and the other requests meanwhile. The check here
+    waits until the loop has run something else; run on the loop itself it would wait in vain."""
+    import asyncio
+    import threading
+
+    from zoo.serve.limits import Limits
+    from zoo.serve.server import Guard
+
+    checking, loop_ran, seen = threading.Event(), threading.Event(), {}
+
+    class SlowCheck:
+        def check(self, payload):
+            checking.set()
+            seen["thread"], seen["loop_ran"] = threading.get_ident(), loop_ran.wait(5)
+            return {"items": [payload], "single": True}
+
+    async def model(scope, receive, send):
+        seen["forwarded"] = json.loads((await receive())["body"])
+
+    async def receive():
+        return {"type": "http.request", "body": b'{"text": "seven"}', "more_body": False}
+
+    async def main():
+        scope = {"type": "http", "path": "/predict", "method": "POST", "headers": [(b"content-type", b"application/json")]}
+        request = asyncio.create_task(Guard(model, SlowCheck(), Limits())(scope, receive, None))
+        while not checking.is_set():
+            await asyncio.sleep(0.01)
+        loop_ran.set()  # the loop runs while the check is in progress
+        await request
+        return threading.get_ident()
+
+    loop_thread = asyncio.run(main())
+    assert seen["loop_ran"] and seen["thread"] != loop_thread
+    assert seen["forwarded"] == {"items": [{"text": "seven"}], "single": True}
 
 
 def test_text_limits_and_model_failure_500(servers):

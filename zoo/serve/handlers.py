@@ -349,7 +349,7 @@ class Handler:
                                + (f" (the server's limit; start it with a larger {flag})" if flag and value > high else ""))
 
     def _tokens(self, where, *texts) -> int:
-        n = len(self.tokenizer(*texts)["input_ids"])
+        n = len(self.tokenizer(*texts, verbose=False)["input_ids"])  # verbose: no warning per over-long request
         if n > self.max_tokens:
             raise RequestError(413, f"too many tokens{where}: {n} tokens, the limit is {self.max_tokens}; shorten the text "
                                     "(or start the server with a larger --max-text-tokens)")

@@ -14,6 +14,7 @@ good ones; it gets {"error": "..."} with a 4xx. An exception inside the model ge
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import logging
 import os
@@ -119,7 +120,10 @@ class Guard:
             return await self.app(scope, receive, send)
         try:
             body = await self._read(scope, receive)
-            canonical = self.handler.check(await self._parse(scope, body))
+            payload = await self._parse(scope, body)
+            # in a thread: tokenizing a text of megabytes or decoding a large image takes seconds, and the event loop
+            # must keep answering /health and the other requests meanwhile
+            canonical = await asyncio.to_thread(self.handler.check, payload)
         except RequestError as e:
             return await _send_json(send, e.status, {"error": e.message})
         data = json.dumps(canonical).encode()
