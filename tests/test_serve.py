@@ -159,6 +159,12 @@ def test_image_classification_equals_model(servers):
     both = post(server, {"inputs": [{"image": b64(png)}, {"image": b64(digit_png(1))}]}).json()["outputs"]
     assert up["class_id"] == url["class_id"] == both[0]["class_id"] and len(up["top"]) == 2
     assert both[1]["class_id"] == int(_image_probs(run, digit_png(1)).argmax())
+    # several files in one multipart field: one answer per file, in order, as {"inputs": [...]} gives them
+    files = [("image", (f"{i}.png", digit_png(i), "image/png")) for i in (1, 0)]
+    r = post(server, files=files, data={"top_k": "2"})
+    assert r.status_code == 200, r.text
+    assert [o["class_id"] for o in r.json()["outputs"]] == [both[1]["class_id"], up["class_id"]]
+    assert all(len(o["top"]) == 2 for o in r.json()["outputs"])
 
 
 def test_onnx_backend_same_answers(servers):
@@ -228,8 +234,14 @@ def test_clip_zero_shot(servers):
     out = post(server, {"image": b64(png), "labels": labels, "attention": True}).json()
     assert out["label"] == labels[int(probs.argmax())] and abs(out["probability"] - float(probs.max())) < 1e-4
     assert len(out["attention"]["map"]) == 49
-    form = post(server, files={"image": ("d.png", png, "image/png")}, data={"labels": "\n".join(labels)}).json()
-    assert form["label"] == out["label"]
+    upload = {"image": ("d.png", png, "image/png")}
+    for labels_field in ("\n".join(labels), json.dumps(labels), [("labels", t) for t in labels]):  # lines, JSON, repeated
+        form = post(server, files=upload, data=labels_field if isinstance(labels_field, list) else {"labels": labels_field})
+        assert form.status_code == 200 and form.json()["top"] == out["top"], (labels_field, form.text)
+    for bad, words in (('["the digit one", "two"', "field 'labels' starts with '[' but is not valid JSON"),
+                       ('["the digit one", 2]', "field 'labels' must be a list of strings; item 1 is a int (2)")):
+        r = post(server, files=upload, data={"labels": bad})
+        assert r.status_code == 422 and words in r.json()["error"], r.text
     for bad, words in ((["the digit one", " "], "label 1 is empty"), (["the digit one", 7], "item 1 is a int (7)")):
         r = post(server, {"image": b64(png), "labels": bad})
         assert r.status_code == 422 and words in r.json()["error"], r.text
@@ -270,6 +282,10 @@ BAD = [  # (what, request kwargs, status, words the error must contain)
     ("batch too big", {"json": {"inputs": [{"image": "AAAA"}] * 4}}, 413, "batch too big"),
     ("top_k out of range", {"json": {"image": "GOOD", "top_k": 0}}, 422, "top_k"),
     ("unsupported content type", {"data": b"abc", "headers": {"Content-Type": "image/png"}}, 415, "content type"),
+    ("multipart field given twice", {"files": {"image": ("d.png", b"x", "image/png")}, "data": [("top_k", "1"), ("top_k", "2")]},
+     422, "field 'top_k' is given 2 times"),
+    ("more files than inputs allowed", {"files": [("image", ("d.png", b"x", "image/png"))] * 4}, 400,
+     "Maximum number of files is 3"),
 ]
 
 

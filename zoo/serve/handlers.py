@@ -22,6 +22,7 @@ import base64
 import binascii
 import inspect
 import io
+import json
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -60,11 +61,36 @@ def _type_ok(kind: str, value) -> bool:
     return isinstance(value, list) and all(isinstance(v, str) for v in value)
 
 
+def _json_strings(name: str, text: str) -> list[str]:
+    """A form value that starts with '[' -> the JSON list of strings it holds."""
+    fix = "send a JSON list of strings such as [\"a\", \"b\"], one value per line, or the field once per value"
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise RequestError(422, f"field {name!r} starts with '[' but is not valid JSON ({e}); {fix}") from None
+    if not isinstance(value, list):
+        raise RequestError(422, f"field {name!r} starts with '[' but is not a JSON list; {fix}")
+    for i, v in enumerate(value):
+        if not isinstance(v, str):
+            raise RequestError(422, f"field {name!r} must be a list of strings; item {i} is a {type(v).__name__} ({v!r})")
+    return value
+
+
 def _from_form(kind: str, name: str, values: list[str]):
-    """Multipart / form fields arrive as strings: convert them to the field's type."""
+    """Multipart fields arrive as strings: convert them to the field's type. A list field takes a JSON list, one
+    value per line, or the field repeated once per value."""
     if kind == "strs":
-        return [v for text in values for v in text.splitlines() if v.strip()] if len(values) == 1 else values
-    text = values[-1]
+        out = []
+        for text in values:
+            if text.lstrip().startswith("["):
+                out += _json_strings(name, text)
+            else:
+                out += [v for v in text.splitlines() if v.strip()] if len(values) == 1 else [text]
+        return out
+    if len(values) > 1:
+        raise RequestError(422, f"field {name!r} is given {len(values)} times; give it once (only file parts, one "
+                                "per input, may repeat)")
+    text = values[0]
     try:
         if kind == "int":
             return int(text)
@@ -330,15 +356,24 @@ class Handler:
         return item
 
     def from_form(self, form: dict[str, list]) -> dict:
-        """Multipart / urlencoded fields -> a JSON-like payload (files become base64)."""
-        payload = {}
+        """Multipart fields -> a JSON-like payload (files become base64). Several files in one field are several
+        inputs, in order, each with the other fields: {"inputs": [...]}, as JSON requests ask for several."""
+        payload, files = {}, {}
         for name, values in form.items():
             f = self.fields.get(name)
             if f is None:
                 raise RequestError(422, f"unknown field {name!r}; this {self.use} model takes {sorted(self.fields)}")
+            if f.type != "strs" and len(values) > 1 and all(isinstance(v, bytes) for v in values):
+                files[name] = [base64.b64encode(v).decode() for v in values]
+                continue
             values = [base64.b64encode(v).decode() if isinstance(v, bytes) else v for v in values]
             payload[name] = _from_form(f.type, name, values)
-        return payload
+        if not files:
+            return payload
+        if len(files) > 1:
+            raise RequestError(422, f"fields {sorted(files)} each hold several files; only one field may repeat")
+        [(name, values)] = files.items()
+        return {"inputs": [{**payload, name: v} for v in values]}
 
     # shared checks
     def _range(self, item, name, low, high, where, flag=""):

@@ -189,7 +189,7 @@ class Guard:
             return {"type": "http.request", "body": body, "more_body": False}
 
         try:
-            form = await Request(scope, replay).form(max_files=4, max_fields=64)
+            form = await Request(scope, replay).form(max_files=self.limits.max_items, max_fields=64)
         except Exception as e:  # noqa: BLE001 - malformed multipart: the parser's own message
             raise RequestError(400, f"the multipart body cannot be parsed ({type(e).__name__}: {e})") from None
         values: dict[str, list] = {}
