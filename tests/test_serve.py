@@ -282,6 +282,11 @@ BAD = [  # (what, request kwargs, status, words the error must contain)
     ("batch too big", {"json": {"inputs": [{"image": "AAAA"}] * 4}}, 413, "batch too big"),
     ("top_k out of range", {"json": {"image": "GOOD", "top_k": 0}}, 422, "top_k"),
     ("unsupported content type", {"data": b"abc", "headers": {"Content-Type": "image/png"}}, 415, "content type"),
+    ("JSON as text/plain", {"data": b'{"image": "AAAA"}', "headers": {"Content-Type": "text/plain"}}, 415,
+     "unsupported content type 'text/plain'; send application/json"),
+    ("JSON as a form (curl -d)", {"data": b'{"image": "AAAA"}', "headers": {"Content-Type": "application/x-www-form-urlencoded"}},
+     415, "`curl -d` sends that type: add -H 'Content-Type: application/json'"),
+    ("urlencoded fields", {"data": {"image": "AAAA"}}, 415, "or multipart/form-data"),
     ("multipart field given twice", {"files": {"image": ("d.png", b"x", "image/png")}, "data": [("top_k", "1"), ("top_k", "2")]},
      422, "field 'top_k' is given 2 times"),
     ("more files than inputs allowed", {"files": [("image", ("d.png", b"x", "image/png"))] * 4}, 400,
@@ -310,6 +315,8 @@ def test_bad_requests_get_4xx_and_server_keeps_serving(servers):
     assert requests.get(server.url + "/predict", timeout=10).status_code == 405
     r = post(server, good)
     assert r.status_code == 200 and "class_id" in r.json()
+    r = requests.post(server.url + "/predict", data=json.dumps(good).encode(), timeout=30)  # no content type: JSON
+    assert "content-type" not in r.request.headers and r.status_code == 200, r.text
     assert requests.get(server.url + "/health", timeout=10).text == "ok"
 
 

@@ -161,13 +161,16 @@ class Guard:
                 return b"".join(chunks)
 
     async def _parse(self, scope, body: bytes):
-        ctype = dict(scope["headers"]).get(b"content-type", b"").decode("latin-1").lower()
-        looks_json = body.lstrip()[:1] in (b"{", b"[")  # `curl -d '{...}'` sends JSON labelled as a form
-        if ctype.startswith("multipart/form-data") or (ctype.startswith("application/x-www-form-urlencoded") and not looks_json):
+        ctype = dict(scope["headers"]).get(b"content-type", b"").decode("latin-1")
+        media = ctype.split(";")[0].strip().lower()
+        if media == "multipart/form-data":
             return await self._form(scope, body)
-        if ctype and not looks_json and not ctype.startswith(("application/json", "text/plain")):
-            raise RequestError(415, f"unsupported content type {ctype!r}; send application/json, or multipart/form-data "
-                                    "with the image as a file part named 'image'")
+        if media not in ("", "application/json"):  # no content type at all: the body is read as JSON
+            curl = " (`curl -d` sends that type: add -H 'Content-Type: application/json')" \
+                if media == "application/x-www-form-urlencoded" else ""
+            raise RequestError(415, f"unsupported content type {media!r}{curl}; send application/json (a JSON object "
+                                    f"such as {self.handler.example()}) or multipart/form-data (a form field per "
+                                    "request field, an image as a file part)")
         if not body.strip():
             raise RequestError(400, f"the request body is empty; send a JSON object such as {self.handler.example()}")
         try:
