@@ -4,6 +4,7 @@ requests get the right 4xx, a failure inside the model a 500 with an id, and the
 from __future__ import annotations
 
 import base64
+import contextlib
 import functools
 import io
 import json
@@ -391,6 +392,60 @@ def test_generation_limits(servers):
     assert r.status_code == 422 and "labels" in r.json()["error"]
 
 
+@contextlib.contextmanager
+def prefix_proxy(target: str, prefix: str = "/zoo/"):
+    """A reverse proxy serving `target` under a path prefix, as nginx's `location /zoo/ { proxy_pass TARGET/; }`
+    does; yields the prefixed URL. Paths outside the prefix get 404."""
+    import http.server
+    import threading
+
+    class Forward(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            if not self.path.startswith(prefix):
+                return self.send_error(404, f"{self.path} is outside {prefix}")
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            r = requests.request(self.command, target + "/" + self.path[len(prefix):], data=body or None, timeout=60,
+                                 headers={k: v for k, v in self.headers.items() if k.lower() == "content-type"})
+            self.send_response(r.status_code)
+            self.send_header("Content-Type", r.headers.get("content-type", "application/octet-stream"))
+            self.send_header("Content-Length", str(len(r.content)))
+            self.end_headers()
+            self.wfile.write(r.content)
+
+        do_POST = do_GET
+
+        def log_message(self, *args):
+            pass
+
+    proxy = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Forward)
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{proxy.server_port}{prefix}"
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
+
+
+def test_demo_page_works_under_a_path_prefix(servers):
+    """Behind a reverse proxy at /zoo/, every URL of the demo page (what it fetches, what it links) reaches the
+    server: the page names them relative to itself, never from the host's root."""
+    import re
+    from urllib.parse import urljoin
+
+    server, _ = servers["image"]
+    with prefix_proxy(server.url) as base:
+        page = requests.get(base, timeout=10).text
+        fetched = re.findall(r"""fetch\(\s*["'`]([^"'`]*)""", page)
+        linked = [u for u in re.findall(r'(?:href|src)="([^"]*)"', page) if not u.startswith("data:")]
+        assert {u.rsplit("/", 1)[-1] for u in fetched} == {"predict", "metadata"} and linked, (fetched, linked)
+        for url in fetched + linked:
+            if url.endswith("predict"):
+                r = requests.post(urljoin(base, url), json={"image": b64(digit_png(0))}, timeout=30)
+            else:
+                r = requests.get(urljoin(base, url), timeout=10)
+            assert r.status_code == 200, (url, urljoin(base, url), r.status_code)
+
+
 def test_pages_and_metadata(servers):
     server, _ = servers["image"]
     page = requests.get(server.url + "/", timeout=10)
@@ -441,7 +496,8 @@ def chromium_driver(width: int = 1100, height: int = 860):
 @pytest.mark.slow
 def test_demo_page_in_chromium(tmp_path):
     """The shipped vit_mnist.mnist5k, out of the box: upload a real MNIST-5k digit on the demo page; the page shows
-    the model's class (the digit's true label) and draws the attention overlay.
+    the model's class (the digit's true label) and draws the attention overlay. The page is opened through a reverse
+    proxy that serves the server under /zoo/ (its requests must stay under that prefix).
     ZOO_SERVE_FIGURE=path saves the screenshot there (docs/figures/serve_demo.png was made so, see the README)."""
     import os
 
@@ -460,25 +516,26 @@ def test_demo_page_in_chromium(tmp_path):
         assert want == run.labels[int(_mnist()[1][-1])]  # the trained model reads this digit right
         driver = chromium_driver()
         try:
-            driver.get(server.url + "/")
-            wait = WebDriverWait(driver, 30)
-            wait.until(lambda d: d.execute_script("return document.body.dataset.ready === '1'"))
-            assert not driver.find_element(By.ID, "image-section").get_attribute("hidden")
-            assert driver.find_element(By.ID, "text-section").get_attribute("hidden")  # only what the model supports
-            driver.find_element(By.ID, "file").send_keys(str(path))
-            wait.until(lambda d: d.execute_script("return uploaded !== null"))
-            driver.find_element(By.ID, "predict-image").click()
-            wait.until(lambda d: d.find_element(By.ID, "image-result").text not in ("", "...")
-                       or d.find_element(By.ID, "image-error").text)
-            assert driver.find_element(By.ID, "image-error").text == ""
-            assert driver.find_element(By.ID, "image-result").text.startswith(want + " ")
-            painted = driver.execute_script(
-                "const d = document.getElementById('overlay').getContext('2d').getImageData(0, 0, 280, 280).data;"
-                "let n = 0; for (let i = 3; i < d.length; i += 4) if (d[i] > 0) n++; return n;")
-            assert painted > 280 * 280 // 2, painted  # the rollout covers the image
-            driver.save_screenshot(str(tmp_path / "serve_demo.png"))
-            if os.environ.get("ZOO_SERVE_FIGURE"):
-                driver.save_screenshot(os.environ["ZOO_SERVE_FIGURE"])
+            with prefix_proxy(server.url) as base:  # behind a reverse proxy at /zoo/, as deployed servers often are
+                driver.get(base)
+                wait = WebDriverWait(driver, 30)
+                wait.until(lambda d: d.execute_script("return document.body.dataset.ready === '1'"))
+                assert not driver.find_element(By.ID, "image-section").get_attribute("hidden")
+                assert driver.find_element(By.ID, "text-section").get_attribute("hidden")  # only what the model supports
+                driver.find_element(By.ID, "file").send_keys(str(path))
+                wait.until(lambda d: d.execute_script("return uploaded !== null"))
+                driver.find_element(By.ID, "predict-image").click()
+                wait.until(lambda d: d.find_element(By.ID, "image-result").text not in ("", "...")
+                           or d.find_element(By.ID, "image-error").text)
+                assert driver.find_element(By.ID, "image-error").text == ""
+                assert driver.find_element(By.ID, "image-result").text.startswith(want + " ")
+                painted = driver.execute_script(
+                    "const d = document.getElementById('overlay').getContext('2d').getImageData(0, 0, 280, 280).data;"
+                    "let n = 0; for (let i = 3; i < d.length; i += 4) if (d[i] > 0) n++; return n;")
+                assert painted > 280 * 280 // 2, painted  # the rollout covers the image
+                driver.save_screenshot(str(tmp_path / "serve_demo.png"))
+                if os.environ.get("ZOO_SERVE_FIGURE"):
+                    driver.save_screenshot(os.environ["ZOO_SERVE_FIGURE"])
         finally:
             driver.quit()
     finally:
