@@ -1,7 +1,7 @@
 """Preprocessing as the weights expect it, timm-style: `resolve_data_config` then `create_transform`.
 
     model = zoo.create_model("vit_mnist.mnist5k", pretrained=True)
-    config = zoo.resolve_data_config(model)      # {"input_size": (1, 28, 28), "mean": (0.5,), "std": (0.5,), ...}
+    config = zoo.resolve_data_config(model)      # {"input_size": (1, 28, 28), "mean": (0.1307,), "std": (0.3081,), ...}
     transform = zoo.create_transform(config)     # PIL image -> normalised float tensor (C, H, W)
     logits = model(transform(Image.open("digit.png"))[None])
 
