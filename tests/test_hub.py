@@ -222,3 +222,45 @@ def test_a_reshaped_tag_model_does_not_carry_the_tags_card(tmp_path):
     assert "vit_mnist.mnist5k" not in (folder / "README.md").read_text()
     same = zoo.create_model("vit_mnist.mnist5k", pretrained=True).save_pretrained(tmp_path / "same")
     assert json.loads((same / "config.json").read_text())["zoo"]["tag"] == "vit_mnist.mnist5k"
+
+def test_from_pretrained_takes_transformers_hub_arguments(tmp_path, offline_cache, monkeypatch):
+    """revision (a branch or a commit hash), cache_dir and local_files_only choose the snapshot, as in transformers;
+    they are not read as model overrides."""
+    torch.manual_seed(0)
+    old, new = zoo.create_model("vit_digits").eval(), zoo.create_model("vit_digits").eval()
+    lay_out_in_hub_cache(save_pretrained(old, tmp_path / "old"), offline_cache, "org/vitd", commit="a" * 40)
+    lay_out_in_hub_cache(save_pretrained(new, tmp_path / "new"), offline_cache, "org/vitd", commit="b" * 40)  # main
+    ex = example_inputs(old, batch=2)
+    for revision, model in (("main", new), ("a" * 40, old), ("b" * 40, new)):
+        loaded = zoo.from_pretrained("org/vitd", revision=revision, local_files_only=True)
+        torch.testing.assert_close(_outputs(loaded, ex), _outputs(model, ex), rtol=0, atol=0)
+    with pytest.raises(HubError, match=r"revision 'v9'.*the cache holds: main"):
+        zoo.from_pretrained("org/vitd", revision="v9")
+    # cache_dir: another cache than HF_HUB_CACHE
+    other = tmp_path / "other_cache"
+    lay_out_in_hub_cache(tmp_path / "old", other, "org/elsewhere")
+    torch.testing.assert_close(_outputs(zoo.from_pretrained("org/elsewhere", cache_dir=other), ex), _outputs(old, ex))
+    with pytest.raises(HubError, match=f"not in the local cache at '{offline_cache}'"):
+        zoo.from_pretrained("org/elsewhere")
+
+
+def test_a_repo_the_hub_cannot_serve_is_named_with_the_cache_path(tmp_path, monkeypatch):
+    """Without HF_HUB_OFFLINE and without a network, the message says the Hub was not reached (not that downloading
+    is off) and names the cache folder it looked in."""
+    import huggingface_hub.constants as hc
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    import zoo.hub
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(hc, "HF_HUB_OFFLINE", False)
+
+    def unreachable(*args, **kwargs):  # what snapshot_download raises when the Hub cannot be reached
+        raise LocalEntryNotFoundError("An error happened while trying to locate the files on the Hub") \
+            from ConnectionError("Name or service not known")
+
+    monkeypatch.setattr("huggingface_hub.snapshot_download", unreachable)
+    with pytest.raises(HubError) as e:
+        zoo.hub.from_pretrained("org/nothere", cache_dir=tmp_path / "c")
+    assert "the Hub could not be reached (ConnectionError" in str(e.value) and str(tmp_path / "c") in str(e.value)
+    assert "HF_HUB_OFFLINE" not in str(e.value) and "HF_HUB_CACHE" not in str(e.value)

@@ -192,21 +192,27 @@ def load_pretrained_dir(path: str | os.PathLike, model_kwargs: dict | None = Non
     return Run(model.eval(), name, str(path), record, tokenizer)
 
 
-def hub_snapshot(repo_id: str, revision: str | None = None, cache_dir: str | os.PathLike | None = None) -> Path:
-    """The local folder of a Hub repository, through huggingface_hub's cache (`HF_HUB_OFFLINE=1`: cache only)."""
-    from huggingface_hub import snapshot_download
+def hub_snapshot(repo_id: str, revision: str | None = None, cache_dir: str | os.PathLike | None = None,
+                 local_files_only: bool = False) -> Path:
+    """The local folder of a Hub repository at `revision` (a branch, tag or commit hash; default "main"), through
+    huggingface_hub's cache (`cache_dir`, else HF_HUB_CACHE); `HF_HUB_OFFLINE=1` or local_files_only: cache only."""
+    from huggingface_hub import constants, snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
     repo_id = repo_id[len(HF_HUB_PREFIX):] if repo_id.startswith(HF_HUB_PREFIX) else repo_id
     offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
     try:
-        folder = snapshot_download(repo_id, revision=revision, cache_dir=cache_dir, local_files_only=offline,
+        folder = snapshot_download(repo_id, revision=revision, cache_dir=cache_dir,
+                                   local_files_only=offline or local_files_only,
                                    allow_patterns=[CONFIG_NAME, WEIGHTS_NAME, "tokenizer*", "special_tokens_map.json",
                                                    "README.md"])
-    except LocalEntryNotFoundError:
-        raise HubError(f"Hub repository {repo_id!r} is not in the local cache "
-                       f"({cache_dir or 'HF_HUB_CACHE'}) and downloading is off (HF_HUB_OFFLINE=1); "
-                       "download it once online, or pass a local directory") from None
+    except LocalEntryNotFoundError as e:
+        cache = Path(cache_dir or constants.HF_HUB_CACHE)
+        why = ("downloading is off (HF_HUB_OFFLINE=1)" if offline else "downloading is off (local_files_only=True)"
+               if local_files_only else f"the Hub could not be reached ({_first_line(e.__cause__ or e)})")
+        raise HubError(f"Hub repository {repo_id!r}{_revision_text(cache, repo_id, revision)} is not in the local "
+                       f"cache at {str(cache)!r} and {why}; download it once online, pass cache_dir= the cache that "
+                       "holds it, or pass a local directory") from None
     except HfHubHTTPError as e:
         raise HubError(f"cannot fetch Hub repository {repo_id!r}: {e}") from None
     if not is_pretrained_dir(folder):
@@ -215,19 +221,39 @@ def hub_snapshot(repo_id: str, revision: str | None = None, cache_dir: str | os.
     return Path(folder)
 
 
-def from_pretrained(source: str | os.PathLike, **model_kwargs) -> nn.Module:
+def _first_line(error: BaseException) -> str:
+    return f"{type(error).__name__}: {(str(error).splitlines() or [''])[0][:200]}"
+
+
+def _revision_text(cache: Path, repo_id: str, revision: str | None) -> str:
+    """" at revision 'v2' (the cache holds: main, 0123abcd...)" for a revision the cache lacks; "" for the default."""
+    if revision is None:
+        return ""
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    held = sorted(p.name for p in (repo / "refs").glob("*") if p.is_file()) + \
+        sorted(p.name for p in (repo / "snapshots").glob("*"))
+    return f" at revision {revision!r}" + (f" (the cache holds: {', '.join(held)})" if held else "")
+
+
+def from_pretrained(source: str | os.PathLike, *, revision: str | None = None, cache_dir: str | os.PathLike | None = None,
+                    local_files_only: bool = False, **model_kwargs) -> nn.Module:
     """A zoo model from a `save_pretrained` directory, a shipped tag (`vit_mnist.mnist5k`), a run or
     checkpoint, or a Hub repository id (`org/name` or `hf-hub:org/name`); in eval mode.
 
+    revision (a branch, tag or commit hash), cache_dir and local_files_only are transformers' arguments: they
+    choose the Hub snapshot and have no effect on a local source. Other keyword arguments override the config.
     `zoo.runs.load_run(source)` returns the same model with its tokenizer, labels and image settings."""
     from .pretrained import is_tag
+    from .registry import with_run_info
     from .runs import load_run
 
     text = str(source)
     if not Path(text).exists() and not is_tag(text) and text.count("/") == 1 and not text.startswith((".", "/", HF_HUB_PREFIX)):
-        source = HF_HUB_PREFIX + text  # "org/name": a Hub repository id, as transformers reads it
-    from .registry import with_run_info
-
+        text = HF_HUB_PREFIX + text  # "org/name": a Hub repository id, as transformers reads it
+    if text.startswith(HF_HUB_PREFIX):
+        run = load_pretrained_dir(hub_snapshot(text, revision, cache_dir, local_files_only), model_kwargs)
+        run.source = text
+        return with_run_info(run)
     return with_run_info(load_run(source, model_kwargs or None))
 
 
