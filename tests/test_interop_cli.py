@@ -24,7 +24,7 @@ def test_convert_hf_dir_then_back_to_hf(tmp_path, capsys):
                                                        num_attention_heads=4, intermediate_size=37, num_labels=3)).eval()
     ref.save_pretrained(tmp_path / "hf")
     assert run("--from-hf", tmp_path / "hf", "--out", tmp_path / "bert.safetensors") == 0
-    assert "load_converted" in capsys.readouterr().out
+    assert "zoo.from_pretrained" in capsys.readouterr().out
     model = load_converted(tmp_path / "bert.safetensors")
     ids = torch.randint(1, 99, (2, 8))
     mask = torch.tensor([[1] * 8, [1] * 5 + [0] * 3])
@@ -58,3 +58,50 @@ def test_convert_errors(tmp_path):
         main(["convert", "--to-hf", str(tmp_path / "plain.safetensors"), "--out", str(tmp_path / "d")])
     with pytest.raises(SystemExit):  # argparse: a source is required
         main(["convert", "--out", "x"])
+
+
+def test_converted_models_save_and_load_like_zoo_models(tmp_path):
+    """from_hf / from_timm / load_converted models have a working save_pretrained, and a file `zoo convert` wrote
+    loads through from_pretrained and zoo export's loader, with identical outputs (sizes no registered name has)."""
+    from zoo.export import load_model
+    from zoo.interop import from_hf, from_timm
+
+    torch.manual_seed(0)
+    ref = T.BertForSequenceClassification(T.BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2,
+                                                       num_attention_heads=4, intermediate_size=37, num_labels=3)).eval()
+    ref.save_pretrained(tmp_path / "hf")
+    ids = torch.randint(1, 99, (2, 8))
+    bert = from_hf(tmp_path / "hf")
+    with torch.no_grad():
+        expected = bert(ids)
+        again = zoo.from_pretrained(bert.save_pretrained(tmp_path / "sp"))
+        assert type(again) is type(bert) and again.config == bert.config
+        torch.testing.assert_close(again(ids), expected, rtol=0, atol=0)
+        assert run("--from-hf", tmp_path / "hf", "--out", tmp_path / "bert.safetensors") == 0
+        for loaded in (zoo.from_pretrained(tmp_path / "bert.safetensors"), load_model(str(tmp_path / "bert.safetensors")),
+                       zoo.from_pretrained(load_converted(tmp_path / "bert.safetensors").save_pretrained(tmp_path / "lc"))):
+            torch.testing.assert_close(loaded(ids), expected, rtol=0, atol=0)
+    whole = (tmp_path / "bert.safetensors").read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(whole[: len(whole) - 100])
+    with pytest.raises(ValueError, match="cut.safetensors.*it is truncated"):
+        load_converted(tmp_path / "cut.safetensors")
+    # zoo weights with a zoo record (zoo.runs.save_run) convert back without --model
+    from zoo.runs import save_run
+
+    assert run("--to-hf", save_run(again, tmp_path / "run.safetensors"), "--out", tmp_path / "back") == 0
+    assert T.BertForSequenceClassification.from_pretrained(tmp_path / "back").config.hidden_size == 32
+
+    # a timm Swin: its tuple fields (depths, num_heads) come back as tuples from every path
+    ref = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False, img_size=56, embed_dim=16,
+                            depths=(1, 1), num_heads=(1, 2), num_classes=5).eval()
+    swin = from_timm(ref)
+    save_file(ref.state_dict(), tmp_path / "timm.safetensors")
+    assert run("--from-timm", tmp_path / "timm.safetensors", "--arch", "swin_tiny_patch4_window7_224",
+               "--timm-arg", "img_size=56", "--timm-arg", "embed_dim=16", "--timm-arg", "depths=(1,1)",
+               "--timm-arg", "num_heads=(1,2)", "--timm-arg", "num_classes=5", "--out", tmp_path / "swin.safetensors") == 0
+    x = torch.randn(2, 3, 56, 56)
+    with torch.no_grad():
+        for loaded in (zoo.from_pretrained(swin.save_pretrained(tmp_path / "swin_sp")), load_converted(tmp_path / "swin.safetensors"),
+                       zoo.from_pretrained(tmp_path / "swin.safetensors")):
+            assert loaded.config == swin.config
+            torch.testing.assert_close(loaded(x), swin(x), rtol=0, atol=0)

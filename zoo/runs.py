@@ -67,7 +67,8 @@ def model_record(model: nn.Module) -> dict[str, Any]:
 
     name = getattr(model, "model_name", None)
     if name is None:
-        raise RunError(f"{type(model).__name__} was not built by zoo.create_model (no model_name); cannot describe it")
+        raise RunError(f"{type(model).__name__} was not built by zoo.create_model (no model_name) and no registered zoo "
+                       "model has its class; cannot describe it (zoo.interop.save_converted(model, path) saves it)")
     return {"model": name, "family": _entry(name).family, "config": _plain(dataclasses.asdict(model.config))}
 
 

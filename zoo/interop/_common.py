@@ -61,9 +61,12 @@ def strip_prefix(sd: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Te
 
 
 def load_into(model: nn.Module, sd: dict[str, torch.Tensor], ignore: tuple[str, ...] = ()) -> nn.Module:
-    """Checked strict load (every missing / unexpected / mis-shaped key named), then eval mode."""
+    """Checked strict load (every missing / unexpected / mis-shaped key named), then eval mode; the model gets
+    the zoo name save_pretrained describes it by (`files.name_converted`)."""
+    from .files import name_converted
+
     load_state_dict_checked(model, sd, ignore=ignore)
-    return model.eval()
+    return name_converted(model).eval()
 
 
 def mlp_ratio_for(dim: int, hidden: int) -> float:

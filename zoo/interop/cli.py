@@ -4,7 +4,8 @@
     zoo convert --from-timm vit.safetensors --arch vit_small_patch16_224 --out vit.safetensors
     zoo convert --to-hf bert.safetensors --out ./hf-dir                  # a file written by zoo convert
     zoo convert --to-hf ckpt.safetensors --model bert_base --out ./hf-dir # zoo weights of a registered model
-Load a converted file with `zoo.interop.load_converted(path)`.
+Load a converted file with `zoo.from_pretrained(path)` (or `zoo.interop.load_converted(path)`); `zoo export --model
+path` and `zoo predict --model path` take it too.
 """
 from __future__ import annotations
 
@@ -59,6 +60,10 @@ def main(argv: list[str]) -> int:
             model = zoo.create_model(args.model, pretrained=args.to_hf, **_kv(args.set)).eval()
         elif "zoo_class" in read_metadata(args.to_hf):
             model = load_converted(args.to_hf)
+        elif "zoo" in read_metadata(args.to_hf):  # zoo weights with their record (zoo.runs.save_run)
+            from ..runs import load_run
+
+            model = load_run(args.to_hf).model
         else:
             raise SystemExit(f"{args.to_hf} has no zoo metadata: pass --model NAME (and --set KEY=VALUE overrides)")
         to_hf(model, args.out)
@@ -78,5 +83,5 @@ def main(argv: list[str]) -> int:
     name = registered_name(model)
     same = f"; same config as zoo model {name!r}" if name else ""
     print(f"wrote {type(model).__name__} ({count_parameters(model) / 1e6:.2f}M parameters{same}) to {args.out}; "
-          f"load it with zoo.interop.load_converted({args.out!r})")
+          f"load it with zoo.from_pretrained({args.out!r})")
     return 0
