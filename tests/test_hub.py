@@ -264,3 +264,22 @@ def test_a_repo_the_hub_cannot_serve_is_named_with_the_cache_path(tmp_path, monk
         zoo.hub.from_pretrained("org/nothere", cache_dir=tmp_path / "c")
     assert "the Hub could not be reached (ConnectionError" in str(e.value) and str(tmp_path / "c") in str(e.value)
     assert "HF_HUB_OFFLINE" not in str(e.value) and "HF_HUB_CACHE" not in str(e.value)
+
+
+def test_folders_that_are_not_zoo_folders_say_what_they_are(tmp_path):
+    """A transformers folder points to from_hf; a zoo folder with a damaged config.json names the file and the JSON
+    error (both said "holds no checkpoint" / "it is a directory"); from_hf of a zoo folder points to from_pretrained."""
+    import transformers as T
+
+    T.BertModel(T.BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                             intermediate_size=20)).save_pretrained(tmp_path / "hf")
+    for load in (lambda p: zoo.from_pretrained(p), lambda p: zoo.create_model("vit_mnist", pretrained=p)):
+        with pytest.raises(ValueError, match=r"is a transformers folder \(its config.json has model_type 'bert'.*zoo.from_hf"):
+            load(str(tmp_path / "hf"))
+    folder = save_pretrained(zoo.create_model("vit_digits"), tmp_path / "zoo_vit")
+    with pytest.raises(ValueError, match=r"is a zoo folder .*zoo.from_pretrained"):
+        zoo.from_hf(folder)
+    (folder / "config.json").write_text('{"model_type": "zoo", "zoo": {')
+    for load in (lambda p: zoo.from_pretrained(p), lambda p: zoo.create_model("vit_digits", pretrained=p)):
+        with pytest.raises(ValueError, match=r"zoo_vit/config.json' is not valid JSON \(JSONDecodeError: Expecting"):
+            load(str(folder))

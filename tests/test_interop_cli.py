@@ -105,3 +105,32 @@ def test_converted_models_save_and_load_like_zoo_models(tmp_path):
                        zoo.from_pretrained(tmp_path / "swin.safetensors")):
             assert loaded.config == swin.config
             torch.testing.assert_close(loaded(x), swin(x), rtol=0, atol=0)
+
+
+def test_convert_names_the_wrong_kind_of_input_or_output(tmp_path):
+    from zoo.interop.cli import main as convert
+    from zoo.runs import model_record
+
+    folder = zoo.create_model("vit_digits").save_pretrained(tmp_path / "zoo_vit")
+    with pytest.raises(ValueError, match="is a zoo folder .*zoo.from_pretrained"):  # was KeyError: 'zoo'
+        convert(["--from-hf", str(folder), "--out", str(tmp_path / "x.safetensors")])
+    (tmp_path / "exdir").mkdir()
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit, match="is a folder that holds no zoo model"):  # was "No such device (os error 19)"
+        convert(["--to-hf", str(tmp_path / "empty"), "--out", str(tmp_path / "back")])
+    # a zoo fit checkpoint names its model: no --model needed (was "header too large")
+    bert = zoo.create_model("bert_tiny", head="cls", depth=1, dim=32, num_heads=2, vocab_size=100)
+    torch.save({"state_dict": {f"model.{k}": v for k, v in bert.state_dict().items()}, "zoo": model_record(bert)},
+               tmp_path / "last.ckpt")
+    assert convert(["--to-hf", str(tmp_path / "last.ckpt"), "--out", str(tmp_path / "bert_hf")]) == 0
+    assert (tmp_path / "bert_hf" / "config.json").is_file()
+    # --out of --from-*: one .safetensors file, never a folder ("outdir/" was written as a file named outdir)
+    T.BertModel(T.BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                             intermediate_size=20)).save_pretrained(tmp_path / "hf")
+    for out in (tmp_path / "exdir", f"{tmp_path / 'outdir'}/"):
+        with pytest.raises(SystemExit, match="a converted model is one .safetensors file"):
+            convert(["--from-hf", str(tmp_path / "hf"), "--out", str(out)])
+    (tmp_path / "d.safetensors").mkdir()
+    with pytest.raises(ValueError, match="d.safetensors' is a folder; the output is a file"):
+        convert(["--from-hf", str(tmp_path / "hf"), "--out", str(tmp_path / "d.safetensors")])
+    assert not (tmp_path / "outdir").exists() and not any((tmp_path / "d.safetensors").iterdir())

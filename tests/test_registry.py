@@ -112,3 +112,28 @@ def test_an_unknown_override_of_a_shipped_tag_names_the_accepted_ones():
     with pytest.raises(TypeError, match="vit_mnist does not accept num_clases; accepted overrides: .*num_classes"):
         zoo.create_model("vit_mnist.mnist5k", num_clases=3)
     assert zoo.create_model("vit_mnist.mnist5k", num_classes="5").config.num_classes == 5  # a command-line string
+
+
+def test_numeric_overrides_name_the_field():
+    """depth=2.5 failed inside torch; depth=-1 and num_classes=-1 built broken models without a word."""
+    for bad, match in (({"depth": 2.5}, "depth=2.5 is not an int"), ({"depth": True}, "depth=True is not an int"),
+                       ({"depth": -1}, "depth=-1 is negative"), ({"num_classes": -1}, "num_classes=-1 is negative")):
+        with pytest.raises(ValueError, match=f"vit_mnist: {match}"):
+            zoo.create_model("vit_mnist", **bad)
+    assert zoo.get_config("vit_mnist", num_classes=0, depth=2).num_classes == 0  # no head: still allowed
+    assert zoo.get_config("swin_mnist", depths=(1, 1)).depths == (1, 1)
+
+
+def test_an_unknown_family_is_named():
+    assert "vit_mnist" in zoo.list_models(family="vit")
+    with pytest.raises(ValueError, match=r"unknown family 'vits'. Did you mean: vit.*Known families: .*bert"):
+        zoo.list_models(family="vits")
+
+
+def test_features_only_keeps_what_the_weights_expect():
+    """timm's features_only model keeps pretrained_cfg: resolve_data_config reads the tag's normalisation."""
+    features = zoo.create_model("vit_mnist.mnist5k", pretrained=True, features_only=True)
+    full = zoo.create_model("vit_mnist.mnist5k", pretrained=True)
+    assert features.pretrained_cfg == full.pretrained_cfg and features.config == full.config
+    assert zoo.resolve_data_config(features) == zoo.resolve_data_config(full)
+    assert zoo.resolve_data_config(features)["mean"] == (0.1307,)

@@ -134,11 +134,14 @@ class FeatureExtractor(nn.Module):
     `image_tower()` has them (CLIP, the captioner) gives its image tower's maps (then `self.model` is the
     tower). `feature_info` lists the taken entries of the feature_info, in order; `channels()` and
     `reduction()` read them. The model keeps all its modules; the blocks after the last taken one are
-    skipped (stop_early)."""
+    skipped (stop_early). Like timm's, it keeps the model's `pretrained_cfg` and `config`, so
+    `zoo.resolve_data_config(extractor)` reads images as the weights expect."""
 
     def __init__(self, model: nn.Module, out_indices: int | Sequence[int] | None = None, output_fmt: str = "NCHW",
                  norm: bool = False):
         super().__init__()
+        self.pretrained_cfg = getattr(model, "pretrained_cfg", None) or {}
+        self.config = getattr(model, "config", None)
         if not _declares_features(model):
             tower = model.image_tower() if callable(getattr(model, "image_tower", None)) else None
             if not _declares_features(tower):

@@ -50,6 +50,24 @@ def is_pretrained_dir(path: str | os.PathLike) -> bool:
         return False
 
 
+def foreign_dir_problem(path: str | os.PathLike) -> str | None:
+    """Why a folder with a config.json is no save_pretrained folder of zoo (its config.json is not JSON, or it is a
+    transformers folder), with the fix; None for any other folder."""
+    config = Path(path) / CONFIG_NAME
+    if not config.is_file():
+        return None
+    try:
+        data = json.loads(config.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        return (f"{str(config)!r} is not valid JSON ({type(e).__name__}: {e}); the folder's config is damaged: "
+                "save the model again or repair the file")
+    if isinstance(data, dict) and "zoo" not in data:
+        return (f"{str(path)!r} is a transformers folder (its config.json has model_type {data.get('model_type')!r} and "
+                f"no zoo record): load it with zoo.from_hf({str(path)!r}), or convert it with "
+                f"zoo convert --from-hf {path} --out model.safetensors")
+    return None
+
+
 def save_pretrained(source: Any, directory: str | os.PathLike, tokenizer: Any = None, meta: dict | None = None,
                     dtype: str | torch.dtype | None = None, overwrite: bool = False, card: str | None = None) -> Path:
     """Write `source` (a zoo model or a `zoo.runs.Run`) as a Hub-style directory; returns it.

@@ -55,6 +55,11 @@ def list_models(pattern: str | None = None, family: str | None = None) -> list[s
     if pattern:
         names = [n for n in names if fnmatch.fnmatch(n, pattern)]
     if family:
+        families = sorted({e.family for e in _REGISTRY.values()})
+        if family not in families:
+            close = difflib.get_close_matches(family, families, n=3, cutoff=0.5)
+            hint = f" Did you mean: {', '.join(close)}?" if close else ""
+            raise ValueError(f"unknown family {family!r}.{hint} Known families: {', '.join(families)}")
         names = [n for n in names if _REGISTRY[n].family == family]
     return names
 
@@ -111,7 +116,25 @@ def _typed(name: str, config: Any, overrides: dict) -> dict:
             raise ValueError(f"{name}: {key}={value!r} is not {'an' if kind[:1] in 'aeiou' else 'a'} {kind} "
                             f"(default {default!r}); give a value of that type")
         out[key] = tuple(parsed) if isinstance(parsed, list) and isinstance(default, tuple) else parsed
+    for key, value in out.items():
+        _check_count(name, key, value, hints.get(key), getattr(config, key))
     return out
+
+
+def _check_count(name: str, key: str, value: Any, hint: Any, default: Any) -> None:
+    """A number given for an int field (a size, a count, an id) must be a whole number, and not negative where the
+    registered value is a positive one (depth=-1, num_classes=-1 built broken models, depth=2.5 failed inside torch)."""
+    import numbers
+    import typing
+
+    kinds = set(typing.get_args(hint)) or {hint}
+    if int not in kinds or float in kinds or not isinstance(value, numbers.Number):
+        return
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{name}: {key}={value!r} is not an int (default {default!r}); give a whole number")
+    if value < 0 and isinstance(default, int) and default > 0:
+        raise ValueError(f"{name}: {key}={value!r} is negative; it is a size or count (default {default!r}): give a "
+                         "number >= 0")
 
 
 def _is_float(value: str) -> bool:

@@ -216,6 +216,10 @@ def load_run(source: str | Path, model_kwargs: dict | None = None, strict_config
     if is_compressed_dir(path):  # a folder written by `zoo compress`
         return _load_compressed_run(path, kwargs)
     if path.is_dir():
+        from .hub import HubError, foreign_dir_problem
+
+        if problem := foreign_dir_problem(path):
+            raise HubError(problem)
         raise RunError(f"{src} holds no checkpoint (no checkpoints/last.ckpt under it or its version_N folders; a run "
                        "that failed before its first checkpoint has none); pass another run folder or a checkpoint file")
     if path.suffix != ".ckpt":

@@ -143,6 +143,10 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise WeightsFileNotFound(f"weights file {str(path)!r} does not exist; pass a .safetensors file or a checkpoint "
                                   "written by `zoo fit`")
     if path.is_dir():
+        from .hub import foreign_dir_problem
+
+        if problem := foreign_dir_problem(path):
+            raise _unreadable(path, problem)
         raise _unreadable(path, f"it is a directory; pass the weights file inside it (e.g. "
                                 f"{str(path / 'model.safetensors')!r}), or zoo.from_hf({str(path)!r}) for a "
                                 "transformers save_pretrained directory")
@@ -275,6 +279,9 @@ def atomic_write(path: str | os.PathLike, write_fn) -> None:
     On failure the target is untouched and the temporary file removed; a full disk raises a
     `WeightsWriteError` (an OSError) naming the path and the free space."""
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{str(path)!r} is a folder; the output is a file: pass a file path "
+                         f"(e.g. {str(path / ('model' + path.suffix if path.suffix else 'model.safetensors'))!r})")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = None
     try:

@@ -19,14 +19,15 @@ def _parser() -> argparse.ArgumentParser:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--from-hf", metavar="DIR", help="a directory written by transformers' save_pretrained")
     src.add_argument("--from-timm", metavar="FILE", help="a timm ViT checkpoint (.safetensors or weights-only .pth)")
-    src.add_argument("--to-hf", metavar="FILE", help="zoo weights (.safetensors) to write as a transformers directory")
+    src.add_argument("--to-hf", metavar="FILE", help="zoo weights (.safetensors), a zoo fit checkpoint or a save_pretrained "
+                     "folder, to write as a transformers directory")
     p.add_argument("--arch", help="timm architecture name for --from-timm, e.g. vit_small_patch16_224")
     p.add_argument("--timm-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="extra timm.create_model argument for --from-timm, e.g. img_size=384 (repeatable)")
     p.add_argument("--model", help="for --to-hf: the registered zoo model the weights belong to (if the file lacks zoo metadata)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="for --to-hf --model: a config override of the run that saved the weights (repeatable)")
-    p.add_argument("--out", required=True, help="output .safetensors file (from-*) or directory (--to-hf)")
+    p.add_argument("--out", required=True, help="output .safetensors file (from-*; never a folder) or directory (--to-hf)")
     return p
 
 
@@ -52,23 +53,29 @@ def main(argv: list[str]) -> int:
     from .files import load_converted, read_metadata, registered_name, save_converted
 
     if args.to_hf:
+        from pathlib import Path
+
         from . import to_hf
+        from ..runs import describes_model, load_run
 
         if args.model:
             import zoo
 
             model = zoo.create_model(args.model, pretrained=args.to_hf, **_kv(args.set)).eval()
-        elif "zoo_class" in read_metadata(args.to_hf):
+        elif Path(args.to_hf).suffix == ".safetensors" and Path(args.to_hf).is_file() and "zoo_class" in read_metadata(args.to_hf):
             model = load_converted(args.to_hf)
-        elif "zoo" in read_metadata(args.to_hf):  # zoo weights with their record (zoo.runs.save_run)
-            from ..runs import load_run
-
-            model = load_run(args.to_hf).model
+        elif describes_model(args.to_hf):  # a zoo record: save_run's safetensors, a zoo fit checkpoint or run folder,
+            model = load_run(args.to_hf).model  # a save_pretrained folder
+        elif Path(args.to_hf).is_dir():
+            raise SystemExit(f"{args.to_hf} is a folder that holds no zoo model: pass the zoo weights file (.safetensors) "
+                             "or a save_pretrained folder")
         else:
             raise SystemExit(f"{args.to_hf} has no zoo metadata: pass --model NAME (and --set KEY=VALUE overrides)")
         to_hf(model, args.out)
         print(f"wrote {type(model).__name__} as a transformers directory to {args.out}")
         return 0
+    if not args.out.endswith(".safetensors"):  # never a folder ("out/" was written as a file named out)
+        raise SystemExit(f"--out {args.out}: a converted model is one .safetensors file (e.g. --out model.safetensors)")
     if args.from_hf:
         from . import from_hf
 

@@ -36,6 +36,11 @@ def read_hf_source(source: Any) -> tuple[Any, dict[str, torch.Tensor], str | Non
         d = Path(source)
         if not (d / "config.json").is_file():
             raise FileNotFoundError(f"{str(d)!r} has no config.json; pass a directory written by save_pretrained or a model object")
+        from ..hub import is_pretrained_dir
+
+        if is_pretrained_dir(d):
+            raise ValueError(f"{str(d)!r} is a zoo folder (written by zoo's save_pretrained), not a transformers one: "
+                             f"load it with zoo.from_pretrained({str(d)!r}); it needs no conversion")
         from transformers import AutoConfig
 
         config = AutoConfig.from_pretrained(str(d))  # reads config.json only
