@@ -359,6 +359,43 @@ def test_guard_checks_requests_off_the_event_loop():
     assert seen["forwarded"] == {"items": [{"text": "seven"}], "single": True}
 
 
+def test_guard_checks_one_request_at_a_time():
+    """The checks run in threads but one at a time: a fast tokenizer changes its padding state inside a call, and
+    two threads doing so at once fail with "Already borrowed"."""
+    import asyncio
+    import threading
+    import time
+
+    from zoo.serve.limits import Limits
+    from zoo.serve.server import Guard
+
+    lock, state = threading.Lock(), {"active": 0, "most": 0}
+
+    class SlowCheck:
+        def check(self, payload):
+            with lock:
+                state["active"] += 1
+                state["most"] = max(state["most"], state["active"])
+            time.sleep(0.2)
+            with lock:
+                state["active"] -= 1
+            return {"items": [payload], "single": True}
+
+    async def model(scope, receive, send):
+        await receive()
+
+    async def receive():
+        return {"type": "http.request", "body": b'{"text": "seven"}', "more_body": False}
+
+    async def main():
+        guard = Guard(model, SlowCheck(), Limits())
+        scope = {"type": "http", "path": "/predict", "method": "POST", "headers": [(b"content-type", b"application/json")]}
+        await asyncio.gather(*(guard(dict(scope), receive, None) for _ in range(3)))
+
+    asyncio.run(main())
+    assert state["most"] == 1
+
+
 def test_text_limits_and_model_failure_500(servers):
     server, _ = servers["text"]
     r = post(server, {"text": "seven \udc00 hi"})  # JSON allows half a surrogate pair; no tokenizer takes it

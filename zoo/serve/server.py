@@ -21,6 +21,7 @@ import os
 import signal
 import sys
 import tempfile
+import threading
 import traceback
 import uuid
 import warnings
@@ -114,6 +115,13 @@ class Guard:
 
     def __init__(self, app, handler, limits: Limits):
         self.app, self.handler, self.limits = app, handler, limits
+        # one check at a time: a fast tokenizer changes its padding state inside a call, and two threads doing so
+        # at once fail with the Rust binding's "Already borrowed"
+        self._checking = threading.Lock()
+
+    def _check(self, payload):
+        with self._checking:
+            return self.handler.check(payload)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["path"] != PREDICT or scope["method"] != "POST":
@@ -123,7 +131,7 @@ class Guard:
             payload = await self._parse(scope, body)
             # in a thread: tokenizing a text of megabytes or decoding a large image takes seconds, and the event loop
             # must keep answering /health and the other requests meanwhile
-            canonical = await asyncio.to_thread(self.handler.check, payload)
+            canonical = await asyncio.to_thread(self._check, payload)
         except RequestError as e:
             return await _send_json(send, e.status, {"error": e.message})
         data = json.dumps(canonical).encode()
