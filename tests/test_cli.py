@@ -47,6 +47,17 @@ def test_errors_end_in_one_readable_line(argv, message, capsys, tmp_path, monkey
     assert not list(tmp_path.rglob("version_*")) and not list(tmp_path.rglob(".version_*"))  # no empty run, no lock
 
 
+@pytest.mark.parametrize("command", [*sorted(set(COMMANDS) - {"bench"}), "compress latency", "compress sweep", "bench speed",
+                                     "bench quality", "bench generate", "bench serve", "bench tta", "fit", "validate", "test",
+                                     "predict"])
+def test_no_parser_takes_an_abbreviated_option(command, capsys, tmp_path, monkeypatch):
+    """argparse's prefix matching is off in every parser: `--hel` is a mistyped option (exit 2), not `--help`
+    (`zoo bench` alone only dispatches to its subcommands)."""
+    monkeypatch.chdir(tmp_path)
+    code, out, err = zoo_cli([*command.split(), "--hel"], capsys)
+    assert code == 2 and "usage:" not in out and "Traceback" not in err, out[-500:] + err[-1500:]
+
+
 def test_a_failed_start_releases_only_an_empty_run_folder(tmp_path):
     """A start that fails before anything is written gives its version folder back (and its lock); a folder
     that holds a file is never removed."""
@@ -167,6 +178,7 @@ def test_a_stored_recipe_is_evaluated_on_the_whole_split(capsys):
     ("--data.batch_size", "abc", "--data.init_args.batch_size: Expected a <class 'int'>. Got value: abc"),
     ("--trainer.precision", "bf17", "--trainer.precision bf17 is not one of 64, 32, 16,"),
     ("--trainer.max_epochss", "3", "unrecognized arguments: --trainer.max_epochss 3; did you mean --trainer.max_epochs?"),
+    ("--trainer.max_epoch", "3", "unrecognized arguments: --trainer.max_epoch 3; did you mean --trainer.max_epochs?"),
 ])
 def test_a_mistyped_option_is_one_line_naming_it_and_the_fix(flag, value, words, capsys, tmp_path, monkeypatch):
     """jsonargparse's report (usage and a nested union dump, about 60 lines) becomes one line and exit status 2."""

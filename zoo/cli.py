@@ -46,7 +46,7 @@ def models_main(argv: list[str]) -> int:
 
     from . import list_models, model_info
 
-    p = argparse.ArgumentParser(prog="zoo models", description="List registered models with parameter counts.")
+    p = argparse.ArgumentParser(allow_abbrev=False, prog="zoo models", description="List registered models with parameter counts.")
     p.add_argument("pattern", nargs="?", help='shell wildcard, e.g. "vit_*"')
     p.add_argument("--family", help="only this family (bert, t5, vit, ...)")
     a = p.parse_args(argv)
@@ -65,7 +65,7 @@ def info_main(argv: list[str]) -> int:
 
     from . import model_info
 
-    p = argparse.ArgumentParser(prog="zoo info", description="Show one registered model's family, hyper-parameters, "
+    p = argparse.ArgumentParser(allow_abbrev=False, prog="zoo info", description="Show one registered model's family, hyper-parameters, "
                                 "parameter count and paper as JSON.")
     p.add_argument("model", help="registered model name (see `zoo models`)")
     a = p.parse_args(argv)

@@ -498,7 +498,7 @@ def _table(rows: list[dict]) -> str:
 def apply_main(argv: list[str]) -> int:
     from .export import example_inputs
 
-    p = argparse.ArgumentParser(prog="zoo compress", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(allow_abbrev=False, prog="zoo compress", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", help="a `zoo fit` checkpoint (.ckpt) or a weights file (with --model)")
     p.add_argument("--model", help="registered model name (read from the checkpoint when omitted)")
     p.add_argument("--model-kwargs", default="{}", help="JSON overrides")
@@ -560,7 +560,7 @@ def latency_main(argv: list[str]) -> int:
     from .export import example_inputs
     from .registry import create_model
 
-    p = argparse.ArgumentParser(prog="zoo compress latency", description="fp32 vs int8 CPU latency of a model (random weights)")
+    p = argparse.ArgumentParser(allow_abbrev=False, prog="zoo compress latency", description="fp32 vs int8 CPU latency of a model (random weights)")
     p.add_argument("--model", required=True)
     p.add_argument("--model-kwargs", default="{}")
     p.add_argument("--batch", type=_at_least(1), default=1)
@@ -601,7 +601,7 @@ def sweep_main(argv: list[str]) -> int:
     """Sparsity vs accuracy: each pruning kind and amount, before and after a short fine-tune."""
     import csv
 
-    p = argparse.ArgumentParser(prog="zoo compress sweep", description=sweep_main.__doc__)
+    p = argparse.ArgumentParser(allow_abbrev=False, prog="zoo compress sweep", description=sweep_main.__doc__)
     p.add_argument("--ckpt", required=True)
     p.add_argument("--model")
     p.add_argument("--model-kwargs", default="{}")

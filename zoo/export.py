@@ -161,7 +161,7 @@ def verify_onnx(model: nn.Module, path: str | Path, batch: int, length: int, tol
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="zoo export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(allow_abbrev=False, prog="zoo export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="registered name, a zoo fit checkpoint (.ckpt) or run folder, or NAME@WEIGHTS")
     p.add_argument("--model-kwargs", default="{}", help="JSON overrides, e.g. '{\"head\": \"cls\"}'")
     p.add_argument("--format", choices=FORMATS, default="onnx")

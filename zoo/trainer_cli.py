@@ -62,7 +62,13 @@ def condense_parser_error(message: str) -> str:
 
 
 class ZooArgumentParser(LightningArgumentParser):
-    """Lightning's parser, whose errors are one readable line (`condense_parser_error`) and exit status 2."""
+    """Lightning's parser, whose errors are one readable line (`condense_parser_error`) and exit status 2. An option
+    is taken only as spelled in full: argparse's prefix matching (`--trainer.max_epoch` for `--trainer.max_epochs`)
+    is off for the main parser and each subcommand's, which LightningCLI makes with this class."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str, ex: Exception | None = None):
         import sys

@@ -356,7 +356,7 @@ def _pick(images: torch.Tensor, index: int | None, what: str) -> int:
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="zoo viz", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(allow_abbrev=False, prog="zoo viz", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("kind", choices=["attention", "cross-attention", "positions", "clip-similarity",
                                       "reconstruction"])
     p.add_argument("--ckpt", help="checkpoint written by `zoo fit` (or its run folder)")

@@ -100,7 +100,7 @@ def speed_main(argv: list[str]) -> int:
     from .speed import GOAL_SETTINGS, GOALS, SpeedOptions, format_goals, format_table, run_speed
     from ..tasks.base import OPTIMIZERS
 
-    ap = argparse.ArgumentParser(prog="zoo bench speed", description="Throughput, MACs and memory of zoo models (and their peers).")
+    ap = argparse.ArgumentParser(allow_abbrev=False, prog="zoo bench speed", description="Throughput, MACs and memory of zoo models (and their peers).")
     ap.add_argument("patterns", nargs="*", help="model names or wildcards; default: the goal models of issue 7")
     ap.add_argument("--goals", action="store_true",
                     help="run exactly the goal configurations (implies --vs-peers): float32 eager, bf16 autocast and "

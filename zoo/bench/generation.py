@@ -51,7 +51,7 @@ def main(argv: list[str]) -> int:
     from .cli import DEFAULT_OUT, _at_least, fresh_stem, resolve_models, write_rows, write_text
     from .speed import machine_info
 
-    ap = argparse.ArgumentParser(prog="zoo bench generate", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(allow_abbrev=False, prog="zoo bench generate", description=__doc__.split("\n\n")[0])
     ap.add_argument("patterns", nargs="*", help="encoder-decoder names (default: transformer_tiny t5_small lstm_seq2seq)")
     ap.add_argument("--batch-size", type=_at_least(1), default=8)
     ap.add_argument("--src-len", type=_at_least(1), default=32)

@@ -176,7 +176,7 @@ def _line(r: dict) -> str:
 def main(argv: list[str]) -> int:
     from .cli import DEFAULT_OUT, _ints, fresh_stem, write_rows
 
-    p = argparse.ArgumentParser(prog="zoo bench serve", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(allow_abbrev=False, prog="zoo bench serve", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="vit_mnist", help="what zoo serve --model takes (default: vit_mnist, random weights)")
     p.add_argument("--concurrency", type=_ints, default=(1, 8, 32))
     p.add_argument("--requests", type=int, default=400, help="answered requests per setting, at most")

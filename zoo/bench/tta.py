@@ -200,7 +200,7 @@ def main(argv: list[str]) -> int:
     from ..compare.study import validate_study
     from .cli import _at_least
 
-    ap = argparse.ArgumentParser(prog="zoo bench tta", description=__doc__.split("\n\n")[0],
+    ap = argparse.ArgumentParser(allow_abbrev=False, prog="zoo bench tta", description=__doc__.split("\n\n")[0],
                                  epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", required=True, help="the time-to-accuracy file, e.g. configs/bench/tta_vit_mnist.yaml")
     ap.add_argument("--settings", nargs="*", help="run only these settings (default: all)")

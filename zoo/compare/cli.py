@@ -16,7 +16,7 @@ def _param(text: str) -> tuple[str, object]:
 def main(argv: list[str]) -> int:
     from . import __doc__ as doc
 
-    ap = argparse.ArgumentParser(prog="zoo compare", description=doc.split("\n\n")[0],
+    ap = argparse.ArgumentParser(allow_abbrev=False, prog="zoo compare", description=doc.split("\n\n")[0],
                                  epilog="A study file " + doc.split("A study file ", 1)[1],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", required=True, help="the study, e.g. configs/compare/quick_mnist.yaml")

@@ -15,7 +15,7 @@ import ast
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="zoo convert", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(allow_abbrev=False, prog="zoo convert", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--from-hf", metavar="DIR", help="a directory written by transformers' save_pretrained")
     src.add_argument("--from-timm", metavar="FILE", help="a timm ViT checkpoint (.safetensors or weights-only .pth)")

@@ -295,7 +295,7 @@ def _check_port(host: str, port: int) -> None:
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="zoo serve", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(allow_abbrev=False, prog="zoo serve", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="a `zoo fit` checkpoint or run folder, zoo safetensors, NAME@WEIGHTS, "
                                                   "or a registered name (random weights)")
     p.add_argument("--host", default="127.0.0.1", choices=HOSTS, help="127.0.0.1 (default): this machine only; "
