@@ -58,6 +58,23 @@ def test_no_parser_takes_an_abbreviated_option(command, capsys, tmp_path, monkey
     assert code == 2 and "usage:" not in out and "Traceback" not in err, out[-500:] + err[-1500:]
 
 
+@pytest.mark.parametrize("flag, value", [("--optimizer", "torch.optim.SGD"),
+                                         ("--lr_scheduler", "torch.optim.lr_scheduler.StepLR")])
+def test_lightnings_optimizer_options_are_refused_naming_zoos(flag, value, capsys, tmp_path, monkeypatch):
+    """LightningCLI's --optimizer / --lr_scheduler would replace the task's optimiser and schedule with only a warning;
+    zoo refuses them, naming its own options. Their null (as stored recipes and config.yaml files list them) is fine."""
+    monkeypatch.chdir(tmp_path)
+    recipe = ["fit", "--config", os.path.join(ROOT, "configs", "vit_digits.yaml"), "--trainer.fast_dev_run", "1",
+              "--trainer.default_root_dir", str(tmp_path / "runs")]
+    code, _, err = zoo_cli([*recipe, flag, value], capsys)
+    assert code == 2 and f"error: {flag} is not a zoo option:" in err, err[-1500:]
+    assert "--model.init_args.optimizer (adamw, adamw_foreach, adafactor)" in err and len(err.strip().splitlines()) == 2
+    assert not (tmp_path / "runs").exists()
+    (tmp_path / "nulls.yaml").write_text("optimizer: null\nlr_scheduler: null\n")
+    code, out, _ = zoo_cli([*recipe, "--config", "nulls.yaml", "--print_config"], capsys)
+    assert code == 0 and "optimizer: null" in out
+
+
 def test_a_failed_start_releases_only_an_empty_run_folder(tmp_path):
     """A start that fails before anything is written gives its version folder back (and its lock); a folder
     that holds a file is never removed."""

@@ -71,6 +71,7 @@ class ZooArgumentParser(LightningArgumentParser):
         super().__init__(*args, **kwargs)
 
     def error(self, message: str, ex: Exception | None = None):
+        import re
         import sys
 
         if not self.exit_on_error or _jsonargparse_debug():  # a nested parser inside a check: jsonargparse catches it
@@ -79,7 +80,10 @@ class ZooArgumentParser(LightningArgumentParser):
         words = (parser.prog or "").split()
         prog = "zoo " + words[-1] if words and words[-1] in ("fit", "validate", "test", "predict") else "zoo"
         line = condense_parser_error(message)
-        if message.startswith("unrecognized arguments:"):
+        lightning_optim = re.search(r'Parser key "(%s)"' % "|".join(LIGHTNING_OPTIMIZER_KEYS), message)
+        if lightning_optim:  # a value LightningCLI would have used in place of the task's optimiser (see ZooCLI)
+            line = f"--{lightning_optim.group(1)} is not a zoo option: {zoo_optimizer_hint()}"
+        elif message.startswith("unrecognized arguments:"):
             import difflib
 
             flags = [f for a in parser._actions for f in a.option_strings if f.startswith("--")]
@@ -122,6 +126,18 @@ def _task_class(c) -> type | None:
         return None  # the parser names a class it cannot import: it says so itself
 
 
+LIGHTNING_OPTIMIZER_KEYS = ("optimizer", "lr_scheduler")
+
+
+def zoo_optimizer_hint() -> str:
+    """How zoo's tasks are given their optimiser (zoo.tasks.base), for LightningCLI's --optimizer / --lr_scheduler."""
+    from .tasks.base import OPTIMIZERS
+
+    return ("zoo's tasks build their own optimiser and warm-up/cosine schedule; choose it with --model.init_args.optimizer "
+            f"({', '.join(OPTIMIZERS)}) and set --model.init_args.lr, weight_decay, betas, warmup_steps, min_lr_ratio "
+            "(also under model.init_args in a config)")
+
+
 class ZooCLI(LightningCLI):
     def add_arguments_to_parser(self, parser):
         parser.add_argument("--test_after_fit", type=bool, default=True,
@@ -134,6 +150,25 @@ class ZooCLI(LightningCLI):
                                  "float32 (32-true) instead, with a notice: there bf16 is emulated and several times slower")
         parser.link_arguments("data", "model.init_args.data_overrides", compute_fn=lambda dm: dm.model_overrides,
                               apply_on="instantiate")
+
+    # -- LightningCLI's --optimizer / --lr_scheduler: zoo's tasks build their own -----------------
+    def _add_arguments(self, parser) -> None:
+        super()._add_arguments(parser)
+        for action in parser._actions:
+            if action.dest in LIGHTNING_OPTIMIZER_KEYS:
+                action.help = f"not used by zoo (refused): {zoo_optimizer_hint()}"
+
+    def parse_arguments(self, parser, args) -> None:
+        """Refuse LightningCLI's --optimizer / --lr_scheduler, which would replace the task's optimiser and schedule
+        (its weight-decay groups, warm-up and cosine decay, --model.init_args.lr ...) with only Lightning's warning.
+        They stay in the parser, null: stored recipes and config.yaml files list them so."""
+        super().parse_arguments(parser, args)
+        sub = self.config.get("subcommand")
+        c = self.config[sub] if sub else self.config
+        given = [k for k in LIGHTNING_OPTIMIZER_KEYS if c.get(k) is not None]
+        if given:
+            sub_parser = getattr(self, "_subcommand_parsers", {}).get(sub, parser)
+            sub_parser.error(f"--{given[0]} is not a zoo option: {zoo_optimizer_hint()}")
 
     # -- checkpoint paths: "last", and checkpoints of another recipe ----------------------------
     def _parse_ckpt_path(self) -> None:
