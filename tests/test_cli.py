@@ -180,6 +180,17 @@ def test_a_stored_recipe_is_evaluated_on_the_whole_split(capsys):
     assert config["trainer"] == {"max_epochs": 3, "limit_test_batches": None, "fast_dev_run": False}
     assert config["model"] == {"init_args": {"model": "vit_digits"}}
     assert "trainer.limit_test_batches=1; this command does not repeat them" in capsys.readouterr().err
+    # a notice names only what would have limited this command: predicting reads no val or test split
+    smoke = "trainer:\n  limit_val_batches: 2\n  limit_test_batches: 2\n"
+    for command, said in [("predict", None), ("validate", "zoo validate: the run was trained with trainer.limit_val_batches=2;"),
+                          ("test", "zoo test: the run was trained with trainer.limit_test_batches=2;")]:
+        path = recipe_file(smoke, command)
+        try:
+            assert yaml.safe_load(open(path).read())["trainer"] == {"limit_val_batches": None, "limit_test_batches": None}
+        finally:
+            os.remove(path)
+        err = capsys.readouterr().err
+        assert (said in err and "limit_" not in err.replace(said, "")) if said else err == "", (command, err)
     plain = "trainer:\n  max_epochs: 3\n"
     path = recipe_file(plain)
     try:

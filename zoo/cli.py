@@ -111,7 +111,7 @@ def _with_stored_config(argv: list[str]) -> tuple[list[str], str | None]:
         raise ValueError(f"{ckpt} stores no recipe (written by an older zoo); pass --config configs/<recipe>.yaml")
     from .trainer_cli import recipe_file
 
-    path = recipe_file(stored)
+    path = recipe_file(stored, argv[0])
     return [argv[0], "--config", path, *argv[1:]], path
 
 
@@ -199,7 +199,7 @@ def _with_model_source(argv: list[str]) -> tuple[list[str], str | None]:
             raise ValueError(f"the data module of {source} ({data_class}) takes no predict inputs")
     from .trainer_cli import recipe_file
 
-    path = recipe_file(stored)
+    path = recipe_file(stored, argv[0])
     return [argv[0], "--config", path, *options, *extra], path
 
 

@@ -395,12 +395,16 @@ class ZooCLI(LightningCLI):
 # predict` on its checkpoint do not repeat: they evaluate the whole split unless told otherwise on their command line.
 EVALUATION_SHORTCUTS = {"limit_val_batches": None, "limit_test_batches": None, "limit_predict_batches": None,
                         "fast_dev_run": False, "overfit_batches": 0.0}
+# the shortcuts that would have changed what each command reads (the notice names only these)
+SHORTCUTS_OF = {"validate": ("limit_val_batches", "fast_dev_run", "overfit_batches"),
+                "test": ("limit_test_batches", "fast_dev_run"),
+                "predict": ("limit_predict_batches", "fast_dev_run")}
 
 
-def recipe_file(recipe: str) -> str:
-    """A stored recipe (YAML text) as a temporary file to pass as --config, for evaluating or predicting with the
-    run's checkpoint: the run's shortcuts through the data (EVALUATION_SHORTCUTS) are dropped, with a notice.
-    The caller removes the file."""
+def recipe_file(recipe: str, command: str = "test") -> str:
+    """A stored recipe (YAML text) as a temporary file to pass as --config, for `zoo <command>` (test, validate or
+    predict) with the run's checkpoint: the run's shortcuts through the data (EVALUATION_SHORTCUTS) are dropped,
+    with a notice where one would have limited what this command reads. The caller removes the file."""
     import os
     import sys
     import tempfile
@@ -414,9 +418,11 @@ def recipe_file(recipe: str) -> str:
         if dropped:
             trainer.update({k: EVALUATION_SHORTCUTS[k] for k in dropped})
             recipe = yaml.safe_dump(config, sort_keys=False)
-            print(f"zoo: the run was trained with {', '.join(f'trainer.{k}={v}' for k, v in dropped.items())}; this "
-                  "command does not repeat them: it evaluates the whole split unless its own command line limits it",
-                  file=sys.stderr)
+        said = {k: v for k, v in dropped.items() if k in SHORTCUTS_OF.get(command, EVALUATION_SHORTCUTS)}
+        if said:
+            what = "predicts every input" if command == "predict" else "evaluates the whole split"
+            print(f"zoo {command}: the run was trained with {', '.join(f'trainer.{k}={v}' for k, v in said.items())}; "
+                  f"this command does not repeat them: it {what} unless its own command line limits it", file=sys.stderr)
     fd, path = tempfile.mkstemp(prefix="zoo-recipe-", suffix=".yaml")
     with os.fdopen(fd, "w") as fh:
         fh.write(recipe)
