@@ -157,6 +157,19 @@ def test_bench_quality_is_an_alias_of_compare(capsys):
     out = capsys.readouterr().out
     assert "zoo bench quality is an alias of: zoo compare --config configs/compare/quick_mnist.yaml --validate" in out
     assert "study quick_mnist is valid: 12 runs" in out
+    with pytest.raises(SystemExit) as e:
+        bench_main(["quality", "--help"])
+    out = capsys.readouterr().out
+    assert e.value.code == 0 and out.startswith("usage: zoo bench quality [-h] [--config CONFIG]"), out[:300]
+    assert "(default: configs/compare/quick_mnist.yaml)" in out
+
+
+@pytest.mark.parametrize("flags", [["--report", "--validate"], ["--validate", "--cost"], ["--cost", "--report"]])
+def test_compare_refuses_two_of_report_validate_cost(flags, tmp_path, capsys):
+    """Each of them does one thing and returns: given together, one was dropped without a word."""
+    code, out, err = zoo_cli(["compare", "--config", str(write_study(tmp_path)), *flags], capsys)
+    assert code == 2 and f"zoo compare: error: argument {flags[1]}: not allowed with argument {flags[0]}" in err, err
+    assert "Traceback" not in err and not out
 
 
 def test_rows_of_another_recipe_text_are_not_mixed_into_a_study(tmp_path):

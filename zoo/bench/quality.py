@@ -17,8 +17,8 @@ def main(argv: list[str]) -> int:
     from ..compare.cli import main as compare_main
 
     argv = list(argv)
-    if not any(a == "--config" or a.startswith("--config=") for a in argv):
-        argv = ["--config", STUDY, *argv]
     if "-h" not in argv and "--help" not in argv:
-        print(f"zoo bench quality is an alias of: zoo compare {' '.join(argv)}", flush=True)
-    return compare_main(argv)
+        given = any(a == "--config" or a.startswith("--config=") for a in argv)
+        print(f"zoo bench quality is an alias of: zoo compare {' '.join(argv if given else ['--config', STUDY, *argv])}",
+              flush=True)
+    return compare_main(argv, prog="zoo bench quality", study=STUDY)

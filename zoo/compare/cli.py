@@ -13,17 +13,20 @@ def _param(text: str) -> tuple[str, object]:
     return key, yaml.safe_load(value)
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str], prog: str = "zoo compare", study: str | None = None) -> int:
+    """`zoo compare`; `prog` and a default `study` for the commands that are aliases of it (`zoo bench quality`)."""
     from . import __doc__ as doc
 
-    ap = argparse.ArgumentParser(allow_abbrev=False, prog="zoo compare", description=doc.split("\n\n")[0],
+    ap = argparse.ArgumentParser(allow_abbrev=False, prog=prog, description=doc.split("\n\n")[0],
                                  epilog="A study file " + doc.split("A study file ", 1)[1],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", required=True, help="the study, e.g. configs/compare/quick_mnist.yaml")
-    ap.add_argument("--report", action="store_true", help="only re-render table.md / table.csv / plot.png from the store "
-                                                          "(refused where its rows no longer match the study)")
-    ap.add_argument("--validate", action="store_true", help="only check the study (every override, every model), train nothing")
-    ap.add_argument("--cost", action="store_true",
+    ap.add_argument("--config", required=study is None, default=study,
+                    help=f"the study (default: {study})" if study else "the study, e.g. configs/compare/quick_mnist.yaml")
+    only = ap.add_mutually_exclusive_group()  # each does one thing and returns: two of them would drop one silently
+    only.add_argument("--report", action="store_true", help="only re-render table.md / table.csv / plot.png from the "
+                                                            "store (refused where its rows no longer match the study)")
+    only.add_argument("--validate", action="store_true", help="only check the study (every override, every model), train nothing")
+    only.add_argument("--cost", action="store_true",
                     help="only measure forward and training-step time versus sequence length (the study's `cost` block; "
                          "random weights, one thread) into <store>/cost.csv and cost.png, train nothing")
     ap.add_argument("--jobs", type=int, help="runs at a time (default: the study's `jobs`); the cores are split between them")
