@@ -9,6 +9,7 @@ import sys
 import pytest
 
 import zoo
+import zoo.trainer_cli  # noqa: F401  (lightning's log handler binds stderr on import: pytest's, not a test's capsys)
 from zoo import rundir
 from zoo.cli import COMMANDS, main
 
@@ -38,6 +39,8 @@ def test_every_command_has_help(command, capsys):
     (["test", "--ckpt_path", "last", "--config", os.path.join(ROOT, "configs", "vit_digits.yaml")], "no run under"),
     (["test", "--ckpt_path", "runs/nothing.ckpt"], "--ckpt_path runs/nothing.ckpt does not exist"),
     (["predict", "--ckpt_path=."], "--ckpt_path . holds no checkpoints/last.ckpt"),
+    (["fit", "--config", os.path.join(ROOT, "configs", "vit_digits.yaml"), "--data.init_args.batch_size", "-4",
+      "--trainer.max_epochs", "1"], "batch_size should be a positive integer value"),  # fails after config.yaml is written
 ])
 def test_errors_end_in_one_readable_line(argv, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -75,14 +78,36 @@ def test_lightnings_optimizer_options_are_refused_naming_zoos(flag, value, capsy
     assert code == 0 and "optimizer: null" in out
 
 
-def test_a_failed_start_releases_only_an_empty_run_folder(tmp_path):
-    """A start that fails before anything is written gives its version folder back (and its lock); a folder
-    that holds a file is never removed."""
-    empty, used = rundir.claim(tmp_path), rundir.claim(tmp_path)
-    (used / "config.yaml").write_text("seed_everything: 0\n")
-    assert rundir.release_unused(empty) and not empty.exists() and not rundir.lock_path(empty).exists()
-    assert not rundir.release_unused(used) and (used / "config.yaml").exists()
-    assert rundir.claim(tmp_path).name == "version_2"  # numbering goes on from the newest folder left
+def test_a_failed_start_releases_only_a_run_folder_with_nothing_of_value(tmp_path):
+    """A start that fails before the first step gives its version folder back (and its lock) when it holds only
+    what a run writes itself; a folder with a checkpoint, or any other file, is never removed."""
+    empty, written, trained, user, linked = (rundir.claim(tmp_path) for _ in range(5))
+    for run in (written, trained, user, linked):
+        (run / "config.yaml").write_text("seed_everything: 0\n")
+        (run / "tensorboard").mkdir()
+        (run / "tensorboard" / "events.out.tfevents.1.vm.1.0").write_bytes(b"")
+        (run / "tokenizer").mkdir()
+        (run / "tokenizer" / "tokenizer.json").write_text("{}")
+        (run / "checkpoints").mkdir()
+    (trained / "checkpoints" / "best-epoch=00.ckpt").write_bytes(b"weights")
+    (user / "notes.txt").write_text("mine")
+    (linked / "data").symlink_to(tmp_path)
+    for run in (empty, written):
+        assert rundir.release_unused(run) and not run.exists() and not rundir.lock_path(run).exists()
+    for run in (trained, user, linked):
+        assert not rundir.release_unused(run) and (run / "config.yaml").exists()
+    assert (trained / "checkpoints" / "best-epoch=00.ckpt").exists() and (user / "notes.txt").exists()
+    assert rundir.claim(tmp_path).name == "version_5"  # numbering goes on from the newest folder left
+
+
+def test_fast_dev_run_leaves_no_run_folder(capsys, tmp_path, monkeypatch):
+    """fast_dev_run writes no checkpoint: its version folder is given back, and the last line says so."""
+    monkeypatch.chdir(tmp_path)
+    code, out, err = zoo_cli(["fit", "--config", os.path.join(ROOT, "configs", "vit_digits.yaml"),
+                              "--trainer.fast_dev_run", "1", "--trainer.default_root_dir", "runs"], capsys)
+    assert code == 0, err[-1500:]
+    assert "zoo fit: fast_dev_run writes no checkpoint, so its run folder runs/version_0 was removed" in out
+    assert not list(tmp_path.rglob("version_*")) and not list(tmp_path.rglob(".version_*"))
 
 
 def test_verbose_shows_the_traceback(capsys):

@@ -9,6 +9,9 @@ A version number is claimed with `mkdir` (atomic), so two runs started at the sa
 folders. The folder is locked (`.<folder>.lock` beside it holds the process id) while its run is alive; a folder whose
 lock names a live process is refused, a lock left by a killed run is taken over. Temporary files of
 an interrupted atomic write (`.<name>.*.tmp`) are removed when a run starts in the folder.
+A run that ends with nothing of value (its start failed before the first training step, or a `fast_dev_run`, which
+writes no checkpoint) gives its folder back (`release_unused`), unless it holds a checkpoint or any file a run does
+not write itself.
 Data-parallel ranks of one run share the folder: rank 0 claims it and passes it on in ZOO_RUN_DIR
 (launchers that start all ranks at once name it from TORCHELASTIC_RUN_ID / SLURM_JOB_ID instead).
 """
@@ -94,16 +97,38 @@ def claim(root: str | os.PathLike) -> Path:
     return run
 
 
-def release_unused(run: str | os.PathLike) -> bool:
-    """Remove a version folder this process claimed but wrote nothing into (its start failed), and its lock, so
-    that failed starts leave no empty version_N behind. True if it was removed; a folder with any file is kept."""
+# What a run writes into its folder itself (zoo fit, its loggers, a text recipe's tokenizer), checkpoints aside
+RUN_FILES = ("config.yaml", "hparams.yaml", "metrics.csv")
+RUN_FOLDERS = ("tensorboard", "tokenizer", "checkpoints")
+
+
+def holds_nothing_of_value(run: str | os.PathLike) -> bool:
+    """Whether a version folder holds only what its run wrote itself (RUN_FILES, RUN_FOLDERS) and no checkpoint: no
+    .ckpt anywhere, no file or folder of another name (a user's), no link."""
     run = Path(run)
-    if _rank() != 0 or not run.is_dir() or any(run.iterdir()):
+    for p in run.rglob("*"):
+        rel = p.relative_to(run)
+        ours = rel.parts[0] in RUN_FOLDERS if len(rel.parts) > 1 or p.is_dir() else rel.name in RUN_FILES
+        if p.is_symlink() or p.suffix == ".ckpt" or not ours:
+            return False
+    return True
+
+
+def release_unused(run: str | os.PathLike) -> bool:
+    """Remove a version folder this process claimed whose run ended with nothing of value, and its lock: a start
+    that failed before the first training step, or a `fast_dev_run` (which writes no checkpoint). Only a folder that
+    `holds_nothing_of_value` goes (its config.yaml, logs, tokenizer); one with a checkpoint or any other file is kept,
+    so that failed starts leave no useless version_N behind for `--ckpt_path last` and run listings. True if it was
+    removed."""
+    import shutil
+
+    run = Path(run)
+    if _rank() != 0 or not run.is_dir() or not holds_nothing_of_value(run):
         return False
     unlock(run)
     try:
-        run.rmdir()
-    except OSError:  # something appeared in it meanwhile
+        shutil.rmtree(run)
+    except OSError:  # something appeared in it meanwhile: what is left stays
         return False
     if os.environ.get(ENV) == str(run):
         del os.environ[ENV]

@@ -363,6 +363,10 @@ class ZooCLI(LightningCLI):
                 kept = f"{folder} holds no checkpoint yet (they are written at the end of each epoch)"
             print(f"zoo {subcommand}: interrupted; {kept}", file=sys.stderr, flush=True)
             raise SystemExit(130) from None
+        except Exception:  # a run that failed before its first step leaves no useless version_N (the error says why)
+            if subcommand == "fit" and self.trainer.global_step == 0 and getattr(self, "_claimed", None):
+                rundir.release_unused(self._claimed)
+            raise
         finally:
             if subcommand == "fit":
                 rundir.unlock(self.trainer.default_root_dir)
@@ -373,7 +377,11 @@ class ZooCLI(LightningCLI):
             ckpt = self._best_checkpoint() if which == "best" else None  # None: the weights in memory, the final ones
             self.model._zoo_tested = "best" if ckpt else "last"  # recorded with the test metrics (zoo.compare)
             self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt)
-        if self.trainer.is_global_zero:
+        if not self.trainer.is_global_zero:
+            return
+        if self.trainer.fast_dev_run and getattr(self, "_claimed", None) and rundir.release_unused(self._claimed):
+            print(f"zoo fit: fast_dev_run writes no checkpoint, so its run folder {self._claimed} was removed")
+        else:
             print(f"zoo fit: this run's files are in {self.trainer.default_root_dir}")
 
     def _best_checkpoint(self) -> str | None:
