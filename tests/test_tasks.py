@@ -123,6 +123,34 @@ def test_number_splits_are_disjoint_and_translations_exact():
         NumberTranslation(tasks=["english"])
 
 
+def test_small_numbers_can_stay_in_training_and_repeat_there():
+    plain = split_numbers(999, 100, 50, seed=0)
+    assert split_numbers(999, 100, 50, seed=0, always_train=0) == plain  # the default cut is unchanged
+    parts = split_numbers(999, 100, 50, seed=0, always_train=100)
+    assert [len(parts[k]) for k in ("train", "val", "test")] == [850, 50, 100]
+    assert set(range(100)) <= set(parts["train"]) and min(parts["test"] + parts["val"]) >= 100
+    assert sorted(parts["train"] + parts["val"] + parts["test"]) == list(range(1000))
+    # the held-out numbers are the plain cut's order with the small ones skipped
+    assert parts["test"] == [n for n in plain["test"] + plain["val"] + plain["train"] if n >= 100][:100]
+    with pytest.raises(ValueError, match="always_train=1001 must lie in 0..1000"):
+        split_numbers(999, 100, 50, always_train=1001)
+    with pytest.raises(ValueError, match="leave no training numbers in 900..999"):
+        split_numbers(999, 50, 50, always_train=900)
+
+    kw = dict(tasks=["en-fr"], max_number=999, n_test=100, n_val=50, vocab_size=300, always_train=100)
+    once, thrice = NumberTranslation(**kw), NumberTranslation(**kw, small_repeats=3)
+    counts = {}
+    for e in thrice.examples["train"]:
+        counts[e["number"]] = counts.get(e["number"], 0) + 1
+    assert {counts[n] for n in range(100)} == {3} and {c for n, c in counts.items() if n >= 100} == {1}
+    assert len(thrice.examples["train"]) == 850 + 2 * 100 and thrice.examples["test"] == once.examples["test"]
+    assert thrice.tokenizer.get_vocab() == once.tokenizer.get_vocab()  # the repeats leave the tokenizer alone
+    with pytest.raises(ValueError, match="set always_train too"):
+        NumberTranslation(tasks=["en-fr"], small_repeats=3)
+    with pytest.raises(ValueError, match="small_repeats=0"):
+        NumberTranslation(**kw, small_repeats=0)
+
+
 def test_number_translation_tokenizer_reads_capitals_as_the_words_it_learned():
     from zoo.data.tokenizers import train_tokenizer
 
