@@ -219,9 +219,45 @@ def test_a_reshaped_tag_model_does_not_carry_the_tags_card(tmp_path):
     record = json.loads((folder / "config.json").read_text())["zoo"]
     assert record["config"]["num_classes"] == 3
     assert not {"tag", "metric", "labels", "cli_config"} & set(record), sorted(record)
-    assert "vit_mnist.mnist5k" not in (folder / "README.md").read_text()
+    card = (folder / "README.md").read_text()
+    assert "# vit_mnist.mnist5k" not in card and 'create_model("vit_mnist.mnist5k"' not in card and "0.967" not in card
+    assert record["derived_from"] == "vit_mnist.mnist5k" and "Derived from the shipped `vit_mnist.mnist5k`" in card
     same = zoo.create_model("vit_mnist.mnist5k", pretrained=True).save_pretrained(tmp_path / "same")
     assert json.loads((same / "config.json").read_text())["zoo"]["tag"] == "vit_mnist.mnist5k"
+
+
+def test_a_tag_model_trained_further_does_not_carry_the_tags_metric(tmp_path):
+    """Same shapes, other weights: the saved folder drops the tag and its measured metric, keeps the labels and the
+    preprocessing, and its card says which tag it was derived from. Unchanged weights keep the tag, also after a
+    float16 -> float32 load and a save/load round trip (in float32 or float16)."""
+    def saved(model, name, **kw):
+        folder = model.save_pretrained(tmp_path / name, **kw)
+        return json.loads((folder / "config.json").read_text())["zoo"], (folder / "README.md").read_text(), folder
+
+    tag = zoo.create_model("vit_mnist.mnist5k", pretrained=True)
+    record, card, folder = saved(tag, "same")
+    assert record["tag"] == "vit_mnist.mnist5k" and record["metric"]["value"] == 0.967 and "0.967" in card
+    for again, kw in (("again", {}), ("again16", {"dtype": "float16"})):
+        record, _, _ = saved(zoo.from_pretrained(folder), again, **kw)
+        assert record["tag"] == "vit_mnist.mnist5k" and record["metric"]["value"] == 0.967, again
+
+    torch.manual_seed(0)
+    model = zoo.create_model("vit_mnist.mnist5k", pretrained=True)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    torch.nn.functional.cross_entropy(model(torch.randn(4, 1, 28, 28)), torch.tensor([0, 1, 2, 3])).backward()
+    optimizer.step()
+    tiny = zoo.create_model("vit_mnist.mnist5k", pretrained=True)
+    with torch.no_grad():  # a change float16 cannot show: the weights are still not the tag's
+        tiny.head.bias[0] += tiny.head.bias[0].abs() * 1e-5 + 1e-30
+    for name, changed in (("trained", model), ("tiny", tiny)):
+        record, card, folder = saved(changed, name)
+        assert not {"tag", "metric", "pretrained_cfg", "command"} & set(record), (name, sorted(record))
+        assert record["derived_from"] == "vit_mnist.mnist5k" and record["labels"] == [str(i) for i in range(10)]
+        assert "0.967" not in card and 'create_model("vit_mnist.mnist5k"' not in card
+        assert "Derived from the shipped `vit_mnist.mnist5k`" in card
+        back = zoo.from_pretrained(folder)
+        assert zoo.resolve_data_config(back)["mean"] == (0.1307,) and zoo.resolve_data_config(back)["std"] == (0.3081,)
+        assert saved(back, name + "_again")[0]["derived_from"] == "vit_mnist.mnist5k"
 
 def test_from_pretrained_takes_transformers_hub_arguments(tmp_path, offline_cache, monkeypatch):
     """revision (a branch or a commit hash), cache_dir and local_files_only choose the snapshot, as in transformers;

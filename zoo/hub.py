@@ -75,6 +75,7 @@ def save_pretrained(source: Any, directory: str | os.PathLike, tokenizer: Any = 
     dtype: store the weights as "float16" / "bfloat16" (half the size; loaded back as float32).
     An existing non-empty directory is refused unless overwrite=True; the files are written to a
     temporary folder beside it and moved into place, so a failed write leaves nothing half-written."""
+    from .pretrained import has_tag_weights
     from .runs import Run, model_record
     from .weights import current_umask, save_safetensors
 
@@ -83,11 +84,17 @@ def save_pretrained(source: Any, directory: str | os.PathLike, tokenizer: Any = 
         raise TypeError(f"save_pretrained takes a zoo model or a zoo.runs.Run, got {type(source).__name__}")
     loaded = dict(source.meta if isinstance(source, Run) else getattr(model, "zoo_record", {}) or {})
     now = model_record(model)
-    if loaded.get("config") is not None and not _same_config(now["model"], loaded["config"], now["config"]):
-        # the model changed shape since it was loaded (reset_classifier, new sizes): what was measured of the
-        # loaded weights (a tag's metric, its labels, its card) no longer describes it
-        for key in ("tag", "metric", "pretrained_cfg", "command", "source", "sha256", "cli_config"):
+    tag = loaded.get("tag") or (loaded.get("pretrained_cfg") or {}).get("tag")
+    reshaped = loaded.get("config") is not None and not _same_config(now["model"], loaded["config"], now["config"])
+    if reshaped or (tag and not has_tag_weights(model, tag)):
+        # the model changed shape since it was loaded (reset_classifier, new sizes) or its weights are no longer the
+        # tag's (trained further): what was measured of the loaded weights (a tag's metric, its card) no longer
+        # describes it; its labels and preprocessing still hold (unless the head changed size), and its card says
+        # which tag it was derived from
+        for key in ("tag", "metric", "pretrained_cfg", "command", "source", "sha256") + (("cli_config",) if reshaped else ()):
             loaded.pop(key, None)
+        if tag:
+            loaded["derived_from"] = tag
         classes = now["config"].get("num_classes")
         if loaded.get("labels") is not None and classes is not None and len(loaded["labels"]) != classes:
             loaded.pop("labels")
@@ -167,6 +174,10 @@ def model_card(record: dict, text: str | None = None):
     data = ModelCardData(library_name="zoo", license=record.get("license", "apache-2.0"),
                          tags=["zoo", record.get("family", ""), "pytorch"])
     lines = [f"# {record.get('tag', name)}", "", f"A `zoo` {record.get('family', '')} model (`{name}`).", ""]
+    if record.get("derived_from") and not record.get("tag"):
+        d = record["derived_from"]
+        lines += [f"Derived from the shipped `{d}`: its weights have changed since, so what `{d}` measured does "
+                  f"not describe them (`zoo.pretrained_cfg(\"{d}\")` has the tag's own figures).", ""]
     if record.get("metric"):
         m = record["metric"]
         lines += [f"- {m.get('name')}: **{m.get('value')}** on {m.get('split', 'the test split')}"]

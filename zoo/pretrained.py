@@ -126,6 +126,33 @@ def verified_path(tag: str) -> Path:
     return cfg.path
 
 
+def has_tag_weights(model, tag: str) -> bool:
+    """Whether `model` holds exactly the weights of the shipped `tag`: every tensor of its state dict equal to the
+    tag's as stored, in the tag's dtype, and losslessly so. A float16 tag loads as float32 without change, so the
+    model it gives (saved and loaded again, in float32 or float16) matches; any change, also one smaller than float16
+    can show, does not. False for a tag this zoo does not ship or whose files fail their checksum."""
+    import torch
+
+    from .weights import _fill_tied, read_state_dict
+
+    try:
+        folder = verified_path(tag)
+    except PretrainedError:
+        return False
+    own = model.state_dict()
+    stored = _fill_tied(own, read_state_dict(folder / "model.safetensors"))  # tied tensors are stored once
+    if set(own) != set(stored):
+        return False
+    for key, tensor in own.items():
+        ref, tensor = stored[key], tensor.detach().cpu()
+        if tensor.shape != ref.shape:
+            return False
+        cast = tensor.to(ref.dtype)
+        if not torch.equal(cast, ref) or not torch.equal(cast.to(tensor.dtype), tensor):
+            return False
+    return True
+
+
 def resolve(name: str) -> str:
     """The verified folder of a tag, or of a plain name's default tag (an error naming the fix when it has none)."""
     base, tag = split_tag(name)
