@@ -107,11 +107,12 @@ def _plain(obj):
 
 def read_checkpoint(path: str | Path) -> dict:
     """A `zoo fit` checkpoint as a dict (weights_only: plain tensors and containers, nothing executed)."""
+    from .weights import WeightsFileError, _load_torch
+
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated, empty, not a torch file, or pickled objects weights_only refuses
-        raise RunError(f"cannot read checkpoint {path}: {type(e).__name__}: {str(e).splitlines()[0][:200]}; "
-                       "the file is damaged or not a checkpoint of `zoo fit` (nothing in it was executed)") from None
+        obj = _load_torch(Path(path), what="checkpoint")
+    except WeightsFileError as e:  # truncated, empty, not a torch file, or pickled objects weights_only refuses
+        raise RunError(str(e)) from None
     if not isinstance(obj, dict) or "state_dict" not in obj:
         raise RunError(f"{path} is not a checkpoint of `zoo fit` (no state_dict); pass a .ckpt that `zoo fit` wrote, "
                        "or NAME@FILE for bare weights")

@@ -34,8 +34,7 @@ class WeightsWriteError(WeightsFileError, OSError):
         return str(self.args[0]) if self.args else ""
 
 
-_SAFE_FIX = ("zoo reads only safetensors files and plain tensor checkpoints and never unpickles code. Where you trust "
-             "the file, save its tensors alone and pass that file: "
+_SAFE_FIX = ("If it is your own file, re-save its tensors as safetensors and pass that file: "
              "safetensors.torch.save_file(state_dict, 'model.safetensors')")
 
 # leading bytes of files that are often renamed or downloaded by mistake
@@ -48,8 +47,8 @@ _SIGNATURES = (
 )
 
 
-def _unreadable(path: Path, problem: str) -> WeightsFileError:
-    return WeightsFileError(f"cannot read weights file {str(path)!r}: {problem}")
+def _unreadable(path: Path, problem: str, what: str = "weights file") -> WeightsFileError:
+    return WeightsFileError(f"cannot read {what} {str(path)!r}: {problem}")
 
 
 def _describe(head: bytes) -> str:
@@ -107,7 +106,9 @@ def _refused_detail(message: str) -> str | None:
     return found.group(0).strip() if found else None
 
 
-def _load_torch(path: Path):
+def _load_torch(path: Path, what: str = "weights file"):
+    """torch.load(weights_only=True); every failure a `WeightsFileError` naming `what` and the file, never repeating
+    torch's advice to turn weights_only off."""
     try:
         with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": the error below says what matters
             warnings.simplefilter("ignore")
@@ -115,15 +116,16 @@ def _load_torch(path: Path):
     except pickle.UnpicklingError as e:
         detail = _refused_detail(str(e))
         if detail is not None:
-            raise _unreadable(path, "it holds pickled Python objects, not only tensors, and a safe weights-only load "
-                                    f"refuses to unpickle them ({detail}). {_SAFE_FIX}") from None
+            raise _unreadable(path, f"it holds pickled Python objects other than tensors ({detail}); zoo does not load "
+                                    "them: unpickling them can run code, and zoo never unpickles code (its weights-only "
+                                    f"load refused them; nothing in the file was executed). {_SAFE_FIX}", what) from None
         reason = str(e).splitlines()[-1] if str(e).strip() else type(e).__name__
         raise _unreadable(path, f"it is damaged or truncated (reading its tensors failed: {_strip_advice(reason)}); "
-                                "download or save it again") from None
+                                "download or save it again", what) from None
     except Exception as e:  # noqa: BLE001 - a damaged file fails anywhere in the reader (EOFError, IndexError, ...)
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise _unreadable(path, f"it is damaged or truncated (torch could not read it: {_strip_advice(first)}); "
-                                "download or save it again") from None
+                                "download or save it again", what) from None
 
 
 def _strip_advice(text: str) -> str:
@@ -164,6 +166,10 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         hint = "; it is named like one but" if path.suffix in (".safetensors", ".ckpt", ".pt", ".pth", ".bin") else ";"
         raise _unreadable(path, f"it is not a weights file{hint} its content looks like {_describe(head)}. "
                                 "Pass a .safetensors file or a checkpoint written by torch.save / `zoo fit`")
+    if kind == "torch" and path.suffix == ".safetensors":  # torch.load would read it as safetensors ("header too large")
+        raise _unreadable(path, "it is a torch pickle (written by torch.save), not safetensors, although it is named "
+                                ".safetensors; zoo does not unpickle a file named as safetensors (nothing in it was "
+                                f"executed). {_SAFE_FIX}")
     if kind == "safetensors":
         _check_safetensors(path, size)
         from safetensors.torch import load_file
