@@ -204,3 +204,24 @@ def test_zoo_predict_answers_texts_and_text_files_in_the_order_given(tmp_path, c
               "--trainer.enable_progress_bar", "false"])
     out = capsys.readouterr().out.splitlines()
     assert e.value.code == 0 and out == ["quarante-deux", "trois cent douze", "quatre-vingt-dix-neuf", "sept"], out
+
+
+def test_zoo_predict_names_a_file_a_text_model_cannot_read(tmp_path, capsys, monkeypatch):
+    """An image given to a text model: one line naming the file and why (it said "'utf-8' codec can't decode byte
+    0x89 in position 0" and named neither)."""
+    from PIL import Image
+
+    from zoo.cli import main
+    from zoo.data.textdata import read_text_files
+
+    monkeypatch.chdir(tmp_path)
+    Image.new("L", (28, 28)).save(tmp_path / "d3.png")
+    with pytest.raises(SystemExit) as e:
+        main(["predict", "--model", "transformer_numbers.en_fr", "three", "d3.png"])
+    err = capsys.readouterr().err
+    assert e.value.code == 1 and "Traceback" not in err
+    assert ("zoo predict: error: d3.png is not a UTF-8 text file (a text model reads texts and text files with one "
+            "input per line; it looks like a PNG image, and byte 0x89 at position 0 is not UTF-8)") in err, err
+    (tmp_path / "latin.txt").write_bytes("trois\ncaf\xe9\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"latin.txt is not a UTF-8 text file .*byte 0xe9 at position 9 is not UTF-8\)"):
+        read_text_files(["latin.txt"])

@@ -53,7 +53,18 @@ def read_text_files(paths: list[str]) -> list[str]:
     for p in paths:
         if not os.path.isfile(p):
             raise FileNotFoundError(f"predict file {p!r} does not exist; pass text files with one input per line")
-        texts += [line.strip() for line in Path(p).read_text(encoding="utf-8").splitlines() if line.strip()]
+        data = Path(p).read_bytes()
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as e:  # an image or binary file given to a text model
+            from ..weights import _describe
+
+            looks = _describe(data[:64])
+            looks = f"it looks like {looks}, and " if looks != "unrecognised binary data" else ""
+            raise ValueError(f"{p} is not a UTF-8 text file (a text model reads texts and text files with one input "
+                             f"per line; {looks}byte 0x{data[e.start]:02x} at position {e.start} is not UTF-8): give "
+                             "images and other files to a model that reads them, or save the texts as UTF-8") from None
+        texts += [line.strip() for line in text.splitlines() if line.strip()]
     return texts
 
 
