@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -104,6 +105,20 @@ def test_existing_directory_is_never_overwritten_and_failed_writes_leave_nothing
         save_pretrained(model, tmp_path / "new")
     assert not (tmp_path / "new").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["m"]  # no temporary folder left behind
+
+
+def test_a_file_in_the_way_is_named_and_kept(tmp_path):
+    """save_pretrained("afile", overwrite=True) over a file said NotADirectoryError / "holds files that save_pretrained
+    did not write"; without overwrite "exists and is not empty". One line naming the file; the file is kept."""
+    model = zoo.create_model("vit_digits")
+    afile = tmp_path / "afile"
+    afile.write_text("user data")
+    for target in (afile, afile / "sub"):
+        for overwrite in (False, True):
+            with pytest.raises(FileExistsError, match=re.escape(f"'{afile}' is a file, not a folder; save_pretrained "
+                                                                "writes a folder and never replaces a file: pick a new directory")):
+                save_pretrained(model, target, overwrite=overwrite)
+    assert afile.read_text() == "user data" and sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
 
 
 def test_bad_dtype_and_bad_directory_are_named(tmp_path):

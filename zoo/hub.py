@@ -73,8 +73,8 @@ def save_pretrained(source: Any, directory: str | os.PathLike, tokenizer: Any = 
     """Write `source` (a zoo model or a `zoo.runs.Run`) as a Hub-style directory; returns it.
 
     dtype: store the weights as "float16" / "bfloat16" (half the size; loaded back as float32).
-    An existing non-empty directory is refused unless overwrite=True; the files are written to a
-    temporary folder beside it and moved into place, so a failed write leaves nothing half-written."""
+    An existing non-empty directory is refused unless overwrite=True, a file in the way always; the files are
+    written to a temporary folder beside it and moved into place, so a failed write leaves nothing half-written."""
     from .pretrained import has_tag_weights
     from .runs import Run, model_record
     from .weights import current_umask, save_safetensors
@@ -104,7 +104,11 @@ def save_pretrained(source: Any, directory: str | os.PathLike, tokenizer: Any = 
     record.pop("tokenizer", None)  # kept as transformers' tokenizer files instead
     dtype_name = _dtype_name(dtype)
     out = Path(directory)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    blocking = next((p for p in (out, *out.parents) if p.exists() and not p.is_dir()), None)
+    if blocking is not None:  # never replaced, also with overwrite=True: it is the user's file
+        raise FileExistsError(f"{str(blocking)!r} is a file, not a folder; save_pretrained writes a folder and never "
+                              f"replaces a file: pick a new directory{' (not inside it)' if blocking != out else ''}")
+    if out.exists() and any(out.iterdir()):
         if not overwrite:
             raise FileExistsError(f"{str(out)!r} exists and is not empty; pick a new directory or pass overwrite=True")
         cwd = Path.cwd().resolve()
