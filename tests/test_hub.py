@@ -295,6 +295,29 @@ def test_from_pretrained_takes_transformers_hub_arguments(tmp_path, offline_cach
         zoo.from_pretrained("org/elsewhere")
 
 
+def test_hf_hub_ids_take_a_revision_after_an_at_sign_as_in_timm(tmp_path, offline_cache):
+    """create_model("hf-hub:org/repo@rev") (timm's form: the repository's architecture, its weights with
+    pretrained=True), create_model(name, pretrained="hf-hub:org/repo@rev") and from_pretrained("org/repo@rev") load
+    that revision through the snapshot lookup from_pretrained(revision=) uses (huggingface_hub rejected the '@')."""
+    torch.manual_seed(0)
+    old, new = zoo.create_model("vit_digits").eval(), zoo.create_model("vit_digits").eval()
+    lay_out_in_hub_cache(save_pretrained(old, tmp_path / "old"), offline_cache, "org/vitd", commit="a" * 40)
+    lay_out_in_hub_cache(save_pretrained(new, tmp_path / "new"), offline_cache, "org/vitd", commit="b" * 40)  # main
+    ex = example_inputs(old, batch=2)
+    loads = (lambda s: zoo.create_model(f"hf-hub:{s}", pretrained=True), lambda s: zoo.from_pretrained(s),
+             lambda s: zoo.create_model("vit_digits", pretrained=f"hf-hub:{s}"), lambda s: zoo.from_pretrained(f"hf-hub:{s}"))
+    for load in loads:
+        for source, model in (("org/vitd@" + "a" * 40, old), ("org/vitd@main", new), ("org/vitd", new)):
+            torch.testing.assert_close(_outputs(load(source).eval(), ex), _outputs(model, ex), rtol=0, atol=0)
+    assert load_run("hf-hub:org/vitd@" + "a" * 40).model.config == old.config
+    shape = zoo.create_model("hf-hub:org/vitd@" + "a" * 40, num_classes=3)  # the architecture, random weights
+    assert type(shape) is type(old) and shape.num_classes == 3 and shape.config.dim == old.config.dim
+    with pytest.raises(HubError, match=r"'org/vitd' at revision 'v9' \(the cache holds: main, a{40}, b{40}\) is not in"):
+        zoo.create_model("hf-hub:org/vitd@v9", pretrained=True)
+    with pytest.raises(HubError, match=r"two revisions: 'v1' \(after '@'\) and revision='v2'"):
+        zoo.from_pretrained("org/vitd@v1", revision="v2")
+
+
 def test_a_repo_the_hub_cannot_serve_is_named_with_the_cache_path(tmp_path, monkeypatch):
     """Without HF_HUB_OFFLINE and without a network, the message says the Hub was not reached (not that downloading
     is off) and names the cache folder it looked in."""

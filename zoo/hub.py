@@ -225,14 +225,29 @@ def load_pretrained_dir(path: str | os.PathLike, model_kwargs: dict | None = Non
     return Run(model.eval(), name, str(path), record, tokenizer)
 
 
+def split_hub_id(repo_id: str, revision: str | None = None) -> tuple[str, str | None]:
+    """"hf-hub:org/name@v2" -> ("org/name", "v2"), as timm splits it (a repository id holds no "@"); a revision
+    given both in the id and as `revision` must be the same."""
+    repo_id = repo_id[len(HF_HUB_PREFIX):] if repo_id.startswith(HF_HUB_PREFIX) else repo_id
+    repo_id, at, in_id = repo_id.partition("@")
+    if at and not in_id:
+        raise HubError(f"{HF_HUB_PREFIX}{repo_id}@ names no revision after '@'; write {HF_HUB_PREFIX}{repo_id}@<branch, tag "
+                       f"or commit hash>, or {HF_HUB_PREFIX}{repo_id} for main")
+    if at and revision is not None and revision != in_id:
+        raise HubError(f"{repo_id!r} is asked at two revisions: {in_id!r} (after '@') and revision={revision!r}; "
+                       "give one of them")
+    return repo_id, (in_id if at else revision)
+
+
 def hub_snapshot(repo_id: str, revision: str | None = None, cache_dir: str | os.PathLike | None = None,
                  local_files_only: bool = False) -> Path:
-    """The local folder of a Hub repository at `revision` (a branch, tag or commit hash; default "main"), through
-    huggingface_hub's cache (`cache_dir`, else HF_HUB_CACHE); `HF_HUB_OFFLINE=1` or local_files_only: cache only."""
+    """The local folder of a Hub repository (`org/name` or `hf-hub:org/name`, either with `@revision`) at `revision`
+    (a branch, tag or commit hash; default "main"), through huggingface_hub's cache (`cache_dir`, else
+    HF_HUB_CACHE); `HF_HUB_OFFLINE=1` or local_files_only: cache only."""
     from huggingface_hub import constants, snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
-    repo_id = repo_id[len(HF_HUB_PREFIX):] if repo_id.startswith(HF_HUB_PREFIX) else repo_id
+    repo_id, revision = split_hub_id(repo_id, revision)
     offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
     try:
         folder = snapshot_download(repo_id, revision=revision, cache_dir=cache_dir,
@@ -271,7 +286,7 @@ def _revision_text(cache: Path, repo_id: str, revision: str | None) -> str:
 def from_pretrained(source: str | os.PathLike, *, revision: str | None = None, cache_dir: str | os.PathLike | None = None,
                     local_files_only: bool = False, **model_kwargs) -> nn.Module:
     """A zoo model from a `save_pretrained` directory, a shipped tag (`vit_mnist.mnist5k`), a run or
-    checkpoint, or a Hub repository id (`org/name` or `hf-hub:org/name`); in eval mode.
+    checkpoint, or a Hub repository id (`org/name` or `hf-hub:org/name`, either with `@revision`); in eval mode.
 
     revision (a branch, tag or commit hash), cache_dir and local_files_only are transformers' arguments: they
     choose the Hub snapshot and have no effect on a local source. Other keyword arguments override the config.
@@ -281,8 +296,9 @@ def from_pretrained(source: str | os.PathLike, *, revision: str | None = None, c
     from .runs import load_run
 
     text = str(source)
-    if not Path(text).exists() and not is_tag(text) and text.count("/") == 1 and not text.startswith((".", "/", HF_HUB_PREFIX)):
-        text = HF_HUB_PREFIX + text  # "org/name": a Hub repository id, as transformers reads it
+    if not Path(text).exists() and not is_tag(text) and text.partition("@")[0].count("/") == 1 and \
+            not text.startswith((".", "/", HF_HUB_PREFIX)):
+        text = HF_HUB_PREFIX + text  # "org/name" or "org/name@revision": a Hub repository id, as transformers reads it
     if text.startswith(HF_HUB_PREFIX):
         run = load_pretrained_dir(hub_snapshot(text, revision, cache_dir, local_files_only), model_kwargs)
         run.source = text

@@ -155,15 +155,20 @@ def create_model(name: str, pretrained: str | bool | None = None, features_only:
                  out_indices: int | list[int] | None = None, **overrides) -> nn.Module:
     """Build a registered model, timm-style.
 
-    name: a registered name, or `name.tag` for a shipped pretrained config (`zoo.list_pretrained()`).
+    name: a registered name, `name.tag` for a shipped pretrained config (`zoo.list_pretrained()`), or, as in timm,
+    `hf-hub:<org>/<repo>[@revision]` for a Hub repository's architecture (its weights with pretrained=True).
     pretrained: True loads the tag's weights (a plain name: its default tag), checksummed; a string is a
-    shipped tag, `hf-hub:<org>/<repo>`, a save_pretrained directory, a checkpoint of `zoo fit`, a run
+    shipped tag, `hf-hub:<org>/<repo>[@revision]`, a save_pretrained directory, a checkpoint of `zoo fit`, a run
     folder, or a safetensors file (one that zoo wrote describes its model: sizes come from it; a bare one
     must fit the config). `model.pretrained_cfg` says what the weights expect (input size, normalisation)."""
     if features_only:  # timm's features_only: a backbone whose forward returns feature maps
         return _features_only(name, pretrained, out_indices, overrides)
     if out_indices is not None:
         raise ValueError(f"out_indices={out_indices!r} needs features_only=True")
+    from .hub import HF_HUB_PREFIX
+
+    if name.startswith(HF_HUB_PREFIX):
+        return _hub_model(name, pretrained, overrides)
     from .pretrained import is_tag, pretrained_cfg, resolve, split_tag
 
     base, tag = split_tag(name)
@@ -198,6 +203,27 @@ def create_model(name: str, pretrained: str | bool | None = None, features_only:
         from .weights import load_pretrained
 
         load_pretrained(model, pretrained)
+    return model
+
+
+def _hub_model(name: str, pretrained: Any, overrides: dict) -> nn.Module:
+    """timm's `create_model("hf-hub:org/repo[@revision]")`: the repository's architecture and config (with
+    `overrides`), random weights; its weights with pretrained=True (through the snapshot lookup from_pretrained uses)."""
+    import json
+
+    from .hub import CONFIG_NAME, hub_snapshot
+    from .runs import config_from_record
+
+    if pretrained not in (None, False, True):
+        raise ValueError(f"create_model({name!r}, pretrained={pretrained!r}): a Hub repository brings its own weights; "
+                         "pass pretrained=True for them, or create_model(<registered name>, pretrained=...) for others")
+    record = json.loads((hub_snapshot(name) / CONFIG_NAME).read_text(encoding="utf-8"))["zoo"]
+    base = record["model"]
+    if pretrained:
+        return create_model(base, pretrained=name, **overrides)
+    model = _entry(base).model_cls(with_overrides(base, config_from_record(base, record["config"]), overrides))
+    model.model_name = base
+    model.pretrained_cfg = _pretrained_info(record)
     return model
 
 
