@@ -73,3 +73,43 @@ def test_site_has_howtos_model_cards_and_api(site):
         assert f'id="{anchor}"' in api[page], f"api/{page}: no entry for {anchor}"
     # the docstrings themselves are on the pages (the formula of attention, from zoo/core/attention.py)
     assert "softmax(q kᵀ · scale + bias, masked) · v" in api["core"]
+
+
+DOC_PAGES = [ROOT / "README.md", ROOT / "docs" / "index.md", *sorted((ROOT / "docs" / "howto").glob("*.md"))]
+DOTTED = re.compile(r"(?<![\w./-])zoo(?:\.[A-Za-z_]\w*)+")
+
+
+def _docstrings(path: Path):
+    import ast
+
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            doc = ast.get_docstring(node)
+            if doc:
+                yield doc
+
+
+def _resolves(name: str) -> bool:
+    parts = name.split(".")
+    for i in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:i]))
+        except ModuleNotFoundError:
+            continue
+        for attr in parts[i:]:
+            if not hasattr(obj, attr):
+                return False
+            obj = getattr(obj, attr)
+        return True
+    return False
+
+
+def test_every_dotted_zoo_name_in_the_docs_exists():
+    """`zoo.x.y` in the README, the site's pages and the package's docstrings names a module or an object that
+    exists: a renamed or never-written module (`zoo.serve.guard`) fails here, not in a reader's import."""
+    texts = [(str(p.relative_to(ROOT)), p.read_text(encoding="utf-8")) for p in DOC_PAGES]
+    texts += [(str(p.relative_to(ROOT)), doc) for p in sorted((ROOT / "zoo").rglob("*.py")) for doc in _docstrings(p)]
+    missing = sorted({f"{where}: {name}" for where, text in texts for name in DOTTED.findall(text)
+                      if not name.endswith((".py", ".yaml", ".md")) and not _resolves(name)})
+    assert not missing, "names that do not exist:\n" + "\n".join(missing)

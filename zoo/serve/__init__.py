@@ -7,9 +7,9 @@ Endpoints: POST /predict (JSON, or multipart with an image file), GET /metadata,
 (OpenAPI page), GET / (the demo page). What a request may hold depends on the model's declared kind
 (`zoo.contract`) and the run's task: `zoo.serve.handlers` has one handler per use.
 
-Requests are checked in the HTTP process (`zoo.serve.guard`) before they reach the model worker, so a bad
-request gets a 4xx naming the problem and never poisons a dynamic batch; a failure inside the model gets a
-500 with an error id that the server log repeats with the traceback.
+Requests are checked in the HTTP process (`zoo.serve.server.Guard`, an ASGI middleware) before they reach the
+model worker, so a bad request gets a 4xx naming the problem and never poisons a dynamic batch; a failure inside
+the model gets a 500 with an error id that the server log repeats with the traceback.
 """
 from __future__ import annotations
 
