@@ -673,3 +673,22 @@ def test_a_port_in_use_or_out_of_range_is_one_line_and_exit_status_1(capsys):
             with pytest.raises(SystemExit) as e:
                 main(["serve", "--model", "vit_digits", "--port", str(p)])
             assert e.value.code == 1 and words in capsys.readouterr().err
+
+
+def test_openapi_page_works_under_a_path_prefix():
+    """/docs names its OpenAPI file relative to itself: behind a proxy at /zoo/ the page fetches /zoo/openapi.json,
+    not the host's /openapi.json (FastAPI's own page uses the absolute URL)."""
+    import re
+    from urllib.parse import urljoin
+
+    from fastapi.testclient import TestClient
+
+    from zoo.serve.server import build_server
+
+    server, _ = build_server("vit_digits")
+    client = TestClient(server.app)
+    page = client.get("/docs")
+    assert page.status_code == 200 and "swagger" in page.text.lower()
+    (url,) = re.findall(r"""url:\s*['"]([^'"]+)['"]""", page.text)
+    assert urljoin("https://host/zoo/docs", url) == "https://host/zoo/openapi.json", url
+    assert "/predict" in client.get(urljoin("/docs", url)).json()["paths"]

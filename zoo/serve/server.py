@@ -233,6 +233,7 @@ def _limits_in_force(handler) -> dict:
 def build_server(source: str, limits: Limits | None = None, backend: str = "torch", max_batch_size: int = 1,
                  batch_timeout: float = 0.0, workers: int = 1, timeout: float = 30.0, threads: int | None = None):
     """(LitServer, metadata): the run is loaded here once to describe it and to check requests."""
+    from fastapi.openapi.docs import get_swagger_ui_html
     from fastapi.responses import HTMLResponse, JSONResponse
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -257,8 +258,14 @@ def build_server(source: str, limits: Limits | None = None, backend: str = "torc
     server = ls.LitServer(api, accelerator="cpu", workers_per_device=workers, timeout=timeout, model_metadata=meta,
                           middlewares=[(Guard, {"handler": handler, "limits": limits})])
     app = server.app
-    app.router.routes = [r for r in app.router.routes if getattr(r, "path", None) != "/"]  # LitServe's "litserve running"
+    # LitServe's "litserve running" at /, and FastAPI's /docs, which fetches /openapi.json from the host's root
+    app.router.routes = [r for r in app.router.routes if getattr(r, "path", None) not in ("/", app.docs_url)]
     page = resources.files("zoo.serve").joinpath("static/index.html").read_text(encoding="utf-8")
+
+    @app.get("/docs", response_class=HTMLResponse, include_in_schema=False)
+    def openapi_page():
+        # relative to the page, as the demo page's URLs are: behind a proxy's path prefix it reaches <prefix>/openapi.json
+        return get_swagger_ui_html(openapi_url="openapi.json", title=f"{app.title} - Swagger UI")
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def demo_page():
