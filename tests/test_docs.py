@@ -113,3 +113,56 @@ def test_every_dotted_zoo_name_in_the_docs_exists():
     missing = sorted({f"{where}: {name}" for where, text in texts for name in DOTTED.findall(text)
                       if not name.endswith((".py", ".yaml", ".md")) and not _resolves(name)})
     assert not missing, "names that do not exist:\n" + "\n".join(missing)
+
+
+# the commands with argparse options of their own (fit/test/predict are LightningCLI: their options come from the recipe)
+SUBCOMMANDS = {"bench": ("speed", "quality", "generate", "serve", "tta"), "compress": ("latency", "sweep")}
+OPTION_COMMANDS = ("export", "viz", "compress", "compare", "bench", "serve", "models", "info")
+
+
+def _shell_lines(text: str):
+    """Command lines of the page's shell blocks (fenced ```bash or indented by 4; continuation lines joined) and of its
+    inline code."""
+    blocks = re.findall(r"```(?:bash|sh|shell)\n(.*?)```", text, flags=re.S)
+    blocks += ["\n".join(m) for m in [re.findall(r"^ {4}(.*)$", chunk, flags=re.M)
+                                      for chunk in re.split(r"\n(?! {4}|\n)", text)] if m]
+    for block in blocks:
+        for line in re.sub(r"\\\n\s*", " ", block).splitlines():
+            line = line.split(" #", 1)[0].strip()
+            if line.startswith("zoo "):
+                yield line
+    for span in re.findall(r"`(zoo [^`]+)`", text):  # inline, in the prose: `zoo bench speed MODEL --vs-peers`
+        yield " ".join(span.split())
+
+
+def _documented_options():
+    """(page, command, subcommand, option) for every `--option` given to an argparse command in the docs."""
+    for page in DOC_PAGES:
+        for line in _shell_lines(page.read_text(encoding="utf-8")):
+            words = line.split()
+            command = words[1]
+            if command not in OPTION_COMMANDS:
+                continue
+            sub = words[2] if len(words) > 2 and words[2] in SUBCOMMANDS.get(command, ()) else None
+            for word in words[2:]:
+                if word.startswith("--"):
+                    yield page.relative_to(ROOT), command, sub, word.split("=", 1)[0]
+
+
+def test_every_option_the_docs_give_a_command_exists(capsys):
+    """`zoo export|viz|compress|compare|bench|serve ... --option` in the README and the site's pages: the command's
+    --help lists the option (a renamed or never-written option fails here, not in a reader's shell)."""
+    from zoo.cli import _command
+
+    documented = sorted(set(_documented_options()), key=str)
+    assert len(documented) > 30, documented  # the parser found the blocks
+    helps: dict[tuple, str] = {}
+    missing = []
+    for page, command, sub, option in documented:
+        if (command, sub) not in helps:
+            with pytest.raises(SystemExit):
+                _command(command)([*([sub] if sub else []), "--help"])
+            helps[command, sub] = capsys.readouterr().out
+        if not re.search(rf"(?<![\w-]){re.escape(option)}(?![\w-])", helps[command, sub]):
+            missing.append(f"{page}: zoo {command}{' ' + sub if sub else ''} {option}")
+    assert not missing, "options that the command does not take:\n" + "\n".join(missing)
