@@ -166,3 +166,18 @@ def test_every_option_the_docs_give_a_command_exists(capsys):
         if not re.search(rf"(?<![\w-]){re.escape(option)}(?![\w-])", helps[command, sub]):
             missing.append(f"{page}: zoo {command}{' ' + sub if sub else ''} {option}")
     assert not missing, "options that the command does not take:\n" + "\n".join(missing)
+
+
+def _python_blocks(page: Path) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", page.read_text(encoding="utf-8"), flags=re.S)
+
+
+@pytest.mark.parametrize("page", ["docs/index.md", "docs/howto/compare.md"])
+def test_python_blocks_run_as_written(page, tmp_path, monkeypatch, capsys):
+    """The pages' Python blocks that need no run folder nor network run as a reader pastes them, in a fresh folder."""
+    (block,) = _python_blocks(ROOT / page)
+    monkeypatch.chdir(tmp_path)
+    exec(compile(block, page, "exec"), {"__name__": "__doc_block__"})  # noqa: S102 - the page's own code
+    if page.endswith("compare.md"):  # a line per model with its parameter count
+        lines = capsys.readouterr().out.splitlines()
+        assert len(lines) == 4 and all(int(line.split()[1]) > 1_000_000 for line in lines), lines
