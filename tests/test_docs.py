@@ -181,3 +181,18 @@ def test_python_blocks_run_as_written(page, tmp_path, monkeypatch, capsys):
     if page.endswith("compare.md"):  # a line per model with its parameter count
         lines = capsys.readouterr().out.splitlines()
         assert len(lines) == 4 and all(int(line.split()[1]) > 1_000_000 for line in lines), lines
+
+
+def test_readme_study_excerpt_matches_its_file():
+    """The README's study YAML is an excerpt of the file it names: the same recipe, budget, seeds and metric, and
+    each variant it shows with the file's overrides."""
+    import yaml
+
+    (block,) = re.findall(r"```yaml\n(.*?)```", (ROOT / "README.md").read_text(encoding="utf-8"), flags=re.S)
+    (source,) = re.findall(r"^# (configs/compare/\S+\.yaml)", block, flags=re.M)
+    shown, study = yaml.safe_load(block), yaml.safe_load((ROOT / source).read_text(encoding="utf-8"))
+    for key in ("name", "recipe", "baseline", "seeds", "budget", "metric"):
+        assert shown[key] == study[key], (key, shown[key], study[key])
+    assert (ROOT / shown["recipe"]).is_file()
+    for name, variant in shown["variants"].items():
+        assert variant.get("overrides", {}) == study["variants"][name].get("overrides", {}), name
