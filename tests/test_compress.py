@@ -228,3 +228,17 @@ def test_a_compressed_folder_works_with_predict_export_and_serve(tmp_path, capsy
     assert out.out and (tmp_path / "heads.onnx").is_file()
     _, meta = build_server("heads", Limits())
     assert meta["model"] == "vit_digits" and meta["use"] == "image-classification"
+
+
+def test_an_int8_folder_loads_without_torch_s_typedstorage_warning(vit, tmp_path):
+    """`zoo predict --model DIR` of an int8 folder prints no deprecation warning from inside torch's unpickler
+    (quantized tensors are rebuilt through TypedStorage there, which says nothing to the user)."""
+    import warnings
+
+    from zoo.compress import save_compressed
+
+    save_compressed(quantize_int8(vit, "torch.ao"), tmp_path, "vit_mnist", {"depth": 2}, {}, "torch.ao")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model = load_compressed(tmp_path)
+    assert model(torch.randn(2, 1, 28, 28)).shape == (2, 10)

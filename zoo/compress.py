@@ -399,7 +399,9 @@ def load_compressed(path: str | Path) -> nn.Module:
         prune_heads(mods[n], hs)
     if meta["quantized"]:
         model = quantize_int8(model, meta["quantized"])
-        sd = torch.load(path / "model_int8.pt", map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch rebuilds quantized tensors through TypedStorage and warns about it
+            warnings.filterwarnings("ignore", message="TypedStorage is deprecated", category=UserWarning)
+            sd = torch.load(path / "model_int8.pt", map_location="cpu", weights_only=True)
         model.load_state_dict(sd)
         return model
     from safetensors.torch import load_file
