@@ -196,3 +196,16 @@ def test_readme_study_excerpt_matches_its_file():
     assert (ROOT / shown["recipe"]).is_file()
     for name, variant in shown["variants"].items():
         assert variant.get("overrides", {}) == study["variants"][name].get("overrides", {}), name
+
+
+def test_readme_pretrained_block_runs_as_written(tmp_path, monkeypatch):
+    """The README's block on shipped weights, as a reader pastes it (after `import zoo`), but for its two lines that
+    need the Hugging Face Hub (a network)."""
+    blocks = [b for b in _python_blocks(ROOT / "README.md") if "zoo.list_pretrained()" in b]
+    assert len(blocks) == 1
+    lines = [line for line in blocks[0].splitlines() if "hf-hub:" not in line and "push_to_hub" not in line]
+    assert len(lines) >= 7, lines
+    monkeypatch.chdir(tmp_path)
+    scope: dict = {}
+    exec(compile("import zoo\n" + "\n".join(lines), "README.md", "exec"), scope)  # noqa: S102 - the README's own code
+    assert (tmp_path / "my_vit" / "model.safetensors").is_file() and scope["model"].kind == "image_classifier"
