@@ -136,3 +136,17 @@ def test_torch_export_file_loads_and_torch_says_nothing_of_its_temporary_name(tm
     ex = example_inputs(model, 3, 7, seed=1)
     with torch.no_grad():
         torch.testing.assert_close(torch.export.load(tmp_path / "m.pt2").module()(*ex.args), model(*ex.args))
+
+
+def test_an_int8_model_is_refused_in_one_line(tmp_path, capfd):
+    """Neither exporter takes torch.ao's dynamic int8 Linear: instead of the TorchScript fallback's graph dump and a
+    late error about `quantized::linear_dynamic`, one line says what works, and nothing is written."""
+    from zoo.compress import quantize_int8
+    from zoo.export import ExportError, export_file
+
+    model = quantize_int8(zoo.create_model("vit_mnist", depth=1).eval(), "torch.ao")
+    for fmt, name in (("onnx", "m.onnx"), ("torch-export", "m.pt2")):
+        with pytest.raises(ExportError, match="int8 layers .*without --quantize"):
+            export_file(model, tmp_path / name, fmt=fmt)
+        assert not (tmp_path / name).exists()
+    assert "Torch IR graph" not in capfd.readouterr().err

@@ -122,6 +122,12 @@ def export_file(model: nn.Module, out: str | Path, fmt: str = "onnx", batch: int
         ex = Inputs(ex.tensors, {}, {})
     else:  # torch.export specialises sizes 0 and 1: a dynamic axis is traced at 2 or more (the file is the same)
         ex = example_inputs(model, max(batch, 2), max(length, 2))
+    int8 = sorted({type(m).__name__ for m in model.modules() if type(m).__module__.startswith("torch.ao.nn.quantized")})
+    if int8:  # neither exporter takes their packed weights (the TorchScript fallback dumps its graph, then fails)
+        raise ExportError(f"{getattr(model, 'model_name', type(model).__name__)} holds torch.ao int8 layers "
+                          f"({', '.join(int8)}), which neither ONNX nor torch.export takes; export the float model (a "
+                          "`zoo compress` folder made without --quantize) and quantize the ONNX file with onnxruntime's "
+                          "quantize_dynamic")
     if fmt == "torch-export":
         program = export_torch(model, ex)
         def save(tmp: str) -> None:
