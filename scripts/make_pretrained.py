@@ -4,7 +4,7 @@
     python scripts/make_pretrained.py --tag vit_mnist.mnist5k --run runs/vit_mnist/version_3   # ship a finished run
     python scripts/make_pretrained.py --check                           # re-measure every shipped tag
 
-For each tag the run's best checkpoint (the one `zoo fit` tests) is written with `save_pretrained` in
+For each tag the checkpoint `zoo fit` tested (the best one, or the last where the recipe says `test_ckpt: last`) is written with `save_pretrained` in
 float16 and in float32, and each file is evaluated with the recipe's own test step on its held-out test
 split. float16 ships when its metric is within 0.1 point of float32's (else float32). The index records
 the shipped file's metric, both measurements, every file's sha256, the input settings and the command.
@@ -32,7 +32,7 @@ TAGS = {
     "vit_digits.sklearn_digits": {"recipe": "vit_digits", "metric": "test/acc", "default": True,
                                   "split": "scikit-learn digits test split (20%, seed 0)"},
     "transformer_numbers.en_fr": {"recipe": "transformer_numbers", "metric": "test/exact_match", "default": True,
-                                  "split": "1,000 held-out numbers 0-9,999, English words -> French words"},
+                                  "split": "1,000 held-out numbers 100-9,999 (0-99 always train), English words -> French words"},
     "clip_mnist.mnist5k": {"recipe": "clip_mnist", "metric": "test/zero_shot_acc", "default": True,
                            "split": "MNIST-5k test split, zero-shot over 10 held-out prompt templates in 4 languages"},
     "vit_captioner_mnist.mnist5k": {"recipe": "caption_mnist", "metric": "test/exact_match", "default": True,
@@ -52,7 +52,15 @@ def train(recipe: str) -> Path:
     return max(runs, key=lambda p: p.stat().st_mtime)
 
 
-def best_checkpoint(run: Path) -> Path:
+def tested_checkpoint(run: Path) -> Path:
+    """The checkpoint `zoo fit` tested: last.ckpt where the run's recipe says `test_ckpt: last`, else its best one."""
+    from zoo import yamlfile
+
+    if (yamlfile.load(run / "config.yaml").get("test_ckpt") or "best") == "last":
+        last = run / "checkpoints" / "last.ckpt"
+        if not last.is_file():
+            raise SystemExit(f"{run}'s recipe tests its last checkpoint, and {last} is missing")
+        return last
     best = sorted((run / "checkpoints").glob("best*.ckpt"), key=lambda p: p.stat().st_mtime)
     if not best:
         raise SystemExit(f"{run} has no best*.ckpt; pass a run folder written by `zoo fit` of the recipe")
@@ -64,7 +72,7 @@ def ship(tag: str, run: Path) -> dict:
     from zoo.runs import load_run
 
     spec = TAGS[tag]
-    ckpt = best_checkpoint(run)
+    ckpt = tested_checkpoint(run)
     source = load_run(ckpt)
     recipe_yaml = source.meta["cli_config"]
     measured = {}

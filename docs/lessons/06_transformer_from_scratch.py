@@ -120,7 +120,7 @@ class Transformer(nn.Module):
 # ## The data: numbers as words, never a test number in training
 
 # %%
-numbers = split_numbers(9999, n_test=1000, n_val=500)  # the recipe's split (seed 0)
+numbers = split_numbers(9999, n_test=1000, n_val=500, always_train=100)  # the recipe's split (seed 0)
 
 
 def batch_of(nums):
@@ -244,7 +244,7 @@ out = translator.generate(src, max_new_tokens=24)
 french = tok.decode(out[0], skip_special_tokens=True)
 print(f"{sentence!r} -> {french!r} (num2words: {render(7342, 'fr')!r})")
 # numbers the recipe held out (its test split), greedy-decoded: exactly num2words' French
-held_out = split_numbers(9999, 1000, 500)["test"][:8]
+held_out = numbers["test"][:8]
 batch = tok([render(n, "en") for n in held_out], padding=True, return_tensors="pt")
 with torch.no_grad():
     decoded = tok.batch_decode(translator.generate(batch["input_ids"], attention_mask=batch["attention_mask"],
