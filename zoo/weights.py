@@ -70,11 +70,13 @@ def _describe(head: bytes) -> str:
 
 
 def _sniff(head: bytes) -> str:
-    """'torch' (zip or pickle written by torch.save), 'safetensors', or 'other', from the first bytes."""
-    if head.startswith(b"PK\x03\x04") or head.startswith(b"\x80"):
-        return "torch"
+    """'torch' (zip or pickle written by torch.save), 'safetensors', or 'other', from the first bytes.
+    safetensors is told first: its 8-byte little-endian header size starts with 0x80, a pickle's first byte, whenever
+    the size is 128 modulo 256."""
     if len(head) > 8 and head[8:9] == b"{":  # 8-byte little-endian header size, then the JSON header
         return "safetensors"
+    if head.startswith(b"PK\x03\x04") or head.startswith(b"\x80"):
+        return "torch"
     return "other"
 
 
