@@ -120,14 +120,16 @@ def _digit_pngs(folder: Path, n: int = 4) -> tuple[list[str], list[int]]:
 
 
 def test_zoo_predict_on_a_png_with_a_shipped_tag(tmp_path):
-    paths, labels = _digit_pngs(tmp_path)
+    paths, labels = _digit_pngs(tmp_path, n=20)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     out = subprocess.run([sys.executable, "-m", "zoo.cli", "predict", "--model", "vit_mnist.mnist5k", *paths],
                          capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300,
                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert out.returncode == 0, out.stderr[-2000:]
     lines = [line for line in out.stdout.splitlines() if "\t" in line]
-    assert [int(line.split("\t")[0]) for line in lines] == labels
+    assert [line.rsplit("\t", 1)[-1] for line in lines] == paths  # one line per file, in order
+    right = sum(int(line.split("\t")[0]) == y for line, y in zip(lines, labels))
+    assert right >= 18, (right, lines)  # the tag measures 97% on the whole test split; chance is 10%
     assert not (tmp_path / "runs").exists()  # predicting writes nothing
     # only what concerns the run on stderr: not Lightning's advertisement nor its own deprecation warnings
     assert "litlogger" not in out.stderr and "LeafSpec" not in out.stderr, out.stderr
