@@ -178,7 +178,8 @@ def test_rows_of_another_recipe_text_are_not_mixed_into_a_study(tmp_path):
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(Path(DIGITS).read_text())
     study = load_study(write_study(tmp_path, recipe=str(recipe)))
-    row = {"variant": "base", "seed": 0, "overrides": {}, "budget": {"max_steps": 3}, "recipe": "recipe.yaml"}
+    row = {"variant": "base", "seed": 0, "overrides": {}, "budget": {"max_steps": 3}, "recipe": "recipe.yaml",
+           "metrics": {"test/acc": 0.9}}
     append_row(study.store / ROWS, dict(row, recipe_sha256=recipe_sha256(study)))
     append_row(study.store / ROWS, dict(row, seed=1))  # a store written before rows carried the fingerprint
     todo, done = plan(study)
@@ -319,3 +320,26 @@ def test_table_names_the_weights_the_runs_tested():
     assert tested_text([{}, {"tested": "best"}]) == "best checkpoint by validation"  # rows before the field: best
     assert tested_text([{"tested": "last"}] * 3) == "final weights"
     assert "mixed" in tested_text([{"tested": "last"}, {}])
+
+
+def test_a_changed_metric_reads_each_runs_own_value_of_it(tmp_path, capsys):
+    """The study's metric is read from each row's logged test metrics, not the row's `value` (the metric of the
+    study when it ran): a study switched from test/acc to test/loss must not show accuracies labelled loss."""
+    path = write_study(tmp_path)
+    study = load_study(path)
+    rows = [dict(r, overrides=study.variants[r["variant"]], budget=study.budget)
+            for r in _rows("base", [0.90, 0.92]) + _rows("narrow", [0.80, 0.84])]
+    for r in rows:
+        append_row(study.store / ROWS, r)
+    write_study(tmp_path, metric="test/loss")
+    code, out, err = zoo_cli(["compare", "--config", str(path), "--report"], capsys)
+    assert code == 0, err
+    md = (study.store / "table.md").read_text()
+    assert "| base | 2 | 0.0900 ± 0.0141 |" in md and "| narrow | 2 | 0.1800 ± 0.0283 |" in md  # 1 - acc
+    assert "+0.0900 [" in md  # the loss difference, paired by seed
+    write_study(tmp_path, metric="test/top5")  # a metric the runs never logged: refused, not trained around
+    code, out, err = zoo_cli(["compare", "--config", str(path), "--report"], capsys)
+    assert code == 1 and "Traceback" not in err
+    assert ("holds variant base seed 0 tested without the study's metric test/top5 (it logged test/acc, test/loss); "
+            "set metric: to one of those or use another store") in err.splitlines()[0]
+

@@ -56,7 +56,8 @@ def main(argv: list[str], prog: str = "zoo compare", study: str | None = None) -
         paths = run_cost(study)
         print(cost_markdown(read_csv(paths[0])))
         rows = read_rows(study.store)
-        if rows:  # table.md gains the cost section
+        if rows:  # table.md gains the cost section (from a store that still matches the study, as --report)
+            plan(study)
             paths += render(study, rows)[1]
         print(f"zoo compare: wrote {', '.join(str(p) for p in paths)}")
         return 0

@@ -221,7 +221,8 @@ def render(study, rows: list[dict]) -> tuple[list[dict], list[Path]]:
     listed = [r.get("variant") in study.variants and r.get("seed") in study.seeds for r in rows]
     left_out = [r for r, keep in zip(rows, listed) if not keep]
     rows = [r for r, keep in zip(rows, listed) if keep]
-    summaries = aggregate(rows, list(study.variants), study.baseline)
+    summaries = aggregate(rows, list(study.variants), study.baseline, study.metric)  # not the row's own `value`:
+    # a study whose metric changed re-reads the runs' logged test metrics
     study.store.mkdir(parents=True, exist_ok=True)
     md, table, png = study.store / "table.md", study.store / "table.csv", study.store / "plot.png"
     text = markdown(summaries, study, rows, left_out)

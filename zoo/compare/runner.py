@@ -210,8 +210,8 @@ def recipe_sha256(study: Study) -> str:
 
 def plan(study: Study) -> tuple[list[tuple[str, int]], list[dict]]:
     """The runs still to do, and the store's rows of this study's runs. A finished row whose overrides or
-    budget differ from the study's, or that was trained from another text of the recipe file, is an error: the
-    study changed under its store."""
+    budget differ from the study's, that was trained from another text of the recipe file, or whose test did not
+    log the study's metric, is an error: the study changed under its store."""
     rows = read_rows(study.store)
     done = {}
     sha = recipe_sha256(study)
@@ -227,6 +227,11 @@ def plan(study: Study) -> tuple[list[tuple[str, int]], list[dict]]:
             raise StudyError(f"study {study.name}: the store {study.store} holds variant {v} seed {r['seed']} with "
                              f"overrides {r.get('overrides')} and budget {r.get('budget')}, but the study now says "
                              f"{study.variants[v]} and {study.budget}; rename the variant or use another store")
+        if study.metric not in (r.get("metrics") or {}):  # its "value" is another metric's: never shown under this name
+            logged = ", ".join(sorted(r.get("metrics") or {})) or "nothing"
+            raise StudyError(f"study {study.name}: the store {study.store} holds variant {v} seed {r['seed']} tested "
+                             f"without the study's metric {study.metric} (it logged {logged}); set metric: to one of "
+                             "those or use another store")
         done[(v, r["seed"])] = r
     todo = [run for run in study.runs() if run not in done]
     return todo, list(done.values())
