@@ -343,3 +343,27 @@ def test_a_changed_metric_reads_each_runs_own_value_of_it(tmp_path, capsys):
     assert ("holds variant base seed 0 tested without the study's metric test/top5 (it logged test/acc, test/loss); "
             "set metric: to one of those or use another store") in err.splitlines()[0]
 
+
+def test_a_constant_difference_up_to_float32_rounding_is_no_significant_call():
+    """Test accuracies are logged as float32: the same 10-image gain on every seed gives differences that differ
+    by ~1e-8, a t-interval ~1e-8 wide; that is no spread over seeds, so no call (as for an exact sd of 0)."""
+    import numpy as np
+
+    acc = lambda k: float(np.float32(k / 1000))  # noqa: E731 - what the recorder reads from a float32 tensor
+    rows = _rows("base", [acc(968), acc(490), acc(113)]) + _rows("plus10", [acc(978), acc(500), acc(123)])
+    d = {s["variant"]: s for s in aggregate(rows, ["base", "plus10"], "base")}["plus10"]["diff"]
+    assert 0 < d["sd"] < 1e-7 and d["low"] > 0  # the interval alone would exclude 0
+    assert d["significant"] is None
+    rows = _rows("base", [0.968, 0.490, 0.113]) + _rows("real", [0.978, 0.5001, 0.1229])  # a spread of 1e-4: a call
+    assert aggregate(rows, ["base", "real"], "base")[1]["diff"]["significant"] is True
+
+
+def test_a_nan_metric_is_reported_not_crashed_on_nor_dropped(tmp_path):
+    rows = _rows("base", [0.90, 0.92, 0.94]) + _rows("diverged", [0.95, math.nan, 0.97])
+    s = {r["variant"]: r for r in aggregate(rows, ["base", "diverged"], "base")}["diverged"]
+    assert s["n"] == 3 and math.isnan(s["mean"]) and math.isnan(s["half"]) and s["diff"]["significant"] is None
+    study = load_study(write_study(tmp_path, variants={"base": {}, "diverged": {}}, seeds=[0, 1, 2]))
+    render(study, rows)
+    md = (study.store / "table.md").read_text()
+    assert "| diverged | 3 | – ± – | [–, –] | – [–, –] (n=3) | – (a run's metric is NaN) |" in md
+    assert "**test/acc is NaN** in 1 run(s) (diverged seed 1)" in md

@@ -9,13 +9,17 @@ import time
 from pathlib import Path
 
 LEVEL = 0.95
+ROUNDING = 1e-6  # a spread of paired differences below this fraction of the metric's size is float32 rounding, no spread
 
 
 def t_interval(values: list[float], level: float = LEVEL) -> dict:
-    """n, mean, sample sd and the two-sided Student-t interval of the mean (nan where n < 2)."""
+    """n, mean, sample sd and the two-sided Student-t interval of the mean (nan where n < 2, and all nan where a
+    value is NaN)."""
     from scipy import stats
 
     n = len(values)
+    if any(math.isnan(v) for v in values):  # a diverged run: no mean, no interval (statistics.stdev raises on NaN)
+        return {"n": n, "mean": math.nan, "sd": math.nan, "low": math.nan, "high": math.nan, "half": math.nan}
     mean = statistics.fmean(values) if n else math.nan
     sd = statistics.stdev(values) if n > 1 else math.nan
     half = float(stats.t.ppf(0.5 + level / 2, n - 1)) * sd / math.sqrt(n) if n > 1 else math.nan
@@ -51,8 +55,12 @@ def aggregate(rows: list[dict], variants: list[str], baseline: str, metric: str 
         else:
             d = t_interval([value(runs[s]) - base[s] for s in paired])
             # every seed's difference the same (sd 0): a t-interval of width 0 says nothing about the spread, so no
-            # call is made (a deterministic difference, or too few seeds to see the noise)
-            d["significant"] = None if d["n"] > 1 and d["sd"] == 0 else bool(d["n"] > 1 and (d["low"] > 0 or d["high"] < 0))
+            # call is made (a deterministic difference, or too few seeds to see the noise). "The same" up to the
+            # rounding of metrics logged as float32 (0.978 - 0.968 and 0.123 - 0.113 differ by 1.5e-8 there), which
+            # would otherwise give an interval 1e-8 wide and a "significant" call; a NaN run: no call either
+            scale = max([abs(value(runs[s])) for s in paired] + [abs(base[s]) for s in paired])
+            d["significant"] = None if d["n"] < 2 or math.isnan(d["sd"]) or d["sd"] <= ROUNDING * scale else \
+                bool(d["low"] > 0 or d["high"] < 0)
             summary["diff"] = d
         rs = list(runs.values())
         summary.update(
@@ -116,15 +124,20 @@ def markdown(summaries: list[dict], study, rows: list[dict], left_out: list[dict
               f"metric `{m}` on the test split ({tested_text(rows)}). {n_rows} finished runs in the store.", ""]
     if left_out:
         lines += [left_out_sentence(left_out), ""]
+    nan = [r for r in rows if isinstance(r["metrics"].get(m), float) and math.isnan(r["metrics"][m])]
+    if nan:  # a diverged run is not dropped (the mean of the seeds that survived would flatter the variant)
+        which = "; ".join(f"{r['variant']} seed {r['seed']}" for r in nan)
+        lines += [f"**{m} is NaN** in {len(nan)} run(s) ({which}): "
+                  "their variant's mean, interval and difference are left blank rather than taken over the other seeds.", ""]
     lines += [f"| variant | n | {m} mean ± sd | 95% CI | Δ vs {b} (paired) [95% CI] | significant | params | MACs/sample | "
               "train s | samples/s |",
               "|---|---:|---:|---:|---:|:---:|---:|---:|---:|---:|"]
     for s in summaries:
         d = s["diff"]
         diff = "baseline" if s["variant"] == b else "–" if d is None else \
-            f"{d['mean']:+.4f} [{_f(d['low'])}, {_f(d['high'])}] (n={d['n']})"
-        sig = "" if d is None else "– (n<2)" if d["n"] < 2 else "– (no spread over seeds)" if d["significant"] is None \
-            else ("**yes**" if d["significant"] else "no")
+            f"{'–' if math.isnan(d['mean']) else format(d['mean'], '+.4f')} [{_f(d['low'])}, {_f(d['high'])}] (n={d['n']})"
+        sig = "" if d is None else "– (n<2)" if d["n"] < 2 else "– (a run's metric is NaN)" if math.isnan(d["mean"]) \
+            else "– (no spread over seeds)" if d["significant"] is None else ("**yes**" if d["significant"] else "no")
         lines.append(f"| {s['variant']} | {s['n']} | {_f(s['mean'])} ± {_f(s['sd'])} | [{_f(s['low'])}, {_f(s['high'])}] | "
                      f"{diff} | {sig} | {_si(s['params'])} | {_si(s['macs_per_sample'])} | {_f(s['train_seconds'], 0)} | "
                      f"{_f(s['train_samples_per_s'], 0)} |")
