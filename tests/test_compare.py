@@ -367,3 +367,16 @@ def test_a_nan_metric_is_reported_not_crashed_on_nor_dropped(tmp_path):
     md = (study.store / "table.md").read_text()
     assert "| diverged | 3 | – ± – | [–, –] | – [–, –] (n=3) | – (a run's metric is NaN) |" in md
     assert "**test/acc is NaN** in 1 run(s) (diverged seed 1)" in md
+
+
+def test_two_variants_that_train_the_same_run_are_refused_before_training(tmp_path, capsys):
+    """An override that sets the model's registered default (vit_digits has qk_norm false) trains the baseline
+    again: with the same seeds the runs are the same, so the study would pay for a copy and show a difference of 0."""
+    path = write_study(tmp_path, variants={"base": {}, "qk_off": {"overrides": {"model.init_args.model_kwargs.qk_norm": False}}})
+    code, out, err = zoo_cli(["compare", "--config", str(path), "--validate"], capsys)
+    assert code == 1 and ("variants base and qk_off train the same run (every override of one is the recipe's or the "
+                          "model's default value in the other); drop one or change its overrides") in err.splitlines()[0]
+    assert not (tmp_path / "store").exists()
+    write_study(tmp_path, variants={"base": {}, "qk_on": {"overrides": {"model.init_args.model_kwargs.qk_norm": True}}})
+    code, out, err = zoo_cli(["compare", "--config", str(path), "--validate"], capsys)
+    assert code == 0, err

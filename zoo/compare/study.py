@@ -316,7 +316,7 @@ def validate_study(study: Study, verbose: bool = False) -> dict[str, tuple[str, 
         parser = recipe_parser(base)
     except StudyError as e:
         raise StudyError(f"{where}: recipe {study.recipe} does not parse: {e}") from None
-    out = {}
+    out, seen = {}, {}
     for variant in study.variants:
         args = fit_args(study, variant, seed, tmp)
         ns, error = _parse(parser, args)
@@ -345,6 +345,16 @@ def validate_study(study: Study, verbose: bool = False) -> dict[str, tuple[str, 
             except (ValueError, TypeError) as e:
                 raise StudyError(f"{where}: variant {variant}: {e}") from None
         out[variant] = (model, kwargs)
+        # what the run will train: the parsed arguments, the model's kwargs resolved to its whole config (an override
+        # that sets the registered default, e.g. qk_norm: false, changes nothing)
+        run = ns.fit.clone().as_dict()
+        if model:
+            run["model"]["init_args"]["model_kwargs"] = dataclasses.asdict(get_config(model, **{**data, **kwargs}))
+        same = next((v for v, r in seen.items() if r == run), None)
+        if same is not None:
+            raise StudyError(f"{where}: variants {same} and {variant} train the same run (every override of one is the "
+                             f"recipe's or the model's default value in the other); drop one or change its overrides")
+        seen[variant] = run
         if verbose:
             at = f"at the recipe's vocab_size {data['vocab_size']}" if data else "as registered"
             size = f"{params / 1e6:.3f}M params {at}" if params else "?"
