@@ -380,3 +380,23 @@ def test_two_variants_that_train_the_same_run_are_refused_before_training(tmp_pa
     write_study(tmp_path, variants={"base": {}, "qk_on": {"overrides": {"model.init_args.model_kwargs.qk_norm": True}}})
     code, out, err = zoo_cli(["compare", "--config", str(path), "--validate"], capsys)
     assert code == 0, err
+
+
+def test_a_second_compare_of_a_store_in_use_is_refused(tmp_path, capsys):
+    """Two `zoo compare` of one store at a time: the second moved the first's just-started run folder aside (its
+    `zoo fit` had not locked it yet) and trained it again, two rows for one run. It is refused before it plans."""
+    import fcntl
+
+    path = write_study(tmp_path)
+    study = load_study(path)
+    study.store.mkdir(parents=True)
+    with open(study.store / ".compare.lock", "w") as fh:  # another zoo compare training into the store (flock
+        fcntl.flock(fh, fcntl.LOCK_EX)  # locks of two open files conflict, also within one process)
+        fh.write(f"{os.getpid()} {platform.node()}\n")
+        fh.flush()
+        code, out, err = zoo_cli(["compare", "--config", str(path), "--limit", "0"], capsys)
+        assert code == 1 and "Traceback" not in err
+        assert (f"the store {study.store} is in use by process {os.getpid()} on {platform.node()} (another zoo compare "
+                "of study tiny); wait for it to finish, or use another store (--store)") in err.splitlines()[0]
+    code, out, err = zoo_cli(["compare", "--config", str(path), "--limit", "0"], capsys)  # released: it goes on
+    assert code == 0, err

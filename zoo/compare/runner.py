@@ -325,9 +325,42 @@ def run_submitit(run_specs: list[RunSpec], study: Study, jobs: int, cluster: str
     return failures
 
 
+STORE_LOCK = ".compare.lock"
+
+
+@contextlib.contextmanager
+def store_lock(study: Study):
+    """Held while a `zoo compare` trains into the store: a second one started meanwhile would see the first's
+    runs as unfinished before their `zoo fit` had locked its folder (it starts in seconds), move them aside and
+    train them again, two rows per run. flock: released when the process ends, however it ends."""
+    study.store.mkdir(parents=True, exist_ok=True)
+    path = study.store / STORE_LOCK
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = os.read(fd, 200).decode(errors="replace").split() or ["?"]
+            raise StudyError(f"the store {study.store} is in use by process {owner[0]} on "
+                             f"{owner[1] if len(owner) > 1 else 'this host'} (another zoo compare of study {study.name}); "
+                             "wait for it to finish, or use another store (--store)") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()} {platform.node()}\n".encode())
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
 def run_study(study: Study, jobs: int | None = None, limit: int | None = None, executor: str = "local",
               cluster: str | None = None, params: dict | None = None) -> list[str]:
-    """Train the runs the store lacks (at most `limit` of them). Returns the failures (empty: all done)."""
+    """Train the runs the store lacks (at most `limit` of them), one `zoo compare` at a time per store. Returns
+    the failures (empty: all done)."""
+    with store_lock(study):
+        return _run_study(study, jobs, limit, executor, cluster, params)
+
+
+def _run_study(study: Study, jobs: int | None, limit: int | None, executor: str, cluster: str | None,
+               params: dict | None) -> list[str]:
     jobs = jobs or study.jobs
     todo, done = plan(study)
     total = len(study.runs())
