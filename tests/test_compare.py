@@ -400,3 +400,20 @@ def test_a_second_compare_of_a_store_in_use_is_refused(tmp_path, capsys):
                 "of study tiny); wait for it to finish, or use another store (--store)") in err.splitlines()[0]
     code, out, err = zoo_cli(["compare", "--config", str(path), "--limit", "0"], capsys)  # released: it goes on
     assert code == 0, err
+
+
+def test_a_store_of_another_study_is_neither_reported_over_nor_trained_into(tmp_path, capsys):
+    path = write_study(tmp_path)
+    study = load_study(path)
+    for r in _rows("base", [0.90, 0.92]) + _rows("narrow", [0.80, 0.84]):
+        append_row(study.store / ROWS, dict(r, study="tiny", overrides=study.variants[r["variant"]], budget=study.budget))
+    code, out, err = zoo_cli(["compare", "--config", str(path), "--report"], capsys)
+    assert code == 0, err
+    before = (study.store / "table.md").read_text()
+    other = write_study(tmp_path, name="other", variants={"base": {}})  # same store (write_study's), another study
+    for argv in (["--report"], ["--limit", "0"]):
+        code, out, err = zoo_cli(["compare", "--config", str(other), *argv], capsys)
+        assert code == 1 and "Traceback" not in err
+        assert (f"study other: the store {study.store} holds runs of study tiny (variant base seed 0); give this study "
+                "a store of its own (store: results/compare/other, or --store)") in err.splitlines()[0]
+    assert (study.store / "table.md").read_text() == before  # study tiny's report is kept

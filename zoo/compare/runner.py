@@ -211,11 +211,15 @@ def recipe_sha256(study: Study) -> str:
 def plan(study: Study) -> tuple[list[tuple[str, int]], list[dict]]:
     """The runs still to do, and the store's rows of this study's runs. A finished row whose overrides or
     budget differ from the study's, that was trained from another text of the recipe file, or whose test did not
-    log the study's metric, is an error: the study changed under its store."""
+    log the study's metric, is an error: the study changed under its store; so is a row of another study."""
     rows = read_rows(study.store)
     done = {}
     sha = recipe_sha256(study)
     for r in rows:
+        if r.get("study", study.name) != study.name:  # its report would overwrite the other study's table.md
+            raise StudyError(f"study {study.name}: the store {study.store} holds runs of study {r['study']} (variant "
+                             f"{r.get('variant')} seed {r.get('seed')}); give this study a store of its own "
+                             f"(store: results/compare/{study.name}, or --store)")
         if r.get("variant") not in study.variants or r.get("seed") not in study.seeds:
             continue
         v = r["variant"]
