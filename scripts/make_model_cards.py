@@ -272,8 +272,9 @@ def study_lines(root: Path) -> list[str]:
         return []
     out = ["", "## Studies (`zoo compare`)", "",
            "Every run is a `zoo fit` of the study's recipe at one budget for all variants; intervals are 95% Student-t "
-           "intervals over seeds, differences are paired by seed (**yes**: the interval excludes 0). Full tables, plots "
-           "and every run's row: the study's folder."]
+           "intervals over seeds, differences are paired by seed (**yes**: the interval excludes 0; p (Holm): the paired "
+           "t-test's p-value and, in brackets, its Holm-Bonferroni adjustment over the study's comparisons). Full "
+           "tables, plots and every run's row: the study's folder."]
     for store in stores:
         study = yaml.safe_load((store / "study.yaml").read_text()) if (store / "study.yaml").is_file() else {}
         rows = list(csv.DictReader((store / "table.csv").open()))
@@ -285,15 +286,16 @@ def study_lines(root: Path) -> list[str]:
                 f"{n_runs} runs of {len(study.get('variants') or rows) * len(study.get('seeds') or [0])} planned "
                 f"(table and plot: `{store.relative_to(ROOT)}/`). Baseline `{base['variant']}`: "
                 f"{f(base['mean'])}, 95% CI half-width ±{f(base['ci_half'])} (n={base['n']}).", "",
-                f"| variant | n | {rows[0]['metric']} mean | 95% CI | Δ vs baseline [95% CI] | significant | params |",
-                "|---|---:|---:|---:|---:|:---:|---:|"]
+                f"| variant | n | {rows[0]['metric']} mean | 95% CI | Δ vs baseline [95% CI] | significant | p (Holm) | params |",
+                "|---|---:|---:|---:|---:|:---:|---:|---:|"]
         for r in rows:
             ci = f"[{f(r['ci_low'])}, {f(r['ci_high'])}]"
             diff = "baseline" if r is base else f"{fs(r['diff_mean'])} [{f(r['diff_low'])}, {f(r['diff_high'])}]"
             one = r["diff_n"] in ("", None) or int(float(r["diff_n"])) < 2  # one paired seed: nothing to test
             sig = "" if r is base else "– (n<2)" if one else "– (no spread over seeds)" if r["significant"] in ("", "None") \
                 else ("**yes**" if r["significant"] == "True" else "no")
-            out.append(f"| {r['variant']} | {r['n']} | {f(r['mean'])} | {ci} | {diff} | {sig} | "
+            p = f"{float(r['p']):.3g} ({float(r['p_holm']):.3g})" if r.get("p") not in ("", None) else ""
+            out.append(f"| {r['variant']} | {r['n']} | {f(r['mean'])} | {ci} | {diff} | {sig} | {p} | "
                        f"{_si(float(r['params'])) if r['params'] else '-'} |")
         if (store / "findings.md").is_file():  # the reading of the table, written by whoever ran the study
             out += ["", (store / "findings.md").read_text(encoding="utf-8").strip()]

@@ -417,3 +417,31 @@ def test_a_store_of_another_study_is_neither_reported_over_nor_trained_into(tmp_
         assert (f"study other: the store {study.store} holds runs of study tiny (variant base seed 0); give this study "
                 "a store of its own (store: results/compare/other, or --store)") in err.splitlines()[0]
     assert (study.store / "table.md").read_text() == before  # study tiny's report is kept
+
+
+def test_differences_carry_the_paired_t_test_p_value_and_its_holm_adjustment(tmp_path):
+    """p: scipy.stats.ttest_rel's; Holm-Bonferroni by hand: sorted p_(1) <= p_(2) <= ..., p_holm(i) =
+    max over j <= i of min(1, (m - j + 1) p_(j)). With 3 comparisons a difference at p = 0.02 is no longer held."""
+    from scipy import stats
+
+    base, v = [0.90, 0.92, 0.94], {"a": [0.95, 0.96, 0.97], "b": [0.92, 0.91, 0.96], "c": [0.93, 0.94, 0.97]}
+    rows = _rows("base", base) + [r for k, x in v.items() for r in _rows(k, x)]
+    d = {s["variant"]: s["diff"] for s in aggregate(rows, ["base", *v], "base")[1:]}
+    p = {k: float(stats.ttest_rel(x, base).pvalue) for k, x in v.items()}
+    assert p["c"] < p["a"] < 0.05 < p["b"]
+    for k in v:
+        assert d[k]["p"] == pytest.approx(p[k], rel=1e-9) and d[k]["significant"] is (p[k] < 0.05)
+    assert d["c"]["p_holm"] == pytest.approx(3 * p["c"]) and d["c"]["p_holm"] == pytest.approx(0.045804, abs=1e-6)
+    assert d["a"]["p_holm"] == pytest.approx(3 * p["c"])  # 2 p_a = 0.0404 < 3 p_c: the running maximum
+    assert d["b"]["p_holm"] == pytest.approx(p["b"])
+    assert d["a"]["significant_holm"] and d["c"]["significant_holm"] and not d["b"]["significant_holm"]
+    more = rows + _rows("d", [0.93, 0.93, 0.96])  # a fourth comparison (differences 0.03, 0.01, 0.02)
+    d4 = {s["variant"]: s["diff"] for s in aggregate(more, ["base", *v, "d"], "base")[1:]}
+    assert d4["a"]["significant"] and not d4["a"]["significant_holm"]  # max(4 p_c, 3 p_a) = 0.061 > 0.05
+    study = load_study(write_study(tmp_path, variants={k: {} for k in ("base", *v)}, seeds=[0, 1, 2]))
+    render(study, rows)
+    md = (study.store / "table.md").read_text()
+    assert "| **yes** | 0.0153 (0.0458) |" in md and "| no | 0.423 (0.423) |" in md
+    assert "Holm-Bonferroni p-value over the study's 3 comparison(s)" in md
+    header = (study.store / "table.csv").read_text().splitlines()[0]
+    assert ",significant,p,p_holm,significant_holm," in header

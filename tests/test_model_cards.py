@@ -100,3 +100,23 @@ def test_a_recipe_comparison_is_a_table_that_names_the_winner():
     assert "Winner: GPT (test/ppl 100.0), below LSTM by 1.50x (150.0), unigram by 6.00x (600.0)." in lines
     text = mod.render("", ["gpt2_tiny", "lstm_lm"], {}, ({}, {"gpt2_tiny": [result]}))
     assert "**gpt_pydoc: GPT vs LSTM vs unigram**" in text
+
+
+def test_a_study_table_carries_each_differences_p_value_and_its_holm_adjustment(tmp_path):
+    from zoo.compare import load_study
+    from zoo.compare.report import render
+
+    store = tmp_path / "tiny"
+    study = tmp_path / "tiny.yaml"
+    study.write_text(f"recipe: configs/vit_digits.yaml\nvariants: {{base: {{}}, a: {{}}, b: {{}}}}\nseeds: [0, 1, 2]\n"
+                     f"budget: {{max_steps: 1}}\nstore: {store}\n")
+    rows = [{"variant": v, "seed": s, "value": x, "metrics": {"test/acc": x}, "params": 100}
+            for v, xs in {"base": [0.90, 0.92, 0.94], "a": [0.95, 0.96, 0.97], "b": [0.92, 0.91, 0.96]}.items()
+            for s, x in enumerate(xs)]
+    render(load_study(study), rows)
+    mod = _script()
+    mod.ROOT = tmp_path  # the store's path is shown relative to the repository
+    text = "\n".join(mod.study_lines(tmp_path))
+    assert "| significant | p (Holm) | params |" in text
+    assert "| a | 3 | 0.9600 | [0.9352, 0.9848] | +0.0400 [0.0152, 0.0648] | **yes** | 0.0202 (0.0404) | 100" in text
+    assert "| b | 3 |" in text and "| no | 0.423 (0.423) |" in text

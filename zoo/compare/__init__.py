@@ -25,7 +25,8 @@ Every run is a real `zoo fit` of the recipe in a subprocess (which at the end te
 names, best or last), in `<store>/runs/<variant>/seed<S>/`. Finished runs are appended to `<store>/runs.jsonl`, one row each; a rerun
 skips them and moves unfinished run folders aside (`seed<S>.unfinished-<time>`, never deleted). The report
 (`table.md`, `table.csv`, `plot.png`) gives per variant the mean, sd and 95% t-interval over seeds and the
-difference to the baseline paired by seed, with its interval and whether it excludes 0.
+difference to the baseline paired by seed, with its interval, whether it excludes 0, and the paired t-test's
+p-value with its Holm-Bonferroni adjustment over the study's variants.
 """
 from __future__ import annotations
 

@@ -61,6 +61,7 @@ def aggregate(rows: list[dict], variants: list[str], baseline: str, metric: str 
             scale = max([abs(value(runs[s])) for s in paired] + [abs(base[s]) for s in paired])
             d["significant"] = None if d["n"] < 2 or math.isnan(d["sd"]) or d["sd"] <= ROUNDING * scale else \
                 bool(d["low"] > 0 or d["high"] < 0)
+            d["p"] = None if d["significant"] is None else t_pvalue(d)
             summary["diff"] = d
         rs = list(runs.values())
         summary.update(
@@ -72,11 +73,37 @@ def aggregate(rows: list[dict], variants: list[str], baseline: str, metric: str 
                    for k in sorted({k for r in rs for k in r.get("metrics", {})})},
         )
         out.append(summary)
+    holm([s["diff"] for s in out if s["diff"] is not None and s["diff"]["p"] is not None])
     return out
+
+
+def t_pvalue(d: dict) -> float:
+    """Two-sided p-value of the paired t-test of a difference summary (scipy.stats.ttest_rel's); < 1 - LEVEL
+    exactly when its interval excludes 0."""
+    from scipy import stats
+
+    t = d["mean"] / (d["sd"] / math.sqrt(d["n"]))
+    return float(2 * stats.t.sf(abs(t), d["n"] - 1))
+
+
+def holm(diffs: list[dict]) -> None:
+    """Holm-Bonferroni over the study's comparisons to the baseline: sets each one's `p_holm` (the smallest level
+    at which it is rejected with the family-wise error rate held) and `significant_holm` (p_holm < 1 - LEVEL)."""
+    m, running = len(diffs), 0.0
+    for i, d in enumerate(sorted(diffs, key=lambda d: d["p"])):
+        running = max(running, min(1.0, (m - i) * d["p"]))
+        d["p_holm"], d["significant_holm"] = running, running < 1 - LEVEL
 
 
 def _f(x, digits: int = 4) -> str:
     return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+
+
+def _p(d: dict | None) -> str:
+    """'0.012 (0.036)': the paired t-test's p-value and, in brackets, its Holm-Bonferroni adjustment."""
+    if d is None or d.get("p") is None:
+        return ""
+    return f"{d['p']:.3g} ({d['p_holm']:.3g})"
 
 
 def _si(x) -> str:
@@ -129,9 +156,9 @@ def markdown(summaries: list[dict], study, rows: list[dict], left_out: list[dict
         which = "; ".join(f"{r['variant']} seed {r['seed']}" for r in nan)
         lines += [f"**{m} is NaN** in {len(nan)} run(s) ({which}): "
                   "their variant's mean, interval and difference are left blank rather than taken over the other seeds.", ""]
-    lines += [f"| variant | n | {m} mean ± sd | 95% CI | Δ vs {b} (paired) [95% CI] | significant | params | MACs/sample | "
-              "train s | samples/s |",
-              "|---|---:|---:|---:|---:|:---:|---:|---:|---:|---:|"]
+    lines += [f"| variant | n | {m} mean ± sd | 95% CI | Δ vs {b} (paired) [95% CI] | significant | p (Holm) | params | "
+              "MACs/sample | train s | samples/s |",
+              "|---|---:|---:|---:|---:|:---:|---:|---:|---:|---:|---:|"]
     for s in summaries:
         d = s["diff"]
         diff = "baseline" if s["variant"] == b else "–" if d is None else \
@@ -139,15 +166,18 @@ def markdown(summaries: list[dict], study, rows: list[dict], left_out: list[dict
         sig = "" if d is None else "– (n<2)" if d["n"] < 2 else "– (a run's metric is NaN)" if math.isnan(d["mean"]) \
             else "– (no spread over seeds)" if d["significant"] is None else ("**yes**" if d["significant"] else "no")
         lines.append(f"| {s['variant']} | {s['n']} | {_f(s['mean'])} ± {_f(s['sd'])} | [{_f(s['low'])}, {_f(s['high'])}] | "
-                     f"{diff} | {sig} | {_si(s['params'])} | {_si(s['macs_per_sample'])} | {_f(s['train_seconds'], 0)} | "
+                     f"{diff} | {sig} | {_p(d)} | {_si(s['params'])} | {_si(s['macs_per_sample'])} | {_f(s['train_seconds'], 0)} | "
                      f"{_f(s['train_samples_per_s'], 0)} |")
     base = next((s for s in summaries if s["variant"] == b), None)
     lines.append("")
     if base is not None:
         lines += [f"Baseline `{b}`: {m} = {_f(base['mean'])}, 95% CI half-width ±{_f(base['half'])} (n={base['n']}).", ""]
+    k = sum(1 for s in summaries if s["diff"] is not None and s["diff"].get("p") is not None)
     lines += ["Intervals are two-sided Student-t intervals of the mean over seeds (n - 1 degrees of freedom); the difference "
               "to the baseline is taken seed by seed and is **significant** when its interval excludes 0 (each variant "
-              "tested on its own, no correction for multiple comparisons). MACs per sample: one forward pass "
+              "tested on its own: the paired t-test at 5%). p (Holm): that test's p-value, then the Holm-Bonferroni "
+              f"p-value over the study's {k} comparison(s) with a call; a **yes** whose Holm p-value is 0.05 or more "
+              "may be one of the chance findings expected of that many tests. MACs per sample: one forward pass "
               "(FlopCounterMode). Train seconds exclude validation.", ""]
     where = machines(rows)
     if len(where) > 1:
@@ -183,7 +213,8 @@ def csv_rows(summaries: list[dict], metric: str) -> list[dict]:
         row = {"variant": s["variant"], "n": s["n"], "seeds": " ".join(map(str, s["seeds"])), "metric": metric,
                "mean": s["mean"], "sd": s["sd"], "ci_low": s["low"], "ci_high": s["high"], "ci_half": s["half"],
                "diff_mean": d.get("mean"), "diff_low": d.get("low"), "diff_high": d.get("high"), "diff_n": d.get("n"),
-               "significant": d.get("significant"), "params": s["params"], "macs_per_sample": s["macs_per_sample"],
+               "significant": d.get("significant"), "p": d.get("p"), "p_holm": d.get("p_holm"),
+               "significant_holm": d.get("significant_holm"), "params": s["params"], "macs_per_sample": s["macs_per_sample"],
                "train_seconds": s["train_seconds"], "train_samples_per_s": s["train_samples_per_s"],
                "peak_rss_mb": s["peak_rss_mb"]}
         for k, t in s["other"].items():
