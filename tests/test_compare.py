@@ -445,3 +445,19 @@ def test_differences_carry_the_paired_t_test_p_value_and_its_holm_adjustment(tmp
     assert "Holm-Bonferroni p-value over the study's 3 comparison(s)" in md
     header = (study.store / "table.csv").read_text().splitlines()[0]
     assert ",significant,p,p_holm,significant_holm," in header
+
+
+def test_report_of_a_store_without_runs_of_the_studys_variants_writes_nothing(tmp_path, capsys):
+    path = write_study(tmp_path)
+    study = load_study(path)
+    code, out, err = zoo_cli(["compare", "--config", str(path), "--report"], capsys)
+    assert code == 1 and f"the store {study.store} holds no finished runs yet; run `zoo compare --config" in err.splitlines()[0]
+    for r in _rows("base", [0.90, 0.92]):
+        append_row(study.store / ROWS, dict(r, overrides={}, budget=study.budget))
+    render(study, read_rows(study.store))
+    before = (study.store / "table.md").read_text()
+    write_study(tmp_path, variants={"wide": {"overrides": {"model.init_args.model_kwargs.dim": 96}}}, baseline="wide")
+    code, out, err = zoo_cli(["compare", "--config", str(path), "--report"], capsys)  # every variant renamed
+    assert code == 1 and "Traceback" not in err
+    assert f"the store {study.store} holds no finished runs of its variants and seeds (2 of others)" in err.splitlines()[0]
+    assert (study.store / "table.md").read_text() == before  # not replaced by an empty table

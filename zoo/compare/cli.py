@@ -62,10 +62,11 @@ def main(argv: list[str], prog: str = "zoo compare", study: str | None = None) -
         print(f"zoo compare: wrote {', '.join(str(p) for p in paths)}")
         return 0
     if a.report:
-        plan(study)  # a store whose finished rows the study no longer describes is refused, as a training run refuses it
+        _, done = plan(study)  # a store whose finished rows the study no longer describes is refused, as a training run refuses it
         rows = read_rows(study.store)
-        if not rows:
-            raise FileNotFoundError(f"the store {study.store} holds no finished runs yet; run `zoo compare --config {a.config}` first")
+        if not done:  # nothing of this study's variants and seeds: an empty table would replace the last one
+            held = f"holds no finished runs of its variants and seeds ({len(rows)} of others)" if rows else "holds no finished runs yet"
+            raise FileNotFoundError(f"the store {study.store} {held}; run `zoo compare --config {a.config}` first")
         _, paths = render(study, rows)
         print(f"zoo compare: wrote {', '.join(str(p) for p in paths)}")
         return 0
