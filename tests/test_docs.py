@@ -209,3 +209,17 @@ def test_readme_pretrained_block_runs_as_written(tmp_path, monkeypatch):
     scope: dict = {}
     exec(compile("import zoo\n" + "\n".join(lines), "README.md", "exec"), scope)  # noqa: S102 - the README's own code
     assert (tmp_path / "my_vit" / "model.safetensors").is_file() and scope["model"].kind == "image_classifier"
+
+
+def test_compare_howto_shows_zoo_compare_and_its_validate_line_runs(capsys):
+    """The how-to on comparing variants shows `zoo compare` (seeds, intervals, Holm), and its --validate line runs as
+    written (the training and --report lines use the same study files, checked by tests/test_compare.py)."""
+    from zoo.cli import main
+
+    text = (ROOT / "docs" / "howto" / "compare.md").read_text(encoding="utf-8")
+    lines = [ln.split("#")[0].split() for ln in re.findall(r"^zoo compare .*$", text, flags=re.M)]
+    assert any("--validate" in ln for ln in lines) and any("--report" in ln for ln in lines) and "p (Holm)" in text
+    (validate,) = [ln for ln in lines if "--validate" in ln]
+    with pytest.raises(SystemExit) as e:
+        main(validate[1:])
+    assert e.value.code == 0 and "is valid" in capsys.readouterr().out
