@@ -126,6 +126,7 @@ def test_bad_study_files_name_the_problem(over, message, tmp_path, capsys):
     with pytest.raises(StudyError) as e:
         validate_study(load_study(path))
     assert message in str(e.value) and "\n" not in str(e.value)
+    assert f"study tiny ({path})" in str(e.value)  # the file to fix, not only the study's name
     code, out, err = zoo_cli(["compare", "--config", str(path)], capsys)  # at the CLI: one line, nothing trained
     assert code == 1 and message in err and "Traceback" not in err
     assert [line for line in err.splitlines() if line.startswith("zoo")] == [err.splitlines()[0]]

@@ -93,7 +93,7 @@ def check_cost_models(study, specs: dict[str, tuple[str, dict]]) -> None:
         name = specs[variant][0]
         kind = getattr(_entry(name).model_cls, "kind", None) if name else None
         if name and kind not in ("encoder_decoder", "recurrent"):
-            raise StudyError(f"study {study.name}: the `cost` block times sequence-to-sequence models over source and "
+            raise StudyError(f"{study.where()}: the `cost` block times sequence-to-sequence models over source and "
                              f"target lengths, but variant {variant} is {name} ({kind}); drop the cost block, or list only "
                              "sequence-to-sequence variants in cost.variants")
 

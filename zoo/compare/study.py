@@ -51,6 +51,10 @@ class Study:
         (key, value), = self.budget.items()
         return {"max_epochs": f"{value:g} epochs", "max_steps": f"{value:g} steps", "max_minutes": f"{value:g} min"}[key]
 
+    def where(self) -> str:
+        """How errors name the study: its name and its file."""
+        return f"study {self.name} ({self.path})"
+
     def runs(self) -> list[tuple[str, int]]:
         """(variant, seed) of every run, seed-major: a partial study has every variant at its first seeds."""
         return [(v, s) for s in self.seeds for v in self.variants]
@@ -299,7 +303,7 @@ def check_metric(study: Study, variant: str, ns) -> None:
         return  # the parser has accepted it; nothing declared to check against
     declared = getattr(task, "test_metrics", ())
     if declared and not any(fnmatch.fnmatchcase(study.metric, p) for p in declared):
-        raise StudyError(f"study {study.name}: variant {variant}: metric {study.metric} is not logged by {name} at test; "
+        raise StudyError(f"{study.where()}: variant {variant}: metric {study.metric} is not logged by {name} at test; "
                          f"it logs {', '.join(declared)} (e.g. metric: {declared[0]})")
 
 
@@ -309,7 +313,7 @@ def validate_study(study: Study, verbose: bool = False) -> dict[str, tuple[str, 
     StudyError naming the study, the variant and the override."""
     from ..registry import get_config, model_info
 
-    where = f"study {study.name}"
+    where = study.where()
     seed, tmp = study.seeds[0], Path("/nonexistent-zoo-compare-run")
     base = ["fit", "--config", str(study.recipe)]
     try:
