@@ -137,3 +137,19 @@ def test_features_only_keeps_what_the_weights_expect():
     assert features.pretrained_cfg == full.pretrained_cfg and features.config == full.config
     assert zoo.resolve_data_config(features) == zoo.resolve_data_config(full)
     assert zoo.resolve_data_config(features)["mean"] == (0.1307,)
+
+
+def test_reset_classifier_does_not_change_the_registered_config():
+    """A model's config is its own: reset_classifier (which records num_classes in model.config) on one model
+    changed the registered config, so every later create_model of that name built the new head size."""
+    model = zoo.create_model("vit_mnist", depth=1)
+    model.reset_classifier(3)
+    assert model.config.num_classes == 3
+    assert zoo.get_config("vit_mnist").num_classes == 10
+    assert zoo.create_model("vit_mnist", depth=1).num_classes == 10
+    plain = zoo.create_model("vit_mnist")
+    plain.reset_classifier(0)
+    assert zoo.create_model("vit_mnist").num_classes == 10 and zoo.model_info("vit_mnist")["config"]["num_classes"] == 10
+    timm_cfg = zoo.get_config("timm_resnet18_mnist")
+    timm_cfg.timm_kwargs["channels"] = (8, 8, 8, 8)  # nested fields are copies too
+    assert zoo.get_config("timm_resnet18_mnist").timm_kwargs["channels"] == (32, 64, 128, 256)

@@ -65,21 +65,24 @@ def list_models(pattern: str | None = None, family: str | None = None) -> list[s
 
 
 def get_config(name: str, **overrides) -> Any:
-    """The variant's config with overrides applied; unknown keys raise naming the accepted ones."""
+    """A copy of the variant's config with overrides applied; unknown keys raise naming the accepted ones."""
     return with_overrides(name, _entry(name).config, overrides)
 
 
 def with_overrides(name: str, config: Any, overrides: dict) -> Any:
     """`config` with `overrides` applied, command-line strings read as the fields' types (see `_typed`); unknown keys
     raise naming the accepted ones. Every path that builds a model from a registered or stored config and a user's
-    overrides goes through here."""
+    overrides goes through here. The result is a new object that shares nothing with `config`: a model keeps its
+    config and may change it (reset_classifier sets num_classes), and the registered one must stay as registered."""
+    import copy
+
     if not overrides:
-        return config
+        return copy.deepcopy(config)
     fields = {f.name for f in dataclasses.fields(config)}
     unknown = sorted(set(overrides) - fields)
     if unknown:
         raise TypeError(f"{name} does not accept {', '.join(unknown)}; accepted overrides: {', '.join(sorted(fields))}")
-    return dataclasses.replace(config, **_typed(name, config, overrides))
+    return copy.deepcopy(dataclasses.replace(config, **_typed(name, config, overrides)))
 
 
 def accepted_overrides(name: str, overrides: dict) -> dict:
