@@ -122,3 +122,56 @@ def test_deit3_checkpoint_file_plus_arch(tmp_path):
         assert model.config.no_embed_class and model.config.layer_scale is not None
         assert model.config.reg_tokens == (4 if "reg4" in arch else 0) and model.config.qk_norm == bool(kw)
         check(ref, model)
+
+
+def _layer_sizes(model, coarse):
+    """Layer-wise lr decay as timm computes it: {layer id: parameters in it}, in order."""
+    from collections import Counter
+
+    from timm.models._manipulate import group_parameters
+
+    layers = group_parameters(model, model.group_matcher(coarse=coarse), reverse=True)
+    sizes = Counter()
+    for name, p in model.named_parameters():
+        sizes[layers[name]] += p.numel()
+    return dict(sorted(sizes.items()))
+
+
+@pytest.mark.parametrize("coarse", [False, True])
+@pytest.mark.parametrize("build", [
+    lambda: timm.models.vision_transformer.VisionTransformer(img_size=32, patch_size=8, embed_dim=32, depth=3, num_heads=2,
+                                                             num_classes=5, reg_tokens=2, no_embed_class=True,
+                                                             global_pool="avg", pre_norm=True, init_values=1e-5),
+    lambda: timm.models.vision_transformer.VisionTransformer(img_size=32, patch_size=8, embed_dim=32, depth=3, num_heads=2,
+                                                             num_classes=5),
+    lambda: timm.models.eva.Eva(img_size=32, patch_size=8, embed_dim=32, depth=3, num_heads=2, num_classes=5,
+                                use_rot_pos_emb=True, ref_feat_shape=(4, 4), global_pool="token"),
+    lambda: timm.models.cait.Cait(img_size=32, patch_size=8, embed_dim=32, depth=3, num_heads=2, num_classes=5,
+                                  depth_token_only=2),
+    lambda: timm.models.swin_transformer.SwinTransformer(img_size=64, patch_size=4, window_size=4, embed_dim=16,
+                                                         depths=(1, 1, 2), num_heads=(1, 2, 4), num_classes=5),
+], ids=["vit_reg_avg", "vit", "eva", "cait", "swin"])
+def test_layer_decay_groups_are_timms(build, coarse):
+    """timm's layer-wise lr decay (create_optimizer_v2(model, layer_decay=...)) reads model.group_matcher(); without
+    one it put every parameter of a zoo model in one group (a warning, no decay). The converted model's groups hold
+    the same parameters as the timm model's, layer by layer."""
+    from timm.optim import create_optimizer_v2
+
+    torch.manual_seed(0)
+    ref = build().eval()
+    model = from_timm(ref)
+    assert _layer_sizes(model, coarse) == _layer_sizes(ref, coarse)
+    scales = lambda m: sorted(  # noqa: E731
+        (g["lr_scale"], sum(p.numel() for p in g["params"])) for g in create_optimizer_v2(m, "adamw", layer_decay=0.5).param_groups)
+    assert scales(model) == scales(ref) and len({s for s, _ in scales(model)}) > 2
+
+
+def test_layer_decay_puts_the_distillation_token_with_the_embedding():
+    import zoo
+    from timm.models._manipulate import group_parameters
+
+    model = zoo.create_model("vit_mnist_distilled", depth=2, pool="token")
+    layers = group_parameters(model, model.group_matcher(), reverse=True)
+    assert layers["dist_token"] == layers["cls_token"] == layers["pos_embed"] == 0
+    assert layers["encoder.blocks.1.mlp.fc2.weight"] == layers["encoder.norm.weight"] == 2
+    assert layers["head.weight"] == layers["head_dist.weight"] == 3

@@ -199,6 +199,26 @@ class CaiT(ZooModel, nn.Module):
             return maps
         return self.norm(self.forward_cls(x)), maps
 
+    def group_matcher(self, coarse: bool = False):
+        """timm's parameter groups for layer-wise lr decay: the embedding first, then one group per self-attention
+        block; the class-attention blocks share the groups of the last self-attention blocks, and the final norm that
+        of the last one (as timm's CaiT); the head last."""
+        depth, extra = len(self.encoder.blocks), len(self.class_blocks)
+
+        def layer(name: str) -> float:
+            if name.startswith(("cls_token", "pos_embed", "patch_embed")):
+                return 0
+            parts = name.split(".")
+            if name.startswith("encoder.blocks."):
+                return int(parts[2]) + 1
+            if name.startswith("class_blocks."):
+                return int(parts[1]) + depth - extra + 1
+            if name.startswith(("norm.", "encoder.norm.")):
+                return depth
+            return float("inf")
+
+        return layer
+
     # the head is ViT's: a Linear on num_features, re-created zero-initialised
     get_classifier = VisionTransformer.get_classifier
     reset_classifier = VisionTransformer.reset_classifier

@@ -171,6 +171,14 @@ class SwinTransformer(ZooModel, nn.Module):
     def no_weight_decay(self) -> set[str]:
         return {n for n, _ in self.named_parameters() if "relative_position_bias_table" in n}
 
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """timm's parameter groups for layer-wise lr decay: the stem first, then one group per block (a stage's patch
+        merging with its first block; coarse: one group per stage), the final norm with the last block, the head last."""
+        return dict(stem=r"^patch_embed",
+                    blocks=r"^layers\.(\d+)" if coarse else [(r"^layers\.(\d+)\.downsample", (0,)),
+                                                               (r"^layers\.(\d+)\.blocks\.(\d+)", None),
+                                                               (r"^norm", (99999,))])
+
     # the head is ViT's: a Linear on the pooled features (num_classes=0: none), zero-initialised on reset
     get_classifier = VisionTransformer.get_classifier
     reset_classifier = VisionTransformer.reset_classifier

@@ -332,6 +332,13 @@ class VisionTransformer(ZooModel, nn.Module):
         forward_features and forward_intermediates keep every token."""
         return self.forward_head(self._encode(x, last_queries=self.head_queries()))
 
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """timm's parameter groups for layer-wise lr decay (`timm.optim.create_optimizer_v2(model, layer_decay=...)`):
+        the embedding (patches, positions, prefix tokens, pre-norm) first, then one group per block, the final norm with
+        the last block, and whatever is unmatched (fc_norm, heads) last. `coarse` changes nothing (as in timm's ViT)."""
+        return dict(stem=r"^(?:cls_token|reg_token|dist_token|pos_embed|patch_embed|norm_pre)",
+                    blocks=[(r"^encoder\.blocks\.(\d+)", None), (r"^encoder\.norm", (99999,))])
+
     def get_classifier(self) -> nn.Module:
         return self.head
 
