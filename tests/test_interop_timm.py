@@ -175,3 +175,33 @@ def test_layer_decay_puts_the_distillation_token_with_the_embedding():
     assert layers["dist_token"] == layers["cls_token"] == layers["pos_embed"] == 0
     assert layers["encoder.blocks.1.mlp.fc2.weight"] == layers["encoder.norm.weight"] == 2
     assert layers["head.weight"] == layers["head_dist.weight"] == 3
+
+
+@pytest.mark.parametrize("indices,prune_norm", [(1, False), ([0, 1], True), (2, False), (None, True)])
+@pytest.mark.parametrize("build", [
+    lambda: timm.models.vision_transformer.VisionTransformer(img_size=32, patch_size=8, embed_dim=32, depth=4, num_heads=2,
+                                                             num_classes=5, reg_tokens=1),
+    lambda: timm.models.eva.Eva(img_size=32, patch_size=8, embed_dim=32, depth=4, num_heads=2, num_classes=5,
+                                use_rot_pos_emb=True, ref_feat_shape=(4, 4), global_pool="token"),
+], ids=["vit", "eva"])
+def test_prune_intermediate_layers_as_timm(build, indices, prune_norm):
+    """timm's backbone idiom: prune_intermediate_layers(indices) drops the blocks after the last one taken (and the
+    norm / head on request); forward_intermediates(indices=<what it returned>) then gives timm's maps."""
+    torch.manual_seed(0)
+    ref = build().eval()
+    model = from_timm(ref)
+    x = torch.randn(2, 3, 32, 32)
+    take = ref.prune_intermediate_layers(indices, prune_norm=prune_norm)
+    assert model.prune_intermediate_layers(indices, prune_norm=prune_norm) == take
+    assert len(model.encoder.blocks) == len(ref.blocks) == model.config.depth == len(model.feature_info)
+    assert model.num_classes == 0
+    with torch.no_grad():
+        for fmt in ("NCHW", "NLC"):
+            final, maps = model.forward_intermediates(x, indices=take, output_fmt=fmt)
+            ref_final, ref_maps = ref.forward_intermediates(x, indices=take, output_fmt=fmt)
+            assert_parity(final, ref_final)
+            assert len(maps) == len(ref_maps) == len(take)
+            for m, r in zip(maps, ref_maps):
+                assert_parity(m, r)
+        assert_parity(model.forward_features(x), ref.forward_features(x))
+        assert model(x).shape == (2, 32)  # the pooled features

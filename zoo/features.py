@@ -24,6 +24,9 @@ How a family writes its `forward_intermediates` with these helpers:
     maps = [self.norm(m) if norm else m for m in maps]
     maps = split_prefix_maps(maps, num_prefix, grid, output_fmt, return_prefix_tokens)  # drop / return the prefix
 
+`prune_intermediate_layers(indices, prune_norm=False, prune_head=True)` (ViT-like models, with `prune_blocks`) trims a
+model to a backbone for those indices, as timm's does.
+
 `FeatureExtractor(model, out_indices)` (what `zoo.create_model(name, features_only=True)` returns)
 works for any model with `forward_intermediates` and `feature_info`, or whose `image_tower()` has them.
 """
@@ -114,6 +117,14 @@ def run_blocks(blocks: Sequence[nn.Module], x: torch.Tensor, take: Sequence[int]
         if stop_early and i >= last:
             break
     return x, maps
+
+
+def prune_blocks(blocks: nn.ModuleList, indices: int | Sequence[int] | None = 1) -> list[int]:
+    """Drop the blocks after the last one that `indices` takes (timm's `prune_intermediate_layers`); returns the
+    absolute indices, which `forward_intermediates` then takes from the shorter stack."""
+    take, last = feature_take_indices(len(blocks), indices)
+    del blocks[last + 1:]
+    return take
 
 
 def block_feature_info(depth: int, num_chs: int, reduction: int, module: str = "encoder.blocks") -> list[dict]:

@@ -200,7 +200,9 @@ class Eva(ZooModel, nn.Module):
     forward = VisionTransformer.forward
     get_classifier = VisionTransformer.get_classifier
     reset_classifier = VisionTransformer.reset_classifier
-    group_matcher = VisionTransformer.group_matcher  # the same module names: embedding, encoder.blocks.i, encoder.norm
+    # the same module names: embedding, encoder.blocks.i, encoder.norm, fc_norm, head
+    group_matcher = VisionTransformer.group_matcher
+    prune_intermediate_layers = VisionTransformer.prune_intermediate_layers
 
     def forward_intermediates(self, x: torch.Tensor, indices: int | list[int] | None = None,
                               return_prefix_tokens: bool = False, norm: bool = False, stop_early: bool = False,

@@ -59,7 +59,8 @@ from ..core import (
 )
 from ..core.position import check_images
 from ..contract import IMAGE_AXES, Inputs, ZooModel, image_batch
-from ..features import block_feature_info, check_output_fmt, feature_take_indices, run_blocks, split_prefix_maps
+from ..features import (block_feature_info, check_output_fmt, feature_take_indices, prune_blocks, run_blocks,
+                        split_prefix_maps)
 from ..registry import register_model
 
 
@@ -331,6 +332,22 @@ class VisionTransformer(ZooModel, nn.Module):
         about 1/depth less work, unless a hook or capture_attention watches that block (zoo.core.TransformerStack).
         forward_features and forward_intermediates keep every token."""
         return self.forward_head(self._encode(x, last_queries=self.head_queries()))
+
+    def prune_intermediate_layers(self, indices: int | list[int] | None = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> list[int]:
+        """timm's backbone trim: drop the blocks after the last one `indices` takes (as forward_intermediates counts
+        them; config.depth and feature_info follow), the final norm with `prune_norm`, and fc_norm and the classifier
+        with `prune_head` (forward then returns the pooled features). Returns the absolute indices to pass to
+        forward_intermediates."""
+        take = prune_blocks(self.encoder.blocks, indices)
+        self.config.depth = len(self.encoder.blocks)
+        self.feature_info = self.feature_info[:self.config.depth]
+        if prune_norm:
+            self.encoder.norm = nn.Identity()
+        if prune_head:
+            self.fc_norm = nn.Identity()
+            self.reset_classifier(0)
+        return take
 
     def group_matcher(self, coarse: bool = False) -> dict:
         """timm's parameter groups for layer-wise lr decay (`timm.optim.create_optimizer_v2(model, layer_decay=...)`):
