@@ -236,3 +236,19 @@ def test_zoo_predict_names_a_file_a_text_model_cannot_read(tmp_path, capsys, mon
     (tmp_path / "latin.txt").write_bytes("trois\ncaf\xe9\n".encode("latin-1"))
     with pytest.raises(ValueError, match=r"latin.txt is not a UTF-8 text file .*byte 0xe9 at position 9 is not UTF-8\)"):
         read_text_files(["latin.txt"])
+
+
+def test_timm_data_config_reads_what_the_weights_expect():
+    """timm.data.resolve_model_data_config(model) read none of zoo's keys: every zoo model got ImageNet's 3x224x224
+    input and normalisation. A tag's architecture without its weights (timm's create_model(name.tag)) now reads
+    images as the tag does too (it fell back to mean = std = 0.5)."""
+    timm_data = pytest.importorskip("timm.data")
+    keys = ("input_size", "interpolation", "mean", "std", "crop_pct")
+    for model in (zoo.create_model("vit_mnist.mnist5k", pretrained=True), zoo.create_model("vit_mnist.mnist5k"),
+                  zoo.create_model("vit_digits"), zoo.create_model("clip_mnist.mnist5k")):
+        ours = zoo.resolve_data_config(model)
+        theirs = timm_data.resolve_model_data_config(model)
+        assert {k: theirs[k] for k in keys} == ours
+    assert zoo.resolve_data_config(zoo.create_model("vit_mnist.mnist5k"))["std"] == (0.3081,)
+    assert zoo.resolve_data_config(zoo.create_model("vit_digits"))["input_size"] == (1, 8, 8)
+    assert zoo.create_model("gpt2_tiny").pretrained_cfg == {}  # no images in: no data keys

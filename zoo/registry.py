@@ -200,8 +200,7 @@ def create_model(name: str, pretrained: str | bool | None = None, features_only:
     config = _tag_config(base, tag_cfg, overrides) if tag_cfg is not None else get_config(base, **overrides)
     model = entry.model_cls(config)
     model.model_name = base
-    if tag_cfg is not None:
-        model.pretrained_cfg = _pretrained_info({}, tag_cfg)
+    set_pretrained_cfg(model, _pretrained_info({}, tag_cfg))
     if pretrained:
         from .weights import load_pretrained
 
@@ -226,17 +225,31 @@ def _hub_model(name: str, pretrained: Any, overrides: dict) -> nn.Module:
         return create_model(base, pretrained=name, **overrides)
     model = _entry(base).model_cls(with_overrides(base, config_from_record(base, record["config"]), overrides))
     model.model_name = base
-    model.pretrained_cfg = _pretrained_info(record)
-    return model
+    return set_pretrained_cfg(model, _pretrained_info(record))
 
 
 def with_run_info(run: Any, tag_cfg: Any = None) -> nn.Module:
     """The run's model carrying what its weights came with: `pretrained_cfg` (input size, normalisation: what
     resolve_data_config reads), the run's record and its tokenizer (save_pretrained writes both again)."""
-    run.model.pretrained_cfg = _pretrained_info(run.meta, tag_cfg)
+    set_pretrained_cfg(run.model, _pretrained_info(run.meta, tag_cfg))
     run.model.zoo_record = run.meta
     run.model.zoo_tokenizer = run.tokenizer
     return run.model
+
+
+def set_pretrained_cfg(model: nn.Module, info: dict[str, Any]) -> nn.Module:
+    """model.pretrained_cfg = info, plus, for a model that reads images, timm's data keys (input_size, interpolation,
+    mean, std, crop_pct) as zoo.resolve_data_config resolves them: timm.data.resolve_model_data_config(model) read
+    none of zoo's keys and gave ImageNet's 3x224x224 input and normalisation to every zoo model."""
+    from .transforms import resolve_data_config
+
+    model.pretrained_cfg = info
+    try:
+        data = resolve_data_config(model)
+    except ValueError:  # no images in
+        return model
+    model.pretrained_cfg = {**info, **data}
+    return model
 
 
 def _pretrained_info(meta: dict, tag_cfg: Any = None) -> dict[str, Any]:
@@ -245,6 +258,10 @@ def _pretrained_info(meta: dict, tag_cfg: Any = None) -> dict[str, Any]:
     for key in ("labels", "image"):
         if meta.get(key) is not None:
             info.setdefault(key, meta[key])
+    shipped = info.get("input")
+    if info.get("image") is None and isinstance(shipped, dict) and {"size", "in_chans"} <= set(shipped):
+        # a tag's architecture without its weights reads images as the tag's weights do (as timm's pretrained_cfg)
+        info["image"] = {k: shipped[k] for k in ("size", "in_chans", "mean", "std") if k in shipped}
     return info
 
 
