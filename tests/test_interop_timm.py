@@ -205,3 +205,53 @@ def test_prune_intermediate_layers_as_timm(build, indices, prune_norm):
                 assert_parity(m, r)
         assert_parity(model.forward_features(x), ref.forward_features(x))
         assert model(x).shape == (2, 32)  # the pooled features
+
+
+@pytest.mark.parametrize("pool", ["token", "avg"])
+@pytest.mark.parametrize("build", [
+    lambda pool: timm.models.vision_transformer.VisionTransformer(img_size=32, patch_size=8, embed_dim=32, depth=2,
+                                                                  num_heads=2, num_classes=5, global_pool=pool),
+    lambda pool: timm.models.eva.Eva(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=5,
+                                     use_rot_pos_emb=True, ref_feat_shape=(4, 4), global_pool=pool),
+    lambda pool: timm.models.cait.Cait(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=5,
+                                       depth_token_only=1, global_pool=pool),
+], ids=["vit", "eva", "cait"])
+def test_reset_classifier_switches_the_pooling_as_timm(build, pool):
+    """timm's reset_classifier(num_classes, global_pool): the second argument was a TypeError."""
+    torch.manual_seed(0)
+    ref = build(pool).eval()
+    model = from_timm(ref)
+    other = "avg" if pool == "token" else "token"
+    x = torch.randn(2, 3, 32, 32)
+    for m in (ref, model):
+        m.reset_classifier(0, other)
+    with torch.no_grad():
+        assert_parity(model(x), ref(x))
+    assert model.config.pool == other
+    rebuilt = type(model)(model.config)  # the config still describes the model: same modules, same outputs
+    rebuilt.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        assert_parity(rebuilt.eval()(x), ref(x))
+    model.reset_classifier(3, None)  # None keeps the pooling
+    assert model.config.pool == other and model(x).shape == (2, 3)
+    with pytest.raises(ValueError, match=r"global_pool must be one of 'token', 'avg' .* got ''"):
+        model.reset_classifier(0, "")
+
+
+def test_reset_classifier_global_pool_on_models_without_a_pool_switch():
+    import zoo
+
+    swin = zoo.create_model("swin_mnist")
+    swin.reset_classifier(4, "avg")
+    assert swin(torch.randn(1, 1, 28, 28)).shape == (1, 4)
+    with pytest.raises(ValueError, match="global_pool must be one of 'avg' for SwinTransformer, got 'token'"):
+        swin.reset_classifier(4, "token")
+    vit = zoo.create_model("vit_mnist", depth=1, class_token=False, pool="avg")
+    with pytest.raises(ValueError, match="global_pool='token' needs a class token"):
+        vit.reset_classifier(4, "token")
+    deit = zoo.create_model("vit_mnist_distilled", depth=1)
+    deit.reset_classifier(4, "token")
+    assert deit.config.pool == "token" and deit.eval()(torch.randn(2, 1, 28, 28)).shape == (2, 4)
+    resnet = zoo.create_model("timm_resnet18_mnist")
+    resnet.reset_classifier(0, "max")
+    assert resnet(torch.randn(1, 1, 28, 28)).shape == (1, resnet.num_features)

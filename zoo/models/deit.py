@@ -85,8 +85,8 @@ class DistilledVisionTransformer(VisionTransformer):
     def get_classifier(self) -> nn.Module:
         return nn.ModuleList([self.head, self.head_dist])
 
-    def reset_classifier(self, num_classes: int) -> None:
-        super().reset_classifier(num_classes)
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        super().reset_classifier(num_classes, global_pool)
         self.head_dist = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         if num_classes > 0:
             nn.init.zeros_(self.head_dist.weight)
@@ -190,8 +190,9 @@ class TimmClassifier(ZooModel, nn.Module):
     def get_classifier(self) -> nn.Module:
         return self.net.get_classifier()
 
-    def reset_classifier(self, num_classes: int) -> None:
-        self.net.reset_classifier(num_classes)
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """timm's reset_classifier of the wrapped model (global_pool None keeps its pooling)."""
+        self.net.reset_classifier(num_classes, *(() if global_pool is None else (global_pool,)))
         self.num_classes = self.config.num_classes = num_classes
 
 

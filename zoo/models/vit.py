@@ -359,13 +359,37 @@ class VisionTransformer(ZooModel, nn.Module):
     def get_classifier(self) -> nn.Module:
         return self.head
 
-    def reset_classifier(self, num_classes: int) -> None:
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """A new zero-initialised head for `num_classes` (0: none, forward returns the pooled features). global_pool
+        (timm's second argument): None keeps the pooling, "token" / "avg" switch it (models with a `pool` field;
+        the norms stay as they are, and config.fc_norm says which one the model has)."""
+        if global_pool is not None:
+            set_pool(self, global_pool)
         self.num_classes = num_classes
         self.config.num_classes = num_classes
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         if num_classes > 0:
             nn.init.zeros_(self.head.weight)
             nn.init.zeros_(self.head.bias)
+
+
+def set_pool(model: nn.Module, pool: str) -> None:
+    """Switch the pooling of a ViT-like model whose config has a `pool` field ("token" or "avg"); a model without one
+    pools by the mean ("avg") only. Keeps the model's norms: config.fc_norm records whether it has an fc_norm, so
+    the config still builds this model."""
+    cfg = model.config
+    allowed = ("token", "avg") if hasattr(cfg, "pool") else ("avg",)
+    if pool not in allowed:
+        hint = " ('' = no pooling: forward_features(x) gives every token)" if pool == "" else ""
+        raise ValueError(f"global_pool must be one of {', '.join(map(repr, allowed))} for {type(model).__name__}, got "
+                         f"{pool!r}{hint}")
+    if not hasattr(cfg, "pool"):
+        return
+    if pool == "token" and not getattr(cfg, "class_token", True):
+        raise ValueError("global_pool='token' needs a class token; this model has none (class_token=False): use 'avg'")
+    if hasattr(cfg, "fc_norm") and isinstance(getattr(model, "fc_norm", None), nn.Module):
+        cfg.fc_norm = not isinstance(model.fc_norm, nn.Identity)
+    cfg.pool = pool
 
 
 _PAPER = "Dosovitskiy et al. 2020, An Image is Worth 16x16 Words (arXiv:2010.11929); sizes from DeiT, Touvron et al. 2021"
