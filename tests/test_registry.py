@@ -153,3 +153,30 @@ def test_reset_classifier_does_not_change_the_registered_config():
     timm_cfg = zoo.get_config("timm_resnet18_mnist")
     timm_cfg.timm_kwargs["channels"] = (8, 8, 8, 8)  # nested fields are copies too
     assert zoo.get_config("timm_resnet18_mnist").timm_kwargs["channels"] == (32, 64, 128, 256)
+
+
+@pytest.mark.parametrize("name,kw", [("vit_mnist", {"depth": 2}), ("swin_mnist", {}), ("clip_mnist", {})])
+def test_features_only_model_takes_gradient_checkpointing(name, kw):
+    """timm's feature wrappers have set_grad_checkpointing; zoo's FeatureExtractor had none (AttributeError). The
+    maps and gradients are the same, and the blocks really run again in the backward pass."""
+    torch.manual_seed(0)
+    features = zoo.create_model(name, features_only=True, out_indices=[0, -1], **kw).train()
+    x = torch.randn(2, features.model.config.in_chans, 28, 28)
+    calls = []
+    from zoo.core.blocks import find_blocks
+
+    find_blocks(features.model)[0].register_forward_pre_hook(lambda *_: calls.append(1))  # recomputation stops early
+
+    def run():
+        features.zero_grad()
+        calls.clear()
+        maps = features(x)
+        sum(m.square().mean() for m in maps).backward()
+        return [m.detach() for m in maps], [p.grad.clone() for p in features.parameters() if p.grad is not None], len(calls)
+
+    maps, grads, runs = run()
+    assert features.set_grad_checkpointing(True) >= 1
+    maps2, grads2, runs2 = run()
+    assert (runs, runs2) == (1, 2)
+    torch.testing.assert_close(maps2, maps)
+    torch.testing.assert_close(grads2, grads)

@@ -167,6 +167,10 @@ class FeatureExtractor(nn.Module):
         self.output_fmt, self.norm = output_fmt, norm
         self.feature_info = [dict(model.feature_info[i], index=i) for i in self.out_indices]
 
+    def set_grad_checkpointing(self, enable: bool = True) -> int:
+        """Recompute the model's blocks in the backward pass (as timm's feature wrappers): the model's own switch."""
+        return self.model.set_grad_checkpointing(enable)
+
     def channels(self) -> list[int]:
         return [f["num_chs"] for f in self.feature_info]
 
