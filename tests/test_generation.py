@@ -368,3 +368,25 @@ def test_generation_stops_at_the_decoders_positions_with_a_warning(name, field, 
         out = model.generate(prompt, max_new_tokens=100, ignore_eos=True)
     assert out.shape == (1, 12)
     torch.testing.assert_close(out, model.generate(prompt, max_new_tokens=12 - start, ignore_eos=True))  # same tokens
+
+
+def test_transformers_keywords_name_the_inputs():
+    """transformers' `generate(input_ids=..., attention_mask=...)` (and `pixel_values=` for images) was a TypeError:
+    the inputs were positional only."""
+    import zoo
+
+    model = tiny("post").eval()
+    src, mask = _src()
+    kw = dict(attention_mask=mask, max_new_tokens=4, ignore_eos=True)
+    assert torch.equal(model.generate(input_ids=src, **kw), model.generate(src, **kw))
+    lm = tiny_lm(rotary=True)
+    _, ids, lm_mask = _prompts()
+    assert torch.equal(lm.generate(input_ids=ids, attention_mask=lm_mask, max_new_tokens=3),
+                       lm.generate(ids, attention_mask=lm_mask, max_new_tokens=3))
+    captioner = zoo.create_model("vit_captioner_mnist", depth=1, encoder_depth=1).eval()
+    images = torch.randn(2, 1, 28, 28)
+    assert torch.equal(captioner.generate(pixel_values=images, max_new_tokens=3), captioner.generate(images, max_new_tokens=3))
+    with pytest.raises(ValueError, match="generate takes its inputs once, as inputs .*; got inputs, input_ids"):
+        model.generate(src, input_ids=src)
+    with pytest.raises(ValueError, match="generate takes its inputs once.*; got none"):
+        model.generate(max_new_tokens=2)

@@ -271,6 +271,15 @@ def check_generate_arguments(inputs, attention_mask, max_new_tokens, num_beams, 
                          "decoder-only prompts on the left (tokenizer padding_side='left') or generate them one by one")
 
 
+def _one_input(inputs, **aliases) -> torch.Tensor:
+    """`inputs`, or the one transformers keyword (input_ids=, pixel_values=) that gave them."""
+    given = {name: value for name, value in {"inputs": inputs, **aliases}.items() if value is not None}
+    if len(given) != 1:
+        raise ValueError(f"generate takes its inputs once, as inputs (positional), input_ids= or pixel_values=; got "
+                         f"{', '.join(given) or 'none'}")
+    return next(iter(given.values()))
+
+
 class GenerationMixin:
     """Adds `generate` to a model with `encode` / `decode`, or `decode` only (see the module docstring).
 
@@ -285,7 +294,7 @@ class GenerationMixin:
     @torch.no_grad()
     def generate(
         self,
-        inputs: torch.Tensor,
+        inputs: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         max_new_tokens: int = 20,
         num_beams: int = 1,
@@ -300,12 +309,17 @@ class GenerationMixin:
         use_cache: bool = True,
         generator: torch.Generator | None = None,
         ignore_eos: bool = False,
+        *,
+        input_ids: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Token ids (B, T): the decoder start token (encoder–decoders) or the prompt (decoder-only
         models), then up to max_new_tokens tokens; after EOS a row is padded with pad.
         eos/pad/start default to the model config's ids (without a pad id, EOS pads);
         ignore_eos=True always generates max_new_tokens tokens (benchmarks).
-        Sampling (do_sample=True) takes temperature (default 1.0), top_k, top_p and a generator."""
+        Sampling (do_sample=True) takes temperature (default 1.0), top_k, top_p and a generator.
+        transformers' keywords name the inputs too: generate(input_ids=...) or, for images, generate(pixel_values=...)."""
+        inputs = _one_input(inputs, input_ids=input_ids, pixel_values=pixel_values)
         decoder_only = not _is_encoder_decoder(self)
         check_generate_arguments(inputs, attention_mask, max_new_tokens, num_beams, do_sample, temperature, top_k,
                                  top_p, generator, decoder_start_token_id, decoder_only)
