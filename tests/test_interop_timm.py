@@ -183,7 +183,9 @@ def test_layer_decay_puts_the_distillation_token_with_the_embedding():
                                                              num_classes=5, reg_tokens=1),
     lambda: timm.models.eva.Eva(img_size=32, patch_size=8, embed_dim=32, depth=4, num_heads=2, num_classes=5,
                                 use_rot_pos_emb=True, ref_feat_shape=(4, 4), global_pool="token"),
-], ids=["vit", "eva"])
+    lambda: timm.models.swin_transformer.SwinTransformer(img_size=32, patch_size=2, window_size=4, embed_dim=16,
+                                                         depths=(1, 1, 1, 1), num_heads=(1, 2, 2, 4), num_classes=5),
+], ids=["vit", "eva", "swin"])
 def test_prune_intermediate_layers_as_timm(build, indices, prune_norm):
     """timm's backbone idiom: prune_intermediate_layers(indices) drops the blocks after the last one taken (and the
     norm / head on request); forward_intermediates(indices=<what it returned>) then gives timm's maps."""
@@ -193,18 +195,24 @@ def test_prune_intermediate_layers_as_timm(build, indices, prune_norm):
     x = torch.randn(2, 3, 32, 32)
     take = ref.prune_intermediate_layers(indices, prune_norm=prune_norm)
     assert model.prune_intermediate_layers(indices, prune_norm=prune_norm) == take
-    assert len(model.encoder.blocks) == len(ref.blocks) == model.config.depth == len(model.feature_info)
+    stack = getattr(model, "encoder", None)
+    blocks, ref_blocks = (stack.blocks, ref.blocks) if stack is not None else (model.layers, ref.layers)  # Swin: stages
+    assert len(blocks) == len(ref_blocks) == len(model.feature_info) == len(getattr(model.config, "depths", blocks))
     assert model.num_classes == 0
+    whole = prune_norm or max(take) == 3  # Swin keeps the original last stage's norm: with fewer stages it fits no map
     with torch.no_grad():
-        for fmt in ("NCHW", "NLC"):
-            final, maps = model.forward_intermediates(x, indices=take, output_fmt=fmt)
-            ref_final, ref_maps = ref.forward_intermediates(x, indices=take, output_fmt=fmt)
-            assert_parity(final, ref_final)
+        for fmt in ("NCHW", "NLC") if stack is not None else ("NCHW",):  # timm's Swin gives NCHW maps only
+            maps = model.forward_intermediates(x, indices=take, output_fmt=fmt, intermediates_only=not whole)
+            ref_maps = ref.forward_intermediates(x, indices=take, output_fmt=fmt, intermediates_only=not whole)
+            if whole:
+                assert_parity(maps[0], ref_maps[0])
+                maps, ref_maps = maps[1], ref_maps[1]
             assert len(maps) == len(ref_maps) == len(take)
             for m, r in zip(maps, ref_maps):
                 assert_parity(m, r)
-        assert_parity(model.forward_features(x), ref.forward_features(x))
-        assert model(x).shape == (2, 32)  # the pooled features
+        if whole:
+            assert_parity(model.forward_features(x), ref.forward_features(x))
+            assert model(x).shape == (2, model.num_features)  # the pooled features
 
 
 @pytest.mark.parametrize("pool", ["token", "avg"])

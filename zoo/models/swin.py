@@ -22,7 +22,7 @@ from ..contract import IMAGE_AXES, Inputs, ZooModel, image_batch
 from ..core import Dropout, BlockConfig, TransformerBlock, make_norm, trunc_normal_init
 from ..core.position import check_images
 from ..core.window import window_attention, window_geometry
-from ..features import check_output_fmt, feature_take_indices, run_blocks
+from ..features import check_output_fmt, feature_take_indices, prune_blocks, run_blocks
 from ..registry import register_model
 from .vit import ConvStem, PatchEmbed, VisionTransformer
 
@@ -178,6 +178,23 @@ class SwinTransformer(ZooModel, nn.Module):
                     blocks=r"^layers\.(\d+)" if coarse else [(r"^layers\.(\d+)\.downsample", (0,)),
                                                                (r"^layers\.(\d+)\.blocks\.(\d+)", None),
                                                                (r"^norm", (99999,))])
+
+    def prune_intermediate_layers(self, indices: int | list[int] | None = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> list[int]:
+        """timm's backbone trim: drop the stages after the last one `indices` takes (config.depths / num_heads,
+        feature_info and num_features follow), the final norm with `prune_norm`, the classifier with `prune_head`.
+        As in timm, a kept final norm is the last original stage's: with fewer stages, prune it too (or take the maps
+        with intermediates_only and norm=False). Returns the absolute indices for forward_intermediates."""
+        take = prune_blocks(self.layers, indices)
+        stages = len(self.layers)
+        self.config.depths, self.config.num_heads = tuple(self.config.depths[:stages]), tuple(self.config.num_heads[:stages])
+        self.feature_info = self.feature_info[:stages]
+        self.num_features = self.feature_info[-1]["num_chs"]
+        if prune_norm:
+            self.norm = nn.Identity()
+        if prune_head:
+            self.reset_classifier(0)
+        return take
 
     # the head is ViT's: a Linear on the pooled features (num_classes=0: none), zero-initialised on reset
     get_classifier = VisionTransformer.get_classifier
