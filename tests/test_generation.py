@@ -390,3 +390,29 @@ def test_transformers_keywords_name_the_inputs():
         model.generate(src, input_ids=src)
     with pytest.raises(ValueError, match="generate takes its inputs once.*; got none"):
         model.generate(max_new_tokens=2)
+
+
+@pytest.mark.parametrize("batch", [2, 3])
+def test_a_list_of_eos_ids_ends_a_row_at_any_of_them(batch):
+    """transformers takes eos_token_id=[a, b] (Llama 3's generation config has two): any of them ends a row. The list
+    was compared with the batch element by element, row i against the i-th id (batch 2: silently wrong stops;
+    batch 3: a broadcasting error)."""
+    lm = tiny_lm(rotary=True)
+    _, ids, mask = _prompts()
+    ids, mask = ids[:batch], mask[:batch]
+    free = lm.generate(ids, attention_mask=mask, max_new_tokens=6, ignore_eos=True)[:, 5:]
+    eos = [int(free[1, 0]), int(free[0, 2])]  # row 1 stops at once, row 0 by its third token at the latest
+    out = lm.generate(ids, attention_mask=mask, max_new_tokens=6, eos_token_id=eos, pad_token_id=0)[:, 5:]
+    for row, ref in zip(out, free):
+        hits = [t for t, tok in enumerate(ref.tolist()) if tok in eos]
+        end = hits[0] + 1 if hits else len(ref)
+        assert torch.equal(row[:end], ref[:end]) and (row[end:] == 0).all()
+    assert out[1, 1:].eq(0).all() and out.shape[1] <= 3 + (batch == 3) * 3
+    beams = lm.generate(ids, attention_mask=mask, max_new_tokens=6, eos_token_id=eos, pad_token_id=0, num_beams=3)[:, 5:]
+    for row in beams.tolist():  # every hypothesis ends at its first EOS, whichever of the ids it is
+        hits = [t for t, tok in enumerate(row) if tok in eos]
+        assert not hits or all(tok == 0 for tok in row[hits[0] + 1:])
+    single = dict(attention_mask=mask, max_new_tokens=6, pad_token_id=0)
+    assert torch.equal(lm.generate(ids, eos_token_id=[eos[0]], **single), lm.generate(ids, eos_token_id=eos[0], **single))
+    with pytest.raises(ValueError, match=r"eos_token_id must be a token id \(an int\) or a non-empty list of them, got \[\]"):
+        lm.generate(ids, eos_token_id=[], **single)

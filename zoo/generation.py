@@ -49,17 +49,24 @@ def shift_right(labels: torch.Tensor, start_id: int, pad_id: int = 0) -> torch.T
 class _Setup:
     """What a search starts from. prefix (B, P): the tokens every hypothesis begins with, the
     decoder start token or the prompt; memory / memory_mask: the encoder's output and padding
-    (memory None: a decoder-only model); prefix_mask (B, P): a left-padded prompt's 1/0 mask."""
+    (memory None: a decoder-only model); prefix_mask (B, P): a left-padded prompt's 1/0 mask; eos: the id or ids
+    that end a hypothesis (kept as a tuple)."""
 
     prefix: torch.Tensor
     pad: int
-    eos: int | None
+    eos: int | tuple[int, ...] | None
     memory: torch.Tensor | None = None
     memory_mask: torch.Tensor | None = None
     prefix_mask: torch.Tensor | None = None
 
+    def __post_init__(self):
+        self.eos = eos_ids(self.eos)
+
+    def is_eos(self, tokens: torch.Tensor) -> torch.Tensor:
+        return torch.isin(tokens, tokens.new_tensor(self.eos))
+
     @classmethod
-    def encoder_decoder(cls, memory, memory_mask, start: int, pad: int, eos: int | None) -> _Setup:
+    def encoder_decoder(cls, memory, memory_mask, start: int, pad: int, eos: int | tuple[int, ...] | None) -> _Setup:
         prefix = torch.full((memory.shape[0], 1), start, dtype=torch.long, device=memory.device)
         return cls(prefix, pad, eos, memory, memory_mask)
 
@@ -121,7 +128,7 @@ def greedy_search(model, setup: _Setup, max_new_tokens: int, use_cache: bool = T
         nxt = nxt.masked_fill(finished, setup.pad)
         tokens = torch.cat([tokens, nxt[:, None]], dim=1)
         if setup.eos is not None:
-            finished |= nxt == setup.eos
+            finished |= setup.is_eos(nxt)
             if finished.all():
                 break
     return tokens
@@ -157,7 +164,7 @@ def beam_search(model, setup: _Setup, max_new_tokens: int, num_beams: int, lengt
             filled = 0
             for rank, (score, idx) in enumerate(zip(top_scores[b].tolist(), top_idx[b].tolist())):
                 row, tok = b * k + idx // vocab, idx % vocab
-                if setup.eos is not None and tok == setup.eos:
+                if setup.eos is not None and tok in setup.eos:
                     if rank < k:  # an EOS outside the top k is not a competitive hypothesis
                         hyp = torch.cat([tokens[row], tokens.new_tensor([tok])])
                         _add_hypothesis(finished[b], k, score / step ** length_penalty, hyp)
@@ -201,7 +208,7 @@ def _encode(model, inputs, attention_mask):
 
 
 def sequence_scores(model, inputs, sequences: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                    eos_token_id: int | None = None) -> torch.Tensor:
+                    eos_token_id: int | list[int] | None = None) -> torch.Tensor:
     """Sum of the model's log-probabilities of the generated tokens of each sequence (those after
     the start token, or after the prompt `inputs` of a decoder-only model), up to and including the
     first EOS; what beam search maximises when length_penalty=0."""
@@ -218,13 +225,24 @@ def sequence_scores(model, inputs, sequences: torch.Tensor, attention_mask: torc
     token_logp = logp.gather(-1, new[..., None]).squeeze(-1)
     keep = torch.ones_like(token_logp, dtype=torch.bool)
     if eos_token_id is not None:
-        is_eos = (new == eos_token_id).long()
+        is_eos = torch.isin(new, new.new_tensor(eos_ids(eos_token_id))).long()
         keep = (is_eos.cumsum(1) - is_eos) == 0  # everything up to and including the first EOS
     return (token_logp * keep).sum(-1)
 
 
 def _is_int(x) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
+
+
+def eos_ids(eos) -> tuple[int, ...] | None:
+    """An end-of-sequence id, or a list of them (transformers' eos_token_id, e.g. Llama 3's), as a tuple; None stays
+    None. A list was compared with the batch element by element (row i against the i-th id)."""
+    if eos is None:
+        return None
+    ids = (eos,) if not isinstance(eos, (list, tuple)) else tuple(eos)
+    if not ids or not all(_is_int(i) for i in ids):
+        raise ValueError(f"eos_token_id must be a token id (an int) or a non-empty list of them, got {eos!r}")
+    return ids
 
 
 def check_generate_arguments(inputs, attention_mask, max_new_tokens, num_beams, do_sample, temperature, top_k, top_p,
@@ -302,7 +320,7 @@ class GenerationMixin:
         temperature: float | None = None,
         top_k: int | None = None,
         top_p: float | None = None,
-        eos_token_id: int | None = None,
+        eos_token_id: int | list[int] | None = None,
         pad_token_id: int | None = None,
         decoder_start_token_id: int | None = None,
         length_penalty: float = 1.0,
@@ -315,7 +333,8 @@ class GenerationMixin:
     ) -> torch.Tensor:
         """Token ids (B, T): the decoder start token (encoder–decoders) or the prompt (decoder-only
         models), then up to max_new_tokens tokens; after EOS a row is padded with pad.
-        eos/pad/start default to the model config's ids (without a pad id, EOS pads);
+        eos/pad/start default to the model config's ids (without a pad id, EOS pads); eos_token_id may be a list of
+        ids, any of which ends a row (as in transformers);
         ignore_eos=True always generates max_new_tokens tokens (benchmarks).
         Sampling (do_sample=True) takes temperature (default 1.0), top_k, top_p and a generator.
         transformers' keywords name the inputs too: generate(input_ids=...) or, for images, generate(pixel_values=...)."""
@@ -325,10 +344,10 @@ class GenerationMixin:
                                  top_p, generator, decoder_start_token_id, decoder_only)
         max_new_tokens = self._fit_decode_positions(inputs if decoder_only else None, max_new_tokens)
         cfg = self.config
-        eos = None if ignore_eos else getattr(cfg, "eos_token_id", None) if eos_token_id is None else eos_token_id
+        eos = eos_ids(None if ignore_eos else getattr(cfg, "eos_token_id", None) if eos_token_id is None else eos_token_id)
         pad = getattr(cfg, "pad_token_id", None) if pad_token_id is None else pad_token_id
         if pad is None:  # pad only fills rows that have finished: EOS does that job as well
-            pad = 0 if eos is None else eos
+            pad = 0 if eos is None else eos[0]
         was_training = self.training
         self.eval()
         try:
