@@ -118,6 +118,10 @@ def test_convert_names_the_wrong_kind_of_input_or_output(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(SystemExit, match="is a folder that holds no zoo model"):  # was "No such device (os error 19)"
         convert(["--to-hf", str(tmp_path / "empty"), "--out", str(tmp_path / "back")])
+    (tmp_path / "hf").mkdir()
+    (tmp_path / "hf" / "config.json").write_text('{"model_type": "bert"}')
+    with pytest.raises(SystemExit, match="is a transformers folder"):  # it is converted already
+        convert(["--to-hf", str(tmp_path / "hf"), "--out", str(tmp_path / "back")])
     # a zoo fit checkpoint names its model: no --model needed (was "header too large")
     bert = zoo.create_model("bert_tiny", head="cls", depth=1, dim=32, num_heads=2, vocab_size=100)
     torch.save({"state_dict": {f"model.{k}": v for k, v in bert.state_dict().items()}, "zoo": model_record(bert)},

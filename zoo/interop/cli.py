@@ -67,8 +67,12 @@ def main(argv: list[str]) -> int:
         elif describes_model(args.to_hf):  # a zoo record: save_run's safetensors, a zoo fit checkpoint or run folder,
             model = load_run(args.to_hf).model  # a save_pretrained folder
         elif Path(args.to_hf).is_dir():
-            raise SystemExit(f"{args.to_hf} is a folder that holds no zoo model: pass the zoo weights file (.safetensors) "
-                             "or a save_pretrained folder")
+            from ..hub import foreign_dir_problem
+
+            problem = foreign_dir_problem(args.to_hf)  # a transformers folder already, or a damaged config.json
+            raise SystemExit(f"{args.to_hf} is a folder that holds no zoo model"
+                             + (f" ({problem})" if problem else ": pass the zoo weights file (.safetensors) or a "
+                                                                "save_pretrained folder"))
         else:
             raise SystemExit(f"{args.to_hf} has no zoo metadata: pass --model NAME (and --set KEY=VALUE overrides)")
         to_hf(model, args.out)
