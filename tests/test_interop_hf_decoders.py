@@ -205,3 +205,35 @@ def test_cached_decoding_equals_recomputation(which):
         for t in range(5, 8):
             steps.append(model.decode(ids[:, t:t + 1], cache=cache, attention_mask=mask[:, : t + 1]))
     assert_parity(torch.cat(steps, 1), full, mask, tol=1e-5)
+
+
+def _until_eos(out, prompt_len, eos):
+    """Rows as lists: the prompt, then the new tokens up to and including the first EOS (what follows is fill:
+    transformers' beam search fills with EOS where pad_token_id is 0)."""
+    rows = []
+    for row in out.tolist():
+        new = row[prompt_len:]
+        hits = [t for t, tok in enumerate(new) if tok in eos]
+        rows.append(row[:prompt_len] + (new[: hits[0] + 1] if hits else new))
+    return rows
+
+
+@pytest.mark.parametrize("num_beams", [2, 3])
+def test_beam_search_with_many_eos_ids_equals_transformers(num_beams):
+    """With several EOS ids more than k of the 2k best candidates can end a hypothesis: the unfilled live beams got
+    score 0 (the best possible) and row 0 of the batch, so other inputs continued input 0's prompt. transformers keeps
+    (1 + number of EOS ids) * num_beams candidates."""
+    torch.manual_seed(0)
+    ref = T.LlamaForCausalLM(T.LlamaConfig(**{**LLAMA_CONFIGS["gqa"], "vocab_size": 30})).eval()
+    with torch.no_grad():
+        for n, p in ref.named_parameters():
+            if "norm" not in n:
+                p.mul_(8)  # peaked next-token distributions
+    model = from_hf(ref)
+    eos = list(range(3, 20))
+    ids, mask = batch(30, "left", length=5, seed=0)
+    kw = dict(attention_mask=mask, num_beams=num_beams, max_new_tokens=8, length_penalty=1.0, eos_token_id=eos, pad_token_id=0)
+    with torch.no_grad():
+        theirs = ref.generate(ids, do_sample=False, early_stopping=False, **kw)
+    ours = model.generate(ids, **kw)
+    assert _until_eos(ours, 5, eos) == _until_eos(theirs, 5, eos)

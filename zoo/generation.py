@@ -149,17 +149,19 @@ def beam_search(model, setup: _Setup, max_new_tokens: int, num_beams: int, lengt
     finished: list[list[tuple[float, torch.Tensor]]] = [[] for _ in range(batch)]
     done = [False] * batch
     cache = KVCache() if use_cache else None
+    candidates = max(2, 1 + len(setup.eos or ())) * k
     for step in range(1, max_new_tokens + 1):
         logp = _step(model, tokens, setup, cache, setup.prefix.shape[1] + max_new_tokens)  # (B*k, V)
         vocab = logp.shape[-1]
         scores = (logp + beam_scores.view(-1, 1)).view(batch, k * vocab)
-        top_scores, top_idx = scores.topk(2 * k, dim=1)  # 2k: enough to refill k beams after EOS
-        next_scores = torch.zeros(batch, k, device=device)
+        # (1 + number of EOS ids) * k candidates (transformers' beams_to_keep): each beam can end in every EOS id, and
+        # k live beams must remain after removing them
+        top_scores, top_idx = scores.topk(min(candidates, k * vocab), dim=1)
+        next_scores = torch.full((batch, k), float("-inf"), device=device)  # a beam left unfilled never wins
         next_tokens = torch.full((batch, k), setup.pad, dtype=torch.long, device=device)
-        next_rows = torch.zeros(batch, k, dtype=torch.long, device=device)
+        next_rows = (torch.arange(batch, device=device) * k)[:, None].repeat(1, k)  # unfilled: a dummy of its own input
         for b in range(batch):
             if done[b]:  # keep a dummy beam so the tensors keep their shape
-                next_rows[b] = b * k
                 continue
             filled = 0
             for rank, (score, idx) in enumerate(zip(top_scores[b].tolist(), top_idx[b].tolist())):
