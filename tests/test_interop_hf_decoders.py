@@ -237,3 +237,25 @@ def test_beam_search_with_many_eos_ids_equals_transformers(num_beams):
         theirs = ref.generate(ids, do_sample=False, early_stopping=False, **kw)
     ours = model.generate(ids, **kw)
     assert _until_eos(ours, 5, eos) == _until_eos(theirs, 5, eos)
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_a_list_of_eos_ids_in_the_config_survives_conversion(family, tmp_path):
+    """Llama 3's config has eos_token_id=[128001, 128008, 128009]: the converter kept the first id only, so zoo's
+    generate (eos from the config) ran past the other ids where transformers' stops."""
+    ref = llama_ref("gqa") if family == "llama" else gpt2_ref()
+    ids, mask = batch(99, "left", length=6, seed=3)
+    with torch.no_grad():
+        free = ref.generate(ids, attention_mask=mask, do_sample=False, num_beams=1, max_new_tokens=8, eos_token_id=None,
+                            pad_token_id=0)[:, 6:]
+    eos = [98, int(free[0, 1]), int(free[2, 3])]  # 98 first: an id the rows are unlikely to meet
+    ref.config.eos_token_id = ref.generation_config.eos_token_id = eos
+    ref.config.pad_token_id = ref.generation_config.pad_token_id = 0
+    model = from_hf(ref)
+    assert model.config.eos_token_id == eos
+    with torch.no_grad():
+        theirs = ref.generate(ids, attention_mask=mask, do_sample=False, num_beams=1, max_new_tokens=8)
+    ours = model.generate(ids, attention_mask=mask, max_new_tokens=8)
+    assert _until_eos(ours, 6, eos) == _until_eos(theirs, 6, eos) and ours.shape == theirs.shape
+    to_hf(model, tmp_path)
+    assert from_hf(tmp_path).config.eos_token_id == eos

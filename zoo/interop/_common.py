@@ -31,6 +31,19 @@ def hf_activation(name: str) -> str:
     return ZOO_TO_HF_ACT[name]
 
 
+def hf_eos(value) -> int | list[int] | None:
+    """transformers' eos_token_id (an id or a list of ids, e.g. Llama 3's [128001, 128009]) as a zoo config keeps it:
+    one id as an int, several as a list; generate stops at any of them, as transformers' does."""
+    if value is None or isinstance(value, int):
+        return value
+    ids = [int(i) for i in value]
+    return ids[0] if len(ids) == 1 else ids
+
+
+def first_id(value: int | list[int] | None) -> int | None:
+    return value[0] if isinstance(value, list) else value
+
+
 def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """A safetensors file, or a weights-only torch file (never unpickles code)."""
     return read_state_dict(path)

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from ..models.gpt import GPT, GPTConfig
-from ._common import hf_activation, load_into, strip_prefix, zoo_activation
+from ._common import first_id, hf_activation, hf_eos, load_into, strip_prefix, zoo_activation
 
 # HF suffix in one block -> (zoo suffix, transposed Conv1D)
 _LAYER = {
@@ -31,8 +31,8 @@ def zoo_config(hf) -> GPTConfig:
         raise ValueError("zoo GPT has no per-layer score scaling; this config has scale_attn_by_inverse_layer_idx=True")
     if getattr(hf, "add_cross_attention", False):
         raise ValueError("zoo GPT is decoder-only; this config has add_cross_attention=True")
-    eos = hf.eos_token_id
-    pad = hf.pad_token_id if hf.pad_token_id is not None else (eos if eos is not None else 0)  # generate pads with EOS
+    eos = hf_eos(hf.eos_token_id)
+    pad = hf.pad_token_id if hf.pad_token_id is not None else (first_id(eos) if eos is not None else 0)  # generate pads with EOS
     return GPTConfig(
         vocab_size=hf.vocab_size, max_positions=hf.n_positions, dim=hf.n_embd, depth=hf.n_layer, num_heads=hf.n_head,
         mlp_hidden=hf.n_inner, activation=zoo_activation(hf.activation_function, "GPT-2 activation_function"),

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from ..models.llama import Llama, LlamaConfig
-from ._common import load_into, strip_prefix
+from ._common import first_id, hf_eos, load_into, strip_prefix
 
 _LAYER = {
     "self_attn.q_proj": "attn.q", "self_attn.k_proj": "attn.k", "self_attn.v_proj": "attn.v", "self_attn.o_proj": "attn.proj",
@@ -42,8 +42,8 @@ def zoo_config(hf, tied: bool) -> LlamaConfig:
         raise ValueError("zoo Llama has no biases; this config sets attention_bias or mlp_bias")
     heads = hf.num_attention_heads
     head_dim = getattr(hf, "head_dim", None) or hf.hidden_size // heads
-    eos = hf.eos_token_id if isinstance(hf.eos_token_id, int) or hf.eos_token_id is None else hf.eos_token_id[0]
-    pad = hf.pad_token_id if hf.pad_token_id is not None else (eos if eos is not None else 0)  # generate pads with EOS
+    eos = hf_eos(hf.eos_token_id)  # every id of a list ends generation (Llama 3)
+    pad = hf.pad_token_id if hf.pad_token_id is not None else (first_id(eos) if eos is not None else 0)  # generate pads with EOS
     return LlamaConfig(
         vocab_size=hf.vocab_size, dim=hf.hidden_size, depth=hf.num_hidden_layers, num_heads=heads,
         num_kv_heads=getattr(hf, "num_key_value_heads", None) or heads,

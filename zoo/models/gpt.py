@@ -94,7 +94,7 @@ class GPTConfig:
     tie_word_embeddings: bool = True
     init_std: float = 0.02
     bos_token_id: int = 50256
-    eos_token_id: int | None = 50256
+    eos_token_id: int | list[int] | None = 50256  # a list: any of the ids ends generation (transformers' list)
     pad_token_id: int = 50256  # GPT-2 has no pad token: transformers' generate pads with EOS
 
 

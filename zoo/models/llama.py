@@ -38,7 +38,7 @@ class LlamaConfig:
     attn_dropout: float = 0.0
     init_std: float = 0.02
     bos_token_id: int = 1
-    eos_token_id: int | None = 2
+    eos_token_id: int | list[int] | None = 2  # a list: any of the ids ends generation (transformers' list)
     pad_token_id: int = 0
 
 
