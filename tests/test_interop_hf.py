@@ -320,6 +320,32 @@ def test_marian_unsupported_generation_rules_are_named():
         from_hf(ref)
 
 
+
+@pytest.mark.parametrize("tables", ["separate", "equal"])
+@pytest.mark.parametrize("from_dir", [False, True])
+def test_marian_untied_output_layer(tables, from_dir, tmp_path):
+    """tie_word_embeddings=False: transformers 5 ties nothing, so the source and target tables may differ ('separate')
+    and the output layer is its own even where both tables are equal ('equal', as a hub checkpoint). The converter
+    built one shared table (the target one overwrote the source one) and tied the output layer to it."""
+    torch.manual_seed(0)
+    ref = T.MarianMTModel(T.MarianConfig(**MARIAN_TINY, tie_word_embeddings=False)).eval()
+    if tables == "equal":
+        with torch.no_grad():
+            ref.model.encoder.embed_tokens.weight.copy_(ref.model.shared.weight)
+            ref.model.decoder.embed_tokens.weight.copy_(ref.model.shared.weight)
+    if from_dir:
+        ref.save_pretrained(tmp_path)
+    model = from_hf(tmp_path if from_dir else ref)
+    assert model.lm_head.weight is not model.tgt_embed.weight
+    ids, mask, dids, dmask = t5_inputs()
+    with torch.no_grad():
+        r = ref(input_ids=ids, attention_mask=mask, decoder_input_ids=dids, decoder_attention_mask=dmask)
+        assert_parity(model.encode(ids, mask), r.encoder_last_hidden_state, mask)
+        assert_parity(model(ids, dids, mask, dmask), r.logits, dmask)
+        assert torch.equal(model.generate(ids, attention_mask=mask, max_new_tokens=6, num_beams=2),
+                           ref.generate(input_ids=ids, attention_mask=mask, max_new_tokens=6, num_beams=2, do_sample=False))
+
+
 # ---------------------------------------------------------------------------------------------- CLIP
 def test_clip_parity():
     torch.manual_seed(0)

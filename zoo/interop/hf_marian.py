@@ -70,9 +70,13 @@ def from_hf(hf, sd: dict[str, torch.Tensor], arch: str | None, generation_config
     sd = strip_prefix(sd, "model.")
     enc_emb = sd.get("encoder.embed_tokens.weight", sd.get("shared.weight"))
     dec_emb = sd.get("decoder.embed_tokens.weight", sd.get("shared.weight"))
-    shared = getattr(hf, "share_encoder_decoder_embeddings", True)
     lm = sd.get("lm_head.weight", dec_emb)
     tied = torch.equal(lm, dec_emb)
+    # zoo's one shared table is source, target and output layer at once: the tables themselves decide (transformers 5
+    # ties nothing when tie_word_embeddings=False, even with share_encoder_decoder_embeddings=True); otherwise
+    # separate source / target tables (equal copies where the checkpoint's are) and the output layer tied or not
+    shared = (getattr(hf, "share_encoder_decoder_embeddings", True) and tied and enc_emb.shape == dec_emb.shape
+              and torch.equal(enc_emb, dec_emb))
     cfg = zoo_config(hf, tied, shared, enc_emb.shape[0], generation_config)
     model = EncoderDecoderTransformer(cfg)
     # Marian's position tables are fixed sinusoids: check they are the ones the zoo computes
