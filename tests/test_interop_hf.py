@@ -91,6 +91,20 @@ def test_bert_pretraining_checkpoint_with_legacy_names(tmp_path):
     assert model.mlm_head.decoder.weight is model.embeddings.word_embeddings.weight
 
 
+
+@pytest.mark.parametrize("from_dir", [False, True])
+def test_bert_mlm_with_untied_decoder_is_refused(from_dir, tmp_path):
+    """tie_word_embeddings=False gives BertForMaskedLM its own decoder weight; zoo's MLM head is tied, and the converter
+    silently replaced the decoder by the word embeddings (logits off by 0.7 on a tiny model)."""
+    torch.manual_seed(0)
+    ref = T.BertForMaskedLM(T.BertConfig(**BERT_TINY, tie_word_embeddings=False)).eval()
+    assert not torch.equal(ref.cls.predictions.decoder.weight, ref.bert.embeddings.word_embeddings.weight)
+    if from_dir:
+        ref.save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=r"MLM decoder differs from its word embeddings \(tie_word_embeddings=False\)"):
+        from_hf(tmp_path if from_dir else ref)
+
+
 # ------------------------------------------------------------------------------------------------ T5
 T5_TINY = dict(vocab_size=50, d_model=16, d_kv=8, d_ff=24, num_layers=2, num_decoder_layers=3, num_heads=2,
                relative_attention_num_buckets=8, relative_attention_max_distance=20, decoder_start_token_id=0)

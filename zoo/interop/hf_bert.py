@@ -84,6 +84,11 @@ def from_hf(hf, sd: dict[str, torch.Tensor], arch: str | None) -> Bert:
             continue
         unused.append(k)
     if head == "mlm":  # the decoder is tied to the word embeddings (the checkpoint's copy is an alias)
+        own = sd.get("cls.predictions.decoder.weight")
+        if own is not None and not torch.equal(own, out["embeddings.word_embeddings.weight"]):
+            raise ValueError("this BERT's MLM decoder differs from its word embeddings (tie_word_embeddings="
+                             f"{getattr(hf, 'tie_word_embeddings', None)}); zoo BERT's MLM head is tied to the word embeddings and "
+                             "cannot hold a separate decoder: convert a checkpoint with tie_word_embeddings=True")
         out["mlm_head.decoder.weight"] = out["embeddings.word_embeddings.weight"]
     else:  # a pre-training checkpoint loaded as BertModel: drop the heads, as HF does
         unused = [k for k in unused if not k.startswith("cls.")]
