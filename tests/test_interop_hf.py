@@ -385,6 +385,29 @@ def test_clip_parity():
             assert_parity(model(x.to(dtype), ids, mask), r.logits_per_image, tol=tol)
 
 
+
+@pytest.mark.parametrize("logit_scale", [4.6052, 5.0])
+def test_clip_logit_scale_is_not_clamped(logit_scale):
+    """CLIPModel multiplies by exp(logit_scale) as stored; OpenAI's checkpoints hold 4.6052 (> ln 100) and fine-tuned
+    ones more. The converted model clamped exp(logit_scale) at 100: logits off by 3e-5 relative at 4.6052, by 8 at 5."""
+    torch.manual_seed(0)
+    ref = T.CLIPModel(T.CLIPConfig(
+        text_config=dict(vocab_size=99, hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+                         max_position_embeddings=16, eos_token_id=98, bos_token_id=97, pad_token_id=0),
+        vision_config=dict(hidden_size=48, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                           image_size=32, patch_size=8), projection_dim=24)).eval()
+    with torch.no_grad():
+        ref.logit_scale.fill_(logit_scale)
+    model = from_hf(ref)
+    ids, mask = text_batch(97, b=3, length=10)
+    ids[torch.arange(3), mask.sum(1) - 1] = 98
+    ids[mask == 0] = 0
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        r = ref(input_ids=ids, attention_mask=mask, pixel_values=x)
+        assert_parity(model(x, ids, mask), r.logits_per_image, tol=1e-5)
+
+
 def test_vit_other_image_size_matches_hf_interpolation():
     """zoo resizes positions like HF's interpolate_pos_encoding (bicubic, no antialias)."""
     torch.manual_seed(0)

@@ -34,6 +34,7 @@ def zoo_config(hf) -> CLIPConfig:
         **tower_fields(hf.text_config, hf.vision_config, "CLIP"), embed_dim=hf.projection_dim,
         eos_token_id=None if eos in (None, 2) else eos,  # HF's legacy configs (eos 2) pool at the argmax id
         logit_scale_init=hf.logit_scale_init_value,
+        max_logit_scale=None,  # CLIPModel multiplies by exp(logit_scale) unclamped (OpenAI's stored 4.6052 > ln 100)
     )
 
 
