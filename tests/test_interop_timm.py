@@ -263,3 +263,29 @@ def test_reset_classifier_global_pool_on_models_without_a_pool_switch():
     resnet = zoo.create_model("timm_resnet18_mnist")
     resnet.reset_classifier(0, "max")
     assert resnet(torch.randn(1, 1, 28, 28)).shape == (1, resnet.num_features)
+
+
+@pytest.mark.parametrize("act", ["gelu_tanh", "gelu"])
+def test_timm_activation_modules_convert(act):
+    """act_layer='gelu_tanh' / 'gelu' give timm's own GELUTanh / GELU modules (timm's SigLIP GAP ViTs, e.g.
+    vit_so400m_patch16_siglip_gap_256); the converter knew only torch's nn.GELU and refused them."""
+    torch.manual_seed(0)
+    ref = timm.create_model("vit_so400m_patch16_siglip_gap_256", pretrained=False, img_size=32, patch_size=8, depth=2,
+                            embed_dim=32, num_heads=4, num_classes=5, act_layer=act).eval()
+    with torch.no_grad():
+        for n, p in ref.named_parameters():
+            if n.endswith("bias") or ".mlp." in n:
+                p.normal_(0, 1.0)  # the two GELUs differ by up to 4.7e-4 where the inputs are O(1)
+    model = from_timm(ref)
+    assert model.config.activation == act and model.config.pool == "avg" and not model.config.class_token
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():  # the features: the other GELU moves them by 2e-4
+        torch.testing.assert_close(model.forward_features(x), ref.forward_features(x), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(model(x), ref(x), rtol=1e-5, atol=1e-6)
+
+
+def test_timm_vit_without_projection_biases_is_refused():
+    ref = timm.models.vision_transformer.VisionTransformer(img_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2,
+                                                           proj_bias=False)
+    with pytest.raises(ValueError, match=r"proj_bias=False"):
+        from_timm(ref)

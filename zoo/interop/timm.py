@@ -25,6 +25,14 @@ def _activation(act: nn.Module) -> str:
         return "gelu" if act.approximate == "none" else "gelu_tanh"
     if type(act).__name__ == "QuickGELU" or isinstance(act, QuickGELU):
         return "quick_gelu"
+    try:  # timm's own modules, which act_layer='gelu' / 'gelu_tanh' give (SigLIP GAP ViTs: 'gelu_tanh')
+        from timm.layers.activations import GELU, GELUTanh
+    except ImportError:
+        GELU = GELUTanh = ()
+    if isinstance(act, GELUTanh):
+        return "gelu_tanh"
+    if isinstance(act, GELU):
+        return "gelu"
     for cls, name in ((nn.ReLU, "relu"), (nn.SiLU, "silu")):
         if isinstance(act, cls):
             return name
@@ -55,6 +63,8 @@ def _check_supported(m) -> None:
         problems.append(f"attn.q_norm {q_norm} (zoo's qk_norm is a LayerNorm with the blocks' eps {blk.norm1.eps})")
     if not _is_identity(getattr(blk.mlp, "norm", None)):
         problems.append("mlp.norm (scale_mlp_norm)")
+    if blk.attn.proj.bias is None or getattr(blk.mlp, "fc1", None) is not None and blk.mlp.fc1.bias is None:
+        problems.append("proj_bias=False (zoo's attention output and MLP layers have biases)")
     if type(blk.mlp).__name__ != "Mlp":
         problems.append(f"MLP type {type(blk.mlp).__name__} (zoo converts the plain Mlp)")
     if type(blk).__name__ != "Block":
