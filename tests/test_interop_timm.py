@@ -289,3 +289,14 @@ def test_timm_vit_without_projection_biases_is_refused():
                                                            proj_bias=False)
     with pytest.raises(ValueError, match=r"proj_bias=False"):
         from_timm(ref)
+
+
+@pytest.mark.parametrize("arch, named", [
+    ("vit_small_r26_s32_224", "patch embedding HybridEmbed"),  # a ResNet stem: the error was a pos_embed shape mismatch
+    ("vit_small_patch16_18x2_224", "block type ParallelThingsBlock"),  # parallel blocks: an AttributeError
+    ("vit_base_patch16_xp_224", "block type ParallelScalingBlock"),
+])
+def test_hybrid_and_parallel_block_vits_are_refused_by_name(arch, named):
+    ref = timm.create_model(arch, pretrained=False, img_size=64, depth=1, num_classes=5)
+    with pytest.raises(ValueError, match=f"uses options the zoo ViT lacks: {named}"):
+        from_timm(ref)

@@ -55,7 +55,12 @@ def _check_supported(m) -> None:
         problems.append("a norm inside patch_embed")
     if _is_identity(getattr(m, "norm", None)) and _is_identity(getattr(m, "fc_norm", None)):
         problems.append("no final norm (final_norm=False)")
+    if type(m.patch_embed).__name__ != "PatchEmbed":  # e.g. HybridEmbed: a ResNet stem before the projection
+        problems.append(f"patch embedding {type(m.patch_embed).__name__} (zoo converts timm's PatchEmbed)")
     blk = m.blocks[0]
+    if type(blk).__name__ != "Block":  # parallel blocks (ParallelScalingBlock, ParallelThingsBlock) have no .attn
+        problems.append(f"block type {type(blk).__name__} (zoo converts timm's Block)")
+        raise ValueError(f"timm model {type(m).__name__} uses options the zoo ViT lacks: {'; '.join(problems)}")
     if not _is_identity(getattr(blk.attn, "norm", None)):
         problems.append("attn.norm (scale_attn_norm)")
     q_norm = getattr(blk.attn, "q_norm", None)
@@ -67,8 +72,6 @@ def _check_supported(m) -> None:
         problems.append("proj_bias=False (zoo's attention output and MLP layers have biases)")
     if type(blk.mlp).__name__ != "Mlp":
         problems.append(f"MLP type {type(blk.mlp).__name__} (zoo converts the plain Mlp)")
-    if type(blk).__name__ != "Block":
-        problems.append(f"block type {type(blk).__name__}")
     if problems:
         raise ValueError(f"timm model {type(m).__name__} uses options the zoo ViT lacks: {'; '.join(problems)}")
 
