@@ -259,3 +259,27 @@ def test_a_list_of_eos_ids_in_the_config_survives_conversion(family, tmp_path):
     assert _until_eos(ours, 6, eos) == _until_eos(theirs, 6, eos) and ours.shape == theirs.shape
     to_hf(model, tmp_path)
     assert from_hf(tmp_path).config.eos_token_id == eos
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_eos_ids_of_the_generation_config_are_used(family, tmp_path):
+    """Llama 3 checkpoints name one EOS id in config.json and three in generation_config.json, which transformers'
+    generate uses; the converter read config.json only, so zoo's generate ran past <|eot_id|>."""
+    ref = llama_ref("gqa") if family == "llama" else gpt2_ref()
+    ids, mask = batch(99, "left", length=6, seed=3)
+    with torch.no_grad():
+        free = ref.generate(ids, attention_mask=mask, do_sample=False, num_beams=1, max_new_tokens=8, eos_token_id=None,
+                            pad_token_id=0)[:, 6:]
+    eos = [98, int(free[0, 1]), int(free[2, 3])]
+    ref.config.eos_token_id, ref.config.pad_token_id = 98, 0  # config.json: one id
+    ref.generation_config.eos_token_id, ref.generation_config.pad_token_id = eos, 0
+    ref.save_pretrained(tmp_path)
+    hf = type(ref).from_pretrained(tmp_path).eval()
+    assert hf.config.eos_token_id == 98 and hf.generation_config.eos_token_id == eos
+    for source in (ref, tmp_path):
+        model = from_hf(source)
+        assert model.config.eos_token_id == eos
+        with torch.no_grad():
+            theirs = hf.generate(ids, attention_mask=mask, do_sample=False, num_beams=1, max_new_tokens=8)
+        ours = model.generate(ids, attention_mask=mask, max_new_tokens=8)
+        assert _until_eos(ours, 6, eos) == _until_eos(theirs, 6, eos) and ours.shape == theirs.shape

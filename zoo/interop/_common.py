@@ -40,6 +40,16 @@ def hf_eos(value) -> int | list[int] | None:
     return ids[0] if len(ids) == 1 else ids
 
 
+def generation_ids(hf, generation_config=None) -> tuple:
+    """(eos, pad) as transformers' generate takes them: the generation config's where it sets them (Llama 3's
+    generation_config.json lists three EOS ids while config.json names one), else the model config's."""
+    def get(name):
+        value = getattr(generation_config, name, None) if generation_config is not None else None
+        return getattr(hf, name, None) if value is None else value
+
+    return hf_eos(get("eos_token_id")), get("pad_token_id")
+
+
 def first_id(value: int | list[int] | None) -> int | None:
     return value[0] if isinstance(value, list) else value
 

@@ -20,7 +20,7 @@ _FAMILIES = {"vit": "hf_vit", "bert": "hf_bert", "t5": "hf_t5", "marian": "hf_ma
              "gpt2": "hf_gpt2", "llama": "hf_llama"}
 _FAMILIES["vit_mae"] = "hf_mae"  # ViTMAEForPreTraining -> zoo.models.mae (MAE)
 _FAMILIES["siglip"] = "hf_siglip"  # SiglipModel: both towers, attention-pooling head, logit bias
-_GENERATION_RULES = {"marian"}
+_GENERATION_RULES = {"marian", "llama", "gpt2"}  # llama / gpt2: the EOS and pad ids generate uses (Llama 3 lists its EOS ids there)
 # zoo model class -> converter module for to_hf
 _ZOO_FAMILIES = {"zoo.models.vit.VisionTransformer": "hf_vit", "zoo.models.bert.Bert": "hf_bert", "zoo.models.t5.T5": "hf_t5",
                  "zoo.models.gpt.GPT": "hf_gpt2", "zoo.models.llama.Llama": "hf_llama"}

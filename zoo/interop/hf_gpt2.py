@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from ..models.gpt import GPT, GPTConfig
-from ._common import first_id, hf_activation, hf_eos, load_into, strip_prefix, zoo_activation
+from ._common import first_id, generation_ids, hf_activation, load_into, strip_prefix, zoo_activation
 
 # HF suffix in one block -> (zoo suffix, transposed Conv1D)
 _LAYER = {
@@ -24,15 +24,15 @@ _TOP = {"wte": "wte", "wpe": "wpe", "ln_f": "blocks.norm"}
 _IGNORED = ("attn.bias", "attn.masked_bias")  # causal-mask buffers of old checkpoints (transformers drops them)
 
 
-def zoo_config(hf) -> GPTConfig:
+def zoo_config(hf, generation_config=None) -> GPTConfig:
     if not getattr(hf, "scale_attn_weights", True):
         raise ValueError("zoo GPT scales attention scores by head_dim^-0.5; this config has scale_attn_weights=False")
     if getattr(hf, "scale_attn_by_inverse_layer_idx", False):
         raise ValueError("zoo GPT has no per-layer score scaling; this config has scale_attn_by_inverse_layer_idx=True")
     if getattr(hf, "add_cross_attention", False):
         raise ValueError("zoo GPT is decoder-only; this config has add_cross_attention=True")
-    eos = hf_eos(hf.eos_token_id)
-    pad = hf.pad_token_id if hf.pad_token_id is not None else (first_id(eos) if eos is not None else 0)  # generate pads with EOS
+    eos, pad = generation_ids(hf, generation_config)
+    pad = pad if pad is not None else (first_id(eos) if eos is not None else 0)  # generate pads with EOS
     return GPTConfig(
         vocab_size=hf.vocab_size, max_positions=hf.n_positions, dim=hf.n_embd, depth=hf.n_layer, num_heads=hf.n_head,
         mlp_hidden=hf.n_inner, activation=zoo_activation(hf.activation_function, "GPT-2 activation_function"),
@@ -42,12 +42,12 @@ def zoo_config(hf) -> GPTConfig:
     )
 
 
-def from_hf(hf, sd: dict[str, torch.Tensor], arch: str | None) -> GPT:
+def from_hf(hf, sd: dict[str, torch.Tensor], arch: str | None, generation_config=None) -> GPT:
     if arch not in (None, "GPT2LMHeadModel", "GPT2Model"):
         raise ValueError(f"no zoo GPT for {arch}; supported: GPT2LMHeadModel, GPT2Model")
     if not getattr(hf, "tie_word_embeddings", True):
         raise ValueError("zoo GPT ties its output layer to wte (as GPT-2 does); this config has tie_word_embeddings=False")
-    model = GPT(zoo_config(hf))
+    model = GPT(zoo_config(hf, generation_config))
     out, unused = {}, []
     for k, v in strip_prefix(sd, "transformer.").items():
         name, _, part = k.rpartition(".")

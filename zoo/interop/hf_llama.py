@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from ..models.llama import Llama, LlamaConfig
-from ._common import first_id, hf_eos, load_into, strip_prefix
+from ._common import first_id, generation_ids, load_into, strip_prefix
 
 _LAYER = {
     "self_attn.q_proj": "attn.q", "self_attn.k_proj": "attn.k", "self_attn.v_proj": "attn.v", "self_attn.o_proj": "attn.proj",
@@ -35,15 +35,15 @@ def _rope(hf) -> float:
     return float(params.get("rope_theta", getattr(hf, "rope_theta", 10000.0)))
 
 
-def zoo_config(hf, tied: bool) -> LlamaConfig:
+def zoo_config(hf, tied: bool, generation_config=None) -> LlamaConfig:
     if hf.hidden_act not in ("silu", "swish"):
         raise ValueError(f"zoo Llama uses SwiGLU (silu); this config has hidden_act={hf.hidden_act!r}")
     if getattr(hf, "attention_bias", False) or getattr(hf, "mlp_bias", False):
         raise ValueError("zoo Llama has no biases; this config sets attention_bias or mlp_bias")
     heads = hf.num_attention_heads
     head_dim = getattr(hf, "head_dim", None) or hf.hidden_size // heads
-    eos = hf_eos(hf.eos_token_id)  # every id of a list ends generation (Llama 3)
-    pad = hf.pad_token_id if hf.pad_token_id is not None else (first_id(eos) if eos is not None else 0)  # generate pads with EOS
+    eos, pad = generation_ids(hf, generation_config)  # every id of a list ends generation (Llama 3)
+    pad = pad if pad is not None else (first_id(eos) if eos is not None else 0)  # generate pads with EOS
     return LlamaConfig(
         vocab_size=hf.vocab_size, dim=hf.hidden_size, depth=hf.num_hidden_layers, num_heads=heads,
         num_kv_heads=getattr(hf, "num_key_value_heads", None) or heads,
@@ -54,14 +54,14 @@ def zoo_config(hf, tied: bool) -> LlamaConfig:
     )
 
 
-def from_hf(hf, sd: dict[str, torch.Tensor], arch: str | None) -> Llama:
+def from_hf(hf, sd: dict[str, torch.Tensor], arch: str | None, generation_config=None) -> Llama:
     if arch not in (None, "LlamaForCausalLM", "LlamaModel"):
         raise ValueError(f"no zoo Llama for {arch}; supported: LlamaForCausalLM, LlamaModel")
     sd = dict(sd)
     head = sd.pop("lm_head.weight", None)
     base = strip_prefix(sd, "model.")
     tied = bool(getattr(hf, "tie_word_embeddings", False)) or head is None
-    model = Llama(zoo_config(hf, tied))
+    model = Llama(zoo_config(hf, tied, generation_config))
     out, unused = {}, []
     for k, v in base.items():
         name, _, part = k.rpartition(".")
