@@ -14,6 +14,7 @@ memory of a step stays what it was (the same blocks are reused); the process kee
 `zoo fit` / `validate` / `test` / `predict`, `zoo bench` and `zoo compare` call it at their start.
 
 It does nothing, and says why, where
+
 - ZOO_MALLOC=system is set (the opt-out),
 - the user tuned glibc's malloc already (any MALLOC_*_ variable, or malloc tunables in GLIBC_TUNABLES),
 - another allocator is preloaded (LD_PRELOAD naming jemalloc, tcmalloc or mimalloc),

@@ -20,13 +20,15 @@
 #   single bytes and repeatedly merges the most frequent adjacent pair into a new token, until the
 #   vocabulary has the size asked for; a word is then encoded by replaying the merges:
 #
-#   $$(a, b)^\star = \arg\max_{(a, b)} \#\{\text{occurrences of } a\,b \text{ in the corpus}\},
+#     $$(a, b)^\star = \arg\max_{(a, b)} \#\{\text{occurrences of } a\,b \text{ in the corpus}\},
 #     \qquad V \leftarrow V \cup \{ab\},\quad \text{repeat until } |V| = \text{vocab\_size}$$
 #
-#   WordPiece (BERT) and Unigram (T5, SentencePiece) are the other two kinds in zoo,
-#   [`train_tokenizer`][zoo.data.tokenizers.train_tokenizer] (`zoo/data/tokenizers.py`).
+#     WordPiece (BERT) and Unigram (T5, SentencePiece) are the other two kinds in zoo,
+#     [`train_tokenizer`][zoo.data.tokenizers.train_tokenizer] (`zoo/data/tokenizers.py`).
+#
 # * **Datasets** stores examples as Arrow tables: memory-mapped, cached, and transformed with a
 #   batched `Dataset.map`. zoo's data modules for your own files (`zoo.data.local`) read through it.
+#
 # * **Transformers** holds the reference implementations and the checkpoints of the Hub. zoo's
 #   `from_hf` / `to_hf` convert in both directions, and the outputs agree to float32 rounding.
 #

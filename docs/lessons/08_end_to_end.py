@@ -22,7 +22,7 @@
 #    digit is in train, validation and test in the same proportion.
 # 2. **Training**: minimise the mean cross-entropy over the training set with AdamW,
 #
-#    $$\mathcal{L}(\theta) = -\frac{1}{N} \sum_{n=1}^{N} \log \mathrm{softmax}\big(f_\theta(x'_n)\big)_{y_n}$$
+#     $$\mathcal{L}(\theta) = -\frac{1}{N} \sum_{n=1}^{N} \log \mathrm{softmax}\big(f_\theta(x'_n)\big)_{y_n}$$
 #
 # 3. **Saving** with `save_pretrained`: `config.json` + `model.safetensors` + a model card, the
 #    Hugging Face layout (`zoo/hub.py`). Loading never runs pickled code.

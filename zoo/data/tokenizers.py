@@ -103,18 +103,20 @@ def train_tokenizer(
     Deterministic: the same texts give a byte-identical tokenizer, in this process or in another one.
     The `tokenizers` trainers alone are not: they count words in Rust hash maps whose iteration order
     is random per map and per process (Rust seeds its own hashers; PYTHONHASHSEED plays no part), and
-      * WordPiece: the trainer gives the continuation pieces "##x" their ids in the order it meets
-        them while walking its word map, and the BPE merges it runs break ties in pair counts by the
-        ids of the pair. So ties went different ways and the vocabulary itself changed: at 3,000
-        tokens about 1% of the tokens, and the ids of ~400. Fixed by construction: every continuation
-        piece of the texts is registered up front in sorted order, so no id is left to the hash
-        order (`_continuation_pieces`).
-      * Unigram: characters missing from the final model are appended with a penalty of 1e-4 per
-        character in hash-set order, ties in score keep the hash order, and the EM sums run over the
-        words in hash order (and in parallel chunks), so scores differ in their last bits. Fixed by
-        putting the result into one canonical form (`_canonical_unigram`).
-      * byte-level BPE: every character is in the initial alphabet (which the trainer sorts) and no
-        prefix is used, so no id depends on the hash order; the tests check it like the others.
+
+    * WordPiece: the trainer gives the continuation pieces "##x" their ids in the order it meets
+      them while walking its word map, and the BPE merges it runs break ties in pair counts by the
+      ids of the pair. So ties went different ways and the vocabulary itself changed: at 3,000
+      tokens about 1% of the tokens, and the ids of ~400. Fixed by construction: every continuation
+      piece of the texts is registered up front in sorted order, so no id is left to the hash
+      order (`_continuation_pieces`).
+    * Unigram: characters missing from the final model are appended with a penalty of 1e-4 per
+      character in hash-set order, ties in score keep the hash order, and the EM sums run over the
+      words in hash order (and in parallel chunks), so scores differ in their last bits. Fixed by
+      putting the result into one canonical form (`_canonical_unigram`).
+    * byte-level BPE: every character is in the initial alphabet (which the trainer sorts) and no
+      prefix is used, so no id depends on the hash order; the tests check it like the others.
+
     Settings cannot help: the trainers take no seed, and TOKENIZERS_PARALLELISM=false leaves the hash
     order as it is.
     """
