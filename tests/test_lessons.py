@@ -16,10 +16,13 @@ LESSONS = sorted((ROOT / "docs" / "lessons").glob("[0-9][0-9]_*.py"))
 TIMEOUT_S = 300  # one lesson; each takes well under a minute on 2 quiet cores
 
 
-def run_lesson(path: Path, figures: Path) -> subprocess.CompletedProcess:
+def run_lesson(path: Path, figures: Path, broken: str = "") -> subprocess.CompletedProcess:
+    """Run a lesson as a script; `broken`: Python run first in the same process (a zoo broken on purpose)."""
     env = {**os.environ, "ZOO_LESSON_FIGURES": str(figures), "MPLBACKEND": "Agg", "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, str(path)], cwd=path.parent, env=env, capture_output=True, text=True, check=False,
-                          timeout=TIMEOUT_S)
+    command = [sys.executable, str(path)]
+    if broken:  # the lesson's folder stays first on sys.path (the working directory, for -c), as for the script
+        command = [sys.executable, "-c", f"{broken}\nimport runpy\nrunpy.run_path({str(path)!r}, run_name='__main__')"]
+    return subprocess.run(command, cwd=path.parent, env=env, capture_output=True, text=True, check=False, timeout=TIMEOUT_S)
 
 
 def figures_of(path: Path) -> list[str]:
@@ -64,3 +67,24 @@ def test_lesson_runs(path, tmp_path):
     for name in figures_of(path):
         written = tmp_path / name
         assert written.is_file() and written.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", f"{path.name} did not write {name}"
+
+
+# A zoo broken on purpose, and the lesson check that must catch it (a line of the failing statement, as the traceback
+# shows it): a check that still passes compares nothing of the piece it names.
+BROKEN = {
+    "06-generate-stops-early": ("06_transformer_from_scratch", """
+import zoo.generation as g
+_search = g.greedy_search
+g.greedy_search = lambda model, setup, max_new_tokens, *a, **k: _search(model, setup, min(max_new_tokens, 2), *a, **k)
+""", "assert torch.equal(ours, theirs)"),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", sorted(BROKEN))
+def test_lesson_check_catches_a_broken_zoo(case, tmp_path):
+    lesson, broken, check = BROKEN[case]
+    result = run_lesson(ROOT / "docs" / "lessons" / f"{lesson}.py", tmp_path, broken=broken)
+    assert result.returncode != 0 and "AssertionError" in result.stderr, f"{lesson} passed with {case}"
+    assert check in result.stderr, f"{lesson} with {case} failed elsewhere than at `{check}`:\n{result.stderr[-3000:]}"
+
