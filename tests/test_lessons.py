@@ -77,6 +77,11 @@ import zoo.generation as g
 _search = g.greedy_search
 g.greedy_search = lambda model, setup, max_new_tokens, *a, **k: _search(model, setup, min(max_new_tokens, 2), *a, **k)
 """, "assert torch.equal(ours, theirs)"),
+    "10-t5-bias-reversed": ("10_variants", """
+import zoo.core.position as position
+_bias = position.RelativePositionBias.forward
+position.RelativePositionBias.forward = lambda self, q_len, k_len, offset=0: _bias(self, q_len, k_len, offset).mT
+""", "torch.testing.assert_close(t5_weights,"),
 }
 
 

@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 
 import zoo
-from zoo.core import capture_attention
+from zoo.core import capture_attention, relative_position_bucket
 from zoo.data.multimodal import HELD_OUT_TEMPLATES, class_prompts
 from zoo.data.tokenizers import encode_batch
 from zoo.viz import (
@@ -100,7 +100,13 @@ with torch.no_grad(), capture_attention(t5) as maps:
     heads = t5.config.num_heads
     q = blk.attn.q(h).view(1, 12, heads, -1).transpose(1, 2)
     k = blk.attn.k(h).view(1, 12, heads, -1).transpose(1, 2)
-    t5_weights = (q @ k.transpose(-2, -1) + t5.encoder_rel_bias(12, 12)).softmax(-1)
+    # b_h(bucket(j - i)): the key's offset from the query, bucketed (lesson 5), one learned scalar per bucket and head
+    table = t5.encoder_rel_bias
+    offsets = torch.arange(12)[None, :] - torch.arange(12)[:, None]  # (query i, key j) -> j - i
+    buckets = relative_position_bucket(offsets, bidirectional=True, num_buckets=table.num_buckets,
+                                       max_distance=table.max_distance)
+    bias = table.embedding.weight[buckets].permute(2, 0, 1)  # (heads, L, L)
+    t5_weights = (q @ k.transpose(-2, -1) + bias).softmax(-1)
 torch.testing.assert_close(t5_weights, maps["encoder.blocks.0.attn"], rtol=1e-4, atol=1e-5)
 print("T5 attention by hand (RMSNorm, relative bias, no scaling) == zoo t5_tiny")
 
