@@ -82,6 +82,13 @@ import zoo.core.position as position
 _bias = position.RelativePositionBias.forward
 position.RelativePositionBias.forward = lambda self, q_len, k_len, offset=0: _bias(self, q_len, k_len, offset).mT
 """, "torch.testing.assert_close(t5_weights,"),
+    "10-swin-mlp-ratio": ("10_variants", """
+import dataclasses
+import zoo.registry as registry
+registry._ensure_loaded()
+entry = registry._REGISTRY["swin_tiny_patch4_window7_224"]
+registry._REGISTRY[entry.name] = dataclasses.replace(entry, config=dataclasses.replace(entry.config, mlp_ratio=3.0))
+""", 'assert info["params"] == timm_params'),
 }
 
 

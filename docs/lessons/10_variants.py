@@ -165,16 +165,19 @@ assert zero_shot_200 > 0.85
 # Each is one file in `zoo/models/` and one new token mixer in the core: window attention with a
 # shifted-window mask ([`WindowAttention`][zoo.core.window.WindowAttention]), talking heads
 # ([`TalkingHeadsAttention`][zoo.core.talking_heads.TalkingHeadsAttention]) and 2-D rotary positions
-# ([`RotaryEmbedding2D`][zoo.core.position.RotaryEmbedding2D]). Their published sizes, counted
-# without building the weights:
+# ([`RotaryEmbedding2D`][zoo.core.position.RotaryEmbedding2D]). Their published sizes: `zoo.model_info`
+# counts the parameters on PyTorch's `meta` device (shapes only, no memory), and we count timm's models of
+# the same names the same way (timm builds them from its own code; nothing is downloaded):
 
 # %%
+import timm
+
 for name in ("vit_small_patch16_224", "swin_tiny_patch4_window7_224", "cait_xxs24_224", "eva02_tiny_patch14_224"):
     info = zoo.model_info(name)
-    print(f"{name:32s} {info['params'] / 1e6:6.1f}M  {info['description'][:70]}")
-with torch.device("meta"):
-    swin = zoo.create_model("swin_tiny_patch4_window7_224")
-assert sum(p.numel() for p in swin.parameters()) == zoo.model_info("swin_tiny_patch4_window7_224")["params"]
+    with torch.device("meta"):
+        timm_params = sum(p.numel() for p in timm.create_model(name).parameters())
+    print(f"{name:32s} {info['params'] / 1e6:6.1f}M (timm {timm_params / 1e6:.1f}M)  {info['description'][:60]}")
+    assert info["params"] == timm_params, (name, info["params"], timm_params)
 
 # %%
 fig = plt.figure(figsize=(15, 5.2))
