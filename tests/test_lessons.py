@@ -89,6 +89,10 @@ registry._ensure_loaded()
 entry = registry._REGISTRY["swin_tiny_patch4_window7_224"]
 registry._REGISTRY[entry.name] = dataclasses.replace(entry, config=dataclasses.replace(entry.config, mlp_ratio=3.0))
 """, 'assert info["params"] == timm_params'),
+    "08-digits-std": ("08_end_to_end", """
+import zoo.data.images as images
+images.Digits.std = 0.4
+""", "assert theirs <= ours"),
 }
 
 
