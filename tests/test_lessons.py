@@ -93,6 +93,11 @@ registry._REGISTRY[entry.name] = dataclasses.replace(entry, config=dataclasses.r
 import zoo.data.images as images
 images.Digits.std = 0.4
 """, "assert theirs <= ours"),
+    "08-saved-without-preprocessing": ("08_end_to_end", """
+import zoo.hub as hub
+_save = hub.save_pretrained
+hub.save_pretrained = lambda source, directory, tokenizer=None, meta=None, **kw: _save(source, directory, tokenizer, **kw)
+""", 'assert (data_config["mean"], data_config["std"]) == ((mean,), (std,))'),
 }
 
 

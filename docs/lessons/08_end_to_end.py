@@ -24,8 +24,8 @@
 #
 #     $$\mathcal{L}(\theta) = -\frac{1}{N} \sum_{n=1}^{N} \log \mathrm{softmax}\big(f_\theta(x'_n)\big)_{y_n}$$
 #
-# 3. **Saving** with `save_pretrained`: `config.json` + `model.safetensors` + a model card, the
-#    Hugging Face layout (`zoo/hub.py`). Loading never runs pickled code.
+# 3. **Saving** with `save_pretrained`: `config.json` (with the $\mu, \sigma$ of step 1) + `model.safetensors` +
+#    a model card, the Hugging Face layout (`zoo/hub.py`). Loading never runs pickled code.
 # 4. **Export** to ONNX (`zoo/export.py`): a graph that ONNX Runtime, a browser or a phone can run
 #    without PyTorch; zoo checks the exported graph against PyTorch before keeping it.
 # 5. **Prediction** with the exported graph; and serving: `zoo serve --model DIR` puts the same model
@@ -63,7 +63,7 @@ raw = load_digits()
 pixels = torch.from_numpy((raw.images * (255.0 / 16.0)).astype(np.uint8))
 images = pixels.float() / 255.0
 labels = torch.tensor(raw.target)
-mean, std = 0.3, 0.35  # what Digits uses; the model's card keeps them for prediction time
+mean, std = 0.3, 0.35  # what Digits uses; saved with the model for prediction time (step 3)
 x = ((images - mean) / std)[:, None]  # (N, 1, 8, 8), channels first
 train_idx, test_idx = train_test_split(np.arange(len(x)), test_size=0.2, stratify=raw.target, random_state=0)
 print(f"{len(train_idx)} training and {len(test_idx)} test images; class counts in test:",
@@ -130,12 +130,15 @@ assert abs(shipped_acc - card["value"]) < 1e-3
 # %%
 scratch = tempfile.TemporaryDirectory(prefix="zoo-lesson8-")  # removed at the end of the lesson
 workdir = Path(scratch.name)
-model.save_pretrained(workdir / "vit_digits_mine")
+model.save_pretrained(workdir / "vit_digits_mine", meta=dm.run_metadata)  # + the labels and how images were read
 print(sorted(p.name for p in (workdir / "vit_digits_mine").iterdir()))
 reloaded = zoo.from_pretrained(workdir / "vit_digits_mine")
 with torch.no_grad():
     torch.testing.assert_close(reloaded(x_test), model(x_test))
-print("from_pretrained gives back the same model")
+# how zoo.resolve_data_config and zoo serve will read new images (without the metadata: mean = std = 0.5)
+data_config = zoo.resolve_data_config(reloaded)
+assert (data_config["mean"], data_config["std"]) == ((mean,), (std,)), data_config
+print("from_pretrained gives back the same model, and the normalisation it was trained with:", data_config)
 
 # %% [markdown]
 # ## 4. Export to ONNX, 5. predict with ONNX Runtime
