@@ -133,6 +133,10 @@ print("transformers -> zoo -> transformers: the same logits")
 
 # %%
 lengths = {lang: [len(tok(render(n, lang))["input_ids"]) - 1 for n in numbers["test"]] for lang in ("en", "fr", "de", "digits")}
+median = {lang: sorted(v)[len(v) // 2] for lang, v in lengths.items()}
+print("median tokens per test number:", median, "| 7342 in digits:", tok.tokenize(render(7342, "digits")))
+assert median["de"] > 2 * max(median["en"], median["fr"])  # a language the BPE never saw: many small pieces
+assert median["digits"] <= median["en"]  # never seen either, but short: a token per digit and per space
 fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
 left.hist(list(lengths.values()), bins=range(1, max(max(v) for v in lengths.values()) + 2), label=list(lengths), histtype="step", linewidth=1.5)
 left.set(xlabel="tokens per number (test numbers)", ylabel="count",
@@ -146,9 +150,11 @@ _lesson.save(fig, "lesson_07_hugging_face.png")
 # %% [markdown]
 # ![Token counts per language; transformers vs zoo logits](../figures/lesson_07_hugging_face.png)
 #
-# German and bare digits were not in the tokenizer's training texts: their numbers need more,
-# smaller tokens. A tokenizer is part of the model; `zoo.get_tokenizer(tag)` returns the one
-# shipped with a tag.
+# German was not in the tokenizer's training texts: its number words fall apart into pieces of one to
+# three letters (mostly one), about three times as many tokens as in English (medians 27 and 9 here). Bare digits
+# were not in them either, but they are short: one token per digit and one per space ("7 3 4 2" is
+# seven tokens), no more than the words take. A tokenizer is part of the model; `zoo.get_tokenizer(tag)`
+# returns the one shipped with a tag.
 #
 # ## What to try next
 #
