@@ -23,9 +23,10 @@
 #   PE_{(pos,\,2i+1)} = \cos\!\left(\frac{pos}{10000^{2i/d_{model}}}\right)$$
 #
 # Each pair of features is a clock turning at its own frequency, from one turn every $2\pi$ positions
-# down to one every $2\pi \cdot 10000$. Because $\sin(a+b)$ and $\cos(a+b)$ are linear in $\sin a$ and
-# $\cos a$, $PE_{pos+k}$ is a fixed rotation of $PE_{pos}$ for every $k$: relative offsets are easy
-# for the model to read. [`sinusoidal_table`][zoo.core.position.sinusoidal_table].
+# (the first pair) down to one every $2\pi \cdot 10000^{(d_{model}-2)/d_{model}}$ positions (the last pair:
+# $2\pi \cdot 7499$ for the $d_{model} = 64$ below, tending to $2\pi \cdot 10000$ as $d_{model}$ grows).
+# Because $\sin(a+b)$ and $\cos(a+b)$ are linear in $\sin a$ and $\cos a$, $PE_{pos+k}$ is a fixed rotation
+# of $PE_{pos}$ for every $k$: relative offsets are easy for the model to read. [`sinusoidal_table`][zoo.core.position.sinusoidal_table].
 #
 # **Learned absolute** positions (BERT, GPT-2, ViT, CLIP): one trained vector per position,
 # [`LearnedPositionalEmbedding`][zoo.core.position.LearnedPositionalEmbedding]; simple, but it knows no
