@@ -211,8 +211,8 @@ _lesson.save(fig, "lesson_10_clip_similarity.png")
 #
 # * Compare variants on the same data: `zoo fit --config configs/swin_mnist.yaml` (or `cait_mnist.yaml`,
 #   `eva02_mnist.yaml`) against `configs/vit_mnist.yaml`; see [Compare variants](../howto/compare.md).
-# * `zoo viz attention --ckpt vit_mnist.mnist5k` and `zoo viz clip-similarity` draw these figures
-#   for any checkpoint.
+# * `zoo viz attention --ckpt vit_mnist.mnist5k` and `zoo viz clip-similarity --ckpt clip_mnist.mnist5k`
+#   draw these figures for any checkpoint (a tag, a run folder or a `.ckpt`).
 # * Train T5 on the text-to-text mix: `zoo fit --config configs/t5_numbers.yaml`; BERT from masked-LM
 #   pre-training to a classifier: `configs/bert_mlm.yaml`, then `configs/bert_pairs.yaml`.
 #
