@@ -273,3 +273,51 @@ def test_bad_hints_name_the_fix():
         ImageDistillation("vit_mnist_distilled", teacher="vit_mnist", model_kwargs={"depth": 1}, hints=[["encoder"]])
     with pytest.raises(ValueError, match="need a teacher"):
         ImageDistillation("vit_mnist_distilled", hints=[["encoder.blocks.0", "net.layer2"]])
+
+
+def test_a_distilled_student_predicts_and_tests_without_its_teacher(tmp_path, monkeypatch, capsys):
+    """`zoo predict|test --model RUN` rebuild the run's recipe; the distillation recipe's teacher_ckpt (a path relative
+    to where it was trained) was loaded too, so the student failed with 'teacher checkpoint ... does not exist' once
+    the teacher was gone or the command ran elsewhere, although inference never runs the teacher."""
+    import numpy as np
+    from PIL import Image
+
+    from zoo.cli import main
+    from zoo.weights import save_safetensors
+
+    from test_configs import SHRINK, fit
+    from test_recipe_matrix import ONE_BATCH
+
+    monkeypatch.chdir(tmp_path)
+    teacher = tmp_path / "teacher.safetensors"
+    save_safetensors(zoo.create_model("timm_resnet18_mnist"), teacher)
+    shrink = SHRINK["vit_mnist_distill"][:2] + ["--model.init_args.teacher_ckpt", str(teacher)]
+    monkeypatch.setitem(SHRINK, "vit_mnist_distill", shrink)  # the recipe's four hints, a teacher with weights
+    cli = fit("vit_mnist_distill", tmp_path, *ONE_BATCH, fast_dev_run=False)
+    assert len(cli.model.hint_proj) == 4
+    student = cli.model.model.eval()
+    image = tmp_path / "digit.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (28, 28), dtype=np.uint8)).save(image)
+    teacher.unlink()  # the teacher is gone; the student alone answers
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    run = str(tmp_path / "runs" / "vit_mnist_distill")
+    for argv in (["predict", "--model", run, str(image)], ["test", "--model", run, "--trainer.limit_test_batches", "1"]):
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        out = capsys.readouterr()
+        assert e.value.code == 0, out.err[-800:]
+        assert "teacher" not in out.err
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(["predict", "--model", run, str(image), "--trainer.enable_progress_bar", "false", "--trainer.precision", "32-true"])
+    out_predict = capsys.readouterr().out.strip().splitlines()[-1].split("\t")
+    predicted = int(out_predict[0])
+    with torch.no_grad():
+        loaded = zoo.create_model("vit_mnist_distilled", pretrained=run).eval()  # the student alone, with the run's preprocessing
+        x = zoo.create_transform(zoo.resolve_data_config(loaded))(Image.open(image))[None]
+        torch.testing.assert_close(loaded(x), student(x))
+        probs = student(x).softmax(-1)[0]
+    assert predicted == int(probs.argmax()) and abs(float(out_predict[1]) - float(probs.max())) < 1e-4

@@ -174,7 +174,9 @@ def _with_model_source(argv: list[str]) -> tuple[list[str], str | None]:
         raise ValueError(f"{source} stores no recipe; pass --config configs/<recipe>.yaml --model.init_args.pretrained {source}")
     import yaml
 
-    data_class = ((yaml.safe_load(stored) or {}).get("data") or {}).get("class_path")
+    recipe = yaml.safe_load(stored) or {}
+    data_class = (recipe.get("data") or {}).get("class_path")
+    task_class = (recipe.get("model") or {}).get("class_path") if isinstance(recipe.get("model"), dict) else None
     from .trainer_cli import init_params
 
     params = init_params(data_class) if data_class else set()
@@ -182,6 +184,13 @@ def _with_model_source(argv: list[str]) -> tuple[list[str], str | None]:
     # from that one file
     resolved = run.source if Path(str(run.source)).is_file() else source
     extra = ["--model.init_args.pretrained", resolved]
+    task_params = init_params(task_class) if task_class else set()
+    if "teacher_ckpt" in task_params:  # a distilled student: the weights are the student's alone; evaluating and
+        # predicting never run the teacher, so it is not loaded (its checkpoint may be elsewhere or gone)
+        extra += ["--model.init_args.distillation", "none", "--model.init_args.teacher", "null",
+                  "--model.init_args.teacher_ckpt", "null"]
+        if "hints" in task_params:
+            extra += ["--model.init_args.hints", "null"]
     if run.tokenizer is not None and "tokenizer" in params:
         extra += ["--data.init_args.tokenizer", resolved]
     if inputs and argv[0] != "predict":
