@@ -242,3 +242,44 @@ def test_an_int8_folder_loads_without_torch_s_typedstorage_warning(vit, tmp_path
         warnings.simplefilter("error")
         model = load_compressed(tmp_path)
     assert model(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_compress_never_writes_into_an_existing_folder_or_the_tag_it_reads(tmp_path, monkeypatch, capsys):
+    """`--out` was written into whatever folder it named: a shipped tag's own folder (`--ckpt vit_digits.sklearn_digits
+    --out <its folder>` replaced the checksummed weights, and the tag no longer loaded), or a user's folder, whose
+    report.md was replaced and whose other files stayed beside the new ones."""
+    import hashlib
+    import shutil
+
+    from zoo import pretrained
+    from zoo.cli import main
+
+    folder = tmp_path / "weights"
+    shutil.copytree(pretrained.WEIGHTS_DIR, folder)
+    monkeypatch.setattr(pretrained, "WEIGHTS_DIR", folder)
+    tag_dir = folder / "vit_digits.sklearn_digits"
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "report.md").write_text("my notes")
+
+    def digest(d):
+        return {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in sorted(d.iterdir())}
+
+    before = {d: digest(d) for d in (tag_dir, mine)}
+    for out, words in ((tag_dir, "is the input vit_digits.sklearn_digits"), (mine, "already holds files"),
+                       (mine / "report.md" / "sub", "is an existing file")):
+        for extra in ([], ["--quantize", "int8"]):
+            with pytest.raises(SystemExit) as e:
+                main(["compress", "--ckpt", "vit_digits.sklearn_digits", "--prune", "0.5", *extra, "--out", str(out)])
+            err = capsys.readouterr().err
+            assert e.value.code == 1 and words in err and "Traceback" not in err, err
+    assert {d: digest(d) for d in (tag_dir, mine)} == before
+    zoo.create_model("vit_digits.sklearn_digits", pretrained=True)  # the checksums still hold
+    # a new folder, or an empty one, is written whole: weights, compress.json and the report, nothing else
+    (tmp_path / "empty").mkdir()
+    for out in (tmp_path / "new" / "c", tmp_path / "empty"):
+        with pytest.raises(SystemExit) as e:
+            main(["compress", "--ckpt", "vit_digits.sklearn_digits", "--quantize", "int8", "--out", str(out)])
+        assert e.value.code == 0
+        assert sorted(f.name for f in out.iterdir()) == ["compress.json", "model_int8.pt", "report.json", "report.md"]
+    assert not [p for p in tmp_path.rglob(".*") if p.name.startswith(".")]  # no temporary folder left behind

@@ -361,25 +361,58 @@ def finetune(model: nn.Module, loader, epochs: int = 1, lr: float = 2e-4, weight
 # --- saving / loading compressed models ------------------------------------------------------
 
 def save_compressed(model: nn.Module, out: str | Path, name: str, overrides: dict, pruned_heads: dict[str, list[int]],
-                    quantized: str | None, record: dict | None = None) -> Path:
+                    quantized: str | None, record: dict | None = None, files: dict[str, str] | None = None) -> Path:
     """Write the weights and `compress.json` (model name, overrides, removed heads, quantization, and the record of
     the run it came from: labels, image settings, tokenizer, recipe), so that `zoo.load_run`, `zoo predict`,
-    `zoo serve` and `zoo export` take the folder as they take a run.
+    `zoo serve` and `zoo export` take the folder as they take a run; `files`: more text files (name -> text).
 
     Float models: model.safetensors. Quantized ones: model_int8.pt, a plain torch.save state dict
-    (quantized tensors cannot go in safetensors); it loads with weights_only=True after re-quantizing."""
-    from .weights import save_safetensors
+    (quantized tensors cannot go in safetensors); it loads with weights_only=True after re-quantizing.
+    `out` is a new (or empty) folder: an existing file or a folder holding files is refused, never written into.
+    Everything is written to a temporary folder beside it, then renamed: a failed write leaves nothing."""
+    import os
+    import shutil
+    import tempfile
+
+    from .weights import current_umask, save_safetensors
 
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    check_new_folder(out)
     meta = {"model": name, "overrides": overrides, "pruned_heads": pruned_heads, "quantized": quantized,
             "record": {k: v for k, v in (record or {}).items() if k != "config"}}
-    if quantized:
-        torch.save(model.state_dict(), out / "model_int8.pt")
-    else:
-        save_safetensors(make_pruning_permanent(model), out / "model.safetensors")
-    (out / "compress.json").write_text(json.dumps(meta, indent=2))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        if quantized:
+            torch.save(model.state_dict(), tmp / "model_int8.pt")
+        else:
+            save_safetensors(make_pruning_permanent(model), tmp / "model.safetensors")
+        (tmp / "compress.json").write_text(json.dumps(meta, indent=2))
+        for fname, text in (files or {}).items():
+            (tmp / fname).write_text(text)
+        umask = current_umask()
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the folder is as readable as any the user makes
+        for f in tmp.iterdir():
+            os.chmod(f, 0o666 & ~umask)
+        check_new_folder(out)  # still new: nothing appeared there meanwhile
+        if out.is_dir():
+            out.rmdir()  # empty (checked): the renamed folder takes its place
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return out
+
+
+def check_new_folder(out: str | Path, flag: str = "--out") -> None:
+    """A compressed model goes into a new folder: an existing file, or a folder that holds anything, is the user's."""
+    out = Path(out)
+    blocking = next((p for p in (out, *out.parents) if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise ValueError(f"{flag} {out}: {blocking} is an existing file; {flag} names a new folder for the compressed model")
+    if out.is_dir() and any(out.iterdir()):
+        raise ValueError(f"{flag} {out} is a folder that already holds files; zoo compress never writes over them: "
+                         "choose a new folder")
 
 
 def is_compressed_dir(path: str | Path) -> bool:
@@ -452,12 +485,12 @@ def _fraction(text: str) -> float:
 
 
 def _check_out(out: str, ckpt: str | None) -> None:
-    """Compression writes a new folder; it never replaces the checkpoint it read."""
-    o = Path(out)
-    if o.exists() and not o.is_dir():
-        raise ValueError(f"--out {out} is an existing file; --out names a new folder for the compressed model")
-    if ckpt is not None and Path(ckpt).exists() and o.resolve() in Path(ckpt).resolve().parents:
-        raise ValueError(f"--out {out} holds the checkpoint being compressed; choose a new folder")
+    """Compression writes a new folder; it never replaces the checkpoint it read (a file, a run folder or a shipped
+    tag's folder) nor anything else already there."""
+    from .weights import refuse_overwriting_input
+
+    refuse_overwriting_input(out, ckpt)
+    check_new_folder(out)
 
 
 def _data(spec: str | None, args: dict, run: Any = None):
@@ -548,11 +581,11 @@ def apply_main(argv: list[str]) -> int:
         if dm is not None:
             row["test_acc"] = accuracy(m, dm.test_dataloader())
         rows.append(row)
-    out = save_compressed(work, a.out, name, overrides, removed, getattr(work, "quantization_backend", None),
-                          run.meta if run is not None else None)
     table = _table(rows)
-    (out / "report.md").write_text(f"`zoo compress {' '.join(argv)}`\n\n{table}\n")
-    (out / "report.json").write_text(json.dumps(rows, indent=2))
+    out = save_compressed(work, a.out, name, overrides, removed, getattr(work, "quantization_backend", None),
+                          run.meta if run is not None else None,
+                          files={"report.md": f"`zoo compress {' '.join(argv)}`\n\n{table}\n",
+                                 "report.json": json.dumps(rows, indent=2)})
     print(table)
     print(f"wrote {out}/ (compress.json, weights, report.md)")
     return 0
