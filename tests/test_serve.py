@@ -692,3 +692,18 @@ def test_openapi_page_works_under_a_path_prefix():
     (url,) = re.findall(r"""url:\s*['"]([^'"]+)['"]""", page.text)
     assert urljoin("https://host/zoo/docs", url) == "https://host/zoo/openapi.json", url
     assert "/predict" in client.get(urljoin("/docs", url)).json()["paths"]
+
+
+def test_an_int8_folder_with_the_onnx_backend_is_refused_before_the_server_starts(tmp_path):
+    """The workers export the model to ONNX when they start: with an int8 `zoo compress` folder they failed there,
+    after `zoo serve` had announced the server, with a traceback per worker, and the command then stopped with exit
+    status 0. The refusal comes first now, in one line that says what works."""
+    from zoo.compress import quantize_int8, save_compressed
+    from zoo.serve.server import build_server
+
+    model = zoo.create_model("vit_digits").eval()
+    save_compressed(quantize_int8(model, "torch.ao"), tmp_path / "int8", "vit_digits", {}, {}, "torch.ao")
+    with pytest.raises(ValueError, match=r"--backend onnx: vit_digits holds torch.ao int8 layers .*--backend torch$"):
+        build_server(str(tmp_path / "int8"), backend="onnx")
+    _, meta = build_server(str(tmp_path / "int8"))  # the torch backend serves it
+    assert meta["model"] == "vit_digits"

@@ -109,6 +109,16 @@ def _same_file(a: str | Path, b: str | Path) -> bool:
     return a.resolve() == b.resolve() or (a.exists() and b.exists() and a.samefile(b))
 
 
+def check_exportable(model: nn.Module) -> None:
+    """Raise `ExportError` for a model that no exporter takes (torch.ao's int8 layers), before anything is written."""
+    int8 = sorted({type(m).__name__ for m in model.modules() if type(m).__module__.startswith("torch.ao.nn.quantized")})
+    if int8:  # neither exporter takes their packed weights (the TorchScript fallback dumps its graph, then fails)
+        raise ExportError(f"{getattr(model, 'model_name', type(model).__name__)} holds torch.ao int8 layers "
+                          f"({', '.join(int8)}), which neither ONNX nor torch.export takes; export the float model (a "
+                          "`zoo compress` folder made without --quantize) and quantize the ONNX file with onnxruntime's "
+                          "quantize_dynamic")
+
+
 def export_file(model: nn.Module, out: str | Path, fmt: str = "onnx", batch: int = 2, length: int = 16, opset: int = 18,
                 static: bool = False, source: str | None = None) -> str:
     """Export `model` to `out` atomically. ONNX files are run in onnxruntime at another batch and length
@@ -122,12 +132,7 @@ def export_file(model: nn.Module, out: str | Path, fmt: str = "onnx", batch: int
         ex = Inputs(ex.tensors, {}, {})
     else:  # torch.export specialises sizes 0 and 1: a dynamic axis is traced at 2 or more (the file is the same)
         ex = example_inputs(model, max(batch, 2), max(length, 2))
-    int8 = sorted({type(m).__name__ for m in model.modules() if type(m).__module__.startswith("torch.ao.nn.quantized")})
-    if int8:  # neither exporter takes their packed weights (the TorchScript fallback dumps its graph, then fails)
-        raise ExportError(f"{getattr(model, 'model_name', type(model).__name__)} holds torch.ao int8 layers "
-                          f"({', '.join(int8)}), which neither ONNX nor torch.export takes; export the float model (a "
-                          "`zoo compress` folder made without --quantize) and quantize the ONNX file with onnxruntime's "
-                          "quantize_dynamic")
+    check_exportable(model)
     if fmt == "torch-export":
         program = export_torch(model, ex)
         def save(tmp: str) -> None:

@@ -283,6 +283,13 @@ class Handler:
     def use_onnx(self, path) -> None:
         """Predict through onnxruntime (the file exported to `path`); path None only checks that the use allows it."""
         self.check_backend("onnx")
+        if path is None:  # here, before the server starts: the workers export the model to ONNX when they start
+            from ..export import ExportError, check_exportable
+
+            try:
+                check_exportable(self.model)
+            except ExportError as e:
+                raise ValueError(f"--backend onnx: {e}; or serve this model with --backend torch") from None
         if path is not None:
             self.forward = OnnxForward(self.model, path)
 
