@@ -300,3 +300,11 @@ def test_hybrid_and_parallel_block_vits_are_refused_by_name(arch, named):
     ref = timm.create_model(arch, pretrained=False, img_size=64, depth=1, num_classes=5)
     with pytest.raises(ValueError, match=f"uses options the zoo ViT lacks: {named}"):
         from_timm(ref)
+
+
+def test_differential_attention_vit_is_refused_by_name():
+    """attn_layer='diff' (DiffAttention) failed with a list of unexpected lambda / sub_norm keys."""
+    ref = timm.models.vision_transformer.VisionTransformer(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=4,
+                                                           attn_layer="diff")
+    with pytest.raises(ValueError, match="uses options the zoo ViT lacks: attention type DiffAttention"):
+        from_timm(ref)

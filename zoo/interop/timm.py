@@ -58,9 +58,15 @@ def _check_supported(m) -> None:
     if type(m.patch_embed).__name__ != "PatchEmbed":  # e.g. HybridEmbed: a ResNet stem before the projection
         problems.append(f"patch embedding {type(m.patch_embed).__name__} (zoo converts timm's PatchEmbed)")
     blk = m.blocks[0]
+    # other blocks / attentions lack the attributes read below: name them and stop here
     if type(blk).__name__ != "Block":  # parallel blocks (ParallelScalingBlock, ParallelThingsBlock) have no .attn
-        problems.append(f"block type {type(blk).__name__} (zoo converts timm's Block)")
-        raise ValueError(f"timm model {type(m).__name__} uses options the zoo ViT lacks: {'; '.join(problems)}")
+        foreign = f"block type {type(blk).__name__} (zoo converts timm's Block)"
+    elif type(blk.attn).__name__ != "Attention":  # attn_layer='diff' (DiffAttention: lambdas and a sub-norm)
+        foreign = f"attention type {type(blk.attn).__name__} (zoo converts timm's Attention)"
+    else:
+        foreign = None
+    if foreign:
+        raise ValueError(f"timm model {type(m).__name__} uses options the zoo ViT lacks: {'; '.join(problems + [foreign])}")
     if not _is_identity(getattr(blk.attn, "norm", None)):
         problems.append("attn.norm (scale_attn_norm)")
     q_norm = getattr(blk.attn, "q_norm", None)
