@@ -308,3 +308,12 @@ def test_differential_attention_vit_is_refused_by_name():
                                                            attn_layer="diff")
     with pytest.raises(ValueError, match="uses options the zoo ViT lacks: attention type DiffAttention"):
         from_timm(ref)
+
+
+@pytest.mark.parametrize("norm", ["rmsnorm", "simplenorm"])
+def test_vit_with_another_norm_layer_is_refused_by_name(norm):
+    """norm_layer='rmsnorm' failed with a list of missing LayerNorm bias keys."""
+    ref = timm.models.vision_transformer.VisionTransformer(img_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=4,
+                                                           norm_layer=norm)
+    with pytest.raises(ValueError, match=f"uses options the zoo ViT lacks: norm_layer {type(ref.blocks[0].norm1).__name__}"):
+        from_timm(ref)

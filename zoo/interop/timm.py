@@ -67,6 +67,8 @@ def _check_supported(m) -> None:
         foreign = None
     if foreign:
         raise ValueError(f"timm model {type(m).__name__} uses options the zoo ViT lacks: {'; '.join(problems + [foreign])}")
+    if not isinstance(blk.norm1, nn.LayerNorm):  # norm_layer='rmsnorm' / 'simplenorm': no bias, another formula
+        problems.append(f"norm_layer {type(blk.norm1).__name__} (zoo's ViT uses LayerNorm)")
     if not _is_identity(getattr(blk.attn, "norm", None)):
         problems.append("attn.norm (scale_attn_norm)")
     q_norm = getattr(blk.attn, "q_norm", None)
