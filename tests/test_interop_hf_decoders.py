@@ -283,3 +283,25 @@ def test_eos_ids_of_the_generation_config_are_used(family, tmp_path):
             theirs = hf.generate(ids, attention_mask=mask, do_sample=False, num_beams=1, max_new_tokens=8)
         ours = model.generate(ids, attention_mask=mask, max_new_tokens=8)
         assert _until_eos(ours, 6, eos) == _until_eos(theirs, 6, eos) and ours.shape == theirs.shape
+
+
+@pytest.mark.parametrize("which", ["llama_gqa", "gpt2"])
+def test_generate_without_mask_masks_pad_tokens_as_transformers(which):
+    """transformers' generate infers a decoder-only prompt's mask from its pad tokens (when pad is not EOS); zoo's
+    attended to the left padding, so a padded batch given without attention_mask generated other tokens."""
+    ref = refs()[which]
+    ref.config.pad_token_id = ref.generation_config.pad_token_id = 0 if which == "llama_gqa" else 2  # gpt2: pad = EOS
+    model = from_hf(ref)
+    ids, mask = batch(ref.config.vocab_size, "left", length=6, seed=3)
+    ids = ids.masked_fill(mask == 0, ref.config.pad_token_id)
+    inferred = which == "llama_gqa"
+    eos = dict(eos_token_id=5) if inferred else {}  # gpt2: EOS from the config, = pad: no mask is inferred
+    with torch.no_grad():
+        theirs = ref.generate(ids, do_sample=False, num_beams=1, max_new_tokens=8, **eos)
+    ours = model.generate(ids, max_new_tokens=8, **eos)
+    stop = [5] if inferred else [2]
+    assert _until_eos(ours, 6, stop) == _until_eos(theirs, 6, stop)
+    assert torch.equal(ours, model.generate(ids, attention_mask=mask, max_new_tokens=8, **eos)) == inferred
+    if inferred:
+        with pytest.raises(ValueError, match="pads a prompt on the right.*inferred from the pad tokens, id 0"):
+            model.generate(ids.flip(1), max_new_tokens=2)

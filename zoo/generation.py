@@ -338,18 +338,32 @@ class GenerationMixin:
         eos/pad/start default to the model config's ids (without a pad id, EOS pads); eos_token_id may be a list of
         ids, any of which ends a row (as in transformers);
         ignore_eos=True always generates max_new_tokens tokens (benchmarks).
+        A decoder-only prompt given without attention_mask has its pad tokens masked (as transformers' generate
+        does) unless the pad id is an EOS id.
         Sampling (do_sample=True) takes temperature (default 1.0), top_k, top_p and a generator.
         transformers' keywords name the inputs too: generate(input_ids=...) or, for images, generate(pixel_values=...)."""
         inputs = _one_input(inputs, input_ids=input_ids, pixel_values=pixel_values)
         decoder_only = not _is_encoder_decoder(self)
-        check_generate_arguments(inputs, attention_mask, max_new_tokens, num_beams, do_sample, temperature, top_k,
-                                 top_p, generator, decoder_start_token_id, decoder_only)
-        max_new_tokens = self._fit_decode_positions(inputs if decoder_only else None, max_new_tokens)
         cfg = self.config
         eos = eos_ids(None if ignore_eos else getattr(cfg, "eos_token_id", None) if eos_token_id is None else eos_token_id)
         pad = getattr(cfg, "pad_token_id", None) if pad_token_id is None else pad_token_id
         if pad is None:  # pad only fills rows that have finished: EOS does that job as well
             pad = 0 if eos is None else eos[0]
+        inferred = False
+        if (attention_mask is None and decoder_only and torch.is_tensor(inputs) and inputs.dim() == 2
+                and not inputs.is_floating_point() and pad not in (eos or ()) and bool((inputs == pad).any())):
+            # transformers' generate (decoder-only models) masks the prompt's pad tokens when no mask is given and
+            # the pad id is not an EOS id: a left-padded batch then generates what each prompt generates alone
+            attention_mask, inferred = inputs.ne(pad).long(), True
+        try:
+            check_generate_arguments(inputs, attention_mask, max_new_tokens, num_beams, do_sample, temperature, top_k,
+                                     top_p, generator, decoder_start_token_id, decoder_only)
+        except ValueError as e:
+            if not inferred:
+                raise
+            raise ValueError(f"{e} (the mask was inferred from the pad tokens, id {pad}, of inputs: pass attention_mask, "
+                             "or pad_token_id if that id is a real token here)") from None
+        max_new_tokens = self._fit_decode_positions(inputs if decoder_only else None, max_new_tokens)
         was_training = self.training
         self.eval()
         try:
