@@ -191,7 +191,7 @@ for i in range(10):
     ax.imshow(images[i, 0], cmap="gray")
     ax.imshow(up, cmap="inferno", alpha=0.6)
     ax.axis("off")
-fig.suptitle("vit_mnist.mnist5k: test digits (top) and attention rollout over 6 layers (bottom)")
+fig.suptitle(f"vit_mnist.mnist5k: test digits (top) and attention rollout over {len(layers)} layers (bottom)")
 _lesson.save(fig, "lesson_10_vit_rollout.png")
 
 fig, ax = plt.subplots(figsize=(7, 5.5))
