@@ -59,14 +59,32 @@ def test_a_failing_lesson_fails(tmp_path):
     assert result.returncode != 0 and "AssertionError" in result.stderr
 
 
+TIMED = ("lesson_01_rnn_vs_attention.png",)  # plots wall times, which differ from run to run
+
+
+def changed_pixels(a: Path, b: Path) -> float:
+    """The fraction of pixels that differ between two PNG files (1.0 when their sizes differ)."""
+    import numpy as np
+    from PIL import Image
+
+    x, y = (np.asarray(Image.open(p).convert("RGB"), dtype=np.int16) for p in (a, b))
+    return 1.0 if x.shape != y.shape else float((x != y).any(-1).mean())
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("path", LESSONS, ids=lambda p: p.stem)
 def test_lesson_runs(path, tmp_path):
+    """The lesson runs, and the figures committed in docs/figures/ are the ones it draws now (within 1% of their
+    pixels: a timing printed on a figure may differ; new weights, data or code redraw far more)."""
     result = run_lesson(path, tmp_path)
     assert result.returncode == 0, f"{path.name} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
     for name in figures_of(path):
         written = tmp_path / name
         assert written.is_file() and written.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", f"{path.name} did not write {name}"
+        if name not in TIMED:
+            changed = changed_pixels(written, ROOT / "docs" / "figures" / name)
+            assert changed < 0.01, (f"docs/figures/{name} is stale: {changed:.1%} of its pixels differ from what {path.name} "
+                                    f"draws now; run the lesson and commit the figure")
 
 
 # A zoo broken on purpose, and the lesson check that must catch it (a line of the failing statement, as the traceback
