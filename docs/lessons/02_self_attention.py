@@ -134,7 +134,8 @@ _lesson.save(fig, "lesson_02_self_attention.png")
 # * Add a boolean `mask` or a float `bias` to `attention(...)` and see which weights change
 #   (masks are lesson 4, the T5 bias lesson 5).
 # * Make the weights sharper with a temperature: pass `scale=2 / math.sqrt(d_k)`.
-# * Read [`attention`][zoo.core.attention.attention] in `zoo/core/attention.py`: a boolean mask is
-#   folded into the additive bias before the fused kernel, the only subtle line.
+# * Read [`attention`][zoo.core.attention.attention] in `zoo/core/attention.py`: the fused kernel takes one
+#   mask, so when a float bias comes with a boolean mask the mask is folded into the bias first (`_sdpa_mask`),
+#   the only subtle line; a boolean mask alone goes to the kernel as it is.
 #
 # Next: [Lesson 3 — multi-head attention](03_multi_head_attention.md).
