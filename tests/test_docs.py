@@ -201,15 +201,21 @@ def _python_blocks(page: Path) -> list[str]:
     return re.findall(r"```python\n(.*?)```", page.read_text(encoding="utf-8"), flags=re.S)
 
 
-@pytest.mark.parametrize("page", ["docs/index.md", "docs/howto/compare.md"])
+@pytest.mark.parametrize("page", ["docs/index.md", "docs/howto/compare.md", "docs/howto/pretrained.md"])
 def test_python_blocks_run_as_written(page, tmp_path, monkeypatch, capsys):
-    """The pages' Python blocks that need no run folder nor network run as a reader pastes them, in a fresh folder."""
-    (block,) = _python_blocks(ROOT / page)
+    """The pages' Python blocks that need no run folder nor network run as a reader pastes them, in a fresh folder
+    (pretrained.md: its first block, the shipped weights; its second reaches the Hub)."""
+    blocks = _python_blocks(ROOT / page)
+    assert len(blocks) == (2 if page.endswith("pretrained.md") else 1), len(blocks)
+    block = blocks[0]
     monkeypatch.chdir(tmp_path)
-    exec(compile(block, page, "exec"), {"__name__": "__doc_block__"})  # noqa: S102 - the page's own code
+    scope = {"__name__": "__doc_block__"}
+    exec(compile(block, page, "exec"), scope)  # noqa: S102 - the page's own code
     if page.endswith("compare.md"):  # a line per model with its parameter count
         lines = capsys.readouterr().out.splitlines()
         assert len(lines) == 4 and all(int(line.split()[1]) > 1_000_000 for line in lines), lines
+    if page.endswith("pretrained.md"):  # the last line: a five-class head on the shipped weights, and the transform
+        assert scope["model"].num_classes == 5 and scope["transform"] is not None and len(scope["tok"]) > 10
 
 
 def test_readme_study_excerpt_matches_its_file():
