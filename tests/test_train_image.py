@@ -25,6 +25,25 @@ def test_mnist5k_split_is_fixed_stratified_and_disjoint():
     assert not set(a[0]) & set(a[2])
 
 
+
+def test_stratified_split_puts_every_index_in_one_part():
+    """Fractions that add up to 1 cover every index once; rounding each part alone dropped some (1 of a class of 5 at
+    0.1 / 0.9, 2 of sklearn's digits), and the earlier parts stay as they were (the test split the shipped tags
+    measured)."""
+    labels = np.repeat(np.arange(3), [5, 7, 13])
+    for fractions in [(0.1, 0.9), (0.2, 0.1, 0.7), (0.5, 0.5)]:
+        parts = stratified_split(labels, fractions, seed=0)
+        assert sorted(np.concatenate(parts).tolist()) == list(range(len(labels))), fractions
+    from zoo.data.images import Digits, load_digits8
+
+    dm = Digits()
+    dm.setup()
+    assert {k: len(v) for k, v in dm.splits.items()} == {"train": 1259, "val": 179, "test": 359}
+    assert sum(len(v) for v in dm.splits.values()) == len(load_digits8()[1])
+    subset = stratified_split(np.repeat(np.arange(2), 10), (0.3,), seed=0)[0]  # a fraction alone: a subset
+    assert len(subset) == 6
+
+
 def test_random_affine_keeps_shape_and_identity_when_disabled():
     x = torch.randn(4, 1, 28, 28, generator=torch.Generator().manual_seed(0))
     assert random_affine(x, 0.1, 10, (0.9, 1.1)).shape == x.shape

@@ -19,14 +19,19 @@ from .base import SplitDataModule
 
 
 def stratified_split(labels: np.ndarray, fractions: tuple[float, ...], seed: int = 0) -> list[np.ndarray]:
-    """Split indices class by class so that every part keeps the class balance; deterministic for a seed."""
+    """Split indices class by class so that every part keeps the class balance; deterministic for a seed.
+
+    Each part takes round(fraction · class size) of every class; when the fractions add up to 1 the last part takes
+    the rest of the class, so that every index is in exactly one part (rounding each part alone left some out: 2 of
+    sklearn's 1,797 digits, and 1 in 5 images of a class of 5 at a 0.1 / 0.9 split)."""
     rng = np.random.default_rng(seed)
     parts: list[list[int]] = [[] for _ in fractions]
+    whole = abs(sum(fractions) - 1.0) < 1e-6
     for c in np.unique(labels):
         idx = rng.permutation(np.flatnonzero(labels == c))
         start = 0
         for i, frac in enumerate(fractions):
-            n = int(round(frac * len(idx)))
+            n = len(idx) - start if whole and i == len(fractions) - 1 else int(round(frac * len(idx)))
             parts[i].extend(idx[start:start + n])
             start += n
     return [np.sort(np.asarray(p, dtype=np.int64)) for p in parts]
