@@ -1,4 +1,7 @@
 """ONNX export with dynamic axes, checked in onnxruntime against PyTorch at two batch sizes / lengths."""
+import json
+import re
+
 import pytest
 import torch
 
@@ -150,3 +153,35 @@ def test_an_int8_model_is_refused_in_one_line(tmp_path, capfd):
             export_file(model, tmp_path / name, fmt=fmt)
         assert not (tmp_path / name).exists()
     assert "Torch IR graph" not in capfd.readouterr().err
+
+
+def test_torch_export_failures_are_one_line_that_names_what_works(tmp_path, capfd):
+    """torch.export's own errors reached the user raw (a FakeTensor TypeError for the recurrent encoder-decoder, also
+    with --static; 'Constraints violated' and torch's advice about mark_dynamic for the LSTM language model), after a
+    screen of tracing warnings. Now one line says what works: --static, or ONNX at fixed shapes."""
+    from zoo.cli import main
+
+    small = {"embed_dim": 16, "hidden_size": 16, "attn_dim": 16, "vocab_size": 50}
+    for name, kwargs, static, words in (
+            ("lstm_seq2seq", small, [], r"torch.export cannot trace lstm_seq2seq \(TypeError: .*\); export it to ONNX "
+                                        r"instead \(--format onnx --static"),
+            ("lstm_seq2seq", small, ["--static"], r"torch.export cannot trace lstm_seq2seq .*--format onnx --static"),
+            ("lstm_lm", {"vocab_size": 50, "embed_dim": 16, "hidden_size": 16}, [],
+             r"torch.export cannot keep the dynamic axes \['batch', 'sequence'\] of lstm_lm .*; export with --static")):
+        out = tmp_path / f"{name}.pt2"
+        capfd.readouterr()
+        with pytest.raises(SystemExit) as e:
+            main(["export", "--model", name, "--model-kwargs", json.dumps(kwargs), "--format", "torch-export",
+                  "--out", str(out), *static])
+        err = capfd.readouterr().err
+        assert e.value.code == 1 and not out.exists(), err
+        lines = [ln for ln in err.splitlines() if ln.strip()]
+        assert len(lines) == 2 and re.search(words, lines[0]) and "--verbose" in lines[1], err  # no warnings around it
+    # what the message says works: the LSTM LM at fixed shapes, in torch.export
+    model = zoo.create_model("lstm_lm", vocab_size=50, embed_dim=16, hidden_size=16).eval()
+    from zoo.export import export_file
+
+    export_file(model, tmp_path / "lm.pt2", "torch-export", batch=2, length=8, static=True)
+    ex = example_inputs(model, 2, 8, seed=1)
+    with torch.no_grad():
+        torch.testing.assert_close(torch.export.load(tmp_path / "lm.pt2").module()(*ex.args), model(*ex.args))

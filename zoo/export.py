@@ -76,6 +76,36 @@ def export_torch(model: nn.Module, ex: Inputs) -> torch.export.ExportedProgram:
     return torch.export.export(wrapped, ex.args, dynamic_shapes=shapes, strict=False)
 
 
+def _name(model: nn.Module) -> str:
+    return getattr(model, "model_name", type(model).__name__)
+
+
+def _export_program(model: nn.Module, ex: Inputs, batch: int, length: int, static: bool) -> torch.export.ExportedProgram:
+    """export_torch, quietly; a failure is an `ExportError` in one line that says what works instead: --static where
+    the model traces at fixed shapes (a length that the code specialises), else ONNX at fixed shapes (the TorchScript
+    exporter traces what torch.export cannot: packed sequences' data-dependent sizes)."""
+    def trace(inputs: Inputs) -> torch.export.ExportedProgram:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch.export's own warnings (attributes assigned during tracing, ...)
+            return export_torch(model, inputs)
+
+    try:
+        return trace(ex)
+    except Exception as e:  # noqa: BLE001 - torch.export's many error types: one line that names the way out
+        why = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200]}"
+    if not static:
+        fixed = example_inputs(model, batch, length)
+        try:
+            trace(Inputs(fixed.tensors, {}, {}))
+        except Exception:  # noqa: BLE001 - not at fixed shapes either: the advice below
+            pass
+        else:
+            raise ExportError(f"torch.export cannot keep the dynamic axes {sorted({s for d in ex.dynamic.values() for s in d.values()})} "
+                              f"of {_name(model)} ({why}); export with --static to fix the example's shapes")
+    raise ExportError(f"torch.export cannot trace {_name(model)} ({why}); export it to ONNX instead "
+                      "(--format onnx --static: the TorchScript exporter traces it at fixed shapes)")
+
+
 def export_onnx(model: nn.Module, ex: Inputs, path: str | Path, opset: int = 18) -> str:
     """Write an ONNX file; returns which exporter produced it ("dynamo" or "torchscript")."""
     path = Path(path)
@@ -134,7 +164,7 @@ def export_file(model: nn.Module, out: str | Path, fmt: str = "onnx", batch: int
         ex = example_inputs(model, max(batch, 2), max(length, 2))
     check_exportable(model)
     if fmt == "torch-export":
-        program = export_torch(model, ex)
+        program = _export_program(model, ex, batch, length, static)
         def save(tmp: str) -> None:
             with open(tmp, "wb") as f:  # a buffer: torch warns about a file name that does not end in .pt2
                 torch.export.save(program, f)
