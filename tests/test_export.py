@@ -185,3 +185,25 @@ def test_torch_export_failures_are_one_line_that_names_what_works(tmp_path, capf
     ex = example_inputs(model, 2, 8, seed=1)
     with torch.no_grad():
         torch.testing.assert_close(torch.export.load(tmp_path / "lm.pt2").module()(*ex.args), model(*ex.args))
+
+
+def test_an_opset_the_exporter_cannot_write_is_refused_and_nothing_kept(tmp_path, capfd):
+    """--opset 17 (or 9) wrote an opset-18 file and said 'wrote ...': the dynamo exporter's failed down-conversion was
+    only logged. --opset 26 wrote a file onnxruntime could not load (with --static unnoticed; without it, the error
+    blamed the dynamic axes and said to use --static). The file's opset is checked now, and so is that it loads."""
+    import onnx
+
+    from zoo.export import ExportError, export_file
+
+    model = zoo.create_model("vit_digits").eval()
+    for opset in (17, 9, 26):
+        for static in (False, True):
+            out = tmp_path / f"o{opset}{static}.onnx"
+            with pytest.raises(ExportError, match=rf"--opset {opset}: the exporter wrote vit_digits at opset 18 .*"
+                                                  rf"export with --opset 18") as e:
+                export_file(model, out, opset=opset, static=static)
+            assert "--static" not in str(e.value) and not out.exists() and not list(tmp_path.iterdir())
+    for opset in (18, 21):  # opsets it writes: kept, at that opset, and they run at another batch
+        export_file(model, tmp_path / f"o{opset}.onnx", opset=opset)
+        assert [o.version for o in onnx.load(tmp_path / f"o{opset}.onnx").opset_import if o.domain == ""] == [opset]
+        assert check_onnx(model, tmp_path / f"o{opset}.onnx", example_inputs(model, 3, 8)) <= 1e-4

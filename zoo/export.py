@@ -174,11 +174,34 @@ def export_file(model: nn.Module, out: str | Path, fmt: str = "onnx", batch: int
 
     def write(tmp: str) -> None:
         used["exporter"] = export_onnx(model, ex, tmp, opset)
+        check_opset(tmp, opset, _name(model))
         if not static:
             verify_onnx(model, tmp, batch, length)
 
     atomic_write(out, write)
     return f"{used['exporter']} exporter, dynamic axes {ex.dynamic or 'none'}"
+
+
+def check_opset(path: str | Path, opset: int, name: str = "the model") -> None:
+    """The file is at the asked opset and onnxruntime loads it. The dynamo exporter writes opset 18 and up: asked for
+    less, it tries onnx's version converter and, where that fails, keeps opset 18 and only logs it; asked for more than
+    onnxruntime implements, the file does not load."""
+    import onnx
+
+    got = next((o.version for o in onnx.load(str(path), load_external_data=False).opset_import if o.domain in ("", "ai.onnx")), None)
+    if got != opset:
+        raise ExportError(f"--opset {opset}: the exporter wrote {name} at opset {got} (it could not convert the graph to "
+                          f"opset {opset}); export with --opset {got}{' or higher' if opset < got else ''}")
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return
+    try:
+        ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as e:  # noqa: BLE001 - onnxruntime's load errors: say which opset to use
+        raise ExportError(f"--opset {opset}: onnxruntime {ort.__version__} cannot load the graph of {name} at this opset "
+                          f"({type(e).__name__}: {str(e).splitlines()[0][-160:]}); export with a lower --opset "
+                          "(18, the default, works)") from None
 
 
 def verify_onnx(model: nn.Module, path: str | Path, batch: int, length: int, tol: float = 1e-4) -> float:
