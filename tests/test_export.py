@@ -207,3 +207,26 @@ def test_an_opset_the_exporter_cannot_write_is_refused_and_nothing_kept(tmp_path
         export_file(model, tmp_path / f"o{opset}.onnx", opset=opset)
         assert [o.version for o in onnx.load(tmp_path / f"o{opset}.onnx").opset_import if o.domain == ""] == [opset]
         assert check_onnx(model, tmp_path / f"o{opset}.onnx", example_inputs(model, 3, 8)) <= 1e-4
+
+
+def test_check_of_a_torch_export_program_runs_it_at_another_batch_and_length(tmp_path, capsys, monkeypatch):
+    """`--check` with --format torch-export printed nothing (it only checked ONNX files); now it loads the program
+    and runs it at another batch and length, as it runs an ONNX file in onnxruntime."""
+    from zoo import export
+    from zoo.cli import main
+
+    seen = []
+    real = export.check_program
+    monkeypatch.setattr(export, "check_program", lambda m, p, ex: seen.append(tuple(ex.args[0].shape)) or real(m, p, ex))
+    out = tmp_path / "b.pt2"
+    with pytest.raises(SystemExit) as e:
+        main(["export", "--model", "bert_tiny", "--model-kwargs", json.dumps(TINY["bert_tiny"]), "--format", "torch-export",
+              "--out", str(out), "--batch", "2", "--length", "8", "--check"])
+    printed = capsys.readouterr().out
+    assert e.value.code == 0 and seen == [(3, 11)], (seen, printed)
+    line = printed.strip().splitlines()[-1]
+    assert line.startswith("the torch.export program vs PyTorch at batch 3: max|delta| = "), printed
+    assert float(line.rsplit("= ", 1)[1]) <= 1e-5
+    # the number is a real comparison: a program that is not the model's is far off
+    other = zoo.create_model("bert_tiny", **TINY["bert_tiny"]).eval()
+    assert real(other, out, example_inputs(other, 3, 11)) > 1e-3

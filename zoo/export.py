@@ -234,7 +234,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--length", type=int, default=16, help="sequence length of the example input (text models)")
     p.add_argument("--opset", type=int, default=18)
     p.add_argument("--static", action="store_true", help="fixed shapes (the example's batch and length), no dynamic axes")
-    p.add_argument("--check", action="store_true", help="print onnxruntime's max|delta| against PyTorch at another batch/length")
+    p.add_argument("--check", action="store_true", help="print the file's max|delta| against PyTorch at another batch/length (ONNX: in onnxruntime; "
+                                                         "torch-export: the loaded program)")
     a = p.parse_args(argv)
     try:
         kwargs = json.loads(a.model_kwargs)
@@ -253,12 +254,26 @@ def main(argv: list[str]) -> int:
         raise ValueError(f"--out {a.out}: {what} ends in {suffix} (e.g. --out model{suffix})")
     model = load_model(a.model, kwargs).eval()
     print(f"wrote {a.out} ({export_file(model, a.out, a.format, a.batch, a.length, a.opset, a.static, source)})")
-    if a.check and a.format == "onnx":  # another batch and length, or other values at the fixed shapes of --static
+    if a.check:  # another batch and length, or other values at the fixed shapes of --static
         batch, length = (a.batch, a.length) if a.static else (a.batch + 1, a.length + 3)
-        err = check_onnx(model, a.out, example_inputs(model, batch, length, seed=1))
-        print(f"onnxruntime vs PyTorch at batch {batch}{' (the fixed shapes of --static)' if a.static else ''}: "
+        ex = example_inputs(model, batch, length, seed=1)
+        if a.format == "onnx":
+            runner, err = "onnxruntime", check_onnx(model, a.out, ex)
+        else:
+            runner, err = "the torch.export program", check_program(model, a.out, ex)
+        print(f"{runner} vs PyTorch at batch {batch}{' (the fixed shapes of --static)' if a.static else ''}: "
               f"max|delta| = {err:.2e}")
     return 0
+
+
+def check_program(model: nn.Module, path: str | Path, ex: Inputs) -> float:
+    """max |torch.export program (loaded from `path`) - PyTorch| relative to max(1, max|reference|), as check_onnx."""
+    program = torch.export.load(str(path)).module()
+    with torch.no_grad():
+        out = program(*ex.args)
+        ref = _Positional(model.eval())(*ex.args)
+    out = out[0] if isinstance(out, (tuple, list)) else out
+    return float((out - ref).abs().max() / max(1.0, ref.abs().max().item()))
 
 
 def check_onnx(model: nn.Module, path: str | Path, ex: Inputs) -> float:
