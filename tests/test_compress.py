@@ -283,3 +283,21 @@ def test_compress_never_writes_into_an_existing_folder_or_the_tag_it_reads(tmp_p
         assert e.value.code == 0
         assert sorted(f.name for f in out.iterdir()) == ["compress.json", "model_int8.pt", "report.json", "report.md"]
     assert not [p for p in tmp_path.rglob(".*") if p.name.startswith(".")]  # no temporary folder left behind
+
+
+def test_a_model_from_load_run_reads_images_as_its_weights_expect(tmp_path):
+    """zoo.load_run(DIR).model (README: a compressed DIR loads like a run) carried no pretrained_cfg, so
+    zoo.resolve_data_config(model) gave the default mean/std 0.5 instead of the run's (MNIST's 0.1307 / 0.3081 for the
+    shipped tag): user images were normalised differently from training, silently."""
+    from zoo.compress import quantize_int8, save_compressed
+    from zoo.runs import load_run
+
+    image = {"size": 8, "in_chans": 1, "mean": 0.2, "std": 0.3}
+    save_compressed(quantize_int8(zoo.create_model("vit_digits").eval(), "torch.ao"), tmp_path / "c", "vit_digits", {}, {},
+                    "torch.ao", record={"image": image, "labels": [str(i) for i in range(10)]})
+    for source, mean, std in ((str(tmp_path / "c"), 0.2, 0.3), ("vit_mnist.mnist5k", 0.1307, 0.3081)):
+        model = load_run(source).model
+        cfg = zoo.resolve_data_config(model)
+        assert (cfg["mean"], cfg["std"]) == ((mean,), (std,)), (source, cfg)
+        assert cfg == zoo.resolve_data_config(load_run(source))  # the model alone says what the run says
+

@@ -187,7 +187,18 @@ def _check_hparams_agree(path, name: str, config: Any, hp: dict) -> None:
 
 def load_run(source: str | Path, model_kwargs: dict | None = None, strict_config: bool = True, name: str | None = None) -> Run:
     """Turn `source` (see the module docstring) into a `Run` with the model in eval mode. `name` is the model
-    to build for a checkpoint that names none (a state dict saved by hand in a checkpoint's layout)."""
+    to build for a checkpoint that names none (a state dict saved by hand in a checkpoint's layout). The model
+    carries what its weights came with (`pretrained_cfg`: input size and normalisation, labels), as the model of
+    `create_model(name, pretrained=source)` does, so `resolve_data_config(run.model)` reads images as it was trained."""
+    from .registry import with_run_info
+
+    run = _load_run(source, model_kwargs, strict_config, name)
+    if run.meta:
+        with_run_info(run)
+    return run
+
+
+def _load_run(source: str | Path, model_kwargs: dict | None = None, strict_config: bool = True, name: str | None = None) -> Run:
     from .registry import _entry, create_model, with_overrides
     from .weights import load_state_dict_checked, read_state_dict
 
