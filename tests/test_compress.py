@@ -1,6 +1,7 @@
 """Quantization, magnitude and head pruning, gradient checkpointing, and `zoo compress`."""
 import copy
 import json
+import pathlib
 
 import pytest
 import torch
@@ -301,3 +302,15 @@ def test_a_model_from_load_run_reads_images_as_its_weights_expect(tmp_path):
         assert (cfg["mean"], cfg["std"]) == ((mean,), (std,)), (source, cfg)
         assert cfg == zoo.resolve_data_config(load_run(source))  # the model alone says what the run says
 
+
+def test_latency_compares_float32_int8_and_bf16_as_lesson_9_says(capsys):
+    """Lesson 9: '`zoo compress latency` compares float32, int8 and bf16'; it measured float32 and int8 only."""
+    from zoo.compress import latency_main
+
+    assert latency_main(["--model", "vit_digits", "--rounds", "1", "--backends", "torch.ao"]) == 0
+    rows = {r.split("|")[2].strip(): [c.strip() for c in r.split("|")[1:-1]] for r in capsys.readouterr().out.splitlines()[2:]}
+    assert list(rows) == ["fp32", "int8 torch.ao", "bf16 autocast"], rows
+    size, diff = (lambda r: (float(r[5]), float(r[8])))(rows["bf16 autocast"])
+    assert size == float(rows["fp32"][5]) and 0 < diff < 0.1  # float32 weights; bf16's rounding, not another model
+    lesson = (pathlib.Path(__file__).parents[1] / "docs" / "lessons" / "09_compression.py").read_text()
+    assert "compares float32, int8 and bf16" in " ".join(lesson.replace("#", " ").split())

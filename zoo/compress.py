@@ -591,11 +591,27 @@ def apply_main(argv: list[str]) -> int:
     return 0
 
 
+class Autocast(nn.Module):
+    """`model` run under torch.autocast(device, bfloat16), its outputs cast back to float32 (the weights stay float32:
+    the same size on disk)."""
+
+    def __init__(self, model: nn.Module, dtype: torch.dtype = torch.bfloat16):
+        super().__init__()
+        self.model, self.dtype = model, dtype
+
+    def forward(self, *args, **kwargs):
+        device = next(self.model.parameters()).device.type
+        with torch.autocast(device, dtype=self.dtype):
+            out = self.model(*args, **kwargs)
+        return tuple(o.float() for o in out) if isinstance(out, tuple) else out.float()
+
+
 def latency_main(argv: list[str]) -> int:
     from .export import example_inputs
     from .registry import create_model
 
-    p = argparse.ArgumentParser(allow_abbrev=False, prog="zoo compress latency", description="fp32 vs int8 CPU latency of a model (random weights)")
+    p = argparse.ArgumentParser(allow_abbrev=False, prog="zoo compress latency",
+                                description="fp32 vs int8 vs bf16 autocast CPU latency of a model (random weights)")
     p.add_argument("--model", required=True)
     p.add_argument("--model-kwargs", default="{}")
     p.add_argument("--batch", type=_at_least(1), default=1)
@@ -610,6 +626,7 @@ def latency_main(argv: list[str]) -> int:
     variants = {"fp32": model}
     for b in a.backends.split(","):
         variants[f"int8 {b}"] = quantize_int8(model, b)
+    variants["bf16 autocast"] = Autocast(model)  # mixed precision: the float32 weights, 16-bit matrix products
     ex = example_inputs(model, a.batch, a.length)
     lat = cpu_latency(variants, ex.args, rounds=a.rounds, threads=a.threads)
     with torch.inference_mode():
