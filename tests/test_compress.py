@@ -314,3 +314,43 @@ def test_latency_compares_float32_int8_and_bf16_as_lesson_9_says(capsys):
     assert size == float(rows["fp32"][5]) and 0 < diff < 0.1  # float32 weights; bf16's rounding, not another model
     lesson = (pathlib.Path(__file__).parents[1] / "docs" / "lessons" / "09_compression.py").read_text()
     assert "compares float32, int8 and bf16" in " ".join(lesson.replace("#", " ").split())
+
+
+def test_accuracy_of_language_models_scores_the_next_or_target_token():
+    """`zoo compress --data` on a decoder-only LM compared each position's prediction with its own input token (the
+    labels are the inputs; the task shifts them): a random GPT scored 0.75, copying. On an encoder-decoder it crashed
+    (forward needs decoder_input_ids). Now: the next token, and the target token under teacher forcing."""
+    from zoo.compress import accuracy, classification_loss
+    from zoo.generation import shift_right
+
+    torch.manual_seed(0)
+    gpt = zoo.create_model("gpt2_tiny", depth=1, dim=32, num_heads=2, vocab_size=50, max_positions=16).eval()
+    ids = torch.randint(3, 50, (4, 12))
+    mask = torch.ones_like(ids)
+    mask[0, 9:] = 0
+    labels = ids.masked_fill(mask == 0, -100)
+    batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    with torch.no_grad():
+        logits = gpt(ids, mask)
+    nxt, tgt = logits[:, :-1].argmax(-1), labels[:, 1:]
+    keep = tgt != -100
+    assert accuracy(gpt, [batch]) == pytest.approx(float((nxt[keep] == tgt[keep]).float().mean()))
+    assert accuracy(gpt, [batch]) < 0.5 < float((logits.argmax(-1)[mask == 1] == ids[mask == 1]).float().mean())  # not copying
+    torch.testing.assert_close(classification_loss(gpt, batch),
+                               torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, 50), tgt.reshape(-1), ignore_index=-100))
+
+    t5 = zoo.create_model("transformer_tiny", num_encoder_layers=1, num_decoder_layers=1, d_model=32, num_heads=2,
+                          dim_feedforward=64, vocab_size=50).eval()
+    src, tgt = torch.randint(3, 50, (3, 7)), torch.randint(3, 50, (3, 5))
+    tgt[1, 3:] = -100
+    with torch.no_grad():
+        dec = shift_right(tgt, t5.config.decoder_start_token_id, t5.config.pad_token_id)
+        pred = t5(src, dec, attention_mask=torch.ones_like(src)).argmax(-1)
+    keep = tgt != -100
+    batch = {"input_ids": src, "attention_mask": torch.ones_like(src), "labels": tgt}
+    assert accuracy(t5, [batch]) == pytest.approx(float((pred[keep] == tgt[keep]).float().mean()))
+
+    from zoo.compress import check_scored
+
+    with pytest.raises(ValueError, match=r"--data: .*clip_tiny is a dual_encoder model: drop --data"):
+        check_scored(zoo.create_model("clip_tiny"))

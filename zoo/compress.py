@@ -320,12 +320,44 @@ def split_batch(batch) -> tuple[tuple, dict, torch.Tensor]:
     return (x,), {}, y
 
 
-def classification_loss(model: nn.Module, batch) -> torch.Tensor:
+SCORED_KINDS = ("image_classifier", "text_encoder", "decoder_only", "encoder_decoder", "recurrent")
+
+
+def check_scored(model: nn.Module) -> None:
+    """`--data` measures accuracy (and fine-tunes) on labelled batches: classes, masked tokens or next tokens."""
+    from .contract import kind_of
+
+    kind = kind_of(model)
+    if kind not in SCORED_KINDS:
+        raise ValueError(f"--data: zoo compress measures the accuracy of classifiers and language models "
+                         f"({', '.join(SCORED_KINDS)}); {getattr(model, 'model_name', type(model).__name__)} is a {kind} "
+                         "model: drop --data, and evaluate the compressed folder with `zoo test --model DIR`")
+
+
+def logits_and_targets(model: nn.Module, batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits (N, C), targets (N,)) of a labelled batch, as the model's task scores it: a class per image or text,
+    the token at each labelled position (masked LM), the next token (a decoder-only LM: its labels are its inputs),
+    the target token under teacher forcing (an encoder-decoder: the decoder reads the labels shifted right)."""
     args, kwargs, y = split_batch(batch)
-    out = model(*args, **kwargs)
+    kind = getattr(model, "kind", None)  # a model that declares none (a plain nn.Module) is scored as a classifier
+    if kind in ("encoder_decoder", "recurrent"):
+        from .generation import shift_right
+
+        cfg = model.config
+        decoder_input_ids = shift_right(y, cfg.decoder_start_token_id, cfg.pad_token_id)
+        out = model(kwargs["input_ids"], decoder_input_ids, attention_mask=kwargs.get("attention_mask"))
+    else:
+        out = model(*args, **kwargs)
     if isinstance(out, tuple):  # a DeiT student while distilled-training
         out = sum(out) / len(out)
-    return F.cross_entropy(out.flatten(0, -2).float(), y.flatten(), ignore_index=-100)
+    if kind == "decoder_only":  # position t predicts token t + 1
+        out, y = out[:, :-1], y[:, 1:]
+    return out.reshape(-1, out.shape[-1]), y.reshape(-1)
+
+
+def classification_loss(model: nn.Module, batch) -> torch.Tensor:
+    out, y = logits_and_targets(model, batch)
+    return F.cross_entropy(out.float(), y, ignore_index=-100)
 
 
 @torch.inference_mode()
@@ -333,8 +365,8 @@ def accuracy(model: nn.Module, loader) -> float:
     model.eval()
     correct = total = 0
     for batch in loader:
-        args, kwargs, y = split_batch(batch)
-        pred = model(*args, **kwargs).argmax(-1)
+        out, y = logits_and_targets(model, batch)
+        pred = out.argmax(-1)
         keep = y != -100
         correct += int((pred[keep] == y[keep]).sum())
         total += int(keep.sum())
@@ -552,6 +584,8 @@ def apply_main(argv: list[str]) -> int:
     _check_out(a.out, a.ckpt)
     model, name, overrides, run = _load_ckpt_model(a.ckpt, a.model, _json_option('--model-kwargs', a.model_kwargs))
     model.eval()
+    if a.data:
+        check_scored(model)
     dm = _data(a.data, _json_option('--data-args', a.data_args), run)
     if a.finetune_epochs and dm is None:
         raise ValueError("--finetune-epochs needs --data")
@@ -667,6 +701,7 @@ def sweep_main(argv: list[str]) -> int:
     a = p.parse_args(argv)
     torch.manual_seed(0)
     base, _, _, run = _load_ckpt_model(a.ckpt, a.model, _json_option('--model-kwargs', a.model_kwargs))
+    check_scored(base)
     dm = _data(a.data, _json_option('--data-args', a.data_args), run)
     # the unpruned model gets the same fine-tune: the baseline that pruned rows are compared with
     tuned = finetune(copy.deepcopy(base), dm.train_dataloader(), a.finetune_epochs, a.lr) if a.finetune_epochs else base
