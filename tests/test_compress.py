@@ -354,3 +354,20 @@ def test_accuracy_of_language_models_scores_the_next_or_target_token():
 
     with pytest.raises(ValueError, match=r"--data: .*clip_tiny is a dual_encoder model: drop --data"):
         check_scored(zoo.create_model("clip_tiny"))
+
+
+def test_sweep_without_fine_tuning_reports_no_fine_tuned_accuracy(tmp_path):
+    """With --finetune-epochs 0 the baseline row said nan under test_acc_finetuned, but every pruned row repeated its
+    un-fine-tuned accuracy there, as if fine-tuning had been measured (and changed nothing)."""
+    import csv
+    import math
+
+    from zoo.compress import sweep_main
+
+    out = tmp_path / "sweep.csv"
+    assert sweep_main(["--ckpt", "vit_digits.sklearn_digits", "--data", "zoo.data.images.Digits", "--kinds", "unstructured",
+                       "--amounts", "0.5", "--finetune-epochs", "0", "--out", str(out)]) == 0
+    rows = list(csv.DictReader(out.open()))
+    assert [r["kind"] for r in rows] == ["none", "unstructured"]
+    assert all(math.isnan(float(r["test_acc_finetuned"])) for r in rows), rows
+    assert 0.5 < float(rows[0]["test_acc_pruned"]) and float(rows[1]["linear_sparsity"]) == pytest.approx(0.5, abs=0.01)

@@ -723,7 +723,8 @@ def sweep_main(argv: list[str]) -> int:
                 finetune(m, dm.train_dataloader(), a.finetune_epochs, a.lr)
             make_pruning_permanent(m)
             rows.append({"kind": kind, "amount": amount, "linear_sparsity": sparsity(m), "heads": num_heads(m),
-                         "test_acc_pruned": before, "test_acc_finetuned": accuracy(m, dm.test_dataloader()),
+                         "test_acc_pruned": before,
+                         "test_acc_finetuned": accuracy(m, dm.test_dataloader()) if a.finetune_epochs else float("nan"),
                          "size_MB": size_on_disk(m) / 1e6})
             print(_table(rows[-1:]), flush=True)
     with open(a.out, "w", newline="") as fh:
