@@ -371,3 +371,17 @@ def test_sweep_without_fine_tuning_reports_no_fine_tuned_accuracy(tmp_path):
     assert [r["kind"] for r in rows] == ["none", "unstructured"]
     assert all(math.isnan(float(r["test_acc_finetuned"])) for r in rows), rows
     assert 0.5 < float(rows[0]["test_acc_pruned"]) and float(rows[1]["linear_sparsity"]) == pytest.approx(0.5, abs=0.01)
+
+
+def test_sweep_never_replaces_an_existing_file(tmp_path, capsys):
+    """`zoo compress sweep --out FILE` replaced whatever FILE was (open(..., "w") after the sweep's minutes)."""
+    from zoo.cli import main
+
+    mine = tmp_path / "results.csv"
+    mine.write_text("my results\n")
+    with pytest.raises(SystemExit) as e:  # refused first: the checkpoint is not even read
+        main(["compress", "sweep", "--ckpt", str(tmp_path / "none.ckpt"), "--data", "zoo.data.images.Digits",
+              "--out", str(mine)])
+    err = capsys.readouterr().err
+    assert e.value.code == 1 and "--out" in err and "already exists" in err and "Traceback" not in err, err
+    assert mine.read_text() == "my results\n"

@@ -699,6 +699,11 @@ def sweep_main(argv: list[str]) -> int:
     p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--out", required=True, help="CSV file")
     a = p.parse_args(argv)
+    from .weights import atomic_write, refuse_overwriting_input
+
+    refuse_overwriting_input(a.out, a.ckpt)
+    if Path(a.out).exists():  # checked before the sweep's minutes, not after
+        raise ValueError(f"--out {a.out} already exists; zoo compress sweep never replaces a file: choose a new name")
     torch.manual_seed(0)
     base, _, _, run = _load_ckpt_model(a.ckpt, a.model, _json_option('--model-kwargs', a.model_kwargs))
     check_scored(base)
@@ -727,10 +732,16 @@ def sweep_main(argv: list[str]) -> int:
                          "test_acc_finetuned": accuracy(m, dm.test_dataloader()) if a.finetune_epochs else float("nan"),
                          "size_MB": size_on_disk(m) / 1e6})
             print(_table(rows[-1:]), flush=True)
-    with open(a.out, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    def write(tmp: str) -> None:
+        with open(tmp, "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+
+    if Path(a.out).exists():
+        raise ValueError(f"--out {a.out} appeared during the sweep; zoo compress sweep never replaces a file: the rows "
+                         f"are above")
+    atomic_write(a.out, write)
     print(_table(rows))
     return 0
 
