@@ -230,3 +230,17 @@ def test_check_of_a_torch_export_program_runs_it_at_another_batch_and_length(tmp
     # the number is a real comparison: a program that is not the model's is far off
     other = zoo.create_model("bert_tiny", **TINY["bert_tiny"]).eval()
     assert real(other, out, example_inputs(other, 3, 11)) > 1e-3
+
+
+def test_a_batch_or_length_below_one_is_refused_before_anything_is_written(tmp_path, capsys):
+    """--batch 0 --static wrote an ONNX file fixed at batch 0 (it takes no input at all) and said 'wrote'; --batch -1
+    ended in an onnxruntime error blamed on the dynamic axes."""
+    from zoo.cli import main
+
+    for args in (["--batch", "0", "--static"], ["--batch", "-1"], ["--length", "0", "--static"]):
+        out = tmp_path / "m.onnx"
+        with pytest.raises(SystemExit) as e:
+            main(["export", "--model", "vit_digits", "--out", str(out), *args])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and f"argument {args[0]}: must be an integer >= 1, got {args[1]}" in err, err
+        assert not out.exists()

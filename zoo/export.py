@@ -230,8 +230,10 @@ def main(argv: list[str]) -> int:
     p.add_argument("--model-kwargs", default="{}", help="JSON overrides, e.g. '{\"head\": \"cls\"}'")
     p.add_argument("--format", choices=FORMATS, default="onnx")
     p.add_argument("--out", required=True, help="output file (.onnx or .pt2); never the input")
-    p.add_argument("--batch", type=int, default=2, help="batch of the example input (the axis stays dynamic)")
-    p.add_argument("--length", type=int, default=16, help="sequence length of the example input (text models)")
+    from .bench.cli import _at_least  # argparse type: an int >= low, named in argparse's one-line error
+
+    p.add_argument("--batch", type=_at_least(1), default=2, help="batch of the example input (the axis stays dynamic)")
+    p.add_argument("--length", type=_at_least(1), default=16, help="sequence length of the example input (text models)")
     p.add_argument("--opset", type=int, default=18)
     p.add_argument("--static", action="store_true", help="fixed shapes (the example's batch and length), no dynamic axes")
     p.add_argument("--check", action="store_true", help="print the file's max|delta| against PyTorch at another batch/length (ONNX: in onnxruntime; "
