@@ -15,6 +15,7 @@ PEER_CASES = {  # tiny versions of each family; the peer must have the same para
     "vit_digits": {},
     "bert_tiny": dict(head="none", vocab_size=100, max_positions=64),
     "t5_small": dict(vocab_size=100, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=2),
+    "t5_v1_1_small": dict(vocab_size=100, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=2),  # untied lm_head
     "transformer_tiny": dict(vocab_size=100, d_model=32, num_encoder_layers=2, num_decoder_layers=2, num_heads=2,
                              dim_feedforward=64, max_len=64),
     "gpt2_tiny": dict(vocab_size=100, depth=2, max_positions=64),
@@ -37,6 +38,22 @@ def test_peer_is_the_same_configuration(name):
     assert zoo_macs == peer_macs > 0
     out = peer.call(peer.module.eval(), inputs)
     assert out.shape == model.eval()(*inputs.values()).shape
+
+
+def test_untied_t5_peer_computes_what_the_zoo_model_computes():
+    """T5 v1.1 has its own lm_head and an unscaled decoder output: transformers 5 ties T5 whatever the config says,
+    so the peer must be untied by hand; with the zoo model's weights it gives the same logits."""
+    from zoo.interop import from_hf
+
+    model = zoo.create_model("t5_v1_1_small", **PEER_CASES["t5_v1_1_small"]).eval()
+    peer = build_peer(model, "t5_v1_1_small", "t5")
+    assert peer.module.lm_head.weight is not peer.module.shared.weight
+    assert peer.module.encoder.embed_tokens.weight is peer.module.shared.weight
+    model.load_state_dict(from_hf(peer.module).state_dict())
+    inputs, _, _ = example_inputs(model, 2, seq_len=12, tgt_len=5)
+    with torch.no_grad():
+        ours, theirs = model(*inputs.values()), peer.call(peer.module.eval(), inputs)
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
 
 
 def test_conv_stem_has_no_peer():

@@ -91,7 +91,13 @@ def t5_peer(model: nn.Module, name: str) -> Peer:
         tie_word_embeddings=c.tie_word_embeddings, pad_token_id=c.pad_token_id, eos_token_id=c.eos_token_id,
         decoder_start_token_id=c.decoder_start_token_id, attn_implementation="sdpa",
     )
+    if not c.tie_word_embeddings:
+        # transformers 5's T5Config forces tie_word_embeddings=True (it keeps False only as "do not scale the decoder
+        # output", v1.1): untie after the fact, as v1.1 is (its own lm_head), keeping the one shared input table
+        hf.tie_word_embeddings = False
     peer = T5ForConditionalGeneration(hf)
+    if not c.tie_word_embeddings:
+        peer.encoder.embed_tokens = peer.decoder.embed_tokens = peer.shared
     return Peer("transformers.T5ForConditionalGeneration(sdpa)", peer,
                 lambda m, inp: m(input_ids=inp["input_ids"], attention_mask=inp.get("attention_mask"),
                                  decoder_input_ids=inp["decoder_input_ids"]).logits)
