@@ -112,3 +112,53 @@ def test_fsdp2_model_parallel_strategy_on_cpu(tmp_path):
     # the (192, 64) fused qkv weight of the first block is split in half along dim 0 on each rank
     assert "rank 0: local (96, 64) of (192, 64)" in out and "rank 1: local (96, 64) of (192, 64)" in out, out[-2000:]
     assert "rank 0: step 3 loss" in out and "rank 1: step 3 loss" in out
+
+
+def _fit_mid(*extra: str):
+    # 2 epochs x 6 batches, stopped or checkpointed after 3 batches of the first epoch
+    return lightning_main(["fit", "--config", CONFIG, "--trainer.max_epochs", "2", "--trainer.limit_train_batches", "6",
+                           "--trainer.limit_val_batches", "2", "--trainer.log_every_n_steps", "1", "--test_after_fit", "false",
+                           "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false", *extra])
+
+
+def test_resume_in_the_middle_of_an_epoch_repeats_the_uninterrupted_run(tmp_path, monkeypatch):
+    """A checkpoint written mid-epoch (ModelCheckpoint every_n_train_steps): the resumed run trains the epoch's
+    remaining batches, not its first ones again (a plain DataLoader restarts); losses and final weights equal the
+    uninterrupted run's."""
+    monkeypatch.chdir(tmp_path)
+    full = _fit_mid("--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint", "--trainer.callbacks.every_n_train_steps=3",
+                    "--trainer.callbacks.save_top_k=-1", "--trainer.callbacks.filename=at{step}")
+    full_losses, full_weights = _losses(full), full.model.state_dict()
+    assert sorted(full_losses) == list(range(12))
+    from_step = _fit_mid("--ckpt_path", "runs/vit_digits/version_0/checkpoints/atstep=3.ckpt")
+    assert _losses(from_step) == {s: full_losses[s] for s in range(3, 12)}
+    assert all(torch.equal(full_weights[k], v) for k, v in from_step.model.state_dict().items())
+
+
+def test_every_micro_batch_of_an_accumulation_window_draws_its_own_randomness():
+    """StepSeed seeds from the position in training: with accumulate_grad_batches=2 the two micro-batches of one
+    optimiser step got the same seed (dropout masks, augmentation) when it was seeded by global_step."""
+    import lightning as L
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from zoo.callbacks import StepSeed
+
+    class Draws(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.layer = torch.nn.Linear(1, 1)
+            self.draws = []
+
+        def training_step(self, batch, batch_idx):
+            self.draws.append(torch.rand(4))
+            return self.layer(batch[0]).sum()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    task = Draws()
+    trainer = L.Trainer(accelerator="cpu", max_epochs=1, accumulate_grad_batches=2, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, callbacks=[StepSeed(0)])
+    trainer.fit(task, DataLoader(TensorDataset(torch.randn(8, 1)), batch_size=2, shuffle=True))
+    assert trainer.global_step == 2 and len(task.draws) == 4
+    assert len({tuple(d.tolist()) for d in task.draws}) == 4

@@ -8,14 +8,18 @@ it is atomic on every POSIX file system.
 
 Why `StepSeed`: Lightning restores model, optimiser, scheduler and loop counters on `--ckpt_path`,
 but not the random number generators, so dropout masks and augmentations after a resume differ from
-those of an uninterrupted run. Shuffling from a generator seeded by (seed, epoch) and re-seeding every global generator from
-(seed, global step) before each training batch (dropout, masking, augmentation) make every random
-draw a function of the position in training alone, so a resumed run repeats an uninterrupted one exactly.
+those of an uninterrupted run; and from a checkpoint written mid-epoch it restarts a plain DataLoader at the
+epoch's first batch. Shuffling from a generator seeded by (seed, epoch), skipping the batches of the epoch already
+trained, and re-seeding every global generator from (seed, epoch, batch) before each training batch is drawn and
+before each step (dropout, masking, augmentation) make every random draw a function of the position in training
+alone, so a resumed run repeats an uninterrupted one exactly.
 """
 from __future__ import annotations
 
+import itertools
 import os
 import random
+import warnings
 from typing import Any
 
 import lightning as L
@@ -44,20 +48,52 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         atomic_write(str(path).removeprefix("file://"), write)
 
 
-class StepSeed(L.Callback):
-    """Before every training batch, seed torch, numpy and random from (seed, global_step).
+class _ResumingSampler:
+    """The training loader's sampler as StepSeed serves it: each epoch's order as the wrapped sampler draws it,
+    minus the batches of the epoch the restored trainer has already trained (a checkpoint written mid-epoch: Lightning
+    restarts a plain DataLoader at the epoch's first batch), and the global generators seeded from the batch's
+    position (epoch, batch) when its first index is drawn, i.e. before it is collated and augmented."""
 
-    Dropout, augmentation and masking then depend only on the step, so `--ckpt_path last` resumes
-    bit-for-bit. `seed=None` takes the seed given to `seed_everything` (PL_GLOBAL_SEED), else 0.
+    def __init__(self, inner, batch_size: int, callback: "StepSeed", trainer):
+        self.inner, self.batch_size, self.callback, self.trainer = inner, batch_size, callback, trainer
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        if hasattr(self.inner, "set_epoch"):
+            self.inner.set_epoch(epoch)
+
+    def __iter__(self):
+        done = int(self.trainer.fit_loop.epoch_loop.batch_progress.current.ready)  # batches of this epoch trained
+        for i, index in enumerate(itertools.islice(iter(self.inner), done * self.batch_size, None)):
+            if i % self.batch_size == 0:
+                self.callback._seed(self.trainer, "data", self.epoch, done + i // self.batch_size)
+            yield index
+
+
+class StepSeed(L.Callback):
+    """Seed torch, numpy and random from the position in training: before each training batch is drawn
+    (augmentation, random captions) and before each training step (dropout, masking), from (seed, epoch, batch).
+
+    Dropout, augmentation and masking then depend only on the position, so `--ckpt_path last` resumes
+    bit-for-bit, from a checkpoint written at the end of an epoch or in the middle of one (the batches of the
+    epoch already trained are skipped). Every micro-batch of a gradient-accumulation window has a position of
+    its own (seeding by optimiser step gave them all the same dropout masks and augmentation).
+    `seed=None` takes the seed given to `seed_everything` (PL_GLOBAL_SEED), else 0.
     """
+
+    _KINDS = {"data": 1, "step": 2}
 
     def __init__(self, seed: int | None = None):
         self.seed = seed
 
-    def _seed(self, trainer, salt: int) -> None:
-        base = self._base()
+    def _seed(self, trainer, kind: str, epoch: int, batch: int) -> None:
         # distinct per rank, so data-parallel replicas do not draw identical dropout masks
-        seed = (base * 1_000_003 + salt * 7_919 + trainer.global_rank) % (2**31 - 1)
+        words = [self._base() % 2**32, self._KINDS[kind], int(epoch), int(batch), int(trainer.global_rank)]
+        seed = int(np.random.SeedSequence(words).generate_state(1)[0]) % (2**31 - 1)
         torch.manual_seed(seed)
         np.random.seed(seed)
         random.seed(seed)
@@ -80,13 +116,25 @@ class StepSeed(L.Callback):
                 base = self._base()
                 sampler.set_epoch = lambda epoch, s=sampler: s.generator.manual_seed(base * 1_000_003 + 104_729 * (epoch + 1))
                 sampler.set_epoch(trainer.current_epoch)
+            batches = getattr(dl, "batch_sampler", None)
+            # a plain BatchSampler (Lightning's DistributedSampler goes inside it too) iterates its `.sampler` lazily,
+            # at the first batch of each epoch: the position is known by then, even on a restart
+            if type(batches) is torch.utils.data.BatchSampler and not isinstance(batches.sampler, _ResumingSampler):
+                batches.sampler = _ResumingSampler(batches.sampler, batches.batch_size, self, trainer)
+                batches.sampler.set_epoch(trainer.current_epoch)
+        if all(isinstance(getattr(getattr(dl, "batch_sampler", None), "sampler", None), _ResumingSampler) for dl in loaders):
+            # Lightning's warning that a plain DataLoader cannot resume mid-epoch: these loaders can
+            from lightning.fabric.utilities.warnings import PossibleUserWarning
+
+            warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended",
+                                    category=PossibleUserWarning)
 
     def on_train_epoch_start(self, trainer, pl_module):
-        # the first batch of an epoch is augmented before on_train_batch_start: seed for it here
-        self._seed(trainer, -1 - trainer.current_epoch)
+        # loaders StepSeed cannot wrap: their first batch is augmented before on_train_batch_start
+        self._seed(trainer, "data", trainer.current_epoch, 0)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        self._seed(trainer, trainer.global_step)
+        self._seed(trainer, "step", trainer.current_epoch, batch_idx)
 
 
 class StopAfter(L.Callback):
