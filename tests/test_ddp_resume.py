@@ -122,10 +122,12 @@ def _fit_mid(*extra: str):
 
 
 def test_resume_in_the_middle_of_an_epoch_repeats_the_uninterrupted_run(tmp_path, monkeypatch):
-    """A checkpoint written mid-epoch (ModelCheckpoint every_n_train_steps): the resumed run trains the epoch's
-    remaining batches, not its first ones again (a plain DataLoader restarts); losses and final weights equal the
-    uninterrupted run's."""
-    monkeypatch.chdir(tmp_path)
+    """A checkpoint written mid-epoch (ModelCheckpoint every_n_train_steps, or StopAfter(steps=) inside an epoch):
+    the resumed run trains the epoch's remaining batches, not its first ones again (plain DataLoader), and not the
+    next epoch (StopAfter's stop closed the epoch); losses and final weights equal the uninterrupted run's."""
+    for sub in ("full", "sliced"):
+        (tmp_path / sub).mkdir()
+    monkeypatch.chdir(tmp_path / "full")
     full = _fit_mid("--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint", "--trainer.callbacks.every_n_train_steps=3",
                     "--trainer.callbacks.save_top_k=-1", "--trainer.callbacks.filename=at{step}")
     full_losses, full_weights = _losses(full), full.model.state_dict()
@@ -133,6 +135,14 @@ def test_resume_in_the_middle_of_an_epoch_repeats_the_uninterrupted_run(tmp_path
     from_step = _fit_mid("--ckpt_path", "runs/vit_digits/version_0/checkpoints/atstep=3.ckpt")
     assert _losses(from_step) == {s: full_losses[s] for s in range(3, 12)}
     assert all(torch.equal(full_weights[k], v) for k, v in from_step.model.state_dict().items())
+
+    monkeypatch.chdir(tmp_path / "sliced")
+    first = _fit_mid("--trainer.callbacks+=zoo.callbacks.StopAfter", "--trainer.callbacks.steps=3")
+    assert first.trainer.global_step == 3
+    second = _fit_mid("--ckpt_path", "last")
+    assert second.trainer.global_step == 12  # was 9: the 3 batches left of the first epoch were skipped
+    assert {**_losses(first), **_losses(second)} == full_losses
+    assert all(torch.equal(full_weights[k], v) for k, v in second.model.state_dict().items())
 
 
 def test_every_micro_batch_of_an_accumulation_window_draws_its_own_randomness():

@@ -152,10 +152,24 @@ class StopAfter(L.Callback):
 
     def on_train_start(self, trainer, pl_module):
         self._start_epoch, self._start_step = trainer.current_epoch, trainer.global_step
+        self._mid_epoch = False
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if self.steps is not None and trainer.global_step - self._start_step >= self.steps:
             trainer.should_stop = True
+            self._mid_epoch = batch_idx + 1 < trainer.num_training_batches
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint):
+        """Stopped by `steps` inside an epoch: Lightning still closes the epoch (validation, epoch-end checkpoints)
+        and records it as finished, so `--ckpt_path last` went on with the next epoch and the rest of this one was
+        never trained. The checkpoints written at the stop record the epoch as started, not finished: the resumed
+        run trains its remaining batches (StepSeed skips those already trained)."""
+        if not getattr(self, "_mid_epoch", False):
+            return
+        progress = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_progress")
+        for counts in (progress or {}).values():
+            if isinstance(counts, dict) and "started" in counts:
+                counts["processed"] = counts["completed"] = counts["started"] - 1
 
     def on_train_epoch_end(self, trainer, pl_module):
         if self.epochs is not None and trainer.current_epoch + 1 - self._start_epoch >= self.epochs:
