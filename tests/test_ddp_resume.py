@@ -172,3 +172,36 @@ def test_every_micro_batch_of_an_accumulation_window_draws_its_own_randomness():
     trainer.fit(task, DataLoader(TensorDataset(torch.randn(8, 1)), batch_size=2, shuffle=True))
     assert trainer.global_step == 2 and len(task.draws) == 4
     assert len({tuple(d.tolist()) for d in task.draws}) == 4
+
+
+VALIDATE_SCRIPT = textwrap.dedent("""
+    import json, sys
+    from zoo.cli import lightning_main
+
+    devices, ckpt, config = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+    cli = lightning_main(["validate", "--config", config, "--ckpt_path", ckpt, "--trainer.accelerator", "cpu", "--trainer.devices", str(devices),
+                          "--trainer.strategy", "ddp" if devices > 1 else "auto", "--trainer.enable_progress_bar", "false"])
+    if cli.trainer.is_global_zero:
+        print("METRICS " + json.dumps({k: float(v) for k, v in cli.trainer.callback_metrics.items()}))
+""")
+
+
+def _validate(script, devices: int, ckpt: str, cwd) -> dict:
+    import json
+
+    out = _run([sys.executable, str(script), str(devices), ckpt, CONFIG], cwd=cwd)
+    return json.loads(next(line for line in out.splitlines() if line.startswith("METRICS "))[len("METRICS "):])
+
+
+def test_two_process_validation_counts_every_sample_once(tmp_path):
+    """The digits validation split has 179 samples: Lightning's DistributedSampler padded it to 180 (a sample
+    counted twice), so val/acc over 2 processes differed from the one-process figure."""
+    zoo = os.path.join(os.path.dirname(sys.executable), "zoo")
+    _run([zoo, "fit", "--config", CONFIG, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2",
+          "--trainer.enable_progress_bar", "false", "--test_after_fit", "false"], cwd=tmp_path)
+    script = tmp_path / "validate.py"
+    script.write_text(VALIDATE_SCRIPT)
+    ckpt = str(tmp_path / "runs/vit_digits/version_0/checkpoints/last.ckpt")
+    one, two = _validate(script, 1, ckpt, tmp_path), _validate(script, 2, ckpt, tmp_path)
+    assert abs(one["val/acc"] * 179 - round(one["val/acc"] * 179)) < 1e-4  # a count out of the 179 samples
+    assert abs(two["val/acc"] - one["val/acc"]) < 1e-6, (one, two)

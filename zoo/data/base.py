@@ -17,8 +17,26 @@ class SplitDataModule(L.LightningDataModule):
 
     def _loader(self, split: str, shuffle: bool = False) -> DataLoader:
         ds = self.splits[split]
-        return DataLoader(ds, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
+        sampler = None if shuffle else self._evaluation_sampler(ds)
+        return DataLoader(ds, batch_size=self.batch_size, shuffle=shuffle, sampler=sampler, num_workers=self.num_workers,
                           collate_fn=getattr(self, "collate", None), drop_last=shuffle and len(ds) > self.batch_size)
+
+    def _evaluation_sampler(self, ds):
+        """Under several processes, each sample of an evaluation split on exactly one of them. Lightning's own
+        DistributedSampler pads the split to a multiple of the process count with repeated samples, so a metric
+        over 2 processes counted some samples twice (the digits validation split: 180 samples for its 179, val/acc
+        28/180 where one process gave 27/179). The shards differ by at most one sample; metrics and sync_dist
+        means are sums over the processes, so they equal the one-process figure."""
+        trainer = getattr(self, "trainer", None)
+        kwargs = getattr(trainer, "distributed_sampler_kwargs", None) if trainer is not None else None
+        connector = getattr(trainer, "_accelerator_connector", None)
+        if not kwargs or kwargs.get("num_replicas", 1) <= 1 or not getattr(connector, "use_distributed_sampler", True):
+            return None
+        if len(ds) < kwargs["num_replicas"]:
+            return None  # every process needs a batch; Lightning's padding it is
+        from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+
+        return UnrepeatedDistributedSampler(ds, shuffle=False, **kwargs)
 
     def train_dataloader(self):
         return self._loader("train", shuffle=True)
