@@ -195,7 +195,7 @@ def _validate(script, devices: int, ckpt: str, cwd) -> dict:
 
 def test_two_process_validation_counts_every_sample_once(tmp_path):
     """The digits validation split has 179 samples: Lightning's DistributedSampler padded it to 180 (a sample
-    counted twice), so val/acc over 2 processes differed from the one-process figure."""
+    counted twice), so val/acc over 2 processes differed from the one-process figure; val/loss was process 0's."""
     zoo = os.path.join(os.path.dirname(sys.executable), "zoo")
     _run([zoo, "fit", "--config", CONFIG, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2",
           "--trainer.enable_progress_bar", "false", "--test_after_fit", "false"], cwd=tmp_path)
@@ -205,3 +205,5 @@ def test_two_process_validation_counts_every_sample_once(tmp_path):
     one, two = _validate(script, 1, ckpt, tmp_path), _validate(script, 2, ckpt, tmp_path)
     assert abs(one["val/acc"] * 179 - round(one["val/acc"] * 179)) < 1e-4  # a count out of the 179 samples
     assert abs(two["val/acc"] - one["val/acc"]) < 1e-6, (one, two)
+    # val/loss is the mean over the whole split, not process 0's half of it (it was logged without sync_dist)
+    assert abs(two["val/loss"] - one["val/loss"]) < 1e-5, (one, two)

@@ -214,6 +214,24 @@ class ZooTask(L.LightningModule):
         entry points (the towers of a dual encoder) name those."""
         return [self.model]
 
+    def log_mean(self, name: str, value, weight: float | torch.Tensor = 1.0, **kwargs) -> None:
+        """Log `name` as a mean over the whole evaluation split: `value` (a batch's mean, or one value per sample)
+        weighted by `weight` (the batch's sample count; 1 for per-sample values), summed over all processes before
+        dividing (a torchmetrics MeanMetric). Lightning's `self.log(..., sync_dist=True, batch_size=n)` averages the
+        processes' sums and their integer sample counts, which truncates: the 179-sample digits validation split on 2
+        processes gave val/loss 2.3197 against 2.3067 on one (without sync_dist it was process 0's half alone)."""
+        from torchmetrics import MeanMetric
+
+        if "_zoo_means" not in self._modules:
+            self._zoo_means = nn.ModuleDict()
+        key = name.replace(".", "_")
+        if key not in self._zoo_means:
+            self._zoo_means[key] = MeanMetric().to(self.device)
+        metric = self._zoo_means[key]
+        value = value.detach().float() if isinstance(value, torch.Tensor) else torch.tensor(value, dtype=torch.float32)
+        metric.update(value.to(self.device), weight)
+        self.log(name, metric, metric_attribute=f"_zoo_means.{key}", **kwargs)
+
     def on_train_batch_end(self, outputs, batch, batch_idx):
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
         if loss is not None and not torch.isfinite(loss):

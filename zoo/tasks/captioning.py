@@ -44,7 +44,7 @@ class CaptioningTask(ZooTask):
         return torch.tensor(hits, device=images.device)
 
     def validation_step(self, batch, batch_idx):
-        self.log("val/loss", self._loss(batch), prog_bar=True)
+        self.log_mean("val/loss", self._loss(batch), len(batch["images"]), prog_bar=True)
         self.val_em(self.exact_matches(batch["images"], batch["labels"]))
         self.log("val/exact_match", self.val_em, prog_bar=True)
 

@@ -79,7 +79,7 @@ class ContrastiveTask(ZooTask):
     def validation_step(self, batch, batch_idx):
         img = self.model.encode_image(batch["images"])
         txt = self.model.encode_text(batch["input_ids"], batch["attention_mask"])
-        self.log("val/loss", self.local_loss(img, txt), prog_bar=True)
+        self.log_mean("val/loss", self.local_loss(img, txt), len(img), prog_bar=True)
         self.val_acc(self.model.zero_shot_logits(batch["images"], self._classifier), batch["labels"])
         self.log("val/zero_shot_acc", self.val_acc, prog_bar=True)
 

@@ -58,7 +58,7 @@ class ImageClassification(ZooTask):
     def validation_step(self, batch, batch_idx):
         images, labels = batch
         logits = self(images)
-        self.log("val/loss", F.cross_entropy(logits, labels), prog_bar=True)
+        self.log_mean("val/loss", F.cross_entropy(logits, labels), len(labels), prog_bar=True)
         self.val_acc(logits, labels)
         self.log("val/acc", self.val_acc, prog_bar=True)
 

@@ -46,10 +46,12 @@ class MaskedImagePretraining(ZooTask):
         return self(images, noise).loss
 
     def validation_step(self, batch, batch_idx):
-        self.log("val/loss", self._fixed_noise_loss(_images(batch), batch_idx), prog_bar=True)
+        images = _images(batch)
+        self.log_mean("val/loss", self._fixed_noise_loss(images, batch_idx), len(images), prog_bar=True)
 
     def test_step(self, batch, batch_idx):
-        self.log("test/loss", self._fixed_noise_loss(_images(batch), batch_idx))
+        images = _images(batch)
+        self.log_mean("test/loss", self._fixed_noise_loss(images, batch_idx), len(images))
 
     def predict_step(self, batch, batch_idx):
         """One line per image: its masked-patch reconstruction loss (fixed noise, as in validation)."""

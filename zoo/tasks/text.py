@@ -141,7 +141,7 @@ class MaskedLM(_TextTask):
     def _eval(self, batch, stage: str, metric):
         loss, logits, labels = self._step(batch)
         n = len(batch["input_ids"])
-        self.log(f"{stage}/loss", loss, prog_bar=True, sync_dist=True, batch_size=n)
+        self.log_mean(f"{stage}/loss", loss, n, prog_bar=True)
         metric(logits.flatten(0, -2), labels.flatten())
         self.log(f"{stage}/acc", metric, batch_size=n)
 
@@ -190,7 +190,7 @@ class SequenceClassification(_TextTask):
 
     def _eval(self, batch, stage: str, metric):
         logits, n = self(batch), len(batch["input_ids"])
-        self.log(f"{stage}/loss", self._loss(logits, batch["labels"]), prog_bar=True, sync_dist=True, batch_size=n)
+        self.log_mean(f"{stage}/loss", self._loss(logits, batch["labels"]), n, prog_bar=True)
         metric(logits.flatten(0, -2), batch["labels"].flatten())
         self.log(f"{stage}/acc", metric, prog_bar=True, batch_size=n)
 
@@ -260,7 +260,7 @@ class Seq2Seq(_TextTask):
 
     def _eval(self, batch, stage: str):
         loss, n = _lm_loss(self(batch), batch["labels"]), len(batch["input_ids"])  # plain cross-entropy
-        self.log(f"{stage}/loss", loss, prog_bar=True, sync_dist=True, batch_size=n)
+        self.log_mean(f"{stage}/loss", loss, n, prog_bar=True)
         preds = self._decode(self.generate(batch))
         targets = [_normalise(t) for t in batch["target_text"]]
         hits = torch.tensor([float(p == t) for p, t in zip(preds, targets)], device=self.device)
@@ -276,7 +276,7 @@ class Seq2Seq(_TextTask):
             per_task[task].append(h)
         if len(per_task) > 1 or (per_task and stage == "test"):
             for task, hs in sorted(per_task.items()):
-                self.log(f"{stage}/exact_match/{task}", sum(hs) / len(hs), batch_size=len(hs), sync_dist=True)
+                self.log_mean(f"{stage}/exact_match/{task}", torch.tensor(hs))
 
     def validation_step(self, batch, batch_idx):
         self._eval(batch, "val")
@@ -336,7 +336,7 @@ class CausalLM(_TextTask):
     def _eval(self, batch, stage: str):
         total, n = self._losses(batch)
         b = len(batch["input_ids"])
-        self.log(f"{stage}/loss", total / n.clamp(min=1), prog_bar=True, sync_dist=True, batch_size=b)
+        self.log_mean(f"{stage}/loss", total / n.clamp(min=1), b, prog_bar=True)
         nll, tokens = getattr(self, f"{stage}_nll"), getattr(self, f"{stage}_tokens")
         nll.update(total.detach())
         tokens.update(n)
