@@ -312,3 +312,23 @@ def test_mnist5k_evaluation_splits_hold_every_class_in_their_first_batch():
     again.setup("fit")
     assert torch.equal(again.splits["test"].tensors[0], dm.splits["test"].tensors[0])  # the same order every time
     assert np.bincount(dm.splits["test"].tensors[1].numpy()).tolist() == [100] * 10
+
+
+def test_masked_lm_evaluation_scores_the_same_masks_every_time():
+    """Validating the same weights twice gives the same val/loss and val/acc: the evaluation masks are fixed (they
+    came from the global generator, so every validation scored other tokens and epochs differed by the masks alone);
+    training keeps drawing new masks."""
+    import lightning as L
+
+    from zoo.data.corpus import PydocMLM
+    from zoo.tasks.text import MaskedLM
+
+    dm = PydocMLM(vocab_size=1000, max_number=999, n_test=100, n_val=50, max_length=64, batch_size=32)
+    task = MaskedLM("bert_tiny", model_kwargs={"max_positions": 128}, data_overrides=dm.model_overrides)
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    first = trainer.validate(task, datamodule=dm, verbose=False)[0]
+    torch.rand(100)  # whatever else draws from the global generator in between
+    second = trainer.validate(task, datamodule=dm, verbose=False)[0]
+    assert first == second and first["val/loss"] > 0
+    batch = next(iter(dm.train_dataloader()))
+    assert not torch.equal(task._step(batch)[2], task._step(batch)[2])  # training masks are drawn afresh

@@ -124,12 +124,13 @@ class MaskedLM(_TextTask):
         self.val_acc = MulticlassAccuracy(self.model.config.vocab_size, average="micro", ignore_index=-100)
         self.test_acc = MulticlassAccuracy(self.model.config.vocab_size, average="micro", ignore_index=-100)
 
-    def _step(self, batch):
+    def _step(self, batch, generator: torch.Generator | None = None):
         ids = batch["input_ids"]
         maskable = ~torch.isin(ids, self.special_ids)
         if "attention_mask" in batch:
             maskable &= batch["attention_mask"].bool()
-        inputs, labels = mask_tokens(ids, maskable, self.mask_token_id, self.random_ids, self.hparams.mlm_probability)
+        inputs, labels = mask_tokens(ids, maskable, self.mask_token_id, self.random_ids, self.hparams.mlm_probability,
+                                     generator=generator)
         logits = self.model(inputs, attention_mask=batch.get("attention_mask"), token_type_ids=batch.get("token_type_ids"))
         return _lm_loss(logits, labels), logits, labels
 
@@ -138,18 +139,22 @@ class MaskedLM(_TextTask):
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["input_ids"]))
         return loss
 
-    def _eval(self, batch, stage: str, metric):
-        loss, logits, labels = self._step(batch)
+    def _eval(self, batch, stage: str, metric, batch_idx: int):
+        # the same masks at every evaluation (seeded by the batch's index, as MAE's fixed noise): with the global
+        # generator's, each validation of the same weights scored other tokens (val/loss 6.985 then 6.974), so
+        # epochs, `zoo fit`'s test and `zoo test` of one checkpoint differed by the masks alone
+        generator = torch.Generator(device=batch["input_ids"].device).manual_seed(batch_idx)
+        loss, logits, labels = self._step(batch, generator)
         n = len(batch["input_ids"])
         self.log_mean(f"{stage}/loss", loss, n, prog_bar=True)
         metric(logits.flatten(0, -2), labels.flatten())
         self.log(f"{stage}/acc", metric, batch_size=n)
 
     def validation_step(self, batch, batch_idx):
-        self._eval(batch, "val", self.val_acc)
+        self._eval(batch, "val", self.val_acc, batch_idx)
 
     def test_step(self, batch, batch_idx):
-        self._eval(batch, "test", self.test_acc)
+        self._eval(batch, "test", self.test_acc, batch_idx)
 
     def predict_step(self, batch, batch_idx):
         """Fill in [MASK] tokens of the inputs: returns the texts with each [MASK] replaced by the top prediction."""
