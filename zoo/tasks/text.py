@@ -341,7 +341,9 @@ class CausalLM(_TextTask):
     def _eval(self, batch, stage: str):
         total, n = self._losses(batch)
         b = len(batch["input_ids"])
-        self.log_mean(f"{stage}/loss", total / n.clamp(min=1), b, prog_bar=True)
+        # weighted by the batch's predicted tokens: val/loss is the mean token loss of the split, log(val/ppl)
+        # (weighted by rows, a batch of short texts counted as much as one of long texts)
+        self.log_mean(f"{stage}/loss", total / n.clamp(min=1), n, prog_bar=True, batch_size=b)
         nll, tokens = getattr(self, f"{stage}_nll"), getattr(self, f"{stage}_tokens")
         nll.update(total.detach())
         tokens.update(n)
