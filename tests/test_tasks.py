@@ -348,3 +348,14 @@ def test_causal_lm_validation_loss_is_the_log_of_its_perplexity():
                         limit_val_batches=4)
     out = trainer.validate(task, datamodule=dm, verbose=False)[0]
     assert abs(out["val/loss"] - math.log(out["val/ppl"])) < 1e-5, out
+
+
+def test_pydoc_mlm_splits_share_no_text():
+    """A sentence the help topics repeat went into several splits: held-out MLM text was trained on."""
+    from zoo.data.corpus import PydocMLM
+
+    examples = PydocMLM(vocab_size=1000, max_number=999, n_test=100, n_val=50).make_examples()
+    texts = {split: [e["text"] for e in rows] for split, rows in examples.items()}
+    assert len(texts["val"]) > 100 and len(texts["test"]) > 100
+    for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
+        assert not set(texts[a]) & set(texts[b]), (a, b)
