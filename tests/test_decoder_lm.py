@@ -121,8 +121,19 @@ def test_pydoc_lm_splits_whole_documents():
     splits = split_documents(pydoc_documents(), (0.05, 0.05), seed=0)
     topics = {k: {t for t, _ in docs} for k, docs in splits.items()}
     assert not (topics["train"] & topics["val"]) and not (topics["train"] & topics["test"]) and not (topics["val"] & topics["test"])
-    assert sum(map(len, topics.values())) == len(pydoc_documents())
+    assert sum(map(len, topics.values())) == len({text for _, text in pydoc_documents()})  # one per distinct text
     total = sum(len(t) for _, t in pydoc_documents())
     for split in ("val", "test"):
         assert 0.05 <= sum(len(t) for _, t in splits[split]) / total < 0.2
     assert split_documents(pydoc_documents(), (0.05, 0.05), seed=0) == splits  # deterministic
+
+
+def test_pydoc_lm_splits_share_no_text():
+    """The help topics "if" and "else" are one text: it was a test document and a training one."""
+    from zoo.data.corpus import PydocLM
+
+    examples = PydocLM().make_examples()
+    texts = {split: {e["text"] for e in rows} for split, rows in examples.items()}
+    assert texts["test"] and texts["val"]
+    assert not texts["train"] & texts["test"] and not texts["train"] & texts["val"] and not texts["val"] & texts["test"]
+    assert sum(len(rows) for rows in examples.values()) == 78  # 79 topics, 78 distinct texts

@@ -115,8 +115,13 @@ def pydoc_documents() -> tuple[tuple[str, str], ...]:
 
 def split_documents(docs, fractions=(0.05, 0.05), seed: int = 0) -> dict[str, list]:
     """Shuffle whole documents (seed) and fill test, then val, until each holds its fraction of the
-    characters; the rest is train. No document is split, so no held-out text is seen in training."""
-    docs = list(docs)
+    characters; the rest is train. No document is split, so no held-out text is seen in training; documents with
+    the same text count once, under their first name (the help topics "else" and "if" are one text: "if" was a
+    test document and "else" a training one)."""
+    first: dict[str, tuple[str, str]] = {}
+    for name, text in docs:
+        first.setdefault(text, (name, text))
+    docs = list(first.values())
     random.Random(seed).shuffle(docs)
     total = sum(len(text) for _, text in docs)
     out, i = {"test": [], "val": [], "train": []}, 0
@@ -131,7 +136,7 @@ def split_documents(docs, fractions=(0.05, 0.05), seed: int = 0) -> dict[str, li
 
 
 class PydocLM(TextDataModule):
-    """Causal language modelling on the pydoc help topics (79 documents, ~465k characters).
+    """Causal language modelling on the pydoc help topics (79 documents, 78 distinct texts, ~465k characters).
 
     Documents go whole into test / val (about 5% of the characters each, `split_seed`) and train. A byte-level
     BPE tokenizer is trained on the training documents; each document becomes <s> text </s>, and its
