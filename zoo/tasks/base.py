@@ -77,6 +77,16 @@ def clip_unscaled(trainer, optimizer, clip_val, algorithm) -> bool:
     return True
 
 
+def content_generator(sample: torch.Tensor) -> torch.Generator:
+    """A CPU generator seeded from one sample's values (its bytes, hashed): evaluation draws (MAE's masking noise,
+    BERT's masks) made from it are the sample's own, whatever batch, batch size, process or epoch it comes in."""
+    import hashlib
+
+    data = sample.detach().contiguous().cpu().numpy().tobytes()
+    seed = int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little") % (2**63 - 1)
+    return torch.Generator().manual_seed(seed)
+
+
 def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float:
     """Multiplier of the peak learning rate: linear warm-up, then cosine decay to min_ratio."""
     if step < warmup:

@@ -1,8 +1,9 @@
 """Masked-image pre-training (MAE, He et al. 2022) and a linear probe of the learnt features.
 
 Pre-training uses the images only: the labels of the batches are ignored. The loss is the model's own
-(pixel MSE on the removed patches). Validation and test use fixed per-batch noise (seeded by the batch
-index), so the logged val/loss is comparable from epoch to epoch.
+(pixel MSE on the removed patches). Validation and test use fixed noise, each image's own (seeded by its
+pixels), so the logged val/loss is comparable from epoch to epoch and does not depend on the batch size or the
+number of processes.
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import torch
 from torch import nn
 
 from ..registry import get_config
-from .base import ZooTask
+from .base import ZooTask, content_generator
 
 
 def _images(batch) -> torch.Tensor:
@@ -40,10 +41,15 @@ class MaskedImagePretraining(ZooTask):
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
-    def _fixed_noise_loss(self, images: torch.Tensor, batch_idx: int) -> torch.Tensor:
-        g = torch.Generator().manual_seed(batch_idx)
-        noise = torch.rand(images.shape[0], self.model.num_patches, generator=g).to(images.device)
-        return self(images, noise).loss
+    def fixed_noise(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, num_patches) masking noise, each image's drawn from a generator seeded by its pixels. It was one
+        generator per batch seeded by the batch index, so an image's mask depended on its batch: val/loss of the same
+        weights was 2.3302, 2.3427 and 2.3401 at evaluation batch sizes 64, 100 and 50."""
+        rows = [torch.rand(self.model.num_patches, generator=content_generator(image)) for image in images]
+        return torch.stack(rows).to(images.device)
+
+    def _fixed_noise_loss(self, images: torch.Tensor, batch_idx: int | None = None) -> torch.Tensor:
+        return self(images, self.fixed_noise(images)).loss
 
     def validation_step(self, batch, batch_idx):
         images = _images(batch)
