@@ -315,9 +315,9 @@ def test_mnist5k_evaluation_splits_hold_every_class_in_their_first_batch():
 
 
 def test_masked_lm_evaluation_scores_the_same_masks_every_time():
-    """Validating the same weights twice gives the same val/loss and val/acc: the evaluation masks are fixed (they
-    came from the global generator, so every validation scored other tokens and epochs differed by the masks alone);
-    training keeps drawing new masks."""
+    """Validating the same weights twice gives the same val/loss and val/acc, at any batch size: the evaluation masks
+    are each text's own (they came from the global generator, so every validation scored other tokens and epochs
+    differed by the masks alone); training keeps drawing new masks."""
     import lightning as L
 
     from zoo.data.corpus import PydocMLM
@@ -330,7 +330,14 @@ def test_masked_lm_evaluation_scores_the_same_masks_every_time():
     torch.rand(100)  # whatever else draws from the global generator in between
     second = trainer.validate(task, datamodule=dm, verbose=False)[0]
     assert first == second and first["val/loss"] > 0
+    # each text's masks are its own: another batch size scores the same tokens (they were seeded by the batch index)
+    other = trainer.validate(task, datamodule=PydocMLM(vocab_size=1000, max_number=999, n_test=100, n_val=50,
+                                                        max_length=64, batch_size=50), verbose=False)[0]
+    assert abs(other["val/acc"] - first["val/acc"]) < 1e-6
     batch = next(iter(dm.train_dataloader()))
+    inputs, labels = task.evaluation_masks(batch)
+    assert (labels != -100).any() and torch.equal(inputs[labels == -100], batch["input_ids"][labels == -100])
+    assert torch.equal(task.evaluation_masks({k: v[1:] for k, v in batch.items()})[1], labels[1:])
     assert not torch.equal(task._step(batch)[2], task._step(batch)[2])  # training masks are drawn afresh
 
 

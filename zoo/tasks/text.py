@@ -19,7 +19,7 @@ from torchmetrics.text import BLEUScore, CHRFScore
 
 from ..registry import get_config
 from ..weights import read_state_dict
-from .base import ZooTask
+from .base import ZooTask, content_generator
 
 
 # ---------------------------------------------------------------------------------------------
@@ -124,37 +124,55 @@ class MaskedLM(_TextTask):
         self.val_acc = MulticlassAccuracy(self.model.config.vocab_size, average="micro", ignore_index=-100)
         self.test_acc = MulticlassAccuracy(self.model.config.vocab_size, average="micro", ignore_index=-100)
 
-    def _step(self, batch, generator: torch.Generator | None = None):
+    def _maskable(self, batch) -> torch.Tensor:
         ids = batch["input_ids"]
         maskable = ~torch.isin(ids, self.special_ids)
         if "attention_mask" in batch:
             maskable &= batch["attention_mask"].bool()
-        inputs, labels = mask_tokens(ids, maskable, self.mask_token_id, self.random_ids, self.hparams.mlm_probability,
-                                     generator=generator)
+        return maskable
+
+    def _step(self, batch, masked: tuple[torch.Tensor, torch.Tensor] | None = None):
+        if masked is None:
+            masked = mask_tokens(batch["input_ids"], self._maskable(batch), self.mask_token_id, self.random_ids,
+                                 self.hparams.mlm_probability)
+        inputs, labels = masked
         logits = self.model(inputs, attention_mask=batch.get("attention_mask"), token_type_ids=batch.get("token_type_ids"))
         return _lm_loss(logits, labels), logits, labels
+
+    def evaluation_masks(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(inputs, labels) as `mask_tokens` makes them, each text's drawn from a generator seeded by its own tokens
+        (padding left out): every evaluation scores the same tokens of a text, whatever its batch, the batch size or
+        the number of processes. With the global generator each validation of the same weights scored other tokens
+        (val/loss 6.985 then 6.974), so epochs, `zoo fit`'s test and `zoo test` of one checkpoint differed by the masks."""
+        ids, maskable = batch["input_ids"], self._maskable(batch)
+        real = batch["attention_mask"].bool() if "attention_mask" in batch else torch.ones_like(ids, dtype=torch.bool)
+        inputs, labels = ids.clone(), torch.full_like(ids, -100)
+        random_ids = self.random_ids.cpu()
+        for i in range(len(ids)):
+            row = ids[i][real[i]].cpu()
+            row_in, row_labels = mask_tokens(row[None], maskable[i][real[i]].cpu()[None], self.mask_token_id, random_ids,
+                                             self.hparams.mlm_probability, generator=content_generator(row))
+            inputs[i][real[i]] = row_in[0].to(ids.device)
+            labels[i][real[i]] = row_labels[0].to(ids.device)
+        return inputs, labels
 
     def training_step(self, batch, batch_idx):
         loss, _, _ = self._step(batch)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["input_ids"]))
         return loss
 
-    def _eval(self, batch, stage: str, metric, batch_idx: int):
-        # the same masks at every evaluation (seeded by the batch's index, as MAE's fixed noise): with the global
-        # generator's, each validation of the same weights scored other tokens (val/loss 6.985 then 6.974), so
-        # epochs, `zoo fit`'s test and `zoo test` of one checkpoint differed by the masks alone
-        generator = torch.Generator(device=batch["input_ids"].device).manual_seed(batch_idx)
-        loss, logits, labels = self._step(batch, generator)
+    def _eval(self, batch, stage: str, metric):
+        loss, logits, labels = self._step(batch, self.evaluation_masks(batch))
         n = len(batch["input_ids"])
         self.log_mean(f"{stage}/loss", loss, n, prog_bar=True)
         metric(logits.flatten(0, -2), labels.flatten())
         self.log(f"{stage}/acc", metric, batch_size=n)
 
     def validation_step(self, batch, batch_idx):
-        self._eval(batch, "val", self.val_acc, batch_idx)
+        self._eval(batch, "val", self.val_acc)
 
     def test_step(self, batch, batch_idx):
-        self._eval(batch, "test", self.test_acc, batch_idx)
+        self._eval(batch, "test", self.test_acc)
 
     def predict_step(self, batch, batch_idx):
         """Fill in [MASK] tokens of the inputs: returns the texts with each [MASK] replaced by the top prediction."""
