@@ -334,6 +334,7 @@ def test_masked_lm_evaluation_scores_the_same_masks_every_time():
     other = trainer.validate(task, datamodule=PydocMLM(vocab_size=1000, max_number=999, n_test=100, n_val=50,
                                                         max_length=64, batch_size=50), verbose=False)[0]
     assert abs(other["val/acc"] - first["val/acc"]) < 1e-6
+    assert abs(other["val/loss"] - first["val/loss"]) < 1e-5  # the mean over masked tokens, not over batches of texts
     batch = next(iter(dm.train_dataloader()))
     inputs, labels = task.evaluation_masks(batch)
     assert (labels != -100).any() and torch.equal(inputs[labels == -100], batch["input_ids"][labels == -100])
@@ -366,3 +367,18 @@ def test_pydoc_mlm_splits_share_no_text():
     assert len(texts["val"]) > 100 and len(texts["test"]) > 100
     for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
         assert not set(texts[a]) & set(texts[b]), (a, b)
+
+
+def test_seq2seq_validation_loss_is_the_mean_per_target_token_at_any_batch_size():
+    """val/loss weighted each batch's token mean by its texts, so it changed with the evaluation batch size."""
+    from zoo.data.numbers import NumberTranslation
+
+    make = lambda bs: NumberTranslation(tasks=["en-fr"], max_number=999, n_test=100, n_val=50, vocab_size=500,  # noqa: E731
+                                        batch_size=bs)
+    torch.manual_seed(0)
+    task = Seq2Seq("transformer_tiny", data_overrides=make(16).model_overrides, max_new_tokens=2)
+    losses = []
+    for bs in (16, 50):
+        trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+        losses.append(trainer.validate(task, datamodule=make(bs), verbose=False)[0]["val/loss"])
+    assert abs(losses[0] - losses[1]) < 1e-5, losses

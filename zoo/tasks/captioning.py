@@ -44,7 +44,8 @@ class CaptioningTask(ZooTask):
         return torch.tensor(hits, device=images.device)
 
     def validation_step(self, batch, batch_idx):
-        self.log_mean("val/loss", self._loss(batch), len(batch["images"]), prog_bar=True)
+        # weighted by the batch's caption tokens: the split's mean loss per token, whatever the batch size
+        self.log_mean("val/loss", self._loss(batch), (batch["targets"] != -100).sum(), prog_bar=True)
         self.val_em(self.exact_matches(batch["images"], batch["labels"]))
         self.log("val/exact_match", self.val_em, prog_bar=True)
 
