@@ -61,8 +61,9 @@ def attention(
     if need_weights:
         return _math_attention(q, k, v, mask, bias, scale, dropout_p)
     # SDPA's CPU kernels have no dropout: it runs its math path, whose dropout is ATen's slow CPU mask; the same
-    # math with the core's faster one (zoo.core.layers.dropout). Under autocast that path's matmuls run in bf16
-    # and its softmax in float32 (autocast's lists), so only the fused kernel is upcast there
+    # math with the core's faster one (zoo.core.layers.dropout). Under CPU autocast that path runs in bf16, its
+    # softmax included (CPU autocast's float32 list has no softmax, unlike CUDA's): only the fused kernel is upcast,
+    # for its slow bf16 backward (_upcast_for_backward); the bf16 recipes' accuracy was measured with this path
     math_path = dropout_p > 0 and q.device.type == "cpu"
     out_dtype = q.dtype
     upcast = _upcast_for_backward(q, k, v) and not (math_path and torch.is_autocast_enabled("cpu"))
