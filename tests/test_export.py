@@ -217,7 +217,8 @@ def test_check_of_a_torch_export_program_runs_it_at_another_batch_and_length(tmp
 
     seen = []
     real = export.check_program
-    monkeypatch.setattr(export, "check_program", lambda m, p, ex: seen.append(tuple(ex.args[0].shape)) or real(m, p, ex))
+    monkeypatch.setattr(export, "check_program",
+                        lambda m, p, ex, **kw: seen.append(tuple(ex.args[0].shape)) or real(m, p, ex, **kw))
     out = tmp_path / "b.pt2"
     with pytest.raises(SystemExit) as e:
         main(["export", "--model", "bert_tiny", "--model-kwargs", json.dumps(TINY["bert_tiny"]), "--format", "torch-export",
@@ -244,3 +245,30 @@ def test_a_batch_or_length_below_one_is_refused_before_anything_is_written(tmp_p
         err = capsys.readouterr().err
         assert e.value.code == 2 and f"argument {args[0]}: must be an integer >= 1, got {args[1]}" in err, err
         assert not out.exists()
+
+
+def test_check_prints_the_absolute_max_difference_it_names(tmp_path, capsys):
+    """`--check` printed 'max|delta| = X' where X was max|delta| / max(1, max|output|): with logits in the hundreds it
+    understated the difference a hundredfold."""
+    import onnxruntime as ort
+
+    from zoo.cli import main
+    from zoo.weights import save_safetensors
+
+    torch.manual_seed(0)
+    model = zoo.create_model("vit_digits").eval()
+    with torch.no_grad():
+        model.head.weight.mul_(300.0)
+    save_safetensors(model, tmp_path / "w.safetensors")
+    out = tmp_path / "m.onnx"
+    with pytest.raises(SystemExit) as e:
+        main(["export", "--model", f"vit_digits@{tmp_path / 'w.safetensors'}", "--out", str(out), "--check"])
+    printed = capsys.readouterr().out.strip().splitlines()[-1]
+    assert e.value.code == 0 and "max|delta| = " in printed, printed
+    ex = example_inputs(model, 3, 19, seed=1)  # --check's other batch and length
+    with torch.no_grad():
+        ref = model(*ex.args)
+    got = torch.from_numpy(ort.InferenceSession(str(out)).run(None, {"images": ex.args[0].numpy()})[0])
+    absolute = float((got - ref).abs().max())
+    assert ref.abs().max() > 100 and absolute > 0
+    assert float(printed.rsplit("= ", 1)[1]) == pytest.approx(absolute, rel=0.02)
