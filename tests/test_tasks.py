@@ -382,3 +382,28 @@ def test_seq2seq_validation_loss_is_the_mean_per_target_token_at_any_batch_size(
         trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
         losses.append(trainer.validate(task, datamodule=make(bs), verbose=False)[0]["val/loss"])
     assert abs(losses[0] - losses[1]) < 1e-5, losses
+
+
+def test_per_task_exact_match_counts_a_batch_holding_one_task():
+    """val/exact_match/<task> was logged only for batches holding several tasks: a last batch of one row was left out."""
+    from zoo.data.numbers import NumberTranslation
+
+    dm = NumberTranslation(tasks=["en-fr", "fr-en"], max_number=999, n_test=100, n_val=50, vocab_size=500, batch_size=33)
+    task = Seq2Seq("transformer_tiny", data_overrides=dm.model_overrides, max_new_tokens=2)
+    cfg, calls = task.model.config, []
+
+    def generate(batch):  # the reference translations in the last batch (one row), nothing right before it
+        calls.append(len(batch["labels"]))
+        right = len(calls) == 4
+        rows = [[cfg.decoder_start_token_id] + ([t for t in lab.tolist() if t != -100] if right else [cfg.eos_token_id])
+                for lab in batch["labels"]]
+        width = max(map(len, rows))
+        return torch.tensor([r + [cfg.pad_token_id] * (width - len(r)) for r in rows])
+
+    task.generate = generate
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    out = trainer.validate(task, datamodule=dm, verbose=False)[0]
+    assert calls == [33, 33, 33, 1]
+    assert out["val/exact_match"] == pytest.approx(1 / 100)
+    per_task = {k.rsplit("/", 1)[1]: v for k, v in out.items() if k.startswith("val/exact_match/")}
+    assert sorted(per_task) == ["en-fr", "fr-en"] and sum(per_task.values()) == pytest.approx(1 / 50), per_task  # 1 of 50

@@ -302,7 +302,11 @@ class Seq2Seq(_TextTask):
         per_task = defaultdict(list)
         for task, h in zip(batch.get("task", []), hits.tolist()):
             per_task[task].append(h)
-        if len(per_task) > 1 or (per_task and stage == "test"):
+        # per task where the data has several (its task_names), every batch: decided batch by batch, a batch holding
+        # one task alone (a last batch of one row) was left out of val/exact_match/<task>
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        several = len(set(getattr(dm, "task_names", None) or ())) > 1
+        if per_task and (stage == "test" or several or len(per_task) > 1):
             for task, hs in sorted(per_task.items()):
                 self.log_mean(f"{stage}/exact_match/{task}", torch.tensor(hs))
 
