@@ -21,6 +21,7 @@ PEER_CASES = {  # tiny versions of each family; the peer must have the same para
     "gpt2_tiny": dict(vocab_size=100, depth=2, max_positions=64),
     "llama_tiny": dict(vocab_size=100, depth=2, max_positions=64),
     "tinyllama_1_1b": dict(vocab_size=100, dim=64, depth=2, num_heads=8, num_kv_heads=2, mlp_hidden=96),  # untied
+    "swin_mnist": dict(stem="patch"),  # timm's SwinTransformer built from the zoo config (conv stem: no peer)
     "eva02_mnist": dict(depth=2),  # timm's Eva built from the zoo config (2-D RoPE, SwiGLU, mean pooling)
 }
 
@@ -59,6 +60,21 @@ def test_untied_t5_peer_computes_what_the_zoo_model_computes():
 def test_conv_stem_has_no_peer():
     with pytest.raises(PeerUnavailable, match="conv"):
         build_peer(zoo.create_model("vit_mnist"), "vit_mnist", "vit")
+
+
+def test_swin_peer_has_the_zoo_stem_and_norms():
+    """A conv-stem Swin has no timm peer (it was timed against a patch-stem SwinTransformer, 642158 against 635518
+    parameters); a patch-stem one gets timm's model with the same norm eps, hence the same logits."""
+    from zoo.interop import from_timm
+
+    with pytest.raises(PeerUnavailable, match="'conv' stem"):
+        build_peer(zoo.create_model("swin_mnist"), "swin_mnist", "swin")
+    model = zoo.create_model("swin_mnist", stem="patch", norm_eps=0.1).eval()
+    peer = build_peer(model, "swin_mnist", "swin")
+    model.load_state_dict(from_timm(peer.module).state_dict())
+    x = torch.randn(2, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), peer.module.eval()(x), rtol=1e-5, atol=1e-5)
 
 
 def test_eva_peer_is_refused_when_timm_cannot_build_the_same_model():

@@ -221,14 +221,30 @@ def swin_peer(model: nn.Module, name: str) -> Peer:
     else swin_tiny's builder with every size of the zoo config."""
     import timm
 
+    import dataclasses
+    from functools import partial
+
+    from ..interop.timm_swin import zoo_config
+
     c = model.config
+    if c.stem != "patch":
+        raise PeerUnavailable(f"{name} uses a {c.stem!r} stem that timm's SwinTransformer has no equivalent of")
     size = {"num_classes": c.num_classes, "img_size": c.img_size, "in_chans": c.in_chans}
     published = _timm_published(name)
     arch = {} if published else {
         "patch_size": c.patch_size, "embed_dim": c.embed_dim, "depths": tuple(c.depths), "num_heads": tuple(c.num_heads),
-        "window_size": c.window_size, "mlp_ratio": c.mlp_ratio, "qkv_bias": c.qkv_bias, "drop_rate": c.drop_rate,
-        "attn_drop_rate": c.attn_drop_rate, "drop_path_rate": c.drop_path_rate}
-    peer = timm.create_model(name if published else "swin_tiny_patch4_window7_224", pretrained=False, **size, **arch)
+        "window_size": c.window_size, "mlp_ratio": c.mlp_ratio, "qkv_bias": c.qkv_bias,
+        "norm_layer": partial(nn.LayerNorm, eps=c.norm_eps)}
+    drops = {"drop_rate": c.drop_rate, "attn_drop_rate": c.attn_drop_rate, "drop_path_rate": c.drop_path_rate}
+    peer = timm.create_model(name if published else "swin_tiny_patch4_window7_224", pretrained=False, **size, **arch,
+                             **drops)
+    # read back through zoo's timm converter: the same sizes, or no peer
+    theirs, ours = dataclasses.asdict(zoo_config(peer)), dataclasses.asdict(c)
+    differ = [f"{k} {ours[k]!r} (timm: {theirs.get(k)!r})" for k in ours
+              if k not in drops and theirs.get(k) != ours[k] and not (k in ("depths", "num_heads") and tuple(ours[k]) == tuple(theirs[k]))]
+    if differ:
+        raise PeerUnavailable(f"{name}: timm's SwinTransformer cannot be built with the same settings as the zoo config: "
+                              + ", ".join(differ))
     return Peer(f"timm.{name}" if published else "timm.SwinTransformer", peer, _images_only)
 
 
