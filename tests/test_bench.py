@@ -8,7 +8,7 @@ import torch
 import zoo
 from zoo.bench.cli import speed_main
 from zoo.bench.peers import PeerUnavailable, build_peer
-from zoo.bench.speed import (check_goals, count_macs, format_goals, example_inputs, peak_memory_mb, time_interleaved, zoo_call)
+from zoo.bench.speed import (check_goals, count_macs, format_goals, example_inputs, peak_memory_mb, ratio_ci, time_interleaved, zoo_call)
 from zoo.registry import count_parameters
 
 PEER_CASES = {  # tiny versions of each family; the peer must have the same parameters and MACs
@@ -167,6 +167,17 @@ def test_speed_compile_both_times_eager_and_compiled_in_one_run(tmp_path):
     assert z["vs_eager"] == pytest.approx(med[("zoo", False)] / med[("zoo", True)])
     assert z["vs_peer"] == pytest.approx(med[("peer", True)] / med[("zoo", True)])
     assert z["vs_peer_eager"] == pytest.approx(med[("peer", False)] / med[("zoo", True)])
+    eager = next(r for r in rows if r["side"] == "zoo" and not r["compile"])
+    assert z["vs_eager_ci"] == list(ratio_ci(eager["round_ms"], z["round_ms"]))  # every ratio has its interval
+
+
+def test_vs_fp32_does_not_depend_on_the_order_of_the_precisions(tmp_path):
+    """--precision bf16,fp32 gave the bf16 rows no vs_fp32 (the ratio looked for an fp32 row not built yet)."""
+    speed_main(["vit_digits", "--batch-size", "2", "--warmup", "0", "--rounds", "2", "--steps", "1", "--modes", "forward",
+                "--precision", "bf16,fp32", "--no-memory", "--peak-size", "64", "--out", str(tmp_path)])
+    rows = {r["precision"]: r for r in json.loads((tmp_path / "speed.json").read_text())["rows"]}
+    assert rows["bf16"]["vs_fp32"] == pytest.approx(rows["fp32"]["median_ms"] / rows["bf16"]["median_ms"])
+    assert rows["bf16"]["vs_fp32_ci"] == list(ratio_ci(rows["fp32"]["round_ms"], rows["bf16"]["round_ms"]))
 
 
 def test_speed_cli_writes_a_table_with_peer_ratios(tmp_path, capsys):

@@ -437,19 +437,22 @@ def bench_model(name: str, opts: SpeedOptions, seq_len: int, peak_flops: float |
                     row["matmul_peak_interleaved"] = True
                     row["utilisation"] = row["achieved_gflops"] * 1e9 / model_peak
                     row["utilisation_ci"] = list(median_ci([flops / (t / 1e3) / pk for t, pk in zip(row["round_ms"], round_peak)]))
-            fp32 = by_key.get((w.label, "fp32", compiled, optim))
+            by_key[(w.label, precision, compiled, optim)] = row
+            rows.append(row)
+        for (wlabel, precision, compiled, optim), row in by_key.items():  # once every row exists: any order of settings
+            fp32 = by_key.get((wlabel, "fp32", compiled, optim))
             if precision != "fp32" and fp32 is not None:
                 row["vs_fp32"] = fp32["median_ms"] / row["median_ms"]  # > 1: the low precision is faster
                 row["vs_fp32_ci"] = ratio_ci(fp32["round_ms"], row["round_ms"])
-            eager = by_key.get((w.label, precision, False, optim))
+            eager = by_key.get((wlabel, precision, False, optim))
             if compiled and eager is not None:
                 row["vs_eager"] = eager["median_ms"] / row["median_ms"]  # > 1: compiling pays
-            first = by_key.get((w.label, precision, compiled, optims[0]))
+                row["vs_eager_ci"] = ratio_ci(eager["round_ms"], row["round_ms"])
+            first = by_key.get((wlabel, precision, compiled, optims[0]))
             if optim is not None and optim != optims[0] and first is not None:
                 row["vs_optimizer"] = first["median_ms"] / row["median_ms"]  # > 1: faster than the first optimiser
+                row["vs_optimizer_ci"] = ratio_ci(first["round_ms"], row["round_ms"])
                 row["optimizer_baseline"] = optims[0]
-            by_key[(w.label, precision, compiled, optim)] = row
-            rows.append(row)
         for precision, compiled, optim in settings:
             z = by_key[(zoo.label, precision, compiled, optim)]
             if (precision, compiled, optim) in failed:
