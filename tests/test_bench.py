@@ -171,6 +171,25 @@ def test_speed_compile_both_times_eager_and_compiled_in_one_run(tmp_path):
     assert z["vs_eager_ci"] == list(ratio_ci(eager["round_ms"], z["round_ms"]))  # every ratio has its interval
 
 
+def test_unequal_work_against_the_peer_is_shown(capsys):
+    """With a class-token head the zoo ViT's last block computes one row (fewer MACs than timm for the same logits):
+    the speed ratio then compares unequal work, and the row, a note and the goal text say so."""
+    from zoo.bench.speed import SpeedOptions, bench_model
+
+    opts = SpeedOptions(batch_size=2, modes=("forward",), vs_peers=True, warmup=0, rounds=1, steps=1, memory=False,
+                        peak_size=64, model_overrides=dict(pool="token"))
+    rows = bench_model("vit_digits", opts, 128, None)
+    z, p = (next(r for r in rows if r["side"] == side) for side in ("zoo", "peer"))
+    assert z["macs_per_sample"] < p["macs_per_sample"]
+    assert z["macs_vs_peer"] == pytest.approx(z["macs_per_sample"] / p["macs_per_sample"])
+    assert f"does {z['macs_vs_peer']:.3f}x the MACs of timm.VisionTransformer" in capsys.readouterr().out
+    row = dict(z, model="vit_small_patch16_224", batch=16, vs_peer=1.07)
+    (goal,) = check_goals([row])
+    assert goal["goal"].endswith(f"(zoo does {z['macs_vs_peer']:.3f}x the peer's MACs)")
+    (same,) = check_goals([dict(row, macs_vs_peer=1.0)])
+    assert "MACs" not in same["goal"]
+
+
 def test_vs_fp32_does_not_depend_on_the_order_of_the_precisions(tmp_path):
     """--precision bf16,fp32 gave the bf16 rows no vs_fp32 (the ratio looked for an fp32 row not built yet)."""
     speed_main(["vit_digits", "--batch-size", "2", "--warmup", "0", "--rounds", "2", "--steps", "1", "--modes", "forward",
