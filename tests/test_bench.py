@@ -19,6 +19,7 @@ PEER_CASES = {  # tiny versions of each family; the peer must have the same para
     "transformer_tiny": dict(vocab_size=100, d_model=32, num_encoder_layers=2, num_decoder_layers=2, num_heads=2,
                              dim_feedforward=64, max_len=64),
     "gpt2_tiny": dict(vocab_size=100, depth=2, max_positions=64),
+    "gpt2_tiny.untied": dict(vocab_size=100, depth=2, max_positions=64, tie_word_embeddings=False),
     "llama_tiny": dict(vocab_size=100, depth=2, max_positions=64),
     "tinyllama_1_1b": dict(vocab_size=100, dim=64, depth=2, num_heads=8, num_kv_heads=2, mlp_hidden=96),  # untied
     "swin_mnist": dict(stem="patch"),  # timm's SwinTransformer built from the zoo config (conv stem: no peer)
@@ -28,7 +29,8 @@ PEER_CASES = {  # tiny versions of each family; the peer must have the same para
 
 @pytest.mark.parametrize("name", list(PEER_CASES))
 def test_peer_is_the_same_configuration(name):
-    model = zoo.create_model(name, **PEER_CASES[name])
+    kwargs, name = PEER_CASES[name], name.split(".")[0]  # "<model>.<what differs>": a second case of one model
+    model = zoo.create_model(name, **kwargs)
     peer = build_peer(model, name, zoo.model_info(name)["family"])
     inputs, _, _ = example_inputs(model, 2, seq_len=12, tgt_len=5)
     extra = 0

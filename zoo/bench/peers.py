@@ -121,7 +121,8 @@ def gpt_peer(model: nn.Module, name: str) -> Peer:
         vocab_size=c.vocab_size, n_positions=c.max_positions, n_embd=c.dim, n_layer=c.depth, n_head=c.num_heads,
         n_inner=c.mlp_hidden, activation_function=hf_activation(c.activation), resid_pdrop=c.dropout,
         embd_pdrop=c.dropout, attn_pdrop=c.attn_dropout, layer_norm_epsilon=c.norm_eps, bos_token_id=c.bos_token_id,
-        eos_token_id=c.eos_token_id, pad_token_id=c.pad_token_id, attn_implementation="sdpa",
+        eos_token_id=c.eos_token_id, pad_token_id=c.pad_token_id, tie_word_embeddings=c.tie_word_embeddings,
+        attn_implementation="sdpa",
     )
     return Peer("transformers.GPT2LMHeadModel(sdpa)", GPT2LMHeadModel(hf), _causal_lm_call)
 
