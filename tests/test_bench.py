@@ -79,6 +79,29 @@ def test_swin_peer_has_the_zoo_stem_and_norms():
         torch.testing.assert_close(model(x), peer.module.eval()(x), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("kwargs", [dict(qk_norm=True, norm_eps=1e-5), dict(reg_tokens=4, layer_scale=0.1, no_embed_class=True),
+                                    dict(activation="relu", pool="token")])
+def test_vit_peer_is_built_with_every_setting_of_the_zoo_config(kwargs):
+    """timm's VisionTransformer was built from the sizes only: a zoo ViT with QK-norm, registers, layer scale or
+    another activation or eps was timed against a plain one. With the zoo model's weights the logits agree."""
+    from zoo.interop import from_timm
+
+    model = zoo.create_model("vit_digits", **kwargs).eval()
+    peer = build_peer(model, "vit_digits", "vit")
+    assert count_parameters(peer.module) == count_parameters(model)
+    model.load_state_dict(from_timm(peer.module).state_dict())
+    x = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), peer.module.eval()(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kwargs, setting", [(dict(mlp="glu", activation="silu"), "mlp 'glu'"),
+                                             (dict(norm="rmsnorm"), "norm 'rmsnorm'"), (dict(pos_embed="sincos"), "pos_embed")])
+def test_vit_peer_is_refused_when_timm_cannot_build_the_same_model(kwargs, setting):
+    with pytest.raises(PeerUnavailable, match=f"cannot be built with the same settings.*{setting}"):
+        build_peer(zoo.create_model("vit_digits", **kwargs), "vit_digits", "vit")
+
+
 def test_eva_peer_is_refused_when_timm_cannot_build_the_same_model():
     """timm's Eva has no ReLU MLP: the peer, read back through zoo's timm converter, would be another model."""
     model = zoo.create_model("eva02_mnist", depth=2, swiglu=False, activation="relu")

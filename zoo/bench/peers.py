@@ -38,10 +38,29 @@ def _timm_published(name: str) -> bool:
     return name in timm.list_models(name)
 
 
+def _refuse_unless_same(name: str, what: str, ours, theirs) -> None:
+    """PeerUnavailable naming every setting (but the drop rates, which the builders pass) in which the peer, read
+    back through zoo's converter (`theirs`, a zoo config), differs from the zoo config `ours`."""
+    import dataclasses
+
+    a, b = dataclasses.asdict(ours), dataclasses.asdict(theirs)
+    same = lambda x, y: x == y or (isinstance(x, (list, tuple)) and isinstance(y, (list, tuple)) and tuple(x) == tuple(y))  # noqa: E731
+    differ = [f"{k} {a[k]!r} (timm: {b.get(k)!r})" for k in a if not k.endswith("drop_rate") and not same(a[k], b.get(k))]
+    if differ:
+        raise PeerUnavailable(f"{name}: timm's {what} cannot be built with the same settings as the zoo config: "
+                              + ", ".join(differ))
+
+
 # ---------------------------------------------------------------------------- ViT -> timm
 def vit_peer(model: nn.Module, name: str) -> Peer:
+    """timm's VisionTransformer: the published name as users build it, else built from the zoo config; either way
+    read back through zoo's timm converter and refused unless it describes the same model."""
+    from functools import partial
+
     import timm
     from timm.models.vision_transformer import VisionTransformer
+
+    from ..interop.timm import zoo_config
 
     cfg = model.config
     if cfg.stem != "patch":
@@ -49,13 +68,22 @@ def vit_peer(model: nn.Module, name: str) -> Peer:
     kw = dict(img_size=cfg.img_size, patch_size=cfg.patch_size, in_chans=cfg.in_chans, num_classes=cfg.num_classes,
               embed_dim=cfg.dim, depth=cfg.depth, num_heads=cfg.num_heads, mlp_ratio=cfg.mlp_ratio, qkv_bias=cfg.qkv_bias,
               global_pool=cfg.pool, class_token=cfg.class_token, fc_norm=cfg.fc_norm, pre_norm=cfg.pre_norm,
+              reg_tokens=cfg.reg_tokens, no_embed_class=cfg.no_embed_class, qk_norm=cfg.qk_norm,
+              init_values=cfg.layer_scale, norm_layer=partial(nn.LayerNorm, eps=cfg.norm_eps),
               drop_rate=cfg.drop_rate, attn_drop_rate=cfg.attn_drop_rate, drop_path_rate=cfg.drop_path_rate)
+    if cfg.activation in ("gelu", "relu", "silu"):
+        kw["act_layer"] = cfg.activation
     if _timm_published(name):
         peer = timm.create_model(name, pretrained=False, **{k: kw[k] for k in ("num_classes", "img_size", "in_chans")})
         label = f"timm.{name}"
     else:
         peer = VisionTransformer(**kw)
         label = "timm.VisionTransformer"
+    try:
+        theirs = zoo_config(peer)
+    except ValueError as e:
+        raise PeerUnavailable(f"{name}: {e}") from None
+    _refuse_unless_same(name, "VisionTransformer", cfg, theirs)
     return Peer(label, peer, _images_only)
 
 
