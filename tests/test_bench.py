@@ -102,6 +102,19 @@ def test_vit_peer_is_refused_when_timm_cannot_build_the_same_model(kwargs, setti
         build_peer(zoo.create_model("vit_digits", **kwargs), "vit_digits", "vit")
 
 
+def test_cait_peer_has_the_zoo_norm_eps_and_activation():
+    """timm's Cait was built with its own eps (1e-6) and GELU whatever the zoo config said; now with the zoo's,
+    and with the zoo model's weights the logits agree."""
+    from zoo.interop import from_timm
+
+    model = zoo.create_model("cait_mnist", stem="patch", depth=2, norm_eps=0.1, activation="relu").eval()
+    peer = build_peer(model, "cait_mnist", "cait")
+    model.load_state_dict(from_timm(peer.module).state_dict())
+    x = torch.randn(2, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), peer.module.eval()(x), rtol=1e-5, atol=1e-5)
+
+
 def test_eva_peer_is_refused_when_timm_cannot_build_the_same_model():
     """timm's Eva has no ReLU MLP: the peer, read back through zoo's timm converter, would be another model."""
     model = zoo.create_model("eva02_mnist", depth=2, swiglu=False, activation="relu")

@@ -226,13 +226,24 @@ def transformer_peer(model: nn.Module, name: str) -> Peer:
 
 # ---------------------------------------------------------------------------- CaiT -> timm
 def cait_peer(model: nn.Module, name: str) -> Peer:
+    import dataclasses
+    from functools import partial
+
     import timm
+    from timm.layers import get_act_layer
     from timm.models.cait import Cait
+
+    from ..interop.timm_cait import zoo_config
 
     c = model.config
     if c.stem != "patch":
         raise PeerUnavailable(f"{name} uses a {c.stem!r} stem that timm's Cait has no equivalent of")
-    kw = dict(img_size=c.img_size, patch_size=c.patch_size, in_chans=c.in_chans, num_classes=c.num_classes,
+    try:
+        act = get_act_layer(c.activation)
+    except Exception:  # noqa: BLE001 - an activation timm does not know: left at its default, refused below
+        act = None
+    kw = dict(norm_layer=partial(nn.LayerNorm, eps=c.norm_eps), **({"act_layer": act} if act else {}),
+              img_size=c.img_size, patch_size=c.patch_size, in_chans=c.in_chans, num_classes=c.num_classes,
               global_pool=c.pool, embed_dim=c.dim, depth=c.depth, num_heads=c.num_heads, mlp_ratio=c.mlp_ratio,
               qkv_bias=c.qkv_bias, depth_token_only=c.class_depth, mlp_ratio_token_only=c.class_mlp_ratio,
               init_values=c.init_values, drop_rate=c.drop_rate, pos_drop_rate=c.pos_drop_rate,
@@ -241,6 +252,12 @@ def cait_peer(model: nn.Module, name: str) -> Peer:
         peer, label = timm.create_model(name, pretrained=False, **kw), f"timm.{name}"
     else:
         peer, label = Cait(**kw), "timm.Cait"
+    try:
+        theirs = zoo_config(peer)
+    except ValueError as e:
+        raise PeerUnavailable(f"{name}: {e}") from None
+    # init_values only sets the layer scales' starting value (the converter takes it from the weights)
+    _refuse_unless_same(name, "Cait", c, dataclasses.replace(theirs, init_values=c.init_values))
     return Peer(label, peer, _images_only)
 
 
