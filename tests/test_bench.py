@@ -115,6 +115,25 @@ def test_cait_peer_has_the_zoo_norm_eps_and_activation():
         torch.testing.assert_close(model(x), peer.module.eval()(x), rtol=1e-5, atol=1e-5)
 
 
+def test_torch_transformer_peer_embeds_as_the_zoo_model_does():
+    """The nn.Transformer peer always scaled its embeddings by sqrt(d) and added interleaved sinusoids, and took a
+    zoo model with learned or rotary positions (more parameters, other work) for one with sinusoids."""
+    from zoo.interop.torch_nn import from_torch_transformer
+
+    kw = dict(PEER_CASES["transformer_tiny"], scale_embedding=False, sinusoid_layout="halves", norm_first=True)
+    model = zoo.create_model("transformer_tiny", **kw).eval()
+    peer = build_peer(model, "transformer_tiny", "transformer")
+    p = peer.module.eval()
+    ours = from_torch_transformer(p.transformer, vocab_size=100, src_embed=p.src_embed, tgt_embed=p.tgt_embed,
+                                  generator=p.generator, **{k: kw[k] for k in ("scale_embedding", "sinusoid_layout", "max_len")})
+    inputs, _, _ = example_inputs(model, 2, seq_len=12, tgt_len=5)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(*inputs.values()), peer.call(p, inputs), rtol=1e-5, atol=1e-5)
+    for pos in ("learned", "rope"):
+        with pytest.raises(PeerUnavailable, match=f"pos_embed='{pos}'"):
+            build_peer(zoo.create_model("transformer_tiny", pos_embed=pos), "transformer_tiny", "transformer")
+
+
 def test_eva_peer_is_refused_when_timm_cannot_build_the_same_model():
     """timm's Eva has no ReLU MLP: the peer, read back through zoo's timm converter, would be another model."""
     model = zoo.create_model("eva02_mnist", depth=2, swiglu=False, activation="relu")

@@ -174,17 +174,23 @@ def llama_peer(model: nn.Module, name: str) -> Peer:
 class TorchSeq2Seq(nn.Module):
     """torch.nn.Transformer (batch_first) with the embeddings, sinusoids and generator it lacks.
 
-    Mirrors the 2017 paper: embeddings scaled by sqrt(d), sinusoidal positions, a vocabulary
+    Mirrors the 2017 paper: embeddings scaled by sqrt(d) (unless the zoo model does not scale), sinusoidal positions
+    (interleaved or in halves, as the zoo model lays them out), a vocabulary
     projection tied to the target embedding when the zoo model ties its weights. nn.Transformer
     always adds final encoder/decoder LayerNorms (two extra norms, negligible cost)."""
 
     def __init__(self, vocab: int, dim: int, heads: int, enc: int, dec: int, ff: int, dropout: float, norm_first: bool,
-                 activation: str, eps: float, max_len: int, share: bool, tie: bool):
+                 activation: str, eps: float, max_len: int, share: bool, tie: bool, scale: bool = True,
+                 halves: bool = False):
         super().__init__()
         self.dim = dim
+        self.scale = dim ** 0.5 if scale else 1.0
         self.src_embed = nn.Embedding(vocab, dim)
         self.tgt_embed = self.src_embed if share else nn.Embedding(vocab, dim)
-        self.register_buffer("pe", sinusoidal_table(max_len, dim), persistent=False)
+        pe = sinusoidal_table(max_len, dim)
+        if halves:  # sin on the first half of the features, cos on the second (MarianMT, fairseq)
+            pe = pe.view(max_len, dim // 2, 2).transpose(1, 2).reshape(max_len, dim)
+        self.register_buffer("pe", pe, persistent=False)
         self.transformer = nn.Transformer(dim, heads, enc, dec, ff, dropout, activation, batch_first=True,
                                           norm_first=norm_first, layer_norm_eps=eps)
         self.generator = nn.Linear(dim, vocab, bias=False)
@@ -193,7 +199,7 @@ class TorchSeq2Seq(nn.Module):
         self.drop = nn.Dropout(dropout)
 
     def _embed(self, emb, ids):
-        return self.drop(emb(ids) * self.dim ** 0.5 + self.pe[: ids.shape[1]])
+        return self.drop(emb(ids) * self.scale + self.pe[: ids.shape[1]])
 
     def forward(self, input_ids, decoder_input_ids, attention_mask=None):
         pad = None if attention_mask is None else attention_mask == 0  # torch: True = blocked
@@ -208,12 +214,15 @@ def transformer_peer(model: nn.Module, name: str) -> Peer:
     c = model.config
     if c.activation not in ("relu", "gelu"):
         raise PeerUnavailable(f"torch.nn.Transformer supports relu/gelu, {name} uses {c.activation!r}")
+    if c.pos_embed != "sinusoidal":
+        raise PeerUnavailable(f"{name} uses pos_embed={c.pos_embed!r}; the torch.nn.Transformer peer adds sinusoids")
     if c.src_vocab_size not in (None, c.vocab_size):
         raise PeerUnavailable(f"{name} has separate source/target vocabularies; the peer wrapper assumes one")
     peer = TorchSeq2Seq(vocab=c.vocab_size, dim=c.d_model, heads=c.num_heads, enc=c.num_encoder_layers,
                         dec=c.num_decoder_layers, ff=c.dim_feedforward, dropout=c.dropout, norm_first=c.norm_first,
                         activation=c.activation, eps=c.norm_eps, max_len=c.max_len, share=c.share_embeddings,
-                        tie=c.share_embeddings or c.tie_output)
+                        tie=c.share_embeddings or c.tie_output, scale=c.scale_embedding,
+                        halves=c.sinusoid_layout == "halves")
     # nn.Transformer applies `dropout` inside attention and the FFN too; match zoo's separate rates.
     for m in peer.modules():
         if isinstance(m, nn.MultiheadAttention):
