@@ -247,6 +247,21 @@ def test_unequal_work_against_the_peer_is_shown(capsys):
     assert "MACs" not in same["goal"]
 
 
+def test_gradient_checkpointing_is_recorded_per_side(capsys):
+    """torch.nn.Transformer has no checkpointing switch: with --gradient-checkpointing the zoo model recomputed its
+    activations and the peer did not, while both rows said grad_ckpt=True."""
+    from zoo.bench.speed import SpeedOptions, bench_model, format_table
+
+    opts = SpeedOptions(batch_size=2, tgt_len=4, modes=("train",), vs_peers=True, gradient_checkpointing=True, warmup=0,
+                        rounds=1, steps=1, memory=False, peak_size=64, model_overrides=PEER_CASES["transformer_tiny"])
+    rows = bench_model("transformer_tiny", opts, 8, None)
+    z, p = (next(r for r in rows if r["side"] == side) for side in ("zoo", "peer"))
+    assert (z["grad_ckpt"], p["grad_ckpt"], z["peer_grad_ckpt"]) == (True, False, False)
+    assert "has no gradient-checkpointing switch; it runs without" in capsys.readouterr().out
+    table = format_table(rows)
+    assert "[ckpt] zoo.transformer_tiny" in table and "[ckpt] torch" not in table
+
+
 def test_vs_fp32_does_not_depend_on_the_order_of_the_precisions(tmp_path):
     """--precision bf16,fp32 gave the bf16 rows no vs_fp32 (the ratio looked for an fp32 row not built yet)."""
     speed_main(["vit_digits", "--batch-size", "2", "--warmup", "0", "--rounds", "2", "--steps", "1", "--modes", "forward",

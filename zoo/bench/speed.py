@@ -142,6 +142,7 @@ class Workload:
     params: int = 0
     kind: str = ""
     macs_per_sample: float | None = None
+    grad_ckpt: bool = False  # activation checkpointing on (asked for, and the implementation has a switch)
 
 
 def example_inputs(model: nn.Module, batch: int, seq_len: int = 128, tgt_len: int = 32, img_size: int | None = None,
@@ -361,8 +362,10 @@ def build_workloads(name: str, opts: SpeedOptions, seq_len: int) -> tuple[Worklo
     zoo = Workload(f"zoo.{name}", model, zoo_call, inputs, batch, tokens, count_parameters(model), kind=kind)
     one = {k: v[:1] for k, v in inputs.items()}
     zoo.macs_per_sample = count_macs(model, zoo.call, one)
-    if opts.gradient_checkpointing and not enable_gradient_checkpointing(model):
-        print(f"  note: {name} has no gradient-checkpointing switch")
+    if opts.gradient_checkpointing:
+        zoo.grad_ckpt = enable_gradient_checkpointing(model)
+        if not zoo.grad_ckpt:
+            print(f"  note: {name} has no gradient-checkpointing switch")
     peer, why = None, None
     if opts.vs_peers:
         try:
@@ -370,8 +373,10 @@ def build_workloads(name: str, opts: SpeedOptions, seq_len: int) -> tuple[Worklo
             p.module.to(opts.device)
             peer = Workload(p.label, p.module, p.call, inputs, batch, tokens, count_parameters(p.module), kind=kind)
             peer.macs_per_sample = count_macs(p.module, p.call, one)
-            if opts.gradient_checkpointing and not enable_gradient_checkpointing(p.module):
-                print(f"  note: peer {p.label} has no gradient-checkpointing switch; it runs without")
+            if opts.gradient_checkpointing:
+                peer.grad_ckpt = enable_gradient_checkpointing(p.module)
+                if not peer.grad_ckpt:
+                    print(f"  note: peer {p.label} has no gradient-checkpointing switch; it runs without")
         except PeerUnavailable as e:
             why = str(e)
     return zoo, peer, why
@@ -425,7 +430,7 @@ def bench_model(name: str, opts: SpeedOptions, seq_len: int, peak_flops: float |
             med = statistics.median(times[key])
             row = {
                 "model": name, "impl": w.label, "side": "zoo" if w is zoo else "peer", "kind": kind, "mode": mode,
-                "precision": precision, "compile": compiled, "optimizer": optim, "grad_ckpt": opts.gradient_checkpointing,
+                "precision": precision, "compile": compiled, "optimizer": optim, "grad_ckpt": w.grad_ckpt,
                 "batch": w.batch, "seq_len": zoo.inputs["input_ids"].shape[1] if "input_ids" in zoo.inputs else None,
                 "tgt_len": zoo.inputs["decoder_input_ids"].shape[1] if "decoder_input_ids" in zoo.inputs else None,
                 "img_size": zoo.inputs["images"].shape[-1] if "images" in zoo.inputs else None,
@@ -468,6 +473,8 @@ def bench_model(name: str, opts: SpeedOptions, seq_len: int, peak_flops: float |
                 z["vs_peer"] = p["median_ms"] / z["median_ms"]
                 z["vs_peer_ci"] = ratio_ci(p["round_ms"], z["round_ms"])
                 z["peer"] = p["impl"]
+                if p["grad_ckpt"] != z["grad_ckpt"]:  # one side recomputes its activations, the other does not
+                    z["peer_grad_ckpt"] = p["grad_ckpt"]
                 if z["macs_per_sample"] and p["macs_per_sample"]:  # the work each side does for the same output
                     z["peer_macs_per_sample"] = p["macs_per_sample"]
                     z["macs_vs_peer"] = z["macs_per_sample"] / p["macs_per_sample"]
@@ -600,7 +607,7 @@ def format_table(rows: list[dict]) -> str:
         length = f"{r['seq_len']}>{r['tgt_len']}" if r["seq_len"] and r["tgt_len"] else str(r["seq_len"] or f"{r['img_size']}px")
         fmt = lambda v, spec: format(v, spec) if isinstance(v, (int, float)) and v is not None else "-"  # noqa: E731
         lines.append(
-            f"{r['model']:24s} {r['impl'][:36]:36s} {r['mode']:7s} {r['precision'] + ('+c' if r['compile'] else ''):6s} {r.get('optimizer') or '-':13s} {r['batch']:5d} {length:>8s} "
+            f"{r['model']:24s} {(('[ckpt] ' if r.get('grad_ckpt') else '') + r['impl'])[:36]:36s} {r['mode']:7s} {r['precision'] + ('+c' if r['compile'] else ''):6s} {r.get('optimizer') or '-':13s} {r['batch']:5d} {length:>8s} "
             f"{r['params'] / 1e6:7.1f}M {_si(r['macs_per_sample']):>8s} {r['median_ms']:8.1f} {r['samples_per_s']:9.2f} "
             f"{r['tokens_per_s']:9.0f} {fmt(r['peak_mem_mb'], '7.0f'):>7s} {fmt(r.get('achieved_gflops'), '7.1f'):>7s} "
             f"{fmt(r.get('utilisation'), '5.0%'):>5s} {fmt(r.get('vs_peer'), '6.2f') + ('x' if 'vs_peer' in r else ''):>7s} "
