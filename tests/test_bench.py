@@ -262,6 +262,17 @@ def test_gradient_checkpointing_is_recorded_per_side(capsys):
     assert "[ckpt] zoo.transformer_tiny" in table and "[ckpt] torch" not in table
 
 
+def test_img_size_builds_both_sides_for_that_size(tmp_path):
+    """--img-size fed other images to a model built for its own size: timm's peer refused them ("Input height (12)
+    doesn't match model (8)") and the zoo model resized its positions on every forward."""
+    speed_main(["vit_digits", "--vs-peers", "--img-size", "12", "--batch-size", "2", "--warmup", "0", "--rounds", "1",
+                "--steps", "1", "--modes", "forward", "--no-memory", "--peak-size", "64", "--out", str(tmp_path)])
+    rows = json.loads((tmp_path / "speed.json").read_text())["rows"]
+    z, p = (next(r for r in rows if r["side"] == side) for side in ("zoo", "peer"))
+    assert z["img_size"] == 12 and "no_peer" not in z and z["vs_peer"] > 0
+    assert z["macs_per_sample"] == p["macs_per_sample"] and z["params"] == p["params"]
+
+
 def test_vs_fp32_does_not_depend_on_the_order_of_the_precisions(tmp_path):
     """--precision bf16,fp32 gave the bf16 rows no vs_fp32 (the ratio looked for an fp32 row not built yet)."""
     speed_main(["vit_digits", "--batch-size", "2", "--warmup", "0", "--rounds", "2", "--steps", "1", "--modes", "forward",

@@ -356,6 +356,8 @@ def build_workloads(name: str, opts: SpeedOptions, seq_len: int) -> tuple[Worklo
     overrides = dict(opts.model_overrides)
     if entry.model_cls.kind == "text_encoder" and "head" in get_config(name).__dataclass_fields__:
         overrides.setdefault("head", "none")  # text encoders are compared on hidden states (no MLM head to update)
+    if opts.img_size and "img_size" in get_config(name).__dataclass_fields__:
+        overrides.setdefault("img_size", opts.img_size)  # built for that size (as the peer then is), not resized to it
     model = create_model(name, **overrides).to(opts.device)
     batch = opts.batch_size or (16 if "images" in model.example_inputs(1).tensors else 8)
     inputs, tokens, kind = example_inputs(model, batch, seq_len, opts.tgt_len, opts.img_size, opts.device)
