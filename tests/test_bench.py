@@ -134,6 +134,18 @@ def test_torch_transformer_peer_embeds_as_the_zoo_model_does():
             build_peer(zoo.create_model("transformer_tiny", pos_embed=pos), "transformer_tiny", "transformer")
 
 
+@pytest.mark.parametrize("name, family", [("vit_tiny_patch16_224", "vit"), ("eva02_tiny_patch14_224", "eva"), ("eva02_mnist", "eva")])
+def test_published_peer_has_the_zoo_drop_rates(name, family):
+    """A peer built by its published timm name took timm's default drop rates, not the zoo model's: the training
+    step of a zoo model with stochastic depth was timed against one without; and any zoo Eva with stochastic depth
+    was refused a peer ("drop_path_rate 0.2 (timm: 0.0)": the converter does not read drop rates back)."""
+    model = zoo.create_model(name, drop_path_rate=0.2, drop_rate=0.1)
+    peer = build_peer(model, name, family)
+    probs = [m.drop_prob for m in peer.module.modules() if type(m).__name__ == "DropPath"]
+    assert probs and max(probs) == pytest.approx(0.2)
+    assert peer.module.head_drop.p == pytest.approx(0.1)
+
+
 def test_eva_peer_is_refused_when_timm_cannot_build_the_same_model():
     """timm's Eva has no ReLU MLP: the peer, read back through zoo's timm converter, would be another model."""
     model = zoo.create_model("eva02_mnist", depth=2, swiglu=False, activation="relu")

@@ -45,7 +45,7 @@ def _refuse_unless_same(name: str, what: str, ours, theirs) -> None:
 
     a, b = dataclasses.asdict(ours), dataclasses.asdict(theirs)
     same = lambda x, y: x == y or (isinstance(x, (list, tuple)) and isinstance(y, (list, tuple)) and tuple(x) == tuple(y))  # noqa: E731
-    differ = [f"{k} {a[k]!r} (timm: {b.get(k)!r})" for k in a if not k.endswith("drop_rate") and not same(a[k], b.get(k))]
+    differ = [f"{k} {a[k]!r} (timm: {b.get(k)!r})" for k in a if "drop" not in k and not same(a[k], b.get(k))]
     if differ:
         raise PeerUnavailable(f"{name}: timm's {what} cannot be built with the same settings as the zoo config: "
                               + ", ".join(differ))
@@ -74,7 +74,8 @@ def vit_peer(model: nn.Module, name: str) -> Peer:
     if cfg.activation in ("gelu", "relu", "silu"):
         kw["act_layer"] = cfg.activation
     if _timm_published(name):
-        peer = timm.create_model(name, pretrained=False, **{k: kw[k] for k in ("num_classes", "img_size", "in_chans")})
+        peer = timm.create_model(name, pretrained=False, **{k: kw[k] for k in ("num_classes", "img_size", "in_chans", "drop_rate",
+                                                                            "attn_drop_rate", "drop_path_rate")})
         label = f"timm.{name}"
     else:
         peer = VisionTransformer(**kw)
@@ -320,7 +321,8 @@ def eva_peer(model: nn.Module, name: str) -> Peer:
     c = model.config
     size = {"num_classes": c.num_classes, "img_size": c.img_size, "in_chans": c.in_chans}
     if _timm_published(name):
-        peer, label = timm.create_model(name, pretrained=False, **size), f"timm.{name}"
+        peer, label = timm.create_model(name, pretrained=False, **size, drop_rate=c.drop_rate, proj_drop_rate=c.proj_drop_rate,
+                                        attn_drop_rate=c.attn_drop_rate, drop_path_rate=c.drop_path_rate), f"timm.{name}"
     else:
         peer, label = Eva(
             **size, patch_size=c.patch_size, embed_dim=c.dim, depth=c.depth, num_heads=c.num_heads,
@@ -337,7 +339,7 @@ def eva_peer(model: nn.Module, name: str) -> Peer:
         d["hidden"] = int(cfg.dim * cfg.mlp_ratio)
         d["fc_norm"] = cfg.pool == "avg" if cfg.fc_norm is None else cfg.fc_norm
         d["img_size"] = (cfg.img_size,) * 2 if isinstance(cfg.img_size, int) else tuple(cfg.img_size)
-        return {k: v for k, v in d.items() if k != "mlp_ratio" and k != "head_init_scale" and not k.endswith("drop_rate")}
+        return {k: v for k, v in d.items() if k != "mlp_ratio" and k != "head_init_scale" and "drop" not in k}
 
     try:
         theirs, ours = shape(zoo_config(peer)), shape(c)
