@@ -285,6 +285,34 @@ def test_img_size_builds_both_sides_for_that_size(tmp_path):
     assert z["macs_per_sample"] == p["macs_per_sample"] and z["params"] == p["params"]
 
 
+def test_zoo_and_peer_get_the_same_untimed_steps(monkeypatch):
+    """The peer's step was run once before the timing (to leave out a peer that fails) and the zoo's was not: with
+    --warmup 0 (or --compile) the zoo's first timed step carried a warm-up (its compilation) the peer had done."""
+    import zoo.bench.speed as speed
+
+    calls, before = {}, {}
+    make_step, time_interleaved = speed.make_step, speed.time_interleaved
+
+    def counted(wl, mode, *a, **k):
+        fn = make_step(wl, mode, *a, **k)
+
+        def step():
+            calls[wl.label] = calls.get(wl.label, 0) + 1
+            fn()
+        return step
+
+    def timed(*a, **k):
+        before.update(calls)
+        return time_interleaved(*a, **k)
+
+    monkeypatch.setattr(speed, "make_step", counted)
+    monkeypatch.setattr(speed, "time_interleaved", timed)
+    opts = speed.SpeedOptions(batch_size=2, modes=("forward",), vs_peers=True, warmup=0, rounds=1, steps=1, memory=False,
+                              peak_size=64)
+    speed.bench_model("vit_digits", opts, 128, None)
+    assert before == {"zoo.vit_digits": 1, "timm.VisionTransformer": 1}
+
+
 def test_vs_fp32_does_not_depend_on_the_order_of_the_precisions(tmp_path):
     """--precision bf16,fp32 gave the bf16 rows no vs_fp32 (the ratio looked for an fp32 row not built yet)."""
     speed_main(["vit_digits", "--batch-size", "2", "--warmup", "0", "--rounds", "2", "--steps", "1", "--modes", "forward",
