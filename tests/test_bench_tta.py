@@ -73,6 +73,19 @@ def test_summary_matches_a_hand_computation(tmp_path):
     assert "| fast | 2 steps | 3 | 170 (160–200) |" in text and "| 2/3 | 2.82× |" in text and "`fast`: narrow" in text
 
 
+def test_settings_run_at_different_revisions_are_named(tmp_path):
+    """tta_vit_mnist's speed-ups compare a recipe run at a346330 with a float32 one at 81d1838: other code too. The
+    table said nothing of it; it names each setting's revision when they differ, and stays quiet when they agree."""
+    tta = load_tta(write(tmp_path, target=0.97))
+    rows = {"slow": [dict(_row("slow", 0, 480, 0.974), git_rev="81d1838e9926")],
+            "fast": [dict(_row("fast", 0, 170, 0.972), git_rev="a3463300675c")]}
+    summary = summarise(tta, rows)
+    assert "different git revisions" in markdown(tta, summary)
+    assert "`slow` at 81d1838e9926; `fast` at a3463300675c" in markdown(tta, summary)
+    rows["fast"][0]["git_rev"] = "81d1838e9926"
+    assert "git revisions" not in markdown(tta, summarise(tta, rows))
+
+
 def test_lower_is_better_metrics_reach_their_target_from_above(tmp_path):
     tta = load_tta(write(tmp_path, metric="test/ppl", target=120, mode="min"))
     rows = {"slow": [dict(_row("slow", i, w, 0), metrics={"test/ppl": p}) for i, (w, p) in enumerate([(300, 118.0), (310, 119.5)])],

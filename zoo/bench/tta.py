@@ -142,7 +142,8 @@ def summarise(tta: TTA, rows_by_setting: dict[str, list[dict]]) -> list[dict]:
                     "wall_median_s": statistics.median(walls), "wall_min_s": min(walls), "wall_max_s": max(walls),
                     "train_median_s": statistics.median(r["train_seconds"] for r in rows),
                     "mean": ci["mean"], "low": ci["low"], "high": ci["high"], "worst": tta.worst(values),
-                    "reached": sum(tta.reaches(v) for v in values), "threads": rows[0].get("threads")})
+                    "reached": sum(tta.reaches(v) for v in values), "threads": rows[0].get("threads"),
+                    "git_revs": sorted({str(r["git_rev"]) for r in rows if r.get("git_rev")})})
     ref = next((s for s in out if s["setting"] == tta.reference), None)
     for s in out:
         s["speedup"] = ref["wall_median_s"] / s["wall_median_s"] if ref else None
@@ -164,6 +165,10 @@ def markdown(tta: TTA, summary: list[dict]) -> str:
                      f"({s['wall_min_s']:.0f}–{s['wall_max_s']:.0f}) | {s['train_median_s']:.0f} | {s['mean']:.4f}{ci} | "
                      f"{s['worst']:.4f} | {s['reached']}/{len(s['seeds'])} | "
                      f"{speedup} |")
+    revs = {rev for s in summary for rev in s.get("git_revs", [])}
+    if len(revs) > 1:  # the speed-ups then compare code as well as settings
+        lines += ["", "The settings ran at different git revisions, so a speed-up compares code as well as settings: "
+                  + "; ".join(f"`{s['setting']}` at {', '.join(s.get('git_revs') or ['?'])}" for s in summary) + "."]
     measured = {s["setting"] for s in summary}
     for sname, study in tta.studies.items():
         desc = study.descriptions.get(sname)
@@ -188,7 +193,7 @@ def report(tta: TTA) -> list[Path]:
         w = csv.DictWriter(fh, fieldnames=[k for k in summary[0] if k != "seeds"] + ["seeds"])
         w.writeheader()
         for s in summary:
-            w.writerow({**s, "seeds": " ".join(map(str, s["seeds"]))})
+            w.writerow({**s, "seeds": " ".join(map(str, s["seeds"])), "git_revs": " ".join(s.get("git_revs", []))})
     tmp.replace(table)
     return [md, table]
 
