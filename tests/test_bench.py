@@ -59,6 +59,19 @@ def test_untied_t5_peer_computes_what_the_zoo_model_computes():
     torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
 
 
+def test_bert_peer_takes_the_zoo_activation():
+    """The BERT peer passed zoo's activation name to transformers as is: activation='gelu_tanh' stopped with
+    KeyError 'gelu_tanh' (transformers calls it gelu_new). With the zoo model's weights the outputs agree."""
+    from zoo.interop import from_hf
+
+    model = zoo.create_model("bert_tiny", **PEER_CASES["bert_tiny"], activation="gelu_tanh").eval()
+    peer = build_peer(model, "bert_tiny", "bert")
+    model.load_state_dict(from_hf(peer.module).state_dict())
+    inputs, _, _ = example_inputs(model, 2, seq_len=12)
+    with torch.no_grad():
+        torch.testing.assert_close(model(*inputs.values()), peer.call(peer.module.eval(), inputs), rtol=1e-5, atol=1e-5)
+
+
 def test_conv_stem_has_no_peer():
     with pytest.raises(PeerUnavailable, match="conv"):
         build_peer(zoo.create_model("vit_mnist"), "vit_mnist", "vit")

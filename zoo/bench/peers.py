@@ -92,11 +92,13 @@ def vit_peer(model: nn.Module, name: str) -> Peer:
 def bert_peer(model: nn.Module, name: str) -> Peer:
     from transformers import BertConfig, BertModel
 
+    from ..interop._common import hf_activation
+
     c = model.config
     hf = BertConfig(
         vocab_size=c.vocab_size, hidden_size=c.dim, num_hidden_layers=c.depth, num_attention_heads=c.num_heads,
         intermediate_size=int(c.dim * c.mlp_ratio), max_position_embeddings=c.max_positions,
-        type_vocab_size=c.type_vocab_size, layer_norm_eps=c.norm_eps, hidden_act=c.activation,
+        type_vocab_size=c.type_vocab_size, layer_norm_eps=c.norm_eps, hidden_act=hf_activation(c.activation),
         hidden_dropout_prob=c.dropout, attention_probs_dropout_prob=c.attn_dropout, pad_token_id=c.pad_token_id,
         attn_implementation="sdpa",
     )
