@@ -326,6 +326,21 @@ def test_zoo_and_peer_get_the_same_untimed_steps(monkeypatch):
     assert before == {"zoo.vit_digits": 1, "timm.VisionTransformer": 1}
 
 
+@pytest.mark.parametrize("extra", [["--batch-size", "4"], ["--precision", "bf16"], ["--gradient-checkpointing"],
+                                   ["--optimizer", "adamw_foreach"], ["--seq-lens", "64"]])
+def test_goals_refuse_options_they_would_ignore(extra, monkeypatch):
+    """--goals overwrote --batch-size, --seq-lens, --precision and --compile with the goal configurations without a
+    word, and --gradient-checkpointing or another optimiser left the goals it prints empty or partial."""
+    import zoo.bench.speed as speed
+
+    def ran(*a, **k):
+        raise AssertionError("the goal models were timed")
+
+    monkeypatch.setattr(speed, "run_speed", ran)
+    with pytest.raises(SystemExit, match=f"--goals runs the goal configurations.*drop {extra[0]}"):
+        speed_main(["--goals", "bert_base", *extra])
+
+
 def test_vs_fp32_does_not_depend_on_the_order_of_the_precisions(tmp_path):
     """--precision bf16,fp32 gave the bf16 rows no vs_fp32 (the ratio looked for an fp32 row not built yet)."""
     speed_main(["vit_digits", "--batch-size", "2", "--warmup", "0", "--rounds", "2", "--steps", "1", "--modes", "forward",

@@ -142,6 +142,15 @@ def speed_main(argv: list[str]) -> int:
     if a.goals:
         from .. import list_models
 
+        ignored = [flag for flag, given in (("--batch-size", a.batch_size is not None), ("--seq-lens", a.seq_lens != (128,)),
+                                            ("--tgt-len", a.tgt_len != 32), ("--img-size", a.img_size is not None),
+                                            ("--precision", a.precision != ("fp32",)), ("--compile", a.compile != "off"),
+                                            ("--gradient-checkpointing", a.gradient_checkpointing),
+                                            ("--optimizer", a.optimizer != ("adamw",))) if given]
+        if ignored:  # the goal configurations fix these: a run with them would not be what it says
+            raise SystemExit(f"zoo bench speed: --goals runs the goal configurations (their batch, lengths, float32 / bf16 / "
+                             f"compiled settings, fused AdamW, no checkpointing); drop {', '.join(ignored)}")
+
         result = {"rows": [], "goals": []}
         picked = _goal_models(a.patterns, [g[0] for g in GOALS])
         for model, batch, seq, tgt in GOALS:
