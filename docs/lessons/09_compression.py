@@ -223,7 +223,7 @@ _lesson.save(fig, "lesson_09_compression.png")
 #   `zoo fit --config configs/vit_mnist_distill.yaml` (DeiT-style student with feature hints).
 # * `zoo compress --ckpt CKPT --quantize int8 --prune 0.5 --prune-kind heads --data zoo.data.images.MNIST5k --out DIR`
 #   quantizes and prunes a checkpoint and reports size, latency and accuracy.
-# * `zoo compress latency --model bert_base --model-kwargs '{"head": "cls"}'` compares float32
-#   and int8 (a row per installed int8 backend) at a published size.
+# * `zoo compress latency --model bert_base --model-kwargs '{"head": "cls"}'` compares float32, int8 and bf16
+#   at a published size (a row per installed int8 backend, and bf16 autocast over the float32 weights).
 #
 # Next: [Lesson 10 — the variants](10_variants.md).
