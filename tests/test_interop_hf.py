@@ -361,13 +361,18 @@ def test_marian_untied_output_layer(tables, from_dir, tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------- CLIP
-def test_clip_parity():
-    torch.manual_seed(0)
-    ref = T.CLIPModel(T.CLIPConfig(
+def clip_ref():
+    """A small CLIPModel with random weights: text EOS 98, BOS 97, pad 0; 32x32 images in 8x8 patches."""
+    return T.CLIPModel(T.CLIPConfig(
         text_config=dict(vocab_size=99, hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
                          max_position_embeddings=16, eos_token_id=98, bos_token_id=97, pad_token_id=0),
         vision_config=dict(hidden_size=48, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                            image_size=32, patch_size=8), projection_dim=24)).eval()
+
+
+def test_clip_parity():
+    torch.manual_seed(0)
+    ref = clip_ref()
     model = from_hf(ref)
     assert model.config.eos_token_id == 98 and model.config.activation == "quick_gelu"
     ids, mask = text_batch(97, b=3, length=10)
@@ -391,11 +396,7 @@ def test_clip_logit_scale_is_not_clamped(logit_scale):
     """CLIPModel multiplies by exp(logit_scale) as stored; OpenAI's checkpoints hold 4.6052 (> ln 100) and fine-tuned
     ones more. The converted model clamped exp(logit_scale) at 100: logits off by 3e-5 relative at 4.6052, by 8 at 5."""
     torch.manual_seed(0)
-    ref = T.CLIPModel(T.CLIPConfig(
-        text_config=dict(vocab_size=99, hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
-                         max_position_embeddings=16, eos_token_id=98, bos_token_id=97, pad_token_id=0),
-        vision_config=dict(hidden_size=48, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                           image_size=32, patch_size=8), projection_dim=24)).eval()
+    ref = clip_ref()
     with torch.no_grad():
         ref.logit_scale.fill_(logit_scale)
     model = from_hf(ref)
