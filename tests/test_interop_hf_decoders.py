@@ -10,6 +10,7 @@ import pytest
 import torch
 import transformers as T
 
+import zoo
 from zoo.interop import from_hf, to_hf
 
 GPT2_TINY = dict(vocab_size=99, n_positions=32, n_embd=32, n_layer=2, n_head=4, n_inner=37, bos_token_id=1,
@@ -305,3 +306,14 @@ def test_generate_without_mask_masks_pad_tokens_as_transformers(which):
     if inferred:
         with pytest.raises(ValueError, match="pads a prompt on the right.*inferred from the pad tokens, id 0"):
             model.generate(ids.flip(1), max_new_tokens=2)
+
+
+def test_ignore_eos_does_not_turn_a_pad_that_is_eos_into_a_mask():
+    """With pad = EOS (GPT-2's 50256) no mask is inferred, as in transformers; ignore_eos=True (benchmarks) dropped the
+    EOS ids before that check, so every EOS token of a prompt was masked out."""
+    model = zoo.create_model("gpt2_tiny", pad_token_id=2, eos_token_id=2).eval()
+    ids = torch.tensor([[4, 2, 7, 9, 2, 3]])  # EOS inside the prompt: a document boundary, not padding
+    with torch.no_grad():
+        plain = model.generate(ids, max_new_tokens=5, ignore_eos=True)
+        ones = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=5, ignore_eos=True)
+    assert torch.equal(plain, ones)

@@ -339,19 +339,20 @@ class GenerationMixin:
         ids, any of which ends a row (as in transformers);
         ignore_eos=True always generates max_new_tokens tokens (benchmarks).
         A decoder-only prompt given without attention_mask has its pad tokens masked (as transformers' generate
-        does) unless the pad id is an EOS id.
+        does) unless the pad id is an EOS id (the model's or eos_token_id's, also under ignore_eos).
         Sampling (do_sample=True) takes temperature (default 1.0), top_k, top_p and a generator.
         transformers' keywords name the inputs too: generate(input_ids=...) or, for images, generate(pixel_values=...)."""
         inputs = _one_input(inputs, input_ids=input_ids, pixel_values=pixel_values)
         decoder_only = not _is_encoder_decoder(self)
         cfg = self.config
-        eos = eos_ids(None if ignore_eos else getattr(cfg, "eos_token_id", None) if eos_token_id is None else eos_token_id)
+        named_eos = eos_ids(getattr(cfg, "eos_token_id", None) if eos_token_id is None else eos_token_id)
+        eos = None if ignore_eos else named_eos
         pad = getattr(cfg, "pad_token_id", None) if pad_token_id is None else pad_token_id
         if pad is None:  # pad only fills rows that have finished: EOS does that job as well
             pad = 0 if eos is None else eos[0]
         inferred = False
         if (attention_mask is None and decoder_only and torch.is_tensor(inputs) and inputs.dim() == 2
-                and not inputs.is_floating_point() and pad not in (eos or ()) and bool((inputs == pad).any())):
+                and not inputs.is_floating_point() and pad not in (named_eos or ()) and bool((inputs == pad).any())):
             # transformers' generate (decoder-only models) masks the prompt's pad tokens when no mask is given and
             # the pad id is not an EOS id: a left-padded batch then generates what each prompt generates alone
             attention_mask, inferred = inputs.ne(pad).long(), True
