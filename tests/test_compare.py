@@ -95,6 +95,8 @@ def test_store_appends_whole_lines_and_skips_a_torn_one(tmp_path):
     with open(tmp_path / ROWS, "a") as fh:
         fh.write('{"variant": "a", "se')  # a write cut by a crash
     assert read_rows(tmp_path) == [{"variant": "a", "seed": 0}]
+    append_row(tmp_path / ROWS, {"variant": "a", "seed": 1})  # the resumed study's next row: on a line of its own
+    assert read_rows(tmp_path) == [{"variant": "a", "seed": 0}, {"variant": "a", "seed": 1}]
 
 
 # ---------------------------------------------------------------------------- bad study files

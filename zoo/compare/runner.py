@@ -111,12 +111,17 @@ def _version(dist: str) -> str | None:
 
 
 def append_row(path: Path, row: dict) -> None:
-    """One JSON line, appended atomically: a single write under an exclusive lock, flushed and fsync'ed."""
+    """One JSON line, appended atomically: a single write under an exclusive lock, flushed and fsync'ed. A file
+    that does not end in a newline (a write cut by a crash) gets one first: the torn line stays a line of its own,
+    which read_rows skips, rather than swallowing this row into one unreadable line."""
     path.parent.mkdir(parents=True, exist_ok=True)
     line = (json.dumps(row) + "\n").encode()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            line = b"\n" + line
         os.write(fd, line)
         os.fsync(fd)
     finally:
