@@ -107,6 +107,9 @@ def test_store_appends_whole_lines_and_skips_a_torn_one(tmp_path):
     ({"seeds": []}, "seeds must be a non-empty list"),
     ({"budget": {"max_steps": 3, "max_epochs": 2}}, "budget must be exactly one of max_epochs, max_steps, max_minutes"),
     ({"variants": {"base": {"overrides": {"trainer.max_epochs": 3}}}}, "override trainer.max_epochs is set by the study"),
+    ({"variants": {"base": {}, "half": {"overrides": {"trainer.limit_train_batches": 0.5}}}},  # half the data per epoch
+     "variant half: override trainer.limit_train_batches is set by the study"),
+    ({"variants": {"base": {}, "longer": {"overrides": {"trainer.min_steps": 30}}}}, "override trainer.min_steps is set by the study"),
     ({"variants": {"base": {}, "bad": {"overrides": {"model.init_args.no_such_arg": 1}}}},
      "variant bad: override model.init_args.no_such_arg is not accepted by recipe vit_digits.yaml"),
     ({"variants": {"base": {}, "bad": {"overrides": {"trainer.no_such_flag": True}}}},

@@ -20,9 +20,11 @@ BUDGET_KEYS = ("max_epochs", "max_steps", "max_minutes")
 STUDY_KEYS = ("name", "description", "recipe", "baseline", "variants", "seeds", "budget", "metric", "store", "jobs", "cost")
 VARIANT_KEYS = ("overrides", "description")
 MODEL_KWARGS = "model.init_args.model_kwargs"
-# set by the study itself (seed, budget, run folder): a variant may not override them
+# set by the study itself (seed, budget, run folder): a variant may not override them. limit_train_batches and
+# min_epochs / min_steps change how much a run trains as surely as max_*: a variant at limit_train_batches 0.5
+# trained on half the batches of each epoch under a table saying "budget N epochs for every run"
 RESERVED = ("seed_everything", "trainer.max_epochs", "trainer.max_steps", "trainer.max_time", "trainer.default_root_dir",
-            "test_after_fit", "ckpt_path", "config")
+            "trainer.limit_train_batches", "trainer.min_epochs", "trainer.min_steps", "test_after_fit", "ckpt_path", "config")
 RECORDER = "zoo.compare.recorder.RunRecorder"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
