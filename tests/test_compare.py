@@ -467,3 +467,25 @@ def test_report_of_a_store_without_runs_of_the_studys_variants_writes_nothing(tm
     assert code == 1 and "Traceback" not in err
     assert f"the store {study.store} holds no finished runs of its variants and seeds (2 of others)" in err.splitlines()[0]
     assert (study.store / "table.md").read_text() == before  # not replaced by an empty table
+
+
+def test_table_says_what_the_runs_really_trained_under_the_budget(tmp_path):
+    """The budget is one number; the rows record the steps, epochs and samples each run trained. A variant at batch
+    size 32 under `max_epochs: 3` trained 117 steps and 3,744 samples against the baseline's 57 and 3,648 (seen on
+    vit_digits): the table says so instead of only "budget 3 epochs for every run"."""
+    from zoo.compare.report import trained_text
+
+    study = load_study(write_study(tmp_path, variants={"base": {}, "bs32": {}}, budget={"max_epochs": 3}))
+    amount = {"base": (57, 3, 3648), "bs32": (117, 3, 3744)}
+    rows = [dict(r, steps=amount[r["variant"]][0], epochs=3, samples=amount[r["variant"]][2])
+            for r in _rows("base", [0.24, 0.25]) + _rows("bs32", [0.24, 0.26])]
+    render(study, rows)
+    md = (study.store / "table.md").read_text()
+    assert ("**The runs trained different amounts under this budget** (e.g. a batch size, gradient accumulation or early "
+            "stopping differs; compare with that in mind): base: 57 steps, 3 epochs, 3,648 samples; bs32: 117 steps, "
+            "3 epochs, 3,744 samples.") in md
+    same = [dict(r, steps=57, epochs=3, samples=3648) for r in rows]
+    assert trained_text(same, study) == "Every run trained 57 steps, 3 epochs, 3,648 samples."
+    assert trained_text(_rows("base", [0.2]), study) == ""  # rows that recorded no amounts: no claim
+    study.budget = {"max_minutes": 1}
+    assert trained_text(rows, study).startswith("At a wall-clock budget each run trains what fits in it: base: 57 steps")

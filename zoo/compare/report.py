@@ -141,6 +141,27 @@ def tested_text(rows: list[dict]) -> str:
     return " / ".join(names.get(k, k) for k in sorted(kinds)) + (" (mixed: compare with care)" if len(kinds) > 1 else "")
 
 
+def trained_text(rows: list[dict], study) -> str:
+    """What the runs really trained (their recorded steps, epochs and samples): one figure when every run trained
+    the same, else each variant's, marked. The budget is one number, but a variant that changes the batch size, or a
+    recipe that stops early, trains another amount under it."""
+    amounts: dict[str, set] = {}
+    for r in rows:
+        if all(isinstance(r.get(k), int) for k in ("steps", "epochs", "samples")):
+            amounts.setdefault(r["variant"], set()).add((r["steps"], r["epochs"], r["samples"]))
+    if not amounts:
+        return ""
+    fmt = lambda a: f"{a[0]:,} steps, {a[1]} epoch{'s' if a[1] != 1 else ''}, {a[2]:,} samples"  # noqa: E731
+    every = set().union(*amounts.values())
+    if len(every) == 1:
+        return f"Every run trained {fmt(next(iter(every)))}."
+    wall = "max_minutes" in study.budget
+    per = "; ".join(f"{v}: {' / '.join(fmt(a) for a in sorted(amounts[v]))}" for v in study.variants if v in amounts)
+    return ("At a wall-clock budget each run trains what fits in it: " if wall else
+            "**The runs trained different amounts under this budget** (e.g. a batch size, gradient accumulation or early "
+            "stopping differs; compare with that in mind): ") + per + "."
+
+
 def markdown(summaries: list[dict], study, rows: list[dict], left_out: list[dict] | None = None) -> str:
     m, b = study.metric, study.baseline
     n_rows = len(rows)
@@ -149,6 +170,9 @@ def markdown(summaries: list[dict], study, rows: list[dict], left_out: list[dict
         lines += [study.description.strip(), ""]
     lines += [f"Recipe `{study.recipe.name}`, budget {study.budget_text()} for every run, seeds {study.seeds}; "
               f"metric `{m}` on the test split ({tested_text(rows)}). {n_rows} finished runs in the store.", ""]
+    trained = trained_text(rows, study)
+    if trained:
+        lines += [trained, ""]
     if left_out:
         lines += [left_out_sentence(left_out), ""]
     nan = [r for r in rows if isinstance(r["metrics"].get(m), float) and math.isnan(r["metrics"][m])]
