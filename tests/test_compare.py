@@ -7,6 +7,7 @@ import platform
 from pathlib import Path
 
 import pytest
+import yaml
 
 import zoo.trainer_cli  # noqa: F401  (lightning's log handler binds stderr on import: pytest's, not a test's capsys)
 from zoo.cli import main
@@ -26,7 +27,7 @@ def write_study(tmp_path, name="tiny", **over) -> Path:
              "seeds": [0, 1], "budget": {"max_steps": 3}, "metric": "test/acc", "store": str(tmp_path / "store"), "jobs": 1}
     study.update(over)
     path = tmp_path / f"{name}.yaml"
-    path.write_text(json.dumps(study))  # JSON is YAML
+    path.write_text(yaml.safe_dump(study, sort_keys=False))  # (JSON would write inf as Infinity, a string to YAML)
     return path
 
 
@@ -105,6 +106,9 @@ def test_store_appends_whole_lines_and_skips_a_torn_one(tmp_path):
     ({"variants": {}}, "has no variants"),
     ({"baseline": "wide"}, "baseline 'wide' is not one of its variants (base, narrow)"),
     ({"seeds": []}, "seeds must be a non-empty list"),
+    ({"seeds": [0, -1]}, "seeds must be integers from 0 to 4294967295 (what seed_everything accepts), got [0, -1]"),
+    ({"budget": {"max_minutes": math.inf}}, "budget max_minutes must be a positive number, got inf"),
+    ({"budget": {"max_epochs": math.nan}}, "budget max_epochs must be a positive integer, got nan"),
     ({"budget": {"max_steps": 3, "max_epochs": 2}}, "budget must be exactly one of max_epochs, max_steps, max_minutes"),
     ({"variants": {"base": {"overrides": {"trainer.max_epochs": 3}}}}, "override trainer.max_epochs is set by the study"),
     ({"variants": {"base": {}, "half": {"overrides": {"trainer.limit_train_batches": 0.5}}}},  # half the data per epoch

@@ -6,6 +6,7 @@ import dataclasses
 import io
 import json
 import logging
+import math
 import re
 import sys
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ MODEL_KWARGS = "model.init_args.model_kwargs"
 RESERVED = ("seed_everything", "trainer.max_epochs", "trainer.max_steps", "trainer.max_time", "trainer.default_root_dir",
             "trainer.limit_train_batches", "trainer.min_epochs", "trainer.min_steps", "test_after_fit", "ckpt_path", "config")
 RECORDER = "zoo.compare.recorder.RunRecorder"
+SEED_MAX = 2**32 - 1  # lightning's seed_everything accepts 0 .. 2**32 - 1 (numpy's seed range)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
 
@@ -144,12 +146,15 @@ def load_study(path: str | Path, store: str | Path | None = None) -> Study:
         raise StudyError(f"{where}: seeds must be a non-empty list of integers, e.g. seeds: [0, 1, 2]")
     if not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds) or len(set(seeds)) != len(seeds):
         raise StudyError(f"{where}: seeds must be distinct integers, got {seeds}")
+    if not all(0 <= s <= SEED_MAX for s in seeds):  # seed_everything refuses others: every run would fail at its start
+        raise StudyError(f"{where}: seeds must be integers from 0 to {SEED_MAX} (what seed_everything accepts), got {seeds}")
     budget = raw.get("budget")
     if not isinstance(budget, dict) or len(budget) != 1 or next(iter(budget)) not in BUDGET_KEYS:
         raise StudyError(f"{where}: budget must be exactly one of {', '.join(BUDGET_KEYS)}, e.g. budget: {{max_epochs: 40}}; "
                          f"got {budget!r}")
     (bkey, bval), = budget.items()
-    if isinstance(bval, bool) or not isinstance(bval, (int, float)) or bval <= 0 or (bkey != "max_minutes" and int(bval) != bval):
+    if isinstance(bval, bool) or not isinstance(bval, (int, float)) or not math.isfinite(bval) or bval <= 0 or \
+            (bkey != "max_minutes" and int(bval) != bval):
         raise StudyError(f"{where}: budget {bkey} must be a positive {'number' if bkey == 'max_minutes' else 'integer'}, got {bval!r}")
     metric = str(raw.get("metric") or "test/acc")
     if not metric.startswith("test/"):
