@@ -13,7 +13,7 @@ import zoo.trainer_cli  # noqa: F401  (lightning's log handler binds stderr on i
 from zoo.cli import main
 from zoo.compare import StudyError, aggregate, load_study, t_interval, validate_study
 from zoo.compare.report import render
-from zoo.compare.runner import ROWS, append_row, read_rows
+from zoo.compare.runner import ROWS, append_row, plan, read_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 DIGITS = str(ROOT / "configs" / "vit_digits.yaml")
@@ -183,7 +183,7 @@ def test_compare_refuses_two_of_report_validate_cost(flags, tmp_path, capsys):
 
 
 def test_rows_of_another_recipe_text_are_not_mixed_into_a_study(tmp_path):
-    from zoo.compare.runner import plan, recipe_sha256
+    from zoo.compare.runner import recipe_sha256
 
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(Path(DIGITS).read_text())
@@ -493,3 +493,23 @@ def test_table_says_what_the_runs_really_trained_under_the_budget(tmp_path):
     assert trained_text(_rows("base", [0.2]), study) == ""  # rows that recorded no amounts: no claim
     study.budget = {"max_minutes": 1}
     assert trained_text(rows, study).startswith("At a wall-clock budget each run trains what fits in it: base: 57 steps")
+
+
+def test_a_store_holding_one_run_twice_is_refused_naming_both_lines(tmp_path, capsys):
+    """Stores written before the store lock can hold a (variant, seed) twice; the table used the last row without a
+    word (a rerun until it looks good would go unseen). Training, --report and --cost refuse it, naming both lines."""
+    path = write_study(tmp_path)
+    study = load_study(path)
+    rows = [dict(r, overrides=study.variants[r["variant"]], budget=study.budget, finished=f"2026-12-0{i + 1}T00:00:00Z")
+            for i, r in enumerate(_rows("base", [0.90, 0.92]) + _rows("narrow", [0.80, 0.84]))]
+    for r in rows + [dict(rows[0], value=0.95, metrics={"test/acc": 0.95}, finished="2026-12-09T00:00:00Z")]:
+        append_row(study.store / ROWS, r)
+    message = (f"study tiny: the store {study.store} holds variant base seed 0 twice, lines 1 and 5 of runs.jsonl "
+               "(test/acc 0.9000 and 0.9500, finished 2026-12-01T00:00:00Z and 2026-12-09T00:00:00Z); delete the line "
+               "of the run to drop, keeping one per variant and seed")
+    code, out, err = zoo_cli(["compare", "--config", str(path), "--report"], capsys)
+    assert code == 1 and "Traceback" not in err and message in err.splitlines()[0]
+    assert not (study.store / "table.md").exists()
+    with pytest.raises(StudyError) as e:  # the plan of a training run (run_study) and of --cost
+        plan(study)
+    assert str(e.value) == message

@@ -128,16 +128,17 @@ def append_row(path: Path, row: dict) -> None:
         os.close(fd)  # closing releases the lock
 
 
-def read_rows(store: Path) -> list[dict]:
-    """The finished runs of a store; a torn last line (a write cut by a crash) is skipped."""
+def read_rows(store: Path, line_numbers: bool = False) -> list:
+    """The finished runs of a store; a torn last line (a write cut by a crash) is skipped. With `line_numbers`,
+    (line number in runs.jsonl, row) pairs."""
     path = Path(store) / ROWS
     if not path.is_file():
         return []
     rows = []
-    for line in path.read_text().splitlines():
+    for i, line in enumerate(path.read_text().splitlines(), 1):
         if line.strip():
             with contextlib.suppress(json.JSONDecodeError):
-                rows.append(json.loads(line))
+                rows.append((i, json.loads(line)) if line_numbers else json.loads(line))
     return rows
 
 
@@ -217,10 +218,10 @@ def plan(study: Study) -> tuple[list[tuple[str, int]], list[dict]]:
     """The runs still to do, and the store's rows of this study's runs. A finished row whose overrides or
     budget differ from the study's, that was trained from another text of the recipe file, or whose test did not
     log the study's metric, is an error: the study changed under its store; so is a row of another study."""
-    rows = read_rows(study.store)
-    done = {}
+    rows = read_rows(study.store, line_numbers=True)
+    done, lines = {}, {}
     sha = recipe_sha256(study)
-    for r in rows:
+    for line, r in rows:
         if r.get("study", study.name) != study.name:  # its report would overwrite the other study's table.md
             raise StudyError(f"study {study.name}: the store {study.store} holds runs of study {r['study']} (variant "
                              f"{r.get('variant')} seed {r.get('seed')}); give this study a store of its own "
@@ -241,9 +242,21 @@ def plan(study: Study) -> tuple[list[tuple[str, int]], list[dict]]:
             raise StudyError(f"study {study.name}: the store {study.store} holds variant {v} seed {r['seed']} tested "
                              f"without the study's metric {study.metric} (it logged {logged}); set metric: to one of "
                              "those or use another store")
-        done[(v, r["seed"])] = r
+        first = done.get((v, r["seed"]))
+        if first is not None:  # trained twice (a store from before the store lock): the table would take one silently
+            raise StudyError(
+                f"study {study.name}: the store {study.store} holds variant {v} seed {r['seed']} twice, lines "
+                f"{lines[v, r['seed']]} and {line} of {ROWS} ({study.metric} {_metric_text(first, study.metric)} and "
+                f"{_metric_text(r, study.metric)}, finished {first.get('finished', '?')} and {r.get('finished', '?')}); "
+                "delete the line of the run to drop, keeping one per variant and seed")
+        done[(v, r["seed"])], lines[v, r["seed"]] = r, line
     todo = [run for run in study.runs() if run not in done]
     return todo, list(done.values())
+
+
+def _metric_text(row: dict, metric: str) -> str:
+    value = (row.get("metrics") or {}).get(metric)
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
 def move_aside(run_dir: Path) -> Path | None:
