@@ -239,3 +239,37 @@ def test_a_hook_on_the_last_block_or_the_final_norm_sees_every_row():
 def test_mean_pooling_reads_every_token():
     model = zoo.create_model("vit_mnist")
     assert model.head_queries() is None
+
+
+@pytest.mark.parametrize("name,prefix", [("vit_mnist_reg4", 5), ("vit_mnist_distilled", 2), ("deit3_mnist", 0),
+                                         ("cait_mnist", 0), ("eva02_mnist", 1)])
+def test_weights_of_another_image_size_get_their_positions_resampled_as_timm(name, prefix, tmp_path):
+    """timm's create_model(..., pretrained=True, img_size=N) resamples the stored position table (checkpoint_filter_fn:
+    bicubic, antialiased, prefix rows kept); zoo refused with a shape mismatch of pos_embed."""
+    from timm.layers import resample_abs_pos_embed
+
+    torch.manual_seed(0)
+    model = zoo.create_model(name).eval()
+    model.save_pretrained(tmp_path / "w")
+    for size in (40, 20):  # up and down from 28
+        big = zoo.create_model(name, pretrained=str(tmp_path / "w"), img_size=size).eval()
+        grid = (size // model.config.patch_size,) * 2
+        want = resample_abs_pos_embed(model.pos_embed.detach(), grid, num_prefix_tokens=prefix)
+        torch.testing.assert_close(big.pos_embed.detach(), want, rtol=0, atol=0)
+        others = {k: v for k, v in model.state_dict().items() if k != "pos_embed"}
+        torch.testing.assert_close({k: v for k, v in big.state_dict().items() if k in others}, others, rtol=0, atol=0)
+        assert big(torch.randn(1, model.config.in_chans, size, size)).shape == (1, 10)
+
+
+def test_a_model_loaded_at_another_size_equals_the_dynamic_resize_of_its_weights(tmp_path):
+    torch.manual_seed(0)
+    model = zoo.create_model("vit_mnist", pos_resize_antialias=True).eval()  # the forward resizes as the loader does
+    model.save_pretrained(tmp_path)
+    x = torch.randn(2, 1, 44, 44)
+    with torch.no_grad():
+        torch.testing.assert_close(zoo.create_model("vit_mnist", pretrained=str(tmp_path), img_size=44).eval()(x), model(x))
+    # a table that is not a square grid plus prefix rows is still named, not guessed
+    state = {k: v for k, v in model.state_dict().items()}
+    state["pos_embed"] = state["pos_embed"][:, :-3]
+    with pytest.raises(Exception, match="pos_embed: checkpoint"):
+        zoo.weights.load_state_dict_checked(zoo.create_model("vit_mnist", img_size=44), state)

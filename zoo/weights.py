@@ -204,9 +204,15 @@ def _state_dict_of(obj, path: Path) -> dict[str, torch.Tensor]:
 
 
 def load_state_dict_checked(model: nn.Module, state_dict: dict[str, torch.Tensor], ignore: tuple[str, ...] = ()) -> None:
-    """Strict load that reports every problem at once instead of stopping at the first."""
+    """Strict load that reports every problem at once instead of stopping at the first. Modules that declare
+    `adapt_state_dict(state_dict, prefix)` first fit the stored tensors to themselves in place (timm's
+    checkpoint_filter_fn: a ViT resamples the position table of weights trained at another image size)."""
     own = model.state_dict()
     state_dict = _fill_tied(own, dict(state_dict))
+    for name, module in model.named_modules():
+        adapt = getattr(module, "adapt_state_dict", None)
+        if callable(adapt):
+            adapt(state_dict, f"{name}." if name else "")
     missing = sorted(k for k in own if k not in state_dict)
     unexpected = sorted(k for k in state_dict if k not in own and not any(k.startswith(p) for p in ignore))
     mismatched = sorted(

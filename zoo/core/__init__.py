@@ -20,6 +20,7 @@ from .position import (
     check_length,
     check_pad_token,
     relative_position_bucket,
+    resample_pos_state,
     resize_pos_grid,
     sinusoidal_table,
 )
@@ -31,7 +32,7 @@ __all__ = [
     "trunc_normal_init",
     "causal_mask", "combine_masks", "decoder_padding_mask", "fold_mask_into_bias", "padding_mask", "LearnedPositionalEmbedding", "RelativePositionBias",
     "RotaryEmbedding", "SinusoidalPositionalEmbedding", "check_length", "check_pad_token", "relative_position_bucket",
-    "resize_pos_grid", "sinusoidal_table",
+    "resample_pos_state", "resize_pos_grid", "sinusoidal_table",
 ]
 from .qv_bias import QVBiasAttention, QVBiasLinear  # noqa: E402
 __all__ += ["RotaryEmbedding2D", "QVBiasAttention", "QVBiasLinear"]

@@ -366,6 +366,25 @@ def resize_pos_grid(pos: torch.Tensor, old_grid: tuple[int, int], new_grid: tupl
     return rearrange(grid, "1 d h w -> (h w) d").to(pos.dtype)
 
 
+def resample_pos_state(state_dict: dict, key: str, own: torch.Tensor | None, num_prefix: int,
+                       grid: tuple[int, int]) -> None:
+    """Fit a stored table of learned absolute positions, (1, num_prefix + gh·gw, D), to a model built for another
+    image or patch size (timm's checkpoint_filter_fn with resample_abs_pos_embed): the prefix rows (class / register
+    tokens) are kept, the patch rows are resized bicubically (antialiased, as timm) from the stored grid, taken as
+    square as timm does, to the model's `grid`. In place; a table that is not of that form is left for the strict
+    load to report."""
+    stored = state_dict.get(key)
+    if stored is None or own is None or stored.shape == own.shape or stored.ndim != 3 or own.ndim != 3:
+        return
+    if stored.shape[0] != 1 or stored.shape[-1] != own.shape[-1]:
+        return
+    side = math.isqrt(max(stored.shape[1] - num_prefix, 0))
+    if side == 0 or side * side != stored.shape[1] - num_prefix:
+        return
+    patches = resize_pos_grid(stored[0, num_prefix:], (side, side), tuple(grid), antialias=True)
+    state_dict[key] = torch.cat([stored[0, :num_prefix], patches])[None]
+
+
 
 class RotaryEmbedding2D(nn.Module):
     """2-D axial rotary position embedding of image tokens (EVA-02; Heo et al. 2024, RoPE-ViT), as timm's

@@ -34,6 +34,7 @@ from ..core import (
     TransformerBlock,
     TransformerStack,
     make_norm,
+    resample_pos_state,
     resize_pos_grid,
     talking_heads_attention,
     trunc_normal_init,
@@ -152,6 +153,10 @@ class CaiT(ZooModel, nn.Module):
 
     def no_weight_decay(self) -> set[str]:
         return {"pos_embed", "cls_token"}
+
+    def adapt_state_dict(self, state_dict: dict, prefix: str = "") -> None:
+        """Weights of another image size: the patch positions resampled to this grid (as timm)."""
+        resample_pos_state(state_dict, prefix + "pos_embed", self.pos_embed, 0, self.grid)
 
     # -- the two stages -------------------------------------------------------------------------
     def _embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:

@@ -32,6 +32,7 @@ from ..core import (
     RotaryEmbedding2D,
     TransformerStack,
     make_norm,
+    resample_pos_state,
     multi_head_attention,
     trunc_normal_init,
 )
@@ -164,6 +165,10 @@ class Eva(ZooModel, nn.Module):
 
     def no_weight_decay(self) -> set[str]:
         return {"pos_embed", "cls_token"}
+
+    def adapt_state_dict(self, state_dict: dict, prefix: str = "") -> None:
+        """Weights of another image size: the absolute positions resampled to this grid (as timm's EVA)."""
+        resample_pos_state(state_dict, prefix + "pos_embed", self.pos_embed, self.num_prefix, self.grid)
 
     def check_images(self, x) -> None:
         """Float (B, in_chans, H, W) images of the configured size."""

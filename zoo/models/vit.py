@@ -53,6 +53,7 @@ from ..core import (
     TransformerStack,
     glu_hidden,
     make_norm,
+    resample_pos_state,
     resize_pos_grid,
     sincos_table_2d,
     trunc_normal_init,
@@ -252,6 +253,11 @@ class VisionTransformer(ZooModel, nn.Module):
 
     def no_weight_decay(self) -> set[str]:
         return {"pos_embed", "cls_token", "reg_token"}
+
+    def adapt_state_dict(self, state_dict: dict, prefix: str = "") -> None:
+        """Weights of another image or patch size: their learned positions resampled to this model's grid (as timm's
+        create_model(..., pretrained=True, img_size=...)); called by every zoo weights loader."""
+        resample_pos_state(state_dict, prefix + "pos_embed", self.pos_embed, self._pos_slots(), self.grid)
 
     def _prefix_tokens(self, batch: int) -> list[torch.Tensor]:
         """The learned tokens before the patches, in order: [cls, reg_1..reg_R]."""
