@@ -229,3 +229,20 @@ def test_no_module_imports_the_cli_and_there_are_no_import_cycles():
     for m in graph:
         if m not in state:
             visit(m, [])
+
+
+SIZED_STAND_INS = [n for n in STAND_INS if hasattr(zoo.get_config(n), "img_size") and hasattr(zoo.get_config(n), "patch_size")]
+
+
+@pytest.mark.parametrize("name", SIZED_STAND_INS)
+def test_weights_load_into_the_model_at_another_image_size(name, tmp_path):
+    """timm's create_model(name, pretrained=..., img_size=N): weights trained at one image size load into the model
+    built for another (learned position tables resampled, fixed ones rebuilt) and run on images of that size."""
+    model, cfg = build(name)
+    model.save_pretrained(tmp_path)
+    size = 2 * cfg.img_size if cfg.img_size < 100 else cfg.img_size + 2 * cfg.patch_size  # larger, not 4x the work
+    other = zoo.create_model(name, pretrained=str(tmp_path), img_size=size).eval()
+    ex = example_inputs(other, batch=1, length=5)
+    assert ex.args[0].shape[-2:] == (size, size)
+    with torch.no_grad():
+        assert torch.isfinite(_first(other(*ex.args))).all()

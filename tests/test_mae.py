@@ -187,3 +187,16 @@ def test_mae_evaluation_loss_does_not_depend_on_the_batch_size():
     assert abs(losses[0] - losses[1]) < 1e-5, losses
     images = torch.randn(3, 1, 28, 28)
     assert torch.equal(task.fixed_noise(images)[1:], task.fixed_noise(images[1:]))  # an image's noise is its own
+
+
+def test_weights_of_another_image_size_keep_this_grids_fixed_tables(tmp_path):
+    """create_model("mae_mnist", pretrained=dir, img_size=56) refused the 28px weights (shape mismatch of the sin-cos
+    tables, which are not learned); now the model keeps its own tables and loads every other tensor."""
+    torch.manual_seed(0)
+    model = zoo.create_model("mae_mnist")
+    model.save_pretrained(tmp_path)
+    big = zoo.create_model("mae_mnist", pretrained=str(tmp_path), img_size=56)
+    fresh = zoo.create_model("mae_mnist", img_size=56)
+    for key in ("pos_embed", "decoder_pos_embed"):
+        torch.testing.assert_close(getattr(big, key), getattr(fresh, key), rtol=0, atol=0)
+    torch.testing.assert_close(big.decoder_pred.weight, model.decoder_pred.weight, rtol=0, atol=0)

@@ -142,6 +142,13 @@ class MaskedAutoencoder(ZooModel, nn.Module):
     def no_weight_decay(self) -> set[str]:
         return {"pos_embed", "cls_token", "mask_token", "decoder_pos_embed"}
 
+    def adapt_state_dict(self, state_dict: dict, prefix: str = "") -> None:
+        """Weights of another image size: the fixed sin-cos tables are this grid's own (they are not learned)."""
+        for key in ("pos_embed", "decoder_pos_embed"):
+            own, stored = getattr(self, key), state_dict.get(prefix + key)
+            if stored is not None and stored.ndim == 3 and stored.shape[::2] == own.shape[::2] and not own.is_meta:
+                state_dict[prefix + key] = own.detach().clone()
+
     def example_inputs(self, batch: int = 2, length: int = 16, generator: torch.Generator | None = None) -> Inputs:
         """Images and the per-patch noise (distinct values: argsort has no ties), so the masking is reproducible."""
         c = self.config
