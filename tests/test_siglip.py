@@ -186,9 +186,10 @@ def test_from_hf_siglip_parity(from_dir, tmp_path):
     model = from_hf(tmp_path if from_dir else ref)
     assert model.config.vision_pool == "map" and model.config.text_pool == "last" and model.config.activation == "gelu_tanh"
     g = torch.Generator().manual_seed(1)
-    ids = torch.randint(2, 99, (3, 10), generator=g)
-    mask = torch.ones(3, 10, dtype=torch.long)
-    mask[1, 7:], mask[2, 4:] = 0, 0
+    # texts padded to max_position_embeddings (16), as HF's SigLIP processor and zero-shot pipeline pad them
+    ids = torch.randint(2, 99, (3, 16), generator=g)
+    mask = torch.ones(3, 16, dtype=torch.long)
+    mask[0, 10:], mask[1, 7:], mask[2, 4:] = 0, 0, 0
     ids[mask == 0] = 1
     x = torch.randn(2, 3, 32, 32, generator=g)
     for dtype, tol in ((torch.float32, 1e-4), (torch.float64, 1e-9)):
@@ -199,6 +200,8 @@ def test_from_hf_siglip_parity(from_dir, tmp_path):
                 r = ref(input_ids=ids, attention_mask=m, pixel_values=xd)
                 pairs = [(model.encode_image(xd), r.image_embeds), (model.encode_text(ids, m), r.text_embeds),
                          (model(xd, ids, m), r.logits_per_image)]
+                if m is not None:  # zoo pads shorter texts to context_length itself: the batch's padding changes nothing
+                    pairs.append((model.encode_text(ids[:, :10], mask[:, :10]), r.text_embeds))
                 for ours, theirs in pairs:
                     err = (ours - theirs).abs().max().item()
                     assert err <= tol * theirs.abs().max().item(), (dtype, err)
@@ -207,6 +210,23 @@ def test_from_hf_siglip_parity(from_dir, tmp_path):
             r = ref(input_ids=ids[:2], attention_mask=mask[:2], pixel_values=xd[:2], return_loss=True)
             loss = siglip_loss(txt, img, model.scale(), model.bias())
             assert abs(loss.item() - r.loss.item()) <= tol * abs(r.loss.item())
+
+
+def test_a_siglip_text_embedding_does_not_depend_on_the_batch_padding():
+    """SigLIP's text tower reads the last position: a label padded to the longest of its batch got another embedding
+    (and another sigmoid score) depending on the other candidate labels; texts are now read padded to context_length."""
+    torch.manual_seed(0)
+    m = zoo.create_model("siglip_mnist").eval()
+    ids = torch.tensor([[5, 6, 7, 2]])
+    with torch.no_grad():
+        alone = m.encode_text(ids)
+        for width in (6, 11, m.config.context_length):
+            padded = torch.nn.functional.pad(ids, (0, width - 4), value=m.config.pad_token_id)
+            mask = (torch.arange(width) < 4).long()[None]
+            torch.testing.assert_close(m.encode_text(padded, mask), alone, atol=1e-6, rtol=1e-5)
+            batch = torch.cat([padded, torch.randint(3, 500, (1, width))])  # beside a longer text
+            torch.testing.assert_close(m.encode_text(batch, torch.cat([mask, torch.ones_like(mask)]))[:1], alone,
+                                       atol=1e-6, rtol=1e-5)
 
 
 def test_from_hf_siglip_refuses_a_headless_vision_tower():

@@ -19,7 +19,9 @@ SigLIP (Zhai et al. 2023) is the same family with three switches, laid out like 
     vision_pool="map"   no class token, no ln_pre, patch projection with bias, ln_post on every token,
                         then an attention-pooling head (`AttentionPoolHead`); the pooled vector is the
                         image embedding (no visual projection, so vision_width == embed_dim)
-    text_pool="last"    bidirectional text tower pooled at the last position -> text_projection with bias
+    text_pool="last"    bidirectional text tower pooled at the last position of the text right-padded to
+                        context_length (as SigLIP was trained; shorter inputs are padded inside) -> text_projection
+                        with bias
     logit_bias_init     a learnable bias b: logits = exp(logit_scale) * <img, txt> + b
                         (the sigmoid loss, zoo.tasks.losses, starts from t' = log 10, b = -10)
 """
@@ -155,10 +157,22 @@ class CLIPTextTransformer(nn.Module):
         # Causality already hides right padding from the EOT token; the padding mask also covers left padding.
         return self.transformer(x, mask=padding_mask(attention_mask), causal=self.causal)
 
+    def pad_to_context(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None):
+        """Ids (and mask) right-padded with pad_token_id (mask 0) to context_length: SigLIP's tower was trained on
+        texts padded to its maximum length and reads the last position, so a text padded only to the longest of its
+        batch got another embedding in every batch (HF's processor and zero-shot pipeline pad to max_length)."""
+        extra = self.config.context_length - input_ids.shape[1]
+        if extra <= 0:
+            return input_ids, attention_mask
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        return (F.pad(input_ids, (0, extra), value=self.config.pad_token_id),
+                F.pad(attention_mask, (0, extra), value=0))
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        if not self.causal:  # SigLIP: the last position of the text padded to context_length, whatever the batch
+            return self.forward_features(*self.pad_to_context(input_ids, attention_mask))[:, -1]
         x = self.forward_features(input_ids, attention_mask)
-        if not self.causal:  # SigLIP: the last position, whatever the padding (its tokenizer pads to max length)
-            return x[:, -1]
         return x[torch.arange(x.shape[0], device=x.device), self.eos_positions(input_ids)]
 
 
