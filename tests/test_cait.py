@@ -268,3 +268,24 @@ def test_feature_info_names_the_blocks_and_features_only_returns_their_maps():
     assert [m.shape for m in maps] == [(2, 128, 7, 7)] * 2
     for a, b in zip(maps, want):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("indices,prune_norm", [([0, 2], False), (2, True)])
+def test_prune_intermediate_layers_as_timm(indices, prune_norm):
+    """timm's Cait.prune_intermediate_layers; zoo's CaiT had none (AttributeError)."""
+    ref = perturbed_timm(img_size=32, depth=4, depth_token_only=1)
+    model = from_timm(ref)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        before = model.forward_intermediates(x, indices=indices, intermediates_only=True)
+    take = model.prune_intermediate_layers(indices, prune_norm=prune_norm)
+    assert take == ref.prune_intermediate_layers(indices, prune_norm=prune_norm)
+    assert len(model.encoder.blocks) == len(ref.blocks) == model.config.depth == len(model.feature_info)
+    with torch.no_grad():
+        after = model.forward_intermediates(x, indices=take, intermediates_only=True)
+        for a, b, c in zip(after, before, ref.forward_intermediates(x, indices=take, intermediates_only=True)):
+            assert_parity(a, b, 1e-6)
+            assert_parity(a, c, 1e-4)
+        feats = model.forward_features(x)
+        assert_parity(feats, ref.forward_features(x), 1e-4)  # norm(trunk(x)): no class token any more
+        assert_parity(model(x), feats.mean(1), 1e-6)  # the pooled features, as a pruned ViT

@@ -40,7 +40,8 @@ from ..core import (
     trunc_normal_init,
 )
 from ..core.position import check_images
-from ..features import block_feature_info, check_output_fmt, feature_take_indices, run_blocks, tokens_to_nchw
+from ..features import (block_feature_info, check_output_fmt, feature_take_indices, prune_blocks, run_blocks,
+                        tokens_to_nchw)
 from ..registry import register_model
 from .vit import ConvStem, PatchEmbed, VisionTransformer
 
@@ -167,7 +168,10 @@ class CaiT(ZooModel, nn.Module):
         return self.pos_drop(self.patch_embed(x) + pos[None]), grid
 
     def forward_cls(self, x: torch.Tensor) -> torch.Tensor:
-        """Patch tokens (B, N, D) -> [cls; x] (B, 1 + N, D) after the class-attention blocks (before the norm)."""
+        """Patch tokens (B, N, D) -> [cls; x] (B, 1 + N, D) after the class-attention blocks (before the norm); x
+        itself once prune_intermediate_layers removed the class token and its blocks."""
+        if self.cls_token is None:
+            return x
         cls = self.cls_token.expand(x.shape[0], -1, -1)
         for blk in self.class_blocks:
             cls = blk(x, cls)
@@ -203,6 +207,24 @@ class CaiT(ZooModel, nn.Module):
         if intermediates_only:
             return maps
         return self.norm(self.forward_cls(x)), maps
+
+    def prune_intermediate_layers(self, indices: int | list[int] | None = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> list[int]:
+        """timm's backbone trim: drop the talking-heads blocks after the last one `indices` takes (config.depth and
+        feature_info follow), the final norm with `prune_norm`, and with `prune_head` the class token, the
+        class-attention blocks and the classifier, as timm: forward_features(x) is then norm(trunk(x)) over the patch
+        tokens, and forward(x) their mean (the pooled features, as a pruned ViT). Returns the absolute indices to
+        pass to forward_intermediates."""
+        take = prune_blocks(self.encoder.blocks, indices)
+        self.config.depth = len(self.encoder.blocks)
+        self.feature_info = self.feature_info[:self.config.depth]
+        if prune_norm:
+            self.norm = nn.Identity()
+        if prune_head:
+            self.cls_token, self.class_blocks, self.num_prefix = None, nn.ModuleList(), 0
+            self.config.pool = "avg"
+            self.reset_classifier(0)
+        return take
 
     def group_matcher(self, coarse: bool = False):
         """timm's parameter groups for layer-wise lr decay: the embedding first, then one group per self-attention
