@@ -246,3 +246,18 @@ def test_weights_load_into_the_model_at_another_image_size(name, tmp_path):
     assert ex.args[0].shape[-2:] == (size, size)
     with torch.no_grad():
         assert torch.isfinite(_first(other(*ex.args))).all()
+
+
+@pytest.mark.parametrize("name", IMAGE_STAND_INS)
+def test_prune_intermediate_layers_keeps_the_taken_maps(name):
+    """timm's prune_intermediate_layers on every image model that offers forward_intermediates."""
+    model, _ = build(name)
+    model.eval()
+    x = example_inputs(model, batch=1).args[0]
+    with torch.no_grad():
+        before = model.forward_intermediates(x, indices=[0, 1], intermediates_only=True)
+        take = model.prune_intermediate_layers([0, 1])
+        after = model.forward_intermediates(x, indices=take, intermediates_only=True)
+        assert take == [0, 1] and len(model.feature_info) == 2
+        torch.testing.assert_close(after, before)
+        assert torch.isfinite(_first(model(x))).all()

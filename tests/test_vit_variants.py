@@ -273,3 +273,19 @@ def test_a_model_loaded_at_another_size_equals_the_dynamic_resize_of_its_weights
     state["pos_embed"] = state["pos_embed"][:, :-3]
     with pytest.raises(Exception, match="pos_embed: checkpoint"):
         zoo.weights.load_state_dict_checked(zoo.create_model("vit_mnist", img_size=44), state)
+
+
+def test_the_timm_wrapper_prunes_as_its_timm_model():
+    """TimmClassifier delegates forward_intermediates to timm; prune_intermediate_layers was an AttributeError."""
+    torch.manual_seed(0)
+    model = zoo.create_model("timm_resnet18_mnist").eval()
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        before = model.forward_intermediates(x, indices=[1, 2], intermediates_only=True)
+        take = model.prune_intermediate_layers([1, 2])
+        after = model.forward_intermediates(x, indices=take, intermediates_only=True)
+    assert take == [1, 2] and len(model.feature_info) == 3 and model.num_classes == 0
+    for a, b in zip(after, before):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="out of range"):
+        model.prune_intermediate_layers([7])

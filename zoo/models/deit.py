@@ -176,6 +176,19 @@ class TimmClassifier(ZooModel, nn.Module):
             maps = [rearrange(m, "b c h w -> b (h w) c") for m in maps]
         return maps if intermediates_only else (final, maps)
 
+    def prune_intermediate_layers(self, indices: int | list[int] | None = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> list[int]:
+        """timm's prune_intermediate_layers of the wrapped model (with prune_head its forward returns the unpooled
+        maps, as timm's does); feature_info follows. Returns the indices to pass to forward_intermediates."""
+        if not callable(getattr(self.net, "prune_intermediate_layers", None)):
+            raise TypeError(f"timm {self.config.timm_name} has no prune_intermediate_layers")
+        feature_take_indices(len(self.feature_info), indices)  # our error message for bad indices
+        take = list(self.net.prune_intermediate_layers(indices, prune_norm=prune_norm, prune_head=prune_head))
+        self.feature_info = self.feature_info[:max(take) + 1]
+        if prune_head:
+            self.num_classes = self.config.num_classes = 0
+        return take
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         check_images(x, self.config.in_chans)
         return self.net.forward_features(x)
