@@ -121,12 +121,93 @@ def test_llama_from_directory_and_unsupported_configs(tmp_path):
     bad = T.LlamaForCausalLM(T.LlamaConfig(**{**LLAMA_CONFIGS["gqa"], "attention_bias": True}))
     with pytest.raises(ValueError, match="no biases"):
         from_hf(bad)
-    scaled = T.LlamaForCausalLM(T.LlamaConfig(**{**LLAMA_CONFIGS["gqa"], "rope_parameters": {
-        "rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0}}))
-    with pytest.raises(ValueError, match="rope_type 'default' only"):
-        from_hf(scaled)
     with pytest.raises(ValueError, match="scale_attn_by_inverse_layer_idx"):
         from_hf(gpt2_ref(scale_attn_by_inverse_layer_idx=True))
+
+
+# RoPE scaling, tiny: head_dim 8 and theta 10000 give wavelengths 6.3, 63, 628, 6283 positions; the llama3 one keeps
+# the first (< 16/2), blends the second (8..64) and divides the others by factor; every scaling starts at 16 positions.
+ROPE_SCALINGS = {
+    "linear": ({"rope_type": "linear", "factor": 2.0}, 64),
+    "dynamic": ({"rope_type": "dynamic", "factor": 2.0}, 16),  # beyond max_position_embeddings: NTK base growth
+    "llama3": ({"rope_type": "llama3", "factor": 4.0, "low_freq_factor": 0.25, "high_freq_factor": 2.0,
+                "original_max_position_embeddings": 16}, 64),
+}
+
+
+def scaled_llama_ref(kind, **kw):
+    params, max_positions = ROPE_SCALINGS[kind]
+    torch.manual_seed(0)
+    cfg = {**LLAMA_CONFIGS["gqa"], "rope_parameters": {**params, "rope_theta": 10000.0},
+           "max_position_embeddings": max_positions, "attn_implementation": "sdpa", **kw}
+    ref = T.LlamaForCausalLM(T.LlamaConfig(**cfg)).eval()
+    with torch.no_grad():
+        for n, p in ref.named_parameters():
+            p.mul_(8) if "norm" not in n else p.uniform_(0.5, 1.5)  # peaked: rotation errors change the logits
+    return ref
+
+
+@pytest.mark.parametrize("kind", list(ROPE_SCALINGS))
+def test_scaled_rope_parity(kind):
+    """Llama 3.1 / 3.2 checkpoints (rope_type llama3) and linear / dynamic-NTK ones were refused ('rope_type default
+    only'); they convert into zoo's rope_scaling and give transformers' logits beyond the original length."""
+    ref = scaled_llama_ref(kind)
+    model = from_hf(ref)
+    assert model.config.rope_scaling["rope_type"] == kind
+    if kind != "dynamic":  # transformers' table at init, bit for bit
+        assert torch.equal(model.rope.inv_freq, ref.model.rotary_emb.inv_freq)
+    else:
+        assert model.config.max_positions == 32 and model.config.rope_scaling["original_max_position_embeddings"] == 16
+    ids, mask = batch(99, "left", length=28)  # 28 positions, 16 of the original length
+    with torch.no_grad():
+        ours = model(ids, mask)
+        assert_parity(ours, ref(input_ids=ids, attention_mask=mask).logits, mask)
+        plain = from_hf(scaled_llama_ref(kind, rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+                                          max_position_embeddings=64))
+        assert (plain(ids, mask) - ours)[:, -4:].abs().max() > 1e-2  # the scaling changes these logits
+
+
+@pytest.mark.parametrize("kind", list(ROPE_SCALINGS))
+def test_scaled_rope_greedy_generation_equals_transformers(kind):
+    """Token for token past the original length (dynamic: a new base at every step, cached keys kept)."""
+    ref = scaled_llama_ref(kind)
+    model = from_hf(ref)
+    ids, mask = batch(99, "left", length=12, seed=3)
+    with torch.no_grad():
+        theirs = ref.generate(ids, attention_mask=mask, do_sample=False, num_beams=1, max_new_tokens=14,
+                              min_new_tokens=14, eos_token_id=None, pad_token_id=0)
+    ours = model.generate(ids, attention_mask=mask, max_new_tokens=14, ignore_eos=True)
+    assert torch.equal(ours, theirs)
+
+
+@pytest.mark.parametrize("kind", list(ROPE_SCALINGS))
+def test_scaled_rope_roundtrip(kind, tmp_path):
+    params, max_positions = ROPE_SCALINGS[kind]
+    scaling = {"original_max_position_embeddings": 16, **params} if kind == "dynamic" else params
+    model = zoo.create_model("llama_tiny", vocab_size=120, depth=2, dim=64, num_heads=8, mlp_hidden=96,
+                             rope_scaling=scaling, max_positions=32 if kind == "dynamic" else 64).eval()
+    to_hf(model, tmp_path)
+    hf = T.LlamaForCausalLM.from_pretrained(tmp_path).eval()
+    assert hf.config.rope_parameters["rope_type"] == kind and hf.config.max_position_embeddings == max_positions
+    back = from_hf(tmp_path)
+    assert back.config == model.config
+    ids, mask = batch(120, "left", length=28)
+    with torch.no_grad():
+        assert_parity(model(ids, mask), hf(input_ids=ids, attention_mask=mask).logits, mask)
+
+
+def test_unsupported_rope_scaling_is_refused_naming_type_and_field():
+    yarn = T.LlamaForCausalLM(T.LlamaConfig(**{**LLAMA_CONFIGS["gqa"], "rope_parameters": {
+        "rope_type": "yarn", "factor": 2.0, "original_max_position_embeddings": 32, "rope_theta": 10000.0}}))
+    with pytest.raises(ValueError, match=r"cannot convert rope_parameters.rope_type='yarn'.*'linear', 'dynamic', 'llama3'"):
+        from_hf(yarn)
+    with pytest.raises(ValueError, match=r"^rope_scaling: rope_type 'longrope' is not supported"):
+        zoo.create_model("llama_tiny", rope_scaling={"rope_type": "longrope", "factor": 2.0})
+    with pytest.raises(ValueError, match=r"rope_scaling of rope_type 'llama3' takes .* missing low_freq_factor"):
+        zoo.create_model("llama_tiny", rope_scaling={"rope_type": "llama3", "factor": 8.0, "high_freq_factor": 4.0,
+                                                     "original_max_position_embeddings": 64})
+    with pytest.raises(ValueError, match=r"rope_scaling: factor must be a positive number, got '2'"):
+        zoo.create_model("llama_tiny", rope_scaling={"rope_type": "linear", "factor": "2"})
 
 
 def test_gpt2_legacy_checkpoint_without_prefix(tmp_path):

@@ -161,12 +161,15 @@ def gpt_peer(model: nn.Module, name: str) -> Peer:
 def llama_peer(model: nn.Module, name: str) -> Peer:
     from transformers import LlamaConfig, LlamaForCausalLM
 
+    from ..interop.hf_llama import hf_rope_parameters
+
     c = model.config
+    rope_parameters, max_positions = hf_rope_parameters(c)
     hf = LlamaConfig(
         vocab_size=c.vocab_size, hidden_size=c.dim, intermediate_size=c.mlp_hidden, num_hidden_layers=c.depth,
         num_attention_heads=c.num_heads, num_key_value_heads=c.num_kv_heads or c.num_heads,
-        head_dim=c.head_dim or c.dim // c.num_heads, max_position_embeddings=c.max_positions, rms_norm_eps=c.norm_eps,
-        rope_parameters={"rope_type": "default", "rope_theta": c.rope_theta}, tie_word_embeddings=c.tie_word_embeddings,
+        head_dim=c.head_dim or c.dim // c.num_heads, max_position_embeddings=max_positions, rms_norm_eps=c.norm_eps,
+        rope_parameters=rope_parameters, tie_word_embeddings=c.tie_word_embeddings,
         attention_dropout=c.attn_dropout, bos_token_id=c.bos_token_id, eos_token_id=c.eos_token_id,
         pad_token_id=c.pad_token_id, attn_implementation="sdpa",
     )

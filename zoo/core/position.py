@@ -331,27 +331,101 @@ class RelativePositionBias(nn.Module):
         return rearrange(self.embedding(buckets), "q k h -> 1 h q k")
 
 
+# Scaled RoPE (the rope_type values transformers' configs write): the keys each one reads besides rope_type.
+# "linear" (position interpolation, Chen et al. 2023): every frequency / factor. "dynamic" (dynamic NTK): beyond
+# original_max_position_embeddings the base grows with the sequence length seq_len of the call,
+# base' = base·(factor·seq_len/original − (factor − 1))^(D/(D−2)); up to it, plain RoPE. "llama3" (Llama 3.1+):
+# wavelengths above original/low_freq_factor are divided by factor, below original/high_freq_factor kept, and
+# interpolated smoothly in between.
+ROPE_SCALINGS = {
+    "linear": ("factor",),
+    "dynamic": ("factor", "original_max_position_embeddings"),
+    "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"),
+}
+
+
+def check_rope_scaling(scaling, field: str = "rope_scaling") -> dict | None:
+    """A validated copy of a RoPE scaling declaration ({"rope_type": ..., plus the keys of ROPE_SCALINGS}), or None
+    (plain RoPE). `field`: the config field named in the errors."""
+    if scaling is None:
+        return None
+    example = "{'rope_type': 'linear', 'factor': 2.0}"
+    if not isinstance(scaling, dict):
+        raise ValueError(f"{field} must be a dict such as {example} or None (plain RoPE), got {scaling!r}")
+    kind = scaling.get("rope_type")
+    if kind not in ROPE_SCALINGS:
+        raise ValueError(f"{field}: rope_type {kind!r} is not supported; zoo's RoPE scales by "
+                         f"{', '.join(map(repr, ROPE_SCALINGS))}, or {field}=None for plain RoPE")
+    need = ROPE_SCALINGS[kind]
+    missing, extra = [k for k in need if k not in scaling], sorted(set(scaling) - set(need) - {"rope_type"})
+    if missing or extra:
+        raise ValueError(f"{field} of rope_type {kind!r} takes the keys {', '.join(need)}; "
+                         + (f"missing {', '.join(missing)}" if missing else f"unknown {', '.join(extra)}"))
+    for key in need:
+        value = scaling[key]
+        whole = key == "original_max_position_embeddings"
+        if isinstance(value, bool) or not isinstance(value, int if whole else (int, float)) or value <= 0:
+            raise ValueError(f"{field}: {key} must be a positive {'int' if whole else 'number'}, got {value!r}")
+    if kind == "llama3" and scaling["high_freq_factor"] <= scaling["low_freq_factor"]:
+        raise ValueError(f"{field}: high_freq_factor ({scaling['high_freq_factor']}) must exceed low_freq_factor "
+                         f"({scaling['low_freq_factor']})")
+    return {"rope_type": kind, **{k: scaling[k] for k in need}}
+
+
+def rope_inv_freq(head_dim: int, base: float, scaling: dict | None = None, seq_len: int | None = None,
+                  device=None) -> torch.Tensor:
+    """The D/2 rotation frequencies of RoPE, float32, rounded as transformers rounds them (its rope init
+    functions): base^(-2i/D), then the `scaling` (see ROPE_SCALINGS; `seq_len`: the positions a "dynamic" call
+    covers, offset + length)."""
+    exponents = torch.arange(0, head_dim, 2, dtype=torch.int64, device=device).float() / head_dim
+    kind = scaling["rope_type"] if scaling else None
+    if kind == "dynamic" and seq_len is not None and seq_len > scaling["original_max_position_embeddings"]:
+        factor, original = scaling["factor"], scaling["original_max_position_embeddings"]
+        stretch = factor * torch.tensor(seq_len, device=device) / original - (factor - 1)  # float32, as transformers
+        base = base * stretch ** (head_dim / (head_dim - 2))
+    inv_freq = 1.0 / (base ** exponents)
+    if kind == "linear":
+        inv_freq = inv_freq / scaling["factor"]
+    elif kind == "llama3":
+        factor, original = scaling["factor"], scaling["original_max_position_embeddings"]
+        low, high = scaling["low_freq_factor"], scaling["high_freq_factor"]
+        wavelength = 2 * math.pi / inv_freq
+        scaled = torch.where(wavelength > original / low, inv_freq / factor, inv_freq)
+        smooth = (original / wavelength - low) / (high - low)
+        blended = (1 - smooth) * scaled / factor + smooth * scaled
+        between = (wavelength >= original / high) & (wavelength <= original / low)
+        inv_freq = torch.where(between, blended, scaled)
+    return inv_freq
+
+
 class RotaryEmbedding(nn.Module):
     """Rotary position embedding (Su et al. 2021) applied to (B, H, L, D) queries and keys.
 
     Rotates feature pairs (i, i + D/2) by angle pos * base^(-2i/D) (the GPT-NeoX/LLaMA layout),
-    so q·k depends on positions only through their difference.
+    so q·k depends on positions only through their difference. `scaling`: a declared frequency scaling for
+    long contexts, {"rope_type": "linear" | "dynamic" | "llama3", ...} (see ROPE_SCALINGS); None: plain RoPE.
+    A "dynamic" one depends on how many positions a call covers (offset + length): each call uses the
+    frequencies of its own length, and keys already in a KV cache keep the rotation they were cached with, as in
+    transformers' generate.
     """
 
-    def __init__(self, head_dim: int, base: float = 10000.0, max_len: int = 4096):
+    def __init__(self, head_dim: int, base: float = 10000.0, max_len: int = 4096, scaling: dict | None = None):
         super().__init__()
         if head_dim % 2:
             raise ValueError(f"rotary embeddings need an even head_dim, got {head_dim}")
-        # 1 / base^(2i/D) in float32, rounded as transformers rounds it (bit-equal angles)
-        inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.head_dim, self.base, self.scaling = head_dim, base, check_rope_scaling(scaling)
+        self.register_buffer("inv_freq", rope_inv_freq(head_dim, base, self.scaling), persistent=False)
         self.max_len = max_len
 
     def forward(self, x: torch.Tensor, offset: int = 0) -> torch.Tensor:
         length = x.shape[-2]
+        inv_freq = self.inv_freq.float()
+        if self.scaling and self.scaling["rope_type"] == "dynamic":
+            if offset + length > self.scaling["original_max_position_embeddings"]:
+                inv_freq = rope_inv_freq(self.head_dim, self.base, self.scaling, offset + length, x.device)
         pos = torch.arange(offset, offset + length, device=x.device, dtype=torch.float32)
         # float32 tables even inside a float64 model (model.double() converts the buffer; transformers does the same)
-        angles = repeat(torch.outer(pos, self.inv_freq.float()), "l d -> l (two d)", two=2)
+        angles = repeat(torch.outer(pos, inv_freq), "l d -> l (two d)", two=2)
         cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
         x1, x2 = x.chunk(2, dim=-1)
         return x * cos + torch.cat([-x2, x1], dim=-1) * sin

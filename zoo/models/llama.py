@@ -7,6 +7,9 @@ The layout follows transformers' `LlamaForCausalLM` (zoo/interop/hf_llama.py map
     embed_tokens -> blocks [RMSNorm -> attention(q, k, v with RoPE; GQA) ; RMSNorm -> fc2(silu(fc1 x) * gate x)]
     -> final RMSNorm -> lm_head (separate by default; tied with tie_word_embeddings)
 
+Long-context RoPE scaling ("linear", "dynamic" NTK, Llama 3.1's "llama3") is declared by `rope_scaling` and
+applied by the shared RotaryEmbedding.
+
 RMSNorm normalises in float32 and casts back before the weight, as LlamaRMSNorm does (even for
 float64 inputs). RoPE depends only on offsets between positions, so left padding changes nothing but
 rounding; positions are the batch's columns (transformers' forward does the same).
@@ -33,6 +36,11 @@ class LlamaConfig:
     mlp_hidden: int = 5632  # intermediate_size
     norm_eps: float = 1e-5  # rms_norm_eps
     rope_theta: float = 10000.0
+    # RoPE scaling for long contexts, as transformers' rope_parameters declare it: None (plain RoPE) or
+    # {"rope_type": "linear", "factor": f}, {"rope_type": "dynamic", "factor": f, "original_max_position_embeddings": n},
+    # {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+    #  "original_max_position_embeddings": 8192} (Llama 3.1 / 3.2); see zoo.core.position.ROPE_SCALINGS
+    rope_scaling: dict | None = None
     max_positions: int = 2048
     tie_word_embeddings: bool = False
     attn_dropout: float = 0.0
@@ -55,7 +63,7 @@ class Llama(DecoderLM):
                             activation="silu", gated=True, qkv_bias=False, out_bias=False, mlp_bias=False, fused_qkv=False,
                             attn_dropout=cfg.attn_dropout)
         self.blocks = TransformerStack(block, cfg.depth)
-        self.rope = RotaryEmbedding(head_dim, base=cfg.rope_theta, max_len=cfg.max_positions)
+        self.rope = RotaryEmbedding(head_dim, base=cfg.rope_theta, max_len=cfg.max_positions, scaling=cfg.rope_scaling)
         self.lm_head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
         self.init_weights()
         self.tie_weights()
