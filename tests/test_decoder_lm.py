@@ -137,3 +137,22 @@ def test_pydoc_lm_splits_share_no_text():
     assert texts["test"] and texts["val"]
     assert not texts["train"] & texts["test"] and not texts["train"] & texts["val"] and not texts["val"] & texts["test"]
     assert sum(len(rows) for rows in examples.values()) == 78  # 79 topics, 78 distinct texts
+
+
+def test_causal_lm_task_generates_with_the_models_sampling_defaults(monkeypatch):
+    """The task passed do_sample=False to generate, so a model that declares sampling (a converted Llama 3 Instruct:
+    generation_config do_sample=true) was decoded greedily by `zoo predict`; unset, the model's defaults apply."""
+    from zoo.tasks.text import CausalLM
+
+    sampled = []
+    monkeypatch.setattr(torch, "multinomial", lambda probs, n, **kw: sampled.append(probs) or probs.argmax(-1, keepdim=True))
+    kwargs = dict(vocab_size=50, depth=1, dropout=0.0, pad_token_id=0, sampling={"do_sample": True, "top_k": 3})
+    task = CausalLM("gpt2_tiny", model_kwargs=kwargs, max_new_tokens=2).eval()
+    task.generate({"input_ids": torch.randint(3, 50, (2, 4))})
+    assert len(sampled) == 2 and ((sampled[0] > 0).sum(-1) == 3).all()  # the declared top_k
+    sampled.clear()
+    CausalLM("gpt2_tiny", model_kwargs=kwargs, max_new_tokens=2, do_sample=False).eval().generate(
+        {"input_ids": torch.randint(3, 50, (2, 4))})
+    assert not sampled
+    with pytest.raises(ValueError, match=r"^sampling: top_k must be an int >= 0, got -1"):
+        zoo.create_model("gpt2_tiny", sampling={"do_sample": True, "top_k": -1})

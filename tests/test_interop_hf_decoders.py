@@ -6,6 +6,8 @@ float64 <= 1e-9. transformers' LlamaRMSNorm and RoPE tables stay float32 inside 
 (parity facts §7); zoo's Llama normalises the same way (norm "rmsnorm_fp32") and builds the same
 float32 rotary tables, so the float64 bound holds for Llama too.
 """
+from dataclasses import replace
+
 import pytest
 import torch
 import transformers as T
@@ -22,6 +24,9 @@ LLAMA_CONFIGS = {  # GQA 4 query / 2 kv heads, untied; an odd one: 6 / 1 heads o
     "odd": dict(vocab_size=77, hidden_size=48, intermediate_size=45, num_hidden_layers=3, num_attention_heads=6,
                 num_key_value_heads=1, head_dim=10, max_position_embeddings=64, rms_norm_eps=1e-5, tie_word_embeddings=True),
 }
+
+
+TRANSFORMERS_SAMPLING = {"do_sample": False, "temperature": 1.0, "top_k": 50, "top_p": 1.0}  # GenerationConfig's defaults
 
 
 def assert_parity(out, ref, keep=None, tol=1e-4):
@@ -190,7 +195,7 @@ def test_scaled_rope_roundtrip(kind, tmp_path):
     hf = T.LlamaForCausalLM.from_pretrained(tmp_path).eval()
     assert hf.config.rope_parameters["rope_type"] == kind and hf.config.max_position_embeddings == max_positions
     back = from_hf(tmp_path)
-    assert back.config == model.config
+    assert back.config == replace(model.config, sampling=TRANSFORMERS_SAMPLING)
     ids, mask = batch(120, "left", length=28)
     with torch.no_grad():
         assert_parity(model(ids, mask), hf(input_ids=ids, attention_mask=mask).logits, mask)
@@ -235,7 +240,7 @@ def _roundtrip(model, cls, tmp_path):
         ours = model.eval()(ids, mask)
         assert_parity(ours, ref_logits(hf, ids, mask), mask)
         assert torch.equal(back(ids, mask), ours)
-    assert back.config == model.config
+    assert back.config == replace(model.config, sampling=TRANSFORMERS_SAMPLING)  # what transformers' generate does
 
 
 def test_roundtrip_gpt2(tmp_path):
@@ -398,3 +403,59 @@ def test_ignore_eos_does_not_turn_a_pad_that_is_eos_into_a_mask():
         plain = model.generate(ids, max_new_tokens=5, ignore_eos=True)
         ones = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=5, ignore_eos=True)
     assert torch.equal(plain, ones)
+
+
+def _sampled_distributions(monkeypatch) -> list:
+    """torch.multinomial replaced by the argmax of what it is given: the list fills with the next-token distributions
+    each generate samples from (transformers' and zoo's both call torch.multinomial), and both pick the same tokens."""
+    seen = []
+
+    def first_best(probs, num_samples, *args, **kwargs):
+        seen.append(probs.detach().float().clone())
+        return probs.argmax(-1, keepdim=True)
+
+    monkeypatch.setattr(torch, "multinomial", first_best)
+    return seen
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+@pytest.mark.parametrize("source", ["no generation_config.json", "generation_config.json samples"])
+def test_converted_model_samples_as_transformers(family, source, tmp_path, monkeypatch):
+    """transformers' generate samples with its GenerationConfig's top_k=50 unless told otherwise, and a
+    generation_config.json with do_sample=true (Llama 3 Instruct: temperature 0.6, top_p 0.9) makes plain generate()
+    sample. A converted zoo model sampled from every token (top_k None), and generate() stayed greedy."""
+    ref = llama_ref("gqa") if family == "llama" else gpt2_ref()
+    samples = source == "generation_config.json samples"
+    if samples:
+        ref.generation_config.do_sample, ref.generation_config.temperature, ref.generation_config.top_p = True, 0.6, 0.9
+    ref.save_pretrained(tmp_path)
+    if not samples:
+        (tmp_path / "generation_config.json").unlink()
+    hf = type(ref).from_pretrained(tmp_path).eval()
+    model = from_hf(tmp_path)
+    ids, mask = batch(99, "left", length=6, seed=3)
+    call = dict(attention_mask=mask, max_new_tokens=4, eos_token_id=98, pad_token_id=0, **({} if samples else {"do_sample": True}))
+    seen = _sampled_distributions(monkeypatch)
+    with torch.no_grad():
+        theirs = hf.generate(ids, **call)
+    hf_probs, seen[:] = list(seen), []
+    ours = model.generate(ids, **call)
+    assert len(seen) == len(hf_probs) > 0 and _until_eos(ours, 6, [98]) == _until_eos(theirs, 6, [98])
+    for a, b in zip(seen, hf_probs):
+        assert torch.equal(a > 0, b > 0)  # the same tokens survive top-k / top-p
+        assert (a - b).abs().max() < 1e-5
+    kept = (hf_probs[0] > 0).sum(-1)
+    assert (kept == 50).all() if not samples else (kept < 50).all()  # top_k=50; top_p=0.9 at temperature 0.6: fewer
+    if samples:  # back to transformers: its generate samples as before
+        to_hf(model, tmp_path / "back")
+        back = T.GenerationConfig.from_pretrained(tmp_path / "back")
+        assert (back.do_sample, back.temperature, back.top_p, back.top_k) == (True, 0.6, 0.9, 50)
+        assert from_hf(tmp_path / "back").config == model.config
+
+
+def test_generation_settings_zoo_does_not_apply_are_named():
+    ref = gpt2_ref()
+    ref.generation_config.repetition_penalty, ref.generation_config.no_repeat_ngram_size = 1.3, 3
+    with pytest.warns(UserWarning, match=r"sets repetition_penalty=1.3, no_repeat_ngram_size=3, which zoo's generate "
+                                         r"does not apply"):
+        from_hf(ref)

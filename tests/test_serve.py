@@ -707,3 +707,26 @@ def test_an_int8_folder_with_the_onnx_backend_is_refused_before_the_server_start
         build_server(str(tmp_path / "int8"), backend="onnx")
     _, meta = build_server(str(tmp_path / "int8"))  # the torch backend serves it
     assert meta["model"] == "vit_digits"
+
+
+def test_causal_lm_handler_is_greedy_unless_the_request_samples(servers, monkeypatch):
+    """A model that declares sampling (config.sampling, a converted Llama 3 Instruct) got generate() without do_sample
+    for a request without "do_sample": it sampled, unseeded, where the request asked for greedy decoding."""
+    import copy
+    import dataclasses
+
+    from zoo.serve.handlers import handler_for
+    from zoo.serve.limits import Limits
+
+    run = servers["lm"][1]
+    model = copy.deepcopy(run.model)
+    model.config = dataclasses.replace(model.config, sampling={"do_sample": True, "temperature": 5.0})
+    handler = handler_for(dataclasses.replace(run, model=model), Limits())
+    sampled = []
+    monkeypatch.setattr(torch, "multinomial", lambda probs, n, **kw: sampled.append(probs) or probs.argmax(-1, keepdim=True))
+    item = {"prompt": "three hundred", "max_new_tokens": 3, "do_sample": False, "temperature": None, "top_k": None,
+            "top_p": None, "seed": None}
+    handler.predict([item])
+    assert not sampled
+    handler.predict([{**item, "do_sample": True}])
+    assert len(sampled) == 3

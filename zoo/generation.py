@@ -247,22 +247,44 @@ def eos_ids(eos) -> tuple[int, ...] | None:
     return ids
 
 
+SAMPLING_KEYS = ("do_sample", "temperature", "top_k", "top_p")
+
+
+def _check_sampling_values(temperature, top_k, top_p, where: str = "") -> None:
+    if temperature is not None and not (isinstance(temperature, (int, float)) and temperature > 0):
+        raise ValueError(f"{where}temperature must be > 0, got {temperature!r}; use do_sample=False for greedy decoding")
+    if top_k is not None and (not _is_int(top_k) or top_k < 0):
+        raise ValueError(f"{where}top_k must be an int >= 0, got {top_k!r}; top_k=0 keeps every token")
+    if top_p is not None and not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
+        raise ValueError(f"{where}top_p must be in (0, 1], got {top_p!r}; top_p=1.0 keeps every token")
+
+
+def check_sampling(sampling, field: str = "sampling") -> None:
+    """A model's declared `generate` defaults (config field `field`): None, or a dict of SAMPLING_KEYS, e.g.
+    {"do_sample": True, "temperature": 0.6, "top_k": 50, "top_p": 0.9} (what a transformers generation_config
+    gives a converted model)."""
+    if sampling is None:
+        return
+    if not isinstance(sampling, dict) or set(sampling) - set(SAMPLING_KEYS):
+        raise ValueError(f"{field} must be None or a dict with keys among {', '.join(SAMPLING_KEYS)}, got {sampling!r}")
+    if not isinstance(sampling.get("do_sample", False), bool):
+        raise ValueError(f"{field}: do_sample must be True or False, got {sampling['do_sample']!r}")
+    _check_sampling_values(sampling.get("temperature"), sampling.get("top_k"), sampling.get("top_p"), f"{field}: ")
+
+
 def check_generate_arguments(inputs, attention_mask, max_new_tokens, num_beams, do_sample, temperature, top_k, top_p,
-                             generator, decoder_start_token_id, decoder_only: bool) -> None:
-    """Refuse invalid or contradictory `generate` arguments, naming the argument, its value and the fix."""
+                             generator, decoder_start_token_id, decoder_only: bool, declared: bool = False) -> None:
+    """Refuse invalid or contradictory `generate` arguments, naming the argument, its value and the fix (`declared`:
+    do_sample came from the model's config.sampling, not from the call)."""
     if not _is_int(max_new_tokens) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}; pass how many tokens to generate")
     if not _is_int(num_beams) or num_beams < 1:
         raise ValueError(f"num_beams must be an int >= 1, got {num_beams!r}; num_beams=1 is greedy search or sampling")
-    if temperature is not None and not (isinstance(temperature, (int, float)) and temperature > 0):
-        raise ValueError(f"temperature must be > 0, got {temperature!r}; use do_sample=False (the default) for greedy decoding")
-    if top_k is not None and (not _is_int(top_k) or top_k < 0):
-        raise ValueError(f"top_k must be an int >= 0, got {top_k!r}; top_k=0 or None keeps every token")
-    if top_p is not None and not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
-        raise ValueError(f"top_p must be in (0, 1], got {top_p!r}; top_p=1.0 or None keeps every token")
+    _check_sampling_values(temperature, top_k, top_p)
     if do_sample and num_beams > 1:
-        raise ValueError(f"do_sample=True with num_beams={num_beams}: beam sampling is not supported; use do_sample=True "
-                         "with num_beams=1, or num_beams>1 without sampling")
+        raise ValueError(f"do_sample=True{' (the model default, config.sampling)' if declared else ''} with "
+                         f"num_beams={num_beams}: beam sampling is not supported; use do_sample=True with num_beams=1, or "
+                         "num_beams>1 with do_sample=False")
     if not do_sample:
         for name, value in (("temperature", temperature), ("top_k", top_k), ("top_p", top_p), ("generator", generator)):
             if value is not None:
@@ -318,7 +340,7 @@ class GenerationMixin:
         attention_mask: torch.Tensor | None = None,
         max_new_tokens: int = 20,
         num_beams: int = 1,
-        do_sample: bool = False,
+        do_sample: bool | None = None,
         temperature: float | None = None,
         top_k: int | None = None,
         top_p: float | None = None,
@@ -340,7 +362,10 @@ class GenerationMixin:
         ignore_eos=True always generates max_new_tokens tokens (benchmarks).
         A decoder-only prompt given without attention_mask has its pad tokens masked (as transformers' generate
         does) unless the pad id is an EOS id (the model's or eos_token_id's, also under ignore_eos).
-        Sampling (do_sample=True) takes temperature (default 1.0), top_k, top_p and a generator.
+        Sampling (do_sample=True) takes temperature, top_k, top_p and a generator. do_sample, temperature, top_k and
+        top_p left at None take the model's declared defaults (`config.sampling`; a model converted from transformers
+        carries its generation_config's, with transformers' own top_k=50 where that sets none, so it samples as
+        transformers' generate does), else greedy decoding, temperature 1.0 and every token kept.
         transformers' keywords name the inputs too: generate(input_ids=...) or, for images, generate(pixel_values=...)."""
         inputs = _one_input(inputs, input_ids=input_ids, pixel_values=pixel_values)
         decoder_only = not _is_encoder_decoder(self)
@@ -356,9 +381,13 @@ class GenerationMixin:
             # transformers' generate (decoder-only models) masks the prompt's pad tokens when no mask is given and
             # the pad id is not an EOS id: a left-padded batch then generates what each prompt generates alone
             attention_mask, inferred = inputs.ne(pad).long(), True
+        declared = getattr(cfg, "sampling", None) or {}
+        check_sampling(declared or None, f"{type(self).__name__}.config.sampling")
+        from_config = do_sample is None
+        do_sample = bool(declared.get("do_sample", False)) if from_config else do_sample
         try:
             check_generate_arguments(inputs, attention_mask, max_new_tokens, num_beams, do_sample, temperature, top_k,
-                                     top_p, generator, decoder_start_token_id, decoder_only)
+                                     top_p, generator, decoder_start_token_id, decoder_only, from_config and do_sample)
         except ValueError as e:
             if not inferred:
                 raise
@@ -377,6 +406,9 @@ class GenerationMixin:
                 setup = _Setup.encoder_decoder(_encode(self, inputs, attention_mask), attention_mask, start, pad, eos)
             if num_beams > 1:
                 return beam_search(self, setup, max_new_tokens, num_beams, length_penalty, use_cache)
+            if do_sample:  # what the call leaves unset, the model's declared defaults give
+                temperature, top_k, top_p = (declared.get(k) if v is None else v for k, v in
+                                             (("temperature", temperature), ("top_k", top_k), ("top_p", top_p)))
             return greedy_search(self, setup, max_new_tokens, use_cache, do_sample,
                                  1.0 if temperature is None else temperature, top_k, top_p, generator)
         finally:

@@ -50,6 +50,37 @@ def generation_ids(hf, generation_config=None) -> tuple:
     return hf_eos(get("eos_token_id")), get("pad_token_id")
 
 
+# transformers' generate without a generation_config setting: greedy; sampling at temperature 1 from the 50 best tokens
+HF_SAMPLING = {"do_sample": False, "temperature": 1.0, "top_k": 50, "top_p": 1.0}
+# generation_config settings that change the next token which zoo's generate does not apply, and their neutral value
+_UNAPPLIED = {"repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "min_p": None, "typical_p": 1.0,
+              "epsilon_cutoff": 0.0, "eta_cutoff": 0.0, "min_new_tokens": None, "bad_words_ids": None,
+              "suppress_tokens": None, "begin_suppress_tokens": None, "sequence_bias": None}
+
+
+def hf_sampling(generation_config=None) -> dict:
+    """The sampling defaults (zoo's `config.sampling`) that make zoo's generate decode as transformers' generate does
+    for this generation config: its do_sample / temperature / top_k / top_p where set, else transformers' own
+    (HF_SAMPLING). Settings zoo's generate does not apply (repetition_penalty, min_p, ...) get a warning."""
+    got = {k: getattr(generation_config, k, None) for k in HF_SAMPLING} if generation_config is not None else {}
+    out = {k: default if got.get(k) is None else got[k] for k, default in HF_SAMPLING.items()}
+    out["do_sample"] = bool(out["do_sample"])
+    unapplied = [f"{k}={v!r}" for k, neutral in _UNAPPLIED.items()
+                 if (v := getattr(generation_config, k, None)) is not None and v != neutral]
+    if unapplied:
+        import warnings
+
+        warnings.warn(f"the generation config sets {', '.join(unapplied)}, which zoo's generate does not apply: its "
+                      "tokens can differ from transformers' generate", stacklevel=3)
+    return out
+
+
+def hf_generation_settings(sampling: dict | None) -> dict:
+    """The generation_config fields transformers' generate needs to sample as zoo's generate with `sampling` does
+    (none unless it samples by default: transformers refuses sampling settings in a greedy generation config)."""
+    return {k: sampling[k] for k in HF_SAMPLING if k in sampling} if sampling and sampling.get("do_sample") else {}
+
+
 def first_id(value: int | list[int] | None) -> int | None:
     return value[0] if isinstance(value, list) else value
 

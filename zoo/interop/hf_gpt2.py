@@ -13,7 +13,8 @@ from pathlib import Path
 import torch
 
 from ..models.gpt import GPT, GPTConfig
-from ._common import first_id, generation_ids, hf_activation, load_into, strip_prefix, zoo_activation
+from ._common import (first_id, generation_ids, hf_activation, hf_generation_settings, hf_sampling, load_into, strip_prefix,
+                      zoo_activation)
 
 # HF suffix in one block -> (zoo suffix, transposed Conv1D)
 _LAYER = {
@@ -39,6 +40,7 @@ def zoo_config(hf, generation_config=None) -> GPTConfig:
         norm_eps=hf.layer_norm_epsilon, dropout=hf.resid_pdrop, attn_dropout=hf.attn_pdrop,
         tie_word_embeddings=True, init_std=hf.initializer_range,
         bos_token_id=hf.bos_token_id if hf.bos_token_id is not None else 0, eos_token_id=eos, pad_token_id=pad,
+        sampling=hf_sampling(generation_config),
     )
 
 
@@ -100,4 +102,6 @@ def to_hf(model: GPT, out_dir: Path) -> None:
     missing, unexpected = hf.load_state_dict(out, strict=False)
     if missing or unexpected:
         raise RuntimeError(f"GPT-2 export bug: missing {missing}, unexpected {unexpected}")
+    for key, value in hf_generation_settings(c.sampling).items():  # transformers' generate samples as zoo's
+        setattr(hf.generation_config, key, value)
     hf.save_pretrained(str(out_dir))

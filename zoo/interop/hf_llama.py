@@ -16,7 +16,7 @@ import torch
 
 from ..core.position import ROPE_SCALINGS, check_rope_scaling
 from ..models.llama import Llama, LlamaConfig
-from ._common import first_id, generation_ids, load_into, strip_prefix
+from ._common import first_id, generation_ids, hf_generation_settings, hf_sampling, load_into, strip_prefix
 
 _LAYER = {
     "self_attn.q_proj": "attn.q", "self_attn.k_proj": "attn.k", "self_attn.v_proj": "attn.v", "self_attn.o_proj": "attn.proj",
@@ -79,6 +79,7 @@ def zoo_config(hf, tied: bool, generation_config=None) -> LlamaConfig:
         norm_eps=hf.rms_norm_eps, rope_theta=theta, rope_scaling=scaling, max_positions=max_positions, tie_word_embeddings=tied,
         attn_dropout=getattr(hf, "attention_dropout", 0.0), init_std=hf.initializer_range,
         bos_token_id=hf.bos_token_id if hf.bos_token_id is not None else 0, eos_token_id=eos, pad_token_id=pad,
+        sampling=hf_sampling(generation_config),
     )
 
 
@@ -140,4 +141,6 @@ def to_hf(model: Llama, out_dir: Path) -> None:
     missing, unexpected = hf.load_state_dict(out, strict=False)
     if missing or unexpected:
         raise RuntimeError(f"Llama export bug: missing {missing}, unexpected {unexpected}")
+    for key, value in hf_generation_settings(c.sampling).items():  # transformers' generate samples as zoo's
+        setattr(hf.generation_config, key, value)
     hf.save_pretrained(str(out_dir))

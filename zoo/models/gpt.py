@@ -28,7 +28,7 @@ from torch import nn
 from ..contract import DecoderOnly
 from ..core import Dropout, BlockConfig, KVCache, LearnedPositionalEmbedding, TransformerStack, check_length, check_pad_token, decoder_padding_mask
 from ..core.position import apply_head, check_attention_mask, check_token_ids, lookup
-from ..generation import GenerationMixin
+from ..generation import GenerationMixin, check_sampling
 from ..registry import register_model
 
 
@@ -96,12 +96,16 @@ class GPTConfig:
     bos_token_id: int = 50256
     eos_token_id: int | list[int] | None = 50256  # a list: any of the ids ends generation (transformers' list)
     pad_token_id: int = 50256  # GPT-2 has no pad token: transformers' generate pads with EOS
+    # generate's defaults for do_sample / temperature / top_k / top_p (zoo.generation.SAMPLING_KEYS) when a call
+    # leaves them unset; None: greedy, and sampling keeps every token. Converted models get transformers'.
+    sampling: dict | None = None
 
 
 class GPT(DecoderLM):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
         check_pad_token(cfg.pad_token_id, cfg.vocab_size)
+        check_sampling(cfg.sampling)
         self.config = cfg
         self.num_features = cfg.dim
         self.wte = nn.Embedding(cfg.vocab_size, cfg.dim)

@@ -22,6 +22,7 @@ from torch import nn
 
 from ..core import BlockConfig, RotaryEmbedding, TransformerStack, check_pad_token
 from ..registry import register_model
+from ..generation import check_sampling
 from .gpt import DecoderLM
 
 
@@ -48,12 +49,16 @@ class LlamaConfig:
     bos_token_id: int = 1
     eos_token_id: int | list[int] | None = 2  # a list: any of the ids ends generation (transformers' list)
     pad_token_id: int = 0
+    # generate's defaults for do_sample / temperature / top_k / top_p (zoo.generation.SAMPLING_KEYS) when a call
+    # leaves them unset; None: greedy, and sampling keeps every token. Converted models get transformers'.
+    sampling: dict | None = None
 
 
 class Llama(DecoderLM):
     def __init__(self, cfg: LlamaConfig):
         super().__init__()
         check_pad_token(cfg.pad_token_id, cfg.vocab_size)
+        check_sampling(cfg.sampling)
         self.config = cfg
         self.num_features = cfg.dim
         head_dim = cfg.head_dim or cfg.dim // cfg.num_heads

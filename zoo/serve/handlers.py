@@ -751,7 +751,10 @@ class CausalLM(_Generation):
         for idx in groups.values():
             it = items[idx[0]]
             ids = torch.tensor([self.prompt_ids(items[i]["prompt"]) for i in idx])
-            kw = {"max_new_tokens": it["max_new_tokens"] or min(32, self.limits.max_new_tokens)}
+            # the request decides (do_sample defaults to false here), not the model's config.sampling: greedy
+            # requests of one length share a batch
+            kw = {"max_new_tokens": it["max_new_tokens"] or min(32, self.limits.max_new_tokens),
+                  "do_sample": bool(it["do_sample"])}
             if it["do_sample"]:
                 kw.update(do_sample=True, temperature=it["temperature"], top_k=it["top_k"], top_p=it["top_p"],
                           generator=torch.Generator().manual_seed(it["seed"] if it["seed"] is not None else 0))

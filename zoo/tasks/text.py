@@ -325,11 +325,13 @@ class CausalLM(_TextTask):
     """Next-token language modelling for decoder-only models (GPT-2, Llama): cross-entropy of each
     token given the ones before it, padding ignored (labels -100, or the attention mask's zeros);
     logs train/loss, val/loss, val/ppl (perplexity = exp(mean token loss over the whole split)) and
-    test/*. predict_step continues each prompt with `generate` and returns the texts."""
+    test/*. predict_step continues each prompt with `generate` and returns the texts; do_sample, temperature, top_k
+    and top_p left at None take the model's defaults (`config.sampling`: a converted model samples as transformers
+    would), else greedy decoding."""
 
     test_metrics = ("test/loss", "test/ppl")
 
-    def __init__(self, model: str = "gpt2_tiny", max_new_tokens: int = 32, do_sample: bool = False,
+    def __init__(self, model: str = "gpt2_tiny", max_new_tokens: int = 32, do_sample: bool | None = None,
                  temperature: float | None = None, top_k: int | None = None, top_p: float | None = None, **kwargs):
         super().__init__(model, **kwargs)
         from ..contract import kind_of
