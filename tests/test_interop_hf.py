@@ -220,6 +220,8 @@ def test_vit_parity(cls, from_dir, tmp_path):
                           ref.vit(x.to(dtype)).last_hidden_state, tol=tol)
             if cls is T.ViTForImageClassification:
                 assert_parity(model(x.to(dtype)), r.logits, tol=tol)
+            else:  # the pooler (dense + tanh on the class token) was dropped: model(x) gave the class token itself
+                assert_parity(model(x.to(dtype)), r.pooler_output, tol=tol)
 
 
 # -------------------------------------------------------------------------------------------- Marian
@@ -478,6 +480,20 @@ def test_roundtrip_vit_features_only(tmp_path):
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert_parity(ref(x).last_hidden_state, model.forward_features(x), tol=1e-5)
+
+
+def test_roundtrip_vit_with_pooler(tmp_path):
+    """ViTModel's pooler converts both ways (zoo ViT pooler=True); a pooler with a classifier has no transformers form."""
+    torch.manual_seed(0)
+    model = zoo.create_model("vit_tiny_patch16_224", img_size=32, depth=1, num_classes=0, pooler=True).eval()
+    to_hf(model, tmp_path)
+    ref = T.ViTModel.from_pretrained(tmp_path).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert_parity(model(x), ref(x).pooler_output)
+    assert from_hf(tmp_path).config == model.config
+    with pytest.raises(ValueError, match="ViTForImageClassification has no pooler"):
+        to_hf(zoo.create_model("vit_tiny_patch16_224", img_size=32, depth=1, num_classes=3, pooler=True), tmp_path / "x")
 
 
 def test_roundtrip_vit(tmp_path):

@@ -1,5 +1,8 @@
 """HF ViT (ViTModel, ViTForImageClassification) <-> zoo.models.vit.VisionTransformer.
 
+ViTModel's pooler (dense + tanh on the class token, `pooler_output`) becomes the zoo ViT's `pooler=True`: forward
+gives pooler_output, forward_features last_hidden_state (the class token itself: forward_features(x)[:, 0]).
+
 transformers 5.24 names parameters differently in memory (`layers.i.attention.q_proj`) and on
 disk (`encoder.layer.i.attention.attention.query`); both are accepted (parity_facts §3).
 """
@@ -60,6 +63,11 @@ def from_hf(hf, sd: dict[str, torch.Tensor], arch: str | None) -> VisionTransfor
         raise ValueError("ViTForImageClassification weights lack classifier.weight")
     cfg = zoo_config(hf)
     cfg.num_classes = sd["classifier.weight"].shape[0] if classify else 0
+    cfg.pooler = "pooler.dense.weight" in sd and not classify  # ViTModel's pooler: model(x) = pooler_output
+    if cfg.pooler and (getattr(hf, "pooler_act", "tanh") != "tanh"
+                       or (getattr(hf, "pooler_output_size", None) or hf.hidden_size) != hf.hidden_size):
+        raise ValueError(f"zoo ViT's pooler is dense({hf.hidden_size} -> {hf.hidden_size}) + tanh; this config has "
+                         f"pooler_act={hf.pooler_act!r}, pooler_output_size={hf.pooler_output_size}")
     model = VisionTransformer(cfg)
     out = {
         "cls_token": sd["embeddings.cls_token"],
@@ -72,6 +80,8 @@ def from_hf(hf, sd: dict[str, torch.Tensor], arch: str | None) -> VisionTransfor
     }
     if classify:
         out["head.weight"], out["head.bias"] = sd["classifier.weight"], sd["classifier.bias"]
+    if cfg.pooler:
+        out["pooler.0.weight"], out["pooler.0.bias"] = sd["pooler.dense.weight"], sd["pooler.dense.bias"]
     for i in range(cfg.depth):
         a, z = f"layers.{i}.", f"encoder.blocks.{i}."
         for part in ("weight", "bias"):
@@ -84,13 +94,11 @@ def from_hf(hf, sd: dict[str, torch.Tensor], arch: str | None) -> VisionTransfor
             out[z + f"mlp.fc2.{part}"] = sd[a + f"mlp.fc2.{part}"]
     used = {"embeddings.cls_token", "embeddings.position_embeddings", "embeddings.patch_embeddings.projection.weight",
             "embeddings.patch_embeddings.projection.bias", "layernorm.weight", "layernorm.bias",
-            "classifier.weight", "classifier.bias"}
-    leftover = sorted(k for k in sd if k not in used and not k.startswith(("layers.", "pooler.")))
+            "classifier.weight", "classifier.bias", "pooler.dense.weight", "pooler.dense.bias"}
+    leftover = sorted(k for k in sd if k not in used and not k.startswith("layers."))
     if leftover:
         raise ValueError(f"unexpected HF ViT weights with no zoo equivalent: {', '.join(leftover[:10])}")
-    # The ViTModel pooler (dense + tanh on token 0) has no zoo counterpart and is dropped:
-    # forward_features equals last_hidden_state.
-    return load_into(model, out)
+    return load_into(model, out)  # forward_features = last_hidden_state; ViTModel with a pooler: forward = pooler_output
 
 
 def to_hf(model: VisionTransformer, out_dir: Path) -> None:
@@ -140,8 +148,13 @@ def to_hf(model: VisionTransformer, out_dir: Path) -> None:
             out[a + f"layernorm_after.{part}"] = sd[z + f"norm2.{part}"]
             out[a + f"mlp.fc1.{part}"] = sd[z + f"mlp.fc1.{part}"]
             out[a + f"mlp.fc2.{part}"] = sd[z + f"mlp.fc2.{part}"]
+    if c.pooler and model.num_classes > 0:
+        raise ValueError("transformers' ViTForImageClassification has no pooler (its classifier reads the class token); "
+                         "this model has pooler=True and a head: export a headless one (num_classes=0) as ViTModel")
+    if c.pooler:
+        out["pooler.dense.weight"], out["pooler.dense.bias"] = sd["pooler.0.weight"], sd["pooler.0.bias"]
     used = {"cls_token", "pos_embed", "patch_embed.proj.weight", "patch_embed.proj.bias", "encoder.norm.weight",
-            "encoder.norm.bias", "head.weight", "head.bias"}
+            "encoder.norm.bias", "head.weight", "head.bias", "pooler.0.weight", "pooler.0.bias"}
     extra = sorted(k for k in sd if k not in used and not k.startswith("encoder.blocks."))
     if extra:  # e.g. a DeiT distillation token: HF ViT has no place for it
         raise ValueError(f"{type(model).__name__} has weights transformers' ViT lacks: {', '.join(extra)}")
@@ -149,7 +162,7 @@ def to_hf(model: VisionTransformer, out_dir: Path) -> None:
         hf = transformers.ViTForImageClassification(hf_cfg)
         out = {"vit." + k: v for k, v in out.items()}
         out["classifier.weight"], out["classifier.bias"] = sd["head.weight"], sd["head.bias"]
-    else:  # load with ViTModel.from_pretrained(dir, add_pooling_layer=False): zoo ViTs have no pooler
-        hf = transformers.ViTModel(hf_cfg, add_pooling_layer=False)
+    else:  # without pooler=True, load with ViTModel.from_pretrained(dir, add_pooling_layer=False)
+        hf = transformers.ViTModel(hf_cfg, add_pooling_layer=c.pooler)
     hf.load_state_dict(out, strict=True)
     hf.save_pretrained(str(out_dir))

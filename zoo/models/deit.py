@@ -40,6 +40,8 @@ class DistilledVisionTransformer(VisionTransformer):
     def __init__(self, cfg: DistilledViTConfig):
         if cfg.reg_tokens:
             raise ValueError(f"the distilled ViT has no register tokens (reg_tokens={cfg.reg_tokens}); use reg_tokens=0")
+        if cfg.pooler:
+            raise ValueError("the distilled ViT's heads read the tokens directly (pooler=True is for ViT); use pooler=False")
         if cfg.pos_embed != "learn":
             raise ValueError(f"the distilled ViT has learned positions only (pos_embed={cfg.pos_embed!r}); use pos_embed='learn'")
         super().__init__(cfg)

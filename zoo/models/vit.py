@@ -78,6 +78,8 @@ class ViTConfig:
     qkv_bias: bool = True
     pool: str = "token"  # "token" (class token) or "avg" (mean of patch tokens)
     fc_norm: bool | None = None  # norm after pooling instead of before; None: only for avg pooling (timm)
+    pooler: bool = False  # dense + tanh on the pooled features before the head: transformers' ViTModel pooler
+    #                       (pooler_output; the original ViT's pre-logits layer)
     class_token: bool = True
     reg_tokens: int = 0  # register tokens after the class token (Darcet et al. 2024)
     no_embed_class: bool = False  # positions for the patch tokens only, none for the class / register tokens
@@ -225,6 +227,7 @@ class VisionTransformer(ZooModel, nn.Module):
         self.encoder = TransformerStack(block, cfg.depth, drop_path=cfg.drop_path_rate,
                                         final_norm=not use_fc_norm and cfg.norm_first)
         self.fc_norm = make_norm(cfg.norm, cfg.dim, cfg.norm_eps) if use_fc_norm else nn.Identity()
+        self.pooler = nn.Sequential(nn.Linear(cfg.dim, cfg.dim), nn.Tanh()) if cfg.pooler else None
         self.head_drop = Dropout(cfg.drop_rate)
         self.head = nn.Linear(cfg.dim, cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
         # one entry per block: its output is a (dim, H/p, W/p) map (zoo/features.py)
@@ -324,7 +327,9 @@ class VisionTransformer(ZooModel, nn.Module):
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = x[:, 0] if self.config.pool == "token" else x[:, self.num_prefix:].mean(dim=1)
-        x = self.head_drop(self.fc_norm(x))
+        x = self.fc_norm(x)
+        pooler = getattr(self, "pooler", None)  # (families that borrow this method have none)
+        x = self.head_drop(x if pooler is None else pooler(x))
         return x if pre_logits else self.head(x)
 
     def head_queries(self) -> int | None:
@@ -351,7 +356,7 @@ class VisionTransformer(ZooModel, nn.Module):
         if prune_norm:
             self.encoder.norm = nn.Identity()
         if prune_head:
-            self.fc_norm = nn.Identity()
+            self.fc_norm, self.pooler = nn.Identity(), None
             self.reset_classifier(0)
         return take
 
