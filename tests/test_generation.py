@@ -416,3 +416,19 @@ def test_a_list_of_eos_ids_ends_a_row_at_any_of_them(batch):
     assert torch.equal(lm.generate(ids, eos_token_id=[eos[0]], **single), lm.generate(ids, eos_token_id=eos[0], **single))
     with pytest.raises(ValueError, match=r"eos_token_id must be a token id \(an int\) or a non-empty list of them, got \[\]"):
         lm.generate(ids, eos_token_id=[], **single)
+
+
+@pytest.mark.parametrize("prompt_len, new, beams", [(12, 1, 1), (12, 3, 1), (12, 3, 2), (15, 1, 1)])
+def test_a_prompt_that_leaves_no_position_free_is_refused_before_generating(prompt_len, new, beams):
+    """A prompt as long as the decoder's positions failed one step into generation, naming a length the user never
+    gave ("input_ids of 13 positions exceeds the model's maximum of 12 ... truncate the input (max_length=12)"), or
+    with max_new_tokens=1 ran past the limit that generate keeps everywhere else (prompt + new tokens fit)."""
+    import zoo
+
+    model = zoo.create_model("gpt2_tiny", vocab_size=50, max_positions=12, dim=32, depth=1, num_heads=4).eval()
+    prompt = torch.randint(3, 50, (2, prompt_len))
+    with pytest.raises(ValueError, match=re.escape(
+            f"the prompt is {prompt_len} tokens long and GPT holds 12 positions (max_positions): no room for a new token; "
+            "pass at most 11 prompt tokens (e.g. its end, input_ids[:, -11:])")):
+        model.generate(prompt, max_new_tokens=new, num_beams=beams)
+    assert model.generate(prompt[:, -11:], max_new_tokens=new, num_beams=beams).shape == (2, 12)  # one new token fits

@@ -327,7 +327,7 @@ class GenerationMixin:
 
     A family whose decoder has a position table declares its size in `max_decode_positions` (the prompt or the
     start token plus the generated tokens must fit): generate stops there, with a warning, instead of failing
-    part-way."""
+    part-way, and refuses a prompt that leaves no position free before generating anything."""
 
     def max_decode_positions(self) -> tuple[int, str] | None:
         """(how many positions the decoder side holds, the config field that sets it); None: no limit."""
@@ -416,14 +416,18 @@ class GenerationMixin:
 
     def _fit_decode_positions(self, prompt: torch.Tensor | None, max_new_tokens: int) -> int:
         """max_new_tokens, or fewer where the prompt (decoder-only) or the start token (encoder-decoders) and
-        max_new_tokens would not fit the decoder's positions; a prompt that fills them all is left to the forward's
-        own error."""
+        max_new_tokens would not fit the decoder's positions; a prompt that leaves no position free is refused here,
+        before any step."""
         declared = self.max_decode_positions()
         if declared is None:
             return max_new_tokens
         limit, field = declared
         start = prompt.shape[1] if prompt is not None else 1
         room = limit - start
+        if room <= 0 and prompt is not None:
+            raise ValueError(f"the prompt is {start} tokens long and {type(self).__name__} holds {limit} positions "
+                             f"({field}): no room for a new token; pass at most {limit - 1} prompt tokens (e.g. its end, "
+                             f"input_ids[:, -{limit - 1}:]) or create the model with a larger {field}")
         if max_new_tokens > room > 0:
             import warnings
 
