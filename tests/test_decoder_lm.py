@@ -156,3 +156,29 @@ def test_causal_lm_task_generates_with_the_models_sampling_defaults(monkeypatch)
     assert not sampled
     with pytest.raises(ValueError, match=r"^sampling: top_k must be an int >= 0, got -1"):
         zoo.create_model("gpt2_tiny", sampling={"do_sample": True, "top_k": -1})
+
+
+def test_causal_lm_predict_keeps_the_end_of_a_prompt_too_long_for_the_positions():
+    """`zoo predict` on gpt_pydoc with a prompt longer than the model's positions (the data module keeps <s> and the
+    last max_length - 1 tokens: exactly max_positions) failed after one step: "input_ids of 129 positions exceeds the
+    model's maximum of 128". The task now keeps the prompt's <s> and its end, leaving room for max_new_tokens, with a
+    warning (transformers' text-generation pipeline, handle_long_generation="hole")."""
+    from zoo.tasks.text import CausalLM
+
+    torch.manual_seed(0)
+    task = CausalLM("gpt2_tiny", model_kwargs=dict(vocab_size=50, depth=1, dim=32, num_heads=4, max_positions=12,
+                                                   bos_token_id=1, pad_token_id=0, eos_token_id=None),
+                    max_new_tokens=4).eval()
+    bos = torch.ones(1, 1, dtype=torch.long)
+    long, short = torch.randint(3, 50, (1, 11)), torch.randint(3, 50, (1, 3))
+    ids = torch.cat([torch.cat([bos, long], 1), torch.cat([torch.zeros(1, 8, dtype=torch.long), bos, short], 1)])
+    mask = (torch.arange(12) >= torch.tensor([[0], [8]])).long()
+    with pytest.warns(UserWarning, match=r"a prompt of 12 tokens and max_new_tokens=4 do not fit the 12 positions of GPT "
+                                         r"\(max_positions\): keeping the prompt's first token and its last 7"):
+        out = task.generate({"input_ids": ids, "attention_mask": mask})
+    kept = torch.cat([bos, long[:, -7:]], 1)  # <s> and the end of the long prompt
+    assert torch.equal(out[0], task.model.generate(kept, max_new_tokens=4)[0])
+    assert torch.equal(out[1, 4:], task.model.generate(torch.cat([bos, short], 1), max_new_tokens=4)[0])
+    assert (out[1, :4] == 0).all()
+    with pytest.warns(UserWarning, match="keeping the prompt's first token and its last 7"):
+        assert torch.equal(task.generate({"input_ids": ids[:1]}), out[:1])  # no mask: no padding

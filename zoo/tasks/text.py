@@ -398,9 +398,31 @@ class CausalLM(_TextTask):
     def on_test_epoch_end(self):
         self._log_ppl("test")
 
+    def fit_prompts(self, ids: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Left-padded prompts too long for the model's positions with max_new_tokens after them keep their first token
+        (<s>) and their end, with a warning (transformers' text-generation pipeline, handle_long_generation="hole")."""
+        declared, new = getattr(self.model, "max_decode_positions", lambda: None)(), self.hparams.max_new_tokens
+        if declared is None or ids.shape[1] + new <= declared[0]:
+            return ids, mask
+        limit, field = declared
+        keep = max(2, limit - new)
+        if ids.shape[1] <= keep:
+            return ids, mask  # generate itself generates fewer tokens, with a warning
+        import warnings
+
+        warnings.warn(f"a prompt of {ids.shape[1]} tokens and max_new_tokens={new} do not fit the {limit} positions of "
+                      f"{type(self.model).__name__} ({field}): keeping the prompt's first token and its last {keep - 1}",
+                      stacklevel=2)
+        first = torch.zeros(len(ids), dtype=torch.long, device=ids.device) if mask is None else mask.long().argmax(1)
+        lead, cut = ids[torch.arange(len(ids), device=ids.device), first], first < ids.shape[1] - keep  # rows cut short
+        ids = ids[:, -keep:].clone()
+        ids[cut, 0] = lead[cut]  # a cut row is all real tokens: its first one replaces the oldest kept
+        return ids, None if mask is None else mask[:, -keep:]
+
     def generate(self, batch: dict) -> torch.Tensor:
         hp = self.hparams
-        return self.model.generate(batch["input_ids"], attention_mask=batch.get("attention_mask"),
+        ids, mask = self.fit_prompts(batch["input_ids"], batch.get("attention_mask"))
+        return self.model.generate(ids, attention_mask=mask,
                                    max_new_tokens=hp.max_new_tokens, do_sample=hp.do_sample, temperature=hp.temperature,
                                    top_k=hp.top_k, top_p=hp.top_p)
 
