@@ -432,3 +432,15 @@ def test_a_prompt_that_leaves_no_position_free_is_refused_before_generating(prom
             "pass at most 11 prompt tokens (e.g. its end, input_ids[:, -11:])")):
         model.generate(prompt, max_new_tokens=new, num_beams=beams)
     assert model.generate(prompt[:, -11:], max_new_tokens=new, num_beams=beams).shape == (2, 12)  # one new token fits
+
+
+@pytest.mark.parametrize("temperature", [1e-39, 1e-44])
+def test_a_tiny_temperature_samples_the_greedy_tokens(lm, temperature):
+    """Sampling at a temperature near 0 is greedy decoding. Dividing the log-probabilities by a temperature under
+    ~1e-38 turned every one into -inf (float32), and torch.multinomial failed: "probability tensor contains either
+    `inf`, `nan` or element < 0"."""
+    _, ids, mask = _prompts()
+    greedy = lm.generate(ids, attention_mask=mask, max_new_tokens=6, ignore_eos=True)
+    sampled = lm.generate(ids, attention_mask=mask, max_new_tokens=6, ignore_eos=True, do_sample=True,
+                          temperature=temperature, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(sampled, greedy)

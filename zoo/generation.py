@@ -121,7 +121,8 @@ def greedy_search(model, setup: _Setup, max_new_tokens: int, use_cache: bool = T
     for _ in range(max_new_tokens):
         logp = _step(model, tokens, setup, cache, max_length)
         if do_sample:
-            logits = _filter_logits(logp / temperature, top_k, top_p)
+            # the best token at 0 before dividing: a temperature near 0 gives -inf elsewhere, never -inf everywhere
+            logits = _filter_logits((logp - logp.amax(-1, keepdim=True)) / temperature, top_k, top_p)
             nxt = torch.multinomial(logits.softmax(dim=-1), 1, generator=generator).squeeze(1)
         else:
             nxt = logp.argmax(dim=-1)
