@@ -182,3 +182,17 @@ def test_causal_lm_predict_keeps_the_end_of_a_prompt_too_long_for_the_positions(
     assert (out[1, :4] == 0).all()
     with pytest.warns(UserWarning, match="keeping the prompt's first token and its last 7"):
         assert torch.equal(task.generate({"input_ids": ids[:1]}), out[:1])  # no mask: no padding
+
+
+@pytest.mark.parametrize("kwargs, message", [(dict(temperature=0.5), "temperature=0.5 only applies to sampling"),
+                                             (dict(do_sample=True, top_p=0.0), "top_p must be in (0, 1], got 0.0"),
+                                             (dict(max_new_tokens=0), "max_new_tokens must be an int >= 1, got 0")])
+def test_causal_lm_refuses_bad_generation_settings_before_training(kwargs, message):
+    """CausalLM generates only in `zoo predict`: `zoo fit --model.init_args.temperature 0.5` (without do_sample) trained
+    the whole recipe and the checkpoint's first predict failed. The settings are checked when the task is built."""
+    import re
+
+    from zoo.tasks.text import CausalLM
+
+    with pytest.raises(ValueError, match=re.escape(message)):
+        CausalLM("gpt2_tiny", model_kwargs=dict(vocab_size=50, depth=1, dim=32, num_heads=4), **kwargs)

@@ -335,7 +335,11 @@ class CausalLM(_TextTask):
                  temperature: float | None = None, top_k: int | None = None, top_p: float | None = None, **kwargs):
         super().__init__(model, **kwargs)
         from ..contract import kind_of
+        from ..generation import check_generate_arguments
 
+        # checked now: fit never generates, and a bad setting would surface only at the checkpoint's first predict
+        check_generate_arguments(torch.ones(1, 1, dtype=torch.long), None, max_new_tokens, 1, do_sample, temperature,
+                                 top_k, top_p, None, None, decoder_only=True)
         if kind_of(self.model) != "decoder_only":
             raise ValueError(f"CausalLM trains decoder-only models; {model!r} is a {kind_of(self.model)} model "
                              "(pick one of zoo.list_models('gpt2*') or zoo.list_models('llama*'))")
