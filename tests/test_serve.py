@@ -730,3 +730,24 @@ def test_causal_lm_handler_is_greedy_unless_the_request_samples(servers, monkeyp
     assert not sampled
     handler.predict([{**item, "do_sample": True}])
     assert len(sampled) == 3
+
+
+def test_causal_lm_prompt_holding_a_special_token_is_continued():
+    """A prompt whose text names the pad token ("three <pad> twelve") got a 500: the handler passed no mask, so generate
+    inferred one from the pad id, with a hole in the middle, and refused it as right padding. Prompts are batched
+    without padding: their mask is all ones (as `zoo predict` gives them)."""
+    from zoo.runs import Run
+    from zoo.serve.handlers import handler_for
+    from zoo.serve.limits import Limits
+
+    tok = _tok("bpe")
+    torch.manual_seed(0)
+    model = zoo.create_model("gpt2_tiny", vocab_size=len(tok), dim=32, depth=1, num_heads=2, max_positions=64,
+                             pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=None).eval()
+    handler = handler_for(Run(model, "gpt2_tiny", "test", {"task": "zoo.tasks.text.CausalLM"}, tok), Limits())
+    prompt = f"three {tok.pad_token} twelve"
+    out = handler.predict(handler.check({"prompt": prompt, "max_new_tokens": 3})["items"])[0]
+    ids = torch.tensor([handler.prompt_ids(prompt)])
+    assert tok.pad_token_id in ids[0].tolist()
+    gen = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=3)
+    assert out["continuation"] == " ".join(tok.decode(gen[0, ids.shape[1]:].tolist(), skip_special_tokens=True).split())

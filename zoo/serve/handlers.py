@@ -758,7 +758,8 @@ class CausalLM(_Generation):
             if it["do_sample"]:
                 kw.update(do_sample=True, temperature=it["temperature"], top_k=it["top_k"], top_p=it["top_p"],
                           generator=torch.Generator().manual_seed(it["seed"] if it["seed"] is not None else 0))
-            gen = self.model.generate(ids, **kw)
+            # unpadded: every prompt token is real, also a pad id the text named (generate would infer a mask from it)
+            gen = self.model.generate(ids, attention_mask=torch.ones_like(ids), **kw)
             for i, row in zip(idx, gen):
                 prompt_len = ids.shape[1]
                 text = normalise(self.tokenizer.decode(row.tolist(), skip_special_tokens=True))
