@@ -289,7 +289,7 @@ def study_lines(root: Path) -> list[str]:
                 f"| variant | n | {rows[0]['metric']} mean | 95% CI | Δ vs baseline [95% CI] | significant | p (Holm) | params |",
                 "|---|---:|---:|---:|---:|:---:|---:|---:|"]
         for r in rows:
-            ci = f"[{f(r['ci_low'])}, {f(r['ci_high'])}]"
+            ci = f"[{f(r['ci_low'])}, {f(r['ci_high'])}]" + ("*" if r.get("ci_cut") == "True" else "")
             diff = "baseline" if r is base else f"{fs(r['diff_mean'])} [{f(r['diff_low'])}, {f(r['diff_high'])}]"
             one = r["diff_n"] in ("", None) or int(float(r["diff_n"])) < 2  # one paired seed: nothing to test
             sig = "" if r is base else "– (n<2)" if one else "– (no spread over seeds)" if r["significant"] in ("", "None") \
@@ -297,6 +297,9 @@ def study_lines(root: Path) -> list[str]:
             p = f"{float(r['p']):.3g} ({float(r['p_holm']):.3g})" if r.get("p") not in ("", None) else ""
             out.append(f"| {r['variant']} | {r['n']} | {f(r['mean'])} | {ci} | {diff} | {sig} | {p} | "
                        f"{_si(float(r['params'])) if r['params'] else '-'} |")
+        if any(r.get("ci_cut") == "True" for r in rows):
+            out += ["", f"\\* The t-interval reaches past the range of {rows[0]['metric']} and is cut at it (zoo compare's "
+                        "table.md says which range)."]
         if (store / "findings.md").is_file():  # the reading of the table, written by whoever ran the study
             out += ["", (store / "findings.md").read_text(encoding="utf-8").strip()]
     return out

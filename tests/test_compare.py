@@ -513,3 +513,30 @@ def test_a_store_holding_one_run_twice_is_refused_naming_both_lines(tmp_path, ca
     with pytest.raises(StudyError) as e:  # the plan of a training run (run_study) and of --cost
         plan(study)
     assert str(e.value) == message
+
+
+def test_an_interval_of_a_bounded_metric_is_cut_at_its_range_and_says_so(tmp_path):
+    """3 seeds of an exact match near 1 gave [0.9939, 1.0015] (seq2seq_numbers): the t-interval passes the metric's
+    range. The task declares the range (metric_ranges); the interval is cut at 1 and marked, the t half-width kept."""
+    import statistics
+
+    from scipy import stats
+
+    from zoo.compare.study import metric_range
+
+    base, near = [0.990, 0.992, 0.994], [0.996, 0.998, 0.999]
+    rows = _rows("base", base) + _rows("near", near)
+    study = load_study(write_study(tmp_path, variants={"base": {}, "near": {}}, seeds=[0, 1, 2]))
+    assert metric_range(study) == (0.0, 1.0)  # vit_digits' ImageClassification: test/acc is a fraction
+    low, high = stats.t.interval(0.95, 2, loc=statistics.fmean(near), scale=stats.sem(near))
+    assert high > 1  # the uncut interval
+    s = {r["variant"]: r for r in aggregate(rows, ["base", "near"], "base", bounds=(0.0, 1.0))}
+    assert s["near"]["low"] == pytest.approx(low) and s["near"]["high"] == 1.0 and s["near"]["cut"] is True
+    assert s["near"]["half"] == pytest.approx((high - low) / 2) and s["base"]["cut"] is False
+    assert s["near"]["diff"]["cut"] is False and s["near"]["diff"]["significant"] is True  # 0.006, 0.006, 0.005
+    assert aggregate(rows, ["near"], "base")[0]["high"] == pytest.approx(high)  # no range given: not cut
+    render(study, rows)
+    md = (study.store / "table.md").read_text()
+    assert f"| near | 3 | 0.9977 ± 0.0015 | [{low:.4f}, 1.0000]* |" in md and "| base | 3 | 0.9920 ± 0.0020 | [0.9870, 0.9970] |" in md
+    assert "\\* The t-interval reaches past the range of `test/acc` (0 to 1, as its task declares) and is cut at it" in md
+    assert "ci_cut" in (study.store / "table.csv").read_text().splitlines()[0]

@@ -108,10 +108,11 @@ def test_a_study_table_carries_each_differences_p_value_and_its_holm_adjustment(
 
     store = tmp_path / "tiny"
     study = tmp_path / "tiny.yaml"
-    study.write_text(f"recipe: configs/vit_digits.yaml\nvariants: {{base: {{}}, a: {{}}, b: {{}}}}\nseeds: [0, 1, 2]\n"
+    study.write_text(f"recipe: configs/vit_digits.yaml\nvariants: {{base: {{}}, a: {{}}, b: {{}}, c: {{}}}}\nseeds: [0, 1, 2]\n"
                      f"budget: {{max_steps: 1}}\nstore: {store}\n")
     rows = [{"variant": v, "seed": s, "value": x, "metrics": {"test/acc": x}, "params": 100}
-            for v, xs in {"base": [0.90, 0.92, 0.94], "a": [0.95, 0.96, 0.97], "b": [0.92, 0.91, 0.96]}.items()
+            for v, xs in {"base": [0.90, 0.92, 0.94], "a": [0.95, 0.96, 0.97], "b": [0.92, 0.91, 0.96],
+                          "c": [0.958, 0.978, 0.998]}.items()
             for s, x in enumerate(xs)]
     render(load_study(study), rows)
     mod = _script()
@@ -119,4 +120,6 @@ def test_a_study_table_carries_each_differences_p_value_and_its_holm_adjustment(
     text = "\n".join(mod.study_lines(tmp_path))
     assert "| significant | p (Holm) | params |" in text
     assert "| a | 3 | 0.9600 | [0.9352, 0.9848] | +0.0400 [0.0152, 0.0648] | **yes** | 0.0202 (0.0404) | 100" in text
+    assert "| c | 3 | 0.9780 | [0.9283, 1.0000]* |" in text  # an accuracy's interval cut at 1, marked
+    assert "\\* The t-interval reaches past the range of test/acc and is cut at it" in text
     assert "| b | 3 |" in text and "| no | 0.423 (0.423) |" in text

@@ -12,18 +12,24 @@ LEVEL = 0.95
 ROUNDING = 1e-6  # a spread of paired differences below this fraction of the metric's size is float32 rounding, no spread
 
 
-def t_interval(values: list[float], level: float = LEVEL) -> dict:
+def t_interval(values: list[float], level: float = LEVEL, bounds: tuple[float, float] | None = None) -> dict:
     """n, mean, sample sd and the two-sided Student-t interval of the mean (nan where n < 2, and all nan where a
-    value is NaN)."""
+    value is NaN). `bounds`: the range the metric lies in; the interval is cut at it and `cut` says so. The mean
+    of such a metric cannot lie outside, so the cut interval holds it exactly as often (the same 95% coverage),
+    where the t-interval of 3 seeds of an accuracy near 1 reaches past 1. `half` stays the t half-width."""
     from scipy import stats
 
     n = len(values)
     if any(math.isnan(v) for v in values):  # a diverged run: no mean, no interval (statistics.stdev raises on NaN)
-        return {"n": n, "mean": math.nan, "sd": math.nan, "low": math.nan, "high": math.nan, "half": math.nan}
+        return {"n": n, "mean": math.nan, "sd": math.nan, "low": math.nan, "high": math.nan, "half": math.nan, "cut": False}
     mean = statistics.fmean(values) if n else math.nan
     sd = statistics.stdev(values) if n > 1 else math.nan
     half = float(stats.t.ppf(0.5 + level / 2, n - 1)) * sd / math.sqrt(n) if n > 1 else math.nan
-    return {"n": n, "mean": mean, "sd": sd, "low": mean - half, "high": mean + half, "half": half}
+    low, high = mean - half, mean + half
+    cut = bounds is not None and n > 1 and (low < bounds[0] or high > bounds[1])
+    if cut:
+        low, high = max(low, bounds[0]), min(high, bounds[1])
+    return {"n": n, "mean": mean, "sd": sd, "low": low, "high": high, "half": half, "cut": cut}
 
 
 def _mean(values) -> float | None:
@@ -31,10 +37,13 @@ def _mean(values) -> float | None:
     return statistics.fmean(values) if values else None
 
 
-def aggregate(rows: list[dict], variants: list[str], baseline: str, metric: str | None = None) -> list[dict]:
+def aggregate(rows: list[dict], variants: list[str], baseline: str, metric: str | None = None,
+              bounds: tuple[float, float] | None = None) -> list[dict]:
     """One summary per variant (in the study's order; variants without rows are left out). The difference to
     the baseline pairs the seeds both have: d_s = x_variant,s - x_baseline,s, then the t-interval of the d_s;
-    significant when that interval excludes 0."""
+    significant when that interval excludes 0. `bounds`: the metric's range (intervals are cut at it; a
+    difference at [low - high, high - low], which never changes whether it excludes 0)."""
+    diff_bounds = None if bounds is None else (bounds[0] - bounds[1], bounds[1] - bounds[0])
     by = {v: {} for v in variants}
     for r in rows:
         if r["variant"] in by:
@@ -48,12 +57,12 @@ def aggregate(rows: list[dict], variants: list[str], baseline: str, metric: str 
             continue
         seeds = sorted(runs)
         vals = [value(runs[s]) for s in seeds]
-        summary = {"variant": v, "seeds": seeds, **t_interval(vals)}
+        summary = {"variant": v, "seeds": seeds, **t_interval(vals, bounds=bounds)}
         paired = [s for s in seeds if s in base]
         if v == baseline or not paired:
             summary["diff"] = None
         else:
-            d = t_interval([value(runs[s]) - base[s] for s in paired])
+            d = t_interval([value(runs[s]) - base[s] for s in paired], bounds=diff_bounds)
             # every seed's difference the same (sd 0): a t-interval of width 0 says nothing about the spread, so no
             # call is made (a deterministic difference, or too few seeds to see the noise). "The same" up to the
             # rounding of metrics logged as float32 (0.978 - 0.968 and 0.123 - 0.113 differ by 1.5e-8 there), which
@@ -162,7 +171,13 @@ def trained_text(rows: list[dict], study) -> str:
             "stopping differs; compare with that in mind): ") + per + "."
 
 
-def markdown(summaries: list[dict], study, rows: list[dict], left_out: list[dict] | None = None) -> str:
+def _ci(t: dict) -> str:
+    """'[low, high]', marked * where cut at the metric's range."""
+    return f"[{_f(t['low'])}, {_f(t['high'])}]" + ("*" if t.get("cut") else "")
+
+
+def markdown(summaries: list[dict], study, rows: list[dict], left_out: list[dict] | None = None,
+             bounds: tuple[float, float] | None = None) -> str:
     m, b = study.metric, study.baseline
     n_rows = len(rows)
     lines = [f"# Study `{study.name}`", ""]
@@ -186,10 +201,10 @@ def markdown(summaries: list[dict], study, rows: list[dict], left_out: list[dict
     for s in summaries:
         d = s["diff"]
         diff = "baseline" if s["variant"] == b else "–" if d is None else \
-            f"{'–' if math.isnan(d['mean']) else format(d['mean'], '+.4f')} [{_f(d['low'])}, {_f(d['high'])}] (n={d['n']})"
+            f"{'–' if math.isnan(d['mean']) else format(d['mean'], '+.4f')} {_ci(d)} (n={d['n']})"
         sig = "" if d is None else "– (n<2)" if d["n"] < 2 else "– (a run's metric is NaN)" if math.isnan(d["mean"]) \
             else "– (no spread over seeds)" if d["significant"] is None else ("**yes**" if d["significant"] else "no")
-        lines.append(f"| {s['variant']} | {s['n']} | {_f(s['mean'])} ± {_f(s['sd'])} | [{_f(s['low'])}, {_f(s['high'])}] | "
+        lines.append(f"| {s['variant']} | {s['n']} | {_f(s['mean'])} ± {_f(s['sd'])} | {_ci(s)} | "
                      f"{diff} | {sig} | {_p(d)} | {_si(s['params'])} | {_si(s['macs_per_sample'])} | {_f(s['train_seconds'], 0)} | "
                      f"{_f(s['train_samples_per_s'], 0)} |")
     base = next((s for s in summaries if s["variant"] == b), None)
@@ -203,6 +218,10 @@ def markdown(summaries: list[dict], study, rows: list[dict], left_out: list[dict
               f"p-value over the study's {k} comparison(s) with a call; a **yes** whose Holm p-value is 0.05 or more "
               "may be one of the chance findings expected of that many tests. MACs per sample: one forward pass "
               "(FlopCounterMode). Train seconds exclude validation.", ""]
+    if any(s.get("cut") or (s["diff"] or {}).get("cut") for s in summaries):
+        lines += [f"\\* The t-interval reaches past the range of `{m}` ({_f(bounds[0], 0)} to {_f(bounds[1], 0)}, as its "
+                  "task declares) and is cut at it: the mean cannot lie outside, so the cut interval keeps its 95% "
+                  "coverage. The half-widths given are the t-interval's.", ""]
     where = machines(rows)
     if len(where) > 1:
         lines += [f"**Training times come from {len(where)} machines**; compare them only within one machine "
@@ -240,7 +259,7 @@ def csv_rows(summaries: list[dict], metric: str) -> list[dict]:
                "significant": d.get("significant"), "p": d.get("p"), "p_holm": d.get("p_holm"),
                "significant_holm": d.get("significant_holm"), "params": s["params"], "macs_per_sample": s["macs_per_sample"],
                "train_seconds": s["train_seconds"], "train_samples_per_s": s["train_samples_per_s"],
-               "peak_rss_mb": s["peak_rss_mb"]}
+               "peak_rss_mb": s["peak_rss_mb"], "ci_cut": s.get("cut")}
         for k, t in s["other"].items():
             if k != metric:
                 row[f"{k}_mean"], row[f"{k}_ci_half"] = t["mean"], t["half"]
@@ -262,7 +281,7 @@ def plot(summaries: list[dict], study, path: Path) -> None:
         pts = [s for s in summaries if s[key]]
         for i, s in enumerate(pts):
             base = s["variant"] == study.baseline
-            err = 0 if math.isnan(s["half"]) else s["half"]
+            err = 0 if math.isnan(s["half"]) else [[s["mean"] - s["low"]], [s["high"] - s["mean"]]]  # cut: asymmetric
             ax.errorbar(s[key], s["mean"], yerr=err, fmt="s" if base else "o", capsize=3, ms=6,
                         color="black" if base else f"C{i % 10}")
             ax.annotate(s["variant"], (s[key], s["mean"]), textcoords="offset points", xytext=(5, 5 if i % 2 == 0 else -11),
@@ -289,11 +308,14 @@ def render(study, rows: list[dict]) -> tuple[list[dict], list[Path]]:
     listed = [r.get("variant") in study.variants and r.get("seed") in study.seeds for r in rows]
     left_out = [r for r, keep in zip(rows, listed) if not keep]
     rows = [r for r, keep in zip(rows, listed) if keep]
-    summaries = aggregate(rows, list(study.variants), study.baseline, study.metric)  # not the row's own `value`:
-    # a study whose metric changed re-reads the runs' logged test metrics
+    from .study import metric_range
+
+    bounds = metric_range(study)
+    summaries = aggregate(rows, list(study.variants), study.baseline, study.metric, bounds)  # not the row's own
+    # `value`: a study whose metric changed re-reads the runs' logged test metrics
     study.store.mkdir(parents=True, exist_ok=True)
     md, table, png = study.store / "table.md", study.store / "table.csv", study.store / "plot.png"
-    text = markdown(summaries, study, rows, left_out)
+    text = markdown(summaries, study, rows, left_out, bounds)
     atomic_write(md, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
     crows = csv_rows(summaries, study.metric)
     keys = list(dict.fromkeys(k for r in crows for k in r))

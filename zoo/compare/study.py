@@ -298,20 +298,43 @@ def check_metric(study: Study, variant: str, ns) -> None:
     """The study's metric must be one the recipe's task logs at test (its `test_metrics`), or every run would
     train to the end and then fail."""
     import fnmatch
-    import importlib
 
-    path = ns.fit.model.get("class_path") if ns.fit.get("model") else None
-    if not path or "." not in path:
-        return
-    module, _, name = path.rpartition(".")
-    try:
-        task = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError):
+    task = _task_class(ns.fit.model.get("class_path") if ns.fit.get("model") else None)
+    if task is None:
         return  # the parser has accepted it; nothing declared to check against
     declared = getattr(task, "test_metrics", ())
     if declared and not any(fnmatch.fnmatchcase(study.metric, p) for p in declared):
-        raise StudyError(f"{study.where()}: variant {variant}: metric {study.metric} is not logged by {name} at test; "
-                         f"it logs {', '.join(declared)} (e.g. metric: {declared[0]})")
+        raise StudyError(f"{study.where()}: variant {variant}: metric {study.metric} is not logged by {task.__name__} at "
+                         f"test; it logs {', '.join(declared)} (e.g. metric: {declared[0]})")
+
+
+def _task_class(path) -> type | None:
+    """The task class a `model.class_path` names, or None where it names none that imports."""
+    import importlib
+
+    if not isinstance(path, str) or "." not in path:
+        return None
+    module, _, name = path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError):
+        return None
+
+
+def metric_range(study: Study) -> tuple[float, float] | None:
+    """The range the study's metric lies in, as the recipe's task declares it (`metric_ranges`), read from the
+    recipe file and the variants' `model.class_path` overrides without parsing; None where undeclared or where the
+    variants' tasks disagree."""
+    import fnmatch
+
+    raw = read_recipe(study.recipe)
+    model = raw.get("model") if isinstance(raw.get("model"), dict) else {}
+    found = set()
+    for overrides in study.variants.values():
+        task = _task_class(overrides.get("model.class_path", model.get("class_path")))
+        declared = getattr(task, "metric_ranges", ())
+        found.add(next((tuple(r) for p, r in declared if fnmatch.fnmatchcase(study.metric, p)), None))
+    return found.pop() if len(found) == 1 else None
 
 
 def validate_study(study: Study, verbose: bool = False) -> dict[str, tuple[str, dict]]:

@@ -154,6 +154,12 @@ class ZooTask(L.LightningModule):
     # What `zoo test` logs (fnmatch patterns): `zoo compare` / `zoo bench tta` check a study's metric against it
     # before training; the recipe matrix test checks every recipe's logged names against it.
     test_metrics: tuple[str, ...] = ()
+    # The range each logged metric lies in (fnmatch patterns, first match): `zoo compare` cuts a t-interval of the
+    # mean over seeds at it (a mean accuracy of 0.998 +- 0.004 is reported as [0.994, 1], not [0.994, 1.002]).
+    metric_ranges: tuple[tuple[str, tuple[float, float]], ...] = (
+        ("*/acc", (0.0, 1.0)), ("*/zero_shot_acc", (0.0, 1.0)), ("*/exact_match", (0.0, 1.0)),
+        ("*/exact_match/*", (0.0, 1.0)), ("*/bleu", (0.0, 1.0)), ("*/chrf", (0.0, 1.0)),  # torchmetrics: fractions
+        ("*/loss", (0.0, math.inf)), ("*/ppl", (1.0, math.inf)))
     # Init arguments that read other runs' weights for training only (a pre-trained start, a teacher): `zoo test` /
     # `validate` / `predict` from a checkpoint, which holds every weight, set them to None, so evaluating a run
     # needs neither the runs it started from nor the folder they were in.
