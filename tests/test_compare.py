@@ -80,8 +80,13 @@ def test_aggregation_matches_a_hand_computation(tmp_path):
     assert table[0].startswith("variant,n,seeds,metric,mean,sd,ci_low,ci_high,ci_half,diff_mean") and len(table) == 5
     assert (study.store / "plot.png").stat().st_size > 10_000
     assert "Every run on one machine: unknown host, CPU not recorded, ? thread(s)." in md
+    assert ("**1 of the study's 12 runs is missing** (failed or not run yet: two_seeds seed 1); their variants' means "
+            "and paired differences are over the seeds that finished (n).") in md
     render(study, [r for r in rows if r["variant"] != "better" or r["seed"] == 0])  # one seed: no test possible
-    assert "| +0.0500 [–, –] (n=1) | – (n<2) |" in (study.store / "table.md").read_text()
+    md = (study.store / "table.md").read_text()
+    assert "| +0.0500 [–, –] (n=1) | – (n<2) |" in md
+    assert ("**3 of the study's 12 runs are missing** (failed or not run yet: better seed 1; two_seeds seed 1; better "
+            "seed 2); their variants' means and paired differences are over the seeds that finished (n).") in md
 
     for r in rows:  # a study resumed on another machine: its training times are not comparable across the two
         r.update(host="vm", threads=1, cpu="AMD EPYC" if r["seed"] < 2 else "Intel(R) Xeon(R) Platinum")

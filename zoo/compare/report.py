@@ -190,6 +190,12 @@ def markdown(summaries: list[dict], study, rows: list[dict], left_out: list[dict
         lines += [trained, ""]
     if left_out:
         lines += [left_out_sentence(left_out), ""]
+    have = {(r["variant"], r["seed"]) for r in rows}
+    missing = [run for run in study.runs() if run not in have]
+    if missing:  # a failed or unfinished run: its variant's n and paired difference quietly use fewer seeds
+        which = "; ".join(f"{v} seed {s}" for v, s in missing)
+        lines += [f"**{len(missing)} of the study's {len(study.runs())} runs {'is' if len(missing) == 1 else 'are'} missing** (failed or not run yet: {which}); "
+                  "their variants' means and paired differences are over the seeds that finished (n).", ""]
     nan = [r for r in rows if isinstance(r["metrics"].get(m), float) and math.isnan(r["metrics"][m])]
     if nan:  # a diverged run is not dropped (the mean of the seeds that survived would flatter the variant)
         which = "; ".join(f"{r['variant']} seed {r['seed']}" for r in nan)
