@@ -497,7 +497,8 @@ def test_table_says_what_the_runs_really_trained_under_the_budget(tmp_path):
     assert trained_text(same, study) == "Every run trained 57 steps, 3 epochs, 3,648 samples."
     assert trained_text(_rows("base", [0.2]), study) == ""  # rows that recorded no amounts: no claim
     study.budget = {"max_minutes": 1}
-    assert trained_text(rows, study).startswith("At a wall-clock budget each run trains what fits in it: base: 57 steps")
+    assert trained_text(rows, study).startswith("At a wall-clock budget each run trains what fits in it: base: 57 steps, "
+                                                "3,648 samples; bs32: 117 steps, 3,744 samples")  # no epoch count
 
 
 def test_a_store_holding_one_run_twice_is_refused_naming_both_lines(tmp_path, capsys):

@@ -160,7 +160,10 @@ def trained_text(rows: list[dict], study) -> str:
             amounts.setdefault(r["variant"], set()).add((r["steps"], r["epochs"], r["samples"]))
     if not amounts:
         return ""
-    fmt = lambda a: f"{a[0]:,} steps, {a[1]} epoch{'s' if a[1] != 1 else ''}, {a[2]:,} samples"  # noqa: E731
+    # the epoch count only at an epoch budget: a run stopped by max_steps inside its first epoch records 1
+    epochs = "max_epochs" in study.budget
+    fmt = lambda a: f"{a[0]:,} steps, " + (f"{a[1]} epoch{'s' if a[1] != 1 else ''}, " if epochs else "") + \
+        f"{a[2]:,} samples"  # noqa: E731
     every = set().union(*amounts.values())
     if len(every) == 1:
         return f"Every run trained {fmt(next(iter(every)))}."
