@@ -232,3 +232,18 @@ def test_a_siglip_text_embedding_does_not_depend_on_the_batch_padding():
 def test_from_hf_siglip_refuses_a_headless_vision_tower():
     with pytest.raises(ValueError, match="vision_use_head"):
         from_hf(siglip_ref(vision_use_head=False))
+
+
+def test_the_padded_text_tower_exports_with_a_dynamic_sequence_axis(tmp_path):
+    """The padding to context_length has no branch on the length: dynamo's exporter keeps the sequence axis dynamic
+    (a first version fell back to the TorchScript exporter) and onnxruntime agrees at other lengths."""
+    pytest.importorskip("onnxruntime")
+    from zoo.contract import example_inputs
+    from zoo.export import check_onnx, export_file
+
+    torch.manual_seed(0)
+    m = zoo.create_model("siglip_mnist").eval()
+    how = export_file(m, tmp_path / "s.onnx", "onnx", batch=2, length=5)
+    assert how.startswith("dynamo")
+    for length in (3, m.config.context_length):
+        assert check_onnx(m, tmp_path / "s.onnx", example_inputs(m, 2, length, seed=length)) <= 1e-4

@@ -161,13 +161,16 @@ class CLIPTextTransformer(nn.Module):
         """Ids (and mask) right-padded with pad_token_id (mask 0) to context_length: SigLIP's tower was trained on
         texts padded to its maximum length and reads the last position, so a text padded only to the longest of its
         batch got another embedding in every batch (HF's processor and zero-shot pipeline pad to max_length)."""
-        extra = self.config.context_length - input_ids.shape[1]
-        if extra <= 0:
-            return input_ids, attention_mask
+        cfg = self.config
+        check_length(input_ids.shape[1], cfg.context_length, "context_length", "input_ids")
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        return (F.pad(input_ids, (0, extra), value=self.config.pad_token_id),
-                F.pad(attention_mask, (0, extra), value=0))
+        # columns gathered into a (B, context_length) table: no branch on the length and no tensor of the padding's
+        # size, so an exported graph keeps its sequence axis dynamic
+        pos = torch.arange(cfg.context_length, device=input_ids.device)
+        inside, cols = pos < input_ids.shape[1], pos.clamp(max=input_ids.shape[1] - 1)
+        return (torch.where(inside, input_ids[:, cols], cfg.pad_token_id),
+                torch.where(inside, attention_mask[:, cols], 0))
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         if not self.causal:  # SigLIP: the last position of the text padded to context_length, whatever the batch
