@@ -196,3 +196,15 @@ def test_causal_lm_refuses_bad_generation_settings_before_training(kwargs, messa
 
     with pytest.raises(ValueError, match=re.escape(message)):
         CausalLM("gpt2_tiny", model_kwargs=dict(vocab_size=50, depth=1, dim=32, num_heads=4), **kwargs)
+
+
+def test_causal_lm_temperature_without_do_sample_is_valid_when_the_model_samples():
+    """The task's early check of generation settings read do_sample=None as greedy, so a model that declares sampling
+    (config.sampling, a converted Llama 3 Instruct) was refused `temperature` that generate itself accepts."""
+    from zoo.tasks.text import CausalLM
+
+    kwargs = dict(vocab_size=50, depth=1, dim=32, num_heads=4)
+    task = CausalLM("gpt2_tiny", model_kwargs={**kwargs, "sampling": {"do_sample": True}}, temperature=0.5)
+    assert task.hparams.temperature == 0.5
+    with pytest.raises(ValueError, match="temperature=0.5 only applies to sampling but do_sample=False"):
+        CausalLM("gpt2_tiny", model_kwargs=kwargs, temperature=0.5)

@@ -337,9 +337,12 @@ class CausalLM(_TextTask):
         from ..contract import kind_of
         from ..generation import check_generate_arguments
 
-        # checked now: fit never generates, and a bad setting would surface only at the checkpoint's first predict
-        check_generate_arguments(torch.ones(1, 1, dtype=torch.long), None, max_new_tokens, 1, do_sample, temperature,
-                                 top_k, top_p, None, None, decoder_only=True)
+        # checked now: fit never generates, and a bad setting would surface only at the checkpoint's first predict;
+        # do_sample left at None is the model's declared default (config.sampling), as in generate
+        declared = getattr(getattr(self.model, "config", None), "sampling", None) or {}
+        sampling = bool(declared.get("do_sample", False)) if do_sample is None else do_sample
+        check_generate_arguments(torch.ones(1, 1, dtype=torch.long), None, max_new_tokens, 1, sampling, temperature,
+                                 top_k, top_p, None, None, decoder_only=True, declared=do_sample is None and sampling)
         if kind_of(self.model) != "decoder_only":
             raise ValueError(f"CausalLM trains decoder-only models; {model!r} is a {kind_of(self.model)} model "
                              "(pick one of zoo.list_models('gpt2*') or zoo.list_models('llama*'))")
