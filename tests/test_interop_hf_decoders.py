@@ -446,7 +446,11 @@ def test_converted_model_samples_as_transformers(family, source, tmp_path, monke
         assert (a - b).abs().max() < 1e-5
     kept = (hf_probs[0] > 0).sum(-1)
     assert (kept == 50).all() if not samples else (kept < 50).all()  # top_k=50; top_p=0.9 at temperature 0.6: fewer
-    if samples:  # back to transformers: its generate samples as before
+    if samples:  # transformers would beam-sample here, which zoo's generate does not: refused, saying why
+        with pytest.raises(ValueError, match=r"do_sample=True \(the model default, config.sampling\) with num_beams=2"):
+            model.generate(ids, attention_mask=mask, num_beams=2, max_new_tokens=2)
+        assert model.generate(ids, attention_mask=mask, num_beams=2, max_new_tokens=2, do_sample=False).shape[1] <= 8
+        # back to transformers: its generate samples as before
         to_hf(model, tmp_path / "back")
         back = T.GenerationConfig.from_pretrained(tmp_path / "back")
         assert (back.do_sample, back.temperature, back.top_p, back.top_k) == (True, 0.6, 0.9, 50)
