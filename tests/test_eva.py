@@ -267,3 +267,25 @@ def test_unconverted_timm_options_are_named(kw, named):
     ref = timm.create_model("eva02_tiny_patch14_224", pretrained=False, depth=1, embed_dim=64, num_heads=1, **kw)
     with pytest.raises(ValueError, match=named):
         from_timm(ref)
+
+
+def test_the_data_config_of_weights_loaded_at_another_size_is_the_models(tmp_path):
+    """Weights whose record reads 28px digits, loaded with img_size=56: resolve_data_config said (1, 28, 28) and its
+    transform fed EVA images it refuses ("image size 28x28 differs from the model's img_size 56x56"); the model as
+    built decides the size, the record the normalisation."""
+    from PIL import Image
+
+    from zoo.hub import save_pretrained
+
+    torch.manual_seed(0)
+    image = {"size": 28, "in_chans": 1, "mean": 0.1307, "std": 0.3081}
+    save_pretrained(zoo.create_model("eva02_mnist"), tmp_path, meta={"image": image})
+    assert zoo.resolve_data_config(zoo.create_model("eva02_mnist", pretrained=str(tmp_path)))["input_size"] == (1, 28, 28)
+    model = zoo.create_model("eva02_mnist", pretrained=str(tmp_path), img_size=56).eval()
+    config = zoo.resolve_data_config(model)
+    assert config["input_size"] == (1, 56, 56) and config["mean"] == (0.1307,) and config["std"] == (0.3081,)
+    assert model.pretrained_cfg["input_size"] == (1, 56, 56)
+    x = zoo.create_transform(config)(Image.new("L", (28, 28), 128))
+    assert model(x[None]).shape == (1, 10)
+    model.pretrained_cfg = {"image": {"size": 28, "in_chans": 3, "mean": (0.2, 0.4, 0.6), "std": 0.5}}  # RGB record
+    assert zoo.resolve_data_config(model)["mean"] == (pytest.approx(0.4),)  # one value per channel of the model

@@ -26,6 +26,13 @@ def _channels(value: Any, in_chans: int) -> tuple[float, ...]:
     return values
 
 
+def _fitting(value: Any, in_chans: int) -> Any:
+    """Normalisation values for `in_chans` channels: as given when one or one per channel, else their mean."""
+    if isinstance(value, (list, tuple)) and len(value) not in (1, in_chans):
+        return sum(float(v) for v in value) / len(value)
+    return value
+
+
 def data_config(size: int | tuple[int, int], in_chans: int, mean: Any = 0.5, std: Any = 0.5,
                 interpolation: str = "bilinear") -> dict[str, Any]:
     h, w = (size, size) if isinstance(size, int) else tuple(size)
@@ -46,12 +53,18 @@ def resolve_data_config(source: Any = None, **overrides) -> dict[str, Any]:
     else:
         model = source
         image = (getattr(model, "pretrained_cfg", None) or {}).get("image")
+    cfg = getattr(model, "config", None)
+    size, chans = getattr(cfg, "img_size", None), getattr(cfg, "in_chans", None)
     if image is None:
-        cfg = getattr(model, "config", None)
-        size, chans = getattr(cfg, "img_size", None), getattr(cfg, "in_chans", None)
         if size is None or chans is None:
             raise ValueError(f"{type(model).__name__} does not read images (its config has no img_size / in_chans)")
         image = {"size": size, "in_chans": chans, "mean": 0.5, "std": 0.5}
+    elif size is not None and chans is not None and (image.get("size"), image.get("in_chans")) != (size, chans):
+        # weights loaded into a model built for another size or channel count (create_model(..., img_size=56)): the
+        # model as built decides the input, the record the normalisation (per-channel values that do not fit the
+        # channels become their mean)
+        image = {**image, "size": size, "in_chans": chans,
+                 **{k: _fitting(image.get(k, 0.5), chans) for k in ("mean", "std")}}
     config = data_config(image["size"], image["in_chans"], image.get("mean", 0.5), image.get("std", 0.5))
     for key, value in overrides.items():
         if key not in config:
