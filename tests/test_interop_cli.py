@@ -138,3 +138,16 @@ def test_convert_names_the_wrong_kind_of_input_or_output(tmp_path):
     with pytest.raises(ValueError, match="d.safetensors' is a folder; the output is a file"):
         convert(["--from-hf", str(tmp_path / "hf"), "--out", str(tmp_path / "d.safetensors")])
     assert not (tmp_path / "outdir").exists() and not any((tmp_path / "d.safetensors").iterdir())
+
+
+def test_convert_gpt2_names_the_registered_twin_whatever_its_sampling_defaults(tmp_path, capsys):
+    """A converted GPT-2 carries transformers' sampling defaults (top_k=50) in its config; the registry match compared
+    whole configs, so `zoo convert` stopped naming the registered model of the same sizes."""
+    cfg = zoo.create_model("gpt2_tiny").config
+    T.GPT2LMHeadModel(T.GPT2Config(vocab_size=cfg.vocab_size, n_positions=cfg.max_positions, n_embd=cfg.dim,
+                                   n_layer=cfg.depth, n_head=cfg.num_heads, bos_token_id=cfg.bos_token_id,
+                                   eos_token_id=cfg.eos_token_id, pad_token_id=cfg.pad_token_id, resid_pdrop=cfg.dropout,
+                                   embd_pdrop=cfg.dropout, attn_pdrop=cfg.attn_dropout)).save_pretrained(tmp_path / "hf")
+    assert run("--from-hf", tmp_path / "hf", "--out", tmp_path / "gpt.safetensors") == 0
+    assert "same config as zoo model 'gpt2_tiny'" in capsys.readouterr().out
+    assert load_converted(tmp_path / "gpt.safetensors").config.sampling["top_k"] == 50

@@ -30,7 +30,7 @@ each step (same tokens, slower).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -249,6 +249,12 @@ def eos_ids(eos) -> tuple[int, ...] | None:
 
 
 SAMPLING_KEYS = ("do_sample", "temperature", "top_k", "top_p")
+
+
+def sampling_field():
+    """A config's `sampling` field: generate's defaults, not part of the architecture (a converted GPT-2 with
+    transformers' top_k=50 still has the same config as the registered model of its sizes)."""
+    return field(default=None, metadata={"architecture": False})
 
 
 def _check_sampling_values(temperature, top_k, top_p, where: str = "") -> None:

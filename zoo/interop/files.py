@@ -90,11 +90,14 @@ def load_converted(path: str | os.PathLike) -> nn.Module:
 
 
 def registered_name(model: nn.Module) -> str | None:
-    """The registry name whose config equals the model's, if any."""
+    """The registry name whose config equals the model's (generation defaults aside), if any."""
     from ..registry import _REGISTRY, _ensure_loaded
 
     _ensure_loaded()
+    def architecture(config):  # fields that shape the model: a config's generation defaults do not
+        return {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.metadata.get("architecture", True)}
+
     for name, entry in _REGISTRY.items():
-        if entry.model_cls is type(model) and entry.config == model.config:
+        if entry.model_cls is type(model) and architecture(entry.config) == architecture(model.config):
             return name
     return None

@@ -28,7 +28,7 @@ from torch import nn
 from ..contract import DecoderOnly
 from ..core import Dropout, BlockConfig, KVCache, LearnedPositionalEmbedding, TransformerStack, check_length, check_pad_token, decoder_padding_mask
 from ..core.position import apply_head, check_attention_mask, check_token_ids, lookup
-from ..generation import GenerationMixin, check_sampling
+from ..generation import GenerationMixin, check_sampling, sampling_field
 from ..registry import register_model
 
 
@@ -98,7 +98,7 @@ class GPTConfig:
     pad_token_id: int = 50256  # GPT-2 has no pad token: transformers' generate pads with EOS
     # generate's defaults for do_sample / temperature / top_k / top_p (zoo.generation.SAMPLING_KEYS) when a call
     # leaves them unset; None: greedy, and sampling keeps every token. Converted models get transformers'.
-    sampling: dict | None = None
+    sampling: dict | None = sampling_field()
 
 
 class GPT(DecoderLM):

@@ -22,7 +22,7 @@ from torch import nn
 
 from ..core import BlockConfig, RotaryEmbedding, TransformerStack, check_pad_token
 from ..registry import register_model
-from ..generation import check_sampling
+from ..generation import check_sampling, sampling_field
 from .gpt import DecoderLM
 
 
@@ -51,7 +51,7 @@ class LlamaConfig:
     pad_token_id: int = 0
     # generate's defaults for do_sample / temperature / top_k / top_p (zoo.generation.SAMPLING_KEYS) when a call
     # leaves them unset; None: greedy, and sampling keeps every token. Converted models get transformers'.
-    sampling: dict | None = None
+    sampling: dict | None = sampling_field()
 
 
 class Llama(DecoderLM):
