@@ -147,7 +147,10 @@ def comparison_lines(result: dict) -> list[str]:
     rows = [r for r in comp.get("rows", []) if r.get("value") is not None]
     if not rows:
         return []
-    lower = comp.get("lower_is_better", True)
+    if not isinstance(comp.get("lower_is_better"), bool):  # no default: an accuracy table would be ranked backwards
+        raise SystemExit(f"results/training/{result.get('recipe')}.json: comparison.lower_is_better must be true or "
+                         f"false, got {comp.get('lower_is_better')!r}")
+    lower = comp["lower_is_better"]
     metric = comp.get("metric", result.get("metric"))
     rows = sorted(rows, key=lambda r: r["value"] if lower else -r["value"])
     out = [f"**{comp.get('title', result.get('recipe'))}** ({metric}, {'lower' if lower else 'higher'} is better; "
@@ -156,12 +159,18 @@ def comparison_lines(result: dict) -> list[str]:
     for r in rows:
         train = (f"{r['epochs']} epochs, {r.get('train_seconds', 0) / 60:.1f} min" if r.get("epochs")
                  else r.get("training", "-"))
+        if r.get("epochs") and "shared" in r.get("machine", ""):
+            train += " (shared cores)"
         params = "-" if not r.get("params") else f"{r['params'] / 1e6:.2f} M" if r["params"] >= 1e5 else f"{r['params']:,}"
         out.append(f"| {r['name']} | {r['value']:.1f} | {params} | {train} | `{r.get('command', '')}` |")
     best = rows[0]
     by = ", ".join(f"{r['name']} by {r['value'] / best['value'] if lower else best['value'] / r['value']:.2f}x "
                    f"({r['value']:.1f})" for r in rows[1:])
     out += ["", f"Winner: {best['name']} ({metric} {best['value']:.1f}), {'below' if lower else 'above'} {by}."]
+    also = [r for r in comp.get("also_run", []) if r.get("value") is not None]
+    if also:
+        out += ["", "Also run (not ranked above): " + "; ".join(
+            f"{r['name']}: {r['value']:.1f}" + (f" ({r['note']})" if r.get("note") else "") for r in also) + "."]
     return out
 
 

@@ -100,6 +100,14 @@ def test_a_recipe_comparison_is_a_table_that_names_the_winner():
     assert "Winner: GPT (test/ppl 100.0), below LSTM by 1.50x (150.0), unigram by 6.00x (600.0)." in lines
     text = mod.render("", ["gpt2_tiny", "lstm_lm"], {}, ({}, {"gpt2_tiny": [result]}))
     assert "**gpt_pydoc: GPT vs LSTM vs unigram**" in text
+    # a comparison that does not say its direction is refused (it was ranked lower-is-better: accuracy backwards)
+    result["comparison"].pop("lower_is_better")
+    with pytest.raises(SystemExit, match="gpt_pydoc.json: comparison.lower_is_better must be true or false, got None"):
+        mod.comparison_lines(result)
+    result["comparison"].update(lower_is_better=False, also_run=[{"name": "old LSTM", "value": 95.0, "note": "former split"}])
+    lines = mod.comparison_lines(result)
+    assert "Winner: unigram (test/ppl 600.0), above LSTM by 4.00x (150.0), GPT by 6.00x (100.0)." in lines
+    assert lines[-1] == "Also run (not ranked above): old LSTM: 95.0 (former split)."
 
 
 def test_a_study_table_carries_each_differences_p_value_and_its_holm_adjustment(tmp_path):
