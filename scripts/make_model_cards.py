@@ -307,7 +307,7 @@ def study_lines(root: Path) -> list[str]:
             out.append(f"| {r['variant']} | {r['n']} | {f(r['mean'])} | {ci} | {diff} | {sig} | {p} | "
                        f"{_si(float(r['params'])) if r['params'] else '-'} |")
         if any(r.get("ci_cut") == "True" for r in rows):
-            out += ["", f"\\* The t-interval reaches past the range of {rows[0]['metric']} and is cut at it (zoo compare's "
+            out += ["", f"Intervals marked \\*: the t-interval reaches past the range of {rows[0]['metric']} and is cut at it (zoo compare's "
                         "table.md says which range)."]
         if (store / "findings.md").is_file():  # the reading of the table, written by whoever ran the study
             out += ["", (store / "findings.md").read_text(encoding="utf-8").strip()]

@@ -544,5 +544,5 @@ def test_an_interval_of_a_bounded_metric_is_cut_at_its_range_and_says_so(tmp_pat
     render(study, rows)
     md = (study.store / "table.md").read_text()
     assert f"| near | 3 | 0.9977 ± 0.0015 | [{low:.4f}, 1.0000]* |" in md and "| base | 3 | 0.9920 ± 0.0020 | [0.9870, 0.9970] |" in md
-    assert "\\* The t-interval reaches past the range of `test/acc` (0 to 1, as its task declares) and is cut at it" in md
+    assert "Intervals marked \\*: the t-interval reaches past the range of `test/acc` (0 to 1, as its task declares) and is cut at it" in md
     assert "ci_cut" in (study.store / "table.csv").read_text().splitlines()[0]

@@ -129,5 +129,5 @@ def test_a_study_table_carries_each_differences_p_value_and_its_holm_adjustment(
     assert "| significant | p (Holm) | params |" in text
     assert "| a | 3 | 0.9600 | [0.9352, 0.9848] | +0.0400 [0.0152, 0.0648] | **yes** | 0.0202 (0.0404) | 100" in text
     assert "| c | 3 | 0.9780 | [0.9283, 1.0000]* |" in text  # an accuracy's interval cut at 1, marked
-    assert "\\* The t-interval reaches past the range of test/acc and is cut at it" in text
+    assert "Intervals marked \\*: the t-interval reaches past the range of test/acc and is cut at it" in text
     assert "| b | 3 |" in text and "| no | 0.423 (0.423) |" in text

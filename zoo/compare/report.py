@@ -228,7 +228,7 @@ def markdown(summaries: list[dict], study, rows: list[dict], left_out: list[dict
               "may be one of the chance findings expected of that many tests. MACs per sample: one forward pass "
               "(FlopCounterMode). Train seconds exclude validation.", ""]
     if any(s.get("cut") or (s["diff"] or {}).get("cut") for s in summaries):
-        lines += [f"\\* The t-interval reaches past the range of `{m}` ({_f(bounds[0], 0)} to {_f(bounds[1], 0)}, as its "
+        lines += [f"Intervals marked \\*: the t-interval reaches past the range of `{m}` ({_f(bounds[0], 0)} to {_f(bounds[1], 0)}, as its "
                   "task declares) and is cut at it: the mean cannot lie outside, so the cut interval keeps its 95% "
                   "coverage. The half-widths given are the t-interval's.", ""]
     where = machines(rows)
