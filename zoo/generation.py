@@ -279,6 +279,14 @@ def check_sampling(sampling, field: str = "sampling") -> None:
     _check_sampling_values(sampling.get("temperature"), sampling.get("top_k"), sampling.get("top_p"), f"{field}: ")
 
 
+def resolve_do_sample(model, do_sample: bool | None) -> tuple[bool, dict]:
+    """The do_sample a `generate` call runs with (left at None: the model's declared `config.sampling` default, else
+    greedy) and the declared defaults (checked; {} when none)."""
+    declared = getattr(getattr(model, "config", None), "sampling", None) or {}
+    check_sampling(declared or None, f"{type(model).__name__}.config.sampling")
+    return (bool(declared.get("do_sample", False)) if do_sample is None else do_sample), declared
+
+
 def check_generate_arguments(inputs, attention_mask, max_new_tokens, num_beams, do_sample, temperature, top_k, top_p,
                              generator, decoder_start_token_id, decoder_only: bool, declared: bool = False) -> None:
     """Refuse invalid or contradictory `generate` arguments, naming the argument, its value and the fix (`declared`:
@@ -388,10 +396,8 @@ class GenerationMixin:
             # transformers' generate (decoder-only models) masks the prompt's pad tokens when no mask is given and
             # the pad id is not an EOS id: a left-padded batch then generates what each prompt generates alone
             attention_mask, inferred = inputs.ne(pad).long(), True
-        declared = getattr(cfg, "sampling", None) or {}
-        check_sampling(declared or None, f"{type(self).__name__}.config.sampling")
         from_config = do_sample is None
-        do_sample = bool(declared.get("do_sample", False)) if from_config else do_sample
+        do_sample, declared = resolve_do_sample(self, do_sample)
         try:
             check_generate_arguments(inputs, attention_mask, max_new_tokens, num_beams, do_sample, temperature, top_k,
                                      top_p, generator, decoder_start_token_id, decoder_only, from_config and do_sample)

@@ -335,12 +335,11 @@ class CausalLM(_TextTask):
                  temperature: float | None = None, top_k: int | None = None, top_p: float | None = None, **kwargs):
         super().__init__(model, **kwargs)
         from ..contract import kind_of
-        from ..generation import check_generate_arguments
+        from ..generation import check_generate_arguments, resolve_do_sample
 
         # checked now: fit never generates, and a bad setting would surface only at the checkpoint's first predict;
         # do_sample left at None is the model's declared default (config.sampling), as in generate
-        declared = getattr(getattr(self.model, "config", None), "sampling", None) or {}
-        sampling = bool(declared.get("do_sample", False)) if do_sample is None else do_sample
+        sampling, _ = resolve_do_sample(self.model, do_sample)
         check_generate_arguments(torch.ones(1, 1, dtype=torch.long), None, max_new_tokens, 1, sampling, temperature,
                                  top_k, top_p, None, None, decoder_only=True, declared=do_sample is None and sampling)
         if kind_of(self.model) != "decoder_only":
